@@ -1,0 +1,45 @@
+/* status.c — status names and the per-thread error message. */
+#include "base/status.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+static _Thread_local char err_buf[1024];
+
+const char *xds_status_str(xds_status s) {
+    switch (s) {
+    case XDS_OK: return "ok";
+    case XDS_ERR_IO: return "I/O error";
+    case XDS_ERR_FORMAT: return "format error";
+    case XDS_ERR_UNSUPPORTED: return "unsupported";
+    case XDS_ERR_INVALID: return "invalid argument";
+    case XDS_ERR_NOMEM: return "out of memory";
+    case XDS_ERR_NOT_FOUND: return "not found";
+    case XDS_ERR_TIMEOUT: return "timeout";
+    case XDS_ERR_PEER: return "peer failure";
+    case XDS_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+xds_status xds_err_set(xds_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+xds_status xds_err_prefix(xds_status s, const char *fmt, ...) {
+    char pre[512], old[sizeof err_buf];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pre, sizeof pre, fmt, ap);
+    va_end(ap);
+    memcpy(old, err_buf, sizeof old);
+    snprintf(err_buf, sizeof err_buf, "%s: %s", pre, old);
+    return s;
+}
+
+const char *xds_err_msg(void) { return err_buf; }
+void xds_err_clear(void) { err_buf[0] = 0; }

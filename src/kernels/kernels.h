@@ -1,0 +1,54 @@
+/*
+ * kernels.h — CPU compute kernels used by the models.
+ *
+ * The implementation for each op is chosen at run time from the CPU's
+ * features (AVX-512/VNNI, AVX2+FMA, or portable C), overridable with
+ * XDS_CPU=generic|avx2|avx512 (for tests and benchmarks). All paths compute
+ * the same math; tests compare every path with the scalar reference.
+ *
+ * Quantized weights (Q8_0/Q4_0/Q4_1/...) are multiplied by activations that
+ * are quantized on the fly to 8-bit blocks (as ggml does); float weights
+ * (F32/F16/BF16) by f32 activations.
+ */
+#ifndef XDS_KERNELS_KERNELS_H
+#define XDS_KERNELS_KERNELS_H
+
+#include <stdint.h>
+
+#include "base/threadpool.h"
+#include "tensor/dtype.h"
+
+typedef enum { XDS_CPU_GENERIC = 0, XDS_CPU_AVX2 = 1, XDS_CPU_AVX512 = 2 } xds_cpu_level;
+
+/* The level in use (detected once, clamped by XDS_CPU). */
+xds_cpu_level xds_cpu_level_get(void);
+const char *xds_cpu_level_name(xds_cpu_level l);
+/* Force a level (tests); clamped to what the CPU supports. */
+void xds_cpu_level_set(xds_cpu_level l);
+
+/*
+ * y = x W^T for a weight matrix W (w->ne[0] = n_in, w->ne[1] = n_out rows):
+ *   y[t * n_out + o] = sum_i W[o][i] * x[t * n_in + i],  t < n_tok.
+ * x: f32 (n_tok, n_in) row-major, y: f32 (n_tok, n_out). n_tok == 1 is a
+ * matrix-vector product; n_tok > 1 a blocked matrix-matrix product that reads
+ * each weight block once per tile of tokens. Parallel over `pool`.
+ */
+void xds_matmul(xds_pool *pool, const xds_tensor *w, const float *x, float *y, int n_tok);
+
+/* Same, for rows [row0, row1) of W only, writing y with row stride ldy
+ * (y[t * ldy + (o - row0)]). For expert subsets and sharding. */
+void xds_matmul_rows(xds_pool *pool, const xds_tensor *w, int64_t row0, int64_t row1,
+                     const float *x, float *y, int64_t ldy, int n_tok);
+
+/* Row i of an embedding-like tensor (any dtype) dequantized to f32 (ne[0] values). */
+void xds_get_row(const xds_tensor *w, int64_t i, float *dst);
+
+/* Elementwise and normalization ops (f32, vectorized). */
+void xds_rmsnorm(float *y, const float *x, const float *weight, int n, float eps);
+void xds_softmax(float *x, int n);
+void xds_silu_mul(float *gate, const float *up, int n); /* gate = silu(gate) * up */
+void xds_add(float *y, const float *x, int n);          /* y += x */
+float xds_dot_f32(const float *a, const float *b, int n);
+void xds_axpy(float *y, float a, const float *x, int n); /* y += a * x */
+
+#endif
