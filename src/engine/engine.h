@@ -1,0 +1,93 @@
+/*
+ * engine.h — FlowServe's DP group as seen by its callers (the HTTP server, the
+ * CLI, tests): submit a tokenized request, receive its output as a stream of
+ * events, cancel it. One engine = one DP group: scheduler (continuous
+ * batching, chunked prefill), paged KV cache with block manager and prefix
+ * cache, executor. The engine runs its step loop on its own thread; callbacks
+ * are invoked from that thread and must not block (copy and signal).
+ *
+ * Output processing (streaming detokenization, stop strings, finish reasons)
+ * lives here, not in the server, so a stop string ends the sequence and frees
+ * its KV blocks at once.
+ */
+#ifndef XDS_ENGINE_ENGINE_H
+#define XDS_ENGINE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+#include "sampler/sampler.h"
+
+typedef struct xds_engine xds_engine;
+struct xds_model;
+struct xds_tokenizer;
+
+typedef struct xds_engine_opts {
+    int n_threads;         /* compute threads */
+    int max_batch;         /* max sequences running at once */
+    int max_step_tokens;   /* token budget per step (chunked prefill + decodes) */
+    int kv_blocks;         /* KV cache blocks (0: size from max_ctx * max_batch) */
+    int kv_block_size;     /* tokens per block */
+    int max_queue;         /* waiting requests beyond which submit says XDS_ERR_BUSY */
+    int max_ctx;           /* max prompt + output tokens per sequence */
+    int enable_prefix_cache;
+} xds_engine_opts;
+
+xds_engine_opts xds_engine_opts_default(void);
+
+typedef enum xds_finish {
+    XDS_FINISH_NONE = 0, /* not finished: more events follow */
+    XDS_FINISH_STOP,     /* EOG token or a stop string */
+    XDS_FINISH_LENGTH,   /* max_tokens or context reached */
+    XDS_FINISH_ABORT,    /* cancelled */
+    XDS_FINISH_ERROR,
+} xds_finish;
+
+typedef struct xds_gen_params {
+    int max_tokens;               /* > 0 */
+    xds_sampler_params sampling;
+    const char *const *stop;      /* stop strings (copied at submit) */
+    int n_stop;
+    int ignore_eos;
+} xds_gen_params;
+
+typedef struct xds_gen_event {
+    uint64_t req_id;
+    const char *text;   /* new text (complete UTF-8; stop strings withheld/cut) */
+    size_t text_len;
+    int32_t token;      /* the token generated (-1 for a final event without one) */
+    xds_finish finish;  /* != NONE on the last event of a request */
+    int n_prompt;       /* prompt tokens */
+    int n_cached;       /* prompt tokens served from the prefix cache */
+    int n_gen;          /* generated tokens so far */
+} xds_gen_event;
+
+typedef void (*xds_gen_cb)(void *user, const xds_gen_event *ev);
+
+xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
+                             const xds_engine_opts *opts, xds_engine **out);
+/* Finish in-flight requests (drain = 1) or abort them, stop the loop, free. */
+void xds_engine_free(xds_engine *e, int drain);
+
+/* Queue a request. Errors: XDS_ERR_INVALID (empty prompt, prompt + max_tokens
+ * beyond max_ctx, bad params), XDS_ERR_BUSY (the waiting queue is full). On
+ * success *req_id identifies it and cb will receive its events, the last one
+ * with finish != XDS_FINISH_NONE. */
+xds_status xds_engine_submit(xds_engine *e, const int32_t *prompt, int n_prompt,
+                             const xds_gen_params *params, xds_gen_cb cb, void *user,
+                             uint64_t *req_id);
+/* Cancel: the request's last event (finish ABORT) is delivered later from the
+ * engine thread; after it the callback is never called again for it. */
+void xds_engine_cancel(xds_engine *e, uint64_t req_id);
+
+typedef struct xds_engine_stats {
+    int n_waiting, n_running;
+    int kv_blocks_total, kv_blocks_used;
+    uint64_t prefix_queries, prefix_hits; /* in tokens */
+    uint64_t n_prompt_tokens, n_gen_tokens, n_steps;
+} xds_engine_stats;
+
+void xds_engine_stats_get(xds_engine *e, xds_engine_stats *out);
+
+#endif
