@@ -443,10 +443,15 @@ static xds_status gguf_parse(xds_gguf *g) {
         if (off > data_size || t->nbytes > data_size - off) {
             unsigned long long b = (unsigned long long)g->data_start + off;
             unsigned long long e = b + t->nbytes;
-            if (e < b) e = ~0ull;
-            st = xds_err_set(XDS_ERR_FORMAT,
-                             "%s: tensor '%s': data [%llu, %llu) past end of file (size %zu)",
-                             g->path, t->name, b, e, g->size);
+            if (b < off || e < b) /* wrapped around 2^64 */
+                st = xds_err_set(XDS_ERR_FORMAT,
+                                 "%s: tensor '%s': data offset %llu (+%zu bytes) past end of file "
+                                 "(size %zu)",
+                                 g->path, t->name, (unsigned long long)off, t->nbytes, g->size);
+            else
+                st = xds_err_set(XDS_ERR_FORMAT,
+                                 "%s: tensor '%s': data [%llu, %llu) past end of file (size %zu)",
+                                 g->path, t->name, b, e, g->size);
             break;
         }
         t->data = g->base + g->data_start + off;
