@@ -132,6 +132,20 @@ void xds_kv_seq_truncate(xds_kv_cache *kv, int seq, int n_pos) {
     while (s->n_blocks > keep) xds_kv_block_unref(kv, s->blocks[--s->n_blocks]);
 }
 
+xds_status xds_kv_seq_set_blocks(xds_kv_cache *kv, int seq, const int32_t *blocks, int n) {
+    if (seq < 0 || seq >= kv->max_seqs || n < 0)
+        return xds_err_set(XDS_ERR_INVALID, "kv cache: cannot set %d blocks on sequence %d", n, seq);
+    for (int i = 0; i < n; i++)
+        if (blocks[i] < 0 || blocks[i] >= kv->n_blocks)
+            return xds_err_set(XDS_ERR_INVALID, "kv cache: block %d of sequence %d out of range [0, %d)",
+                               blocks[i], seq, kv->n_blocks);
+    xds_kv_seq *s = &kv->seqs[seq];
+    XDS_TRY(seq_grow(kv, s, n));
+    if (n) memcpy(s->blocks, blocks, sizeof *blocks * n);
+    s->n_blocks = n;
+    return XDS_OK;
+}
+
 int xds_kv_seq_capacity(const xds_kv_cache *kv, int seq) {
     if (seq < 0 || seq >= kv->max_seqs) return 0;
     return kv->seqs[seq].n_blocks * kv->block_size;

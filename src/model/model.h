@@ -194,6 +194,11 @@ void xds_kv_seq_truncate(xds_kv_cache *kv, int seq, int n_pos);
 /* Positions seq's table covers (n_blocks * block_size). */
 int xds_kv_seq_capacity(const xds_kv_cache *kv, int seq);
 
+/* Set seq's table to blocks[0, n) without touching any reference count: for
+ * an engine that owns block allocation itself (engine/kv_block.h) and only
+ * uses this cache's memory; it must then not mix in the allocator above. */
+xds_status xds_kv_seq_set_blocks(xds_kv_cache *kv, int seq, const int32_t *blocks, int n);
+
 /* K / V rows of (layer, seq, pos): k_dim / v_dim floats. pos must be covered. */
 float *xds_kv_k(xds_kv_cache *kv, int layer, int seq, int pos);
 float *xds_kv_v(xds_kv_cache *kv, int layer, int seq, int pos);
