@@ -123,10 +123,10 @@ static xds_status parse_entry(xds_safetensors *f, const char *name, json_t *v, s
                            p, name, (long long)b, (long long)e, data_size);
     if (nelem > (uint64_t)(e - b) / (uint64_t)esize || nelem * (uint64_t)esize != (uint64_t)(e - b))
         return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: tensor '%s': data_offsets [%lld, %lld) hold %lld bytes but shape x "
-                           "%s needs %llu x %d",
+                           "%s: tensor '%s': data_offsets [%lld, %lld) hold %lld bytes, but the "
+                           "shape has %llu %s elements of %d bytes",
                            p, name, (long long)b, (long long)e, (long long)(e - b),
-                           xds_dtype_name(t->type), (unsigned long long)nelem, esize);
+                           (unsigned long long)nelem, xds_dtype_name(t->type), esize);
     t->data = data + b;
     t->nbytes = (size_t)(e - b);
     return XDS_OK;
