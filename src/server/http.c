@@ -1,0 +1,1038 @@
+/*
+ * http.c — the OpenAI-compatible HTTP server on libmicrohttpd (see http.h).
+ *
+ * A request's life: MHD calls srv_on_request first when the headers are in
+ * (route, method, auth and Content-Length are checked there), then once per
+ * body piece (appended, size-limited), then a last time with no data: the
+ * body is parsed (openai.c), tokenized, checked against the context and
+ * submitted to the engine. The per-request srv_req is shared by three owners
+ * (MHD's request, the engine until its final event, a streaming response
+ * until MHD frees it) and freed when the last lets go (refs under mu).
+ *
+ * Streaming: the engine callback appends text pieces under q->mu and
+ * signals; the MHD content reader swaps them out, formats SSE chunks outside
+ * the lock and hands bytes to MHD. A client that goes away makes MHD report
+ * a non-OK termination; srv_on_completed then cancels the engine request.
+ *
+ * Invariants: engine callbacks never block (copy + signal); every request
+ * that reached the engine is either finished or cancelled before its srv_req
+ * can be freed; the per-connection srv_conn lives from MHD's STARTED to its
+ * CLOSED notification, which comes before MHD closes the socket, so the
+ * reaper never shuts down a recycled descriptor.
+ */
+#define _GNU_SOURCE
+#include "server/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "server/metrics.h"
+#include "server/openai.h"
+#include "tokenizer/tokenizer.h"
+
+#if MHD_VERSION < 0x00097002
+typedef int srv_result;
+#else
+typedef enum MHD_Result srv_result;
+#endif
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------------ */
+/* State                                                                     */
+
+typedef enum srv_route {
+    ROUTE_NONE = 0,
+    ROUTE_HEALTH,
+    ROUTE_MODELS,
+    ROUTE_METRICS,
+    ROUTE_COMPLETIONS,
+    ROUTE_CHAT,
+} srv_route;
+
+static const char *route_name[] = {"other", "/health", "/v1/models", "/metrics", "/v1/completions",
+                                   "/v1/chat/completions"};
+
+/* One connection, for the read-deadline reaper. */
+typedef struct srv_conn {
+    int fd;
+    int reading;       /* waiting for a complete request */
+    double since;      /* when it started waiting */
+    int killed;
+    struct srv_conn *prev, *next;
+} srv_conn;
+
+typedef struct srv_req srv_req;
+
+struct xds_server {
+    xds_server_opts o;
+    char *model_name, *api_key;
+    xds_engine *engine;
+    const xds_tokenizer *tok;
+    int n_vocab;
+    int add_bos;
+    struct MHD_Daemon *mhd;
+    int port;
+    int64_t created;
+    atomic_uint_fast64_t id_counter;
+    uint64_t id_base;
+    atomic_int quiescing;
+
+    pthread_mutex_t mu;  /* in-flight count, active list */
+    pthread_cond_t idle_cv;
+    int n_inflight;
+    srv_req *active;     /* submitted, not yet completed */
+
+    pthread_mutex_t conn_mu;
+    srv_conn *conns;
+    pthread_t reaper;
+    int reaper_started;
+    atomic_int stopping;
+
+    xds_metrics *metrics;
+    xds_metric *m_requests, *m_prompt_tok, *m_gen_tok, *m_ttft, *m_tpot, *m_e2e, *m_finished;
+    xds_metric *m_waiting, *m_running, *m_kv_used, *m_kv_free, *m_prefix_rate, *m_prefix_q, *m_prefix_h;
+    xds_metric *m_inflight, *m_timeouts;
+};
+
+struct srv_req {
+    xds_server *srv;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;                    /* guarded by mu */
+
+    /* HTTP (connection thread only) */
+    srv_route route;
+    char *body;                  /* (body_len) request body */
+    size_t body_len, body_cap;
+    int too_large;
+    int status;                  /* HTTP status queued, 0 before */
+    srv_conn *conn;
+
+    /* request */
+    xds_oai_kind kind;
+    char id[48];
+    xds_oai_resp resp;
+    int stream, include_usage;
+    int submitted;
+    uint64_t req_id;
+    double t_submit;
+
+    /* engine output, guarded by mu */
+    char *text;                  /* (text_len) pending text (stream) / all text */
+    size_t text_len, text_cap;
+    size_t *piece_end;           /* (n_pieces) end offsets of pieces in text */
+    int n_pieces, cap_pieces;
+    int finished;
+    xds_finish finish;
+    int n_prompt, n_gen, n_cached;
+    double t_first, t_end;
+
+    /* stream writer (connection thread only) */
+    char *out;                   /* (out_len) formatted bytes, out_off sent */
+    size_t out_len, out_off, out_cap;
+    char *wtext;                 /* swapped-out pending text */
+    size_t wtext_cap;
+    size_t *wpiece;
+    int wpiece_cap;
+    int sent_role, sent_done;
+
+    srv_req *prev, *next;        /* server active list (srv->mu) */
+};
+
+static void srv_req_unref(srv_req *q) {
+    pthread_mutex_lock(&q->mu);
+    int r = --q->refs;
+    pthread_mutex_unlock(&q->mu);
+    if (r > 0) return;
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cv);
+    free(q->body);
+    free(q->text);
+    free(q->piece_end);
+    free(q->out);
+    free(q->wtext);
+    free(q->wpiece);
+    free(q);
+}
+
+xds_server_opts xds_server_opts_default(void) {
+    xds_server_opts o = {.host = "127.0.0.1",
+                         .port = 8000,
+                         .api_key = NULL,
+                         .model_name = "default",
+                         .max_ctx = 2048,
+                         .max_connections = 256,
+                         .idle_timeout_s = 30,
+                         .read_timeout_s = 30,
+                         .max_body_bytes = 8u << 20,
+                         .header_limit = 64u << 10};
+    return o;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Responses                                                                 */
+
+static void srv_add_common_headers(xds_server *s, struct MHD_Response *r, const char *ctype) {
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (atomic_load(&s->quiescing)) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+}
+
+/* Queue body (malloc'd; ownership taken) with status. */
+static srv_result srv_send(srv_req *q, struct MHD_Connection *c, int status, const char *ctype,
+                           char *body, size_t len) {
+    if (!body) {
+        status = 500;
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}";
+        body = strdup(oom);
+        len = body ? strlen(body) : 0;
+        if (!body) return MHD_NO;
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    srv_add_common_headers(q->srv, r, ctype);
+    if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (status == 429) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == 405)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
+                                q->route == ROUTE_COMPLETIONS || q->route == ROUTE_CHAT ? "POST" : "GET, HEAD");
+    q->status = status;
+    srv_result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static srv_result srv_send_error(srv_req *q, struct MHD_Connection *c, const xds_oai_error *e) {
+    size_t len = 0;
+    char *body = xds_oai_error_json(e, &len);
+    return srv_send(q, c, e->http_status, "application/json", body, len);
+}
+
+static srv_result srv_fail(srv_req *q, struct MHD_Connection *c, int status, const char *param,
+                           const char *code, const char *msg) {
+    xds_oai_error e;
+    xds_oai_error_set(&e, status, param, code, "%s", msg);
+    return srv_send_error(q, c, &e);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Engine callback (engine thread: copy and signal, never block long)        */
+
+static int srv_text_append(srv_req *q, const char *t, size_t n) {
+    if (q->text_len + n + 1 > q->text_cap) {
+        size_t cap = q->text_cap ? q->text_cap * 2 : 256;
+        while (cap < q->text_len + n + 1) cap *= 2;
+        char *nt = realloc(q->text, cap);
+        if (!nt) return -1;
+        q->text = nt;
+        q->text_cap = cap;
+    }
+    memcpy(q->text + q->text_len, t, n);
+    q->text_len += n;
+    q->text[q->text_len] = 0;
+    if (q->n_pieces == q->cap_pieces) {
+        int cap = q->cap_pieces ? q->cap_pieces * 2 : 16;
+        size_t *np = realloc(q->piece_end, cap * sizeof *np);
+        if (!np) return -1;
+        q->piece_end = np;
+        q->cap_pieces = cap;
+    }
+    q->piece_end[q->n_pieces++] = q->text_len;
+    return 0;
+}
+
+static void srv_on_event(void *user, const xds_gen_event *ev) {
+    srv_req *q = user;
+    double t = now_s();
+    pthread_mutex_lock(&q->mu);
+    if (ev->text_len && srv_text_append(q, ev->text, ev->text_len) != 0) {
+        XDS_LOGE("serve: out of memory buffering output of request %s", q->id);
+    }
+    if (ev->n_gen > 0 && q->t_first == 0) q->t_first = t;
+    q->n_prompt = ev->n_prompt;
+    q->n_gen = ev->n_gen;
+    q->n_cached = ev->n_cached;
+    int fin = ev->finish != XDS_FINISH_NONE;
+    if (fin) {
+        q->finished = 1;
+        q->finish = ev->finish;
+        q->t_end = t;
+    }
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    if (fin) srv_req_unref(q); /* the engine's reference */
+}
+
+/* ------------------------------------------------------------------------ */
+/* Streaming                                                                 */
+
+static int srv_out_append(srv_req *q, char *s, size_t n) {
+    if (!s) return -1;
+    if (q->out_len + n > q->out_cap) {
+        size_t cap = q->out_cap ? q->out_cap * 2 : 1024;
+        while (cap < q->out_len + n) cap *= 2;
+        char *no = realloc(q->out, cap);
+        if (!no) {
+            free(s);
+            return -1;
+        }
+        q->out = no;
+        q->out_cap = cap;
+    }
+    memcpy(q->out + q->out_len, s, n);
+    q->out_len += n;
+    free(s);
+    return 0;
+}
+
+/* Wait for engine output, then format it as SSE into q->out. */
+static int srv_stream_fill(srv_req *q) {
+    pthread_mutex_lock(&q->mu);
+    while (q->n_pieces == 0 && !q->finished) pthread_cond_wait(&q->cv, &q->mu);
+    /* swap the pending buffers with the writer's spare ones */
+    char *t = q->text;
+    size_t tl = q->text_len, tc = q->text_cap;
+    size_t *pe = q->piece_end;
+    int np = q->n_pieces, pc = q->cap_pieces;
+    q->text = q->wtext;
+    q->text_cap = q->wtext_cap;
+    q->text_len = 0;
+    q->piece_end = q->wpiece;
+    q->cap_pieces = q->wpiece_cap;
+    q->n_pieces = 0;
+    int fin = q->finished;
+    xds_finish finish = q->finish;
+    int n_prompt = q->n_prompt, n_gen = q->n_gen;
+    pthread_mutex_unlock(&q->mu);
+    q->wtext = t;
+    q->wtext_cap = tc;
+    q->wpiece = pe;
+    q->wpiece_cap = pc;
+    (void)tl;
+
+    int chat = q->kind == XDS_OAI_CHAT;
+    size_t n, start = 0;
+    for (int i = 0; i < np; i++) {
+        size_t end = pe[i];
+        if (end > start) {
+            if (srv_out_append(q, xds_oai_sse_chunk(&q->resp, chat && !q->sent_role, t + start, end - start,
+                                                    NULL, q->include_usage, &n), n))
+                return -1;
+            q->sent_role = 1;
+        }
+        start = end;
+    }
+    if (!fin) return 0;
+    if (finish == XDS_FINISH_ERROR || finish == XDS_FINISH_ABORT) {
+        xds_oai_error e;
+        xds_oai_error_set(&e, 500, NULL, NULL, "%s",
+                          finish == XDS_FINISH_ERROR ? "the engine failed while generating" : "request aborted");
+        if (srv_out_append(q, xds_oai_sse_error(&e, &n), n)) return -1;
+    } else {
+        if (chat && !q->sent_role) {
+            if (srv_out_append(q, xds_oai_sse_chunk(&q->resp, 1, "", 0, NULL, q->include_usage, &n), n)) return -1;
+            q->sent_role = 1;
+        }
+        if (srv_out_append(q, xds_oai_sse_chunk(&q->resp, 0, "", 0, xds_oai_finish_str(finish),
+                                                q->include_usage, &n), n))
+            return -1;
+        if (q->include_usage && srv_out_append(q, xds_oai_sse_usage(&q->resp, n_prompt, n_gen, &n), n)) return -1;
+    }
+    if (srv_out_append(q, strdup(XDS_OAI_SSE_DONE), strlen(XDS_OAI_SSE_DONE))) return -1;
+    q->sent_done = 1;
+    return 0;
+}
+
+static ssize_t srv_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    srv_req *q = cls;
+    (void)pos;
+    while (q->out_off == q->out_len) {
+        if (q->sent_done) return MHD_CONTENT_READER_END_OF_STREAM;
+        q->out_len = q->out_off = 0;
+        if (srv_stream_fill(q) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    size_t n = q->out_len - q->out_off;
+    if (n > max) n = max;
+    memcpy(buf, q->out + q->out_off, n);
+    q->out_off += n;
+    return (ssize_t)n;
+}
+
+static void srv_stream_free(void *cls) { srv_req_unref(cls); }
+
+/* ------------------------------------------------------------------------ */
+/* Completions                                                               */
+
+/* 1 if the peer has closed its side (checked without blocking). */
+static int srv_peer_gone(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return 0;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0) return 0;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Tokenize the request's prompt. On failure fills e. */
+static int srv_tokenize(xds_server *s, const xds_oai_request *r, int32_t **ids, size_t *n, xds_oai_error *e) {
+    if (r->kind == XDS_OAI_CHAT) {
+        xds_chat_msg *msgs = calloc(r->n_messages, sizeof *msgs);
+        if (!msgs) return xds_oai_error_set(e, 500, NULL, NULL, "out of memory"), -1;
+        for (int i = 0; i < r->n_messages; i++) msgs[i] = (xds_chat_msg){r->messages[i].role, r->messages[i].content};
+        char *text = NULL;
+        xds_status st = xds_chat_render(s->tok, msgs, r->n_messages, 1, &text);
+        free(msgs);
+        if (st != XDS_OK) {
+            xds_oai_error_set(e, st == XDS_ERR_NOMEM ? 500 : 400, "messages", NULL,
+                              "cannot render the conversation with the model's chat template: %s", xds_err_msg());
+            return -1;
+        }
+        st = xds_tokenizer_encode(s->tok, text, strlen(text), 1, ids, n);
+        free(text);
+        if (st != XDS_OK) {
+            xds_oai_error_set(e, st == XDS_ERR_NOMEM ? 500 : 400, "messages", NULL, "cannot tokenize: %s", xds_err_msg());
+            return -1;
+        }
+        return 0;
+    }
+    if (r->prompt_ids) {
+        *ids = malloc(r->n_prompt_ids * sizeof **ids);
+        if (!*ids) return xds_oai_error_set(e, 500, NULL, NULL, "out of memory"), -1;
+        for (int i = 0; i < r->n_prompt_ids; i++) {
+            if (r->prompt_ids[i] >= s->n_vocab) {
+                free(*ids);
+                *ids = NULL;
+                xds_oai_error_set(e, 400, "prompt", NULL, "token id %d at prompt[%d] is outside the vocabulary (%d)",
+                                  r->prompt_ids[i], i, s->n_vocab);
+                return -1;
+            }
+            (*ids)[i] = r->prompt_ids[i];
+        }
+        *n = r->n_prompt_ids;
+        return 0;
+    }
+    int32_t *t = NULL;
+    size_t nt = 0;
+    xds_status st = xds_tokenizer_encode(s->tok, r->prompt, r->prompt_len, 1, &t, &nt);
+    if (st != XDS_OK) {
+        xds_oai_error_set(e, st == XDS_ERR_NOMEM ? 500 : 400, "prompt", NULL, "cannot tokenize: %s", xds_err_msg());
+        return -1;
+    }
+    int32_t bos = xds_tokenizer_bos(s->tok);
+    if (s->add_bos && bos >= 0 && !(nt > 0 && t[0] == bos)) {
+        int32_t *t2 = malloc((nt + 1) * sizeof *t2);
+        if (!t2) {
+            free(t);
+            return xds_oai_error_set(e, 500, NULL, NULL, "out of memory"), -1;
+        }
+        t2[0] = bos;
+        memcpy(t2 + 1, t, nt * sizeof *t);
+        free(t);
+        t = t2;
+        nt++;
+    }
+    *ids = t;
+    *n = nt;
+    return 0;
+}
+
+static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
+    xds_server *s = q->srv;
+    xds_oai_error e;
+    xds_oai_request r;
+    q->kind = q->route == ROUTE_CHAT ? XDS_OAI_CHAT : XDS_OAI_COMPLETION;
+    if (xds_oai_request_parse(q->kind, q->body ? q->body : "", q->body_len, &r, &e) != XDS_OK)
+        return srv_send_error(q, c, &e);
+    if (r.model && strcmp(r.model, s->model_name) != 0) {
+        xds_oai_error_set(&e, 404, "model", "model_not_found", "The model '%s' does not exist (this server serves '%s')",
+                          r.model, s->model_name);
+        xds_oai_request_free(&r);
+        return srv_send_error(q, c, &e);
+    }
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    if (srv_tokenize(s, &r, &ids, &n_ids, &e) != 0) {
+        xds_oai_request_free(&r);
+        return srv_send_error(q, c, &e);
+    }
+    int max_ctx = s->o.max_ctx;
+    const char *mt_param = q->kind == XDS_OAI_CHAT ? "max_tokens" : "max_tokens";
+    if (n_ids == 0) {
+        xds_oai_error_set(&e, 400, q->kind == XDS_OAI_CHAT ? "messages" : "prompt", NULL, "the prompt is empty after tokenization");
+    } else if ((long long)n_ids >= max_ctx) {
+        xds_oai_error_set(&e, 400, q->kind == XDS_OAI_CHAT ? "messages" : "prompt", "context_length_exceeded",
+                          "This model's maximum context length is %d tokens, but the prompt has %zu tokens", max_ctx, n_ids);
+    } else if (r.max_tokens > 0 && (long long)n_ids + r.max_tokens > max_ctx) {
+        xds_oai_error_set(&e, 400, mt_param, "context_length_exceeded",
+                          "This model's maximum context length is %d tokens. However, you requested %lld tokens "
+                          "(%zu in the prompt, %d for the completion). Please reduce the prompt or max_tokens.",
+                          max_ctx, (long long)n_ids + r.max_tokens, n_ids, r.max_tokens);
+    } else {
+        e.http_status = 0;
+    }
+    if (e.http_status) {
+        free(ids);
+        xds_oai_request_free(&r);
+        return srv_send_error(q, c, &e);
+    }
+    int max_tokens = r.max_tokens;
+    if (max_tokens <= 0) {
+        max_tokens = max_ctx - (int)n_ids;
+        if (q->kind == XDS_OAI_COMPLETION && max_tokens > 16) max_tokens = 16; /* OpenAI's default */
+    }
+    if (!r.seed_given) {
+        uint64_t x = s->id_base ^ (uint64_t)(now_s() * 1e9) ^ atomic_fetch_add(&s->id_counter, 1);
+        r.sampling.seed = splitmix64(&x);
+    }
+    uint64_t idn = atomic_fetch_add(&s->id_counter, 1);
+    uint64_t x = s->id_base + idn;
+    snprintf(q->id, sizeof q->id, "%s-%016llx%08llx", q->kind == XDS_OAI_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)splitmix64(&x), (unsigned long long)(idn & 0xffffffffu));
+    q->resp = (xds_oai_resp){.kind = q->kind, .id = q->id, .created = (int64_t)time(NULL), .model = s->model_name};
+    q->stream = r.stream;
+    q->include_usage = r.stream && r.include_usage;
+
+    xds_gen_params gp = {.max_tokens = max_tokens,
+                         .sampling = r.sampling,
+                         .stop = (const char *const *)r.stop,
+                         .n_stop = r.n_stop,
+                         .ignore_eos = r.ignore_eos};
+    pthread_mutex_lock(&q->mu);
+    q->refs++; /* the engine's reference, dropped at the final event */
+    pthread_mutex_unlock(&q->mu);
+    q->t_submit = now_s();
+    xds_status st = xds_engine_submit(s->engine, ids, (int)n_ids, &gp, srv_on_event, q, &q->req_id);
+    free(ids);
+    xds_oai_request_free(&r);
+    if (st != XDS_OK) {
+        pthread_mutex_lock(&q->mu);
+        q->refs--;
+        pthread_mutex_unlock(&q->mu);
+        if (st == XDS_ERR_BUSY)
+            return srv_fail(q, c, 429, NULL, "server_busy", "the server is busy (request queue full); retry later");
+        xds_oai_error_set(&e, st == XDS_ERR_INVALID ? 400 : 500, NULL, NULL, "%s", xds_err_msg());
+        return srv_send_error(q, c, &e);
+    }
+    q->submitted = 1;
+    pthread_mutex_lock(&s->mu);
+    q->next = s->active;
+    if (s->active) s->active->prev = q;
+    s->active = q;
+    pthread_mutex_unlock(&s->mu);
+
+    if (q->stream) {
+        struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, srv_stream_read,
+                                                                      q, srv_stream_free);
+        if (!resp) return MHD_NO; /* srv_on_completed cancels */
+        pthread_mutex_lock(&q->mu);
+        q->refs++; /* the response's reference */
+        pthread_mutex_unlock(&q->mu);
+        srv_add_common_headers(s, resp, "text/event-stream");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        q->status = 200;
+        srv_result ret = MHD_queue_response(c, 200, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+
+    /* Non-streaming: wait for the end, watching for the client going away. */
+    pthread_mutex_lock(&q->mu);
+    int cancelled = 0;
+    while (!q->finished) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        int rc = pthread_cond_timedwait(&q->cv, &q->mu, &ts);
+        if (rc == ETIMEDOUT && !cancelled && !q->finished) {
+            pthread_mutex_unlock(&q->mu);
+            if (srv_peer_gone(c)) {
+                xds_engine_cancel(s->engine, q->req_id);
+                cancelled = 1;
+            }
+            pthread_mutex_lock(&q->mu);
+        }
+    }
+    xds_finish fin = q->finish;
+    int n_prompt = q->n_prompt, n_gen = q->n_gen;
+    pthread_mutex_unlock(&q->mu);
+    if (fin == XDS_FINISH_ERROR || fin == XDS_FINISH_ABORT)
+        return srv_fail(q, c, 500, NULL, NULL,
+                        fin == XDS_FINISH_ERROR ? "the engine failed while generating" : "request aborted");
+    size_t len = 0;
+    char *body = xds_oai_response_json(&q->resp, q->text ? q->text : "", q->text_len, xds_oai_finish_str(fin),
+                                       n_prompt, n_gen, &len);
+    return srv_send(q, c, 200, "application/json", body, len);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Other routes                                                              */
+
+static srv_result srv_handle_metrics(srv_req *q, struct MHD_Connection *c) {
+    xds_server *s = q->srv;
+    xds_engine_stats st;
+    memset(&st, 0, sizeof st);
+    xds_engine_stats_get(s->engine, &st);
+    xds_metric_set(s->m_waiting, NULL, st.n_waiting);
+    xds_metric_set(s->m_running, NULL, st.n_running);
+    xds_metric_set(s->m_kv_used, NULL, st.kv_blocks_used);
+    xds_metric_set(s->m_kv_free, NULL, st.kv_blocks_total - st.kv_blocks_used);
+    xds_metric_set(s->m_prefix_q, NULL, (double)st.prefix_queries);
+    xds_metric_set(s->m_prefix_h, NULL, (double)st.prefix_hits);
+    xds_metric_set(s->m_prefix_rate, NULL, st.prefix_queries ? (double)st.prefix_hits / st.prefix_queries : 0.0);
+    pthread_mutex_lock(&s->mu);
+    xds_metric_set(s->m_inflight, NULL, s->n_inflight);
+    pthread_mutex_unlock(&s->mu);
+    size_t len = 0;
+    char *body = xds_metrics_render(s->metrics, &len);
+    return srv_send(q, c, 200, "text/plain; version=0.0.4; charset=utf-8", body, len);
+}
+
+static int srv_auth_ok(xds_server *s, struct MHD_Connection *c) {
+    if (!s->api_key) return 1;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    while (*h == ' ') h++;
+    size_t n = strlen(h), k = strlen(s->api_key);
+    unsigned diff = (unsigned)(n ^ k);
+    for (size_t i = 0; i < k; i++) diff |= (unsigned char)s->api_key[i] ^ (unsigned char)(i < n ? h[i] : 0);
+    return diff == 0;
+}
+
+static srv_route srv_route_of(const char *url) {
+    if (!strcmp(url, "/health")) return ROUTE_HEALTH;
+    if (!strcmp(url, "/v1/models")) return ROUTE_MODELS;
+    if (!strcmp(url, "/metrics")) return ROUTE_METRICS;
+    if (!strcmp(url, "/v1/completions")) return ROUTE_COMPLETIONS;
+    if (!strcmp(url, "/v1/chat/completions")) return ROUTE_CHAT;
+    return ROUTE_NONE;
+}
+
+/* ------------------------------------------------------------------------ */
+/* MHD callbacks                                                             */
+
+static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                 const char *version, const char *upload_data, size_t *upload_data_size,
+                                 void **con_cls) {
+    xds_server *s = cls;
+    srv_req *q = *con_cls;
+    (void)version;
+    if (!q) { /* first call: headers are in */
+        q = calloc(1, sizeof *q);
+        if (!q) return MHD_NO;
+        q->srv = s;
+        q->refs = 1; /* MHD's, dropped in srv_on_completed */
+        pthread_mutex_init(&q->mu, NULL);
+        pthread_cond_init(&q->cv, NULL);
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        q->conn = ci ? (srv_conn *)ci->socket_context : NULL;
+        *con_cls = q;
+        pthread_mutex_lock(&s->mu);
+        s->n_inflight++;
+        pthread_mutex_unlock(&s->mu);
+
+        q->route = srv_route_of(url);
+        int is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+        int is_post = !strcmp(method, "POST");
+        char msg[256];
+        switch (q->route) {
+        case ROUTE_NONE:
+            snprintf(msg, sizeof msg, "no route for %.64s %.128s", method, url);
+            return srv_fail(q, c, 404, NULL, "not_found", msg);
+        case ROUTE_HEALTH:
+        case ROUTE_MODELS:
+        case ROUTE_METRICS:
+            if (!is_get) {
+                snprintf(msg, sizeof msg, "method %.64s not allowed on %s (use GET)", method, url);
+                return srv_fail(q, c, 405, NULL, "method_not_allowed", msg);
+            }
+            if (q->route == ROUTE_HEALTH) return srv_send(q, c, 200, "application/json", strdup("{\"status\":\"ok\"}"), 15);
+            if (q->route == ROUTE_METRICS) return srv_handle_metrics(q, c);
+            if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
+            {
+                size_t len = 0;
+                char *body = xds_oai_models_json(s->model_name, s->created, &len);
+                return srv_send(q, c, 200, "application/json", body, len);
+            }
+        case ROUTE_COMPLETIONS:
+        case ROUTE_CHAT:
+            if (!is_post) {
+                snprintf(msg, sizeof msg, "method %.64s not allowed on %s (use POST)", method, url);
+                return srv_fail(q, c, 405, NULL, "method_not_allowed", msg);
+            }
+            if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
+            {
+                const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+                if (cl && strtoull(cl, NULL, 10) > s->o.max_body_bytes) {
+                    snprintf(msg, sizeof msg, "request body of %.20s bytes exceeds the limit of %zu bytes", cl,
+                             s->o.max_body_bytes);
+                    return srv_fail(q, c, 413, NULL, "request_too_large", msg);
+                }
+            }
+            return MHD_YES;
+        }
+        return MHD_NO;
+    }
+    if (*upload_data_size) { /* a piece of the body */
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (q->status) return MHD_YES; /* response already queued: drain */
+        if (q->too_large || q->body_len + n > s->o.max_body_bytes) {
+            q->too_large = 1;
+            return MHD_YES;
+        }
+        if (q->body_len + n + 1 > q->body_cap) {
+            size_t cap = q->body_cap ? q->body_cap * 2 : 4096;
+            while (cap < q->body_len + n + 1) cap *= 2;
+            char *nb = realloc(q->body, cap);
+            if (!nb) return MHD_NO;
+            q->body = nb;
+            q->body_cap = cap;
+        }
+        memcpy(q->body + q->body_len, upload_data, n);
+        q->body_len += n;
+        q->body[q->body_len] = 0;
+        return MHD_YES;
+    }
+    if (q->status) return MHD_YES; /* answered on the first call */
+    /* the whole request is in */
+    if (q->conn) {
+        pthread_mutex_lock(&s->conn_mu);
+        q->conn->reading = 0;
+        pthread_mutex_unlock(&s->conn_mu);
+    }
+    if (q->too_large) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "request body exceeds the limit of %zu bytes", s->o.max_body_bytes);
+        return srv_fail(q, c, 413, NULL, "request_too_large", msg);
+    }
+    return srv_handle_generate(q, c);
+}
+
+static void srv_on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                             enum MHD_RequestTerminationCode toe) {
+    xds_server *s = cls;
+    srv_req *q = *con_cls;
+    (void)c;
+    if (!q) return;
+    *con_cls = NULL;
+    if (q->submitted) {
+        pthread_mutex_lock(&q->mu);
+        int fin = q->finished;
+        pthread_mutex_unlock(&q->mu);
+        if (!fin) {
+            if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+                XDS_LOGI("serve: client of %s went away (code %d); cancelling", q->id, (int)toe);
+            xds_engine_cancel(s->engine, q->req_id);
+        }
+        pthread_mutex_lock(&s->mu);
+        if (q->prev) q->prev->next = q->next;
+        else s->active = q->next;
+        if (q->next) q->next->prev = q->prev;
+        q->prev = q->next = NULL;
+        pthread_mutex_unlock(&s->mu);
+        /* token counters and latencies of a finished request */
+        pthread_mutex_lock(&q->mu);
+        int ok = q->finished && (q->finish == XDS_FINISH_STOP || q->finish == XDS_FINISH_LENGTH);
+        double ttft = q->t_first > 0 ? q->t_first - q->t_submit : -1;
+        double tpot = q->n_gen > 1 ? (q->t_end - q->t_first) / (q->n_gen - 1) : -1;
+        double e2e = q->t_end - q->t_submit;
+        int n_prompt = q->n_prompt, n_gen = q->n_gen;
+        xds_finish fin2 = q->finish;
+        pthread_mutex_unlock(&q->mu);
+        xds_metric_add(s->m_prompt_tok, NULL, n_prompt);
+        xds_metric_add(s->m_gen_tok, NULL, n_gen);
+        if (ok) {
+            if (ttft >= 0) xds_metric_observe(s->m_ttft, NULL, ttft);
+            if (tpot >= 0) xds_metric_observe(s->m_tpot, NULL, tpot);
+            xds_metric_observe(s->m_e2e, NULL, e2e);
+        }
+        static const char *fin_lbl[] = {"finished_reason=\"none\"", "finished_reason=\"stop\"",
+                                        "finished_reason=\"length\"", "finished_reason=\"abort\"",
+                                        "finished_reason=\"error\""};
+        xds_metric_add(s->m_finished, fin2 >= 0 && fin2 <= XDS_FINISH_ERROR ? fin_lbl[fin2] : fin_lbl[0], 1);
+    }
+    if (q->status) {
+        char lbl[96];
+        snprintf(lbl, sizeof lbl, "endpoint=\"%s\",code=\"%d\"", route_name[q->route], q->status);
+        xds_metric_add(s->m_requests, lbl, 1);
+    }
+    if (q->conn) {
+        pthread_mutex_lock(&s->conn_mu);
+        q->conn->reading = 1;
+        q->conn->since = now_s();
+        pthread_mutex_unlock(&s->conn_mu);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->n_inflight--;
+    pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->mu);
+    srv_req_unref(q);
+}
+
+static void srv_on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                              enum MHD_ConnectionNotificationCode code) {
+    xds_server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        srv_conn *sc = calloc(1, sizeof *sc);
+        if (!sc) return;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        sc->fd = ci ? ci->connect_fd : -1;
+        sc->reading = 1;
+        sc->since = now_s();
+        pthread_mutex_lock(&s->conn_mu);
+        sc->next = s->conns;
+        if (s->conns) s->conns->prev = sc;
+        s->conns = sc;
+        pthread_mutex_unlock(&s->conn_mu);
+        *socket_context = sc;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        srv_conn *sc = *socket_context;
+        if (!sc) return;
+        pthread_mutex_lock(&s->conn_mu);
+        if (sc->prev) sc->prev->next = sc->next;
+        else s->conns = sc->next;
+        if (sc->next) sc->next->prev = sc->prev;
+        pthread_mutex_unlock(&s->conn_mu);
+        free(sc);
+        *socket_context = NULL;
+    }
+}
+
+/* Shut down connections that have been waiting for a complete request for
+ * longer than read_timeout_s. MHD then sees EOF and closes them. */
+static void *srv_reaper_main(void *arg) {
+    xds_server *s = arg;
+    while (!atomic_load(&s->stopping)) {
+        usleep(200 * 1000);
+        double t = now_s();
+        int killed = 0;
+        pthread_mutex_lock(&s->conn_mu);
+        for (srv_conn *sc = s->conns; sc; sc = sc->next) {
+            if (sc->reading && !sc->killed && sc->fd >= 0 && t - sc->since > s->o.read_timeout_s) {
+                shutdown(sc->fd, SHUT_RDWR);
+                sc->killed = 1;
+                killed++;
+            }
+        }
+        pthread_mutex_unlock(&s->conn_mu);
+        if (killed) {
+            xds_metric_add(s->m_timeouts, NULL, killed);
+            XDS_LOGI("serve: closed %d connection(s) that did not send a request within %d s", killed,
+                     s->o.read_timeout_s);
+        }
+    }
+    return NULL;
+}
+
+static void srv_mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    if (!xds_log_enabled(XDS_LOG_DEBUG)) return;
+    char buf[512];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = strlen(buf);
+    while (n && buf[n - 1] == '\n') buf[--n] = 0;
+    XDS_LOGD("microhttpd: %s", buf);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lifecycle                                                                 */
+
+static int srv_metrics_init(xds_server *s) {
+    static const double lat[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
+                                 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
+    static const double tpot[] = {0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+                                  0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5};
+    static const double e2e[] = {0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0};
+    xds_metrics *m = s->metrics = xds_metrics_create();
+    if (!m) return -1;
+    s->m_requests = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_http_requests_total", "HTTP requests by endpoint and status code", NULL, 0);
+    s->m_prompt_tok = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_prompt_tokens_total", "Prompt tokens of finished requests", NULL, 0);
+    s->m_gen_tok = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_generation_tokens_total", "Generated tokens of finished requests", NULL, 0);
+    s->m_finished = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_request_finished_total", "Engine requests by finish reason", NULL, 0);
+    s->m_ttft = xds_metrics_add(m, XDS_METRIC_HISTOGRAM, "xds_time_to_first_token_seconds", "Time from submit to the first generated token", lat, sizeof lat / sizeof *lat);
+    s->m_tpot = xds_metrics_add(m, XDS_METRIC_HISTOGRAM, "xds_time_per_output_token_seconds", "Mean time per output token after the first", tpot, sizeof tpot / sizeof *tpot);
+    s->m_e2e = xds_metrics_add(m, XDS_METRIC_HISTOGRAM, "xds_e2e_request_latency_seconds", "Time from submit to the last token", e2e, sizeof e2e / sizeof *e2e);
+    s->m_waiting = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_num_requests_waiting", "Requests queued in the engine", NULL, 0);
+    s->m_running = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_num_requests_running", "Requests in the running batch", NULL, 0);
+    s->m_kv_used = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_kv_blocks_used", "KV cache blocks in use", NULL, 0);
+    s->m_kv_free = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_kv_blocks_free", "KV cache blocks free", NULL, 0);
+    s->m_prefix_q = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache", NULL, 0);
+    s->m_prefix_h = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_prefix_cache_hits_total", "Prompt tokens served from the prefix cache", NULL, 0);
+    s->m_prefix_rate = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_prefix_cache_hit_rate", "Prefix cache hits / queries (tokens, since start)", NULL, 0);
+    s->m_inflight = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_http_requests_in_flight", "HTTP requests being received or answered", NULL, 0);
+    s->m_timeouts = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_http_read_timeouts_total", "Connections closed for not sending a request in time", NULL, 0);
+    return s->m_requests && s->m_prompt_tok && s->m_gen_tok && s->m_finished && s->m_ttft && s->m_tpot && s->m_e2e &&
+                   s->m_waiting && s->m_running && s->m_kv_used && s->m_kv_free && s->m_prefix_q && s->m_prefix_h &&
+                   s->m_prefix_rate && s->m_inflight && s->m_timeouts
+               ? 0
+               : -1;
+}
+
+static void srv_free(xds_server *s) {
+    if (s->reaper_started) {
+        atomic_store(&s->stopping, 1);
+        pthread_join(s->reaper, NULL);
+    }
+    xds_metrics_free(s->metrics);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->idle_cv);
+    pthread_mutex_destroy(&s->conn_mu);
+    free(s->model_name);
+    free(s->api_key);
+    free(s);
+}
+
+xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, const xds_tokenizer *tok,
+                            xds_server **out) {
+    if (!opts || !engine || !tok || !opts->model_name || opts->max_ctx <= 0)
+        return xds_err_set(XDS_ERR_INVALID, "xds_server_start: missing engine, tokenizer, model name or context");
+    xds_server *s = calloc(1, sizeof *s);
+    if (!s) return xds_err_set(XDS_ERR_NOMEM, "xds_server_start: out of memory");
+    s->o = *opts;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->idle_cv, NULL);
+    pthread_mutex_init(&s->conn_mu, NULL);
+    s->engine = engine;
+    s->tok = tok;
+    s->n_vocab = xds_tokenizer_n_vocab(tok);
+    s->add_bos = xds_tokenizer_add_bos(tok);
+    s->model_name = strdup(opts->model_name);
+    s->api_key = opts->api_key && *opts->api_key ? strdup(opts->api_key) : NULL;
+    s->created = (int64_t)time(NULL);
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)s;
+    s->id_base = splitmix64(&seed);
+    if (s->o.max_connections <= 0) s->o.max_connections = 256;
+    if (s->o.idle_timeout_s <= 0) s->o.idle_timeout_s = 30;
+    if (s->o.read_timeout_s <= 0) s->o.read_timeout_s = 30;
+    if (s->o.max_body_bytes == 0) s->o.max_body_bytes = 8u << 20;
+    if (s->o.header_limit < 8192) s->o.header_limit = 64u << 10;
+    if (!s->model_name || (opts->api_key && *opts->api_key && !s->api_key) || srv_metrics_init(s) != 0) {
+        srv_free(s);
+        return xds_err_set(XDS_ERR_NOMEM, "xds_server_start: out of memory");
+    }
+
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    const char *host = opts->host && *opts->host ? opts->host : "127.0.0.1";
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG | MHD_USE_AUTO;
+    if (opts->port < 0 || opts->port > 65535) {
+        srv_free(s);
+        return xds_err_set(XDS_ERR_INVALID, "serve: port %d out of range", opts->port);
+    }
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)opts->port);
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)opts->port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        srv_free(s);
+        return xds_err_set(XDS_ERR_INVALID, "serve: --host '%s' is not a numeric IPv4 or IPv6 address", host);
+    }
+
+    s->mhd = MHD_start_daemon(
+        flags, (uint16_t)opts->port, NULL, NULL, srv_on_request, s,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->o.max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->o.idle_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->o.header_limit,
+        MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, s,
+        MHD_OPTION_NOTIFY_CONNECTION, srv_on_connection, s,
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1u << 20),
+        MHD_OPTION_EXTERNAL_LOGGER, srv_mhd_log, s,
+        MHD_OPTION_END);
+    if (!s->mhd) {
+        int e = errno;
+        srv_free(s);
+        return xds_err_set(XDS_ERR_IO, "serve: cannot listen on %s:%d (%s)", host, opts->port,
+                           e ? strerror(e) : "microhttpd failed to start");
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
+    s->port = opts->port;
+    if (di) {
+        struct sockaddr_storage bound;
+        socklen_t bl = sizeof bound;
+        if (getsockname(di->listen_fd, (struct sockaddr *)&bound, &bl) == 0)
+            s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                        : ((struct sockaddr_in *)&bound)->sin_port);
+    }
+    if (pthread_create(&s->reaper, NULL, srv_reaper_main, s) != 0) {
+        MHD_stop_daemon(s->mhd);
+        srv_free(s);
+        return xds_err_set(XDS_ERR_INTERNAL, "serve: cannot start the reaper thread");
+    }
+    s->reaper_started = 1;
+    *out = s;
+    return XDS_OK;
+}
+
+int xds_server_port(const xds_server *s) { return s->port; }
+
+void xds_server_quiesce(xds_server *s) {
+    if (atomic_exchange(&s->quiescing, 1)) return;
+    MHD_socket fd = MHD_quiesce_daemon(s->mhd);
+    if (fd != MHD_INVALID_SOCKET) close(fd);
+}
+
+int xds_server_wait_idle(xds_server *s, double timeout_s) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double end = ts.tv_sec + ts.tv_nsec * 1e-9 + timeout_s;
+    ts.tv_sec = (time_t)end;
+    ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    while (s->n_inflight > 0 && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&s->idle_cv, &s->mu, &ts);
+    int idle = s->n_inflight == 0;
+    pthread_mutex_unlock(&s->mu);
+    return idle;
+}
+
+void xds_server_abort_all(xds_server *s) {
+    pthread_mutex_lock(&s->mu);
+    for (srv_req *q = s->active; q; q = q->next) xds_engine_cancel(s->engine, q->req_id);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void xds_server_stop(xds_server *s) {
+    if (!s) return;
+    xds_server_abort_all(s);
+    MHD_stop_daemon(s->mhd);
+    srv_free(s);
+}
