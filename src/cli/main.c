@@ -15,6 +15,8 @@ static const cli_cmd cmds[] = {
     {"chat", cli_chat, "interactive chat using the model's chat template"},
     {"inspect", cli_inspect, "print a model's architecture, hyper-parameters and tensors"},
     {"bench", cli_bench, "prefill / decode speed against the measured memory bandwidth"},
+    {"serve", cli_serve, "OpenAI-compatible HTTP server (continuous batching engine)"},
+    {"bench-serve", cli_bench_serve, "load generator for any OpenAI-compatible server"},
 };
 
 static void usage(FILE *f) {
