@@ -86,6 +86,7 @@ typedef struct xds_engine_stats {
     int kv_blocks_total, kv_blocks_used;
     uint64_t prefix_queries, prefix_hits; /* in tokens */
     uint64_t n_prompt_tokens, n_gen_tokens, n_steps;
+    uint64_t n_preemptions;  /* sequences preempted (freed, recomputed later) */
 } xds_engine_stats;
 
 void xds_engine_stats_get(xds_engine *e, xds_engine_stats *out);

@@ -1,0 +1,468 @@
+/*
+ * engine.c — one FlowServe DP group: the step loop on its own thread, the
+ * executor that turns a scheduler plan into one batched forward pass, and the
+ * thread-safe submit / cancel / stats entry points (engine.h).
+ *
+ * Each step: take new requests and cancellations from the inbox (under the
+ * lock), plan the step (scheduler.c), point the model's per-slot block tables
+ * at the blocks the block manager gave each sequence, run the model once over
+ * every scheduled token (prefill chunks and decodes mixed), sample the rows
+ * whose sequence caught up, run output processing and deliver events.
+ *
+ * Threads: submit / cancel / stats_get / free lock `mu`; everything else
+ * (scheduler, block manager, KV cache, requests once taken from the inbox) is
+ * touched by the engine thread only. Callbacks run on the engine thread with
+ * no lock held. Invariants: every accepted request gets exactly one final
+ * event (finish != NONE) and no event after it; a request's sequence, sampler
+ * and output state are freed right after its final event.
+ */
+#include "engine/engine.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "engine/kv_block.h"
+#include "engine/output.h"
+#include "engine/scheduler.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+typedef struct eng_req {
+    uint64_t id;
+    xds_sched_seq *seq;   /* owned */
+    xds_sampler *sampler; /* owned */
+    xds_output out;
+    xds_gen_cb cb;
+    void *user;
+    struct eng_req *next, *prev; /* inbox (next only), then the live list */
+} eng_req;
+
+struct xds_engine {
+    xds_model *model;   /* borrowed */
+    xds_tokenizer *tok; /* borrowed, may be NULL */
+    xds_engine_opts opts;
+    int n_vocab;
+
+    xds_kv_cache *kv;   /* KV memory; block tables set from the block manager */
+    xds_model_ctx *ctx;
+    xds_kv_blocks *bm;
+    xds_sched *sched;
+
+    /* step buffers */
+    int32_t *b_tok, *b_pos, *b_seq; /* (max_step_tokens) */
+    int32_t *rows;                  /* (max_batch) batch rows to sample */
+    xds_sched_item **row_item;      /* (max_batch) */
+    float *logits;                  /* (max_batch, n_vocab) */
+
+    eng_req *live_head; /* engine thread: requests taken from the inbox */
+
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;  /* wakes the engine thread */
+    /* --- under mu --- */
+    eng_req *inbox_head, *inbox_tail;
+    int n_inbox;
+    uint64_t *cancels;
+    int n_cancels, cap_cancels;
+    int stop, drain;
+    uint64_t next_id;
+    xds_engine_stats st;
+};
+
+xds_engine_opts xds_engine_opts_default(void) {
+    xds_engine_opts o;
+    memset(&o, 0, sizeof(o));
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    o.n_threads = n > 0 ? (int)n : 1;
+    o.max_batch = 16;
+    o.max_step_tokens = 256;
+    o.kv_blocks = 0;
+    o.kv_block_size = 16;
+    o.max_queue = 256;
+    o.max_ctx = 0;
+    o.enable_prefix_cache = 1;
+    return o;
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+static void req_free(eng_req *r) {
+    if (!r) return;
+    xds_sched_seq_free(r->seq);
+    xds_sampler_free(r->sampler);
+    xds_output_free(&r->out);
+    free(r);
+}
+
+static void live_unlink(xds_engine *e, eng_req *r) {
+    if (r->prev) r->prev->next = r->next;
+    else e->live_head = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->next = r->prev = NULL;
+}
+
+static void emit(eng_req *r, int32_t token, const char *text, size_t len, xds_finish fin) {
+    xds_gen_event ev;
+    ev.req_id = r->id;
+    ev.text = text ? text : "";
+    ev.text_len = text ? len : 0;
+    ev.token = token;
+    ev.finish = fin;
+    ev.n_prompt = r->seq->n_prompt;
+    ev.n_cached = r->seq->n_cached > 0 ? r->seq->n_cached : 0;
+    ev.n_gen = r->seq->n_tokens - r->seq->n_prompt;
+    r->cb(r->user, &ev);
+}
+
+/* Final event without a new token (abort, error), then free. */
+static void req_end(xds_engine *e, eng_req *r, xds_finish fin) {
+    xds_sched_finish(e->sched, r->seq);
+    live_unlink(e, r);
+    emit(r, -1, NULL, 0, fin);
+    req_free(r);
+}
+
+/* ---- creation -------------------------------------------------------------- */
+
+static void *engine_main(void *arg);
+
+xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
+                             const xds_engine_opts *opts_in, xds_engine **out) {
+    if (!model) return xds_err_set(XDS_ERR_INVALID, "engine: no model");
+    xds_engine_opts o = opts_in ? *opts_in : xds_engine_opts_default();
+    xds_engine_opts d = xds_engine_opts_default();
+    if (o.n_threads <= 0) o.n_threads = d.n_threads;
+    if (o.max_batch <= 0) o.max_batch = d.max_batch;
+    if (o.max_step_tokens <= 0) o.max_step_tokens = d.max_step_tokens;
+    if (o.kv_block_size <= 0) o.kv_block_size = d.kv_block_size;
+    if (o.max_queue <= 0) o.max_queue = d.max_queue;
+    int model_ctx = model->cfg.max_ctx > 0 ? model->cfg.max_ctx : 2048;
+    if (o.max_ctx <= 0 || o.max_ctx > model_ctx) o.max_ctx = model_ctx;
+    /* Every decode of a full batch must fit in one step. */
+    if (o.max_step_tokens < o.max_batch) o.max_step_tokens = o.max_batch;
+    int bs = o.kv_block_size;
+    int kvd = model->cfg.n_head_kv * model->cfg.head_dim;
+    size_t bytes_per_block = (size_t)2 * model->cfg.n_layer * kvd * bs * sizeof(float);
+    if (o.kv_blocks <= 0) {
+        /* max_ctx for every batch slot, at most 2 GiB, at least one full sequence. */
+        size_t want = ((size_t)o.max_ctx * o.max_batch + bs - 1) / bs;
+        size_t cap = ((size_t)2 << 30) / bytes_per_block;
+        size_t one = ((size_t)o.max_ctx + bs - 1) / bs;
+        if (want > cap) want = cap;
+        if (want < one) want = one;
+        o.kv_blocks = (int)want;
+    }
+
+    xds_engine *e = calloc(1, sizeof(*e));
+    if (!e) return xds_err_set(XDS_ERR_NOMEM, "engine: out of memory");
+    e->model = model;
+    e->tok = tok;
+    e->opts = o;
+    e->n_vocab = model->cfg.n_vocab;
+    e->next_id = 1;
+    xds_status s;
+    if ((s = xds_kv_cache_create(model->cfg.n_layer, kvd, kvd, o.kv_blocks, bs, o.max_batch, &e->kv)) != XDS_OK)
+        goto err;
+    if ((s = xds_model_ctx_create(model, e->kv, o.n_threads, o.max_step_tokens, &e->ctx)) != XDS_OK) goto err;
+    if ((s = xds_kv_blocks_create(o.kv_blocks, bs, o.enable_prefix_cache, &e->bm)) != XDS_OK) goto err;
+    xds_sched_opts so = {o.max_batch, o.max_step_tokens};
+    if ((s = xds_sched_create(&so, e->bm, &e->sched)) != XDS_OK) goto err;
+    e->b_tok = malloc(sizeof(int32_t) * o.max_step_tokens);
+    e->b_pos = malloc(sizeof(int32_t) * o.max_step_tokens);
+    e->b_seq = malloc(sizeof(int32_t) * o.max_step_tokens);
+    e->rows = malloc(sizeof(int32_t) * o.max_batch);
+    e->row_item = malloc(sizeof(*e->row_item) * o.max_batch);
+    e->logits = malloc(sizeof(float) * (size_t)o.max_batch * e->n_vocab);
+    if (!e->b_tok || !e->b_pos || !e->b_seq || !e->rows || !e->row_item || !e->logits) {
+        s = xds_err_set(XDS_ERR_NOMEM, "engine: out of memory for step buffers");
+        goto err;
+    }
+    e->st.kv_blocks_total = o.kv_blocks;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        pthread_mutex_destroy(&e->mu);
+        pthread_cond_destroy(&e->cv);
+        s = xds_err_set(XDS_ERR_INTERNAL, "engine: cannot start the step thread");
+        goto err;
+    }
+    e->thread_started = 1;
+    XDS_LOGI("engine: %d KV blocks of %d tokens (%.1f MiB), max batch %d, %d tokens/step, ctx %d, prefix cache %s",
+             o.kv_blocks, bs, (double)bytes_per_block * o.kv_blocks / (1 << 20), o.max_batch,
+             o.max_step_tokens, o.max_ctx, o.enable_prefix_cache ? "on" : "off");
+    *out = e;
+    return XDS_OK;
+err:
+    xds_engine_free(e, 0);
+    return s;
+}
+
+void xds_engine_free(xds_engine *e, int drain) {
+    if (!e) return;
+    if (e->thread_started) {
+        pthread_mutex_lock(&e->mu);
+        e->stop = 1;
+        e->drain = drain;
+        pthread_cond_signal(&e->cv);
+        pthread_mutex_unlock(&e->mu);
+        pthread_join(e->thread, NULL);
+        pthread_mutex_destroy(&e->mu);
+        pthread_cond_destroy(&e->cv);
+    }
+    xds_sched_free(e->sched);
+    xds_kv_blocks_free(e->bm);
+    xds_model_ctx_free(e->ctx);
+    xds_kv_cache_free(e->kv);
+    free(e->b_tok);
+    free(e->b_pos);
+    free(e->b_seq);
+    free(e->rows);
+    free(e->row_item);
+    free(e->logits);
+    free(e->cancels);
+    free(e);
+}
+
+/* ---- submit / cancel / stats (any thread) ----------------------------------- */
+
+xds_status xds_engine_submit(xds_engine *e, const int32_t *prompt, int n_prompt,
+                             const xds_gen_params *p, xds_gen_cb cb, void *user, uint64_t *req_id) {
+    if (!prompt || n_prompt <= 0) return xds_err_set(XDS_ERR_INVALID, "request: empty prompt");
+    if (!p || !cb) return xds_err_set(XDS_ERR_INVALID, "request: missing parameters or callback");
+    if (p->max_tokens <= 0)
+        return xds_err_set(XDS_ERR_INVALID, "request: max_tokens %d must be positive", p->max_tokens);
+    if (p->n_stop < 0 || (p->n_stop > 0 && !p->stop))
+        return xds_err_set(XDS_ERR_INVALID, "request: bad stop list");
+    for (int i = 0; i < p->n_stop; i++)
+        if (!p->stop[i]) return xds_err_set(XDS_ERR_INVALID, "request: stop string %d is NULL", i);
+    const xds_engine_opts *o = &e->opts;
+    if ((long)n_prompt + p->max_tokens > o->max_ctx)
+        return xds_err_set(XDS_ERR_INVALID,
+                           "request: prompt (%d tokens) + max_tokens (%d) exceeds the context of %d tokens",
+                           n_prompt, p->max_tokens, o->max_ctx);
+    int total = n_prompt + p->max_tokens;
+    if (xds_sched_blocks_for(total, o->kv_block_size) > o->kv_blocks)
+        return xds_err_set(XDS_ERR_INVALID,
+                           "request: %d tokens need more KV blocks than the cache has (%d of %d tokens)",
+                           total, o->kv_blocks, o->kv_block_size);
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= e->n_vocab)
+            return xds_err_set(XDS_ERR_INVALID, "request: prompt token %d: id %d outside the vocabulary [0, %d)",
+                               i, prompt[i], e->n_vocab);
+
+    eng_req *r = calloc(1, sizeof(*r));
+    if (!r) return xds_err_set(XDS_ERR_NOMEM, "request: out of memory");
+    xds_status s = xds_sched_seq_create(0, prompt, n_prompt, total, o->kv_block_size, &r->seq);
+    if (s != XDS_OK) {
+        free(r);
+        return s;
+    }
+    r->seq->user = r;
+    r->sampler = xds_sampler_create(&p->sampling, e->n_vocab);
+    if (!r->sampler) {
+        req_free(r);
+        return xds_err_set(XDS_ERR_NOMEM, "request: cannot create a sampler");
+    }
+    s = xds_output_init(&r->out, e->tok, e->model->cfg.eos_id, p->stop, p->n_stop, p->ignore_eos,
+                        p->max_tokens);
+    if (s != XDS_OK) {
+        req_free(r);
+        return s;
+    }
+    r->cb = cb;
+    r->user = user;
+
+    pthread_mutex_lock(&e->mu);
+    if (e->stop) {
+        pthread_mutex_unlock(&e->mu);
+        req_free(r);
+        return xds_err_set(XDS_ERR_BUSY, "engine: shutting down");
+    }
+    if (e->n_inbox + e->st.n_waiting >= o->max_queue) {
+        int q = e->n_inbox + e->st.n_waiting;
+        pthread_mutex_unlock(&e->mu);
+        req_free(r);
+        return xds_err_set(XDS_ERR_BUSY, "engine: %d requests waiting (limit %d)", q, o->max_queue);
+    }
+    r->id = e->next_id++;
+    r->seq->id = r->id;
+    if (e->inbox_tail) e->inbox_tail->next = r;
+    else e->inbox_head = r;
+    e->inbox_tail = r;
+    e->n_inbox++;
+    e->st.n_prompt_tokens += (uint64_t)n_prompt;
+    if (req_id) *req_id = r->id;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return XDS_OK;
+}
+
+void xds_engine_cancel(xds_engine *e, uint64_t req_id) {
+    pthread_mutex_lock(&e->mu);
+    if (e->n_cancels == e->cap_cancels) {
+        int cap = e->cap_cancels ? 2 * e->cap_cancels : 16;
+        uint64_t *c = realloc(e->cancels, sizeof(uint64_t) * cap);
+        if (!c) {
+            /* Out of memory: the request simply runs to completion. */
+            pthread_mutex_unlock(&e->mu);
+            XDS_LOGW("engine: cancel of request %llu dropped (out of memory)", (unsigned long long)req_id);
+            return;
+        }
+        e->cancels = c;
+        e->cap_cancels = cap;
+    }
+    e->cancels[e->n_cancels++] = req_id;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void xds_engine_stats_get(xds_engine *e, xds_engine_stats *out) {
+    pthread_mutex_lock(&e->mu);
+    *out = e->st;
+    out->n_waiting += e->n_inbox;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- the step -------------------------------------------------------------- */
+
+static void step(xds_engine *e) {
+    xds_sched_plan plan;
+    xds_sched_schedule(e->sched, &plan);
+    if (plan.n_items == 0) return;
+    int T = 0, n_rows = 0;
+    for (int i = 0; i < plan.n_items; i++) {
+        xds_sched_item *it = &plan.items[i];
+        xds_sched_seq *q = it->seq;
+        for (int j = 0; j < it->n; j++) {
+            e->b_tok[T] = q->tokens[it->start + j];
+            e->b_pos[T] = it->start + j;
+            e->b_seq[T] = q->slot;
+            T++;
+        }
+        if (it->sample) {
+            e->rows[n_rows] = T - 1;
+            e->row_item[n_rows] = it;
+            n_rows++;
+        }
+    }
+    xds_status s = XDS_OK;
+    for (int i = 0; i < plan.n_items && s == XDS_OK; i++) {
+        xds_sched_seq *q = plan.items[i].seq;
+        s = xds_kv_seq_set_blocks(e->kv, q->slot, q->blocks, q->n_blocks);
+    }
+    if (s == XDS_OK) {
+        xds_batch b = {T, e->b_tok, e->b_pos, e->b_seq};
+        s = xds_model_forward(e->ctx, &b, e->rows, n_rows, e->logits);
+    }
+    if (s != XDS_OK) {
+        /* Should not happen (the scheduler only builds valid batches); fail
+         * the requests of this step rather than the whole engine. */
+        XDS_LOGE("engine: step of %d tokens failed: %s", T, xds_err_msg());
+        for (int i = 0; i < plan.n_items; i++) req_end(e, plan.items[i].seq->user, XDS_FINISH_ERROR);
+        return;
+    }
+    xds_sched_commit(e->sched, &plan);
+    uint64_t n_gen = 0;
+    for (int i = 0; i < n_rows; i++) {
+        xds_sched_seq *q = e->row_item[i]->seq;
+        eng_req *r = q->user;
+        float *lg = e->logits + (size_t)i * e->n_vocab;
+        int32_t tok = xds_sampler_sample(r->sampler, lg);
+        xds_sampler_accept(r->sampler, tok);
+        int appended = xds_sched_seq_append(q, tok);
+        XDS_ASSERT(appended); /* cap = prompt + max_tokens, and output ends at max_tokens */
+        n_gen++;
+        const char *text;
+        size_t len;
+        xds_finish fin = xds_output_push(&r->out, tok, q->n_tokens >= e->opts.max_ctx, &text, &len);
+        if (fin != XDS_FINISH_NONE) {
+            xds_sched_finish(e->sched, q);
+            live_unlink(e, r);
+            emit(r, tok, text, len, fin);
+            req_free(r);
+        } else {
+            emit(r, tok, text, len, fin);
+        }
+    }
+    pthread_mutex_lock(&e->mu);
+    e->st.n_gen_tokens += n_gen;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- the loop -------------------------------------------------------------- */
+
+static void publish_stats(xds_engine *e) {
+    e->st.n_waiting = e->sched->n_waiting;
+    e->st.n_running = e->sched->n_running;
+    e->st.kv_blocks_total = e->bm->n_blocks;
+    e->st.kv_blocks_used = xds_kv_blocks_n_used(e->bm);
+    e->st.prefix_queries = e->sched->prefix_queries;
+    e->st.prefix_hits = e->sched->prefix_hits;
+    e->st.n_steps = e->sched->n_steps;
+    e->st.n_preemptions = e->sched->n_preemptions;
+}
+
+static void *engine_main(void *arg) {
+    xds_engine *e = arg;
+    uint64_t *cancels = NULL;
+    int cap = 0;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        while (!e->stop && !e->inbox_head && !e->n_cancels && !e->sched->n_running &&
+               !e->sched->n_waiting)
+            pthread_cond_wait(&e->cv, &e->mu);
+        eng_req *in = e->inbox_head;
+        e->inbox_head = e->inbox_tail = NULL;
+        e->n_inbox = 0;
+        int nc = e->n_cancels;
+        if (nc > cap) {
+            uint64_t *c = realloc(cancels, sizeof(uint64_t) * nc);
+            if (c) {
+                cancels = c;
+                cap = nc;
+            } else {
+                nc = cap; /* keep the rest for the next round */
+            }
+        }
+        if (nc) memcpy(cancels, e->cancels, sizeof(uint64_t) * nc);
+        memmove(e->cancels, e->cancels + nc, sizeof(uint64_t) * (e->n_cancels - nc));
+        e->n_cancels -= nc;
+        int stop = e->stop, drain = e->drain;
+        /* While requests move from the inbox to the scheduler, count them as
+         * waiting so admission control sees them. */
+        for (eng_req *r = in; r; r = r->next) e->st.n_waiting++;
+        pthread_mutex_unlock(&e->mu);
+
+        while (in) {
+            eng_req *r = in;
+            in = in->next;
+            r->next = e->live_head;
+            r->prev = NULL;
+            if (e->live_head) e->live_head->prev = r;
+            e->live_head = r;
+            xds_sched_add(e->sched, r->seq);
+        }
+        for (int i = 0; i < nc; i++) {
+            for (eng_req *r = e->live_head; r; r = r->next) {
+                if (r->id != cancels[i]) continue;
+                req_end(e, r, XDS_FINISH_ABORT);
+                break;
+            }
+        }
+        if (stop && !drain)
+            while (e->live_head) req_end(e, e->live_head, XDS_FINISH_ABORT);
+        int done = stop && !e->live_head;
+        if (!done) step(e);
+
+        pthread_mutex_lock(&e->mu);
+        publish_stats(e);
+        if (done && !e->inbox_head) break;
+    }
+    pthread_mutex_unlock(&e->mu);
+    free(cancels);
+    return NULL;
+}
