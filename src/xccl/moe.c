@@ -1,0 +1,574 @@
+/*
+ * moe.c — MoE layout, dispatch and combine.
+ *
+ * Layout (local): for every (token t, choice j) pick a replica of expert
+ * topk_ids[t][j] (rotation policy), giving a member d, a local expert slot and
+ * a position in the (d, slot) list; counts per member and per (member, slot).
+ *
+ * Dispatch (shm, pull-based, one copy): the sender writes its token rows
+ * once (quantized to int8 if asked; not at all if x already is its segment
+ * send buffer) and, per destination member, the counts per local slot and
+ * the token index lists into its own send buffer; it then publishes the event
+ * in meta(me, d, DISP).prod (buffer index in prod_aux[0]). Each receiver waits
+ * for every member's event, sizes its per-slot blocks, and gathers the rows it
+ * needs straight out of the senders' buffers into its own recv buffer (per
+ * local expert contiguous), writes the start table [member][slot], then acks
+ * with meta(s, me, DISP).cons.
+ *
+ * Combine (zero-copy): the expert rank's outputs are already in its recv
+ * buffer (recv[j].out) or are copied there; it publishes meta(me, s,
+ * COMB).prod. Each token owner reads the output rows in place from the expert
+ * ranks' buffers, weight-sums them in k order (f32), writes y, and acks with
+ * meta(d, me, COMB).cons. A buffer is rewritten only after every reader acked
+ * the event it last held (events of an older group epoch need no ack: the
+ * group creation barrier already separated them).
+ *
+ * Non-shm transports run the same algorithm over p2p messages.
+ */
+#include "xccl_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t a64(uint64_t x) { return (x + 63) / 64 * 64; }
+
+/* --- layout ---------------------------------------------------------------- */
+
+void xccl_moe_layout_free(xccl_moe_layout *l) {
+    if (!l) return;
+    free(l->num_tokens_per_rank);
+    free(l->num_tokens_per_expert);
+    free(l->route_member);
+    free(l->route_slot);
+    free(l->route_pos);
+    memset(l, 0, sizeof *l);
+}
+
+xccl_status xccl_moe_layout_compute(xccl_moe_layout *out, const int32_t *ids, int T, int k,
+                                    const xccl_expert_map *map, uint64_t round, xccl_comm *c,
+                                    xccl_group *g) {
+    if (!out || !map || !g || (T > 0 && !ids))
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_layout: NULL argument");
+    if (T < 0 || k < 1 || k > 64)
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_layout: num_tokens %d / topk %d invalid", T, k);
+    int E = map->num_experts, R = map->max_replicas, L = map->num_local_experts, n = g->n;
+    if (E < 1 || R < 1 || L < 1 || L > 256 || !map->num_replicas || !map->replica_rank ||
+        !map->replica_slot)
+        return xccl_err(XCCL_ERR_INVALID,
+                        "xccl moe_layout: expert map needs experts, replicas, 1..256 local experts");
+    for (int e = 0; e < E; e++) {
+        int nr = map->num_replicas[e];
+        if (nr < 1 || nr > R)
+            return xccl_err(XCCL_ERR_INVALID, "xccl moe_layout: expert %d has %d replicas (max %d)", e,
+                            nr, R);
+        for (int r = 0; r < nr; r++) {
+            int rank = map->replica_rank[e * R + r], slot = map->replica_slot[e * R + r];
+            if (xccl_group_index(g, rank) < 0)
+                return xccl_err(XCCL_ERR_INVALID,
+                                "xccl moe_layout: expert %d replica %d is on rank %d, not in the group",
+                                e, r, rank);
+            if (slot < 0 || slot >= L)
+                return xccl_err(XCCL_ERR_INVALID,
+                                "xccl moe_layout: expert %d replica %d slot %d not in 0..%d", e, r, slot,
+                                L - 1);
+        }
+    }
+    for (long i = 0; i < (long)T * k; i++)
+        if (ids[i] < -1 || ids[i] >= E)
+            return xccl_err(XCCL_ERR_RANGE,
+                            "xccl moe_layout: topk_ids[%ld][%ld] = %d out of range [0, %d) (or -1)",
+                            i / k, i % k, ids[i], E);
+    xccl_moe_layout l = {0};
+    l.num_tokens = T;
+    l.topk = k;
+    l.num_members = n;
+    l.num_local_experts = L;
+    size_t tk = (size_t)T * k + 1;
+    l.num_tokens_per_rank = calloc((size_t)n, sizeof(int));
+    l.num_tokens_per_expert = calloc((size_t)n * L, sizeof(int));
+    l.route_member = malloc(tk * sizeof(int));
+    l.route_slot = malloc(tk * sizeof(int));
+    l.route_pos = malloc(tk * sizeof(int));
+    uint32_t *rot = calloc((size_t)E, sizeof(uint32_t));
+    if (!l.num_tokens_per_rank || !l.num_tokens_per_expert || !l.route_member || !l.route_slot ||
+        !l.route_pos || !rot) {
+        free(rot);
+        xccl_moe_layout_free(&l);
+        return xccl_err(XCCL_ERR_NOMEM, "xccl moe_layout: out of memory");
+    }
+    for (long i = 0; i < (long)T * k; i++) {
+        int e = ids[i];
+        if (e < 0) {
+            l.route_member[i] = l.route_slot[i] = l.route_pos[i] = -1;
+            continue;
+        }
+        int nr = map->num_replicas[e], r = 0;
+        if (map->policy == XCCL_REPLICA_ROTATE && nr > 1)
+            r = (int)((rot[e]++ + round + (uint64_t)c->rank) % (uint64_t)nr);
+        int d = xccl_group_index(g, map->replica_rank[e * R + r]);
+        int slot = map->replica_slot[e * R + r];
+        l.route_member[i] = d;
+        l.route_slot[i] = slot;
+        l.route_pos[i] = l.num_tokens_per_expert[d * L + slot]++;
+        l.num_tokens_per_rank[d]++;
+    }
+    free(rot);
+    *out = l;
+    return XCCL_OK;
+}
+
+/* --- shm buffer geometry ------------------------------------------------------ */
+
+typedef struct geo {
+    uint64_t counts, idxoff, rows, scales, idx;    /* send buffer offsets */
+    uint64_t start, rrows, rscales, rout;          /* recv buffer offsets */
+    int N, Lmax;
+} geo;
+
+static void geometry(geo *o, struct xccl_comm *c) {
+    const xccl_seg_header *h = c->hdr;
+    uint64_t N = h->num_ranks, L = h->moe_max_local_experts, T = h->moe_max_tokens;
+    uint64_t H = h->moe_max_hidden, Rr = h->moe_max_recv_rows;
+    o->N = (int)N;
+    o->Lmax = (int)L;
+    o->counts = 64;
+    o->idxoff = 64 + N * L * 4;
+    o->rows = 64 + a64((N * L + N) * 4);
+    o->scales = o->rows + a64(T * H * 4);
+    o->idx = o->scales + a64(T * 4);
+    o->start = 0;
+    o->rrows = a64(N * L * 4);
+    o->rscales = o->rrows + a64(Rr * H * 4);
+    o->rout = o->rscales + a64(Rr * 4);
+}
+
+/* Members' fields to wait on. */
+typedef struct moe_arg {
+    xccl_group *g;
+    int ch;        /* channel */
+    int cons;      /* 1: wait for cons (acks) of meta(me, d); 0: prod of meta(s, me) */
+    uint64_t seq;  /* value to reach */
+    int skip_old;  /* cons: only members whose recorded event is of this epoch */
+} moe_arg;
+
+static int moe_cond(struct xccl_comm *c, void *arg) {
+    moe_arg *a = arg;
+    for (int i = 0; i < a->g->n; i++) {
+        int r = a->g->ranks[i];
+        xccl_meta *m = a->cons ? xccl_meta_at(c, c->rank, r, a->ch) : xccl_meta_at(c, r, c->rank, a->ch);
+        uint64_t v = atomic_load_explicit(a->cons ? &m->cons : &m->prod, memory_order_acquire);
+        if (v >= a->seq) continue;
+        if (r != c->rank &&
+            atomic_load_explicit(&c->ranks[r].err_seq, memory_order_acquire) == a->seq) {
+            xccl_err_peer(XCCL_ERR_PEER, r, "rank %d failed event %llu (see its log)", r,
+                          (unsigned long long)(a->seq & ((1ull << 40) - 1)));
+            return -(int)XCCL_ERR_PEER;
+        }
+        return 0;
+    }
+    return 1;
+}
+
+static xccl_status moe_wait(struct xccl_comm *c, xccl_group *g, int ch, int cons, uint64_t seq,
+                            const char *what) {
+    moe_arg a = {g, ch, cons, seq, 0};
+    return xccl_wait_cond(c, moe_cond, &a, g->ranks, g->n, what);
+}
+
+/* Wait until my buffer last holding `ev` has been acked by every member. */
+static xccl_status buffer_free(struct xccl_comm *c, xccl_group *g, int ch, uint64_t ev,
+                               const char *what) {
+    if (!ev || (ev >> 40) < g->epoch) return XCCL_OK;
+    /* acks come as the event itself; with the producer at most one event ahead, >= ev suffices */
+    moe_arg a = {g, ch, 1, ev, 0};
+    return xccl_wait_cond(c, moe_cond, &a, g->ranks, g->n, what);
+}
+
+static xccl_status moe_check(struct xccl_comm *c, xccl_group *g, const char *op) {
+    if (!g || g->me < 0 || g->ranks[g->me] != c->rank)
+        return xccl_err(XCCL_ERR_INVALID, "xccl %s: rank %d is not in the group", op, c->rank);
+    if (c->ops == &xccl_shm_ops && !c->hdr->moe_max_tokens)
+        return xccl_err(XCCL_ERR_INVALID, "xccl %s: the segment has no MoE area (moe_max_tokens = 0)", op);
+    return XCCL_OK;
+}
+
+xccl_status xccl_moe_send_buffer(void **out, xccl_comm *c, xccl_group *g) {
+    xccl_status s = moe_check(c, g, "moe_send_buffer");
+    if (s) return s;
+    if (c->ops != &xccl_shm_ops)
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_send_buffer: needs the shm transport");
+    int b = c->moe_parity;
+    s = buffer_free(c, g, XCCL_CH_DISP, c->moe_send_event[b], "xccl moe_send_buffer");
+    if (s) return s;
+    geo G;
+    geometry(&G, c);
+    *out = xccl_moe_send_at(c, c->rank, b) + G.rows;
+    return XCCL_OK;
+}
+
+static void set_err_seq(struct xccl_comm *c, uint64_t seq) {
+    if (c->ranks) {
+        atomic_store_explicit(&c->ranks[c->rank].err_seq, seq, memory_order_release);
+        for (int r = 0; r < c->size; r++)
+            if (r != c->rank) xccl_wake(c, r);
+    }
+}
+
+static inline float ld(const void *p, size_t i, xccl_dtype dt) {
+    if (dt == XCCL_F32) return ((const float *)p)[i];
+    uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* y[t] = sum_j w[t][j] * out_j(t) in j order; rowp(t, j) gives the row or NULL. */
+typedef const void *(*row_fn)(void *ctx, int t, int j);
+static void weighted_sum(void *y, const float *w, int T, int k, int H, xccl_dtype dt, float *acc,
+                         row_fn rowp, void *ctx) {
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++) acc[h] = 0.f;
+        for (int j = 0; j < k; j++) {
+            const void *row = rowp(ctx, t, j);
+            if (!row) continue;
+            float wt = w[(size_t)t * k + j];
+            if (dt == XCCL_F32) {
+                const float *r = row;
+                for (int h = 0; h < H; h++) acc[h] += wt * r[h];
+            } else {
+                const uint16_t *r = row;
+                for (int h = 0; h < H; h++) {
+                    uint32_t u = (uint32_t)r[h] << 16;
+                    float f;
+                    memcpy(&f, &u, 4);
+                    acc[h] += wt * f;
+                }
+            }
+        }
+        if (dt == XCCL_F32) memcpy((float *)y + (size_t)t * H, acc, (size_t)H * 4);
+        else {
+            uint16_t *o = (uint16_t *)y + (size_t)t * H;
+            for (int h = 0; h < H; h++) o[h] = xccl_f32_to_bf16(acc[h]);
+        }
+    }
+}
+
+xccl_status xccl_moe_dispatch_p2p(xccl_moe_recv *recv, xccl_moe_handle **handle, const void *x,
+                                  xccl_dtype dtype, int hidden, int quant,
+                                  const xccl_moe_layout *l, xccl_comm *c, xccl_group *g);
+xccl_status xccl_moe_combine_p2p(void *y, const float *w, const void *const *expert_out,
+                                 xccl_moe_handle *h, xccl_comm *c, xccl_group *g);
+
+static xccl_status common_checks(const xccl_moe_layout *l, xccl_dtype dtype, int hidden,
+                                 struct xccl_comm *c, xccl_group *g) {
+    if (!l || !l->route_member)
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: NULL or empty layout");
+    if (l->num_members != g->n)
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: layout is for %d members, group has %d",
+                        l->num_members, g->n);
+    if (dtype != XCCL_F32 && dtype != XCCL_BF16)
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: dtype %d is not f32 or bf16", (int)dtype);
+    if (hidden < 1) return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: hidden %d", hidden);
+    if (c->moe.active)
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: the previous dispatch was not combined");
+    if (c->ops == &xccl_shm_ops) {
+        const xccl_seg_header *h = c->hdr;
+        if ((uint32_t)l->num_tokens > h->moe_max_tokens || (uint32_t)hidden > h->moe_max_hidden ||
+            (uint32_t)l->topk > h->moe_max_topk || (uint32_t)l->num_local_experts > h->moe_max_local_experts)
+            return xccl_err(XCCL_ERR_RANGE,
+                            "xccl moe_dispatch: tokens %d / hidden %d / topk %d / local experts %d exceed "
+                            "the segment's %u / %u / %u / %u",
+                            l->num_tokens, hidden, l->topk, l->num_local_experts, h->moe_max_tokens,
+                            h->moe_max_hidden, h->moe_max_topk, h->moe_max_local_experts);
+    }
+    return XCCL_OK;
+}
+
+xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, const void *x,
+                              xccl_dtype dtype, int hidden, int quant, const xccl_moe_layout *l,
+                              xccl_comm *c, xccl_group *g) {
+    xccl_status s = moe_check(c, g, "moe_dispatch");
+    if (s) return s;
+    s = common_checks(l, dtype, hidden, c, g);
+    if (s) return s;
+    if (!recv || !handle || (l->num_tokens && !x))
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: NULL argument");
+    if (c->ops != &xccl_shm_ops)
+        return xccl_moe_dispatch_p2p(recv, handle, x, dtype, hidden, quant, l, c, g);
+
+    geo G;
+    geometry(&G, c);
+    const int n = g->n, L = l->num_local_experts, T = l->num_tokens, k = l->topk, me = g->me;
+    const xccl_dtype wdt = quant ? XCCL_I8 : dtype;
+    const size_t rb = (size_t)hidden * xccl_dtype_size(wdt), ob = (size_t)hidden * xccl_dtype_size(dtype);
+    const int b = c->moe_parity;
+    uint64_t cnt = ++g->moe_counter, ev = xccl_seq(g->epoch, cnt);
+
+    /* 1. my send and recv buffers b must be free */
+    s = buffer_free(c, g, XCCL_CH_DISP, c->moe_send_event[b], "xccl moe_dispatch (send buffer)");
+    if (!s) s = buffer_free(c, g, XCCL_CH_COMB, c->moe_recv_event[b], "xccl moe_dispatch (recv buffer)");
+    if (s) return s;
+
+    /* 2. fill my send buffer */
+    uint8_t *sb = xccl_moe_send_at(c, c->rank, b);
+    xccl_moe_send_hdr *sh = (xccl_moe_send_hdr *)sb;
+    int32_t *counts = (int32_t *)(sb + G.counts), *idxoff = (int32_t *)(sb + G.idxoff);
+    int32_t *idx = (int32_t *)(sb + G.idx);
+    uint8_t *rows = sb + G.rows;
+    float *scales = (float *)(sb + G.scales);
+    sh->event = ev;
+    sh->dtype = wdt;
+    sh->in_dtype = dtype;
+    sh->hidden = hidden;
+    sh->tokens = T;
+    sh->members = n;
+    sh->local = L;
+    int off = 0;
+    for (int d = 0; d < n; d++) {
+        idxoff[d] = off;
+        for (int j = 0; j < L; j++) {
+            counts[d * L + j] = l->num_tokens_per_expert[d * L + j];
+            off += l->num_tokens_per_expert[d * L + j];
+        }
+    }
+    for (long i = 0; i < (long)T * k; i++) {
+        int d = l->route_member[i];
+        if (d < 0) continue;
+        int slot = l->route_slot[i];
+        int base = idxoff[d];
+        for (int j = 0; j < slot; j++) base += counts[d * L + j];
+        idx[base + l->route_pos[i]] = (int32_t)(i / k);
+    }
+    if (quant) {
+        for (int t = 0; t < T; t++)
+            xccl_quantize_row_i8((int8_t *)rows + (size_t)t * rb, &scales[t],
+                                 (const uint8_t *)x + (size_t)t * ob, dtype, hidden);
+    } else if (x != rows) {
+        memcpy(rows, x, (size_t)T * rb);
+    }
+    c->moe_send_event[b] = ev;
+    c->moe_parity ^= 1;
+    for (int d = 0; d < n; d++) {
+        xccl_meta *m = xccl_meta_at(c, c->rank, g->ranks[d], XCCL_CH_DISP);
+        m->prod_aux[0] = (uint64_t)b;
+        atomic_store_explicit(&m->prod, ev, memory_order_release);
+    }
+    xccl_wake_group(c, g);
+
+    /* 3. wait for every member's send buffer */
+    s = moe_wait(c, g, XCCL_CH_DISP, 0, ev, "xccl moe_dispatch");
+    if (s) return s;
+
+    /* 4. size my per-slot blocks */
+    const uint8_t *src_buf[XCCL_MAX_RANKS];
+    int total = 0;
+    int slot_rows[256];
+    for (int j = 0; j < L; j++) slot_rows[j] = 0;
+    for (int si = 0; si < n; si++) {
+        xccl_meta *m = xccl_meta_at(c, g->ranks[si], c->rank, XCCL_CH_DISP);
+        int sbuf = (int)(m->prod_aux[0] & 1);
+        src_buf[si] = xccl_moe_send_at(c, g->ranks[si], sbuf);
+        const xccl_moe_send_hdr *h = (const xccl_moe_send_hdr *)src_buf[si];
+        if (h->event != ev || h->dtype != (int32_t)wdt || h->hidden != hidden || h->members != n ||
+            h->local != L) {
+            set_err_seq(c, ev);
+            return xccl_err_peer(XCCL_ERR_PEER, g->ranks[si],
+                                 "xccl moe_dispatch: rank %d dispatched event %llu dtype %d hidden %d "
+                                 "members %d local %d; this rank expects event %llu dtype %d hidden %d "
+                                 "members %d local %d",
+                                 g->ranks[si], (unsigned long long)(h->event & ((1ull << 40) - 1)),
+                                 h->dtype, h->hidden, h->members, h->local,
+                                 (unsigned long long)cnt, (int)wdt, hidden, n, L);
+        }
+        const int32_t *sc = (const int32_t *)(src_buf[si] + G.counts) + me * L;
+        for (int j = 0; j < L; j++) {
+            if (sc[j] < 0 || sc[j] > (int)c->hdr->moe_max_tokens * (int)c->hdr->moe_max_topk) {
+                set_err_seq(c, ev);
+                return xccl_err_peer(XCCL_ERR_PEER, g->ranks[si], "xccl moe_dispatch: rank %d sent bad count %d",
+                                     g->ranks[si], sc[j]);
+            }
+            slot_rows[j] += sc[j];
+            total += sc[j];
+        }
+    }
+    if ((uint32_t)total > c->hdr->moe_max_recv_rows) {
+        set_err_seq(c, ev);
+        return xccl_err(XCCL_ERR_RANGE,
+                        "xccl moe_dispatch: rank %d would receive %d rows, its buffer holds %u "
+                        "(moe_max_recv_rows)",
+                        c->rank, total, c->hdr->moe_max_recv_rows);
+    }
+    uint8_t *rbuf = xccl_moe_recv_at(c, c->rank, b);
+    int32_t *start = (int32_t *)(rbuf + G.start);
+    uint8_t *rrows = rbuf + G.rrows;
+    float *rscales = (float *)(rbuf + G.rscales);
+    uint8_t *rout = rbuf + G.rout;
+    int slot_base[256];
+    for (int j = 0, acc = 0; j < L; j++) {
+        slot_base[j] = acc;
+        acc += slot_rows[j];
+    }
+
+    /* 5. gather rows straight out of the senders' buffers */
+    int fill[256];
+    memcpy(fill, slot_base, sizeof(int) * (size_t)L);
+    for (int si = 0; si < n; si++) {
+        const uint8_t *sbp = src_buf[si];
+        const int32_t *sc = (const int32_t *)(sbp + G.counts) + me * L;
+        const int32_t *sidx = (const int32_t *)(sbp + G.idx) + ((const int32_t *)(sbp + G.idxoff))[me];
+        const uint8_t *srows = sbp + G.rows;
+        const float *sscales = (const float *)(sbp + G.scales);
+        const int stok = ((const xccl_moe_send_hdr *)sbp)->tokens;
+        for (int j = 0; j < L; j++) {
+            start[si * L + j] = fill[j];
+            for (int i = 0; i < sc[j]; i++) {
+                int t = sidx[i];
+                if (t < 0 || t >= stok) {
+                    set_err_seq(c, ev);
+                    return xccl_err_peer(XCCL_ERR_PEER, g->ranks[si],
+                                         "xccl moe_dispatch: rank %d sent token index %d of %d",
+                                         g->ranks[si], t, stok);
+                }
+                memcpy(rrows + (size_t)(fill[j] + i) * rb, srows + (size_t)t * rb, rb);
+                if (quant) rscales[fill[j] + i] = sscales[t];
+            }
+            fill[j] += sc[j];
+            sidx += sc[j];
+        }
+    }
+    c->moe_recv_event[b] = ev;
+    for (int si = 0; si < n; si++) {
+        xccl_meta *m = xccl_meta_at(c, g->ranks[si], c->rank, XCCL_CH_DISP);
+        atomic_store_explicit(&m->cons, ev, memory_order_release);
+    }
+    xccl_wake_group(c, g);
+
+    /* 6. outputs */
+    struct xccl_moe_handle *hd = &c->moe;
+    hd->active = 1;
+    hd->event = ev;
+    hd->buf = b;
+    hd->layout = l;
+    hd->hidden = hidden;
+    hd->in_dtype = dtype;
+    hd->num_rows_total = total;
+    hd->L = L;
+    hd->group_epoch = (int)g->epoch;
+    hd->me = me;
+    for (int j = 0; j < L; j++) {
+        hd->slot_rows[j] = slot_rows[j];
+        hd->slot_base[j] = slot_base[j];
+        recv[j].num_rows = slot_rows[j];
+        recv[j].rows = rrows + (size_t)slot_base[j] * rb;
+        recv[j].scales = quant ? rscales + slot_base[j] : NULL;
+        recv[j].out = rout + (size_t)slot_base[j] * ob;
+    }
+    *handle = hd;
+    return XCCL_OK;
+}
+
+typedef struct comb_ctx {
+    struct xccl_comm *c;
+    const xccl_moe_layout *l;
+    const uint8_t *out_base[XCCL_MAX_RANKS];  /* member's recv-out area */
+    const int32_t *start[XCCL_MAX_RANKS];     /* member's start table row for me */
+    size_t ob;
+} comb_ctx;
+
+static const void *comb_row(void *vctx, int t, int j) {
+    comb_ctx *x = vctx;
+    size_t i = (size_t)t * x->l->topk + j;
+    int d = x->l->route_member[i];
+    if (d < 0) return NULL;
+    return x->out_base[d] + (size_t)(x->start[d][x->l->route_slot[i]] + x->l->route_pos[i]) * x->ob;
+}
+
+xccl_status xccl_moe_combine(void *y, const float *w, const void *const *expert_out,
+                             xccl_moe_handle *h, xccl_comm *c, xccl_group *g) {
+    xccl_status s = moe_check(c, g, "moe_combine");
+    if (s) return s;
+    if (!h || h != &c->moe || !h->active)
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_combine: no dispatch to combine");
+    if ((uint32_t)h->group_epoch != g->epoch || h->me != g->me)
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_combine: handle belongs to another group");
+    const xccl_moe_layout *l = h->layout;
+    if ((l->num_tokens && (!y || !w)))
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_combine: NULL argument");
+    if (c->ops != &xccl_shm_ops) return xccl_moe_combine_p2p(y, w, expert_out, h, c, g);
+    h->active = 0;
+    geo G;
+    geometry(&G, c);
+    const int n = g->n, L = h->L, me = g->me;
+    const size_t ob = (size_t)h->hidden * xccl_dtype_size(h->in_dtype);
+    const uint64_t ev = h->event;
+    uint8_t *rbuf = xccl_moe_recv_at(c, c->rank, h->buf);
+    uint8_t *rout = rbuf + G.rout;
+    if (expert_out) {
+        for (int j = 0; j < L; j++) {
+            uint8_t *dst = rout + (size_t)h->slot_base[j] * ob;
+            if (h->slot_rows[j] && expert_out[j] != dst) {
+                if (!expert_out[j]) return xccl_err(XCCL_ERR_INVALID, "xccl moe_combine: expert_out[%d] NULL", j);
+                memcpy(dst, expert_out[j], (size_t)h->slot_rows[j] * ob);
+            }
+        }
+    }
+    for (int d = 0; d < n; d++) {
+        xccl_meta *m = xccl_meta_at(c, c->rank, g->ranks[d], XCCL_CH_COMB);
+        m->prod_aux[0] = (uint64_t)h->buf;
+        atomic_store_explicit(&m->prod, ev, memory_order_release);
+    }
+    xccl_wake_group(c, g);
+    s = moe_wait(c, g, XCCL_CH_COMB, 0, ev, "xccl moe_combine");
+    if (s) return s;
+    if (!c->moe_acc) {
+        c->moe_acc = malloc((size_t)c->hdr->moe_max_hidden * sizeof(float));
+        if (!c->moe_acc) return xccl_err(XCCL_ERR_NOMEM, "xccl moe_combine: out of memory");
+    }
+    comb_ctx x = {.c = c, .l = l, .ob = ob};
+    for (int d = 0; d < n; d++) {
+        xccl_meta *m = xccl_meta_at(c, g->ranks[d], c->rank, XCCL_CH_COMB);
+        const uint8_t *db = xccl_moe_recv_at(c, g->ranks[d], (int)(m->prod_aux[0] & 1));
+        x.out_base[d] = db + G.rout;
+        x.start[d] = (const int32_t *)(db + G.start) + me * L;
+    }
+    weighted_sum(y, w, l->num_tokens, l->topk, h->hidden, h->in_dtype, c->moe_acc, comb_row, &x);
+    for (int d = 0; d < n; d++) {
+        xccl_meta *m = xccl_meta_at(c, g->ranks[d], c->rank, XCCL_CH_COMB);
+        atomic_store_explicit(&m->cons, ev, memory_order_release);
+    }
+    xccl_wake_group(c, g);
+    return XCCL_OK;
+}
+
+/* --- p2p (tcp) version ----------------------------------------------------------
+ * Dispatch: to each member d one message [counts L int32][scales? cnt f32][rows cnt]
+ * (rows grouped by slot); each receiver unpacks per slot into a comm-owned
+ * buffer. Combine: each expert rank sends every source its output rows in the
+ * same order; the source weight-sums them. */
+
+typedef struct p2p_state {
+    uint8_t *recv_rows, *recv_out; /* [total][rb], [total][ob] */
+    float *recv_scales;
+    int *from_rows;                /* [n][L] rows from member s for slot j */
+    uint8_t *back;                 /* combine: rows sent back to me, per member */
+    size_t back_off[XCCL_MAX_RANKS];
+} p2p_state;
+static p2p_state p2p_null;
+
+static void p2p_free(struct xccl_comm *c) {
+    (void)c;
+}
+
+xccl_status xccl_moe_dispatch_p2p(xccl_moe_recv *recv, xccl_moe_handle **handle, const void *x,
+                                  xccl_dtype dtype, int hidden, int quant,
+                                  const xccl_moe_layout *l, xccl_comm *c, xccl_group *g) {
+    (void)recv; (void)handle; (void)x; (void)dtype; (void)hidden; (void)quant; (void)l; (void)g;
+    (void)p2p_null; p2p_free(c);
+    return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: not implemented on transport %s", c->ops->name);
+}
+
+xccl_status xccl_moe_combine_p2p(void *y, const float *w, const void *const *expert_out,
+                                 xccl_moe_handle *h, xccl_comm *c, xccl_group *g) {
+    (void)y; (void)w; (void)expert_out; (void)h; (void)g;
+    return xccl_err(XCCL_ERR_INVALID, "xccl moe_combine: not implemented on transport %s", c->ops->name);
+}

@@ -1,0 +1,158 @@
+/*
+ * p2p.c — two-sided send/recv over any transport: per-peer FIFOs of caller-
+ * owned requests, progressed head first, so messages stay in order per pair.
+ *
+ * A request is queued by isend/irecv and completes in test/wait. A failed
+ * request leaves its queue; if it had moved part of a message the pair is
+ * marked broken (later calls on it fail at once). A receive too small for the
+ * next message fails with XCCL_ERR_TRUNCATED and consumes nothing.
+ */
+#include "xccl_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+enum { REQ_IDLE = 0, REQ_QUEUED = 1, REQ_DONE = 2, REQ_FAILED = 3 };
+enum { KIND_SEND = 1, KIND_RECV = 2 };
+
+static xccl_status post(xccl_comm *c, int peer, void *buf, size_t len, xccl_request *req, int kind) {
+    if (!req) return xccl_err(XCCL_ERR_INVALID, "xccl %s: NULL request", kind == KIND_SEND ? "isend" : "irecv");
+    if (peer < 0 || peer >= c->size)
+        return xccl_err(XCCL_ERR_INVALID, "xccl %s: peer %d out of range 0..%d",
+                        kind == KIND_SEND ? "isend" : "irecv", peer, c->size - 1);
+    if (!buf && len)
+        return xccl_err(XCCL_ERR_INVALID, "xccl %s: NULL buffer", kind == KIND_SEND ? "isend" : "irecv");
+    if (c->pair_broken[peer])
+        return xccl_err_peer(XCCL_ERR_PEER, peer, "xccl: pair with rank %d is broken by an earlier failure",
+                             peer);
+    memset(req, 0, sizeof *req);
+    req->buf_ = buf;
+    req->len_ = len;
+    req->peer_ = peer;
+    req->kind_ = kind;
+    req->state_ = REQ_QUEUED;
+    xccl_request **head = kind == KIND_SEND ? &c->sq_head[peer] : &c->rq_head[peer];
+    xccl_request **tail = kind == KIND_SEND ? &c->sq_tail[peer] : &c->rq_tail[peer];
+    if (*tail) (*tail)->next_ = req;
+    else *head = req;
+    *tail = req;
+    return XCCL_OK;
+}
+
+/* Progress the queue of (peer, kind) from its head. */
+static void progress_queue(xccl_comm *c, int peer, int kind) {
+    xccl_request **head = kind == KIND_SEND ? &c->sq_head[peer] : &c->rq_head[peer];
+    xccl_request **tail = kind == KIND_SEND ? &c->sq_tail[peer] : &c->rq_tail[peer];
+    while (*head) {
+        xccl_request *r = *head;
+        int done = 0;
+        size_t before = r->done_;
+        xccl_status s = kind == KIND_SEND ? c->ops->send_progress(c, r, &done)
+                                          : c->ops->recv_progress(c, r, &done);
+        if (s) {
+            r->state_ = REQ_FAILED;
+            r->status_ = s;
+            if (s != XCCL_ERR_TRUNCATED && (r->done_ || before)) c->pair_broken[peer] = 1;
+            if (s != XCCL_ERR_TRUNCATED && s != XCCL_ERR_TIMEOUT) c->pair_broken[peer] = 1;
+        } else if (done) {
+            r->state_ = REQ_DONE;
+        } else {
+            return;
+        }
+        *head = r->next_;
+        if (!*head) *tail = NULL;
+        r->next_ = NULL;
+    }
+}
+
+/* Remove a still-queued request (after its wait failed). */
+static void unlink_req(xccl_comm *c, xccl_request *req) {
+    int peer = req->peer_;
+    xccl_request **head = req->kind_ == KIND_SEND ? &c->sq_head[peer] : &c->rq_head[peer];
+    xccl_request **tail = req->kind_ == KIND_SEND ? &c->sq_tail[peer] : &c->rq_tail[peer];
+    xccl_request *prev = NULL;
+    for (xccl_request *r = *head; r; prev = r, r = r->next_) {
+        if (r != req) continue;
+        if (prev) prev->next_ = r->next_;
+        else *head = r->next_;
+        if (*tail == r) *tail = prev;
+        break;
+    }
+    req->next_ = NULL;
+}
+
+xccl_status xccl_isend(xccl_comm *c, int peer, const void *buf, size_t len, xccl_request *req) {
+    xccl_status s = post(c, peer, (void *)buf, len, req, KIND_SEND);
+    if (s) return s;
+    progress_queue(c, peer, KIND_SEND);
+    return XCCL_OK;
+}
+
+xccl_status xccl_irecv(xccl_comm *c, int peer, void *buf, size_t cap, xccl_request *req) {
+    return post(c, peer, buf, cap, req, KIND_RECV);
+}
+
+static xccl_status finished(xccl_request *req, int *done) {
+    if (req->state_ == REQ_DONE) {
+        *done = 1;
+        return XCCL_OK;
+    }
+    if (req->state_ == REQ_FAILED) {
+        *done = 1;
+        return (xccl_status)req->status_;
+    }
+    *done = 0;
+    return XCCL_OK;
+}
+
+xccl_status xccl_test(xccl_comm *c, xccl_request *req, int *done) {
+    if (req->state_ == REQ_IDLE) return xccl_err(XCCL_ERR_INVALID, "xccl test: request was never posted");
+    if (req->state_ == REQ_QUEUED) progress_queue(c, req->peer_, req->kind_);
+    return finished(req, done);
+}
+
+static int req_cond(struct xccl_comm *c, void *arg) {
+    xccl_request *req = arg;
+    int done;
+    progress_queue(c, req->peer_, req->kind_);
+    xccl_status s = finished(req, &done);
+    if (!done) return 0;
+    return s ? -(int)s : 1;
+}
+
+xccl_status xccl_wait(xccl_comm *c, xccl_request *req) {
+    if (req->state_ == REQ_IDLE) return xccl_err(XCCL_ERR_INVALID, "xccl wait: request was never posted");
+    char what[64];
+    snprintf(what, sizeof what, "xccl %s rank %d", req->kind_ == KIND_SEND ? "send to" : "recv from",
+             req->peer_);
+    xccl_status s = xccl_wait_cond(c, req_cond, req, &req->peer_, 1, what);
+    if (s && req->state_ == REQ_QUEUED) {
+        /* deadline or peer death while queued: drop it; a half-moved message breaks the pair */
+        if (req->done_ || req->aux_) c->pair_broken[req->peer_] = 1;
+        unlink_req(c, req);
+        req->state_ = REQ_FAILED;
+        req->status_ = s;
+    }
+    return s;
+}
+
+size_t xccl_request_len(const xccl_request *req) {
+    return req->kind_ == KIND_RECV ? req->msg_len_ : req->len_;
+}
+
+xccl_status xccl_send(xccl_comm *c, int peer, const void *buf, size_t len) {
+    xccl_request req = {0};
+    xccl_status s = xccl_isend(c, peer, buf, len, &req);
+    if (s) return s;
+    return xccl_wait(c, &req);
+}
+
+xccl_status xccl_recv(size_t *len_out, void *buf, size_t cap, xccl_comm *c, int peer) {
+    xccl_request req = {0};
+    xccl_status s = xccl_irecv(c, peer, buf, cap, &req);
+    if (s) return s;
+    s = xccl_wait(c, &req);
+    if (s) return s;
+    if (len_out) *len_out = req.msg_len_;
+    return XCCL_OK;
+}

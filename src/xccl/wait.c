@@ -1,0 +1,213 @@
+/*
+ * wait.c — waiting, waking, liveness: spin briefly, then sleep on the
+ * rank's futex doorbell; every wait has a deadline; dead peers are errors.
+ *
+ * Protocol (lost-wakeup free): a waiter reads its doorbell value v, bumps
+ * its `sleepers` count (seq_cst), re-checks its condition, and only then
+ * futex-waits on (doorbell, v). A producer publishes its data with release,
+ * issues a seq_cst fence, and if the target's `sleepers` is non-zero bumps
+ * the doorbell and wakes it. Either the waiter sees the data or the producer
+ * sees the sleeper.
+ *
+ * Liveness: the cheap state field is read on every wake-up; the pidfd poll
+ * (or kill(pid,0) where pidfds are missing) and the heartbeat age are checked
+ * every XCCL_LIVENESS_NS while sleeping, so a dead peer is reported within a
+ * few milliseconds of its death.
+ */
+#define _GNU_SOURCE
+#include "xccl_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define XCCL_LIVENESS_NS 2000000ull /* 2 ms */
+#define XCCL_SLEEP_NS    2000000ull
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+static void futex_wait(_Atomic uint32_t *w, uint32_t v, uint64_t ns) {
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull), .tv_nsec = (long)(ns % 1000000000ull)};
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT, v, &ts, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *w) {
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+void xccl_wake(struct xccl_comm *c, int r) {
+    if (!c->ranks) return;
+    xccl_rank_entry *e = &c->ranks[r];
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&e->sleepers, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&e->doorbell, 1, memory_order_seq_cst);
+        futex_wake(&e->doorbell);
+    }
+}
+
+void xccl_wake_group(struct xccl_comm *c, const struct xccl_group *g) {
+    for (int i = 0; i < g->n; i++)
+        if (g->ranks[i] != c->rank) xccl_wake(c, g->ranks[i]);
+}
+
+static xccl_status peer_dead(struct xccl_comm *c, int p, const char *why) {
+    xccl_rank_entry *e = &c->ranks[p];
+    uint32_t st = XCCL_RANK_ACTIVE;
+    atomic_compare_exchange_strong(&e->state, &st, XCCL_RANK_DEAD);
+    /* wake everyone so that their waits re-check the table at once */
+    for (int r = 0; r < c->size; r++)
+        if (r != c->rank && r != p) xccl_wake(c, r);
+    return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d (pid %d) %s", p,
+                         (int)atomic_load(&e->pid), why);
+}
+
+/* Cheap check: the rank table state only. allow_free: a never-attached
+ * peer is "not yet", not an error. */
+static xccl_status state_check(struct xccl_comm *c, int p, int allow_free) {
+    uint32_t st = atomic_load_explicit(&c->ranks[p].state, memory_order_acquire);
+    switch (st) {
+    case XCCL_RANK_ACTIVE: return XCCL_OK;
+    case XCCL_RANK_LEFT: return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d left the segment", p);
+    case XCCL_RANK_DEAD: return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d died", p);
+    case XCCL_RANK_FREE:
+        return allow_free ? XCCL_OK : xccl_err_peer(XCCL_ERR_PEER, p, "rank %d has not attached", p);
+    }
+    return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d has bad state %u", p, st);
+}
+
+static xccl_status full_check(struct xccl_comm *c, int p, int allow_free) {
+    if (p == c->rank) return XCCL_OK;
+    xccl_status s = state_check(c, p, allow_free);
+    if (s) return s;
+    xccl_rank_entry *e = &c->ranks[p];
+    if (atomic_load_explicit(&e->state, memory_order_acquire) != XCCL_RANK_ACTIVE) return XCCL_OK;
+    int32_t pid = atomic_load_explicit(&e->pid, memory_order_acquire);
+    if (pid <= 0) return XCCL_OK;
+    if (c->pidfd_pid[p] != pid) {
+        if (c->pidfd[p] >= 0) close(c->pidfd[p]);
+        c->pidfd[p] = -1;
+        c->pidfd_pid[p] = pid;
+        int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (fd >= 0) c->pidfd[p] = fd;
+        else if (errno == ESRCH) return peer_dead(c, p, "is gone");
+    }
+    if (c->pidfd[p] >= 0) {
+        struct pollfd pfd = {.fd = c->pidfd[p], .events = POLLIN};
+        if (poll(&pfd, 1, 0) > 0) return peer_dead(c, p, "exited or was killed");
+    } else if (kill(pid, 0) != 0 && errno == ESRCH) {
+        return peer_dead(c, p, "is gone");
+    }
+    uint64_t hb = atomic_load_explicit(&e->heartbeat_ns, memory_order_acquire);
+    uint64_t now = xccl_now_ns(), lim = (uint64_t)c->hdr->heartbeat_timeout_ms * 1000000ull;
+    if (hb && now > hb && now - hb > lim) {
+        return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d (pid %d) is hung: heartbeat %llu ms old", p,
+                             (int)pid, (unsigned long long)((now - hb) / 1000000ull));
+    }
+    return XCCL_OK;
+}
+
+xccl_status xccl_shm_peer_check(struct xccl_comm *c, int peer) {
+    if (peer < 0 || peer >= c->size)
+        return xccl_err(XCCL_ERR_INVALID, "xccl: peer %d out of range 0..%d", peer, c->size - 1);
+    return full_check(c, peer, 0);
+}
+
+xccl_status xccl_peer_check(xccl_comm *c, int peer) {
+    if (peer < 0 || peer >= c->size)
+        return xccl_err(XCCL_ERR_INVALID, "xccl: peer %d out of range 0..%d", peer, c->size - 1);
+    return c->ops->peer_check(c, peer);
+}
+
+static inline xccl_status cond_status(int r) { return r > 0 ? XCCL_OK : (xccl_status)(-r); }
+
+xccl_status xccl_wait_cond(struct xccl_comm *c, xccl_cond_fn cond, void *arg, const int *peers,
+                           int npeers, const char *what) {
+    int r = cond(c, arg);
+    if (r) return cond_status(r);
+    uint64_t start = xccl_now_ns(), now = start;
+    /* spin */
+    while (now - start < c->spin_ns) {
+        for (int i = 0; i < 32; i++) xccl_cpu_relax();
+        r = cond(c, arg);
+        if (r) return cond_status(r);
+        now = xccl_now_ns();
+    }
+    uint64_t deadline = start + c->timeout_ns, next_full = 0;
+    int shm = c->ops == &xccl_shm_ops;
+    for (;;) {
+        now = xccl_now_ns();
+        int full = now >= next_full;
+        for (int i = 0; i < npeers; i++) {
+            int p = peers[i];
+            if (p == c->rank) continue;
+            xccl_status s;
+            if (shm) s = full ? full_check(c, p, 1) : state_check(c, p, 1);
+            else s = full ? c->ops->peer_check(c, p) : XCCL_OK;
+            if (s) {
+                xccl_err_prefix("%s", what);
+                return s;
+            }
+        }
+        if (full) next_full = now + XCCL_LIVENESS_NS;
+        if (now >= deadline) {
+            int blame = -1;
+            for (int i = 0; i < npeers; i++)
+                if (peers[i] != c->rank) { blame = peers[i]; break; }
+            return xccl_err_peer(XCCL_ERR_TIMEOUT, npeers == 1 ? blame : -1,
+                                 "%s: timed out after %llu ms", what,
+                                 (unsigned long long)(c->timeout_ns / 1000000ull));
+        }
+        uint64_t slice = deadline - now < XCCL_SLEEP_NS ? deadline - now : XCCL_SLEEP_NS;
+        if (shm) {
+            xccl_rank_entry *me = &c->ranks[c->rank];
+            uint32_t v = atomic_load_explicit(&me->doorbell, memory_order_seq_cst);
+            atomic_fetch_add_explicit(&me->sleepers, 1, memory_order_seq_cst);
+            r = cond(c, arg);
+            if (!r) futex_wait(&me->doorbell, v, slice);
+            atomic_fetch_sub_explicit(&me->sleepers, 1, memory_order_seq_cst);
+            if (r) return cond_status(r);
+        } else {
+            c->ops->sleep(c, slice);
+        }
+        r = cond(c, arg);
+        if (r) return cond_status(r);
+    }
+}
+
+/* --- heartbeat ----------------------------------------------------------- */
+
+static void *heartbeat_main(void *arg) {
+    struct xccl_comm *c = arg;
+    xccl_rank_entry *e = &c->ranks[c->rank];
+    uint64_t period = (uint64_t)c->hdr->heartbeat_ms * 1000000ull;
+    struct timespec ts = {.tv_sec = (time_t)(period / 1000000000ull),
+                          .tv_nsec = (long)(period % 1000000000ull)};
+    while (!atomic_load_explicit(&c->hb_stop, memory_order_acquire)) {
+        atomic_store_explicit(&e->heartbeat_ns, xccl_now_ns(), memory_order_release);
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+xccl_status xccl_heartbeat_start(struct xccl_comm *c) {
+    atomic_store(&c->hb_stop, 0);
+    int rc = pthread_create(&c->hb_thread, NULL, heartbeat_main, c);
+    if (rc) return xccl_err(XCCL_ERR_IO, "xccl: cannot start heartbeat thread: %s", strerror(rc));
+    c->hb_started = 1;
+    return XCCL_OK;
+}
+
+void xccl_heartbeat_stop(struct xccl_comm *c) {
+    if (!c->hb_started) return;
+    atomic_store_explicit(&c->hb_stop, 1, memory_order_release);
+    pthread_join(c->hb_thread, NULL);
+    c->hb_started = 0;
+}
