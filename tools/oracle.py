@@ -132,12 +132,21 @@ def do_tiny():
               f"max|logit| {scale:.3f}, margins {[round(c['min_greedy_margin'], 4) for c in cases]}")
 
 
+# Candidates in order; the first SMOL_N whose greedy top-1/top-2 margin stays >= SMOL_MIN_MARGIN over
+# the first 32 steps are kept (None = the chat-rendered prompt). A smaller margin would let the
+# 8-bit activation quantization of our Q4_1 kernels flip a near tie (a 0.0045 margin did flip),
+# which says nothing about correctness.
 SMOL_PROMPTS = [
+    None,
     "The capital of France is",
-    "Once upon a time, in a small village by the sea,",
     "def fibonacci(n):\n",
-    None,  # chat-rendered prompt, built below
+    "Once upon a time, in a small village by the sea,",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "In 1969, the first humans",
 ]
+SMOL_N = 4
+SMOL_MIN_MARGIN = 0.04
 SMOL_STEPS = 40
 SMOL_TOPK = 20
 
@@ -149,10 +158,10 @@ def do_smollm2(gguf_path):
     sha = hashlib.sha256(open(gguf_path, "rb").read()).hexdigest()
     tok = AutoTokenizer.from_pretrained(d, gguf_file=fn)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=fn, dtype=torch.float32).eval()
-    prompts = list(SMOL_PROMPTS)
-    prompts[3] = tok.apply_chat_template(
+    chat = tok.apply_chat_template(
         [{"role": "user", "content": "What is the tallest mountain in the world?"}],
         tokenize=False, add_generation_prompt=True)
+    prompts = [chat if p is None else p for p in SMOL_PROMPTS]
     eos = model.config.eos_token_id
     out = {"versions": versions(), "model_sha256": sha, "steps": SMOL_STEPS, "top_k": SMOL_TOPK,
            "eos_token_id": eos, "cases": []}
@@ -179,11 +188,16 @@ def do_smollm2(gguf_path):
         for r in range(len(ids) - 1, len(toks) - 1):
             v, i = torch.topk(full[r], SMOL_TOPK)
             top.append({"pos": r, "ids": [int(x) for x in i], "logits": [round(float(x), 5) for x in v]})
+        if min(margins[:32]) < SMOL_MIN_MARGIN:
+            print("skip", repr(text[:40]), "min margin", round(min(margins[:32]), 4))
+            continue
         n_eos = next((k for k, t in enumerate(gen) if t == eos), len(gen))
         out["cases"].append({
             "text": text, "ids": ids, "greedy": gen, "greedy_margins": [round(m, 5) for m in margins],
             "text_32": tok.decode(gen[:min(32, n_eos)]), "top": top})
         print(repr(text[:40]), "->", repr(tok.decode(gen[:32])), "min margin", round(min(margins[:32]), 4))
+        if len(out["cases"]) == SMOL_N:
+            break
     with open(os.path.join(OUT, "smollm2.json"), "w") as f:
         json.dump(out, f, indent=None, separators=(",", ":"))
 
