@@ -429,6 +429,7 @@ static xds_status gguf_parse(xds_gguf *g) {
                            "the end of the file (size %zu)",
                            g->path, g->data_start, g->size);
     }
+    if (!n_tensors && g->data_start > g->size) g->data_start = g->size;
     size_t data_size = n_tensors ? g->size - g->data_start : 0;
     for (uint64_t i = 0; i < n_tensors; i++) {
         xds_tensor *t = &g->tensors[i];
