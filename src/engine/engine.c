@@ -56,6 +56,12 @@ struct xds_engine {
     int32_t *rows;                  /* (max_batch) batch rows to sample */
     xds_sched_item **row_item;      /* (max_batch) */
     float *logits;                  /* (max_batch, n_vocab) */
+    /* events of the step's sampled rows, delivered after stats are published */
+    eng_req **ev_req;               /* (max_batch) */
+    int32_t *ev_tok;                /* (max_batch) */
+    const char **ev_text;           /* (max_batch) */
+    size_t *ev_len;                 /* (max_batch) */
+    xds_finish *ev_fin;             /* (max_batch) */
 
     eng_req *live_head; /* engine thread: requests taken from the inbox */
 
@@ -118,10 +124,17 @@ static void emit(eng_req *r, int32_t token, const char *text, size_t len, xds_fi
     r->cb(r->user, &ev);
 }
 
-/* Final event without a new token (abort, error), then free. */
+static void publish_stats(xds_engine *e);
+
+/* Final event without a new token (abort, error), then free. Stats are
+ * published first, so a caller that saw the final event sees its blocks
+ * released. */
 static void req_end(xds_engine *e, eng_req *r, xds_finish fin) {
     xds_sched_finish(e->sched, r->seq);
     live_unlink(e, r);
+    pthread_mutex_lock(&e->mu);
+    publish_stats(e);
+    pthread_mutex_unlock(&e->mu);
     emit(r, -1, NULL, 0, fin);
     req_free(r);
 }
@@ -177,7 +190,13 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
     e->rows = malloc(sizeof(int32_t) * o.max_batch);
     e->row_item = malloc(sizeof(*e->row_item) * o.max_batch);
     e->logits = malloc(sizeof(float) * (size_t)o.max_batch * e->n_vocab);
-    if (!e->b_tok || !e->b_pos || !e->b_seq || !e->rows || !e->row_item || !e->logits) {
+    e->ev_req = malloc(sizeof(*e->ev_req) * o.max_batch);
+    e->ev_tok = malloc(sizeof(*e->ev_tok) * o.max_batch);
+    e->ev_text = malloc(sizeof(*e->ev_text) * o.max_batch);
+    e->ev_len = malloc(sizeof(*e->ev_len) * o.max_batch);
+    e->ev_fin = malloc(sizeof(*e->ev_fin) * o.max_batch);
+    if (!e->b_tok || !e->b_pos || !e->b_seq || !e->rows || !e->row_item || !e->logits || !e->ev_req ||
+        !e->ev_tok || !e->ev_text || !e->ev_len || !e->ev_fin) {
         s = xds_err_set(XDS_ERR_NOMEM, "engine: out of memory for step buffers");
         goto err;
     }
@@ -223,6 +242,11 @@ void xds_engine_free(xds_engine *e, int drain) {
     free(e->rows);
     free(e->row_item);
     free(e->logits);
+    free(e->ev_req);
+    free(e->ev_tok);
+    free(e->ev_text);
+    free(e->ev_len);
+    free(e->ev_fin);
     free(e->cancels);
     free(e);
 }
@@ -366,7 +390,9 @@ static void step(xds_engine *e) {
         return;
     }
     xds_sched_commit(e->sched, &plan);
-    uint64_t n_gen = 0;
+    /* Sample and process every row first, finishing sequences in the
+     * scheduler; publish stats; then deliver the events (texts stay valid:
+     * each request's output buffer is only rewritten by its next push). */
     for (int i = 0; i < n_rows; i++) {
         xds_sched_seq *q = e->row_item[i]->seq;
         eng_req *r = q->user;
@@ -375,22 +401,23 @@ static void step(xds_engine *e) {
         xds_sampler_accept(r->sampler, tok);
         int appended = xds_sched_seq_append(q, tok);
         XDS_ASSERT(appended); /* cap = prompt + max_tokens, and output ends at max_tokens */
-        n_gen++;
-        const char *text;
-        size_t len;
-        xds_finish fin = xds_output_push(&r->out, tok, q->n_tokens >= e->opts.max_ctx, &text, &len);
-        if (fin != XDS_FINISH_NONE) {
+        e->ev_fin[i] = xds_output_push(&r->out, tok, q->n_tokens >= e->opts.max_ctx, &e->ev_text[i],
+                                       &e->ev_len[i]);
+        e->ev_tok[i] = tok;
+        if (e->ev_fin[i] != XDS_FINISH_NONE) {
             xds_sched_finish(e->sched, q);
             live_unlink(e, r);
-            emit(r, tok, text, len, fin);
-            req_free(r);
-        } else {
-            emit(r, tok, text, len, fin);
         }
+        e->ev_req[i] = r;
     }
     pthread_mutex_lock(&e->mu);
-    e->st.n_gen_tokens += n_gen;
+    e->st.n_gen_tokens += (uint64_t)n_rows;
+    publish_stats(e);
     pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < n_rows; i++) {
+        emit(e->ev_req[i], e->ev_tok[i], e->ev_text[i], e->ev_len[i], e->ev_fin[i]);
+        if (e->ev_fin[i] != XDS_FINISH_NONE) req_free(e->ev_req[i]);
+    }
 }
 
 /* ---- the loop -------------------------------------------------------------- */

@@ -1,0 +1,712 @@
+/*
+ * test_engine.c — the DP group end to end on the tiny llama checkpoints of
+ * tests/data/oracle (no tokenizer: token ids only), and on SmolLM2 with its
+ * tokenizer when XDS_TEST_MODEL is set.
+ *
+ * Correctness: greedy requests run concurrently (all at once, staggered,
+ * with chunked prefill under a small step budget, under a KV pool so small
+ * that sequences are preempted and recomputed, with prefix-cache hits) give
+ * exactly the tokens each gives alone. Control: cancellation (running and
+ * waiting) frees every block, a full queue says XDS_ERR_BUSY, bad requests
+ * say XDS_ERR_INVALID, shutdown drains or aborts. Output processing (stop
+ * strings, EOG, length) is tested on synthetic text and token streams.
+ *
+ * Synchronization: events are recorded under one mutex and waiters sleep on
+ * a condition variable with a deadline that fails the test instead of
+ * hanging. To freeze the engine at a known point, a request's callback may
+ * be "gated": it blocks (on the engine thread) until the test opens it.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/engine.h"
+#include "engine/output.h"
+#include "model/model.h"
+#include "test.h"
+#include "tokenizer/tokenizer.h"
+
+#define TINY XDS_SOURCE_DIR "/tests/data/oracle/tiny/h64_gqa4_hd24_llama3"
+#define DEADLINE_S 120
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+
+typedef struct coll {
+    int32_t toks[1024];
+    int n_tok;
+    char text[16384];
+    size_t n_text;
+    int n_events;
+    int n_final;
+    xds_finish finish;
+    int n_cached;
+    int n_prompt;
+    int last_n_gen;
+    int bad;     /* inconsistent event */
+    int gate_at; /* > 0: block in the callback once n_tok reaches it, while gate_open == 0 */
+    int gated;
+    int gate_open;
+} coll;
+
+static void on_event(void *user, const xds_gen_event *ev) {
+    coll *c = user;
+    pthread_mutex_lock(&mu);
+    if (c->n_final) c->bad++; /* nothing may follow the final event */
+    c->n_events++;
+    if (ev->token >= 0 && c->n_tok < 1024) c->toks[c->n_tok++] = ev->token;
+    if (ev->text_len && c->n_text + ev->text_len < sizeof(c->text)) {
+        memcpy(c->text + c->n_text, ev->text, ev->text_len);
+        c->n_text += ev->text_len;
+        c->text[c->n_text] = 0;
+    }
+    if (ev->n_gen != c->n_tok) c->bad++;
+    c->n_cached = ev->n_cached;
+    c->n_prompt = ev->n_prompt;
+    c->last_n_gen = ev->n_gen;
+    if (ev->finish != XDS_FINISH_NONE) {
+        c->n_final++;
+        c->finish = ev->finish;
+    }
+    pthread_cond_broadcast(&cv);
+    if (c->gate_at > 0 && c->n_tok >= c->gate_at && !c->n_final) {
+        c->gated = 1;
+        pthread_cond_broadcast(&cv);
+        while (!c->gate_open) pthread_cond_wait(&cv, &mu);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+static struct timespec deadline(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += DEADLINE_S;
+    return ts;
+}
+
+/* Wait (mu held) until pred; 0 on timeout. */
+#define WAIT_UNTIL(pred)                                                         \
+    ({                                                                           \
+        struct timespec dl_ = deadline();                                        \
+        int ok_ = 1;                                                             \
+        while (!(pred)) {                                                        \
+            if (pthread_cond_timedwait(&cv, &mu, &dl_) != 0 && !(pred)) {        \
+                ok_ = 0;                                                         \
+                break;                                                           \
+            }                                                                    \
+        }                                                                        \
+        ok_;                                                                     \
+    })
+
+static int wait_final(coll *cs, int n) {
+    pthread_mutex_lock(&mu);
+    int ok = WAIT_UNTIL(({
+        int all_ = 1;
+        for (int i_ = 0; i_ < n; i_++) all_ &= cs[i_].n_final > 0;
+        all_;
+    }));
+    pthread_mutex_unlock(&mu);
+    CHECK_MSG(ok, "timed out waiting for final events");
+    return ok;
+}
+
+static int wait_tokens(coll *c, int k) {
+    pthread_mutex_lock(&mu);
+    int ok = WAIT_UNTIL(c->n_tok >= k || c->n_final);
+    pthread_mutex_unlock(&mu);
+    CHECK_MSG(ok, "timed out waiting for %d tokens", k);
+    return ok;
+}
+
+static int wait_gated(coll *c) {
+    pthread_mutex_lock(&mu);
+    int ok = WAIT_UNTIL(c->gated || c->n_final);
+    int gated = c->gated;
+    pthread_mutex_unlock(&mu);
+    CHECK_MSG(ok && gated, "timed out waiting for the gate");
+    return ok && gated;
+}
+
+static void open_gate(coll *c) {
+    pthread_mutex_lock(&mu);
+    c->gate_open = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+}
+
+static xds_gen_params greedy(int max_tokens) {
+    xds_gen_params p;
+    memset(&p, 0, sizeof(p));
+    p.max_tokens = max_tokens;
+    p.sampling = xds_sampler_params_default();
+    p.sampling.temp = 0;
+    p.ignore_eos = 1;
+    return p;
+}
+
+/* ---- the tiny model's workload ----------------------------------------------- */
+
+enum { NP = 8, GEN = 16 };
+static const int plen[NP] = {5, 17, 33, 9, 50, 1, 24, 70};
+static int32_t prompts[NP][80];
+
+static void make_prompts(int n_vocab) {
+    uint64_t r = 7;
+    for (int i = 0; i < NP; i++)
+        for (int j = 0; j < plen[i]; j++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            prompts[i][j] = 3 + (int32_t)((r >> 33) % (uint64_t)(n_vocab - 3));
+        }
+    /* Prompts 6 and 7 share a 20-token prefix with prompt 4. */
+    memcpy(prompts[6], prompts[4], sizeof(int32_t) * 20);
+    memcpy(prompts[7], prompts[4], sizeof(int32_t) * 20);
+}
+
+static xds_engine_opts base_opts(void) {
+    xds_engine_opts o = xds_engine_opts_default();
+    o.n_threads = 2;
+    o.max_batch = 8;
+    o.max_step_tokens = 256;
+    o.kv_block_size = 8;
+    o.kv_blocks = 256;
+    o.max_queue = 64;
+    o.enable_prefix_cache = 0;
+    return o;
+}
+
+static int32_t ref_toks[NP][GEN];
+
+/* Each prompt alone, on an engine of its own. */
+static void run_alone(xds_model *m) {
+    for (int i = 0; i < NP; i++) {
+        xds_engine *e;
+        xds_engine_opts o = base_opts();
+        CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+        coll *c = calloc(1, sizeof(coll));
+        xds_gen_params p = greedy(GEN);
+        uint64_t id;
+        CHECK(xds_engine_submit(e, prompts[i], plen[i], &p, on_event, c, &id) == XDS_OK);
+        wait_final(c, 1);
+        CHECK(c->n_tok == GEN && c->finish == XDS_FINISH_LENGTH && c->bad == 0 && c->n_final == 1);
+        CHECK(c->n_text == 0); /* no tokenizer: no text */
+        CHECK(c->n_prompt == plen[i]);
+        memcpy(ref_toks[i], c->toks, sizeof(int32_t) * GEN);
+        xds_engine_free(e, 1);
+        free(c);
+    }
+}
+
+/* Run all prompts on one engine; stagger > 0: submit request i+1 only after
+ * request i has produced `stagger` tokens. Returns mismatching requests. */
+static int run_set(xds_model *m, const xds_engine_opts *o, int stagger, xds_engine_stats *st,
+                   const char *what) {
+    xds_engine *e;
+    CHECK(xds_engine_create(m, NULL, o, &e) == XDS_OK);
+    coll *c = calloc(NP, sizeof(coll));
+    for (int i = 0; i < NP; i++) {
+        xds_gen_params p = greedy(GEN);
+        uint64_t id;
+        CHECK(xds_engine_submit(e, prompts[i], plen[i], &p, on_event, &c[i], &id) == XDS_OK);
+        if (stagger && i + 1 < NP) wait_tokens(&c[i], stagger);
+    }
+    wait_final(c, NP);
+    int bad = 0;
+    for (int i = 0; i < NP; i++) {
+        int same = c[i].n_tok == GEN && memcmp(c[i].toks, ref_toks[i], sizeof(int32_t) * GEN) == 0;
+        CHECK_MSG(same, "%s: request %d (prompt %d tokens) differs from its solo run", what, i, plen[i]);
+        CHECK(c[i].n_final == 1 && c[i].finish == XDS_FINISH_LENGTH && c[i].bad == 0);
+        bad += !same;
+    }
+    if (st) xds_engine_stats_get(e, st);
+    xds_engine_stats s2;
+    xds_engine_stats_get(e, &s2);
+    CHECK(s2.n_running == 0 && s2.n_waiting == 0 && s2.kv_blocks_used == 0);
+    CHECK(s2.n_gen_tokens == (uint64_t)NP * GEN);
+    xds_engine_free(e, 1);
+    free(c);
+    return bad;
+}
+
+static void test_batch_invariance(xds_model *m) {
+    xds_engine_opts o = base_opts();
+    xds_engine_stats st;
+    run_set(m, &o, 0, &st, "all at once");
+    CHECK(st.n_preemptions == 0);
+    run_set(m, &o, 3, NULL, "staggered");
+    /* Chunked prefill: 8 tokens a step; prompts of 33..70 take many steps
+     * while the others decode. */
+    o.max_step_tokens = 8;
+    run_set(m, &o, 0, &st, "chunked prefill");
+    CHECK(st.n_steps > 40);
+    o.max_step_tokens = 256;
+    /* Preemption: room for barely more than the longest sequence. */
+    o.kv_block_size = 4;
+    o.kv_blocks = (70 + GEN + 3) / 4 + 2;
+    run_set(m, &o, 0, &st, "preemption");
+    CHECK_MSG(st.n_preemptions > 0, "no preemption happened (%llu)", (unsigned long long)st.n_preemptions);
+    /* Preemption with prefix caching and chunking together. */
+    o.enable_prefix_cache = 1;
+    o.max_step_tokens = 12;
+    run_set(m, &o, 0, &st, "preemption + prefix cache + chunked");
+    CHECK(st.n_preemptions > 0);
+}
+
+static void test_prefix_cache(xds_model *m) {
+    xds_engine_opts o = base_opts();
+    o.enable_prefix_cache = 1;
+    xds_engine *e;
+    CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+    coll c[4];
+    memset(c, 0, sizeof(c));
+    xds_gen_params p = greedy(GEN);
+    uint64_t id;
+    /* miss, then hit on the same prompt */
+    CHECK(xds_engine_submit(e, prompts[7], plen[7], &p, on_event, &c[0], &id) == XDS_OK);
+    wait_final(&c[0], 1);
+    CHECK(c[0].n_cached == 0);
+    CHECK(xds_engine_submit(e, prompts[7], plen[7], &p, on_event, &c[1], &id) == XDS_OK);
+    wait_final(&c[1], 1);
+    CHECK_MSG(c[1].n_cached == (plen[7] - 1) / 8 * 8, "n_cached %d", c[1].n_cached);
+    CHECK(memcmp(c[1].toks, ref_toks[7], sizeof(int32_t) * GEN) == 0);
+    CHECK(memcmp(c[0].toks, ref_toks[7], sizeof(int32_t) * GEN) == 0);
+    /* prompts 4 and 6 share 20 tokens (2 full blocks of 8) with prompt 7 */
+    CHECK(xds_engine_submit(e, prompts[4], plen[4], &p, on_event, &c[2], &id) == XDS_OK);
+    CHECK(xds_engine_submit(e, prompts[6], plen[6], &p, on_event, &c[3], &id) == XDS_OK);
+    wait_final(&c[2], 2);
+    CHECK(c[2].n_cached == 16 && c[3].n_cached >= 16);
+    CHECK(memcmp(c[2].toks, ref_toks[4], sizeof(int32_t) * GEN) == 0);
+    CHECK(memcmp(c[3].toks, ref_toks[6], sizeof(int32_t) * GEN) == 0);
+    xds_engine_stats st;
+    xds_engine_stats_get(e, &st);
+    CHECK(st.prefix_hits >= (uint64_t)c[1].n_cached + 32);
+    CHECK(st.prefix_queries >= (uint64_t)(2 * plen[7] + plen[4] + plen[6]));
+    CHECK(st.kv_blocks_used == 0);
+    for (int i = 0; i < 4; i++) CHECK(c[i].bad == 0 && c[i].n_final == 1);
+    xds_engine_free(e, 1);
+}
+
+static void test_cancel(xds_model *m) {
+    xds_engine_opts o = base_opts();
+    o.max_batch = 1;
+    xds_engine *e;
+    CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+    coll c[3];
+    memset(c, 0, sizeof(c));
+    c[0].gate_at = 3;
+    xds_gen_params p = greedy(200);
+    uint64_t id[3];
+    CHECK(xds_engine_submit(e, prompts[4], plen[4], &p, on_event, &c[0], &id[0]) == XDS_OK);
+    CHECK(xds_engine_submit(e, prompts[1], plen[1], &p, on_event, &c[1], &id[1]) == XDS_OK);
+    if (wait_gated(&c[0])) {
+        /* Engine frozen in c[0]'s callback: c[0] runs, c[1] waits (batch of 1). */
+        xds_engine_stats st;
+        xds_engine_stats_get(e, &st);
+        CHECK(st.n_running == 1 && st.n_waiting == 1 && st.kv_blocks_used > 0);
+        xds_engine_cancel(e, id[0]);
+        xds_engine_cancel(e, id[1]);
+        xds_engine_cancel(e, 999999); /* unknown: ignored */
+        open_gate(&c[0]);
+    }
+    wait_final(c, 2);
+    CHECK(c[0].finish == XDS_FINISH_ABORT && c[0].n_tok == 3 && c[0].n_final == 1 && c[0].bad == 0);
+    CHECK(c[1].finish == XDS_FINISH_ABORT && c[1].n_tok == 0 && c[1].n_final == 1 && c[1].bad == 0);
+    xds_engine_stats st;
+    xds_engine_stats_get(e, &st);
+    CHECK(st.kv_blocks_used == 0 && st.n_running == 0 && st.n_waiting == 0);
+    /* The engine still serves after cancellations; cancelling a finished
+     * request is harmless. */
+    p = greedy(GEN);
+    CHECK(xds_engine_submit(e, prompts[2], plen[2], &p, on_event, &c[2], &id[2]) == XDS_OK);
+    wait_final(&c[2], 1);
+    xds_engine_cancel(e, id[2]);
+    CHECK(memcmp(c[2].toks, ref_toks[2], sizeof(int32_t) * GEN) == 0 && c[2].finish == XDS_FINISH_LENGTH);
+    xds_engine_free(e, 1);
+    CHECK(c[2].n_final == 1);
+}
+
+static void test_admission(xds_model *m) {
+    xds_engine_opts o = base_opts();
+    o.max_batch = 1;
+    o.max_queue = 2;
+    xds_engine *e;
+    CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+    coll c[4];
+    memset(c, 0, sizeof(c));
+    c[0].gate_at = 1;
+    xds_gen_params p = greedy(GEN);
+    uint64_t id[4];
+    CHECK(xds_engine_submit(e, prompts[0], plen[0], &p, on_event, &c[0], &id[0]) == XDS_OK);
+    if (wait_gated(&c[0])) {
+        CHECK(xds_engine_submit(e, prompts[1], plen[1], &p, on_event, &c[1], &id[1]) == XDS_OK);
+        CHECK(xds_engine_submit(e, prompts[2], plen[2], &p, on_event, &c[2], &id[2]) == XDS_OK);
+        CHECK(xds_engine_submit(e, prompts[3], plen[3], &p, on_event, &c[3], &id[3]) == XDS_ERR_BUSY);
+        xds_engine_stats st;
+        xds_engine_stats_get(e, &st);
+        CHECK(st.n_waiting == 2 && st.n_running == 1);
+        open_gate(&c[0]);
+    }
+    wait_final(c, 3);
+    for (int i = 0; i < 3; i++)
+        CHECK(c[i].finish == XDS_FINISH_LENGTH && memcmp(c[i].toks, ref_toks[i], sizeof(int32_t) * GEN) == 0);
+    CHECK(c[3].n_events == 0);
+    /* Once drained, the queue accepts again. */
+    CHECK(xds_engine_submit(e, prompts[3], plen[3], &p, on_event, &c[3], &id[3]) == XDS_OK);
+    wait_final(&c[3], 1);
+
+    /* Bad requests. */
+    int32_t bad_tok[2] = {5, 300};
+    int32_t longp[250];
+    for (int i = 0; i < 250; i++) longp[i] = 5;
+    uint64_t x;
+    CHECK(xds_engine_submit(e, prompts[0], 0, &p, on_event, &c[0], &x) == XDS_ERR_INVALID);
+    CHECK(xds_engine_submit(e, bad_tok, 2, &p, on_event, &c[0], &x) == XDS_ERR_INVALID);
+    CHECK(xds_engine_submit(e, longp, 250, &p, on_event, &c[0], &x) == XDS_ERR_INVALID); /* 250 + 16 > 256 */
+    xds_gen_params p0 = greedy(0);
+    CHECK(xds_engine_submit(e, prompts[0], plen[0], &p0, on_event, &c[0], &x) == XDS_ERR_INVALID);
+    CHECK(xds_engine_submit(e, prompts[0], plen[0], &p, NULL, &c[0], &x) == XDS_ERR_INVALID);
+    xds_engine_free(e, 1);
+
+    /* A request that could never fit in the KV pool is refused up front. */
+    o.kv_block_size = 4;
+    o.kv_blocks = 4;
+    CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+    CHECK(xds_engine_submit(e, prompts[1], plen[1], &p, on_event, &c[0], &x) == XDS_ERR_INVALID);
+    xds_engine_free(e, 1);
+}
+
+static void *free_abort(void *e) {
+    xds_engine_free(e, 0);
+    return NULL;
+}
+
+static void test_shutdown(xds_model *m) {
+    xds_engine_opts o = base_opts();
+    o.max_batch = 2;
+    xds_engine *e;
+    coll c[4];
+    memset(c, 0, sizeof(c));
+    /* drain: everything in flight completes */
+    CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+    xds_gen_params p = greedy(GEN);
+    uint64_t id;
+    for (int i = 0; i < 4; i++)
+        CHECK(xds_engine_submit(e, prompts[i], plen[i], &p, on_event, &c[i], &id) == XDS_OK);
+    xds_engine_free(e, 1);
+    for (int i = 0; i < 4; i++)
+        CHECK(c[i].n_final == 1 && c[i].finish == XDS_FINISH_LENGTH &&
+              memcmp(c[i].toks, ref_toks[i], sizeof(int32_t) * GEN) == 0);
+    /* abort: freeze the engine in c[0]'s first event with two more requests
+     * queued, free without draining from another thread, and release the
+     * engine only once the shutdown is visible (a probe submit says "shutting
+     * down" instead of "queue full"). */
+    memset(c, 0, sizeof(c));
+    o.max_queue = 2;
+    CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+    p = greedy(150);
+    c[0].gate_at = 1;
+    CHECK(xds_engine_submit(e, prompts[0], plen[0], &p, on_event, &c[0], &id) == XDS_OK);
+    if (!wait_gated(&c[0])) return;
+    CHECK(xds_engine_submit(e, prompts[1], plen[1], &p, on_event, &c[1], &id) == XDS_OK);
+    CHECK(xds_engine_submit(e, prompts[2], plen[2], &p, on_event, &c[2], &id) == XDS_OK);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, free_abort, e) == 0);
+    time_t t0 = time(NULL);
+    int seen = 0;
+    while (!seen && time(NULL) - t0 < DEADLINE_S) {
+        xds_status s = xds_engine_submit(e, prompts[3], plen[3], &p, on_event, &c[3], &id);
+        CHECK(s == XDS_ERR_BUSY); /* queue full, or shutting down */
+        seen = s == XDS_ERR_BUSY && strstr(xds_err_msg(), "shutting down") != NULL;
+    }
+    CHECK(seen);
+    open_gate(&c[0]);
+    pthread_join(th, NULL);
+    CHECK(c[0].n_final == 1 && c[0].finish == XDS_FINISH_ABORT && c[0].n_tok == 1 && c[0].bad == 0);
+    for (int i = 1; i < 3; i++)
+        CHECK(c[i].n_final == 1 && c[i].finish == XDS_FINISH_ABORT && c[i].n_tok == 0 && c[i].bad == 0);
+    CHECK(c[3].n_events == 0);
+}
+
+/* ---- output processing ------------------------------------------------------- */
+
+/* Feed pieces; returns the concatenated emitted text and the finish. */
+static xds_finish feed(xds_output *o, const char *const *pieces, int n, int final_last, char *got,
+                       int *leak) {
+    size_t ng = 0;
+    xds_finish fin = XDS_FINISH_NONE;
+    got[0] = 0;
+    for (int i = 0; i < n && fin == XDS_FINISH_NONE; i++) {
+        const char *t;
+        size_t len;
+        fin = xds_output_push_text(o, pieces[i], strlen(pieces[i]), final_last && i == n - 1, &t, &len);
+        memcpy(got + ng, t, len);
+        ng += len;
+        got[ng] = 0;
+        for (int s = 0; s < o->n_stop; s++)
+            if (strstr(got, o->stop[s])) *leak = 1;
+    }
+    return fin;
+}
+
+static void test_output_text(void) {
+    char got[512];
+    int leak = 0;
+    xds_output o;
+    const char *stop1[] = {"STOP"};
+    CHECK(xds_output_init(&o, NULL, -1, stop1, 1, 0, 100) == XDS_OK);
+    const char *pa[] = {"Hello ", "wor", "ld S", "TO", "P and more"};
+    CHECK(feed(&o, pa, 5, 0, got, &leak) == XDS_FINISH_STOP);
+    CHECK(strcmp(got, "Hello world ") == 0 && !leak);
+    xds_output_free(&o);
+
+    /* a partial match that does not complete is released */
+    CHECK(xds_output_init(&o, NULL, -1, stop1, 1, 0, 100) == XDS_OK);
+    const char *pb[] = {"a S", "T", "x", "ST"};
+    const char *t;
+    size_t len;
+    CHECK(xds_output_push_text(&o, pb[0], 3, 0, &t, &len) == XDS_FINISH_NONE && len == 2 && !memcmp(t, "a ", 2));
+    CHECK(xds_output_push_text(&o, pb[1], 1, 0, &t, &len) == XDS_FINISH_NONE && len == 0);
+    CHECK(xds_output_push_text(&o, pb[2], 1, 0, &t, &len) == XDS_FINISH_NONE && len == 3 && !memcmp(t, "STx", 3));
+    CHECK(xds_output_push_text(&o, pb[3], 2, 0, &t, &len) == XDS_FINISH_NONE && len == 0);
+    /* the request ends for another reason: the withheld "ST" is flushed */
+    CHECK(xds_output_push_text(&o, "", 0, 1, &t, &len) == XDS_FINISH_NONE && len == 2 && !memcmp(t, "ST", 2));
+    xds_output_free(&o);
+
+    /* earliest stop wins; the stop may start the text; empty stops ignored */
+    const char *stop2[] = {"", "ab", "b"};
+    CHECK(xds_output_init(&o, NULL, -1, stop2, 3, 0, 100) == XDS_OK);
+    CHECK(o.n_stop == 2);
+    const char *pc[] = {"x", "ab"};
+    CHECK(feed(&o, pc, 2, 0, got, &leak) == XDS_FINISH_STOP && strcmp(got, "x") == 0);
+    xds_output_free(&o);
+    CHECK(xds_output_init(&o, NULL, -1, stop2, 3, 0, 100) == XDS_OK);
+    const char *pd[] = {"ab", "cd"};
+    CHECK(feed(&o, pd, 2, 0, got, &leak) == XDS_FINISH_STOP && strcmp(got, "") == 0);
+    xds_output_free(&o);
+
+    /* multi-byte stop string: the withheld prefix is a whole character */
+    const char *stop3[] = {"\xc3\xa9!"};
+    CHECK(xds_output_init(&o, NULL, -1, stop3, 1, 0, 100) == XDS_OK);
+    const char *pe[] = {"caf", "\xc3\xa9", "?", "\xc3\xa9", "!", "more"};
+    CHECK(feed(&o, pe, 6, 0, got, &leak) == XDS_FINISH_STOP);
+    CHECK(strcmp(got, "caf\xc3\xa9?") == 0 && !leak);
+    xds_output_free(&o);
+
+    /* Property: random texts and splits against a brute-force reference
+     * (after each piece, the earliest stop occurrence in the text so far). */
+    uint64_t r = 1;
+    int bad = 0;
+    for (int it = 0; it < 3000; it++) {
+        char stops[3][5], full[64];
+        const char *sp[3];
+        int ns = 1 + it % 3;
+        for (int s = 0; s < ns; s++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            int l = 1 + (int)((r >> 40) % 4);
+            for (int k = 0; k < l; k++) stops[s][k] = "abc"[(r >> (20 + 2 * k)) % 3];
+            stops[s][l] = 0;
+            sp[s] = stops[s];
+        }
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        int n = 1 + (int)((r >> 33) % 40);
+        for (int k = 0; k < n; k++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            full[k] = "abcd"[(r >> 35) % 4];
+        }
+        full[n] = 0;
+        /* split into pieces and compute the reference */
+        char pieces[64][64];
+        const char *pp[64];
+        int np = 0, pos = 0;
+        long want_cut = -1;
+        while (pos < n) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            int l = 1 + (int)((r >> 37) % 5);
+            if (pos + l > n) l = n - pos;
+            memcpy(pieces[np], full + pos, l);
+            pieces[np][l] = 0;
+            pp[np] = pieces[np];
+            np++;
+            pos += l;
+            if (want_cut < 0) {
+                char pre[64];
+                memcpy(pre, full, pos);
+                pre[pos] = 0;
+                for (int s = 0; s < ns; s++) {
+                    char *f = strstr(pre, sp[s]);
+                    if (f && (want_cut < 0 || f - pre < want_cut)) want_cut = f - pre;
+                }
+            }
+        }
+        CHECK(xds_output_init(&o, NULL, -1, sp, ns, 0, 1000) == XDS_OK);
+        leak = 0;
+        xds_finish fin = feed(&o, pp, np, 1, got, &leak);
+        char want[64];
+        size_t wl = want_cut >= 0 ? (size_t)want_cut : (size_t)n;
+        memcpy(want, full, wl);
+        want[wl] = 0;
+        if (strcmp(got, want) != 0 || (fin == XDS_FINISH_STOP) != (want_cut >= 0) || leak) {
+            if (bad++ < 3)
+                fprintf(stderr, "stops %s|%s|%s text %s: got '%s' want '%s'\n", sp[0], ns > 1 ? sp[1] : "",
+                        ns > 2 ? sp[2] : "", full, got, want);
+        }
+        xds_output_free(&o);
+    }
+    CHECK_MSG(bad == 0, "%d random stop-string cases wrong", bad);
+}
+
+static void test_output_tokens(void) {
+    xds_output o;
+    const char *t;
+    size_t len;
+    /* no tokenizer: EOG is the fallback id, no text */
+    CHECK(xds_output_init(&o, NULL, 2, NULL, 0, 0, 5) == XDS_OK);
+    CHECK(xds_output_push(&o, 7, 0, &t, &len) == XDS_FINISH_NONE && len == 0);
+    CHECK(xds_output_push(&o, 2, 0, &t, &len) == XDS_FINISH_STOP);
+    CHECK(xds_output_push(&o, 7, 0, &t, &len) == XDS_FINISH_NONE); /* after finish: inert */
+    CHECK(o.n_gen == 2);
+    xds_output_free(&o);
+    /* ignore_eos: runs to max_tokens */
+    CHECK(xds_output_init(&o, NULL, 2, NULL, 0, 1, 3) == XDS_OK);
+    CHECK(xds_output_push(&o, 2, 0, &t, &len) == XDS_FINISH_NONE);
+    CHECK(xds_output_push(&o, 2, 0, &t, &len) == XDS_FINISH_NONE);
+    CHECK(xds_output_push(&o, 2, 0, &t, &len) == XDS_FINISH_LENGTH);
+    xds_output_free(&o);
+    /* context limit */
+    CHECK(xds_output_init(&o, NULL, -1, NULL, 0, 0, 100) == XDS_OK);
+    CHECK(xds_output_push(&o, 4, 1, &t, &len) == XDS_FINISH_LENGTH);
+    xds_output_free(&o);
+}
+
+/* ---- SmolLM2 with its tokenizer ----------------------------------------------- */
+
+typedef struct real_req {
+    const char *text;
+    int32_t *ids;
+    int n;
+} real_req;
+
+static void test_real_model(void) {
+    const char *path = test_model_path();
+    if (!path) {
+        printf("skip: XDS_TEST_MODEL not set, SmolLM2 tests skipped\n");
+        return;
+    }
+    int sanitized = getenv("XDS_SANITIZED") != NULL;
+    xds_model *m;
+    if (xds_model_load(path, NULL, &m) != XDS_OK) {
+        CHECK_MSG(0, "load %s: %s", path, xds_err_msg());
+        return;
+    }
+    xds_tokenizer *tok;
+    if (xds_tokenizer_load_gguf(xds_weights_gguf(m->weights), &tok) != XDS_OK) {
+        CHECK_MSG(0, "tokenizer: %s", xds_err_msg());
+        xds_model_free(m);
+        return;
+    }
+    enum { NR = 4 };
+    const char *texts[NR] = {
+        "The capital of France is",
+        "Once upon a time, in a small village by the sea, there lived",
+        "def fibonacci(n):",
+        "List three colors:",
+    };
+    int n_req = sanitized ? 2 : NR;
+    int gen = sanitized ? 4 : 24;
+    real_req rq[NR];
+    for (int i = 0; i < n_req; i++) {
+        size_t n;
+        CHECK(xds_tokenizer_encode(tok, texts[i], strlen(texts[i]), 1, &rq[i].ids, &n) == XDS_OK);
+        rq[i].n = (int)n;
+    }
+    xds_engine_opts o = xds_engine_opts_default();
+    o.n_threads = 2;
+    o.max_batch = 4;
+    o.max_ctx = 512;
+    o.kv_blocks = 64;
+    o.enable_prefix_cache = 1;
+    xds_gen_params p = greedy(gen);
+    p.ignore_eos = 0;
+    coll *solo = calloc(NR, sizeof(coll)), *conc = calloc(NR, sizeof(coll));
+    xds_engine *e;
+    CHECK(xds_engine_create(m, tok, &o, &e) == XDS_OK);
+    uint64_t id;
+    for (int i = 0; i < n_req; i++) {
+        CHECK(xds_engine_submit(e, rq[i].ids, rq[i].n, &p, on_event, &solo[i], &id) == XDS_OK);
+        wait_final(&solo[i], 1);
+    }
+    for (int i = 0; i < n_req; i++)
+        CHECK(xds_engine_submit(e, rq[i].ids, rq[i].n, &p, on_event, &conc[i], &id) == XDS_OK);
+    wait_final(conc, n_req);
+    for (int i = 0; i < n_req; i++) {
+        CHECK_MSG(solo[i].n_tok == conc[i].n_tok &&
+                      !memcmp(solo[i].toks, conc[i].toks, sizeof(int32_t) * solo[i].n_tok),
+                  "SmolLM2 request %d: concurrent tokens differ from solo", i);
+        CHECK(strcmp(solo[i].text, conc[i].text) == 0);
+        /* streamed text == the detokenized ids (minus a final EOG) */
+        int nt = solo[i].n_tok;
+        if (solo[i].finish == XDS_FINISH_STOP && nt && xds_tokenizer_is_eog(tok, solo[i].toks[nt - 1])) nt--;
+        char *dec;
+        size_t dl;
+        CHECK(xds_tokenizer_decode(tok, solo[i].toks, nt, 1, &dec, &dl) == XDS_OK);
+        CHECK_MSG(dl == solo[i].n_text && !memcmp(dec, solo[i].text, dl), "text '%s' vs decode '%s'",
+                  solo[i].text, dec);
+        free(dec);
+        printf("SmolLM2 %d: %s|%s\n", i, texts[i], solo[i].text);
+    }
+    /* Stop string taken from the middle of request 1's text: the output is
+     * cut right before its first occurrence. */
+    const char *txt = solo[1].text;
+    size_t tl = strlen(txt);
+    if (tl >= 8) {
+        char stop[4];
+        size_t at = tl / 2;
+        while (at > 0 && ((unsigned char)txt[at] & 0xC0) == 0x80) at--;
+        memcpy(stop, txt + at, 3);
+        stop[3] = 0;
+        int ok_utf8 = 1;
+        for (int k = 0; k < 3; k++) ok_utf8 &= (unsigned char)stop[k] < 0x80;
+        if (ok_utf8) {
+            const char *first = strstr(txt, stop);
+            coll cs;
+            memset(&cs, 0, sizeof(cs));
+            xds_gen_params ps = p;
+            const char *sl[1] = {stop};
+            ps.stop = sl;
+            ps.n_stop = 1;
+            CHECK(xds_engine_submit(e, rq[1].ids, rq[1].n, &ps, on_event, &cs, &id) == XDS_OK);
+            wait_final(&cs, 1);
+            CHECK(cs.finish == XDS_FINISH_STOP);
+            CHECK_MSG(cs.n_text == (size_t)(first - txt) && !memcmp(cs.text, txt, cs.n_text),
+                      "stop '%s': got '%s'", stop, cs.text);
+            CHECK(cs.n_cached > 0); /* same prompt again: prefix cache hit */
+        }
+    }
+    xds_engine_free(e, 1);
+    for (int i = 0; i < n_req; i++) free(rq[i].ids);
+    free(solo);
+    free(conc);
+    xds_tokenizer_free(tok);
+    xds_model_free(m);
+}
+
+int main(void) {
+    test_output_text();
+    test_output_tokens();
+    xds_model *m;
+    if (xds_model_load(TINY, NULL, &m) != XDS_OK) {
+        CHECK_MSG(0, "load %s: %s", TINY, xds_err_msg());
+        TEST_MAIN_END();
+    }
+    make_prompts(m->cfg.n_vocab);
+    run_alone(m);
+    test_batch_invariance(m);
+    test_prefix_cache(m);
+    test_cancel(m);
+    test_admission(m);
+    test_shutdown(m);
+    xds_model_free(m);
+    test_real_model();
+    TEST_MAIN_END();
+}
