@@ -6,12 +6,17 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "format/gguf.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     xds_gguf *g;
-    if (xds_gguf_open_memory(data, size, "fuzz.gguf", &g) != XDS_OK) return 0;
+    if (xds_gguf_open_memory(data, size, "fuzz.gguf", &g) != XDS_OK) {
+        const char *m = xds_err_msg(); /* errors are one non-empty line */
+        if (!m[0] || strchr(m, '\n')) __builtin_trap();
+        return 0;
+    }
     volatile uint64_t sink = 0;
     for (int64_t i = 0; i < xds_gguf_n_kv(g); i++) {
         const char *key = xds_gguf_kv_key(g, i);

@@ -7,12 +7,17 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "format/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     xds_safetensors *f;
-    if (xds_safetensors_open_memory(data, size, "fuzz.safetensors", &f) != XDS_OK) return 0;
+    if (xds_safetensors_open_memory(data, size, "fuzz.safetensors", &f) != XDS_OK) {
+        const char *m = xds_err_msg(); /* errors are one non-empty line */
+        if (!m[0] || strchr(m, '\n')) __builtin_trap();
+        return 0;
+    }
     volatile uint64_t sink = 0;
     for (int64_t i = 0; i < xds_safetensors_n_tensors(f); i++) {
         const xds_tensor *t = xds_safetensors_tensor(f, i);

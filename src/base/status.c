@@ -23,11 +23,19 @@ const char *xds_status_str(xds_status s) {
     return "unknown status";
 }
 
+/* Keep the message one line even when it quotes file contents (a tensor name
+ * with a newline): control characters become '?'. */
+static void one_line(char *m) {
+    for (; *m; m++)
+        if ((unsigned char)*m < 0x20 || *m == 0x7f) *m = '?';
+}
+
 xds_status xds_err_set(xds_status s, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err_buf, sizeof err_buf, fmt, ap);
     va_end(ap);
+    one_line(err_buf);
     return s;
 }
 
@@ -39,6 +47,7 @@ xds_status xds_err_prefix(xds_status s, const char *fmt, ...) {
     va_end(ap);
     memcpy(old, err_buf, sizeof old);
     snprintf(err_buf, sizeof err_buf, "%s: %s", pre, old);
+    one_line(err_buf);
     return s;
 }
 

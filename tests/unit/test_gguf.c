@@ -503,6 +503,8 @@ static void test_bad(void) {
     expect_fail("misaligned offset", &b, XDS_ERR_FORMAT, "not a multiple of the alignment 32");
     ONE_TENSOR("q5", 1, A(32), 6, 0, 64);
     expect_fail("unknown type", &b, XDS_ERR_UNSUPPORTED, "tensor 'q5': tensor type id 6");
+    ONE_TENSOR("bad\nname", 1, A(32), 6, 0, 64);
+    expect_fail("newline in a tensor name", &b, XDS_ERR_UNSUPPORTED, "tensor 'bad?name'");
     ONE_TENSOR("t999", 1, A(32), 999, 0, 64);
     expect_fail("invalid type", &b, XDS_ERR_UNSUPPORTED, "type id 999");
     ONE_TENSOR("ovf", 2, A(1ull << 32, 1ull << 32), GGML_F32, 0, 64);

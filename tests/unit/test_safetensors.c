@@ -267,6 +267,7 @@ static void expect_mem(const char *what, const char *header, size_t data_n, xds_
     xds_status st = xds_safetensors_open_memory(img, size, "bad.safetensors", &f);
     if (getenv("XDS_TEST_VERBOSE")) printf("%-28s %s\n", what, xds_err_msg());
     CHECK_MSG(st == want && !f, "%s: got %d (%s), want %d", what, st, xds_err_msg(), want);
+    CHECK_MSG(!strchr(xds_err_msg(), '\n'), "%s: multi-line message", what);
     CHECK_MSG(strstr(xds_err_msg(), "bad.safetensors") && strstr(xds_err_msg(), needle),
               "%s: message lacks file or '%s': %s", what, needle, xds_err_msg());
     free(img);
@@ -320,6 +321,9 @@ static void test_bad_file(void) {
     expect_mem("unsupported dtype",
                "{\"ids\": {\"dtype\": \"I64\", \"shape\": [1], \"data_offsets\": [0, 8]}}", 8,
                XDS_ERR_UNSUPPORTED, "tensor 'ids': dtype I64 is not supported");
+    expect_mem("newline in a name",
+               "{\"a\\nb\": {\"dtype\": \"I64\", \"shape\": [1], \"data_offsets\": [0, 8]}}", 8,
+               XDS_ERR_UNSUPPORTED, "tensor 'a?b'");
     expect_mem("unknown dtype",
                "{\"w\": {\"dtype\": \"Q9\", \"shape\": [1], \"data_offsets\": [0, 8]}}", 8,
                XDS_ERR_FORMAT, "tensor 'w': unknown dtype");
