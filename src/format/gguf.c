@@ -203,7 +203,7 @@ static xds_status parse_kv(xds_gguf *g, cursor *c, gguf_kv *kv) {
     uint32_t type;
     XDS_TRY(cur_u32(c, "metadata value type", &type));
     if (type >= GGUF_N_TYPES)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%s': invalid value type %u", g->path,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': invalid value type %u", g->path,
                            kv->key, type);
     kv->type = (xds_gguf_type)type;
     if (type == XDS_GGUF_STRING) {
@@ -218,10 +218,10 @@ static xds_status parse_kv(xds_gguf *g, cursor *c, gguf_kv *kv) {
     uint32_t elem;
     XDS_TRY(cur_u32(c, "array element type", &elem));
     if (elem == XDS_GGUF_ARRAY)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%s': nested arrays are not supported",
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': nested arrays are not supported",
                            g->path, kv->key);
     if (elem >= GGUF_N_TYPES)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%s': invalid array element type %u", g->path,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': invalid array element type %u", g->path,
                            kv->key, elem);
     kv->elem = (xds_gguf_type)elem;
     XDS_TRY(cur_u64(c, "array length", &kv->n));
@@ -229,7 +229,7 @@ static xds_status parse_kv(xds_gguf *g, cursor *c, gguf_kv *kv) {
     size_t min_size = elem == XDS_GGUF_STRING ? 8 : (size_t)type_size[elem];
     if (kv->n > cur_left(c) / min_size)
         return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: key '%s': array of %llu %s values at offset %zu does not fit in "
+                           "%s: key '%.200s': array of %llu %s values at offset %zu does not fit in "
                            "the %zu bytes left in the file",
                            g->path, kv->key, (unsigned long long)kv->n,
                            xds_gguf_type_name(kv->elem), c->pos, cur_left(c));
@@ -246,7 +246,7 @@ static xds_status parse_kv(xds_gguf *g, cursor *c, gguf_kv *kv) {
         kv->strs[i] = c->base + c->pos;
         if (cur_left(c) < 8 || rd_u64(c->base + c->pos) > cur_left(c) - 8)
             return xds_err_set(XDS_ERR_FORMAT,
-                               "%s: key '%s': string %llu of %llu at offset %zu runs past end of "
+                               "%s: key '%.200s': string %llu of %llu at offset %zu runs past end of "
                                "file (size %zu)",
                                g->path, kv->key, (unsigned long long)i, (unsigned long long)kv->n,
                                c->pos, c->size);
@@ -259,7 +259,7 @@ static int is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
 
 static xds_status kv_to_u64(const xds_gguf *g, const gguf_kv *kv, uint64_t *out);
 
-static xds_status parse_tensor_info(xds_gguf *g, cursor *c, int64_t idx, xds_tensor *t,
+static xds_status parse_tensor_info(xds_gguf *g, cursor *c, xds_tensor *t,
                                     uint64_t *offset, uint32_t *type_id) {
     const uint8_t *s;
     uint64_t len;
@@ -273,7 +273,7 @@ static xds_status parse_tensor_info(xds_gguf *g, cursor *c, int64_t idx, xds_ten
     uint32_t n_dims;
     XDS_TRY(cur_u32(c, "tensor n_dims", &n_dims));
     if (n_dims < 1 || n_dims > XDS_MAX_DIMS)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%s': n_dims %u out of range 1..%d",
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': n_dims %u out of range 1..%d",
                            g->path, name, n_dims, XDS_MAX_DIMS);
     t->n_dims = (int)n_dims;
     int64_t nelem = 1;
@@ -283,11 +283,11 @@ static xds_status parse_tensor_info(xds_gguf *g, cursor *c, int64_t idx, xds_ten
         uint64_t ne;
         XDS_TRY(cur_u64(c, "tensor dimension", &ne));
         if (ne < 1 || ne > (uint64_t)INT64_MAX)
-            return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%s': dimension %d is %llu", g->path,
+            return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': dimension %d is %llu", g->path,
                                name, d, (unsigned long long)ne);
         if ((int64_t)ne > INT64_MAX / nelem)
             return xds_err_set(XDS_ERR_FORMAT,
-                               "%s: tensor '%s': shape overflows (element count > 2^63)", g->path,
+                               "%s: tensor '%.200s': shape overflows (element count > 2^63)", g->path,
                                name);
         t->ne[d] = (int64_t)ne;
         nelem *= (int64_t)ne;
@@ -296,21 +296,20 @@ static xds_status parse_tensor_info(xds_gguf *g, cursor *c, int64_t idx, xds_ten
     XDS_TRY(cur_u64(c, "tensor offset", offset));
     if (!ggml_type_to_dtype(*type_id, &t->type))
         return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "%s: tensor '%s': tensor type id %u (%s) is not supported (supported: "
+                           "%s: tensor '%.200s': tensor type id %u (%s) is not supported (supported: "
                            "f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)",
                            g->path, name, *type_id, ggml_type_name(*type_id));
     const xds_dtype_traits *tr = xds_dtype_info(t->type);
     if (t->ne[0] % tr->block_size)
         return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: tensor '%s': row length %lld is not a multiple of the %s block "
+                           "%s: tensor '%.200s': row length %lld is not a multiple of the %s block "
                            "size %d",
                            g->path, name, (long long)t->ne[0], tr->name, tr->block_size);
     uint64_t row = (uint64_t)(t->ne[0] / tr->block_size) * (uint64_t)tr->block_bytes;
     uint64_t rows = (uint64_t)(nelem / t->ne[0]);
     if (rows && row > SIZE_MAX / rows)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%s': byte size overflows", g->path, name);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': byte size overflows", g->path, name);
     t->nbytes = (size_t)(row * rows);
-    (void)idx;
     return XDS_OK;
 }
 
@@ -367,7 +366,7 @@ static xds_status gguf_parse(xds_gguf *g) {
     if (n_kv) qsort(g->kv_sorted, (size_t)n_kv, sizeof *g->kv_sorted, cmp_kv);
     for (uint64_t i = 1; i < n_kv; i++)
         if (!strcmp(g->kv_sorted[i - 1]->key, g->kv_sorted[i]->key))
-            return xds_err_set(XDS_ERR_FORMAT, "%s: duplicate metadata key '%s'", g->path,
+            return xds_err_set(XDS_ERR_FORMAT, "%s: duplicate metadata key '%.200s'", g->path,
                                g->kv_sorted[i]->key);
 
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
@@ -402,7 +401,7 @@ static xds_status gguf_parse(xds_gguf *g) {
         g->n_tensors = (int64_t)i + 1;
         uint32_t type_id;
         snprintf(c.ctx, sizeof c.ctx, "tensor info #%llu", (unsigned long long)i);
-        st = parse_tensor_info(g, &c, (int64_t)i, &g->tensors[i], &offsets[i], &type_id);
+        st = parse_tensor_info(g, &c, &g->tensors[i], &offsets[i], &type_id);
         g->t_sorted[i] = &g->tensors[i];
     }
     if (st != XDS_OK) {
@@ -414,7 +413,7 @@ static xds_status gguf_parse(xds_gguf *g) {
     for (uint64_t i = 1; i < n_tensors; i++)
         if (!strcmp(g->t_sorted[i - 1]->name, g->t_sorted[i]->name)) {
             free(offsets);
-            return xds_err_set(XDS_ERR_FORMAT, "%s: duplicate tensor name '%s'", g->path,
+            return xds_err_set(XDS_ERR_FORMAT, "%s: duplicate tensor name '%.200s'", g->path,
                                g->t_sorted[i]->name);
         }
 
@@ -436,7 +435,7 @@ static xds_status gguf_parse(xds_gguf *g) {
         uint64_t off = offsets[i];
         if (off % g->alignment) {
             st = xds_err_set(XDS_ERR_FORMAT,
-                             "%s: tensor '%s': data offset %llu is not a multiple of the "
+                             "%s: tensor '%.200s': data offset %llu is not a multiple of the "
                              "alignment %u",
                              g->path, t->name, (unsigned long long)off, g->alignment);
             break;
@@ -446,12 +445,12 @@ static xds_status gguf_parse(xds_gguf *g) {
             unsigned long long e = b + t->nbytes;
             if (b < off || e < b) /* wrapped around 2^64 */
                 st = xds_err_set(XDS_ERR_FORMAT,
-                                 "%s: tensor '%s': data offset %llu (+%zu bytes) past end of file "
+                                 "%s: tensor '%.200s': data offset %llu (+%zu bytes) past end of file "
                                  "(size %zu)",
                                  g->path, t->name, (unsigned long long)off, t->nbytes, g->size);
             else
                 st = xds_err_set(XDS_ERR_FORMAT,
-                                 "%s: tensor '%s': data [%llu, %llu) past end of file (size %zu)",
+                                 "%s: tensor '%.200s': data [%llu, %llu) past end of file (size %zu)",
                                  g->path, t->name, b, e, g->size);
             break;
         }
@@ -581,7 +580,7 @@ xds_status xds_gguf_kv_arr(const xds_gguf *g, int64_t i, xds_gguf_type *elem_typ
                            (long long)i);
     const gguf_kv *kv = &g->kv[i];
     if (kv->type != XDS_GGUF_ARRAY)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%s': expected an array, got %s", g->path,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': expected an array, got %s", g->path,
                            kv->key, xds_gguf_type_name(kv->type));
     *elem_type = kv->elem;
     *n = kv->n;
@@ -590,13 +589,13 @@ xds_status xds_gguf_kv_arr(const xds_gguf *g, int64_t i, xds_gguf_type *elem_typ
 
 static xds_status lookup(const xds_gguf *g, const char *key, const gguf_kv **kv) {
     int64_t i = xds_gguf_find_kv(g, key);
-    if (i < 0) return xds_err_set(XDS_ERR_NOT_FOUND, "%s: key '%s' not found", g->path, key);
+    if (i < 0) return xds_err_set(XDS_ERR_NOT_FOUND, "%s: key '%.200s' not found", g->path, key);
     *kv = &g->kv[i];
     return XDS_OK;
 }
 
 static xds_status wrong_type(const xds_gguf *g, const gguf_kv *kv, const char *want) {
-    return xds_err_set(XDS_ERR_FORMAT, "%s: key '%s': expected %s, got %s", g->path, kv->key, want,
+    return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': expected %s, got %s", g->path, kv->key, want,
                        xds_gguf_type_name(kv->type));
 }
 
@@ -631,7 +630,7 @@ static xds_status kv_to_u64(const xds_gguf *g, const gguf_kv *kv, uint64_t *out)
     uint64_t mag;
     if (!kv_int(kv, &neg, &mag)) return wrong_type(g, kv, "an integer");
     if (neg)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%s': negative value -%llu", g->path, kv->key,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': negative value -%llu", g->path, kv->key,
                            (unsigned long long)mag);
     *out = mag;
     return XDS_OK;
@@ -649,7 +648,7 @@ xds_status xds_gguf_get_u32(const xds_gguf *g, const char *key, uint32_t *out) {
     XDS_TRY(lookup(g, key, &kv));
     XDS_TRY(kv_to_u64(g, kv, &v));
     if (v > UINT32_MAX)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%s': value %llu does not fit in 32 bits",
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': value %llu does not fit in 32 bits",
                            g->path, key, (unsigned long long)v);
     *out = (uint32_t)v;
     return XDS_OK;
@@ -662,7 +661,7 @@ xds_status xds_gguf_get_i64(const xds_gguf *g, const char *key, int64_t *out) {
     XDS_TRY(lookup(g, key, &kv));
     if (!kv_int(kv, &neg, &mag)) return wrong_type(g, kv, "an integer");
     if (mag > (uint64_t)INT64_MAX + (uint64_t)neg)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%s': value out of int64 range", g->path, key);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': value out of int64 range", g->path, key);
     *out = neg ? (int64_t)(0 - mag) : (int64_t)mag;
     return XDS_OK;
 }
@@ -732,7 +731,7 @@ xds_status xds_gguf_get_arr_str(const xds_gguf *g, const char *key, uint64_t i, 
     if (kv->type != XDS_GGUF_ARRAY || kv->elem != XDS_GGUF_STRING)
         return wrong_type(g, kv, "array of strings");
     if (i >= kv->n)
-        return xds_err_set(XDS_ERR_INVALID, "%s: key '%s': index %llu out of range (%llu strings)",
+        return xds_err_set(XDS_ERR_INVALID, "%s: key '%.200s': index %llu out of range (%llu strings)",
                            g->path, key, (unsigned long long)i, (unsigned long long)kv->n);
     *len = rd_u64(kv->strs[i]);
     *s = (const char *)kv->strs[i] + 8;

@@ -124,7 +124,7 @@ static xds_status open_sharded(xds_hfdir *d, const char *index_path) {
         const char *s = json_string_value(v);
         if (!s || !*s || strchr(s, '/') || !strcmp(s, ".") || !strcmp(s, "..")) {
             st = xds_err_set(XDS_ERR_FORMAT,
-                             "%s: weight_map['%s'] is not a file name in the directory",
+                             "%s: weight_map['%.200s'] is not a file name in the directory",
                              index_path, key);
             goto out;
         }
@@ -142,7 +142,7 @@ static xds_status open_sharded(xds_hfdir *d, const char *index_path) {
     for (size_t i = 0; i < u; i++)
         if ((st = open_file(d, names[i])) != XDS_OK) {
             if (st == XDS_ERR_NOT_FOUND)
-                xds_err_prefix(st, "%s lists shard '%s'", index_path, names[i]);
+                xds_err_prefix(st, "%s lists shard '%.200s'", index_path, names[i]);
             goto out;
         }
     /* Resolve every tensor in its shard; order by (shard, position in shard). */
@@ -159,7 +159,7 @@ static xds_status open_sharded(xds_hfdir *d, const char *index_path) {
         const xds_tensor *t = xds_safetensors_find(d->files[f], key);
         if (!t) {
             st = xds_err_set(XDS_ERR_FORMAT,
-                             "%s: tensor '%s' is listed in shard '%s' but %s/%s does not contain "
+                             "%s: tensor '%.200s' is listed in shard '%.200s' but %s/%s does not contain "
                              "it",
                              index_path, key, s, d->path, s);
             goto out;
@@ -236,7 +236,7 @@ xds_status xds_hfdir_open(const char *dir, xds_hfdir **out) {
     st = XDS_OK;
     for (int64_t i = 1; i < d->n; i++)
         if (!strcmp(d->sorted[i - 1]->name, d->sorted[i]->name)) {
-            st = xds_err_set(XDS_ERR_FORMAT, "%s: duplicate tensor name '%s'", d->path,
+            st = xds_err_set(XDS_ERR_FORMAT, "%s: duplicate tensor name '%.200s'", d->path,
                              d->sorted[i]->name);
             break;
         }

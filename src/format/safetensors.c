@@ -68,27 +68,27 @@ static xds_status parse_entry(xds_safetensors *f, const char *name, json_t *v, s
                               const uint8_t *data, xds_tensor *t) {
     const char *p = f->path;
     if (!json_is_object(v))
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%s': header entry is not an object", p,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': header entry is not an object", p,
                            name);
     json_t *jd = json_object_get(v, "dtype"), *js = json_object_get(v, "shape"),
            *jo = json_object_get(v, "data_offsets");
     if (!json_is_string(jd))
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%s': missing or non-string \"dtype\"", p,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': missing or non-string \"dtype\"", p,
                            name);
     int esize = dtype_from_str(json_string_value(jd), &t->type);
     if (esize == 0)
         return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "%s: tensor '%s': dtype %s is not supported (supported: F32, F16, BF16)",
+                           "%s: tensor '%.200s': dtype %s is not supported (supported: F32, F16, BF16)",
                            p, name, json_string_value(jd));
     if (esize < 0)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%s': unknown dtype \"%.40s\"", p, name,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': unknown dtype \"%.40s\"", p, name,
                            json_string_value(jd));
     if (!json_is_array(js))
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%s': missing or non-array \"shape\"", p,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': missing or non-array \"shape\"", p,
                            name);
     size_t rank = json_array_size(js);
     if (rank > XDS_MAX_DIMS)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%s': rank %zu exceeds %d", p, name, rank,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': rank %zu exceeds %d", p, name, rank,
                            XDS_MAX_DIMS);
     t->n_dims = rank ? (int)rank : 1;
     for (int d = 0; d < XDS_MAX_DIMS; d++) t->ne[d] = 1;
@@ -97,33 +97,33 @@ static xds_status parse_entry(xds_safetensors *f, const char *name, json_t *v, s
         json_t *e = json_array_get(js, d);
         if (!json_is_integer(e) || json_integer_value(e) < 0)
             return xds_err_set(XDS_ERR_FORMAT,
-                               "%s: tensor '%s': shape[%zu] is not a non-negative integer", p, name,
+                               "%s: tensor '%.200s': shape[%zu] is not a non-negative integer", p, name,
                                d);
         uint64_t ne = (uint64_t)json_integer_value(e);
         if (ne && nelem > (uint64_t)INT64_MAX / ne)
             return xds_err_set(XDS_ERR_FORMAT,
-                               "%s: tensor '%s': shape overflows (element count > 2^63)", p, name);
+                               "%s: tensor '%.200s': shape overflows (element count > 2^63)", p, name);
         nelem *= ne;
         t->ne[rank - 1 - d] = (int64_t)ne; /* reversed: ne[0] is the last HF dim */
     }
     if (!json_is_array(jo) || json_array_size(jo) != 2 ||
         !json_is_integer(json_array_get(jo, 0)) || !json_is_integer(json_array_get(jo, 1)))
         return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: tensor '%s': \"data_offsets\" is not an array of two integers", p,
+                           "%s: tensor '%.200s': \"data_offsets\" is not an array of two integers", p,
                            name);
     json_int_t b = json_integer_value(json_array_get(jo, 0));
     json_int_t e = json_integer_value(json_array_get(jo, 1));
     if (b < 0 || e < b)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%s': data_offsets [%lld, %lld) are invalid",
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': data_offsets [%lld, %lld) are invalid",
                            p, name, (long long)b, (long long)e);
     if ((uint64_t)e > data_size)
         return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: tensor '%s': data_offsets [%lld, %lld) past end of data (%zu "
+                           "%s: tensor '%.200s': data_offsets [%lld, %lld) past end of data (%zu "
                            "bytes)",
                            p, name, (long long)b, (long long)e, data_size);
     if (nelem > (uint64_t)(e - b) / (uint64_t)esize || nelem * (uint64_t)esize != (uint64_t)(e - b))
         return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: tensor '%s': data_offsets [%lld, %lld) hold %lld bytes, but the "
+                           "%s: tensor '%.200s': data_offsets [%lld, %lld) hold %lld bytes, but the "
                            "shape has %llu %s elements of %d bytes",
                            p, name, (long long)b, (long long)e, (long long)(e - b),
                            (unsigned long long)nelem, xds_dtype_name(t->type), esize);
@@ -185,7 +185,7 @@ static xds_status st_parse(xds_safetensors *f) {
      * after an escaped NUL ("a\u0000b" vs "a") collide once copied. */
     for (int64_t i = 1; i < f->n; i++)
         if (!strcmp(f->sorted[i - 1]->name, f->sorted[i]->name)) {
-            st = xds_err_set(XDS_ERR_FORMAT, "%s: duplicate tensor name '%s'", p,
+            st = xds_err_set(XDS_ERR_FORMAT, "%s: duplicate tensor name '%.200s'", p,
                              f->sorted[i]->name);
             goto out;
         }
