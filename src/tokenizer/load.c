@@ -16,7 +16,7 @@
 #include "tokenizer/tokenizer_internal.h"
 #include "tokenizer/unicode.h"
 
-#define MAX_VOCAB (1 << 24)
+#define MAX_VOCAB (1 << 21) /* real vocabularies are < 300k */
 
 /* ---- tokenizer.json ----------------------------------------------------- */
 

@@ -131,13 +131,13 @@ static xds_status run_stage(const xds_tokenizer *t, pcre2_match_data *md, int k,
 
 /* Matches of re in s as alternating gap / match segments (HF find_matches;
  * empty matches produce nothing). */
-static xds_status find_matches(const pcre2_code *re, pcre2_match_data *md, const char *s, size_t n,
-                               segvec *sv) {
+static xds_status find_matches(const xds_tokenizer *t, const pcre2_code *re, pcre2_match_data *md,
+                               const char *s, size_t n, segvec *sv) {
     size_t pos = 0, prev = 0;
     while (pos <= n) {
-        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, t->mctx);
         if (rc == PCRE2_ERROR_NOMATCH) break;
-        if (rc < 0 && rc != 0) {
+        if (rc < 0) {
             PCRE2_UCHAR msg[128];
             pcre2_get_error_message(rc, msg, sizeof msg);
             return xds_err_set(XDS_ERR_INVALID, "tokenizer: pre-tokenizer regex failed at byte %zu: %s",
@@ -165,7 +165,7 @@ static xds_status split_stage(const xds_tokenizer *t, pcre2_match_data *md, int 
                               xds_idvec *out) {
     const xds_pretok_stage *st = &t->stages[k];
     segvec sv = {0};
-    xds_status rc = find_matches(st->re, md, s, n, &sv);
+    xds_status rc = find_matches(t, st->re, md, s, n, &sv);
     if (rc) goto done;
     if (st->invert)
         for (size_t i = 0; i < sv.n; i++) sv.v[i].match = !sv.v[i].match;

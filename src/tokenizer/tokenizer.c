@@ -191,5 +191,6 @@ void xds_tokenizer_free(xds_tokenizer *t) {
     free(t->merges.merged);
     free(t->added_ids);
     free(t->chat_template);
+    if (t->mctx) pcre2_match_context_free(t->mctx);
     free(t);
 }

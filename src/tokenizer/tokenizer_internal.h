@@ -83,6 +83,7 @@ struct xds_tokenizer {
 
     xds_pretok_stage *stages;
     int n_stages;
+    pcre2_match_context *mctx; /* match limits (a hostile regex cannot hang encode) */
 
     int32_t bos, eos;
     int add_bos;

@@ -45,8 +45,13 @@ xds_status xds_tok_alloc(int32_t n_vocab, xds_tokenizer **out) {
     t->piece_len = calloc(n_vocab ? n_vocab : 1, sizeof *t->piece_len);
     t->flags = calloc(n_vocab ? n_vocab : 1, 1);
     t->unk_id = t->bos = t->eos = -1;
+    t->mctx = pcre2_match_context_create(NULL);
+    if (t->mctx) {
+        pcre2_set_match_limit(t->mctx, 10000000);
+        pcre2_set_depth_limit(t->mctx, 100000);
+    }
     for (int b = 0; b < 256; b++) t->byte_id[b] = t->byte_fallback_id[b] = -1;
-    if (!t->text_off || !t->text_len || !t->piece_off || !t->piece_len || !t->flags) {
+    if (!t->text_off || !t->text_len || !t->piece_off || !t->piece_len || !t->flags || !t->mctx) {
         xds_tokenizer_free(t);
         return xds_err_set(XDS_ERR_NOMEM, "tokenizer: out of memory for %d tokens", (int)n_vocab);
     }
