@@ -345,22 +345,22 @@ xds_status xds_tokenizer_load_gguf(const xds_gguf *g, xds_tokenizer **out) {
     const char *s;
     uint64_t len;
     xds_status rc = xds_gguf_get_str(g, "tokenizer.ggml.model", &s, &len);
-    if (rc) return xds_err_prefix(rc, "%s: tokenizer", src);
+    if (rc) return rc;
     if (len != 4 || memcmp(s, "gpt2", 4))
         return xds_err_set(XDS_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model '%.*s' is not supported (only gpt2 byte-level BPE)",
                            src, (int)(len > 64 ? 64 : len), s);
     xds_gguf_type et;
     uint64_t n, nt = 0, nm = 0;
     const void *data, *types = NULL;
-    if ((rc = xds_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n, &data))) return xds_err_prefix(rc, "%s", src);
+    if ((rc = xds_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n, &data))) return rc; /* the reader names file and key */
     if (et != XDS_GGUF_STRING || n == 0 || n > MAX_VOCAB)
         return xds_err_set(XDS_ERR_FORMAT, "%s: tokenizer.ggml.tokens must be a non-empty string array (<= %d)", src, MAX_VOCAB);
     rc = xds_gguf_get_arr(g, "tokenizer.ggml.token_type", &et, &nt, &types);
     if (rc == XDS_ERR_NOT_FOUND) { xds_err_clear(); types = NULL; }
-    else if (rc) return xds_err_prefix(rc, "%s", src);
+    else if (rc) return rc; /* the reader names file and key */
     else if (nt != n || (et != XDS_GGUF_INT32 && et != XDS_GGUF_UINT32))
         return xds_err_set(XDS_ERR_FORMAT, "%s: tokenizer.ggml.token_type must be %llu int32 values", src, (unsigned long long)n);
-    if ((rc = xds_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &nm, &data))) return xds_err_prefix(rc, "%s", src);
+    if ((rc = xds_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &nm, &data))) return rc; /* the reader names file and key */
     if (et != XDS_GGUF_STRING) return xds_err_set(XDS_ERR_FORMAT, "%s: tokenizer.ggml.merges must be a string array", src);
 
     xds_tokenizer *t;

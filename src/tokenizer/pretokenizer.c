@@ -85,6 +85,7 @@ xds_status xds_pretok_from_gguf_pre(xds_tokenizer *t, const char *pre, const cha
         return xds_pretok_add_bytelevel(t, 0, 1, src);
     }
     if (!strcmp(pre, "qwen2")) {
+        t->nfc = 1; /* Qwen2/3's tokenizer.json normalizer is NFC (llama.cpp skips it; HF does not) */
         XDS_TRY(xds_pretok_add_split(t, QWEN2_RE, sizeof QWEN2_RE - 1, 0, XDS_SPLIT_ISOLATED, 0, src));
         return xds_pretok_add_bytelevel(t, 0, 0, src);
     }

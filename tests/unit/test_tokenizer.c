@@ -358,6 +358,109 @@ static void check_bad_json(void) {
     }
 }
 
+
+/* ---- GGUF path == JSON path --------------------------------------------- */
+
+/* A GGUF image holding only tokenizer metadata, written the way llama.cpp's
+ * converter writes it: tokens, token_type (3 control = special added, 4
+ * user-defined = other added, 1 normal), merges as "a b", pre. */
+typedef struct {
+    unsigned char *b;
+    size_t n, cap;
+} wbuf;
+
+static void wb_put(wbuf *w, const void *p, size_t n) {
+    if (w->n + n > w->cap) w->b = realloc(w->b, w->cap = (w->n + n) * 2 + 1024);
+    memcpy(w->b + w->n, p, n);
+    w->n += n;
+}
+static void wb_u32(wbuf *w, uint32_t v) { wb_put(w, &v, 4); }
+static void wb_u64(wbuf *w, uint64_t v) { wb_put(w, &v, 8); }
+static void wb_str(wbuf *w, const char *s, size_t n) { wb_u64(w, n); wb_put(w, s, n); }
+static void wb_key(wbuf *w, const char *k, uint32_t type) { wb_str(w, k, strlen(k)); wb_u32(w, type); }
+
+static unsigned char *gguf_from_tokenizer_json(const char *tj, const char *pre, int32_t bos, int32_t eos,
+                                               size_t *size) {
+    json_error_t err;
+    json_t *root = json_load_file(tj, 0, &err);
+    if (!root) return NULL;
+    json_t *model = json_object_get(root, "model"), *vocab = json_object_get(model, "vocab");
+    json_t *merges = json_object_get(model, "merges"), *added = json_object_get(root, "added_tokens");
+    size_t n = 0, i;
+    const char *key;
+    json_t *v, *e;
+    json_object_foreach(vocab, key, v) if ((size_t)json_integer_value(v) + 1 > n) n = json_integer_value(v) + 1;
+    json_array_foreach(added, i, e) if ((size_t)json_integer_value(json_object_get(e, "id")) + 1 > n)
+        n = json_integer_value(json_object_get(e, "id")) + 1;
+    const char **txt = calloc(n, sizeof *txt);
+    int32_t *type = calloc(n, sizeof *type);
+    json_object_foreach(vocab, key, v) { txt[json_integer_value(v)] = key; type[json_integer_value(v)] = 1; }
+    json_array_foreach(added, i, e) {
+        int64_t id = json_integer_value(json_object_get(e, "id"));
+        txt[id] = json_string_value(json_object_get(e, "content"));
+        type[id] = json_is_true(json_object_get(e, "special")) ? 3 : 4;
+    }
+    wbuf w = {0};
+    wb_put(&w, "GGUF", 4);
+    wb_u32(&w, 3);
+    wb_u64(&w, 0);
+    wb_u64(&w, 5 + (bos >= 0) + (eos >= 0));
+    wb_key(&w, "tokenizer.ggml.model", 8); wb_str(&w, "gpt2", 4);
+    wb_key(&w, "tokenizer.ggml.pre", 8); wb_str(&w, pre, strlen(pre));
+    wb_key(&w, "tokenizer.ggml.tokens", 9); wb_u32(&w, 8); wb_u64(&w, n);
+    for (size_t k = 0; k < n; k++) wb_str(&w, txt[k] ? txt[k] : "", txt[k] ? strlen(txt[k]) : 0);
+    wb_key(&w, "tokenizer.ggml.token_type", 9); wb_u32(&w, 5); wb_u64(&w, n);
+    for (size_t k = 0; k < n; k++) wb_u32(&w, (uint32_t)(type[k] ? type[k] : 5));
+    wb_key(&w, "tokenizer.ggml.merges", 9); wb_u32(&w, 8); wb_u64(&w, json_array_size(merges));
+    json_array_foreach(merges, i, e) {
+        char buf[1024];
+        if (json_is_string(e)) snprintf(buf, sizeof buf, "%s", json_string_value(e));
+        else snprintf(buf, sizeof buf, "%s %s", json_string_value(json_array_get(e, 0)), json_string_value(json_array_get(e, 1)));
+        wb_str(&w, buf, strlen(buf));
+    }
+    if (bos >= 0) { wb_key(&w, "tokenizer.ggml.bos_token_id", 4); wb_u32(&w, (uint32_t)bos); }
+    if (eos >= 0) { wb_key(&w, "tokenizer.ggml.eos_token_id", 4); wb_u32(&w, (uint32_t)eos); }
+    while (w.n % 32) wb_put(&w, "", 1);
+    free(txt);
+    free(type);
+    json_decref(root);
+    *size = w.n;
+    return w.b;
+}
+
+/* The GGUF path with llama.cpp's pre name must give the fixture's ids too. */
+static void check_gguf_equivalence(const char *name, const char *tj, const char *pre, const char *fixture) {
+    size_t size;
+    unsigned char *img = gguf_from_tokenizer_json(tj, pre, -1, -1, &size);
+    CHECK(img != NULL);
+    if (!img) return;
+    xds_gguf *g = NULL;
+    xds_tokenizer *t = NULL;
+    CHECK_MSG(xds_gguf_open_memory(img, size, "test.gguf", &g) == XDS_OK, "%s", xds_err_msg());
+    if (g) CHECK_MSG(xds_tokenizer_load_gguf(g, &t) == XDS_OK, "%s", xds_err_msg());
+    json_t *root = t ? json_load_file(fixture, JSON_ALLOW_NUL, NULL) : NULL;
+    size_t i, ok = 0, total = 0;
+    json_t *c;
+    json_array_foreach(json_object_get(root, "cases"), i, c) {
+        json_t *jt = json_object_get(c, "text");
+        int32_t *ids = NULL;
+        size_t n = 0;
+        total++;
+        if (xds_tokenizer_encode(t, json_string_value(jt), json_string_length(jt), 1, &ids, &n) == XDS_OK &&
+            ids_equal(ids, n, json_object_get(c, "ids")))
+            ok++;
+        else if (total - ok <= 3)
+            fprintf(stderr, "%s via GGUF pre '%s': case %zu differs: \"%s\"\n", name, pre, i, json_string_value(jt));
+        free(ids);
+    }
+    printf("%s via GGUF (pre '%s'): %zu/%zu strings match\n", name, pre, ok, total);
+    CHECK(total >= 300 && ok == total);
+    json_decref(root);
+    xds_tokenizer_free(t);
+    xds_gguf_close(g);
+    free(img);
+}
+
 static int file_exists(const char *p) { return access(p, R_OK) == 0; }
 
 int main(void) {
@@ -387,9 +490,9 @@ int main(void) {
         xds_gguf_close(g);
     }
 
-    static const struct { const char *name, *dir; xds_chat_family fam; int n_vocab; } hf[] = {
-        {"qwen3", "../shared/tokenizers/qwen3", XDS_CHAT_QWEN3, 151669},
-        {"deepseek_v3", "../shared/tokenizers/deepseek_v3", XDS_CHAT_DEEPSEEK_V3, 128815},
+    static const struct { const char *name, *dir; xds_chat_family fam; int n_vocab; const char *gguf_pre; } hf[] = {
+        {"qwen3", "../shared/tokenizers/qwen3", XDS_CHAT_QWEN3, 151669, "qwen2"},
+        {"deepseek_v3", "../shared/tokenizers/deepseek_v3", XDS_CHAT_DEEPSEEK_V3, 128815, "deepseek-v3"},
     };
     for (size_t k = 0; k < 2; k++) {
         char tj[256], tc[256], fx[256];
@@ -413,6 +516,7 @@ int main(void) {
         check_chat(t, hf[k].name);
         check_speed(t, hf[k].name);
         xds_tokenizer_free(t);
+        check_gguf_equivalence(hf[k].name, tj, hf[k].gguf_pre, fx);
     }
     TEST_MAIN_END();
 }
