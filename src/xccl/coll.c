@@ -4,8 +4,10 @@
  * shm: each rank owns two collective buffers in the segment (by seq parity)
  * and three monotonic seq fields in its rank entry: coll_pub (my input of seq
  * s is in my buffer), coll_red (my reduced chunk of s is there), coll_done (I
- * finished reading everyone's buffers for s). Before writing buffer s&1 a
- * rank waits until every member's coll_done >= s-2. allreduce is
+ * finished reading everyone's buffers for s, or gave up). Before rewriting
+ * buffer s&1 a rank waits until every rank that read its previous content
+ * (recorded as a mask) is done with it or dead. A failure publishes
+ * coll_done = err_seq = s, so members fail fast and buffers are released. allreduce is
  * reduce-scatter + allgather through the buffers: member i sums chunk i over
  * all members in member order (f32 accumulation, starting from member 0's
  * value), so every rank gets bit-identical results, and large inputs are cut
@@ -43,7 +45,12 @@ static int seq_cond(struct xccl_comm *c, void *arg) {
     for (int i = 0; i < a->g->n; i++) {
         int r = a->g->ranks[i];
         if (r == c->rank) continue;
-        if (atomic_load_explicit(field(c, r, a->f), memory_order_acquire) < a->seq) return 0;
+        if (atomic_load_explicit(field(c, r, a->f), memory_order_acquire) >= a->seq) continue;
+        if (atomic_load_explicit(&c->ranks[r].err_seq, memory_order_acquire) == a->seq) {
+            xccl_err_peer(XCCL_ERR_PEER, r, "rank %d failed this collective", r);
+            return -(int)XCCL_ERR_PEER;
+        }
+        return 0;
     }
     return 1;
 }
@@ -53,16 +60,36 @@ static xccl_status wait_all(struct xccl_comm *c, xccl_group *g, int f, uint64_t 
     return xccl_wait_cond(c, seq_cond, &a, g->ranks, g->n, what);
 }
 
-/* Next seq; waits until buffer (seq & 1) may be rewritten. */
-static xccl_status next_seq(uint64_t *seq_out, struct xccl_comm *c, xccl_group *g, const char *what) {
-    uint64_t cnt = ++g->coll_counter;
-    uint64_t seq = xccl_seq(g->epoch, cnt);
-    if (cnt > 2) {
-        xccl_status s = wait_all(c, g, F_DONE, xccl_seq(g->epoch, cnt - 2), what);
+static _Atomic uint64_t *done_ptr(struct xccl_comm *c, int r, void *arg) {
+    (void)arg;
+    return &c->ranks[r].coll_done;
+}
+
+/* Next seq of g; with_buf: also claim my buffer (seq & 1), waiting until every
+ * rank that read its previous content is done with it. */
+static xccl_status next_seq(uint64_t *seq_out, struct xccl_comm *c, xccl_group *g, int with_buf,
+                            const char *what) {
+    uint64_t seq = xccl_seq(g->epoch, ++g->coll_counter);
+    if (with_buf) {
+        int b = (int)(seq & 1);
+        xccl_status s = xccl_wait_readers(c, g, c->coll_buf_mask[b], c->coll_buf_seq[b], done_ptr,
+                                          NULL, what);
         if (s) return s;
+        c->coll_buf_seq[b] = seq;
+        c->coll_buf_mask[b] = xccl_group_mask(g);
     }
     *seq_out = seq;
     return XCCL_OK;
+}
+
+/* A failed collective: this rank reads no more (done = seq) and tells the
+ * members (err_seq = seq) so that they fail at once instead of waiting. */
+static xccl_status fail(struct xccl_comm *c, xccl_group *g, uint64_t seq, xccl_status s) {
+    xccl_rank_entry *e = &c->ranks[c->rank];
+    if (atomic_load(&e->coll_done) < seq) atomic_store_explicit(&e->coll_done, seq, memory_order_release);
+    atomic_store_explicit(&e->err_seq, seq, memory_order_release);
+    xccl_wake_group(c, g);
+    return s;
 }
 
 static void finish(struct xccl_comm *c, xccl_group *g, uint64_t seq) {
@@ -132,11 +159,11 @@ xccl_status xccl_barrier(xccl_comm *c, xccl_group *g) {
         return p2p_allgather(out, &in, 1, c, g);
     }
     uint64_t seq;
-    s = next_seq(&seq, c, g, "xccl barrier");
+    s = next_seq(&seq, c, g, 0, "xccl barrier");
     if (s) return s;
     publish(c, g, F_PUB, seq);
     s = wait_all(c, g, F_PUB, seq, "xccl barrier");
-    if (s) return s;
+    if (s) return fail(c, g, seq, s);
     finish(c, g, seq);
     return XCCL_OK;
 }
@@ -151,13 +178,13 @@ xccl_status xccl_allgather(void *out, const void *in, size_t bytes, xccl_comm *c
     do {
         size_t len = bytes - off < piece ? bytes - off : piece;
         uint64_t seq;
-        s = next_seq(&seq, c, g, "xccl allgather");
-        if (s) return s;
+        s = next_seq(&seq, c, g, 1, "xccl allgather");
+        if (s) return fail(c, g, xccl_seq(g->epoch, g->coll_counter), s);
         int b = (int)(seq & 1);
         memcpy(xccl_coll_at(c, c->rank, b), (const uint8_t *)in + off, len);
         publish(c, g, F_PUB, seq);
         s = wait_all(c, g, F_PUB, seq, "xccl allgather");
-        if (s) return s;
+        if (s) return fail(c, g, seq, s);
         for (int i = 0; i < g->n; i++)
             memcpy((uint8_t *)out + (size_t)i * bytes + off, xccl_coll_at(c, g->ranks[i], b), len);
         finish(c, g, seq);
@@ -198,14 +225,14 @@ xccl_status xccl_allreduce_sum(void *out, const void *in, size_t count, xccl_dty
         size_t chunk = (len + n - 1) / n;
         size_t in_bytes = (len * es + 63) / 64 * 64;
         uint64_t seq;
-        s = next_seq(&seq, c, g, "xccl allreduce");
-        if (s) return s;
+        s = next_seq(&seq, c, g, 1, "xccl allreduce");
+        if (s) return fail(c, g, xccl_seq(g->epoch, g->coll_counter), s);
         int b = (int)(seq & 1);
         uint8_t *mine = xccl_coll_at(c, c->rank, b);
         memcpy(mine, (const uint8_t *)in + off * es, len * es);
         publish(c, g, F_PUB, seq);
         s = wait_all(c, g, F_PUB, seq, "xccl allreduce");
-        if (s) return s;
+        if (s) return fail(c, g, seq, s);
         size_t lo = (size_t)g->me * chunk, hi = lo + chunk;
         if (hi > len) hi = len;
         if (lo < hi) {
@@ -215,7 +242,7 @@ xccl_status xccl_allreduce_sum(void *out, const void *in, size_t count, xccl_dty
         }
         publish(c, g, F_RED, seq);
         s = wait_all(c, g, F_RED, seq, "xccl allreduce");
-        if (s) return s;
+        if (s) return fail(c, g, seq, s);
         for (int j = 0; j < n; j++) {
             size_t jlo = (size_t)j * chunk, jhi = jlo + chunk;
             if (jhi > len) jhi = len;

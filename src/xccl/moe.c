@@ -20,8 +20,9 @@
  * COMB).prod. Each token owner reads the output rows in place from the expert
  * ranks' buffers, weight-sums them in k order (f32), writes y, and acks with
  * meta(d, me, COMB).cons. A buffer is rewritten only after every reader acked
- * the event it last held (events of an older group epoch need no ack: the
- * group creation barrier already separated them).
+ * the event it last held (readers recorded as a mask; dead readers outside
+ * the current group count as done). A failed dispatch/combine acks the event
+ * on both channels (it reads no more) and sets err_seq so members fail fast.
  *
  * Non-shm transports run the same algorithm over p2p messages.
  */
@@ -175,13 +176,30 @@ static xccl_status moe_wait(struct xccl_comm *c, xccl_group *g, int ch, int cons
     return xccl_wait_cond(c, moe_cond, &a, g->ranks, g->n, what);
 }
 
-/* Wait until my buffer last holding `ev` has been acked by every member. */
-static xccl_status buffer_free(struct xccl_comm *c, xccl_group *g, int ch, uint64_t ev,
-                               const char *what) {
-    if (!ev || (ev >> 40) < g->epoch) return XCCL_OK;
-    /* acks come as the event itself; with the producer at most one event ahead, >= ev suffices */
-    moe_arg a = {g, ch, 1, ev, 0};
-    return xccl_wait_cond(c, moe_cond, &a, g->ranks, g->n, what);
+static _Atomic uint64_t *disp_ack(struct xccl_comm *c, int r, void *arg) {
+    (void)arg;
+    return &xccl_meta_at(c, c->rank, r, XCCL_CH_DISP)->cons;
+}
+static _Atomic uint64_t *comb_ack(struct xccl_comm *c, int r, void *arg) {
+    (void)arg;
+    return &xccl_meta_at(c, c->rank, r, XCCL_CH_COMB)->cons;
+}
+
+/* A failed dispatch / combine: ack event ev to every member for both
+ * channels (this rank reads their buffers no more) and publish err_seq so
+ * that members waiting on this rank fail at once. */
+static xccl_status moe_fail(struct xccl_comm *c, xccl_group *g, uint64_t ev, xccl_status s) {
+    for (int i = 0; i < g->n; i++) {
+        int r = g->ranks[i];
+        _Atomic uint64_t *d = &xccl_meta_at(c, r, c->rank, XCCL_CH_DISP)->cons;
+        _Atomic uint64_t *m = &xccl_meta_at(c, r, c->rank, XCCL_CH_COMB)->cons;
+        if (atomic_load(d) < ev) atomic_store_explicit(d, ev, memory_order_release);
+        if (atomic_load(m) < ev) atomic_store_explicit(m, ev, memory_order_release);
+    }
+    atomic_store_explicit(&c->ranks[c->rank].err_seq, ev, memory_order_release);
+    xccl_wake_group(c, g);
+    c->moe.active = 0;
+    return s;
 }
 
 static xccl_status moe_check(struct xccl_comm *c, xccl_group *g, const char *op) {
@@ -198,20 +216,13 @@ xccl_status xccl_moe_send_buffer(void **out, xccl_comm *c, xccl_group *g) {
     if (c->ops != &xccl_shm_ops)
         return xccl_err(XCCL_ERR_INVALID, "xccl moe_send_buffer: needs the shm transport");
     int b = c->moe_parity;
-    s = buffer_free(c, g, XCCL_CH_DISP, c->moe_send_event[b], "xccl moe_send_buffer");
+    s = xccl_wait_readers(c, g, c->moe_send_mask[b], c->moe_send_event[b], disp_ack, NULL,
+                          "xccl moe_send_buffer");
     if (s) return s;
     geo G;
     geometry(&G, c);
     *out = xccl_moe_send_at(c, c->rank, b) + G.rows;
     return XCCL_OK;
-}
-
-static void set_err_seq(struct xccl_comm *c, uint64_t seq) {
-    if (c->ranks) {
-        atomic_store_explicit(&c->ranks[c->rank].err_seq, seq, memory_order_release);
-        for (int r = 0; r < c->size; r++)
-            if (r != c->rank) xccl_wake(c, r);
-    }
 }
 
 static inline float ld(const void *p, size_t i, xccl_dtype dt) {
@@ -305,9 +316,12 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
     uint64_t cnt = ++g->moe_counter, ev = xccl_seq(g->epoch, cnt);
 
     /* 1. my send and recv buffers b must be free */
-    s = buffer_free(c, g, XCCL_CH_DISP, c->moe_send_event[b], "xccl moe_dispatch (send buffer)");
-    if (!s) s = buffer_free(c, g, XCCL_CH_COMB, c->moe_recv_event[b], "xccl moe_dispatch (recv buffer)");
-    if (s) return s;
+    s = xccl_wait_readers(c, g, c->moe_send_mask[b], c->moe_send_event[b], disp_ack, NULL,
+                          "xccl moe_dispatch (send buffer)");
+    if (!s)
+        s = xccl_wait_readers(c, g, c->moe_recv_mask[b], c->moe_recv_event[b], comb_ack, NULL,
+                              "xccl moe_dispatch (recv buffer)");
+    if (s) return moe_fail(c, g, ev, s);
 
     /* 2. fill my send buffer */
     uint8_t *sb = xccl_moe_send_at(c, c->rank, b);
@@ -347,6 +361,7 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
         memcpy(rows, x, (size_t)T * rb);
     }
     c->moe_send_event[b] = ev;
+    c->moe_send_mask[b] = xccl_group_mask(g);
     c->moe_parity ^= 1;
     for (int d = 0; d < n; d++) {
         xccl_meta *m = xccl_meta_at(c, c->rank, g->ranks[d], XCCL_CH_DISP);
@@ -357,7 +372,7 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
 
     /* 3. wait for every member's send buffer */
     s = moe_wait(c, g, XCCL_CH_DISP, 0, ev, "xccl moe_dispatch");
-    if (s) return s;
+    if (s) return moe_fail(c, g, ev, s);
 
     /* 4. size my per-slot blocks */
     const uint8_t *src_buf[XCCL_MAX_RANKS];
@@ -371,32 +386,29 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
         const xccl_moe_send_hdr *h = (const xccl_moe_send_hdr *)src_buf[si];
         if (h->event != ev || h->dtype != (int32_t)wdt || h->hidden != hidden || h->members != n ||
             h->local != L) {
-            set_err_seq(c, ev);
-            return xccl_err_peer(XCCL_ERR_PEER, g->ranks[si],
+            return moe_fail(c, g, ev, xccl_err_peer(XCCL_ERR_PEER, g->ranks[si],
                                  "xccl moe_dispatch: rank %d dispatched event %llu dtype %d hidden %d "
                                  "members %d local %d; this rank expects event %llu dtype %d hidden %d "
                                  "members %d local %d",
                                  g->ranks[si], (unsigned long long)(h->event & ((1ull << 40) - 1)),
                                  h->dtype, h->hidden, h->members, h->local,
-                                 (unsigned long long)cnt, (int)wdt, hidden, n, L);
+                                 (unsigned long long)cnt, (int)wdt, hidden, n, L));
         }
         const int32_t *sc = (const int32_t *)(src_buf[si] + G.counts) + me * L;
         for (int j = 0; j < L; j++) {
             if (sc[j] < 0 || sc[j] > (int)c->hdr->moe_max_tokens * (int)c->hdr->moe_max_topk) {
-                set_err_seq(c, ev);
-                return xccl_err_peer(XCCL_ERR_PEER, g->ranks[si], "xccl moe_dispatch: rank %d sent bad count %d",
-                                     g->ranks[si], sc[j]);
+                return moe_fail(c, g, ev, xccl_err_peer(XCCL_ERR_PEER, g->ranks[si],
+                                     "xccl moe_dispatch: rank %d sent bad count %d", g->ranks[si], sc[j]));
             }
             slot_rows[j] += sc[j];
             total += sc[j];
         }
     }
     if ((uint32_t)total > c->hdr->moe_max_recv_rows) {
-        set_err_seq(c, ev);
-        return xccl_err(XCCL_ERR_RANGE,
+        return moe_fail(c, g, ev, xccl_err(XCCL_ERR_RANGE,
                         "xccl moe_dispatch: rank %d would receive %d rows, its buffer holds %u "
                         "(moe_max_recv_rows)",
-                        c->rank, total, c->hdr->moe_max_recv_rows);
+                        c->rank, total, c->hdr->moe_max_recv_rows));
     }
     uint8_t *rbuf = xccl_moe_recv_at(c, c->rank, b);
     int32_t *start = (int32_t *)(rbuf + G.start);
@@ -424,10 +436,9 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
             for (int i = 0; i < sc[j]; i++) {
                 int t = sidx[i];
                 if (t < 0 || t >= stok) {
-                    set_err_seq(c, ev);
-                    return xccl_err_peer(XCCL_ERR_PEER, g->ranks[si],
+                    return moe_fail(c, g, ev, xccl_err_peer(XCCL_ERR_PEER, g->ranks[si],
                                          "xccl moe_dispatch: rank %d sent token index %d of %d",
-                                         g->ranks[si], t, stok);
+                                         g->ranks[si], t, stok));
                 }
                 memcpy(rrows + (size_t)(fill[j] + i) * rb, srows + (size_t)t * rb, rb);
                 if (quant) rscales[fill[j] + i] = sscales[t];
@@ -437,6 +448,7 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
         }
     }
     c->moe_recv_event[b] = ev;
+    c->moe_recv_mask[b] = xccl_group_mask(g);
     for (int si = 0; si < n; si++) {
         xccl_meta *m = xccl_meta_at(c, g->ranks[si], c->rank, XCCL_CH_DISP);
         atomic_store_explicit(&m->cons, ev, memory_order_release);
@@ -507,7 +519,8 @@ xccl_status xccl_moe_combine(void *y, const float *w, const void *const *expert_
         for (int j = 0; j < L; j++) {
             uint8_t *dst = rout + (size_t)h->slot_base[j] * ob;
             if (h->slot_rows[j] && expert_out[j] != dst) {
-                if (!expert_out[j]) return xccl_err(XCCL_ERR_INVALID, "xccl moe_combine: expert_out[%d] NULL", j);
+                if (!expert_out[j])
+                    return moe_fail(c, g, ev, xccl_err(XCCL_ERR_INVALID, "xccl moe_combine: expert_out[%d] NULL", j));
                 memcpy(dst, expert_out[j], (size_t)h->slot_rows[j] * ob);
             }
         }
@@ -519,10 +532,10 @@ xccl_status xccl_moe_combine(void *y, const float *w, const void *const *expert_
     }
     xccl_wake_group(c, g);
     s = moe_wait(c, g, XCCL_CH_COMB, 0, ev, "xccl moe_combine");
-    if (s) return s;
+    if (s) return moe_fail(c, g, ev, s);
     if (!c->moe_acc) {
         c->moe_acc = malloc((size_t)c->hdr->moe_max_hidden * sizeof(float));
-        if (!c->moe_acc) return xccl_err(XCCL_ERR_NOMEM, "xccl moe_combine: out of memory");
+        if (!c->moe_acc) return moe_fail(c, g, ev, xccl_err(XCCL_ERR_NOMEM, "xccl moe_combine: out of memory"));
     }
     comb_ctx x = {.c = c, .l = l, .ob = ob};
     for (int d = 0; d < n; d++) {

@@ -2,7 +2,8 @@
  * p2p.c — two-sided send/recv over any transport: per-peer FIFOs of caller-
  * owned requests, progressed head first, so messages stay in order per pair.
  *
- * A request is queued by isend/irecv and completes in test/wait. A failed
+ * A request is queued by isend/irecv and completes in test/wait; test and
+ * wait progress every pending request of the comm. A failed
  * request leaves its queue; if it had moved part of a message the pair is
  * marked broken (later calls on it fail at once). A receive too small for the
  * next message fails with XCCL_ERR_TRUNCATED and consumes nothing.
@@ -81,6 +82,15 @@ static void unlink_req(xccl_comm *c, xccl_request *req) {
     req->next_ = NULL;
 }
 
+/* Progress every pending request of the comm (as MPI does in any wait), so
+ * that sends blocked on ring credit never deadlock against receives. */
+static void progress_all(xccl_comm *c) {
+    for (int p = 0; p < c->size; p++) {
+        if (c->sq_head[p]) progress_queue(c, p, KIND_SEND);
+        if (c->rq_head[p]) progress_queue(c, p, KIND_RECV);
+    }
+}
+
 xccl_status xccl_isend(xccl_comm *c, int peer, const void *buf, size_t len, xccl_request *req) {
     xccl_status s = post(c, peer, (void *)buf, len, req, KIND_SEND);
     if (s) return s;
@@ -107,14 +117,14 @@ static xccl_status finished(xccl_request *req, int *done) {
 
 xccl_status xccl_test(xccl_comm *c, xccl_request *req, int *done) {
     if (req->state_ == REQ_IDLE) return xccl_err(XCCL_ERR_INVALID, "xccl test: request was never posted");
-    if (req->state_ == REQ_QUEUED) progress_queue(c, req->peer_, req->kind_);
+    if (req->state_ == REQ_QUEUED) progress_all(c);
     return finished(req, done);
 }
 
 static int req_cond(struct xccl_comm *c, void *arg) {
     xccl_request *req = arg;
     int done;
-    progress_queue(c, req->peer_, req->kind_);
+    progress_all(c);
     xccl_status s = finished(req, &done);
     if (!done) return 0;
     return s ? -(int)s : 1;

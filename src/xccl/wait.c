@@ -211,3 +211,43 @@ void xccl_heartbeat_stop(struct xccl_comm *c) {
     pthread_join(c->hb_thread, NULL);
     c->hb_started = 0;
 }
+
+/* --- buffer reuse -------------------------------------------------------------- */
+
+typedef struct readers_arg {
+    const struct xccl_group *g;
+    uint64_t mask, seq;
+    xccl_ack_ptr ack;
+    void *arg;
+} readers_arg;
+
+static int readers_cond(struct xccl_comm *c, void *varg) {
+    readers_arg *a = varg;
+    for (int r = 0; r < c->size; r++) {
+        if (r == c->rank || !(a->mask >> r & 1)) continue;
+        if (atomic_load_explicit(a->ack(c, r, a->arg), memory_order_acquire) >= a->seq) continue;
+        if (xccl_group_index(a->g, r) >= 0) return 0;
+        /* a reader outside the current group: dead or gone readers read no more */
+        uint32_t st = atomic_load_explicit(&c->ranks[r].state, memory_order_acquire);
+        if (st == XCCL_RANK_DEAD || st == XCCL_RANK_LEFT) continue;
+        if (full_check(c, r, 0) != XCCL_OK) continue;
+        return 0;
+    }
+    return 1;
+}
+
+xccl_status xccl_wait_readers(struct xccl_comm *c, const struct xccl_group *g, uint64_t mask,
+                              uint64_t seq, xccl_ack_ptr ack, void *arg, const char *what) {
+    if (!seq || !mask) return XCCL_OK;
+    int peers[XCCL_MAX_RANKS], np = 0;
+    for (int i = 0; i < g->n; i++)
+        if (mask >> g->ranks[i] & 1) peers[np++] = g->ranks[i];
+    readers_arg a = {g, mask, seq, ack, arg};
+    return xccl_wait_cond(c, readers_cond, &a, peers, np, what);
+}
+
+uint64_t xccl_group_mask(const struct xccl_group *g) {
+    uint64_t m = 0;
+    for (int i = 0; i < g->n; i++) m |= 1ull << g->ranks[i];
+    return m;
+}

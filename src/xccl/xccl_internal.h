@@ -223,7 +223,11 @@ struct xccl_comm {
     struct xccl_moe_handle moe;
     int moe_parity;             /* send/recv buffer the next dispatch uses */
     uint64_t moe_send_event[2]; /* event last written into my send buffer b */
+    uint64_t moe_send_mask[2];  /* ranks that read it */
     uint64_t moe_recv_event[2]; /* event last written into my recv buffer b */
+    uint64_t moe_recv_mask[2];
+    /* collectives: per buffer, the last seq written and the ranks reading it */
+    uint64_t coll_buf_seq[2], coll_buf_mask[2];
     float *moe_acc;             /* [max_hidden] combine accumulator */
     /* tcp */
     xccl_tcp_peer *tcp;
@@ -271,6 +275,14 @@ typedef int (*xccl_cond_fn)(struct xccl_comm *c, void *arg);
  * what names the wait in messages. */
 xccl_status xccl_wait_cond(struct xccl_comm *c, xccl_cond_fn cond, void *arg, const int *peers,
                            int npeers, const char *what);
+
+/* Wait until every reader r in mask (other than me) has ack(r) >= seq, where
+ * readers outside g that died or left count as done (they read no more).
+ * Used before rewriting a buffer whose last content (seq) mask read. */
+typedef _Atomic uint64_t *(*xccl_ack_ptr)(struct xccl_comm *c, int reader, void *arg);
+xccl_status xccl_wait_readers(struct xccl_comm *c, const struct xccl_group *g, uint64_t mask,
+                              uint64_t seq, xccl_ack_ptr ack, void *arg, const char *what);
+uint64_t xccl_group_mask(const struct xccl_group *g);
 
 /* Heartbeat thread (shm). */
 xccl_status xccl_heartbeat_start(struct xccl_comm *c);

@@ -12,6 +12,7 @@
 #include "xccl.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -117,7 +118,11 @@ static inline int tu_run_ranks(int n, tu_rank_fn fn, void *arg, int timeout_s) {
 }
 
 /* Child-side result: non-zero if any CHECK failed in this process. */
-#define TU_CHILD_RESULT() (test_failed_ ? 1 : 0)
+#define TU_CHILD_RESULT()                                                                    \
+    (getenv("XCCL_TEST_VERBOSE") ? fprintf(stderr, "  pid %d: %d passed, %d failed\n", (int)getpid(), \
+                                           test_passed_, test_failed_)                         \
+                                 : 0,                                                          \
+     test_failed_ ? 1 : 0)
 
 /* A memfd segment the forked ranks inherit. */
 static inline xccl_segment *tu_segment(const xccl_config *cfg) {
