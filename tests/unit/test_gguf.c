@@ -108,9 +108,9 @@ static void make_payloads(void) {
 }
 
 /* Writes the valid file into b. alignment 0 = no general.alignment key. */
-static void make_valid(buf *b, uint32_t alignment) {
+static void make_valid_v(buf *b, uint32_t alignment, uint32_t version) {
     int n_kv = N_KV + (alignment ? 1 : 0);
-    hdr(b, 3, 4, (uint64_t)n_kv);
+    hdr(b, version, 4, (uint64_t)n_kv);
     kv_str(b, "general.architecture", "llama");
     kv_head(b, "t.u8", XDS_GGUF_UINT8); put_u8(b, 200);
     kv_head(b, "t.i8", XDS_GGUF_INT8); put_u8(b, (uint8_t)-100);
@@ -148,8 +148,10 @@ static void make_valid(buf *b, uint32_t alignment) {
     }
 }
 
-static void check_valid(xds_gguf *g, uint32_t alignment) {
-    CHECK(xds_gguf_version(g) == 3);
+static void make_valid(buf *b, uint32_t alignment) { make_valid_v(b, alignment, 3); }
+
+static void check_valid(xds_gguf *g, uint32_t alignment, uint32_t version) {
+    CHECK(xds_gguf_version(g) == version);
     CHECK(xds_gguf_alignment(g) == (alignment ? alignment : 32));
     CHECK(xds_gguf_data_offset(g) % xds_gguf_alignment(g) == 0);
     CHECK(xds_gguf_n_kv(g) == N_KV + (alignment ? 1 : 0));
@@ -268,10 +270,10 @@ static void check_valid(xds_gguf *g, uint32_t alignment) {
 }
 
 static void test_valid(void) {
-    for (int k = 0; k < 3; k++) {
-        uint32_t al = k == 0 ? 0 : k == 1 ? 64 : 1;
+    for (int k = 0; k < 4; k++) { /* default alignment, 64, 1; then version 2 */
+        uint32_t al = k == 1 ? 64 : k == 2 ? 1 : 0, version = k == 3 ? 2 : 3;
         buf b = {0};
-        make_valid(&b, al);
+        make_valid_v(&b, al, version);
         xds_gguf *g;
         char name[32];
         snprintf(name, sizeof name, "valid%d.gguf", k);
@@ -280,14 +282,14 @@ static void test_valid(void) {
         if (g) {
             CHECK(!strcmp(xds_gguf_path(g), path));
             CHECK(xds_gguf_file_size(g) == b.n);
-            check_valid(g, al);
+            check_valid(g, al, version);
             xds_gguf_close(g);
         }
         void *copy;
         g = NULL;
         CHECK_MSG(open_mem(&b, b.n, &g, &copy) == XDS_OK, "%s", xds_err_msg());
         if (g) {
-            check_valid(g, al);
+            check_valid(g, al, version);
             xds_gguf_close(g);
         }
         free(copy);
