@@ -67,6 +67,7 @@ typedef int (*tu_rank_fn)(int rank, int n, void *arg);
 static int tu_run_ranks_pids(int n, tu_rank_fn fn, void *arg, int timeout_s, pid_t *pids_out,
                              int *status_out) {
     pid_t pids[64];
+    fflush(NULL);
     for (int r = 0; r < n; r++) {
         pid_t p = fork();
         if (p == 0) {
@@ -111,6 +112,41 @@ static int tu_run_ranks_pids(int n, tu_rank_fn fn, void *arg, int timeout_s, pid
         usleep(1000);
     }
     return failed;
+}
+
+/* Fork n ranks without waiting; then tu_wait_ranks. */
+static inline void tu_spawn(int n, tu_rank_fn fn, void *arg, pid_t *pids) {
+    fflush(NULL);
+    for (int r = 0; r < n; r++) {
+        pid_t p = fork();
+        if (p == 0) {
+            int rc = fn(r, n, arg);
+            fflush(stdout);
+            fflush(stderr);
+            _exit(rc ? 1 : 0);
+        }
+        pids[r] = p;
+    }
+}
+
+/* Reap n ranks; status[r] is the wait status (-1 if killed at the timeout). */
+static inline void tu_wait_ranks(int n, pid_t *pids, int timeout_s, int *status) {
+    uint64_t deadline = tu_now_ns() + (uint64_t)timeout_s * 1000000000ull;
+    for (int r = 0; r < n; r++) {
+        for (;;) {
+            int st;
+            pid_t p = waitpid(pids[r], &st, WNOHANG);
+            if (p == pids[r]) { status[r] = st; break; }
+            if (tu_now_ns() > deadline) {
+                fprintf(stderr, "rank %d (pid %d) still running at the timeout: killing it\n", r, (int)pids[r]);
+                kill(pids[r], SIGKILL);
+                waitpid(pids[r], NULL, 0);
+                status[r] = -1;
+                break;
+            }
+            usleep(1000);
+        }
+    }
 }
 
 static inline int tu_run_ranks(int n, tu_rank_fn fn, void *arg, int timeout_s) {
