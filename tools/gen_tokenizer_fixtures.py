@@ -128,8 +128,49 @@ def random_strings(n, seed=1234):
     return out
 
 
+def unicode_edges():
+    """Characters where regex engines' Unicode classes or NFC could disagree."""
+    s = [
+        "soft\u00adhyphen", "word\u2060joiner", "zwj\u200d", "vs16\ufe0f", "tag\U000E0041", "pua\ue000x",
+        "max\U0010fffdcp", "nonchar\ufffe", "ctrl\x01\x02\x1f", "del\x7f", "c1\x80\x9f", "nul\x00inside",
+        "unassigned\u0378", "new emoji \U0001fae8\U0001facf", "kawi \U00011f04\U00011f05", "math \U0001d400\U0001d7d8",
+        "fraktur \U0001d504", "arabic tatweel \u0640\u0640", "thai \u0e01\u0e34\u0e4d", "tibetan \u0f40\u0f71\u0f72",
+        "hebrew points \u05e9\u05c1\u05bc", "devanagari \u0915\u093c", "bengali \u09c7\u09be", "\u0958 excluded",
+        "\u2126 ohm \u212a kelvin", "\u0344 \u0340\u0341", "\u0f73 \u0f75 \u0f81", "\u1e0b\u0323", "\u1e0d\u0307",
+        "\u00c5\u0328", "a\u0328\u030a", "\u03b1\u0345\u0301\u0313", "\u1fb3\u0301", "\u0041\u0300\u0301\u0302",
+        "\u1100\u1161", "\u1100\u1161\u11a8", "\uac00\u11a8", "\uac01\u11a8", "\u1100\u1100\u1161", "\u1161\u11a8",
+        "\u0300 lone", "\u3099\u309a", "\u304b\u3099", "\u30cf\u309a", "\u0b47\u0b3e", "\u0dd9\u0dcf\u0dca",
+        "\U0001d15e", "\U0001d160", "\u2adc", "\uf900\ufa10", "\U0002f800",
+        "a" * 3000, "ab" * 1500, " " * 3000 + "x", "\n" * 500, "1" * 1000, "!" * 1000, "\u4e00" * 800,
+        "\U0001f600" * 300,
+    ]
+    return [x.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8") if "\\" in x else x
+            for x in s]
+
+
+def nfc_torture(n, seed=99):
+    """Random base letters followed by random runs of combining marks of many
+    classes (the canonical reordering and blocking rules of NFC)."""
+    rng = random.Random(seed)
+    bases = "aeiouAEIOUnNcCsSzZyYwWgGkKlLrRhHtTdDbBpPqQjJxXvVmMfF\u03b1\u03b5\u03b7\u03b9\u03bf\u03c5\u03c9\u0430\u0435\u0438\u3046\u304b\u30cf\u0915\u0627"
+    marks = ["\u0300", "\u0301", "\u0302", "\u0303", "\u0304", "\u0306", "\u0307", "\u0308", "\u0309", "\u030a",
+             "\u030b", "\u030c", "\u0313", "\u0314", "\u031b", "\u0323", "\u0324", "\u0325", "\u0326", "\u0327",
+             "\u0328", "\u032d", "\u0330", "\u0331", "\u0342", "\u0345", "\u05b0", "\u0651", "\u064b", "\u093c",
+             "\u094d", "\u3099", "\u309a", "\u0e38", "\u0f71", "\u1dce", "\u20d7"]
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 5)):
+            parts.append(rng.choice(bases))
+            parts.extend(rng.choice(marks) for _ in range(rng.randint(0, 4)))
+            if rng.random() < 0.3:
+                parts.append(" ")
+        out.append("".join(parts))
+    return out
+
+
 def test_strings():
-    s = handwritten()
+    s = handwritten() + unicode_edges() + nfc_torture(120)
     # a long mixed document (a few KB) to exercise long pre-tokens and speed
     doc = "\n".join(handwritten()[40:140]) * 2
     s.append(doc)

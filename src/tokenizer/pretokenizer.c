@@ -14,6 +14,7 @@
 
 #include "base/log.h"
 #include "tokenizer/tokenizer_internal.h"
+#include "tokenizer/unicode_regex_extra.h"
 
 /* GPT-2's pattern, as HF's ByteLevel pre-tokenizer uses it (use_regex). */
 static const char GPT2_RE[] =
@@ -41,11 +42,109 @@ static xds_status add_stage(xds_tokenizer *t, xds_pretok_stage st) {
     return XDS_OK;
 }
 
+/* Growable output for the pattern rewrite. */
+typedef struct {
+    char *s;
+    size_t n, cap;
+} pbuf;
+
+static int pb_put(pbuf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t nc = (b->n + n + 1) * 2;
+        char *ns = realloc(b->s, nc);
+        if (!ns) return -1;
+        b->s = ns;
+        b->cap = nc;
+    }
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = 0;
+    return 0;
+}
+
+static const char *extra_items(char cat) {
+    for (size_t i = 0; i < sizeof xds_regex_extra / sizeof xds_regex_extra[0]; i++)
+        if (xds_regex_extra[i].cat == cat) return xds_regex_extra[i].items;
+    return NULL;
+}
+
+/* Rewrite \p{X} / \pX (X one of L M N P S) so the class also holds the code
+ * points HF's regex engine knows from newer Unicode than PCRE2's tables
+ * (unicode_regex_extra.h): inside a [...] class the items are appended, outside
+ * \p{X} becomes [\p{X}items]. Everything else is copied verbatim. */
+static int augment_pattern(const char *p, size_t n, pbuf *o) {
+    int in_class = 0;
+    size_t i = 0;
+    while (i < n) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < n) {
+            if (p[i + 1] == 'p' && i + 2 < n) {
+                char cat = 0;
+                size_t end = 0;
+                if (p[i + 2] == '{' && i + 4 < n && p[i + 4] == '}') { cat = p[i + 3]; end = i + 5; }
+                else if (p[i + 2] != '{' && p[i + 2] != '^') { cat = p[i + 2]; end = i + 3; }
+                const char *items = cat ? extra_items(cat) : NULL;
+                if (items) {
+                    char prop[8] = {'\\', 'p', '{', cat, '}', 0};
+                    if ((!in_class && pb_put(o, "[", 1)) || pb_put(o, prop, 5) || pb_put(o, items, strlen(items)) ||
+                        (!in_class && pb_put(o, "]", 1)))
+                        return -1;
+                    i = end;
+                    continue;
+                }
+            }
+            if (p[i + 1] == 'Q') { /* \Q...\E: copy the literal run */
+                const char *e = NULL;
+                for (size_t k = i + 2; k + 1 < n; k++)
+                    if (p[k] == '\\' && p[k + 1] == 'E') { e = p + k + 2; break; }
+                size_t stop = e ? (size_t)(e - p) : n;
+                if (pb_put(o, p + i, stop - i)) return -1;
+                i = stop;
+                continue;
+            }
+            if (pb_put(o, p + i, 2)) return -1;
+            i += 2;
+            continue;
+        }
+        if (c == '[' && !in_class) {
+            in_class = 1;
+            size_t k = i + 1;
+            if (k < n && p[k] == '^') k++;
+            if (k < n && p[k] == ']') k++; /* a leading ] is a literal */
+            if (pb_put(o, p + i, k - i)) return -1;
+            i = k;
+            continue;
+        }
+        if (c == '[' && in_class && i + 1 < n && p[i + 1] == ':') { /* [:posix:] */
+            const char *e = NULL;
+            for (size_t k = i + 2; k + 1 < n; k++)
+                if (p[k] == ':' && p[k + 1] == ']') { e = p + k + 2; break; }
+            size_t stop = e ? (size_t)(e - p) : i + 1;
+            if (pb_put(o, p + i, stop - i)) return -1;
+            i = stop;
+            continue;
+        }
+        if (c == ']' && in_class) in_class = 0;
+        if (pb_put(o, &c, 1)) return -1;
+        i++;
+    }
+    return pb_put(o, "", 0);
+}
+
 static xds_status compile(const char *pattern, size_t len, int literal, const char *src, pcre2_code **out) {
     int err;
     PCRE2_SIZE erroff;
     uint32_t opt = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, opt, &err, &erroff, NULL);
+    pbuf aug = {0};
+    if (!literal) {
+        if (augment_pattern(pattern, len, &aug)) {
+            free(aug.s);
+            return xds_err_set(XDS_ERR_NOMEM, "tokenizer: out of memory");
+        }
+    }
+    pcre2_code *re = literal ? pcre2_compile((PCRE2_SPTR)pattern, len, opt, &err, &erroff, NULL)
+                             : pcre2_compile((PCRE2_SPTR)aug.s, aug.n, opt, &err, &erroff, NULL);
+    free(aug.s);
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);

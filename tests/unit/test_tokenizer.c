@@ -67,7 +67,8 @@ static void print_ids(const char *what, const int32_t *a, size_t n) {
 
 /* Stream ids through the detokenizer with a small output buffer; every chunk
  * must be valid UTF-8 on its own; returns the concatenation (malloc'ed). */
-static char *stream_detok(const xds_tokenizer *t, const int32_t *ids, size_t n, int *chunks_ok, int *held) {
+static char *stream_detok(const xds_tokenizer *t, const int32_t *ids, size_t n, int *chunks_ok, int *held,
+                          size_t *out_len) {
     xds_detok d;
     xds_detok_init(&d, 0);
     size_t cap = 64, len = 0, acap = 1024;
@@ -88,6 +89,7 @@ static char *stream_detok(const xds_tokenizer *t, const int32_t *ids, size_t n, 
         if (i < n && d.n > d.n_ready) *held = 1;
     }
     all[len] = 0;
+    *out_len = len;
     xds_detok_free(&d);
     return all;
 }
@@ -98,7 +100,7 @@ typedef struct {
 
 static void check_fixture(const xds_tokenizer *t, const char *name, const char *path) {
     json_error_t err;
-    json_t *root = json_load_file(path, 0, &err);
+    json_t *root = json_load_file(path, JSON_ALLOW_NUL, &err);
     CHECK_MSG(root != NULL, "%s: %s", path, err.text);
     if (!root) return;
     json_t *meta = json_object_get(root, "meta"), *cases = json_object_get(root, "cases");
@@ -118,6 +120,7 @@ static void check_fixture(const xds_tokenizer *t, const char *name, const char *
         size_t tlen = json_string_length(jt);
         json_t *dec = json_object_get(c, "decoded");
         const char *want_dec = dec ? json_string_value(dec) : text;
+        size_t want_len = dec ? json_string_length(dec) : tlen;
         s.n_cases++;
         int32_t *ids = NULL;
         size_t n = 0;
@@ -143,14 +146,15 @@ static void check_fixture(const xds_tokenizer *t, const char *name, const char *
         }
         char *out = NULL;
         size_t olen = 0;
-        if (xds_tokenizer_decode(t, ids, n, 0, &out, &olen) == XDS_OK && olen == strlen(want_dec) &&
+        if (xds_tokenizer_decode(t, ids, n, 0, &out, &olen) == XDS_OK && olen == want_len &&
             !memcmp(out, want_dec, olen))
             s.decode_ok++;
         else if (shown++ < 5) fprintf(stderr, "%s case %zu decode differs: \"%s\"\n", name, i, out ? out : "(null)");
         free(out);
         int chunks_ok, held;
-        char *st = stream_detok(t, ids, n, &chunks_ok, &held);
-        if (chunks_ok && !strcmp(st, want_dec)) s.stream_ok++;
+        size_t st_len;
+        char *st = stream_detok(t, ids, n, &chunks_ok, &held, &st_len);
+        if (chunks_ok && st_len == want_len && !memcmp(st, want_dec, want_len)) s.stream_ok++;
         else if (shown++ < 5) fprintf(stderr, "%s case %zu streaming detok differs: \"%s\"\n", name, i, st);
         s.held_cases += held;
         free(st);
