@@ -9,6 +9,8 @@
 #ifndef XDS_BASE_THREADPOOL_H
 #define XDS_BASE_THREADPOOL_H
 
+#include <stddef.h>
+
 #include "base/status.h"
 
 typedef struct xds_pool xds_pool;
@@ -23,5 +25,9 @@ int xds_pool_size(const xds_pool *p);
 /* Run tasks 0..n_tasks-1 in parallel; returns when all have finished.
  * p may be NULL (runs serially). Not reentrant from inside a task. */
 void xds_pool_run(xds_pool *p, xds_pool_fn fn, void *ctx, int n_tasks);
+/* A scratch buffer of at least `bytes` owned by the pool (64-byte aligned),
+ * for the caller of xds_pool_run (e.g. quantized activations); valid until the
+ * next call. NULL if p is NULL or allocation failed. */
+void *xds_pool_scratch(xds_pool *p, size_t bytes);
 
 #endif
