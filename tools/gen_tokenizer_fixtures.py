@@ -169,8 +169,29 @@ def nfc_torture(n, seed=99):
     return out
 
 
+def newer_unicode():
+    """Code points PCRE2's Unicode 14 tables leave unassigned but HF's regex
+    engine classifies (read from src/tokenizer/unicode_regex_extra.h): the
+    first, middle and last of every range, between letters, digits, spaces and
+    punctuation."""
+    import re
+    path = os.path.join(ROOT, "src", "tokenizer", "unicode_regex_extra.h")
+    text = open(path).read()
+    cps = []
+    for a, b in re.findall(r"x\{([0-9A-F]+)\}(?:-\\\\x\{([0-9A-F]+)\})?", text):
+        a = int(a, 16)
+        b = int(b, 16) if b else a
+        cps += sorted({a, (a + b) // 2, b})
+    ctx = ["a{}b", " {}{}", "{}1", "x {}.", "{} {}", "({})", "{}\n", "\u4e00{}"]
+    out = []
+    for i in range(0, len(cps), 6):
+        chunk = cps[i:i + 6]
+        out.append("".join(ctx[(i // 6 + k) % len(ctx)].replace("{}", chr(c)) for k, c in enumerate(chunk)))
+    return out
+
+
 def test_strings():
-    s = handwritten() + unicode_edges() + nfc_torture(120)
+    s = handwritten() + unicode_edges() + nfc_torture(120) + newer_unicode()
     # a long mixed document (a few KB) to exercise long pre-tokens and speed
     doc = "\n".join(handwritten()[40:140]) * 2
     s.append(doc)
