@@ -286,8 +286,10 @@ static void srv_on_event(void *user, const xds_gen_event *ev) {
 /* ------------------------------------------------------------------------ */
 /* Streaming                                                                 */
 
-static int srv_out_append(srv_req *q, char *s, size_t n) {
+/* Append a formatted NUL-terminated piece (malloc'd; ownership taken). */
+static int srv_out_append(srv_req *q, char *s) {
     if (!s) return -1;
+    size_t n = strlen(s);
     if (q->out_len + n > q->out_cap) {
         size_t cap = q->out_cap ? q->out_cap * 2 : 1024;
         while (cap < q->out_len + n) cap *= 2;
@@ -331,12 +333,12 @@ static int srv_stream_fill(srv_req *q) {
     (void)tl;
 
     int chat = q->kind == XDS_OAI_CHAT;
-    size_t n, start = 0;
+    size_t start = 0;
     for (int i = 0; i < np; i++) {
         size_t end = pe[i];
         if (end > start) {
             if (srv_out_append(q, xds_oai_sse_chunk(&q->resp, chat && !q->sent_role, t + start, end - start,
-                                                    NULL, q->include_usage, &n), n))
+                                                    NULL, q->include_usage, NULL)))
                 return -1;
             q->sent_role = 1;
         }
@@ -347,18 +349,18 @@ static int srv_stream_fill(srv_req *q) {
         xds_oai_error e;
         xds_oai_error_set(&e, 500, NULL, NULL, "%s",
                           finish == XDS_FINISH_ERROR ? "the engine failed while generating" : "request aborted");
-        if (srv_out_append(q, xds_oai_sse_error(&e, &n), n)) return -1;
+        if (srv_out_append(q, xds_oai_sse_error(&e, NULL))) return -1;
     } else {
         if (chat && !q->sent_role) {
-            if (srv_out_append(q, xds_oai_sse_chunk(&q->resp, 1, "", 0, NULL, q->include_usage, &n), n)) return -1;
+            if (srv_out_append(q, xds_oai_sse_chunk(&q->resp, 1, "", 0, NULL, q->include_usage, NULL))) return -1;
             q->sent_role = 1;
         }
         if (srv_out_append(q, xds_oai_sse_chunk(&q->resp, 0, "", 0, xds_oai_finish_str(finish),
-                                                q->include_usage, &n), n))
+                                                q->include_usage, NULL)))
             return -1;
-        if (q->include_usage && srv_out_append(q, xds_oai_sse_usage(&q->resp, n_prompt, n_gen, &n), n)) return -1;
+        if (q->include_usage && srv_out_append(q, xds_oai_sse_usage(&q->resp, n_prompt, n_gen, NULL))) return -1;
     }
-    if (srv_out_append(q, strdup(XDS_OAI_SSE_DONE), strlen(XDS_OAI_SSE_DONE))) return -1;
+    if (srv_out_append(q, strdup(XDS_OAI_SSE_DONE))) return -1;
     q->sent_done = 1;
     return 0;
 }
@@ -770,6 +772,7 @@ static void srv_on_completed(void *cls, struct MHD_Connection *c, void **con_cls
         double e2e = q->t_end - q->t_submit;
         int n_prompt = q->n_prompt, n_gen = q->n_gen;
         xds_finish fin2 = q->finish;
+        int ok_fin = q->finished;
         pthread_mutex_unlock(&q->mu);
         xds_metric_add(s->m_prompt_tok, NULL, n_prompt);
         xds_metric_add(s->m_gen_tok, NULL, n_gen);
@@ -781,6 +784,7 @@ static void srv_on_completed(void *cls, struct MHD_Connection *c, void **con_cls
         static const char *fin_lbl[] = {"finished_reason=\"none\"", "finished_reason=\"stop\"",
                                         "finished_reason=\"length\"", "finished_reason=\"abort\"",
                                         "finished_reason=\"error\""};
+        if (!ok_fin) fin2 = XDS_FINISH_ABORT; /* cancelled here: the client went away */
         xds_metric_add(s->m_finished, fin2 >= 0 && fin2 <= XDS_FINISH_ERROR ? fin_lbl[fin2] : fin_lbl[0], 1);
     }
     if (q->status) {

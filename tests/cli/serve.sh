@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# serve.sh — end-to-end test of `xds serve` with the official `openai` Python
+# client: start the server on a free loopback port with the real model
+# (XDS_TEST_MODEL), run tests/serve/test_api.py against it, stop it with
+# SIGTERM and check it exits 0. Usage: bash tests/cli/serve.sh path/to/xds
+#
+# The client lives in a virtual environment (XDS_TEST_VENV, default
+# ~/.cache/xds/venv-test), created with `pip install openai` when missing.
+# Prints "N passed, N failed" last; exit status 1 on any failure.
+set -uo pipefail
+XDS="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+cd "$(dirname "$0")/../.."
+
+if [ -z "${XDS_TEST_MODEL:-}" ]; then
+  echo "skip: XDS_TEST_MODEL is not set (scripts/test.sh sets it)"
+  echo "0 passed, 0 failed"
+  exit 0
+fi
+
+VENV="${XDS_TEST_VENV:-$HOME/.cache/xds/venv-test}"
+if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
+  echo "creating $VENV with the openai client"
+  python3 -m venv "$VENV" && "$VENV/bin/pip" install -q openai || {
+    echo "error: cannot create the test venv with openai (pip install openai failed)"
+    echo "0 passed, 1 failed"
+    exit 1
+  }
+fi
+PY="$VENV/bin/python"
+
+PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+NAME=smol-test
+LOG="$(mktemp /tmp/xds-serve-test.XXXXXX)"
+"$XDS" serve -m "$XDS_TEST_MODEL" --port "$PORT" -t 2 --read-timeout 3 --served-model-name "$NAME" >"$LOG" 2>&1 &
+SRV=$!
+cleanup() { kill -9 "$SRV" 2>/dev/null; rm -f "$LOG"; }
+trap cleanup EXIT
+
+# wait for /health (model load takes a moment; much longer under sanitizers)
+up=0
+for _ in $(seq 1 600); do
+  if ! kill -0 "$SRV" 2>/dev/null; then break; fi
+  if "$PY" -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=1).status == 200 else 1)" 2>/dev/null; then
+    up=1; break
+  fi
+  sleep 0.2
+done
+if [ "$up" != 1 ]; then
+  echo "error: xds serve did not come up on port $PORT:"; cat "$LOG"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+XDS_SERVE_URL="http://127.0.0.1:$PORT" XDS_SERVE_MODEL="$NAME" XDS_BIN="$XDS" \
+  "$PY" tests/serve/test_api.py | tee "$LOG.py"
+summary=$(tail -1 "$LOG.py")
+rm -f "$LOG.py"
+passed=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
+failed=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
+if [ -z "$passed" ]; then passed=0; failed=1; echo "FAIL python tests did not finish"; fi
+
+# graceful shutdown of the main server: SIGTERM → exit 0
+kill -TERM "$SRV"
+rc=124
+for _ in $(seq 1 300); do
+  if ! kill -0 "$SRV" 2>/dev/null; then wait "$SRV"; rc=$?; break; fi
+  sleep 0.1
+done
+if [ "$rc" = 0 ]; then
+  passed=$((passed + 1)); echo "ok   main server exits 0 on SIGTERM"
+else
+  failed=$((failed + 1)); echo "FAIL main server exit status $rc after SIGTERM"; tail -20 "$LOG"
+fi
+if [ "$failed" != 0 ]; then echo "--- server log (tail)"; tail -30 "$LOG"; fi
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

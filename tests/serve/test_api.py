@@ -1,0 +1,564 @@
+#!/usr/bin/env python3
+"""test_api.py — the OpenAI-compatible API of a live `xds serve`, driven by the
+official `openai` Python client (and raw sockets / http.client where the
+client would refuse to send the bad input).
+
+Run by tests/cli/serve.sh, which starts the main server and passes:
+  XDS_SERVE_URL    http://127.0.0.1:PORT of the main server (started with --read-timeout 3)
+  XDS_SERVE_MODEL  its served model name
+  XDS_BIN, XDS_TEST_MODEL  to start the short extra servers (--api-key / 429, SIGTERM)
+Prints one line per test and a final "N passed, N failed"; exit status 1 on any failure.
+"""
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+import openai
+
+URL = os.environ["XDS_SERVE_URL"]
+MODEL = os.environ["XDS_SERVE_MODEL"]
+HOST, PORT = re.match(r"http://([^:/]+):(\d+)", URL).groups()
+PORT = int(PORT)
+XDS_BIN = os.environ.get("XDS_BIN")
+XDS_MODEL = os.environ.get("XDS_TEST_MODEL")
+
+client = openai.OpenAI(base_url=URL + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+CHAT_Q = [{"role": "user", "content": "What is the capital of France?"}]
+PROMPT = "The three primary colors are"
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def raw(method, path, body=None, headers=None, port=None, timeout=60):
+    """One HTTP request with http.client; returns (status, headers dict, body bytes)."""
+    c = http.client.HTTPConnection(HOST, port or PORT, timeout=timeout)
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    if isinstance(body, str):
+        body = body.encode()
+    c.request(method, path, body=body, headers=h)
+    r = c.getresponse()
+    data = r.read()
+    hd = {k.lower(): v for k, v in r.getheaders()}
+    c.close()
+    return r.status, hd, data
+
+
+def check_error_body(data, status, want_status):
+    assert status == want_status, f"status {status} (want {want_status}): {data[:300]!r}"
+    j = json.loads(data)
+    e = j["error"]
+    for k in ("message", "type", "param", "code"):
+        assert k in e, f"error body lacks {k}: {j}"
+    assert isinstance(e["message"], str) and e["message"], j
+    return e
+
+
+def metrics():
+    st, _, data = raw("GET", "/metrics")
+    assert st == 200
+    out = {}
+    for line in data.decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def chat(**kw):
+    args = dict(model=MODEL, messages=CHAT_Q, max_tokens=12, temperature=0)
+    args.update(kw)
+    return client.chat.completions.create(**args)
+
+
+def completion(**kw):
+    args = dict(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0)
+    args.update(kw)
+    return client.completions.create(**args)
+
+
+# ---------------------------------------------------------------------------
+# tests against the main server
+
+
+def test_health_and_models():
+    st, _, data = raw("GET", "/health")
+    assert st == 200, st
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert ids == [MODEL], ids
+
+
+def test_chat():
+    r = chat()
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == MODEL
+    assert isinstance(r.created, int) and abs(r.created - time.time()) < 600
+    c = r.choices[0]
+    assert c.index == 0 and c.message.role == "assistant"
+    assert isinstance(c.message.content, str) and c.message.content.strip(), c.message
+    assert "Paris" in c.message.content, c.message.content  # greedy SmolLM2 knows this
+    assert c.finish_reason in ("stop", "length")
+    u = r.usage
+    assert u.prompt_tokens > 5 and 0 < u.completion_tokens <= 12 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    # system + multi-part content goes through the template too
+    def with_system(sys_text):
+        return chat(messages=[{"role": "system", "content": sys_text},
+                              {"role": "user", "content": [{"type": "text", "text": "What is the capital"},
+                                                           {"type": "text", "text": "of France?"}]}])
+    a, b = with_system("Be brief."), with_system("Be brief. Be brief. Be brief.")
+    assert b.usage.prompt_tokens > a.usage.prompt_tokens  # the system text is in the prompt
+    assert a.choices[0].message.content and b.choices[0].message.content
+
+
+def test_completion():
+    r = completion(max_tokens=8, extra_body={"ignore_eos": True})
+    assert r.object == "text_completion" and r.id.startswith("cmpl-") and r.model == MODEL
+    c = r.choices[0]
+    assert isinstance(c.text, str) and c.text
+    assert c.finish_reason == "length" and r.usage.completion_tokens == 8, (c.finish_reason, r.usage)
+    # a list of one string and a token-id prompt are accepted
+    r2 = completion(prompt=[PROMPT], max_tokens=8, extra_body={"ignore_eos": True})
+    assert r2.choices[0].text == c.text
+    st, _, data = raw("POST", "/v1/completions", json.dumps(
+        {"model": MODEL, "prompt": [1, 2, 3, 4], "max_tokens": 2, "temperature": 0}))
+    assert st == 200, data
+    assert json.loads(data)["usage"]["prompt_tokens"] == 4
+
+
+def _collect_chat_stream(**kw):
+    chunks = list(chat(stream=True, stream_options={"include_usage": True}, **kw))
+    return chunks
+
+
+def test_stream_equals_nonstream_chat():
+    ref = chat(max_tokens=20)
+    chunks = _collect_chat_stream(max_tokens=20)
+    assert chunks, "no chunks"
+    for ch in chunks:
+        assert ch.object == "chat.completion.chunk" and ch.id == chunks[0].id and ch.model == MODEL
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join((ch.choices[0].delta.content or "") for ch in chunks if ch.choices)
+    assert text == ref.choices[0].message.content, (text, ref.choices[0].message.content)
+    finals = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finals == [ref.choices[0].finish_reason], finals
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.prompt_tokens == ref.usage.prompt_tokens
+    assert last.usage.completion_tokens == ref.usage.completion_tokens
+    assert all(ch.usage is None for ch in chunks[:-1])
+
+
+def test_stream_equals_nonstream_completion():
+    ref = completion(max_tokens=16)
+    chunks = list(completion(max_tokens=16, stream=True))
+    text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert text == ref.choices[0].text, (text, ref.choices[0].text)
+    assert chunks[-1].choices[0].finish_reason == ref.choices[0].finish_reason
+    assert all(ch.usage is None for ch in chunks)  # no include_usage: no usage chunk
+
+
+def test_raw_sse_framing():
+    """The bytes on the wire: data: lines, blank-line separated, ending with [DONE]."""
+    st, hd, data = raw("POST", "/v1/completions", json.dumps(
+        {"model": MODEL, "prompt": PROMPT, "max_tokens": 4, "temperature": 0, "stream": True}))
+    assert st == 200 and hd["content-type"].startswith("text/event-stream"), hd
+    events = data.decode().split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]", events[-3:]
+    for ev in events[:-2]:
+        assert ev.startswith("data: ") and "\n" not in ev, ev
+        json.loads(ev[6:])
+
+
+def test_stop_sequences():
+    ref = completion(max_tokens=24, extra_body={"ignore_eos": True}).choices[0].text
+    words = re.findall(r"[A-Za-z]{3,}", ref)
+    assert len(words) >= 3, ref
+    stop = words[len(words) // 2]
+    cut = ref[: ref.index(stop)]
+    r = completion(max_tokens=24, stop=[stop, "zzzzqqq"])
+    assert r.choices[0].finish_reason == "stop", r.choices[0]
+    assert r.choices[0].text == cut, (r.choices[0].text, cut, stop)
+    # streaming stops at the same place and never shows the stop string
+    chunks = list(completion(max_tokens=24, stop=stop, stream=True))
+    text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert text == cut and stop not in text, (text, cut)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_usage_and_length():
+    for n in (1, 5):
+        r = completion(max_tokens=n, extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == n and r.choices[0].finish_reason == "length", r
+    a = completion(max_tokens=3)
+    b = completion(prompt=PROMPT + " and", max_tokens=3)
+    assert b.usage.prompt_tokens == a.usage.prompt_tokens + 1, (a.usage, b.usage)
+    r = chat(max_completion_tokens=2, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 2 and r.choices[0].finish_reason == "length"
+
+
+def test_seed_reproducible():
+    kw = dict(prompt="Write a short poem about the sea:", max_tokens=16, temperature=1.0,
+              extra_body={"ignore_eos": True})
+    a = completion(seed=1234, **kw).choices[0].text
+    b = completion(seed=1234, **kw).choices[0].text
+    assert a == b, (a, b)
+    others = {completion(seed=s, **kw).choices[0].text for s in (1, 2, 3)}
+    assert others != {a}, "different seeds all gave the seed-1234 text"
+
+
+def test_concurrent_greedy_matches_alone():
+    prompts = ["The sun is", "My favourite food is", "In the year 1900", "Water boils at"]
+    alone = [completion(prompt=p, max_tokens=10, extra_body={"ignore_eos": True}).choices[0].text for p in prompts]
+    out = [None] * len(prompts)
+
+    def run(i):
+        out[i] = completion(prompt=prompts[i], max_tokens=10, extra_body={"ignore_eos": True}).choices[0].text
+
+    ths = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    assert out == alone, (out, alone)
+
+
+def test_bad_inputs():
+    P = "/v1/chat/completions"
+    msgs = [{"role": "user", "content": "hi"}]
+    # malformed JSON
+    st, _, d = raw("POST", P, '{"model": "x", "messages": [')
+    check_error_body(d, st, 400)
+    # wrong types
+    for extra in ({"max_tokens": "10"}, {"temperature": "hot"}, {"stream": "yes"}, {"stop": 5},
+                  {"messages": "hello"}, {"top_p": 7}, {"n": 2}):
+        body = {"model": MODEL, "messages": msgs}
+        body.update(extra)
+        st, _, d = raw("POST", P, json.dumps(body))
+        e = check_error_body(d, st, 400)
+        assert e["type"] == "invalid_request_error", e
+        assert e["param"] == next(iter(extra)), (extra, e)
+    # empty messages (through the official client)
+    try:
+        client.chat.completions.create(model=MODEL, messages=[])
+        raise AssertionError("empty messages accepted")
+    except openai.BadRequestError as ex:
+        assert ex.status_code == 400 and ex.body and ex.body.get("param") == "messages", ex.body
+    # unknown model
+    try:
+        chat(model="no-such-model")
+        raise AssertionError("unknown model accepted")
+    except openai.NotFoundError as ex:
+        assert ex.status_code == 404 and ex.body.get("code") == "model_not_found", ex.body
+    # max_tokens beyond the context
+    try:
+        chat(max_tokens=10_000_000)
+        raise AssertionError("max_tokens beyond context accepted")
+    except openai.BadRequestError as ex:
+        assert ex.body.get("param") == "max_tokens", ex.body
+    # a prompt longer than the context
+    try:
+        completion(prompt="hello " * 20000, max_tokens=1)
+        raise AssertionError("overlong prompt accepted")
+    except openai.BadRequestError as ex:
+        assert ex.body.get("code") == "context_length_exceeded", ex.body
+    # invalid UTF-8
+    st, _, d = raw("POST", P, b'{"model":"' + MODEL.encode() + b'","messages":[{"role":"user","content":"\xff\xfe"}]}')
+    check_error_body(d, st, 400)
+    # huge body: a client announcing 9 MiB (Expect: 100-continue) gets 413 before sending it
+    s = socket.create_connection((HOST, PORT), timeout=30)
+    s.sendall((f"POST {P} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {9 << 20}\r\nExpect: 100-continue\r\n\r\n").encode())
+    resp = b""
+    while b"\r\n\r\n" not in resp:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        resp += chunk
+    head, _, rest = resp.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), resp[:200]
+    clen = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(rest) < clen:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    check_error_body(rest, 413, 413)
+    s.close()
+    # the same without Expect: the body is pushed anyway; the server answers 413 or drops us, and lives on
+    s = socket.create_connection((HOST, PORT), timeout=30)
+    try:
+        s.sendall((f"POST {P} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {9 << 20}\r\n\r\n").encode())
+        s.sendall(b"x" * (9 << 20))
+        got = s.recv(4096)
+        assert got == b"" or got.startswith(b"HTTP/1.1 413"), got[:100]
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    s.close()
+    # huge body without Content-Length (chunked upload) → 413 after reading
+    def gen():
+        for _ in range(10):
+            yield b"y" * (1 << 20)
+    c = http.client.HTTPConnection(HOST, PORT, timeout=60)
+    c.request("POST", P, body=gen(), headers={"Content-Type": "application/json"}, encode_chunked=True)
+    r = c.getresponse()
+    check_error_body(r.read(), r.status, 413)
+    c.close()
+    # unknown route, wrong method
+    st, _, d = raw("GET", "/v1/nothing")
+    check_error_body(d, st, 404)
+    st, hd, d = raw("GET", P)
+    check_error_body(d, st, 405)
+    assert hd.get("allow") == "POST", hd
+    st, _, d = raw("DELETE", "/health")
+    check_error_body(d, st, 405)
+    # still healthy and serving
+    assert raw("GET", "/health")[0] == 200
+    assert "Paris" in chat().choices[0].message.content
+
+
+def test_slow_client():
+    """A client sending one byte a second is cut off by --read-timeout (3 s)
+    while everyone else is served."""
+    s = socket.create_connection((HOST, PORT), timeout=30)
+    req = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+           f"Content-Length: 200\r\n\r\n").encode()
+    closed = {}
+    t0 = time.time()
+
+    def dribble():
+        try:
+            for i in range(len(req)):
+                s.send(req[i:i + 1])
+                time.sleep(1.0)
+                if time.time() - t0 > 20:
+                    break
+        except OSError:
+            pass
+        closed["send_end"] = time.time() - t0
+
+    th = threading.Thread(target=dribble)
+    th.start()
+    time.sleep(1.5)
+    # others are served meanwhile
+    assert raw("GET", "/health", timeout=10)[0] == 200
+    r = chat(max_tokens=4)
+    assert r.choices[0].message.content
+    # the server closes the slow connection: recv returns EOF (or reset)
+    s.settimeout(15)
+    try:
+        data = s.recv(4096)
+    except (ConnectionResetError, socket.timeout) as ex:
+        data = repr(ex).encode()
+    elapsed = time.time() - t0
+    th.join()
+    s.close()
+    assert elapsed < 10, f"slow connection still open after {elapsed:.1f}s ({data!r})"
+    assert not data.startswith(b"HTTP/1.1 200"), data
+
+
+def test_client_disconnect_cancels():
+    before = metrics()
+    stream = client.completions.create(model=MODEL, prompt="Tell me a very long story.", max_tokens=1500,
+                                       temperature=0, stream=True, extra_body={"ignore_eos": True})
+    n = 0
+    for ch in stream:
+        n += 1
+        if n >= 3:
+            break
+    stream.close()  # drop the connection mid-stream
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        m = metrics()
+        if m.get("xds_num_requests_running", 1) == 0 and m.get('xds_request_finished_total{finished_reason="abort"}', 0) > \
+                before.get('xds_request_finished_total{finished_reason="abort"}', 0):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"request not cancelled: {m}")
+    gen = m["xds_generation_tokens_total"] - before.get("xds_generation_tokens_total", 0)
+    assert gen < 1500, gen
+
+
+def test_metrics():
+    m = metrics()
+    assert m.get('xds_http_requests_total{endpoint="/v1/chat/completions",code="200"}', 0) > 0, m
+    assert m.get('xds_http_requests_total{endpoint="/v1/chat/completions",code="400"}', 0) > 0
+    assert m.get('xds_http_requests_total{endpoint="/v1/chat/completions",code="413"}', 0) > 0
+    assert m["xds_prompt_tokens_total"] > 0 and m["xds_generation_tokens_total"] > 0
+    for h in ("xds_time_to_first_token_seconds", "xds_time_per_output_token_seconds", "xds_e2e_request_latency_seconds"):
+        assert m[h + "_count"] > 0 and m[h + '_bucket{le="+Inf"}'] == m[h + "_count"], h
+    for g in ("xds_num_requests_waiting", "xds_num_requests_running", "xds_kv_blocks_used", "xds_kv_blocks_free",
+              "xds_prefix_cache_hit_rate"):
+        assert g in m, g
+    assert m["xds_kv_blocks_free"] > 0
+    assert 0 <= m["xds_prefix_cache_hit_rate"] <= 1
+
+
+def test_still_healthy():
+    assert raw("GET", "/health")[0] == 200
+    assert "Paris" in chat().choices[0].message.content
+
+
+# ---------------------------------------------------------------------------
+# extra short-lived servers
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start_server(*args):
+    port = free_port()
+    p = subprocess.Popen([XDS_BIN, "serve", "-m", XDS_MODEL, "--port", str(port), "-t", "2",
+                          "--served-model-name", MODEL, *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if p.poll() is not None:
+            raise AssertionError(f"server exited {p.returncode}: {p.stderr.read()}")
+        try:
+            if raw("GET", "/health", port=port, timeout=2)[0] == 200:
+                return p, port
+        except OSError:
+            time.sleep(0.2)
+    p.kill()
+    raise AssertionError("server did not come up")
+
+
+def test_api_key_and_busy():
+    if not XDS_BIN or not XDS_MODEL:
+        raise SkipTest("XDS_BIN / XDS_TEST_MODEL not set")
+    p, port = start_server("--api-key", "sekret", "--max-batch", "1", "--max-queue", "1")
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        for key in ("wrong", ""):
+            c = openai.OpenAI(base_url=base, api_key=key or "x", max_retries=0,
+                              default_headers={} if key else {"Authorization": ""})
+            try:
+                c.chat.completions.create(model=MODEL, messages=CHAT_Q, max_tokens=2)
+                raise AssertionError("accepted a bad key")
+            except openai.AuthenticationError as ex:
+                assert ex.status_code == 401
+        st, hd, d = raw("GET", "/v1/models", port=port)
+        check_error_body(d, st, 401)
+        assert raw("GET", "/health", port=port)[0] == 200  # health needs no key
+        good = openai.OpenAI(base_url=base, api_key="sekret", max_retries=0)
+        assert good.models.list().data[0].id == MODEL
+        # 429: one running (max-batch 1), one waiting (max-queue 1), the next is refused
+        long_kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=400, temperature=0,
+                       extra_body={"ignore_eos": True})
+        first = good.completions.create(stream=True, **long_kw)
+        next(iter(first))  # it is running
+        res = {}
+
+        def second():
+            try:
+                res["r"] = good.completions.create(**dict(long_kw, max_tokens=2))
+            except Exception as ex:  # noqa: BLE001
+                res["e"] = ex
+
+        th = threading.Thread(target=second)
+        th.start()
+        time.sleep(0.5)
+        st, hd, d = raw("POST", "/v1/completions", json.dumps(dict(
+            model=MODEL, prompt="hi", max_tokens=2)), headers={"Authorization": "Bearer sekret"}, port=port)
+        e = check_error_body(d, st, 429)
+        assert hd.get("retry-after"), hd
+        assert e["type"] == "rate_limit_error", e
+        first.close()
+        th.join(60)
+        assert "r" in res, res
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
+def test_sigterm_finishes_inflight():
+    if not XDS_BIN or not XDS_MODEL:
+        raise SkipTest("XDS_BIN / XDS_TEST_MODEL not set")
+    p, port = start_server()
+    res = {}
+
+    def run():
+        try:
+            st, _, d = raw("POST", "/v1/completions", json.dumps(dict(
+                model=MODEL, prompt="Once upon a time", max_tokens=48, temperature=0, ignore_eos=True)),
+                port=port)
+            res["st"], res["body"] = st, json.loads(d)
+        except Exception as ex:  # noqa: BLE001
+            res["e"] = ex
+
+    th = threading.Thread(target=run)
+    th.start()
+    # wait until it is in the engine
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        st, _, d = raw("GET", "/metrics", port=port)
+        if re.search(rb"^xds_num_requests_running 1$", d, re.M):
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    th.join(60)
+    rc = p.wait(60)
+    assert "st" in res, res
+    assert res["st"] == 200 and res["body"]["usage"]["completion_tokens"] == 48, res
+    assert res["body"]["choices"][0]["finish_reason"] == "length"
+    assert rc == 0, (rc, p.stderr.read())
+    try:
+        raw("GET", "/health", port=port, timeout=2)
+        raise AssertionError("still accepting after SIGTERM")
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+
+
+class SkipTest(Exception):
+    pass
+
+
+TESTS = [test_health_and_models, test_chat, test_completion, test_stream_equals_nonstream_chat,
+         test_stream_equals_nonstream_completion, test_raw_sse_framing, test_stop_sequences,
+         test_usage_and_length, test_seed_reproducible, test_concurrent_greedy_matches_alone, test_bad_inputs,
+         test_slow_client, test_client_disconnect_cancels, test_metrics, test_still_healthy,
+         test_api_key_and_busy, test_sigterm_finishes_inflight]
+
+
+def main():
+    only = sys.argv[1:]
+    passed = failed = 0
+    for t in TESTS:
+        if only and t.__name__ not in only:
+            continue
+        t0 = time.time()
+        try:
+            t()
+            passed += 1
+            print(f"ok   {t.__name__} ({time.time() - t0:.1f}s)", flush=True)
+        except SkipTest as ex:
+            print(f"skip {t.__name__}: {ex}", flush=True)
+        except Exception:  # noqa: BLE001
+            failed += 1
+            print(f"FAIL {t.__name__} ({time.time() - t0:.1f}s)", flush=True)
+            traceback.print_exc()
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
