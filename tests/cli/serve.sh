@@ -59,6 +59,22 @@ passed=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p
 failed=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
 if [ -z "$passed" ]; then passed=0; failed=1; echo "FAIL python tests did not finish"; fi
 
+# xds bench-serve against the same server: every request completes and, as
+# the server honors ignore_eos, output lengths are exact (4 x 8 tokens)
+bench=$("$XDS" bench-serve --url "http://127.0.0.1:$PORT" --concurrency 2 --num-requests 4 --prompt-len 16 \
+  --output-len 8 --seed 7 --json 2>&1)
+if echo "$bench" | "$PY" -c '
+import json, sys
+j = json.loads(sys.stdin.read())
+ok = (j["completed"] == 4 and j["errors"] == 0 and j["total_output_tokens"] == 32 and j["total_input_tokens"] > 0
+      and j["output_throughput"] > 0 and j["ttft_ms"]["p50"] > 0 and j["tpot_ms"]["p99"] >= j["tpot_ms"]["p50"] > 0
+      and j["model"] == sys.argv[1])
+sys.exit(0 if ok else 1)' "$NAME"; then
+  passed=$((passed + 1)); echo "ok   bench-serve (4 requests, exact output lengths)"
+else
+  failed=$((failed + 1)); echo "FAIL bench-serve: $bench"
+fi
+
 # graceful shutdown of the main server: SIGTERM → exit 0
 kill -TERM "$SRV"
 rc=124

@@ -29,6 +29,9 @@ HOST, PORT = re.match(r"http://([^:/]+):(\d+)", URL).groups()
 PORT = int(PORT)
 XDS_BIN = os.environ.get("XDS_BIN")
 XDS_MODEL = os.environ.get("XDS_TEST_MODEL")
+# Under ASan/UBSan the model runs ~10x slower: the tests that mostly exercise
+# the engine (seeds, batch invariance) run only in the release build.
+SANITIZED = os.environ.get("XDS_SANITIZED") == "1"
 
 client = openai.OpenAI(base_url=URL + "/v1", api_key="unused", max_retries=0, timeout=120)
 
@@ -111,6 +114,9 @@ def test_chat():
     u = r.usage
     assert u.prompt_tokens > 5 and 0 < u.completion_tokens <= 12 and u.total_tokens == u.prompt_tokens + u.completion_tokens
     # system + multi-part content goes through the template too
+    if SANITIZED:
+        return
+
     def with_system(sys_text):
         return chat(messages=[{"role": "system", "content": sys_text},
                               {"role": "user", "content": [{"type": "text", "text": "What is the capital"},
@@ -159,6 +165,8 @@ def test_stream_equals_nonstream_chat():
 
 
 def test_stream_equals_nonstream_completion():
+    if SANITIZED:
+        raise SkipTest("the chat variant covers streaming under sanitizers")
     ref = completion(max_tokens=16)
     chunks = list(completion(max_tokens=16, stream=True))
     text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
@@ -207,6 +215,8 @@ def test_usage_and_length():
 
 
 def test_seed_reproducible():
+    if SANITIZED:
+        raise SkipTest("engine-heavy; release build only")
     kw = dict(prompt="Write a short poem about the sea:", max_tokens=16, temperature=1.0,
               extra_body={"ignore_eos": True})
     a = completion(seed=1234, **kw).choices[0].text
@@ -217,6 +227,8 @@ def test_seed_reproducible():
 
 
 def test_concurrent_greedy_matches_alone():
+    if SANITIZED:
+        raise SkipTest("engine-heavy; release build only")
     prompts = ["The sun is", "My favourite food is", "In the year 1900", "Water boils at"]
     alone = [completion(prompt=p, max_tokens=10, extra_body={"ignore_eos": True}).choices[0].text for p in prompts]
     out = [None] * len(prompts)
@@ -492,11 +504,12 @@ def test_sigterm_finishes_inflight():
         raise SkipTest("XDS_BIN / XDS_TEST_MODEL not set")
     p, port = start_server()
     res = {}
+    N_TOK = 12 if SANITIZED else 48
 
     def run():
         try:
             st, _, d = raw("POST", "/v1/completions", json.dumps(dict(
-                model=MODEL, prompt="Once upon a time", max_tokens=48, temperature=0, ignore_eos=True)),
+                model=MODEL, prompt="Once upon a time", max_tokens=N_TOK, temperature=0, ignore_eos=True)),
                 port=port)
             res["st"], res["body"] = st, json.loads(d)
         except Exception as ex:  # noqa: BLE001
@@ -515,7 +528,7 @@ def test_sigterm_finishes_inflight():
     th.join(60)
     rc = p.wait(60)
     assert "st" in res, res
-    assert res["st"] == 200 and res["body"]["usage"]["completion_tokens"] == 48, res
+    assert res["st"] == 200 and res["body"]["usage"]["completion_tokens"] == N_TOK, res
     assert res["body"]["choices"][0]["finish_reason"] == "length"
     assert rc == 0, (rc, p.stderr.read())
     try:
