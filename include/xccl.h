@@ -158,7 +158,8 @@ typedef struct xccl_request {
     int kind_;  /* 1 send, 2 recv */
     int state_; /* 0 idle, 1 queued, 2 done, 3 failed */
     int status_;
-    uint64_t aux_; /* transport-private */
+    uint64_t aux_;  /* transport-private */
+    uint64_t aux2_; /* transport-private */
 } xccl_request;
 
 xccl_status xccl_isend(xccl_comm *comm, int peer, const void *buf, size_t len, xccl_request *req);
@@ -272,20 +273,28 @@ void xccl_moe_layout_free(xccl_moe_layout *layout);
 
 /* What one local expert received. Rows live in the segment. */
 typedef struct xccl_moe_recv {
-    int num_rows;  /* rows for this expert */
-    void *rows;    /* [num_rows][H] in the dispatch dtype (input dtype, or int8) */
-    float *scales; /* [num_rows] int8 dequant scale (row = q * scale), else NULL */
-    void *out;     /* [num_rows][H] in the input dtype: write expert outputs here */
+    int num_rows;                /* rows for this expert */
+    void *rows;                  /* [num_rows][H] contiguous, in the dispatch dtype (input
+                                    dtype, or int8); NULL with XCCL_MOE_IN_PLACE */
+    const void *const *row_ptrs; /* [num_rows] where each row lies (always set; with
+                                    XCCL_MOE_IN_PLACE: in the senders' buffers, no copy) */
+    float *scales;               /* [num_rows] int8 dequant scale (row = q * scale), else NULL */
+    void *out;                   /* [num_rows][H] in the input dtype: write expert outputs here */
 } xccl_moe_recv;
 
 typedef struct xccl_moe_handle xccl_moe_handle;
 
+/* dispatch flags */
+#define XCCL_MOE_INT8     1u /* rows travel as int8 with a per-token f32 scale */
+#define XCCL_MOE_IN_PLACE 2u /* no gather copy: rows are read where the senders wrote them
+                                (row_ptrs); they stay valid until combine */
+
 /* Dispatch x [T][H] (dtype F32 or BF16) along layout. recv [L] receives per
- * local expert rows; *handle is comm-owned and valid until combine. With
- * quant_int8, rows travel as int8 with a per-token scale. x may be the
- * buffer from xccl_moe_send_buffer() (then it is not copied). */
+ * local expert rows; *handle is comm-owned and valid until combine. flags:
+ * XCCL_MOE_INT8, XCCL_MOE_IN_PLACE. x may be the buffer from
+ * xccl_moe_send_buffer() (then it is not copied). */
 xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, const void *x,
-                              xccl_dtype dtype, int hidden, int quant_int8,
+                              xccl_dtype dtype, int hidden, unsigned flags,
                               const xccl_moe_layout *layout, xccl_comm *comm, xccl_group *g);
 /* Send expert outputs back along handle and weight-sum them:
  * y[t] = sum_k w[t][k] * out_k(t), in k order, accumulated in f32.
@@ -295,7 +304,7 @@ xccl_status xccl_moe_combine(void *y, const float *topk_weights, const void *con
                              xccl_moe_handle *handle, xccl_comm *comm, xccl_group *g);
 /* The segment buffer [max_tokens][hidden] (dtype) that the next dispatch on g
  * reads x from without a copy: write the tokens there and pass it as x (not
- * with quant_int8). Waits until the buffer is free. */
+ * without XCCL_MOE_INT8). Waits until the buffer is free. */
 xccl_status xccl_moe_send_buffer(void **out, xccl_comm *comm, xccl_group *g);
 
 /* Helpers used by both the library and its tests (bit-exact definitions). */

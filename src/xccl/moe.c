@@ -233,39 +233,101 @@ static inline float ld(const void *p, size_t i, xccl_dtype dt) {
     return f;
 }
 
-/* y[t] = sum_j w[t][j] * out_j(t) in j order; rowp(t, j) gives the row or NULL. */
-typedef const void *(*row_fn)(void *ctx, int t, int j);
-static void weighted_sum(void *y, const float *w, int T, int k, int H, xccl_dtype dt, float *acc,
-                         row_fn rowp, void *ctx) {
-    for (int t = 0; t < T; t++) {
-        for (int h = 0; h < H; h++) acc[h] = 0.f;
-        for (int j = 0; j < k; j++) {
-            const void *row = rowp(ctx, t, j);
-            if (!row) continue;
-            float wt = w[(size_t)t * k + j];
-            if (dt == XCCL_F32) {
-                const float *r = row;
-                for (int h = 0; h < H; h++) acc[h] += wt * r[h];
-            } else {
-                const uint16_t *r = row;
-                for (int h = 0; h < H; h++) {
-                    uint32_t u = (uint32_t)r[h] << 16;
-                    float f;
-                    memcpy(&f, &u, 4);
-                    acc[h] += wt * f;
-                }
-            }
-        }
-        if (dt == XCCL_F32) memcpy((float *)y + (size_t)t * H, acc, (size_t)H * 4);
-        else {
-            uint16_t *o = (uint16_t *)y + (size_t)t * H;
-            for (int h = 0; h < H; h++) o[h] = xccl_f32_to_bf16(acc[h]);
+/* acc[h] += w * row[h] (separate multiply and add, never fused, so every
+ * path rounds like the scalar reference), and the final f32 -> out store.
+ * AVX2 versions are picked at run time; results are bit-identical. */
+static void axpy_scalar(float *restrict acc, const void *row, float w, int H, xccl_dtype dt) {
+    if (dt == XCCL_F32) {
+        const float *r = row;
+        for (int h = 0; h < H; h++) acc[h] += w * r[h];
+    } else {
+        const uint16_t *r = row;
+        for (int h = 0; h < H; h++) {
+            uint32_t u = (uint32_t)r[h] << 16;
+            float f;
+            memcpy(&f, &u, 4);
+            acc[h] += w * f;
         }
     }
 }
 
+static void store_scalar(void *out, const float *acc, int H, xccl_dtype dt) {
+    if (dt == XCCL_F32) memcpy(out, acc, (size_t)H * 4);
+    else
+        for (int h = 0; h < H; h++) ((uint16_t *)out)[h] = xccl_f32_to_bf16(acc[h]);
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+__attribute__((target("avx2"))) static void axpy_avx2(float *restrict acc, const void *row, float w,
+                                                       int H, xccl_dtype dt) {
+    __m256 wv = _mm256_set1_ps(w);
+    int h = 0;
+    if (dt == XCCL_F32) {
+        const float *r = row;
+        for (; h + 8 <= H; h += 8)
+            _mm256_storeu_ps(acc + h, _mm256_add_ps(_mm256_loadu_ps(acc + h),
+                                                    _mm256_mul_ps(wv, _mm256_loadu_ps(r + h))));
+    } else {
+        const uint16_t *r = row;
+        for (; h + 8 <= H; h += 8) {
+            __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + h))), 16);
+            _mm256_storeu_ps(acc + h, _mm256_add_ps(_mm256_loadu_ps(acc + h),
+                                                    _mm256_mul_ps(wv, _mm256_castsi256_ps(u))));
+        }
+    }
+    if (h < H) axpy_scalar(acc + h, (const uint8_t *)row + (size_t)h * xccl_dtype_size(dt), w, H - h, dt);
+}
+
+__attribute__((target("avx2"))) static void store_avx2(void *out, const float *acc, int H, xccl_dtype dt) {
+    if (dt == XCCL_F32) {
+        memcpy(out, acc, (size_t)H * 4);
+        return;
+    }
+    uint16_t *o = out;
+    int h = 0;
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+    const __m256i absm = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    const __m256i qbit = _mm256_set1_epi32(0x40);
+    for (; h + 8 <= H; h += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(acc + h));
+        __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+        __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, lsb)), 16);
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absm), inf);
+        __m256i qn = _mm256_or_si256(_mm256_srli_epi32(u, 16), qbit);
+        r = _mm256_blendv_epi8(r, qn, nan);
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+        _mm_storeu_si128((__m128i *)(o + h), _mm256_castsi256_si128(p));
+    }
+    for (; h < H; h++) o[h] = xccl_f32_to_bf16(acc[h]);
+}
+#endif
+
+/* y[t] = sum_j w[t][j] * out_j(t) in j order; rowp(t, j) gives the row or NULL. */
+typedef const void *(*row_fn)(void *ctx, int t, int j);
+static void weighted_sum(void *y, const float *w, int T, int k, int H, xccl_dtype dt, float *acc,
+                         row_fn rowp, void *ctx) {
+    void (*axpy)(float *restrict, const void *, float, int, xccl_dtype) = axpy_scalar;
+    void (*store)(void *, const float *, int, xccl_dtype) = store_scalar;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) {
+        axpy = axpy_avx2;
+        store = store_avx2;
+    }
+#endif
+    const size_t ob = (size_t)H * xccl_dtype_size(dt);
+    for (int t = 0; t < T; t++) {
+        memset(acc, 0, (size_t)H * sizeof(float));
+        for (int j = 0; j < k; j++) {
+            const void *row = rowp(ctx, t, j);
+            if (row) axpy(acc, row, w[(size_t)t * k + j], H, dt);
+        }
+        store((uint8_t *)y + (size_t)t * ob, acc, H, dt);
+    }
+}
+
 xccl_status xccl_moe_dispatch_p2p(xccl_moe_recv *recv, xccl_moe_handle **handle, const void *x,
-                                  xccl_dtype dtype, int hidden, int quant,
+                                  xccl_dtype dtype, int hidden, unsigned flags,
                                   const xccl_moe_layout *l, xccl_comm *c, xccl_group *g);
 xccl_status xccl_moe_combine_p2p(void *y, const float *w, const void *const *expert_out,
                                  xccl_moe_handle *h, xccl_comm *c, xccl_group *g);
@@ -296,7 +358,7 @@ static xccl_status common_checks(const xccl_moe_layout *l, xccl_dtype dtype, int
 }
 
 xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, const void *x,
-                              xccl_dtype dtype, int hidden, int quant, const xccl_moe_layout *l,
+                              xccl_dtype dtype, int hidden, unsigned flags, const xccl_moe_layout *l,
                               xccl_comm *c, xccl_group *g) {
     xccl_status s = moe_check(c, g, "moe_dispatch");
     if (s) return s;
@@ -305,7 +367,14 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
     if (!recv || !handle || (l->num_tokens && !x))
         return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: NULL argument");
     if (c->ops != &xccl_shm_ops)
-        return xccl_moe_dispatch_p2p(recv, handle, x, dtype, hidden, quant, l, c, g);
+        return xccl_moe_dispatch_p2p(recv, handle, x, dtype, hidden, flags, l, c, g);
+    if (flags & ~(XCCL_MOE_INT8 | XCCL_MOE_IN_PLACE))
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: unknown flags 0x%x", flags);
+    const int quant = (flags & XCCL_MOE_INT8) != 0, in_place = (flags & XCCL_MOE_IN_PLACE) != 0;
+    if (!c->moe_row_ptrs) {
+        c->moe_row_ptrs = malloc(((size_t)c->hdr->moe_max_recv_rows + 1) * sizeof(void *));
+        if (!c->moe_row_ptrs) return xccl_err(XCCL_ERR_NOMEM, "xccl moe_dispatch: out of memory");
+    }
 
     geo G;
     geometry(&G, c);
@@ -440,7 +509,14 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
                                          "xccl moe_dispatch: rank %d sent token index %d of %d",
                                          g->ranks[si], t, stok));
                 }
-                memcpy(rrows + (size_t)(fill[j] + i) * rb, srows + (size_t)t * rb, rb);
+                const uint8_t *src = srows + (size_t)t * rb;
+                if (in_place) {
+                    c->moe_row_ptrs[fill[j] + i] = src;
+                } else {
+                    uint8_t *dst = rrows + (size_t)(fill[j] + i) * rb;
+                    memcpy(dst, src, rb);
+                    c->moe_row_ptrs[fill[j] + i] = dst;
+                }
                 if (quant) rscales[fill[j] + i] = sscales[t];
             }
             fill[j] += sc[j];
@@ -449,11 +525,13 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
     }
     c->moe_recv_event[b] = ev;
     c->moe_recv_mask[b] = xccl_group_mask(g);
-    for (int si = 0; si < n; si++) {
-        xccl_meta *m = xccl_meta_at(c, g->ranks[si], c->rank, XCCL_CH_DISP);
-        atomic_store_explicit(&m->cons, ev, memory_order_release);
+    if (!in_place) { /* rows copied: the senders may reuse their buffers */
+        for (int si = 0; si < n; si++) {
+            xccl_meta *m = xccl_meta_at(c, g->ranks[si], c->rank, XCCL_CH_DISP);
+            atomic_store_explicit(&m->cons, ev, memory_order_release);
+        }
+        xccl_wake_group(c, g);
     }
-    xccl_wake_group(c, g);
 
     /* 6. outputs */
     struct xccl_moe_handle *hd = &c->moe;
@@ -467,11 +545,13 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
     hd->L = L;
     hd->group_epoch = (int)g->epoch;
     hd->me = me;
+    hd->in_place = in_place;
     for (int j = 0; j < L; j++) {
         hd->slot_rows[j] = slot_rows[j];
         hd->slot_base[j] = slot_base[j];
         recv[j].num_rows = slot_rows[j];
-        recv[j].rows = rrows + (size_t)slot_base[j] * rb;
+        recv[j].rows = in_place ? NULL : rrows + (size_t)slot_base[j] * rb;
+        recv[j].row_ptrs = c->moe_row_ptrs + slot_base[j];
         recv[j].scales = quant ? rscales + slot_base[j] : NULL;
         recv[j].out = rout + (size_t)slot_base[j] * ob;
     }
@@ -525,6 +605,12 @@ xccl_status xccl_moe_combine(void *y, const float *w, const void *const *expert_
             }
         }
     }
+    if (h->in_place) { /* the expert has consumed the rows in the senders' buffers */
+        for (int si = 0; si < n; si++) {
+            xccl_meta *m = xccl_meta_at(c, g->ranks[si], c->rank, XCCL_CH_DISP);
+            atomic_store_explicit(&m->cons, ev, memory_order_release);
+        }
+    }
     for (int d = 0; d < n; d++) {
         xccl_meta *m = xccl_meta_at(c, c->rank, g->ranks[d], XCCL_CH_COMB);
         m->prod_aux[0] = (uint64_t)h->buf;
@@ -573,9 +659,9 @@ static void p2p_free(struct xccl_comm *c) {
 }
 
 xccl_status xccl_moe_dispatch_p2p(xccl_moe_recv *recv, xccl_moe_handle **handle, const void *x,
-                                  xccl_dtype dtype, int hidden, int quant,
+                                  xccl_dtype dtype, int hidden, unsigned flags,
                                   const xccl_moe_layout *l, xccl_comm *c, xccl_group *g) {
-    (void)recv; (void)handle; (void)x; (void)dtype; (void)hidden; (void)quant; (void)l; (void)g;
+    (void)recv; (void)handle; (void)x; (void)dtype; (void)hidden; (void)flags; (void)l; (void)g;
     (void)p2p_null; p2p_free(c);
     return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: not implemented on transport %s", c->ops->name);
 }

@@ -1,5 +1,6 @@
 /*
- * shm.c — the shared-memory transport: per-pair rings of fixed-size slots.
+ * shm.c — the shared-memory transport: per-pair rings of fixed-size slots,
+ * plus a single-copy rendezvous for large messages.
  *
  * Ring src->dst: num_slots slots of slot_bytes (64-B header + payload). The
  * sender owns meta(src,dst,P2P).prod = tail (slots written, monotonic), the
@@ -9,11 +10,41 @@
  * the receiver reads tail with acquire, copies out, publishes head with
  * release (credit). A receive whose capacity is smaller than the message
  * fails before consuming anything, leaving the message queued.
+ *
+ * Rendezvous (messages >= XCCL_CMA_MIN): the sender posts one slot flagged
+ * RNDV holding {pid, address, length} and keeps its request open; the
+ * receiver copies straight from the sender's memory with process_vm_readv
+ * (one copy, like MPI's CMA path), then reports the handled rendezvous
+ * number and its result in cons_aux[0] / cons_aux[1]. If the kernel refuses
+ * (no permission), the receiver answers NACK and the sender streams the same
+ * message through the ring as continuation chunks; that pair stays on the
+ * ring from then on. At most one rendezvous per pair is open (requests of a
+ * pair progress in order).
  */
 #define _GNU_SOURCE
 #include "xccl_internal.h"
 
+#include <errno.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define FLAG_FIRST 1u
+#define FLAG_RNDV  2u
+#define RNDV_OK    1u
+#define RNDV_NACK  2u
+/* request aux_ bits (sender) */
+#define S_FIRST    1u /* first slot posted */
+#define S_RNDV     2u /* rendezvous posted, waiting for the receiver */
+#define S_FALLBACK 4u /* receiver refused: stream through the ring */
+
+typedef struct rndv_desc {
+    int32_t pid;
+    uint32_t pad;
+    uint64_t addr;
+    uint64_t len;
+} rndv_desc;
+static_assert(sizeof(rndv_desc) == 24, "rendezvous descriptor layout");
 
 static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int *done) {
     int p = req->peer_;
@@ -24,8 +55,40 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
     uint64_t tail = atomic_load_explicit(&m->prod, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&m->cons, memory_order_acquire);
     const uint8_t *buf = req->buf_;
+
+    if (!(req->aux_ & S_FIRST) && c->cma_min && req->len_ >= c->cma_min && !c->cma_off[p] &&
+        p != c->rank) {
+        if (tail - head >= nslots) return XCCL_OK;
+        uint8_t *slot = ring + (size_t)(tail & (nslots - 1)) * sb;
+        xccl_slot_hdr *h = (xccl_slot_hdr *)slot;
+        rndv_desc d = {.pid = (int32_t)getpid(), .addr = (uint64_t)(uintptr_t)buf, .len = req->len_};
+        h->msg_len = req->len_;
+        h->offset = 0;
+        h->chunk_len = sizeof d;
+        h->flags = FLAG_FIRST | FLAG_RNDV;
+        h->msg_seq = c->send_seq[p];
+        memcpy(slot + XCCL_SLOT_HDR, &d, sizeof d);
+        req->aux_ = S_FIRST | S_RNDV;
+        req->aux2_ = ++c->rndv_sent[p];
+        atomic_store_explicit(&m->prod, tail + 1, memory_order_release);
+        xccl_wake(c, p);
+        return XCCL_OK;
+    }
+    if ((req->aux_ & S_RNDV) && !(req->aux_ & S_FALLBACK)) {
+        if (atomic_load_explicit((_Atomic uint64_t *)&m->cons_aux[0], memory_order_acquire) != req->aux2_)
+            return XCCL_OK;
+        if (m->cons_aux[1] == RNDV_OK) {
+            req->done_ = req->len_;
+            c->send_seq[p]++;
+            *done = 1;
+            return XCCL_OK;
+        }
+        c->cma_off[p] = 1; /* NACK: stream it through the ring */
+        req->aux_ |= S_FALLBACK;
+        req->done_ = 0;
+    }
     int moved = 0;
-    while (req->done_ < req->len_ || (req->len_ == 0 && !req->aux_)) {
+    while (req->done_ < req->len_ || (req->len_ == 0 && !(req->aux_ & S_FIRST))) {
         if (tail - head >= nslots) {
             head = atomic_load_explicit(&m->cons, memory_order_acquire);
             if (tail - head >= nslots) break;
@@ -37,22 +100,28 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
         h->msg_len = req->len_;
         h->offset = req->done_;
         h->chunk_len = (uint32_t)chunk;
-        h->flags = req->done_ == 0 ? 1u : 0u;
+        h->flags = (req->aux_ & S_FIRST) ? 0u : FLAG_FIRST;
         h->msg_seq = c->send_seq[p];
         if (chunk) memcpy(slot + XCCL_SLOT_HDR, buf + req->done_, chunk);
         req->done_ += chunk;
-        req->aux_ = 1;
+        req->aux_ |= S_FIRST;
         tail++;
         atomic_store_explicit(&m->prod, tail, memory_order_release);
         moved = 1;
         if (req->done_ < req->len_) xccl_wake(c, p);
     }
     if (moved) xccl_wake(c, p);
-    if (req->done_ == req->len_ && req->aux_) {
+    if (req->done_ == req->len_ && (req->aux_ & S_FIRST)) {
         c->send_seq[p]++;
         *done = 1;
     }
     return XCCL_OK;
+}
+
+/* Answer a rendezvous: result RNDV_OK / RNDV_NACK. */
+static void rndv_answer(struct xccl_comm *c, int p, xccl_meta *m, uint64_t result) {
+    m->cons_aux[1] = result;
+    atomic_store_explicit((_Atomic uint64_t *)&m->cons_aux[0], ++c->rndv_seen[p], memory_order_release);
 }
 
 static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int *done) {
@@ -75,9 +144,9 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
         const uint8_t *slot = ring + (size_t)(head & (nslots - 1)) * sb;
         const xccl_slot_hdr *h = (const xccl_slot_hdr *)slot;
         uint64_t msg_len = h->msg_len, off = h->offset;
-        uint32_t chunk = h->chunk_len;
+        uint32_t chunk = h->chunk_len, flags = h->flags;
         if (!req->aux_) {
-            if (!(h->flags & 1) || off != 0) {
+            if (!(flags & FLAG_FIRST) || off != 0) {
                 s = xccl_err_peer(XCCL_ERR_PEER, p, "ring from rank %d out of sync (chunk at %llu)", p,
                                   (unsigned long long)off);
                 break;
@@ -91,6 +160,41 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
             }
             req->msg_len_ = msg_len;
             req->aux_ = 1;
+            if (flags & FLAG_RNDV) {
+                rndv_desc d;
+                memcpy(&d, slot + XCCL_SLOT_HDR, sizeof d);
+                if (chunk != sizeof d || d.len != msg_len ||
+                    d.pid != atomic_load_explicit(&c->ranks[p].pid, memory_order_acquire)) {
+                    s = xccl_err_peer(XCCL_ERR_PEER, p, "rank %d sent a bad rendezvous descriptor", p);
+                    break;
+                }
+                size_t got = 0;
+                int err = 0;
+                while (got < msg_len) {
+                    struct iovec lv = {.iov_base = buf + got, .iov_len = msg_len - got};
+                    struct iovec rv = {.iov_base = (void *)(uintptr_t)(d.addr + got), .iov_len = msg_len - got};
+                    ssize_t r = process_vm_readv(d.pid, &lv, 1, &rv, 1, 0);
+                    if (r > 0) { got += (size_t)r; continue; }
+                    err = r < 0 ? errno : EIO;
+                    if (err == EINTR) continue;
+                    break;
+                }
+                head++;
+                atomic_store_explicit(&m->cons, head, memory_order_release);
+                if (got == msg_len) {
+                    req->done_ = msg_len;
+                    rndv_answer(c, p, m, RNDV_OK);
+                } else if (err == ESRCH) {
+                    rndv_answer(c, p, m, RNDV_NACK);
+                    xccl_wake(c, p);
+                    s = xccl_err_peer(XCCL_ERR_PEER, p, "rank %d is gone (rendezvous read)", p);
+                    break;
+                } else {
+                    rndv_answer(c, p, m, RNDV_NACK); /* the data follows through the ring */
+                }
+                moved = 1;
+                continue;
+            }
         }
         if (msg_len != req->msg_len_ || chunk > payload || off != req->done_ ||
             off + chunk > req->msg_len_) {

@@ -21,6 +21,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -133,9 +134,14 @@ xccl_status xccl_wait_cond(struct xccl_comm *c, xccl_cond_fn cond, void *arg, co
     int r = cond(c, arg);
     if (r) return cond_status(r);
     uint64_t start = xccl_now_ns(), now = start;
-    /* spin */
+    /* spin (pause) for up to 4 us, then yield the core until spin_ns (a peer
+     * sharing this core gets to run), then sleep on the futex */
+    uint64_t pause_ns = c->spin_ns < 4000 ? c->spin_ns : 4000;
     while (now - start < c->spin_ns) {
-        for (int i = 0; i < 32; i++) xccl_cpu_relax();
+        if (now - start < pause_ns)
+            for (int i = 0; i < 4; i++) xccl_cpu_relax();
+        else
+            sched_yield();
         r = cond(c, arg);
         if (r) return cond_status(r);
         now = xccl_now_ns();

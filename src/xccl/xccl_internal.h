@@ -140,6 +140,7 @@ struct xccl_moe_handle {
     int num_rows_total;  /* rows this rank received */
     int L;
     int group_epoch;     /* epoch of the group it ran on */
+    int in_place;        /* DISP acks deferred to combine */
     int me;              /* my member index */
     int slot_rows[256];  /* per local expert rows (L <= 256) */
     int slot_base[256];  /* per local expert first row */
@@ -212,6 +213,10 @@ struct xccl_comm {
     xccl_request *rq_head[XCCL_MAX_RANKS], *rq_tail[XCCL_MAX_RANKS];
     uint64_t send_seq[XCCL_MAX_RANKS];
     int pair_broken[XCCL_MAX_RANKS];
+    uint64_t rndv_sent[XCCL_MAX_RANKS]; /* rendezvous messages posted to peer */
+    uint64_t rndv_seen[XCCL_MAX_RANKS]; /* rendezvous messages handled from peer */
+    int cma_off[XCCL_MAX_RANKS];        /* peer could not read us: ring only */
+    size_t cma_min;                     /* rendezvous threshold (0 = off) */
     /* regions */
     xccl_local_region local_regions[XCCL_MAX_REGIONS];
     uint32_t next_region_id;
@@ -229,6 +234,7 @@ struct xccl_comm {
     /* collectives: per buffer, the last seq written and the ranks reading it */
     uint64_t coll_buf_seq[2], coll_buf_mask[2];
     float *moe_acc;             /* [max_hidden] combine accumulator */
+    const void **moe_row_ptrs;  /* [max_recv_rows] row pointers handed out by dispatch */
     /* tcp */
     xccl_tcp_peer *tcp;
 };

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 
 #define MAXT 48
-#define MAXH 160
+#define MAXH 300
 #define MAXK 6
 #define MAXL 4
 #define MAXE 12
@@ -27,7 +27,7 @@
 static int seg_fd;
 
 typedef struct round_cfg {
-    int H, k, E, L, quant, in_place, use_sendbuf;
+    int H, k, E, L, quant, in_place, use_sendbuf, no_gather;
     xccl_dtype dt;
     int nrep[MAXE], rrank[MAXE * MAXR], rslot[MAXE * MAXR];
 } round_cfg;
@@ -42,6 +42,7 @@ static void gen_round(round_cfg *rc, int round, int n) {
     rc->quant = tu_range(&s, 0, 2) == 0;
     rc->in_place = tu_range(&s, 0, 1);
     rc->use_sendbuf = !rc->quant && tu_range(&s, 0, 3) == 0;
+    rc->no_gather = tu_range(&s, 0, 1);
     for (int e = 0; e < rc->E; e++) {
         int maxr = n < MAXR ? n : MAXR;
         rc->nrep[e] = tu_range(&s, 1, maxr);
@@ -172,15 +173,21 @@ static int do_round(xccl_comm *c, int round, int n, int rank) {
     }
     xccl_moe_recv recv[MAXL];
     xccl_moe_handle *h = NULL;
-    xccl_status st = xccl_moe_dispatch(recv, &h, x, rc.dt, rc.H, rc.quant, &lay, c, g);
+    unsigned flags = (rc.quant ? XCCL_MOE_INT8 : 0u) | (rc.no_gather ? XCCL_MOE_IN_PLACE : 0u);
+    xccl_status st = xccl_moe_dispatch(recv, &h, x, rc.dt, rc.H, flags, &lay, c, g);
     CHECK_MSG(st == XCCL_OK, "round %d dispatch: %s", round, xccl_err_msg());
     if (st) { xccl_moe_layout_free(&lay); return 1; }
 
     /* expected rows per local slot: sources in rank order, (t,j) ascending */
     float v[MAXH];
     void *outs[MAXL];
+    const size_t rbytes = (size_t)rc.H * (rc.quant ? 1 : es);
     for (int j = 0; j < rc.L; j++) {
         int row = 0, bad = 0;
+        if (rc.no_gather) CHECK(recv[j].rows == NULL);
+        else
+            for (int r = 0; r < recv[j].num_rows; r++)
+                bad |= recv[j].row_ptrs[r] != (const uint8_t *)recv[j].rows + (size_t)r * rbytes;
         for (int s = 0; s < n; s++) {
             int sd[MAXT * MAXK], ss[MAXT * MAXK];
             ref_route(sd, ss, &all_in[s], &rc, round, s);
@@ -193,10 +200,10 @@ static int do_round(xccl_comm *c, int round, int n, int rank) {
                     int8_t q[MAXH];
                     float sc;
                     ref_quant(q, &sc, x_t, rc.dt, rc.H);
-                    if (memcmp(q, (int8_t *)recv[j].rows + (size_t)row * rc.H, (size_t)rc.H) ||
+                    if (memcmp(q, recv[j].row_ptrs[row], (size_t)rc.H) ||
                         memcmp(&sc, &recv[j].scales[row], 4))
                         bad = 1;
-                } else if (memcmp(x_t, (uint8_t *)recv[j].rows + (size_t)row * rc.H * es, (size_t)rc.H * es)) {
+                } else if (memcmp(x_t, recv[j].row_ptrs[row], (size_t)rc.H * es)) {
                     bad = 1;
                 }
                 row++;
@@ -208,8 +215,8 @@ static int do_round(xccl_comm *c, int round, int n, int rank) {
         outs[j] = rc.in_place ? recv[j].out : malloc((size_t)(recv[j].num_rows + 1) * rc.H * es);
         for (int r = 0; r < recv[j].num_rows; r++) {
             for (int hh = 0; hh < rc.H; hh++)
-                v[hh] = rc.quant ? (float)((int8_t *)recv[j].rows)[(size_t)r * rc.H + hh] * recv[j].scales[r]
-                                 : ldv((uint8_t *)recv[j].rows + (size_t)r * rc.H * es, hh, rc.dt);
+                v[hh] = rc.quant ? (float)((const int8_t *)recv[j].row_ptrs[r])[hh] * recv[j].scales[r]
+                                 : ldv(recv[j].row_ptrs[r], hh, rc.dt);
             expert((uint8_t *)outs[j] + (size_t)r * rc.H * es, v, rc.H, j, rank, rc.dt);
         }
     }
@@ -272,6 +279,7 @@ static int rank_main(int rank, int n, void *arg) {
     static float xx[2 * (MAXH + 1)];
     CHECK(xccl_moe_dispatch(recv, &h, xx, XCCL_F32, MAXH + 1, 0, &lay, c, g) == XCCL_ERR_RANGE);
     CHECK(xccl_moe_dispatch(recv, &h, xx, XCCL_I8, 8, 0, &lay, c, g) == XCCL_ERR_INVALID);
+    CHECK(xccl_moe_dispatch(recv, &h, xx, XCCL_F32, 8, 0x100, &lay, c, g) == XCCL_ERR_INVALID);
     CHECK(h == NULL);
     CHECK(xccl_moe_combine(xx, xx, NULL, h, c, g) == XCCL_ERR_INVALID);
     xccl_moe_layout_free(&lay);
