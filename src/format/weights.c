@@ -40,6 +40,8 @@ xds_status xds_weights_open(const char *path, xds_weights **out) {
     if (stat(path, &sb) != 0)
         return xds_err_set(errno == ENOENT ? XDS_ERR_NOT_FOUND : XDS_ERR_IO, "%s: %s", path,
                            strerror(errno));
+    if (!S_ISDIR(sb.st_mode) && !S_ISREG(sb.st_mode)) /* a FIFO would block in open() */
+        return xds_err_set(XDS_ERR_INVALID, "%s: not a regular file or a directory", path);
     xds_weights *w = calloc(1, sizeof *w);
     if (!w) return xds_err_set(XDS_ERR_NOMEM, "%s: out of memory", path);
     xds_status st;

@@ -121,6 +121,9 @@ echo '{"model_type": "llama"}' >"$T/shard/config.json"
 echo '{"weight_map": {"w": "model-00001-of-00002.safetensors"}}' >"$T/shard/model.safetensors.index.json"
 expect_error "missing shard" "model-00001-of-00002.safetensors" "$T/shard"
 
+mkfifo "$T/fifo.gguf"
+expect_error "a FIFO (must not block)" "$T/fifo.gguf" "$T/fifo.gguf"
+expect_error "/dev/null" "/dev/null" /dev/null
 expect_error "no model argument" "no model"
 
 # --- success paths --------------------------------------------------------------
