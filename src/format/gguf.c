@@ -488,7 +488,7 @@ xds_status xds_gguf_open_memory(const void *data, size_t size, const char *name,
 }
 
 xds_status xds_gguf_open(const char *path, xds_gguf **out) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
     if (fd < 0) return xds_err_set(XDS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) {

@@ -220,7 +220,7 @@ xds_status xds_safetensors_open_memory(const void *data, size_t size, const char
 }
 
 xds_status xds_safetensors_open(const char *path, xds_safetensors **out) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
     if (fd < 0)
         return xds_err_set(errno == ENOENT ? XDS_ERR_NOT_FOUND : XDS_ERR_IO, "%s: cannot open: %s",
                            path, strerror(errno));
