@@ -36,15 +36,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (xds_gguf_get_f64(g, key, &f64) == XDS_OK) sink += (uint64_t)(f64 != f64);
         if (xds_gguf_get_f32(g, key, &f32) == XDS_OK) sink += (uint64_t)(f32 != f32);
         if (xds_gguf_get_bool(g, key, &b) == XDS_OK) sink += (uint64_t)b;
-        if (xds_gguf_get_str(g, key, &s, &len) == XDS_OK && len) sink += (uint8_t)(s[0] + s[len - 1]);
+        if (xds_gguf_get_str(g, key, &s, &len) == XDS_OK && len)
+            sink += (uint8_t)(s[0] + s[len - 1]);
         if (xds_gguf_get_arr(g, key, &et, &n, &p) == XDS_OK) {
             if (xds_gguf_kv_arr(g, i, &et, &n) != XDS_OK) __builtin_trap();
             if (et == XDS_GGUF_STRING) {
                 for (uint64_t k = 0; k < n; k++)
                     if (xds_gguf_get_arr_str(g, key, k, &s, &len) == XDS_OK && len)
                         sink += (uint8_t)(s[0] + s[len - 1]);
-                    else if (!len) sink++;
-                    else __builtin_trap();
+                    else if (!len)
+                        sink++;
+                    else
+                        __builtin_trap();
             } else if (n) {
                 sink += ((const uint8_t *)p)[0];
             }

@@ -26,7 +26,8 @@ static void parse_one(const uint8_t *data, size_t size) {
         const xds_tensor *t = xds_safetensors_tensor(f, i);
         if (xds_safetensors_find(f, t->name) != t) __builtin_trap();
         int64_t n = xds_tensor_nelem(t);
-        if (n < 0 || (uint64_t)n * (t->type == XDS_DTYPE_F32 ? 4 : 2) != t->nbytes) __builtin_trap();
+        if (n < 0 || (uint64_t)n * (t->type == XDS_DTYPE_F32 ? 4 : 2) != t->nbytes)
+            __builtin_trap();
         if (t->nbytes) {
             const uint8_t *d = t->data;
             sink += d[0] + d[t->nbytes - 1];

@@ -20,17 +20,16 @@
 #define MAX_SHOWN_STR 72 /* longer string values are cut, with their length */
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: xds inspect [options] MODEL\n"
-            "\n"
-            "Print a model's format, architecture, hyper-parameters and tensors.\n"
-            "MODEL is a GGUF file or a Hugging Face directory (config.json +\n"
-            "model.safetensors or sharded *.safetensors with model.safetensors.index.json).\n"
-            "\n"
-            "options:\n"
-            "  -m, --model MODEL  the model (instead of the positional argument)\n"
-            "  --no-tensors       print the header and totals, not the tensor table\n"
-            "  -h, --help         this help\n");
+    fprintf(f, "usage: xds inspect [options] MODEL\n"
+               "\n"
+               "Print a model's format, architecture, hyper-parameters and tensors.\n"
+               "MODEL is a GGUF file or a Hugging Face directory (config.json +\n"
+               "model.safetensors or sharded *.safetensors with model.safetensors.index.json).\n"
+               "\n"
+               "options:\n"
+               "  -m, --model MODEL  the model (instead of the positional argument)\n"
+               "  --no-tensors       print the header and totals, not the tensor table\n"
+               "  -h, --help         this help\n");
 }
 
 /* Print up to `max` bytes of s (len bytes, not NUL-terminated) with C escapes. */
@@ -38,21 +37,31 @@ static void print_escaped(const char *s, uint64_t len, size_t max) {
     size_t n = len < max ? (size_t)len : max;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '\n') fputs("\\n", stdout);
-        else if (c == '\t') fputs("\\t", stdout);
-        else if (c == '\r') fputs("\\r", stdout);
-        else if (c == '\\') fputs("\\\\", stdout);
-        else if (c < 0x20 || c == 0x7f) printf("\\x%02x", c);
-        else putchar(c); /* UTF-8 passes through; a cut sequence is harmless on a terminal */
+        if (c == '\n')
+            fputs("\\n", stdout);
+        else if (c == '\t')
+            fputs("\\t", stdout);
+        else if (c == '\r')
+            fputs("\\r", stdout);
+        else if (c == '\\')
+            fputs("\\\\", stdout);
+        else if (c < 0x20 || c == 0x7f)
+            printf("\\x%02x", c);
+        else
+            putchar(c); /* UTF-8 passes through; a cut sequence is harmless on a terminal */
     }
     if (len > max) printf("... (%llu bytes)", (unsigned long long)len);
 }
 
 static void print_size(uint64_t bytes) {
-    if (bytes >= (1ull << 30)) printf("%.2f GiB", (double)bytes / (1ull << 30));
-    else if (bytes >= (1ull << 20)) printf("%.2f MiB", (double)bytes / (1ull << 20));
-    else if (bytes >= 1024) printf("%.2f KiB", (double)bytes / 1024);
-    else printf("%llu B", (unsigned long long)bytes);
+    if (bytes >= (1ull << 30))
+        printf("%.2f GiB", (double)bytes / (1ull << 30));
+    else if (bytes >= (1ull << 20))
+        printf("%.2f MiB", (double)bytes / (1ull << 20));
+    else if (bytes >= 1024)
+        printf("%.2f KiB", (double)bytes / 1024);
+    else
+        printf("%llu B", (unsigned long long)bytes);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -68,10 +77,16 @@ static void print_gguf_value(const xds_gguf *g, int64_t i) {
     const char *str;
     uint64_t len;
     switch (t) {
-    case XDS_GGUF_UINT8: case XDS_GGUF_UINT16: case XDS_GGUF_UINT32: case XDS_GGUF_UINT64:
+    case XDS_GGUF_UINT8:
+    case XDS_GGUF_UINT16:
+    case XDS_GGUF_UINT32:
+    case XDS_GGUF_UINT64:
         if (xds_gguf_get_u64(g, key, &u) == XDS_OK) printf("%llu", (unsigned long long)u);
         break;
-    case XDS_GGUF_INT8: case XDS_GGUF_INT16: case XDS_GGUF_INT32: case XDS_GGUF_INT64:
+    case XDS_GGUF_INT8:
+    case XDS_GGUF_INT16:
+    case XDS_GGUF_INT32:
+    case XDS_GGUF_INT64:
         if (xds_gguf_get_i64(g, key, &s) == XDS_OK) printf("%lld", (long long)s);
         break;
     case XDS_GGUF_FLOAT32: /* shortest form that reads back as the same float */
@@ -108,8 +123,8 @@ static void print_gguf_value(const xds_gguf *g, int64_t i) {
 }
 
 static void print_gguf_header(const xds_gguf *g) {
-    printf("format:       GGUF v%u (alignment %u, tensor data at offset %zu, file ", xds_gguf_version(g),
-           xds_gguf_alignment(g), xds_gguf_data_offset(g));
+    printf("format:       GGUF v%u (alignment %u, tensor data at offset %zu, file ",
+           xds_gguf_version(g), xds_gguf_alignment(g), xds_gguf_data_offset(g));
     print_size(xds_gguf_file_size(g));
     printf(")\n");
     const char *arch;
@@ -150,9 +165,12 @@ static void print_hf_header(const xds_hfdir *d) {
     printf("format:       Hugging Face directory (config.json, %d safetensors file%s)\n", nf,
            nf == 1 ? "" : "s");
     printf("architecture: ");
-    const json_t *mt = json_object_get(cfg, "model_type"), *ar = json_object_get(cfg, "architectures");
-    if (json_is_string(mt)) print_escaped(json_string_value(mt), strlen(json_string_value(mt)), MAX_SHOWN_STR);
-    else printf("(model_type not set)");
+    const json_t *mt = json_object_get(cfg, "model_type"),
+                 *ar = json_object_get(cfg, "architectures");
+    if (json_is_string(mt))
+        print_escaped(json_string_value(mt), strlen(json_string_value(mt)), MAX_SHOWN_STR);
+    else
+        printf("(model_type not set)");
     if (ar) {
         printf(" (architectures ");
         print_json_value(ar);
@@ -207,7 +225,8 @@ static void print_tensors(const xds_weights *w, int table) {
         char shape[128];
         int o = 0;
         for (int d = 0; d < t->n_dims && o < (int)sizeof shape - 24; d++)
-            o += snprintf(shape + o, sizeof shape - o, "%s%lld", d ? " x " : "", (long long)t->ne[d]);
+            o += snprintf(shape + o, sizeof shape - o, "%s%lld", d ? " x " : "",
+                          (long long)t->ne[d]);
         printf("  %-*s %-5s %-24s %12zu\n", nw, t->name, xds_dtype_name(t->type), shape, t->nbytes);
     }
     printf("\ntotals: %lld tensors, %llu parameters, %llu bytes (", (long long)n,
@@ -235,15 +254,18 @@ int cli_inspect(int argc, char **argv) {
             table = 0;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             if (i + 1 >= argc) {
-                fprintf(stderr, "xds inspect: error: %s needs a value (see 'xds inspect --help')\n", a);
+                fprintf(stderr, "xds inspect: error: %s needs a value (see 'xds inspect --help')\n",
+                        a);
                 return 2;
             }
             model = argv[++i];
         } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "xds inspect: error: unknown option '%s' (see 'xds inspect --help')\n", a);
+            fprintf(stderr, "xds inspect: error: unknown option '%s' (see 'xds inspect --help')\n",
+                    a);
             return 2;
         } else if (model) {
-            fprintf(stderr, "xds inspect: error: more than one model given ('%s' and '%s')\n", model, a);
+            fprintf(stderr, "xds inspect: error: more than one model given ('%s' and '%s')\n",
+                    model, a);
             return 2;
         } else {
             model = a;
@@ -259,8 +281,10 @@ int cli_inspect(int argc, char **argv) {
         return 1;
     }
     printf("model:        %s\n", xds_weights_path(w));
-    if (xds_weights_is_gguf(w)) print_gguf_header(xds_weights_gguf(w));
-    else print_hf_header(xds_weights_hfdir(w));
+    if (xds_weights_is_gguf(w))
+        print_gguf_header(xds_weights_gguf(w));
+    else
+        print_hf_header(xds_weights_hfdir(w));
     print_tensors(w, table);
     xds_weights_close(w);
     return 0;

@@ -33,12 +33,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define GGUF_MAGIC "GGUF"
+#define GGUF_MAGIC             "GGUF"
 #define GGUF_DEFAULT_ALIGNMENT 32
-#define GGUF_N_TYPES 13 /* value types 0..12 */
+#define GGUF_N_TYPES           13 /* value types 0..12 */
 
 typedef struct gguf_kv {
-    char *key;            /* NUL-terminated copy */
+    char *key; /* NUL-terminated copy */
     xds_gguf_type type;
     xds_gguf_type elem;   /* arrays: element type */
     uint64_t n;           /* strings: byte length; arrays: element count */
@@ -50,32 +50,32 @@ struct xds_gguf {
     char *path;
     const uint8_t *base; /* the image (mapping or borrowed buffer) */
     size_t size;
-    int mapped;          /* 1: base is our mapping, unmapped on close */
+    int mapped; /* 1: base is our mapping, unmapped on close */
     uint32_t version;
     uint32_t alignment;
-    size_t data_start;   /* file offset of the tensor data section */
+    size_t data_start; /* file offset of the tensor data section */
     int64_t n_kv;
     gguf_kv *kv;         /* (n_kv) in file order */
     gguf_kv **kv_sorted; /* (n_kv) by key, for lookup */
     int64_t n_tensors;
-    xds_tensor *tensors;          /* (n_tensors) in file order; names owned */
-    const xds_tensor **t_sorted;  /* (n_tensors) by name, for lookup */
+    xds_tensor *tensors;         /* (n_tensors) in file order; names owned */
+    const xds_tensor **t_sorted; /* (n_tensors) by name, for lookup */
 };
 
 /* ------------------------------------------------------------------------- */
 /* Value types */
 
 static const int type_size[GGUF_N_TYPES] = {
-    [XDS_GGUF_UINT8] = 1, [XDS_GGUF_INT8] = 1, [XDS_GGUF_UINT16] = 2, [XDS_GGUF_INT16] = 2,
-    [XDS_GGUF_UINT32] = 4, [XDS_GGUF_INT32] = 4, [XDS_GGUF_FLOAT32] = 4, [XDS_GGUF_BOOL] = 1,
-    [XDS_GGUF_STRING] = 0, [XDS_GGUF_ARRAY] = 0, [XDS_GGUF_UINT64] = 8, [XDS_GGUF_INT64] = 8,
+    [XDS_GGUF_UINT8] = 1,   [XDS_GGUF_INT8] = 1,  [XDS_GGUF_UINT16] = 2,  [XDS_GGUF_INT16] = 2,
+    [XDS_GGUF_UINT32] = 4,  [XDS_GGUF_INT32] = 4, [XDS_GGUF_FLOAT32] = 4, [XDS_GGUF_BOOL] = 1,
+    [XDS_GGUF_STRING] = 0,  [XDS_GGUF_ARRAY] = 0, [XDS_GGUF_UINT64] = 8,  [XDS_GGUF_INT64] = 8,
     [XDS_GGUF_FLOAT64] = 8,
 };
 
 const char *xds_gguf_type_name(xds_gguf_type t) {
     static const char *names[GGUF_N_TYPES] = {
-        "uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
-        "bool", "string", "array", "uint64", "int64", "float64",
+        "uint8", "int8",   "uint16", "int16",  "uint32", "int32",   "float32",
+        "bool",  "string", "array",  "uint64", "int64",  "float64",
     };
     return (unsigned)t < GGUF_N_TYPES ? names[t] : "?";
 }
@@ -83,24 +83,71 @@ const char *xds_gguf_type_name(xds_gguf_type t) {
 /* GGUF (ggml) tensor type ids. */
 static int ggml_type_to_dtype(uint32_t id, xds_dtype *out) {
     switch (id) {
-    case 0: *out = XDS_DTYPE_F32; return 1;
-    case 1: *out = XDS_DTYPE_F16; return 1;
-    case 2: *out = XDS_DTYPE_Q4_0; return 1;
-    case 3: *out = XDS_DTYPE_Q4_1; return 1;
-    case 8: *out = XDS_DTYPE_Q8_0; return 1;
-    case 12: *out = XDS_DTYPE_Q4_K; return 1;
-    case 14: *out = XDS_DTYPE_Q6_K; return 1;
-    case 30: *out = XDS_DTYPE_BF16; return 1;
+    case 0:
+        *out = XDS_DTYPE_F32;
+        return 1;
+    case 1:
+        *out = XDS_DTYPE_F16;
+        return 1;
+    case 2:
+        *out = XDS_DTYPE_Q4_0;
+        return 1;
+    case 3:
+        *out = XDS_DTYPE_Q4_1;
+        return 1;
+    case 8:
+        *out = XDS_DTYPE_Q8_0;
+        return 1;
+    case 12:
+        *out = XDS_DTYPE_Q4_K;
+        return 1;
+    case 14:
+        *out = XDS_DTYPE_Q6_K;
+        return 1;
+    case 30:
+        *out = XDS_DTYPE_BF16;
+        return 1;
     }
     return 0;
 }
 
 static const char *ggml_type_name(uint32_t id) {
     static const char *names[] = {
-        "f32", "f16", "q4_0", "q4_1", "q4_2 (removed)", "q4_3 (removed)", "q5_0", "q5_1",
-        "q8_0", "q8_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k", "iq2_xxs",
-        "iq2_xs", "iq3_xxs", "iq1_s", "iq4_nl", "iq3_s", "iq2_s", "iq4_xs", "i8", "i16",
-        "i32", "i64", "f64", "iq1_m", "bf16", "q4_0_4_4", "q4_0_4_8", "q4_0_8_8", "tq1_0",
+        "f32",
+        "f16",
+        "q4_0",
+        "q4_1",
+        "q4_2 (removed)",
+        "q4_3 (removed)",
+        "q5_0",
+        "q5_1",
+        "q8_0",
+        "q8_1",
+        "q2_k",
+        "q3_k",
+        "q4_k",
+        "q5_k",
+        "q6_k",
+        "q8_k",
+        "iq2_xxs",
+        "iq2_xs",
+        "iq3_xxs",
+        "iq1_s",
+        "iq4_nl",
+        "iq3_s",
+        "iq2_s",
+        "iq4_xs",
+        "i8",
+        "i16",
+        "i32",
+        "i64",
+        "f64",
+        "iq1_m",
+        "bf16",
+        "q4_0_4_4",
+        "q4_0_4_8",
+        "q4_0_8_8",
+        "tq1_0",
         "tq2_0",
     };
     return id < sizeof names / sizeof names[0] ? names[id] : "unknown";
@@ -171,8 +218,8 @@ static xds_status cur_str(cursor *c, const char *what, const uint8_t **s, uint64
 static xds_status copy_name(const cursor *c, const uint8_t *s, uint64_t len, const char *what,
                             size_t at, char **out) {
     if (memchr(s, 0, (size_t)len))
-        return xds_err_set(XDS_ERR_FORMAT, "%s: %s%s%s at offset %zu contains a NUL byte",
-                           c->path, c->ctx, c->ctx[0] ? ": " : "", what, at);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: %s%s%s at offset %zu contains a NUL byte", c->path,
+                           c->ctx, c->ctx[0] ? ": " : "", what, at);
     char *p = malloc((size_t)len + 1);
     if (!p) return xds_err_set(XDS_ERR_NOMEM, "%s: out of memory", c->path);
     memcpy(p, s, (size_t)len);
@@ -221,18 +268,19 @@ static xds_status parse_kv(xds_gguf *g, cursor *c, gguf_kv *kv) {
         return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': nested arrays are not supported",
                            g->path, kv->key);
     if (elem >= GGUF_N_TYPES)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': invalid array element type %u", g->path,
-                           kv->key, elem);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': invalid array element type %u",
+                           g->path, kv->key, elem);
     kv->elem = (xds_gguf_type)elem;
     XDS_TRY(cur_u64(c, "array length", &kv->n));
     /* Each element takes at least min_size bytes: check the count first. */
     size_t min_size = elem == XDS_GGUF_STRING ? 8 : (size_t)type_size[elem];
     if (kv->n > cur_left(c) / min_size)
-        return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: key '%.200s': array of %llu %s values at offset %zu does not fit in "
-                           "the %zu bytes left in the file",
-                           g->path, kv->key, (unsigned long long)kv->n,
-                           xds_gguf_type_name(kv->elem), c->pos, cur_left(c));
+        return xds_err_set(
+            XDS_ERR_FORMAT,
+            "%s: key '%.200s': array of %llu %s values at offset %zu does not fit in "
+            "the %zu bytes left in the file",
+            g->path, kv->key, (unsigned long long)kv->n, xds_gguf_type_name(kv->elem), c->pos,
+            cur_left(c));
     kv->data = c->base + c->pos;
     if (elem != XDS_GGUF_STRING) {
         c->pos += (size_t)kv->n * min_size;
@@ -245,11 +293,12 @@ static xds_status parse_kv(xds_gguf *g, cursor *c, gguf_kv *kv) {
     for (uint64_t i = 0; i < kv->n; i++) {
         kv->strs[i] = c->base + c->pos;
         if (cur_left(c) < 8 || rd_u64(c->base + c->pos) > cur_left(c) - 8)
-            return xds_err_set(XDS_ERR_FORMAT,
-                               "%s: key '%.200s': string %llu of %llu at offset %zu runs past end of "
-                               "file (size %zu)",
-                               g->path, kv->key, (unsigned long long)i, (unsigned long long)kv->n,
-                               c->pos, c->size);
+            return xds_err_set(
+                XDS_ERR_FORMAT,
+                "%s: key '%.200s': string %llu of %llu at offset %zu runs past end of "
+                "file (size %zu)",
+                g->path, kv->key, (unsigned long long)i, (unsigned long long)kv->n, c->pos,
+                c->size);
         c->pos += 8 + (size_t)rd_u64(c->base + c->pos);
     }
     return XDS_OK;
@@ -259,8 +308,8 @@ static int is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
 
 static xds_status kv_to_u64(const xds_gguf *g, const gguf_kv *kv, uint64_t *out);
 
-static xds_status parse_tensor_info(xds_gguf *g, cursor *c, xds_tensor *t,
-                                    uint64_t *offset, uint32_t *type_id) {
+static xds_status parse_tensor_info(xds_gguf *g, cursor *c, xds_tensor *t, uint64_t *offset,
+                                    uint32_t *type_id) {
     const uint8_t *s;
     uint64_t len;
     size_t at = c->pos;
@@ -287,18 +336,19 @@ static xds_status parse_tensor_info(xds_gguf *g, cursor *c, xds_tensor *t,
                                name, d, (unsigned long long)ne);
         if ((int64_t)ne > INT64_MAX / nelem)
             return xds_err_set(XDS_ERR_FORMAT,
-                               "%s: tensor '%.200s': shape overflows (element count > 2^63)", g->path,
-                               name);
+                               "%s: tensor '%.200s': shape overflows (element count > 2^63)",
+                               g->path, name);
         t->ne[d] = (int64_t)ne;
         nelem *= (int64_t)ne;
     }
     XDS_TRY(cur_u32(c, "tensor type", type_id));
     XDS_TRY(cur_u64(c, "tensor offset", offset));
     if (!ggml_type_to_dtype(*type_id, &t->type))
-        return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "%s: tensor '%.200s': tensor type id %u (%s) is not supported (supported: "
-                           "f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)",
-                           g->path, name, *type_id, ggml_type_name(*type_id));
+        return xds_err_set(
+            XDS_ERR_UNSUPPORTED,
+            "%s: tensor '%.200s': tensor type id %u (%s) is not supported (supported: "
+            "f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)",
+            g->path, name, *type_id, ggml_type_name(*type_id));
     const xds_dtype_traits *tr = xds_dtype_info(t->type);
     if (t->ne[0] % tr->block_size)
         return xds_err_set(XDS_ERR_FORMAT,
@@ -308,7 +358,8 @@ static xds_status parse_tensor_info(xds_gguf *g, cursor *c, xds_tensor *t,
     uint64_t row = (uint64_t)(t->ne[0] / tr->block_size) * (uint64_t)tr->block_bytes;
     uint64_t rows = (uint64_t)(nelem / t->ne[0]);
     if (rows && row > SIZE_MAX / rows)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': byte size overflows", g->path, name);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': byte size overflows", g->path,
+                           name);
     t->nbytes = (size_t)(row * rows);
     return XDS_OK;
 }
@@ -334,8 +385,8 @@ static xds_status gguf_parse(xds_gguf *g) {
                            g->path);
     if (g->version != 2 && g->version != 3)
         return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "%s: GGUF version %u is not supported (only versions 2 and 3)",
-                           g->path, g->version);
+                           "%s: GGUF version %u is not supported (only versions 2 and 3)", g->path,
+                           g->version);
     uint64_t n_tensors, n_kv;
     XDS_TRY(cur_u64(&c, "tensor count", &n_tensors));
     XDS_TRY(cur_u64(&c, "metadata count", &n_kv));
@@ -354,7 +405,8 @@ static xds_status gguf_parse(xds_gguf *g) {
     if (n_kv) {
         g->kv = calloc((size_t)n_kv, sizeof *g->kv);
         g->kv_sorted = malloc((size_t)n_kv * sizeof *g->kv_sorted);
-        if (!g->kv || !g->kv_sorted) return xds_err_set(XDS_ERR_NOMEM, "%s: out of memory", g->path);
+        if (!g->kv || !g->kv_sorted)
+            return xds_err_set(XDS_ERR_NOMEM, "%s: out of memory", g->path);
     }
     for (uint64_t i = 0; i < n_kv; i++) {
         g->n_kv = (int64_t)i + 1; /* so close() frees what was allocated */
@@ -444,14 +496,16 @@ static xds_status gguf_parse(xds_gguf *g) {
             unsigned long long b = (unsigned long long)g->data_start + off;
             unsigned long long e = b + t->nbytes;
             if (b < off || e < b) /* wrapped around 2^64 */
-                st = xds_err_set(XDS_ERR_FORMAT,
-                                 "%s: tensor '%.200s': data offset %llu (+%zu bytes) past end of file "
-                                 "(size %zu)",
-                                 g->path, t->name, (unsigned long long)off, t->nbytes, g->size);
+                st = xds_err_set(
+                    XDS_ERR_FORMAT,
+                    "%s: tensor '%.200s': data offset %llu (+%zu bytes) past end of file "
+                    "(size %zu)",
+                    g->path, t->name, (unsigned long long)off, t->nbytes, g->size);
             else
-                st = xds_err_set(XDS_ERR_FORMAT,
-                                 "%s: tensor '%.200s': data [%llu, %llu) past end of file (size %zu)",
-                                 g->path, t->name, b, e, g->size);
+                st = xds_err_set(
+                    XDS_ERR_FORMAT,
+                    "%s: tensor '%.200s': data [%llu, %llu) past end of file (size %zu)", g->path,
+                    t->name, b, e, g->size);
             break;
         }
         t->data = g->base + g->data_start + off;
@@ -568,8 +622,10 @@ int64_t xds_gguf_find_kv(const xds_gguf *g, const char *key) {
         int64_t mid = lo + (hi - lo) / 2;
         int c = strcmp(g->kv_sorted[mid]->key, key);
         if (!c) return g->kv_sorted[mid] - g->kv;
-        if (c < 0) lo = mid + 1;
-        else hi = mid - 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return -1;
 }
@@ -595,8 +651,8 @@ static xds_status lookup(const xds_gguf *g, const char *key, const gguf_kv **kv)
 }
 
 static xds_status wrong_type(const xds_gguf *g, const gguf_kv *kv, const char *want) {
-    return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': expected %s, got %s", g->path, kv->key, want,
-                       xds_gguf_type_name(kv->type));
+    return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': expected %s, got %s", g->path, kv->key,
+                       want, xds_gguf_type_name(kv->type));
 }
 
 /* Integer value as sign + magnitude; 0 if not an integer type. */
@@ -605,20 +661,33 @@ static int kv_int(const gguf_kv *kv, int *neg, uint64_t *mag) {
     int64_t s;
     *neg = 0;
     switch (kv->type) {
-    case XDS_GGUF_UINT8: *mag = p[0]; return 1;
-    case XDS_GGUF_UINT16: *mag = (uint64_t)p[0] | (uint64_t)p[1] << 8; return 1;
+    case XDS_GGUF_UINT8:
+        *mag = p[0];
+        return 1;
+    case XDS_GGUF_UINT16:
+        *mag = (uint64_t)p[0] | (uint64_t)p[1] << 8;
+        return 1;
     case XDS_GGUF_UINT32:
         *mag = (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24;
         return 1;
-    case XDS_GGUF_UINT64: *mag = rd_u64(p); return 1;
-    case XDS_GGUF_INT8: s = (int8_t)p[0]; break;
-    case XDS_GGUF_INT16: s = (int16_t)((uint16_t)p[0] | (uint16_t)p[1] << 8); break;
+    case XDS_GGUF_UINT64:
+        *mag = rd_u64(p);
+        return 1;
+    case XDS_GGUF_INT8:
+        s = (int8_t)p[0];
+        break;
+    case XDS_GGUF_INT16:
+        s = (int16_t)((uint16_t)p[0] | (uint16_t)p[1] << 8);
+        break;
     case XDS_GGUF_INT32:
         s = (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
                       (uint32_t)p[3] << 24);
         break;
-    case XDS_GGUF_INT64: s = (int64_t)rd_u64(p); break;
-    default: return 0;
+    case XDS_GGUF_INT64:
+        s = (int64_t)rd_u64(p);
+        break;
+    default:
+        return 0;
     }
     *neg = s < 0;
     *mag = s < 0 ? (uint64_t)0 - (uint64_t)s : (uint64_t)s;
@@ -630,8 +699,8 @@ static xds_status kv_to_u64(const xds_gguf *g, const gguf_kv *kv, uint64_t *out)
     uint64_t mag;
     if (!kv_int(kv, &neg, &mag)) return wrong_type(g, kv, "an integer");
     if (neg)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': negative value -%llu", g->path, kv->key,
-                           (unsigned long long)mag);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': negative value -%llu", g->path,
+                           kv->key, (unsigned long long)mag);
     *out = mag;
     return XDS_OK;
 }
@@ -661,7 +730,8 @@ xds_status xds_gguf_get_i64(const xds_gguf *g, const char *key, int64_t *out) {
     XDS_TRY(lookup(g, key, &kv));
     if (!kv_int(kv, &neg, &mag)) return wrong_type(g, kv, "an integer");
     if (mag > (uint64_t)INT64_MAX + (uint64_t)neg)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': value out of int64 range", g->path, key);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: key '%.200s': value out of int64 range", g->path,
+                           key);
     *out = neg ? (int64_t)(0 - mag) : (int64_t)mag;
     return XDS_OK;
 }
@@ -731,8 +801,9 @@ xds_status xds_gguf_get_arr_str(const xds_gguf *g, const char *key, uint64_t i, 
     if (kv->type != XDS_GGUF_ARRAY || kv->elem != XDS_GGUF_STRING)
         return wrong_type(g, kv, "array of strings");
     if (i >= kv->n)
-        return xds_err_set(XDS_ERR_INVALID, "%s: key '%.200s': index %llu out of range (%llu strings)",
-                           g->path, key, (unsigned long long)i, (unsigned long long)kv->n);
+        return xds_err_set(XDS_ERR_INVALID,
+                           "%s: key '%.200s': index %llu out of range (%llu strings)", g->path, key,
+                           (unsigned long long)i, (unsigned long long)kv->n);
     *len = rd_u64(kv->strs[i]);
     *s = (const char *)kv->strs[i] + 8;
     return XDS_OK;
@@ -750,8 +821,10 @@ const xds_tensor *xds_gguf_find_tensor(const xds_gguf *g, const char *name) {
         int64_t mid = lo + (hi - lo) / 2;
         int c = strcmp(g->t_sorted[mid]->name, name);
         if (!c) return g->t_sorted[mid];
-        if (c < 0) lo = mid + 1;
-        else hi = mid - 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return NULL;
 }

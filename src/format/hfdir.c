@@ -22,10 +22,10 @@
 #include "format/safetensors.h"
 
 struct xds_hfdir {
-    char *path;                 /* directory, without trailing '/' */
-    json_t *config;             /* config.json */
+    char *path;     /* directory, without trailing '/' */
+    json_t *config; /* config.json */
     int n_files;
-    xds_safetensors **files;    /* (n_files) */
+    xds_safetensors **files; /* (n_files) */
     int64_t n;
     const xds_tensor **tensors; /* (n) views into files[] */
     const xds_tensor **sorted;  /* (n) by name */
@@ -158,10 +158,11 @@ static xds_status open_sharded(xds_hfdir *d, const char *index_path) {
         int f = (int)(hit - names);
         const xds_tensor *t = xds_safetensors_find(d->files[f], key);
         if (!t) {
-            st = xds_err_set(XDS_ERR_FORMAT,
-                             "%s: tensor '%.200s' is listed in shard '%.200s' but %s/%s does not contain "
-                             "it",
-                             index_path, key, s, d->path, s);
+            st = xds_err_set(
+                XDS_ERR_FORMAT,
+                "%s: tensor '%.200s' is listed in shard '%.200s' but %s/%s does not contain "
+                "it",
+                index_path, key, s, d->path, s);
             goto out;
         }
         ref[d->n].file = f;
@@ -183,8 +184,7 @@ xds_status xds_hfdir_open(const char *dir, xds_hfdir **out) {
     if (stat(dir, &sb) != 0)
         return xds_err_set(errno == ENOENT ? XDS_ERR_NOT_FOUND : XDS_ERR_IO, "%s: %s", dir,
                            strerror(errno));
-    if (!S_ISDIR(sb.st_mode))
-        return xds_err_set(XDS_ERR_INVALID, "%s: not a directory", dir);
+    if (!S_ISDIR(sb.st_mode)) return xds_err_set(XDS_ERR_INVALID, "%s: not a directory", dir);
     xds_hfdir *d = calloc(1, sizeof *d);
     if (!d || !(d->path = strdup(dir))) {
         free(d);
@@ -283,8 +283,10 @@ const xds_tensor *xds_hfdir_find(const xds_hfdir *d, const char *name) {
         int64_t mid = lo + (hi - lo) / 2;
         int c = strcmp(d->sorted[mid]->name, name);
         if (!c) return d->sorted[mid];
-        if (c < 0) lo = mid + 1;
-        else hi = mid - 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return NULL;
 }

@@ -33,20 +33,29 @@ struct xds_safetensors {
     char *path;
     const uint8_t *base; /* the image (mapping or borrowed buffer) */
     size_t size;
-    int mapped;          /* 1: base is our mapping, unmapped on close */
+    int mapped; /* 1: base is our mapping, unmapped on close */
     int64_t n;
-    xds_tensor *tensors;         /* (n) in data-offset order; names owned */
-    const xds_tensor **sorted;   /* (n) by name, for lookup */
+    xds_tensor *tensors;       /* (n) in data-offset order; names owned */
+    const xds_tensor **sorted; /* (n) by name, for lookup */
 };
 
 /* Element size of a supported dtype; 0 for a known unsupported dtype; -1 unknown. */
 static int dtype_from_str(const char *s, xds_dtype *out) {
-    if (!strcmp(s, "F32")) { *out = XDS_DTYPE_F32; return 4; }
-    if (!strcmp(s, "F16")) { *out = XDS_DTYPE_F16; return 2; }
-    if (!strcmp(s, "BF16")) { *out = XDS_DTYPE_BF16; return 2; }
-    static const char *known[] = {"F64", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8",
-                                  "BOOL", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3",
-                                  "F6_E3M2", "F4", "C64"};
+    if (!strcmp(s, "F32")) {
+        *out = XDS_DTYPE_F32;
+        return 4;
+    }
+    if (!strcmp(s, "F16")) {
+        *out = XDS_DTYPE_F16;
+        return 2;
+    }
+    if (!strcmp(s, "BF16")) {
+        *out = XDS_DTYPE_BF16;
+        return 2;
+    }
+    static const char *known[] = {"F64",     "I64",     "I32",     "I16",  "I8",      "U64",
+                                  "U32",     "U16",     "U8",      "BOOL", "F8_E4M3", "F8_E5M2",
+                                  "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",   "C64"};
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (!strcmp(s, known[i])) return 0;
     return -1;
@@ -73,13 +82,14 @@ static xds_status parse_entry(xds_safetensors *f, const char *name, json_t *v, s
     json_t *jd = json_object_get(v, "dtype"), *js = json_object_get(v, "shape"),
            *jo = json_object_get(v, "data_offsets");
     if (!json_is_string(jd))
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': missing or non-string \"dtype\"", p,
-                           name);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': missing or non-string \"dtype\"",
+                           p, name);
     int esize = dtype_from_str(json_string_value(jd), &t->type);
     if (esize == 0)
-        return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "%s: tensor '%.200s': dtype %s is not supported (supported: F32, F16, BF16)",
-                           p, name, json_string_value(jd));
+        return xds_err_set(
+            XDS_ERR_UNSUPPORTED,
+            "%s: tensor '%.200s': dtype %s is not supported (supported: F32, F16, BF16)", p, name,
+            json_string_value(jd));
     if (esize < 0)
         return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': unknown dtype \"%.40s\"", p, name,
                            json_string_value(jd));
@@ -88,8 +98,8 @@ static xds_status parse_entry(xds_safetensors *f, const char *name, json_t *v, s
                            name);
     size_t rank = json_array_size(js);
     if (rank > XDS_MAX_DIMS)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': rank %zu exceeds %d", p, name, rank,
-                           XDS_MAX_DIMS);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': rank %zu exceeds %d", p, name,
+                           rank, XDS_MAX_DIMS);
     t->n_dims = rank ? (int)rank : 1;
     for (int d = 0; d < XDS_MAX_DIMS; d++) t->ne[d] = 1;
     uint64_t nelem = 1;
@@ -97,36 +107,39 @@ static xds_status parse_entry(xds_safetensors *f, const char *name, json_t *v, s
         json_t *e = json_array_get(js, d);
         if (!json_is_integer(e) || json_integer_value(e) < 0)
             return xds_err_set(XDS_ERR_FORMAT,
-                               "%s: tensor '%.200s': shape[%zu] is not a non-negative integer", p, name,
-                               d);
+                               "%s: tensor '%.200s': shape[%zu] is not a non-negative integer", p,
+                               name, d);
         uint64_t ne = (uint64_t)json_integer_value(e);
         if (ne && nelem > (uint64_t)INT64_MAX / ne)
             return xds_err_set(XDS_ERR_FORMAT,
-                               "%s: tensor '%.200s': shape overflows (element count > 2^63)", p, name);
+                               "%s: tensor '%.200s': shape overflows (element count > 2^63)", p,
+                               name);
         nelem *= ne;
         t->ne[rank - 1 - d] = (int64_t)ne; /* reversed: ne[0] is the last HF dim */
     }
-    if (!json_is_array(jo) || json_array_size(jo) != 2 ||
-        !json_is_integer(json_array_get(jo, 0)) || !json_is_integer(json_array_get(jo, 1)))
+    if (!json_is_array(jo) || json_array_size(jo) != 2 || !json_is_integer(json_array_get(jo, 0)) ||
+        !json_is_integer(json_array_get(jo, 1)))
         return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: tensor '%.200s': \"data_offsets\" is not an array of two integers", p,
-                           name);
+                           "%s: tensor '%.200s': \"data_offsets\" is not an array of two integers",
+                           p, name);
     json_int_t b = json_integer_value(json_array_get(jo, 0));
     json_int_t e = json_integer_value(json_array_get(jo, 1));
     if (b < 0 || e < b)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: tensor '%.200s': data_offsets [%lld, %lld) are invalid",
-                           p, name, (long long)b, (long long)e);
+        return xds_err_set(XDS_ERR_FORMAT,
+                           "%s: tensor '%.200s': data_offsets [%lld, %lld) are invalid", p, name,
+                           (long long)b, (long long)e);
     if ((uint64_t)e > data_size)
         return xds_err_set(XDS_ERR_FORMAT,
                            "%s: tensor '%.200s': data_offsets [%lld, %lld) past end of data (%zu "
                            "bytes)",
                            p, name, (long long)b, (long long)e, data_size);
     if (nelem > (uint64_t)(e - b) / (uint64_t)esize || nelem * (uint64_t)esize != (uint64_t)(e - b))
-        return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: tensor '%.200s': data_offsets [%lld, %lld) hold %lld bytes, but the "
-                           "shape has %llu %s elements of %d bytes",
-                           p, name, (long long)b, (long long)e, (long long)(e - b),
-                           (unsigned long long)nelem, xds_dtype_name(t->type), esize);
+        return xds_err_set(
+            XDS_ERR_FORMAT,
+            "%s: tensor '%.200s': data_offsets [%lld, %lld) hold %lld bytes, but the "
+            "shape has %llu %s elements of %d bytes",
+            p, name, (long long)b, (long long)e, (long long)(e - b), (unsigned long long)nelem,
+            xds_dtype_name(t->type), esize);
     t->data = data + b;
     t->nbytes = (size_t)(e - b);
     return XDS_OK;
@@ -135,20 +148,20 @@ static xds_status parse_entry(xds_safetensors *f, const char *name, json_t *v, s
 static xds_status st_parse(xds_safetensors *f) {
     const char *p = f->path;
     if (f->size < 8)
-        return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: too small for a safetensors file (%zu bytes, header length needs 8)",
-                           p, f->size);
+        return xds_err_set(
+            XDS_ERR_FORMAT,
+            "%s: too small for a safetensors file (%zu bytes, header length needs 8)", p, f->size);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | f->base[i];
     if (hlen > f->size - 8)
-        return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: header length %llu past end of file (size %zu)", p,
+        return xds_err_set(XDS_ERR_FORMAT, "%s: header length %llu past end of file (size %zu)", p,
                            (unsigned long long)hlen, f->size);
     json_error_t jerr;
-    json_t *root = json_loadb((const char *)f->base + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root =
+        json_loadb((const char *)f->base + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return xds_err_set(XDS_ERR_FORMAT, "%s: header JSON: %s (line %d, column %d)", p,
-                           jerr.text, jerr.line, jerr.column);
+        return xds_err_set(XDS_ERR_FORMAT, "%s: header JSON: %s (line %d, column %d)", p, jerr.text,
+                           jerr.line, jerr.column);
     xds_status st = XDS_OK;
     if (!json_is_object(root)) {
         st = xds_err_set(XDS_ERR_FORMAT, "%s: header JSON is not an object", p);
@@ -232,9 +245,9 @@ xds_status xds_safetensors_open(const char *path, xds_safetensors **out) {
     size_t size = (size_t)sb.st_size;
     if (size < 8) {
         close(fd);
-        return xds_err_set(XDS_ERR_FORMAT,
-                           "%s: too small for a safetensors file (%zu bytes, header length needs 8)",
-                           path, size);
+        return xds_err_set(
+            XDS_ERR_FORMAT,
+            "%s: too small for a safetensors file (%zu bytes, header length needs 8)", path, size);
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
     int e = errno;
@@ -282,8 +295,10 @@ const xds_tensor *xds_safetensors_find(const xds_safetensors *f, const char *nam
         int64_t mid = lo + (hi - lo) / 2;
         int c = strcmp(f->sorted[mid]->name, name);
         if (!c) return f->sorted[mid];
-        if (c < 0) lo = mid + 1;
-        else hi = mid - 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return NULL;
 }

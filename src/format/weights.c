@@ -61,8 +61,10 @@ xds_status xds_weights_open(const char *path, xds_weights **out) {
                 strcpy(cfg, dir);
                 strcat(cfg, "/config.json");
             }
-            if (!dir || !cfg) st = xds_err_set(XDS_ERR_NOMEM, "%s: out of memory", path);
-            else if (access(cfg, F_OK) == 0) st = open_hf(dir, w);
+            if (!dir || !cfg)
+                st = xds_err_set(XDS_ERR_NOMEM, "%s: out of memory", path);
+            else if (access(cfg, F_OK) == 0)
+                st = open_hf(dir, w);
             else
                 st = xds_err_set(XDS_ERR_INVALID,
                                  "%s: a safetensors file alone is not a model: pass the Hugging "

@@ -32,7 +32,10 @@ static void put(buf *b, const void *src, size_t n) {
     b->n += n;
 }
 static void put_u8(buf *b, uint8_t v) { put(b, &v, 1); }
-static void put_u16(buf *b, uint16_t v) { uint8_t x[2] = {v, v >> 8}; put(b, x, 2); }
+static void put_u16(buf *b, uint16_t v) {
+    uint8_t x[2] = {v, v >> 8};
+    put(b, x, 2);
+}
 static void put_u32(buf *b, uint32_t v) {
     uint8_t x[4] = {v, v >> 8, v >> 16, v >> 24};
     put(b, x, 4);
@@ -40,10 +43,23 @@ static void put_u32(buf *b, uint32_t v) {
 static void put_u64(buf *b, uint64_t v) {
     for (int i = 0; i < 8; i++) put_u8(b, (uint8_t)(v >> (8 * i)));
 }
-static void put_f32(buf *b, float f) { uint32_t u; memcpy(&u, &f, 4); put_u32(b, u); }
-static void put_f64(buf *b, double f) { uint64_t u; memcpy(&u, &f, 8); put_u64(b, u); }
-static void put_str(buf *b, const char *s) { put_u64(b, strlen(s)); put(b, s, strlen(s)); }
-static void pad_to(buf *b, size_t align) { while (b->n % align) put_u8(b, 0); }
+static void put_f32(buf *b, float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    put_u32(b, u);
+}
+static void put_f64(buf *b, double f) {
+    uint64_t u;
+    memcpy(&u, &f, 8);
+    put_u64(b, u);
+}
+static void put_str(buf *b, const char *s) {
+    put_u64(b, strlen(s));
+    put(b, s, strlen(s));
+}
+static void pad_to(buf *b, size_t align) {
+    while (b->n % align) put_u8(b, 0);
+}
 
 static void hdr(buf *b, uint32_t version, uint64_t n_tensors, uint64_t n_kv) {
     put(b, "GGUF", 4);
@@ -51,9 +67,18 @@ static void hdr(buf *b, uint32_t version, uint64_t n_tensors, uint64_t n_kv) {
     put_u64(b, n_tensors);
     put_u64(b, n_kv);
 }
-static void kv_head(buf *b, const char *key, uint32_t type) { put_str(b, key); put_u32(b, type); }
-static void kv_u32(buf *b, const char *key, uint32_t v) { kv_head(b, key, XDS_GGUF_UINT32); put_u32(b, v); }
-static void kv_str(buf *b, const char *key, const char *v) { kv_head(b, key, XDS_GGUF_STRING); put_str(b, v); }
+static void kv_head(buf *b, const char *key, uint32_t type) {
+    put_str(b, key);
+    put_u32(b, type);
+}
+static void kv_u32(buf *b, const char *key, uint32_t v) {
+    kv_head(b, key, XDS_GGUF_UINT32);
+    put_u32(b, v);
+}
+static void kv_str(buf *b, const char *key, const char *v) {
+    kv_head(b, key, XDS_GGUF_STRING);
+    put_str(b, v);
+}
 static void tinfo(buf *b, const char *name, uint32_t n_dims, const uint64_t *ne, uint32_t type,
                   uint64_t off) {
     put_str(b, name);
@@ -69,7 +94,10 @@ static char *write_file(const char *name, const void *p, size_t n) {
     static char path[512];
     snprintf(path, sizeof path, "%s/%s", tmpdir, name);
     FILE *f = fopen(path, "wb");
-    if (!f) { perror(path); exit(1); }
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
     if (n) fwrite(p, 1, n, f);
     fclose(f);
     return path;
@@ -89,8 +117,8 @@ enum { GGML_F32 = 0, GGML_F16 = 1, GGML_Q4_0 = 2, GGML_Q4_1 = 3, GGML_Q8_0 = 8 }
 
 #define N_KV 17
 /* Tensor payloads (known values). */
-static float t_f32[3][4];  /* ne = [4, 3] */
-static xds_f16 t_f16[8];   /* ne = [8] */
+static float t_f32[3][4];       /* ne = [4, 3] */
+static xds_f16 t_f16[8];        /* ne = [8] */
 static xds_block_q8_0 t_q8[2];  /* ne = [32, 2] */
 static xds_block_q4_1 t_q41[2]; /* ne = [64]    */
 
@@ -112,29 +140,52 @@ static void make_valid_v(buf *b, uint32_t alignment, uint32_t version) {
     int n_kv = N_KV + (alignment ? 1 : 0);
     hdr(b, version, 4, (uint64_t)n_kv);
     kv_str(b, "general.architecture", "llama");
-    kv_head(b, "t.u8", XDS_GGUF_UINT8); put_u8(b, 200);
-    kv_head(b, "t.i8", XDS_GGUF_INT8); put_u8(b, (uint8_t)-100);
-    kv_head(b, "t.u16", XDS_GGUF_UINT16); put_u16(b, 60000);
-    kv_head(b, "t.i16", XDS_GGUF_INT16); put_u16(b, (uint16_t)-30000);
+    kv_head(b, "t.u8", XDS_GGUF_UINT8);
+    put_u8(b, 200);
+    kv_head(b, "t.i8", XDS_GGUF_INT8);
+    put_u8(b, (uint8_t)-100);
+    kv_head(b, "t.u16", XDS_GGUF_UINT16);
+    put_u16(b, 60000);
+    kv_head(b, "t.i16", XDS_GGUF_INT16);
+    put_u16(b, (uint16_t)-30000);
     kv_u32(b, "llama.block_count", 30);
-    kv_head(b, "t.i32", XDS_GGUF_INT32); put_u32(b, (uint32_t)-2000000000);
-    kv_head(b, "t.f32", XDS_GGUF_FLOAT32); put_f32(b, 1e-5f);
-    kv_head(b, "t.bool", XDS_GGUF_BOOL); put_u8(b, 1);
-    kv_head(b, "t.u64", XDS_GGUF_UINT64); put_u64(b, 0xfedcba9876543210ull);
-    kv_head(b, "t.i64", XDS_GGUF_INT64); put_u64(b, (uint64_t)-5);
-    kv_head(b, "t.f64", XDS_GGUF_FLOAT64); put_f64(b, 3.141592653589793);
-    kv_head(b, "t.strs", XDS_GGUF_ARRAY); put_u32(b, XDS_GGUF_STRING); put_u64(b, 3);
-    put_str(b, "a"); put_str(b, "bc"); put_str(b, "");
-    kv_head(b, "t.i32s", XDS_GGUF_ARRAY); put_u32(b, XDS_GGUF_INT32); put_u64(b, 3);
-    put_u32(b, 1); put_u32(b, (uint32_t)-2); put_u32(b, 3);
-    kv_head(b, "t.empty", XDS_GGUF_ARRAY); put_u32(b, XDS_GGUF_FLOAT32); put_u64(b, 0);
+    kv_head(b, "t.i32", XDS_GGUF_INT32);
+    put_u32(b, (uint32_t)-2000000000);
+    kv_head(b, "t.f32", XDS_GGUF_FLOAT32);
+    put_f32(b, 1e-5f);
+    kv_head(b, "t.bool", XDS_GGUF_BOOL);
+    put_u8(b, 1);
+    kv_head(b, "t.u64", XDS_GGUF_UINT64);
+    put_u64(b, 0xfedcba9876543210ull);
+    kv_head(b, "t.i64", XDS_GGUF_INT64);
+    put_u64(b, (uint64_t)-5);
+    kv_head(b, "t.f64", XDS_GGUF_FLOAT64);
+    put_f64(b, 3.141592653589793);
+    kv_head(b, "t.strs", XDS_GGUF_ARRAY);
+    put_u32(b, XDS_GGUF_STRING);
+    put_u64(b, 3);
+    put_str(b, "a");
+    put_str(b, "bc");
+    put_str(b, "");
+    kv_head(b, "t.i32s", XDS_GGUF_ARRAY);
+    put_u32(b, XDS_GGUF_INT32);
+    put_u64(b, 3);
+    put_u32(b, 1);
+    put_u32(b, (uint32_t)-2);
+    put_u32(b, 3);
+    kv_head(b, "t.empty", XDS_GGUF_ARRAY);
+    put_u32(b, XDS_GGUF_FLOAT32);
+    put_u64(b, 0);
     kv_str(b, "t.emptystr", "");
     kv_str(b, "t.utf8", "h\xc3\xa9llo");
     if (alignment) kv_u32(b, "general.alignment", alignment);
     uint32_t al = alignment ? alignment : 32;
     /* Data layout: each tensor at the next multiple of the alignment. */
     size_t sz[4] = {sizeof t_f32, sizeof t_f16, sizeof t_q8, sizeof t_q41}, off[4], o = 0;
-    for (int i = 0; i < 4; i++) { off[i] = o; o = (o + sz[i] + al - 1) / al * al; }
+    for (int i = 0; i < 4; i++) {
+        off[i] = o;
+        o = (o + sz[i] + al - 1) / al * al;
+    }
     tinfo(b, "w.f32", 2, (uint64_t[]){4, 3}, GGML_F32, off[0]);
     tinfo(b, "w.f16", 1, (uint64_t[]){8}, GGML_F16, off[1]);
     tinfo(b, "w.q8_0", 2, (uint64_t[]){32, 2}, GGML_Q8_0, off[2]);
@@ -183,7 +234,8 @@ static void check_valid(xds_gguf *g, uint32_t alignment, uint32_t version) {
     CHECK(xds_gguf_get_f64(g, "t.f64", &f64) == XDS_OK && f64 == 3.141592653589793);
     CHECK(xds_gguf_get_f64(g, "llama.block_count", &f64) == XDS_OK && f64 == 30.0);
     CHECK(xds_gguf_get_str(g, "t.emptystr", &s, &len) == XDS_OK && len == 0);
-    CHECK(xds_gguf_get_str(g, "t.utf8", &s, &len) == XDS_OK && len == 6 && !memcmp(s, "h\xc3\xa9llo", 6));
+    CHECK(xds_gguf_get_str(g, "t.utf8", &s, &len) == XDS_OK && len == 6 &&
+          !memcmp(s, "h\xc3\xa9llo", 6));
 
     /* Conversions that must fail, with the key in the message. */
     CHECK(xds_gguf_get_u64(g, "t.i64", &u64) == XDS_ERR_FORMAT);
@@ -201,19 +253,23 @@ static void check_valid(xds_gguf *g, uint32_t alignment, uint32_t version) {
     xds_gguf_type et;
     uint64_t n;
     const void *data;
-    CHECK(xds_gguf_get_arr(g, "t.strs", &et, &n, &data) == XDS_OK && et == XDS_GGUF_STRING && n == 3);
+    CHECK(xds_gguf_get_arr(g, "t.strs", &et, &n, &data) == XDS_OK && et == XDS_GGUF_STRING &&
+          n == 3);
     CHECK(xds_gguf_get_arr_str(g, "t.strs", 0, &s, &len) == XDS_OK && len == 1 && s[0] == 'a');
-    CHECK(xds_gguf_get_arr_str(g, "t.strs", 1, &s, &len) == XDS_OK && len == 2 && !memcmp(s, "bc", 2));
+    CHECK(xds_gguf_get_arr_str(g, "t.strs", 1, &s, &len) == XDS_OK && len == 2 &&
+          !memcmp(s, "bc", 2));
     CHECK(xds_gguf_get_arr_str(g, "t.strs", 2, &s, &len) == XDS_OK && len == 0);
     CHECK(xds_gguf_get_arr_str(g, "t.strs", 3, &s, &len) == XDS_ERR_INVALID);
     CHECK(xds_gguf_get_arr_str(g, "t.i32s", 0, &s, &len) == XDS_ERR_FORMAT);
-    CHECK(xds_gguf_get_arr(g, "t.i32s", &et, &n, &data) == XDS_OK && et == XDS_GGUF_INT32 && n == 3);
+    CHECK(xds_gguf_get_arr(g, "t.i32s", &et, &n, &data) == XDS_OK && et == XDS_GGUF_INT32 &&
+          n == 3);
     if (et == XDS_GGUF_INT32 && n == 3) {
         int32_t v[3];
         memcpy(v, data, sizeof v);
         CHECK(v[0] == 1 && v[1] == -2 && v[2] == 3);
     }
-    CHECK(xds_gguf_get_arr(g, "t.empty", &et, &n, &data) == XDS_OK && et == XDS_GGUF_FLOAT32 && n == 0);
+    CHECK(xds_gguf_get_arr(g, "t.empty", &et, &n, &data) == XDS_OK && et == XDS_GGUF_FLOAT32 &&
+          n == 0);
     CHECK(xds_gguf_get_arr(g, "t.u8", &et, &n, &data) == XDS_ERR_FORMAT);
     int64_t ai = xds_gguf_find_kv(g, "t.strs");
     CHECK(xds_gguf_kv_arr(g, ai, &et, &n) == XDS_OK && et == XDS_GGUF_STRING && n == 3);
@@ -255,16 +311,17 @@ static void check_valid(xds_gguf *g, uint32_t alignment, uint32_t version) {
         CHECK(d == 0.5f && m == -2.0f);
         CHECK(d * (blk.qs[3] & 15) + m == -0.5f);
         CHECK(d * (blk.qs[3] >> 4) + m == 4.0f);
-        CHECK((const uint8_t *)t->data + t->nbytes ==
-              (const uint8_t *)xds_gguf_tensor(g, 0)->data - xds_gguf_data_offset(g) +
-                  xds_gguf_file_size(g));
+        CHECK((const uint8_t *)t->data + t->nbytes == (const uint8_t *)xds_gguf_tensor(g, 0)->data -
+                                                          xds_gguf_data_offset(g) +
+                                                          xds_gguf_file_size(g));
     }
     CHECK(xds_gguf_find_tensor(g, "w.none") == NULL);
     CHECK(xds_gguf_tensor(g, 4) == NULL && xds_gguf_tensor(g, -1) == NULL);
     for (int64_t i = 0; i < xds_gguf_n_tensors(g); i++) {
         const xds_tensor *ti = xds_gguf_tensor(g, i);
         CHECK(((uintptr_t)ti->data - (uintptr_t)xds_gguf_tensor(g, 0)->data) %
-                  xds_gguf_alignment(g) == 0);
+                  xds_gguf_alignment(g) ==
+              0);
         CHECK(xds_gguf_find_tensor(g, ti->name) == ti);
     }
 }
@@ -394,7 +451,8 @@ static void test_bad(void) {
         xds_gguf *g = NULL;
         void *copy;
         CHECK_MSG(open_mem(&b, b.n, &g, &copy) == XDS_OK, "%s", xds_err_msg());
-        if (g) CHECK(xds_gguf_n_kv(g) == 0 && xds_gguf_n_tensors(g) == 0 && xds_gguf_version(g) == 2);
+        if (g)
+            CHECK(xds_gguf_n_kv(g) == 0 && xds_gguf_n_tensors(g) == 0 && xds_gguf_version(g) == 2);
         xds_gguf_close(g);
         free(copy);
     }
@@ -475,13 +533,13 @@ static void test_bad(void) {
     b.n = 0;
 
     /* Tensor infos. A helper: one tensor, data section of `data` bytes. */
-#define ONE_TENSOR(name, nd, dims, type, off, data)                     \
-    do {                                                                \
-        b.n = 0;                                                        \
-        hdr(&b, 3, 1, 0);                                               \
-        tinfo(&b, name, nd, (uint64_t[])dims, type, off);               \
-        pad_to(&b, 32);                                                 \
-        for (size_t i_ = 0; i_ < (data); i_++) put_u8(&b, (uint8_t)i_); \
+#define ONE_TENSOR(name, nd, dims, type, off, data)                                                \
+    do {                                                                                           \
+        b.n = 0;                                                                                   \
+        hdr(&b, 3, 1, 0);                                                                          \
+        tinfo(&b, name, nd, (uint64_t[])dims, type, off);                                          \
+        pad_to(&b, 32);                                                                            \
+        for (size_t i_ = 0; i_ < (data); i_++) put_u8(&b, (uint8_t)i_);                            \
     } while (0)
 #define A(...) {__VA_ARGS__}
 
@@ -494,8 +552,7 @@ static void test_bad(void) {
         free(copy);
     }
     ONE_TENSOR("blk.3.attn_q.weight", 1, A(8), GGML_F32, 64, 32);
-    expect_fail("offset past end", &b, XDS_ERR_FORMAT,
-                "tensor 'blk.3.attn_q.weight': data [");
+    expect_fail("offset past end", &b, XDS_ERR_FORMAT, "tensor 'blk.3.attn_q.weight': data [");
     CHECK(strstr(xds_err_msg(), "past end of file (size"));
     ONE_TENSOR("big", 1, A(9), GGML_F32, 0, 32);
     expect_fail("size past end", &b, XDS_ERR_FORMAT, "tensor 'big': data [");
@@ -587,7 +644,8 @@ static void test_real_model(void) {
     CHECK(t && t2 && t2->type == XDS_DTYPE_F32 && t2->ne[0] == 576 && t2->n_dims == 1);
     if (t && t2) CHECK((const uint8_t *)t2->data - (const uint8_t *)t->data == 31866688 - 1785664);
     t = xds_gguf_find_tensor(g, "blk.0.ffn_down.weight");
-    CHECK(t && t->type == XDS_DTYPE_Q4_1 && t->ne[0] == 1536 && t->ne[1] == 576 && t->nbytes == 552960);
+    CHECK(t && t->type == XDS_DTYPE_Q4_1 && t->ne[0] == 1536 && t->ne[1] == 576 &&
+          t->nbytes == 552960);
     int n_q41 = 0, n_f32 = 0, n_q8 = 0;
     for (int64_t i = 0; i < xds_gguf_n_tensors(g); i++) {
         xds_dtype ty = xds_gguf_tensor(g, i)->type;
@@ -602,7 +660,10 @@ static void test_real_model(void) {
 
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/xds_test_gguf_XXXXXX");
-    if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
     make_payloads();
     test_valid();
     test_truncations();

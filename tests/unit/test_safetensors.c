@@ -29,7 +29,10 @@ static char *tpath(const char *rel) {
 
 static void write_raw(const char *path, const void *p, size_t n) {
     FILE *f = fopen(path, "wb");
-    if (!f) { perror(path); exit(1); }
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
     if (n) fwrite(p, 1, n, f);
     fclose(f);
 }
@@ -130,8 +133,9 @@ static void test_single(void) {
     free(img);
 
     /* Empty header object, zero-size and scalar tensors are fine. */
-    static const char *h2 = "{\"s\": {\"dtype\": \"F32\", \"shape\": [], \"data_offsets\": [0, 4]},"
-                            " \"z\": {\"dtype\": \"F16\", \"shape\": [0, 3], \"data_offsets\": [4, 4]}}";
+    static const char *h2 =
+        "{\"s\": {\"dtype\": \"F32\", \"shape\": [], \"data_offsets\": [0, 4]},"
+        " \"z\": {\"dtype\": \"F16\", \"shape\": [0, 3], \"data_offsets\": [4, 4]}}";
     img = make_st(h2, payload, 4, &size);
     f = NULL;
     CHECK_MSG(xds_safetensors_open_memory(img, size, "m", &f) == XDS_OK, "%s", xds_err_msg());
@@ -219,11 +223,10 @@ static void test_hfdir_sharded(void) {
              "{\"extra\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]},"
              " \"z\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [0, 4]}}",
              d2, sizeof d2);
-    const char *index =
-        "{\"metadata\": {\"total_size\": 36}, \"weight_map\": {"
-        "\"z\": \"model-00002-of-00002.safetensors\","
-        "\"x\": \"model-00001-of-00002.safetensors\","
-        "\"y\": \"model-00001-of-00002.safetensors\"}}";
+    const char *index = "{\"metadata\": {\"total_size\": 36}, \"weight_map\": {"
+                        "\"z\": \"model-00002-of-00002.safetensors\","
+                        "\"x\": \"model-00001-of-00002.safetensors\","
+                        "\"y\": \"model-00001-of-00002.safetensors\"}}";
     write_text(tpath("hf2/model.safetensors.index.json"), index);
 
     xds_hfdir *d = NULL;
@@ -410,7 +413,8 @@ static void test_bad_dir(void) {
     write_text(tpath("corrupt/config.json"), config_json);
     write_st(tpath("corrupt/model.safetensors"), header1, payload, sizeof payload - 1);
     CHECK(xds_hfdir_open(tpath("corrupt"), &d) == XDS_ERR_FORMAT &&
-          strstr(xds_err_msg(), "corrupt/model.safetensors") && strstr(xds_err_msg(), "tensor 'c'"));
+          strstr(xds_err_msg(), "corrupt/model.safetensors") &&
+          strstr(xds_err_msg(), "tensor 'c'"));
 
     /* Missing shard; tensor missing from its shard; bad index. */
     mkdir(tpath("sh"), 0755);
@@ -429,7 +433,8 @@ static void test_bad_dir(void) {
               xds_err_msg());
     write_text(tpath("sh/model.safetensors.index.json"),
                "{\"weight_map\": {\"x\": \"../s1.safetensors\"}}");
-    CHECK(xds_hfdir_open(tpath("sh"), &d) == XDS_ERR_FORMAT && strstr(xds_err_msg(), "weight_map['x']"));
+    CHECK(xds_hfdir_open(tpath("sh"), &d) == XDS_ERR_FORMAT &&
+          strstr(xds_err_msg(), "weight_map['x']"));
     write_text(tpath("sh/model.safetensors.index.json"), "{\"weight_map\": {\"x\": 3}}");
     CHECK(xds_hfdir_open(tpath("sh"), &d) == XDS_ERR_FORMAT);
     write_text(tpath("sh/model.safetensors.index.json"), "{\"weights\": {}}");
@@ -451,7 +456,10 @@ static void test_bad_dir(void) {
 
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/xds_test_st_XXXXXX");
-    if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
     make_payload();
     test_single();
     test_hfdir_single();
