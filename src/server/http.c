@@ -211,6 +211,11 @@ static srv_result srv_send(srv_req *q, struct MHD_Connection *c, int status, con
         return MHD_NO;
     }
     srv_add_common_headers(q->srv, r, ctype);
+    if (q->conn) { /* answering now: the read deadline no longer applies */
+        pthread_mutex_lock(&q->srv->conn_mu);
+        q->conn->reading = 0;
+        pthread_mutex_unlock(&q->srv->conn_mu);
+    }
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (status == 429) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 405)

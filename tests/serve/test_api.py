@@ -325,6 +325,9 @@ def test_bad_inputs():
     r = c.getresponse()
     check_error_body(r.read(), r.status, 413)
     c.close()
+    # headers beyond the limit (64 KiB) are refused, not buffered
+    st, _, d = raw("GET", "/health", headers={"X-Big": "a" * (100 << 10)})
+    assert st in (413, 431), st
     # unknown route, wrong method
     st, _, d = raw("GET", "/v1/nothing")
     check_error_body(d, st, 404)
