@@ -105,6 +105,8 @@ static void *worker_main(void *arg) {
                 cpu_relax();
                 continue;
             }
+            /* a worker that started after xds_pool_free bumped seq must not sleep forever */
+            if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
             atomic_fetch_add(&p->n_sleeping, 1);
             if (atomic_load(&p->seq) == seen) futex_wait(&p->seq, seen);
             atomic_fetch_sub(&p->n_sleeping, 1);
