@@ -37,19 +37,25 @@ static int ws_len(const unsigned char *s, size_t n) {
     return 0;
 }
 
-/* Longest added token of the given phase (normalized or not) at s. */
+/* Longest added token of the given phase (normalized or not) at s: walk the
+ * byte trie as far as s allows, remembering the last token end. */
 static int32_t added_at(const xds_tokenizer *t, const char *s, size_t n, int normalized, size_t *len) {
-    unsigned b = (unsigned char)s[0];
-    for (int32_t k = t->added_first[b]; k < t->added_first[b + 1]; k++) {
-        int32_t id = t->added_ids[k];
-        if (!!(t->flags[id] & XDS_TOK_NORMALIZED) != normalized) continue;
-        size_t l = t->text_len[id];
-        if (l <= n && memcmp(t->arena + t->text_off[id], s, l) == 0) {
-            *len = l;
-            return id;
+    const unsigned char *u = (const unsigned char *)s;
+    int32_t node = t->trie_root[u[0]], best = -1;
+    size_t i = 1;
+    while (node >= 0) {
+        int32_t id = t->trie[node].id;
+        if (id >= 0 && !!(t->flags[id] & XDS_TOK_NORMALIZED) == normalized) {
+            best = id;
+            *len = i;
         }
+        if (i == n) break;
+        int32_t c = t->trie[node].child;
+        while (c >= 0 && t->trie[c].byte != u[i]) c = t->trie[c].sibling;
+        node = c;
+        i++;
     }
-    return -1;
+    return best;
 }
 
 static xds_status split_added(enc_ctx *c, const char *s, size_t n, int phase);
@@ -190,6 +196,7 @@ void xds_tokenizer_free(xds_tokenizer *t) {
     free(t->merges.rank);
     free(t->merges.merged);
     free(t->added_ids);
+    free(t->trie);
     free(t->chat_template);
     if (t->mctx) pcre2_match_context_free(t->mctx);
     free(t);

@@ -39,6 +39,13 @@ typedef struct {
     uint32_t n;       /* entries */
 } xds_pairmap;
 
+/* Byte trie node: children form a sibling list; id is the added token whose
+ * text ends here (-1 if none). */
+typedef struct {
+    int32_t child, sibling, id;
+    uint8_t byte;
+} xds_trie_node;
+
 typedef enum {
     XDS_PRETOK_SPLIT,     /* regex / literal split with a behavior */
     XDS_PRETOK_BYTELEVEL, /* optional prefix space, then optional GPT-2 regex split */
@@ -71,9 +78,11 @@ struct xds_tokenizer {
     xds_strmap added;       /* added tokens */
     xds_pairmap merges;
 
-    int32_t *added_ids;     /* (n_added) sorted by first byte, then longer first */
+    int32_t *added_ids;     /* (n_added) one id per distinct added-token text */
     int32_t n_added;
-    int32_t added_first[257]; /* added_ids index range per first byte: [b], [b+1] */
+    xds_trie_node *trie;    /* (trie_n) byte trie of the added-token texts */
+    int32_t trie_n;
+    int32_t trie_root[256]; /* node of each first byte, -1 if none */
 
     int32_t byte_id[256];   /* vocab id of each byte's GPT-2 char, -1 if absent */
     int32_t byte_fallback_id[256]; /* "<0xXX>" ids when byte_fallback, else -1 */

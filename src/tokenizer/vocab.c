@@ -208,14 +208,10 @@ xds_status xds_tok_finish(xds_tokenizer *t, const char *src) {
     for (int i = 0; i < 0x200; i++) c2b[i] = -1;
     for (int b = 0; b < 256; b++) c2b[b2c[b]] = (int16_t)b;
 
-    size_t n_model = 0, n_added = 0;
-    for (int32_t id = 0; id < t->n_vocab; id++) {
-        if (!(t->flags[id] & XDS_TOK_DEFINED)) continue;
-        if (t->flags[id] & XDS_TOK_ADDED) n_added++;
-        else n_model++;
-    }
+    size_t n_added = 0;
+    for (int32_t id = 0; id < t->n_vocab; id++)
+        if ((t->flags[id] & XDS_TOK_DEFINED) && (t->flags[id] & XDS_TOK_ADDED)) n_added++;
     if (strmap_init(&t->added, n_added)) return xds_err_set(XDS_ERR_NOMEM, "tokenizer: out of memory");
-    (void)n_model;
     XDS_ASSERT(t->vocab.cap); /* loaders build the model map before merges */
     t->added_ids = malloc((n_added ? n_added : 1) * sizeof *t->added_ids);
     if (!t->added_ids) return xds_err_set(XDS_ERR_NOMEM, "tokenizer: out of memory");
@@ -270,28 +266,31 @@ xds_status xds_tok_finish(xds_tokenizer *t, const char *src) {
     }
     free(tmp);
 
-    /* added tokens sorted by first byte, longer first (leftmost-longest) */
-    int32_t *a = t->added_ids;
-    for (int32_t i = 1; i < t->n_added; i++) {
-        int32_t v = a[i], j = i;
-        size_t lv;
-        const char *sv = tok_text(t, v, &lv);
-        while (j > 0) {
-            size_t lu;
-            const char *su = tok_text(t, a[j - 1], &lu);
-            unsigned cu = (unsigned char)su[0], cv = (unsigned char)sv[0];
-            if (cu < cv || (cu == cv && lu >= lv)) break;
-            a[j] = a[j - 1];
-            j--;
+    /* byte trie of the added tokens (leftmost-longest matching in O(length)) */
+    size_t total = 0;
+    for (int32_t i = 0; i < t->n_added; i++) total += t->text_len[t->added_ids[i]];
+    t->trie = malloc((total ? total : 1) * sizeof *t->trie);
+    if (!t->trie) return xds_err_set(XDS_ERR_NOMEM, "tokenizer: out of memory");
+    for (int b = 0; b < 256; b++) t->trie_root[b] = -1;
+    t->trie_n = 0;
+    for (int32_t i = 0; i < t->n_added; i++) {
+        size_t len;
+        const unsigned char *s = (const unsigned char *)tok_text(t, t->added_ids[i], &len);
+        int32_t *link = &t->trie_root[s[0]], node = -1;
+        for (size_t k = 0; k < len; k++) {
+            if (k > 0) { /* find or add the child of `node` labelled s[k] */
+                link = &t->trie[node].child;
+                while (*link >= 0 && t->trie[*link].byte != s[k]) link = &t->trie[*link].sibling;
+            }
+            if (*link < 0) {
+                int32_t nn = t->trie_n++;
+                t->trie[nn] = (xds_trie_node){.child = -1, .sibling = -1, .id = -1, .byte = s[k]};
+                *link = nn;
+            }
+            node = *link;
         }
-        a[j] = v;
+        t->trie[node].id = t->added_ids[i];
     }
-    int32_t k = 0;
-    for (int b = 0; b <= 256; b++) {
-        while (k < t->n_added && b < 256 && (unsigned char)t->arena[t->text_off[a[k]]] < b) k++;
-        t->added_first[b] = k;
-    }
-    t->added_first[256] = t->n_added;
 
     /* byte alphabet ids */
     for (int b = 0; b < 256; b++) {

@@ -267,6 +267,22 @@ static void check_speed(const xds_tokenizer *t, const char *name) {
     if (!getenv("XDS_SANITIZED")) CHECK_MSG(dt < 0.2, "encoding 20 KB took %.3f s", dt);
     free(ids);
     free(buf);
+    /* adversarial: 100 KB of '<' (the first byte of most special tokens) and
+     * 100 KB of one letter (a single 100 KB pre-token for BPE) */
+    const char fills[2] = {'<', 'a'};
+    for (int f = 0; f < 2; f++) {
+        size_t n2 = 100000;
+        char *b2 = malloc(n2);
+        memset(b2, fills[f], n2);
+        ids = NULL;
+        t0 = now_s();
+        CHECK(xds_tokenizer_encode(t, b2, n2, 1, &ids, &n) == XDS_OK && n > 0);
+        dt = now_s() - t0;
+        printf("%s: encode 100 KB of '%c' -> %zu tokens in %.1f ms\n", name, fills[f], n, dt * 1e3);
+        if (!getenv("XDS_SANITIZED")) CHECK_MSG(dt < 0.5, "encoding 100 KB of '%c' took %.3f s", fills[f], dt);
+        free(ids);
+        free(b2);
+    }
 }
 
 /* ---- chat templates ----------------------------------------------------- */
