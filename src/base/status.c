@@ -40,13 +40,21 @@ xds_status xds_err_set(xds_status s, const char *fmt, ...) {
 }
 
 xds_status xds_err_prefix(xds_status s, const char *fmt, ...) {
-    char pre[512], old[sizeof err_buf];
+    char pre[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
-    memcpy(old, err_buf, sizeof old);
-    snprintf(err_buf, sizeof err_buf, "%s: %s", pre, old);
+    /* err_buf = pre + ": " + err_buf, truncated to the buffer. */
+    size_t np = strlen(pre), cap = sizeof err_buf - 1;
+    if (np + 2 > cap) np = cap - 2;
+    size_t nold = strlen(err_buf);
+    if (np + 2 + nold > cap) nold = cap - np - 2;
+    memmove(err_buf + np + 2, err_buf, nold);
+    memcpy(err_buf, pre, np);
+    err_buf[np] = ':';
+    err_buf[np + 1] = ' ';
+    err_buf[np + 2 + nold] = 0;
     one_line(err_buf);
     return s;
 }
