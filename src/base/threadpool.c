@@ -96,7 +96,7 @@ static void *worker_main(void *arg) {
     worker_arg a = *(worker_arg *)arg;
     free(arg);
     xds_pool *p = a.p;
-    uint32_t seen = atomic_load(&p->seq);
+    uint32_t seen = 0; /* seq at creation: a late-starting worker still sees every bump */
     for (;;) {
         uint32_t s;
         int spins = 0;

@@ -1,0 +1,81 @@
+/*
+ * cpu.c — run-time choice of the kernel level (portable C, AVX2+FMA+F16C,
+ * AVX-512 F/BW/VL/VNNI) from the CPU's features, overridable with
+ * XDS_CPU=generic|avx2|avx512 (clamped to what the CPU and OS support).
+ *
+ * The chosen level is process state (one cached atomic int, the only mutable
+ * global here): detected on first use, changed only by xds_cpu_level_set.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "kernels/kern_impl.h"
+
+static _Atomic int g_level = -1; /* -1: not yet detected */
+
+static xds_cpu_level cpu_level_max(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    /* libgcc's checks include the OS's XCR0 state (xgetbv) for AVX and AVX-512. */
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return XDS_CPU_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        return XDS_CPU_AVX2;
+#endif
+    return XDS_CPU_GENERIC;
+}
+
+xds_cpu_level xds_cpu_level_get(void) {
+    int l = atomic_load_explicit(&g_level, memory_order_relaxed);
+    if (l >= 0) return (xds_cpu_level)l;
+    xds_cpu_level max = cpu_level_max(), want = max;
+    const char *env = getenv("XDS_CPU");
+    if (env && *env) {
+        if (!strcmp(env, "generic")) want = XDS_CPU_GENERIC;
+        else if (!strcmp(env, "avx2")) want = XDS_CPU_AVX2;
+        else if (!strcmp(env, "avx512")) want = XDS_CPU_AVX512;
+        else XDS_LOGW("XDS_CPU=%s not understood (generic|avx2|avx512); using %s", env,
+                      xds_cpu_level_name(max));
+        if (want > max) {
+            XDS_LOGW("XDS_CPU=%s not supported by this CPU; using %s", env, xds_cpu_level_name(max));
+            want = max;
+        }
+    }
+    atomic_store(&g_level, (int)want);
+    return want;
+}
+
+void xds_cpu_level_set(xds_cpu_level l) {
+    xds_cpu_level max = cpu_level_max();
+    if ((int)l < 0) l = XDS_CPU_GENERIC;
+    if (l > max) l = max;
+    atomic_store(&g_level, (int)l);
+}
+
+const char *xds_cpu_level_name(xds_cpu_level l) {
+    switch (l) {
+    case XDS_CPU_GENERIC: return "generic";
+    case XDS_CPU_AVX2: return "avx2";
+    case XDS_CPU_AVX512: return "avx512";
+    }
+    return "?";
+}
+
+const xds_kern_table *xds_kern_table_get(xds_cpu_level l) {
+    static const xds_kern_table generic = {xds_act_quant_generic, xds_qgemm_generic,
+                                           xds_fgemm_generic};
+#if defined(__x86_64__)
+    static const xds_kern_table avx2 = {xds_act_quant_avx2, xds_qgemm_avx2, xds_fgemm_avx2};
+    static const xds_kern_table avx512 = {xds_act_quant_avx512, xds_qgemm_avx512,
+                                          xds_fgemm_avx512};
+    if (l == XDS_CPU_AVX512) return &avx512;
+    if (l == XDS_CPU_AVX2) return &avx2;
+#endif
+    return &generic;
+}

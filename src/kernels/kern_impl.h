@@ -1,0 +1,89 @@
+/*
+ * kern_impl.h — internal interface between the matmul driver (matmul.c) and
+ * the per-ISA kernels (matmul.c generic, matmul_avx2.c, matmul_avx512.c).
+ * Not a public header: only src/kernels/ and the kernel tests include it.
+ *
+ * Quantized activations ("xq"): each token row of n_in = nb * 32 values is
+ *   int8  qs[nb * 32]   q = round_nearest_even(x / d), |q| <= 127
+ *   float d[nb]         d = max|x| / 127 over the block (0 for an all-zero block)
+ *   float s[nb]         s = d * sum(q) over the block
+ * followed by padding to 64 bytes; rows are xq_row_bytes(nb) apart.
+ *
+ * Every quantized weight type is handled as "unsigned u8 weights u, scales
+ * dw, offsets mw" per 32-block so that
+ *   sum_j W[j] x[j] ~= sum_b dw_b * d_b * sum_j u_bj q_bj  +  mw_b * s_b
+ *   Q4_0: u = nibble,         dw = d, mw = -8 d
+ *   Q4_1: u = nibble,         dw = d, mw = m
+ *   Q8_0: u = q xor 0x80 (=q+128), dw = d, mw = -128 d   (AVX-512 VNNI)
+ * (the AVX2 Q8_0 path uses the signed |w| * sign(x, w) trick instead, mw = 0).
+ * All paths compute the same sum up to f32 rounding.
+ */
+#ifndef XDS_KERNELS_KERN_IMPL_H
+#define XDS_KERNELS_KERN_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+
+static inline size_t xq_row_bytes(int64_t nb) {
+    return ((size_t)nb * 40 + 63) & ~(size_t)63;
+}
+static inline const int8_t *xq_qs(const uint8_t *row) { return (const int8_t *)row; }
+static inline const float *xq_d(const uint8_t *row, int64_t nb) {
+    return (const float *)(row + nb * 32);
+}
+static inline const float *xq_s(const uint8_t *row, int64_t nb) {
+    return (const float *)(row + nb * 36);
+}
+
+/* Quantize one activation row of nb*32 floats into xq layout at dst. */
+typedef void (*xds_act_quant_fn)(const float *x, int64_t nb, uint8_t *dst);
+
+/*
+ * Quantized-weight GEMM on a row range: for r < n_rows, t < n_tok
+ *   y[t * ldy + r] = sum over blocks (see above) of weight row r (at
+ *   w + r * w_row_bytes, type `type`) and xq row t (at xq + t * xq_stride).
+ */
+typedef void (*xds_qgemm_fn)(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                             int64_t nb, const uint8_t *xq, size_t xq_stride, int n_tok, float *y,
+                             int64_t ldy);
+
+/* Float-weight GEMM (F32/F16/BF16): y[t*ldy + r] = sum_i W[r][i] x[t*ldx + i]. */
+typedef void (*xds_fgemm_fn)(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                             int64_t n_in, const float *x, int64_t ldx, int n_tok, float *y,
+                             int64_t ldy);
+
+typedef struct xds_kern_table {
+    xds_act_quant_fn act_quant;
+    xds_qgemm_fn qgemm; /* Q8_0, Q4_0, Q4_1 */
+    xds_fgemm_fn fgemm; /* F32, F16, BF16 */
+} xds_kern_table;
+
+/* The table for a level (AVX2/AVX-512 only if compiled on x86-64). */
+const xds_kern_table *xds_kern_table_get(xds_cpu_level l);
+
+/* Per-ISA entry points. */
+void xds_act_quant_generic(const float *x, int64_t nb, uint8_t *dst);
+void xds_qgemm_generic(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                       int64_t nb, const uint8_t *xq, size_t xq_stride, int n_tok, float *y,
+                       int64_t ldy);
+void xds_fgemm_generic(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                       int64_t n_in, const float *x, int64_t ldx, int n_tok, float *y, int64_t ldy);
+#if defined(__x86_64__)
+void xds_act_quant_avx2(const float *x, int64_t nb, uint8_t *dst);
+void xds_qgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                    int64_t nb, const uint8_t *xq, size_t xq_stride, int n_tok, float *y,
+                    int64_t ldy);
+void xds_fgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                    int64_t n_in, const float *x, int64_t ldx, int n_tok, float *y, int64_t ldy);
+void xds_act_quant_avx512(const float *x, int64_t nb, uint8_t *dst);
+void xds_qgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                      int64_t nb, const uint8_t *xq, size_t xq_stride, int n_tok, float *y,
+                      int64_t ldy);
+void xds_fgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                      int64_t n_in, const float *x, int64_t ldx, int n_tok, float *y,
+                      int64_t ldy);
+#endif
+
+#endif

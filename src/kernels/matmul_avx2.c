@@ -1,0 +1,240 @@
+/*
+ * matmul_avx2.c — AVX2+FMA+F16C kernels: activation quantization,
+ * quantized-weight GEMM with VPMADDUBSW/VPMADDWD, float-weight GEMM with FMA.
+ * Compiled with AVX2 flags; called only after the run-time check.
+ *
+ * Quantized GEMM: a register tile of R (<= 4) weight rows x T (<= 2) tokens
+ * walks the row one 32-block at a time. Q4_0/Q4_1 nibbles are unsigned, so
+ * maddubs(u, x) is exact (|pair sum| <= 2*15*127); the offset term mw*s (see
+ * kern_impl.h) is added 8 blocks per FMA. Q8_0 uses maddubs(|w|, sign(x, w))
+ * (|pair sum| <= 2*128*127 < 32768) and has no offset term.
+ */
+#include <immintrin.h>
+#include <stdlib.h>
+
+#include "kernels/kern_impl.h"
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum256i(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+void xds_act_quant_avx2(const float *x, int64_t nb, uint8_t *dst) {
+    int8_t *qs = (int8_t *)dst;
+    float *d = (float *)(dst + nb * 32), *s = (float *)(dst + nb * 36);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < nb; b++) {
+        __m256 v[4];
+        __m256 mx = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + b * 32 + k * 8);
+            mx = _mm256_max_ps(mx, _mm256_and_ps(v[k], absmask));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vid));
+        int sum = hsum256i(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+        /* pack 32 int32 -> 32 int8 in order */
+        __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(qs + b * 32), p);
+        d[b] = db;
+        s[b] = db * (float)sum;
+    }
+}
+
+/* ---- quantized GEMM ------------------------------------------------------ */
+
+static void prep_scales(xds_dtype type, const uint8_t *row, int64_t nb, float *dw, float *mw) {
+    for (int64_t b = 0; b < nb; b++) {
+        if (type == XDS_DTYPE_Q8_0) {
+            dw[b] = _cvtsh_ss(((const xds_block_q8_0 *)row)[b].d);
+            mw[b] = 0.0f;
+        } else if (type == XDS_DTYPE_Q4_0) {
+            dw[b] = _cvtsh_ss(((const xds_block_q4_0 *)row)[b].d);
+            mw[b] = -8.0f * dw[b];
+        } else {
+            dw[b] = _cvtsh_ss(((const xds_block_q4_1 *)row)[b].d);
+            mw[b] = _cvtsh_ss(((const xds_block_q4_1 *)row)[b].m);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) __m256i load_w(int type, const uint8_t *row, int64_t b) {
+    if (type == XDS_DTYPE_Q8_0)
+        return _mm256_loadu_si256((const __m256i *)(((const xds_block_q8_0 *)row)[b].qs));
+    const uint8_t *q = type == XDS_DTYPE_Q4_0 ? ((const xds_block_q4_0 *)row)[b].qs
+                                              : ((const xds_block_q4_1 *)row)[b].qs;
+    __m128i l = _mm_loadu_si128((const __m128i *)q);
+    __m256i z = _mm256_inserti128_si256(_mm256_castsi128_si256(l), _mm_srli_epi16(l, 4), 1);
+    return _mm256_and_si256(z, _mm256_set1_epi8(0x0f));
+}
+
+static inline __attribute__((always_inline)) void
+qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, int64_t nb,
+        const float *dw, const float *mw, size_t scs, const uint8_t *xq, size_t xs, float *y,
+        int64_t ldy) {
+    __m256 acc[4][2];
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wv[4];
+        for (int r = 0; r < R; r++) wv[r] = load_w(type, w + r * ws, b);
+        for (int t = 0; t < T; t++) {
+            const uint8_t *xr = xq + t * xs;
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + b * 32));
+            float dx = xq_d(xr, nb)[b];
+            for (int r = 0; r < R; r++) {
+                __m256i p16 = type == XDS_DTYPE_Q8_0
+                                  ? _mm256_maddubs_epi16(_mm256_abs_epi8(wv[r]), _mm256_sign_epi8(xv, wv[r]))
+                                  : _mm256_maddubs_epi16(wv[r], xv);
+                __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[r][t] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw[r * scs + b] * dx), acc[r][t]);
+            }
+        }
+    }
+    if (type != XDS_DTYPE_Q8_0) {
+        for (int64_t b = 0; b < nb; b += 8) {
+            int left = nb - b >= 8 ? 8 : (int)(nb - b);
+            __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            __m256 mv[4];
+            for (int r = 0; r < R; r++) mv[r] = _mm256_maskload_ps(mw + r * scs + b, m);
+            for (int t = 0; t < T; t++) {
+                __m256 sv = _mm256_maskload_ps(xq_s(xq + t * xs, nb) + b, m);
+                for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(mv[r], sv, acc[r][t]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) y[t * ldy + r] = hsum256(acc[r][t]);
+}
+
+#define QK2_T(R, TY)                                                              \
+    if (T == 2) qk_tile(R, 2, TY, w, ws, nb, dw, mw, scs, xq, xs, y, ldy);        \
+    else qk_tile(R, 1, TY, w, ws, nb, dw, mw, scs, xq, xs, y, ldy);
+#define QK2_TY(R)                                                \
+    switch (type) {                                              \
+    case XDS_DTYPE_Q8_0: QK2_T(R, XDS_DTYPE_Q8_0) break;         \
+    case XDS_DTYPE_Q4_0: QK2_T(R, XDS_DTYPE_Q4_0) break;         \
+    default: QK2_T(R, XDS_DTYPE_Q4_1) break;                     \
+    }
+
+static void qk_call(int R, int T, xds_dtype type, const uint8_t *w, size_t ws, int64_t nb,
+                    const float *dw, const float *mw, size_t scs, const uint8_t *xq, size_t xs,
+                    float *y, int64_t ldy) {
+    if (R == 4) {
+        QK2_TY(4)
+    } else {
+        QK2_TY(1)
+    }
+}
+
+void xds_qgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                    int64_t nb, const uint8_t *xq, size_t xq_stride, int n_tok, float *y,
+                    int64_t ldy) {
+    const size_t scs = (size_t)((nb + 7) & ~7);
+    float *sc = malloc(scs * 8 * sizeof(float));
+    XDS_ASSERT(sc);
+    float *dw = sc, *mw = sc + 4 * scs;
+    for (int64_t r0 = 0; r0 < n_rows;) {
+        int R = n_rows - r0 >= 4 ? 4 : 1;
+        const uint8_t *wr = w + r0 * w_row_bytes;
+        for (int r = 0; r < R; r++) prep_scales(type, wr + r * w_row_bytes, nb, dw + r * scs, mw + r * scs);
+        for (int t0 = 0; t0 < n_tok; t0 += 2) {
+            int T = n_tok - t0 >= 2 ? 2 : 1;
+            qk_call(R, T, type, wr, w_row_bytes, nb, dw, mw, scs, xq + t0 * xq_stride, xq_stride,
+                    y + t0 * ldy + r0, ldy);
+        }
+        r0 += R;
+    }
+    free(sc);
+}
+
+/* ---- float-weight GEMM ----------------------------------------------------- */
+
+static inline __attribute__((always_inline)) __m256 load_f8(int type, const uint8_t *row, int64_t i) {
+    if (type == XDS_DTYPE_F32) return _mm256_loadu_ps((const float *)row + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + i));
+    if (type == XDS_DTYPE_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float wval(int type, const uint8_t *row, int64_t i) {
+    if (type == XDS_DTYPE_F32) return ((const float *)row)[i];
+    if (type == XDS_DTYPE_F16) return _cvtsh_ss(((const uint16_t *)row)[i]);
+    return xds_bf16_to_f32(((const uint16_t *)row)[i]);
+}
+
+static inline __attribute__((always_inline)) void
+fk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, int64_t n,
+        const float *x, int64_t ldx, float *y, int64_t ldy) {
+    __m256 acc[4][3];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wv[4];
+        for (int r = 0; r < R; r++) wv[r] = load_f8(type, w + r * ws, i);
+        for (int t = 0; t < T; t++) {
+            __m256 xv = _mm256_loadu_ps(x + t * ldx + i);
+            for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) {
+            float s = hsum256(acc[r][t]);
+            for (int64_t j = i; j < n; j++) s += wval(type, w + r * ws, j) * x[t * ldx + j];
+            y[t * ldy + r] = s;
+        }
+}
+
+#define FK2_T(R, TY)                                             \
+    switch (T) {                                                 \
+    case 1: fk_tile(R, 1, TY, w, ws, n, x, ldx, y, ldy); break;  \
+    case 2: fk_tile(R, 2, TY, w, ws, n, x, ldx, y, ldy); break;  \
+    default: fk_tile(R, 3, TY, w, ws, n, x, ldx, y, ldy); break; \
+    }
+#define FK2_TY(R)                                       \
+    switch (type) {                                     \
+    case XDS_DTYPE_F32: FK2_T(R, XDS_DTYPE_F32) break;  \
+    case XDS_DTYPE_F16: FK2_T(R, XDS_DTYPE_F16) break;  \
+    default: FK2_T(R, XDS_DTYPE_BF16) break;            \
+    }
+
+static void fk_call(int R, int T, int type, const uint8_t *w, size_t ws, int64_t n, const float *x,
+                    int64_t ldx, float *y, int64_t ldy) {
+    if (R == 4) {
+        FK2_TY(4)
+    } else {
+        FK2_TY(1)
+    }
+}
+
+void xds_fgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
+                    int64_t n_in, const float *x, int64_t ldx, int n_tok, float *y, int64_t ldy) {
+    for (int64_t r0 = 0; r0 < n_rows;) {
+        int R = n_rows - r0 >= 4 ? 4 : 1;
+        for (int t0 = 0; t0 < n_tok; t0 += 3) {
+            int T = n_tok - t0 >= 3 ? 3 : n_tok - t0;
+            fk_call(R, T, type, w + r0 * w_row_bytes, w_row_bytes, n_in, x + t0 * ldx, ldx,
+                    y + t0 * ldy + r0, ldy);
+        }
+        r0 += R;
+    }
+}

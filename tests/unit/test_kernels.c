@@ -1,0 +1,367 @@
+/*
+ * test_kernels.c — every kernel level the CPU supports (generic, AVX2,
+ * AVX-512) against scalar references:
+ *   - reference (de)quantization: hand-computed blocks, round trips;
+ *   - activation quantization: each level bit-identical to a scalar model;
+ *   - xds_matmul / xds_matmul_rows for F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+ *     Q4_K, Q6_K, odd shapes (n_out not a multiple of 4, odd block counts),
+ *     n_tok = 1, 2, 3, 7, 64, 65, pools of 1..3 threads. Quantized types are
+ *     compared (tight) with double sums over the dequantized weights and the
+ *     dequantized Q8 activations, and (loosely, by the rounding bound) with the
+ *     unquantized activations; float types with double sums, ~1e-5 relative;
+ *   - xds_get_row and the elementwise ops against double references.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "kernels/kern_impl.h"
+#include "kernels/kernels.h"
+#include "test.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd_u32(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 16);
+}
+static float rnd_f(void) { return (float)((rnd_u32() & 0xffffff) / 16777216.0 * 2.0 - 1.0); }
+
+/* Scalar model of the activation quantizer (kern_impl.h). */
+static void act_quant_model(const float *x, int64_t n, float *xdq, float *dblk) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int j = 0; j < 32; j++) xdq[b * 32 + j] = d * nearbyintf(x[b * 32 + j] * id);
+        dblk[b] = d;
+    }
+}
+
+static int is_q8x(xds_dtype t) {
+    return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1;
+}
+
+/* Random weights of type t, n_out rows of n_in values (+ dequantized copy). */
+static void *make_weights(xds_dtype t, int64_t n_in, int64_t n_out, float *wdq) {
+    size_t rb = xds_dtype_row_bytes(t, n_in);
+    uint8_t *w = malloc(rb * n_out);
+    float *row = malloc(n_in * sizeof(float));
+    for (int64_t o = 0; o < n_out; o++) {
+        if (t == XDS_DTYPE_Q4_K || t == XDS_DTYPE_Q6_K) {
+            uint8_t *r = w + o * rb;
+            for (size_t i = 0; i < rb; i++) r[i] = (uint8_t)rnd_u32();
+            for (int64_t b = 0; b < n_in / 256; b++) {
+                if (t == XDS_DTYPE_Q4_K) {
+                    xds_block_q4_k *blk = (xds_block_q4_k *)r + b;
+                    blk->d = xds_f32_to_f16(0.01f + 0.01f * fabsf(rnd_f()));
+                    blk->dmin = xds_f32_to_f16(0.01f * fabsf(rnd_f()));
+                } else {
+                    ((xds_block_q6_k *)r + b)->d = xds_f32_to_f16(0.001f + 0.001f * fabsf(rnd_f()));
+                }
+            }
+        } else {
+            float scale = 0.5f + (o % 5) * 0.3f, off = (o % 3) * 0.1f;
+            for (int64_t i = 0; i < n_in; i++) row[i] = rnd_f() * scale + off;
+            xds_quant_row(t, row, w + o * rb, n_in);
+        }
+        xds_dequant_row(t, w + o * rb, wdq + o * n_in, n_in);
+    }
+    free(row);
+    return w;
+}
+
+static int levels_n(void) {
+    xds_cpu_level_set(XDS_CPU_AVX512);
+    return (int)xds_cpu_level_get() + 1;
+}
+
+/* One matmul case at the current level: returns the number of failures. */
+static int check_matmul(xds_pool *pool, xds_dtype t, int64_t n_in, int64_t n_out, int n_tok,
+                        int64_t row0, int64_t row1) {
+    float *wdq = malloc(n_in * n_out * sizeof(float));
+    void *w = make_weights(t, n_in, n_out, wdq);
+    xds_tensor wt = {.name = "w", .type = t, .n_dims = 2, .ne = {n_in, n_out, 1, 1}, .data = w,
+                     .nbytes = xds_dtype_row_bytes(t, n_in) * n_out};
+    float *x = malloc(n_tok * n_in * sizeof(float)), *xdq = malloc(n_tok * n_in * sizeof(float));
+    float *dblk = malloc(n_tok * (n_in / 32 + 1) * sizeof(float));
+    for (int64_t i = 0; i < n_tok * n_in; i++) x[i] = rnd_f() * (1.0f + (i % 7));
+    for (int tk = 0; tk < n_tok; tk++) {
+        if (tk == 1 && n_in >= 32)
+            for (int j = 0; j < 32; j++) x[tk * n_in + j] = 0.0f; /* an all-zero block */
+        act_quant_model(x + tk * n_in, n_in, xdq + tk * n_in, dblk + tk * (n_in / 32 + 1));
+    }
+    int64_t nr = row1 - row0, ldy = nr + 3;
+    float *y = malloc(n_tok * ldy * sizeof(float));
+    for (int64_t i = 0; i < n_tok * ldy; i++) y[i] = 12345.0f;
+    xds_matmul_rows(pool, &wt, row0, row1, x, y, ldy, n_tok);
+    int fails = 0;
+    for (int tk = 0; tk < n_tok; tk++) {
+        for (int64_t o = row0; o < row1; o++) {
+            const float *wr = wdq + o * n_in;
+            const float *xq = is_q8x(t) ? xdq + tk * n_in : x + tk * n_in;
+            double ref = 0, mag = 0, exact = 0, bound = 0;
+            for (int64_t i = 0; i < n_in; i++) {
+                ref += (double)wr[i] * xq[i];
+                mag += fabs((double)wr[i] * xq[i]);
+                exact += (double)wr[i] * x[tk * n_in + i];
+                if (is_q8x(t)) bound += fabs(wr[i]) * dblk[tk * (n_in / 32 + 1) + i / 32] * 0.5;
+            }
+            double got = y[tk * ldy + (o - row0)];
+            double tol = 1e-5 * mag + 1e-6;
+            if (!(fabs(got - ref) <= tol) || !(fabs(got - exact) <= bound + tol)) {
+                if (fails < 3)
+                    fprintf(stderr, "  %s %s n_in=%ld n_out=%ld n_tok=%d rows[%ld,%ld) t=%d o=%ld: got %.8g ref %.8g (mag %.3g) exact %.8g bound %.3g\n",
+                            xds_cpu_level_name(xds_cpu_level_get()), xds_dtype_name(t), (long)n_in,
+                            (long)n_out, n_tok, (long)row0, (long)row1, tk, (long)o, got, ref, mag,
+                            exact, bound);
+                fails++;
+            }
+        }
+        for (int64_t k = nr; k < ldy; k++)
+            if (y[tk * ldy + k] != 12345.0f) fails++; /* wrote outside [row0,row1) */
+    }
+    free(y);
+    free(dblk);
+    free(xdq);
+    free(x);
+    free(w);
+    free(wdq);
+    return fails;
+}
+
+static void test_quant_ref(void) {
+    /* Hand-computed Q4_1 block: d = 0.5, m = -1, nibbles j and 15-j. */
+    xds_block_q4_1 b1;
+    b1.d = xds_f32_to_f16(0.5f);
+    b1.m = xds_f32_to_f16(-1.0f);
+    for (int j = 0; j < 16; j++) b1.qs[j] = (uint8_t)(j | ((15 - j) << 4));
+    float y[32];
+    xds_dequant_row(XDS_DTYPE_Q4_1, &b1, y, 32);
+    CHECK(y[0] == -1.0f && y[1] == -0.5f && y[15] == 6.5f && y[16] == 6.5f && y[31] == -1.0f);
+    /* Q4_0: d = 2, nibble 0 -> -16, 8 -> 0, 15 -> 14 */
+    xds_block_q4_0 b0;
+    b0.d = xds_f32_to_f16(2.0f);
+    memset(b0.qs, 0, 16);
+    b0.qs[1] = 0x8f;
+    xds_dequant_row(XDS_DTYPE_Q4_0, &b0, y, 32);
+    CHECK(y[0] == -16.0f && y[1] == 14.0f && y[17] == 0.0f);
+    /* Q8_0 */
+    xds_block_q8_0 b8;
+    b8.d = xds_f32_to_f16(0.25f);
+    for (int j = 0; j < 32; j++) b8.qs[j] = (int8_t)(j - 16);
+    xds_dequant_row(XDS_DTYPE_Q8_0, &b8, y, 32);
+    CHECK(y[0] == -4.0f && y[31] == 3.75f);
+    /* Q6_K: all ql = 0x21, qh = 0, scales = 2, d = 1 -> q = 1-32 (low) / 2-32 (high) */
+    static xds_block_q6_k b6;
+    memset(b6.ql, 0x21, sizeof b6.ql);
+    memset(b6.qh, 0, sizeof b6.qh);
+    memset(b6.scales, 2, sizeof b6.scales);
+    b6.d = xds_f32_to_f16(1.0f);
+    float y6[256];
+    xds_dequant_row(XDS_DTYPE_Q6_K, &b6, y6, 256);
+    CHECK(y6[0] == -62.0f && y6[64] == -60.0f && y6[255] == -60.0f);
+    /* Q4_K: scales[0..3] = 1 (sc), scales[4..7] = 2 (min), d = 1, dmin = 0.5,
+     * qs = 0x53: first 32 values 1*3 - 0.5*2 = 2, next 32 1*5 - 1 = 4 */
+    static xds_block_q4_k b4;
+    memset(&b4, 0, sizeof b4);
+    for (int j = 0; j < 4; j++) b4.scales[j] = 1, b4.scales[j + 4] = 2;
+    b4.d = xds_f32_to_f16(1.0f);
+    b4.dmin = xds_f32_to_f16(0.5f);
+    memset(b4.qs, 0x53, sizeof b4.qs);
+    xds_dequant_row(XDS_DTYPE_Q4_K, &b4, y6, 256);
+    CHECK(y6[0] == 2.0f && y6[31] == 2.0f && y6[32] == 4.0f && y6[64] == 2.0f);
+
+    /* Round trips: error within half a quantization step. */
+    const xds_dtype types[] = {XDS_DTYPE_F32, XDS_DTYPE_F16, XDS_DTYPE_BF16,
+                               XDS_DTYPE_Q8_0, XDS_DTYPE_Q4_0, XDS_DTYPE_Q4_1};
+    for (int k = 0; k < 6; k++) {
+        float x[96], r[96];
+        uint8_t buf[96 * 4];
+        for (int i = 0; i < 96; i++) x[i] = rnd_f() * 3.0f;
+        xds_quant_row(types[k], x, buf, 96);
+        xds_dequant_row(types[k], buf, r, 96);
+        int ok = 1;
+        for (int i = 0; i < 96; i++) {
+            float amax = 0, mn = 1e30f, mx = -1e30f;
+            for (int j = i / 32 * 32; j < i / 32 * 32 + 32; j++) {
+                amax = fmaxf(amax, fabsf(x[j]));
+                mn = fminf(mn, x[j]);
+                mx = fmaxf(mx, x[j]);
+            }
+            double tol = types[k] == XDS_DTYPE_F32    ? 0
+                         : types[k] == XDS_DTYPE_F16  ? fabsf(x[i]) * 1e-3
+                         : types[k] == XDS_DTYPE_BF16 ? fabsf(x[i]) * 4e-3
+                         : types[k] == XDS_DTYPE_Q8_0 ? amax / 127 * 0.51 + amax * 1e-3
+                         : types[k] == XDS_DTYPE_Q4_0 ? amax / 8 * 0.51 + amax * 2e-3 + amax / 8
+                                                      : (mx - mn) / 15 * 0.51 + amax * 2e-3;
+            if (fabs(r[i] - x[i]) > tol) ok = 0;
+        }
+        CHECK_MSG(ok, "round trip %s", xds_dtype_name(types[k]));
+    }
+}
+
+static void test_act_quant(void) {
+    int nl = levels_n();
+    float x[32 * 7], xdq[32 * 7], dblk[7];
+    for (int i = 0; i < 32 * 7; i++) x[i] = rnd_f() * (i < 32 ? 0.0f : (float)(i % 5));
+    x[40] = 0.5f * (x[41] = 127.0f); /* exact ties: 63.5 rounds to even */
+    act_quant_model(x, 32 * 7, xdq, dblk);
+    for (int l = 0; l < nl; l++) {
+        uint8_t buf[512];
+        xds_kern_table_get((xds_cpu_level)l)->act_quant(x, 7, buf);
+        int ok = 1;
+        for (int b = 0; b < 7; b++) {
+            int sum = 0;
+            for (int j = 0; j < 32; j++) {
+                int q = xq_qs(buf)[b * 32 + j];
+                sum += q;
+                if (xq_d(buf, 7)[b] * q != xdq[b * 32 + j]) ok = 0;
+            }
+            if (xq_d(buf, 7)[b] != dblk[b] || xq_s(buf, 7)[b] != dblk[b] * (float)sum) ok = 0;
+        }
+        CHECK_MSG(ok, "act quant level %s", xds_cpu_level_name((xds_cpu_level)l));
+    }
+}
+
+static void test_matmul(void) {
+    int nl = levels_n();
+    xds_pool *pools[3] = {NULL, NULL, NULL};
+    XDS_ASSERT(xds_pool_create(2, &pools[1]) == XDS_OK);
+    XDS_ASSERT(xds_pool_create(3, &pools[2]) == XDS_OK);
+    const xds_dtype types[] = {XDS_DTYPE_F32,  XDS_DTYPE_F16,  XDS_DTYPE_BF16, XDS_DTYPE_Q8_0,
+                               XDS_DTYPE_Q4_0, XDS_DTYPE_Q4_1, XDS_DTYPE_Q4_K, XDS_DTYPE_Q6_K};
+    const int toks[] = {1, 2, 3, 7, 64, 65};
+    for (int l = 0; l < nl; l++) {
+        xds_cpu_level_set((xds_cpu_level)l);
+        CHECK(xds_cpu_level_get() == (xds_cpu_level)l);
+        for (int k = 0; k < 8; k++) {
+            xds_dtype t = types[k];
+            int kq = t == XDS_DTYPE_Q4_K || t == XDS_DTYPE_Q6_K;
+            const int64_t ins[] = {kq ? 256 : 32, kq ? 512 : 96, kq ? 256 : 288, kq ? 768 : 576};
+            const int64_t outs[] = {1, 5, 13, 67};
+            int fails = 0;
+            for (int s = 0; s < 4; s++)
+                for (int tk = 0; tk < 6; tk++) {
+                    if (s == 3 && toks[tk] > 7 && l == 0 && t != XDS_DTYPE_Q4_1) continue; /* keep generic fast */
+                    fails += check_matmul(pools[(s + tk) % 3], t, ins[s], outs[(s + tk) % 4],
+                                          toks[tk], 0, outs[(s + tk) % 4]);
+                }
+            CHECK_MSG(fails == 0, "matmul level %s type %s: %d mismatches",
+                      xds_cpu_level_name((xds_cpu_level)l), xds_dtype_name(t), fails);
+        }
+    }
+    for (int p = 1; p < 3; p++) xds_pool_free(pools[p]);
+}
+
+/* xds_matmul_rows on a sub-range equals the same rows of the full product. */
+static void test_matmul_rows(void) {
+    int nl = levels_n();
+    xds_pool *pool;
+    XDS_ASSERT(xds_pool_create(2, &pool) == XDS_OK);
+    const xds_dtype types[] = {XDS_DTYPE_F32, XDS_DTYPE_BF16, XDS_DTYPE_Q8_0, XDS_DTYPE_Q4_1, XDS_DTYPE_Q6_K};
+    for (int l = 0; l < nl; l++) {
+        xds_cpu_level_set((xds_cpu_level)l);
+        for (int k = 0; k < 5; k++) {
+            xds_dtype t = types[k];
+            int64_t n_in = t == XDS_DTYPE_Q6_K ? 256 : 160, n_out = 37;
+            float *wdq = malloc(n_in * n_out * sizeof(float));
+            void *w = make_weights(t, n_in, n_out, wdq);
+            xds_tensor wt = {.name = "w", .type = t, .n_dims = 2, .ne = {n_in, n_out, 1, 1}, .data = w};
+            const int toks[] = {1, 3, 9};
+            int ok = 1;
+            for (int ti = 0; ti < 3; ti++) {
+                int n_tok = toks[ti];
+                float *x = malloc(n_tok * n_in * sizeof(float));
+                for (int64_t i = 0; i < n_tok * n_in; i++) x[i] = rnd_f();
+                float *full = malloc(n_tok * n_out * sizeof(float));
+                xds_matmul(pool, &wt, x, full, n_tok);
+                const int64_t ranges[][2] = {{0, 1}, {3, 11}, {5, 37}, {36, 37}, {4, 4}};
+                for (int r = 0; r < 5; r++) {
+                    int64_t r0 = ranges[r][0], r1 = ranges[r][1], ldy = r1 - r0 + 2;
+                    float *y = malloc((n_tok * ldy + 1) * sizeof(float));
+                    for (int64_t i = 0; i < n_tok * ldy; i++) y[i] = -7.0f;
+                    xds_matmul_rows(pool, &wt, r0, r1, x, y, ldy, n_tok);
+                    for (int tk = 0; tk < n_tok; tk++) {
+                        for (int64_t o = r0; o < r1; o++)
+                            if (fabsf(y[tk * ldy + o - r0] - full[tk * n_out + o]) >
+                                1e-5f * (1 + fabsf(full[tk * n_out + o])))
+                                ok = 0;
+                        for (int64_t o = r1 - r0; o < ldy; o++)
+                            if (y[tk * ldy + o] != -7.0f) ok = 0;
+                    }
+                    free(y);
+                }
+                free(full);
+                free(x);
+            }
+            CHECK_MSG(ok, "matmul_rows level %s type %s", xds_cpu_level_name((xds_cpu_level)l), xds_dtype_name(t));
+            /* get_row equals the dequantized row */
+            float row[512];
+            xds_get_row(&wt, 17, row);
+            CHECK(memcmp(row, wdq + 17 * n_in, n_in * sizeof(float)) == 0);
+            free(w);
+            free(wdq);
+        }
+    }
+    xds_pool_free(pool);
+}
+
+static void test_ops(void) {
+    const int ns[] = {1, 7, 33, 576};
+    for (int k = 0; k < 4; k++) {
+        int n = ns[k];
+        float *a = malloc(n * 4), *b = malloc(n * 4), *y = malloc(n * 4), *w = malloc(n * 4);
+        for (int i = 0; i < n; i++) a[i] = rnd_f() * 4, b[i] = rnd_f() * 4, w[i] = 1 + rnd_f() * 0.5f;
+        double dot = 0, mag = 0, ss = 0;
+        for (int i = 0; i < n; i++) dot += (double)a[i] * b[i], mag += fabs((double)a[i] * b[i]), ss += (double)a[i] * a[i];
+        CHECK_NEAR(xds_dot_f32(a, b, n), dot, 1e-6 * mag + 1e-7);
+        /* rmsnorm */
+        xds_rmsnorm(y, a, w, n, 1e-5f);
+        double sc = 1.0 / sqrt(ss / n + 1e-5);
+        int ok = 1;
+        for (int i = 0; i < n; i++) ok &= fabs(y[i] - a[i] * sc * w[i]) <= 1e-5 * fabs(a[i] * sc * w[i]) + 1e-6;
+        CHECK_MSG(ok, "rmsnorm n=%d", n);
+        /* softmax */
+        memcpy(y, a, n * 4);
+        xds_softmax(y, n);
+        double mx = a[0], z = 0;
+        for (int i = 1; i < n; i++) mx = fmax(mx, a[i]);
+        for (int i = 0; i < n; i++) z += exp(a[i] - mx);
+        ok = 1;
+        for (int i = 0; i < n; i++) ok &= fabs(y[i] - exp(a[i] - mx) / z) <= 1e-6;
+        CHECK_MSG(ok, "softmax n=%d", n);
+        /* silu_mul */
+        memcpy(y, a, n * 4);
+        xds_silu_mul(y, b, n);
+        ok = 1;
+        for (int i = 0; i < n; i++) {
+            double r = a[i] / (1 + exp(-(double)a[i])) * b[i];
+            ok &= fabs(y[i] - r) <= 1e-5 * fabs(r) + 1e-6;
+        }
+        CHECK_MSG(ok, "silu_mul n=%d", n);
+        /* add, axpy */
+        memcpy(y, a, n * 4);
+        xds_add(y, b, n);
+        ok = 1;
+        for (int i = 0; i < n; i++) ok &= y[i] == a[i] + b[i];
+        CHECK_MSG(ok, "add n=%d", n);
+        memcpy(y, a, n * 4);
+        xds_axpy(y, 0.75f, b, n);
+        ok = 1;
+        for (int i = 0; i < n; i++) ok &= fabs(y[i] - (a[i] + 0.75 * b[i])) <= 1e-6 * (fabs(a[i]) + fabs(b[i]));
+        CHECK_MSG(ok, "axpy n=%d", n);
+        free(a), free(b), free(y), free(w);
+    }
+}
+
+int main(void) {
+    int nl = levels_n();
+    printf("CPU levels tested: %d (max %s)\n", nl, xds_cpu_level_name((xds_cpu_level)(nl - 1)));
+    test_quant_ref();
+    test_act_quant();
+    test_matmul();
+    test_matmul_rows();
+    test_ops();
+    TEST_MAIN_END();
+}
