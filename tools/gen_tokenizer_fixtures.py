@@ -313,6 +313,52 @@ def chat_fixtures(tok_by_family):
     return out
 
 
+def variant_fixtures(strings):
+    """Small trained byte-level BPE tokenizers with the pre-tokenizer options
+    and added-token flags the real files do not use (Split behaviors, invert,
+    literal patterns, ByteLevel prefix space, Digits runs, lstrip/rstrip,
+    normalized added tokens, ignore_merges), each with reference ids."""
+    from tokenizers import Regex, normalizers, trainers
+    base = Tokenizer(models.BPE())
+    base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    base.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    base.train_from_iterator(strings, trainer)
+    bl = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    seq = pre_tokenizers.Sequence
+    variants = {
+        "split_merged_with_previous": seq([pre_tokenizers.Split(" ", "merged_with_previous"), bl]),
+        "split_merged_with_next": seq([pre_tokenizers.Split(Regex(r"\d+|,"), "merged_with_next"), bl]),
+        "split_contiguous": seq([pre_tokenizers.Split(Regex(r"\s"), "contiguous"), bl]),
+        "split_removed": seq([pre_tokenizers.Split(Regex(r"[aeiou]"), "removed"), bl]),
+        "split_invert": seq([pre_tokenizers.Split(Regex(r"\p{L}+"), "isolated", invert=True), bl]),
+        "bytelevel_prefix_space": pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True),
+        "digits_runs": seq([pre_tokenizers.Digits(individual_digits=False), pre_tokenizers.ByteLevel(add_prefix_space=False)]),
+        "added_lstrip_rstrip_nfc": None,
+        "ignore_merges": None,
+    }
+    sample = [x for x in strings if len(x) < 200][:60] + [
+        "a <mask> b", "x<mask>y", "  <mask>  ", "\t<mask>\n", "[X] and [x] and ［X］", "<mask><mask> <mask>",
+        "cafe\u0301 [X]", "1,234,567 and 89", "a,b,,c", "word  word   word"]
+    out = []
+    for name, pre in variants.items():
+        tk = Tokenizer.from_str(base.to_str())
+        if pre is not None:
+            tk.pre_tokenizer = pre
+        if name == "added_lstrip_rstrip_nfc":
+            tk.normalizer = normalizers.NFC()
+            tk.add_special_tokens([AddedToken("<mask>", lstrip=True, rstrip=True, special=True, normalized=False)])
+            tk.add_tokens([AddedToken("[X]", normalized=True, special=False)])
+        if name == "ignore_merges":
+            j = json.loads(tk.to_str())
+            j["model"]["ignore_merges"] = True
+            tk = Tokenizer.from_str(json.dumps(j))
+        cases = [{"text": x, "ids": tk.encode(x, add_special_tokens=False).ids} for x in sample]
+        out.append({"name": name, "tokenizer_json": tk.to_str(), "cases": cases})
+    return {"meta": meta({}), "variants": out}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=os.environ.get("XDS_TEST_MODEL", DEFAULT_MODEL))
@@ -358,6 +404,7 @@ def main():
                                     "cases": cases})
         toks[fam] = at
     write("chat.json", chat_fixtures(toks))
+    write("variants.json", variant_fixtures(strings))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
  * engine). Each renderer reproduces, for plain conversations (system / user /
  * assistant turns, tool results, generation prompt), exactly the text that
  * transformers' apply_chat_template renders from the family's template;
- * tests/data/tokenizer/chat_*.json hold the reference renders.
+ * tests/data/tokenizer/chat.json holds the reference renders.
  *   ChatML (SmolLM2): optional default system prompt taken from the template.
  *   Qwen3: <think> blocks kept only after the last user query; optional empty
  *          think block when enable_thinking is false.

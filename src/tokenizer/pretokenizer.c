@@ -134,7 +134,7 @@ static int augment_pattern(const char *p, size_t n, pbuf *o) {
 static xds_status compile(const char *pattern, size_t len, int literal, const char *src, pcre2_code **out) {
     int err;
     PCRE2_SIZE erroff;
-    uint32_t opt = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    uint32_t opt = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP); /* UCP is not allowed with LITERAL */
     pbuf aug = {0};
     if (!literal) {
         if (augment_pattern(pattern, len, &aug)) {

@@ -481,10 +481,49 @@ static void check_gguf_equivalence(const char *name, const char *tj, const char 
     free(img);
 }
 
+/* Small trained tokenizers exercising Split behaviors, invert, literal
+ * patterns, ByteLevel prefix space, Digits runs, lstrip/rstrip and normalized
+ * added tokens, ignore_merges (tests/data/tokenizer/variants.json). */
+static void check_variants(void) {
+    json_error_t err;
+    json_t *root = json_load_file("tests/data/tokenizer/variants.json", JSON_ALLOW_NUL, &err);
+    CHECK_MSG(root != NULL, "variants.json: %s", err.text);
+    size_t i, k;
+    json_t *v, *c;
+    json_array_foreach(json_object_get(root, "variants"), i, v) {
+        const char *name = json_string_value(json_object_get(v, "name"));
+        json_t *tj = json_object_get(v, "tokenizer_json");
+        xds_tokenizer *t = NULL;
+        CHECK_MSG(xds_tokenizer_load_json_mem(json_string_value(tj), json_string_length(tj), NULL, 0, &t) == XDS_OK,
+                  "%s: %s", name, xds_err_msg());
+        if (!t) continue;
+        int ok = 0, n_cases = 0;
+        json_array_foreach(json_object_get(v, "cases"), k, c) {
+            json_t *jt = json_object_get(c, "text");
+            int32_t *ids = NULL;
+            size_t n = 0;
+            n_cases++;
+            if (xds_tokenizer_encode(t, json_string_value(jt), json_string_length(jt), 1, &ids, &n) == XDS_OK &&
+                ids_equal(ids, n, json_object_get(c, "ids")))
+                ok++;
+            else if (n_cases - ok <= 2) {
+                fprintf(stderr, "variant %s: \"%s\" differs\n", name, json_string_value(jt));
+                print_ids("got", ids, n);
+            }
+            free(ids);
+        }
+        printf("variant %s: %d/%d strings match\n", name, ok, n_cases);
+        CHECK(n_cases >= 50 && ok == n_cases);
+        xds_tokenizer_free(t);
+    }
+    json_decref(root);
+}
+
 static int file_exists(const char *p) { return access(p, R_OK) == 0; }
 
 int main(void) {
     check_bad_json();
+    check_variants();
 
     const char *model = test_model_path();
     if (!model) {
