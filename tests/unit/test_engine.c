@@ -680,7 +680,7 @@ static void test_real_model(void) {
             CHECK(cs.finish == XDS_FINISH_STOP);
             CHECK_MSG(cs.n_text == (size_t)(first - txt) && !memcmp(cs.text, txt, cs.n_text),
                       "stop '%s': got '%s'", stop, cs.text);
-            CHECK(cs.n_cached > 0); /* same prompt again: prefix cache hit */
+            if (rq[1].n > 16) CHECK(cs.n_cached > 0); /* same prompt again: prefix cache hit */
         }
     }
     xds_engine_free(e, 1);
