@@ -49,8 +49,9 @@ static void serve_usage(FILE *f) {
             "  --max-queue N               waiting requests beyond which the server answers 429\n"
             "  --no-prefix-cache           disable prefix caching\n"
             "  --max-connections N         open connections at once (default 256)\n"
-            "  --idle-timeout S            close connections idle this long (default 30)\n"
-            "  --read-timeout S            a request must arrive completely within S seconds (default 30)\n"
+            "  --idle-timeout S            drop a response the client stops reading for S seconds (default 30)\n"
+            "  --read-timeout S            a request must arrive completely within S seconds; also the\n"
+            "                              keep-alive idle limit (default 30)\n"
             "  --max-body BYTES            request body limit, 413 beyond (default 8388608)\n"
             "  --shutdown-timeout S        on SIGTERM, wait this long for in-flight requests (default 60)\n");
 }

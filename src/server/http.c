@@ -49,6 +49,8 @@ typedef int srv_result;
 typedef enum MHD_Result srv_result;
 #endif
 
+#define SRV_SSE_KEEPALIVE_S 10 /* SSE comment after this long without output */
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -70,14 +72,26 @@ typedef enum srv_route {
 static const char *route_name[] = {"other", "/health", "/v1/models", "/metrics", "/v1/completions",
                                    "/v1/chat/completions"};
 
-/* One connection, for the read-deadline reaper. */
+/* What a connection is doing, for the reaper's deadlines. */
+typedef enum srv_conn_state {
+    CONN_READING = 0, /* waiting for a complete request: read_timeout_s from `since` */
+    CONN_BUSY,        /* request in, waiting for the engine: no deadline */
+    CONN_WRITING,     /* a buffered response queued: idle_timeout_s from `since` */
+    CONN_STREAMING,   /* SSE: idle_timeout_s without MHD asking for more data */
+} srv_conn_state;
+
+/* One connection (guarded by srv->conn_mu). */
 typedef struct srv_conn {
     int fd;
-    int reading;       /* waiting for a complete request */
-    double since;      /* when it started waiting */
+    srv_conn_state state;
+    double since;      /* when the current state began */
+    int in_reader;     /* STREAMING: our content reader is running (waiting on the engine) */
+    double last_pull;  /* STREAMING: when the content reader last returned data */
     int killed;
     struct srv_conn *prev, *next;
 } srv_conn;
+
+static void srv_conn_set(xds_server *s, srv_conn *c, srv_conn_state st);
 
 typedef struct srv_req srv_req;
 
@@ -211,11 +225,7 @@ static srv_result srv_send(srv_req *q, struct MHD_Connection *c, int status, con
         return MHD_NO;
     }
     srv_add_common_headers(q->srv, r, ctype);
-    if (q->conn) { /* answering now: the read deadline no longer applies */
-        pthread_mutex_lock(&q->srv->conn_mu);
-        q->conn->reading = 0;
-        pthread_mutex_unlock(&q->srv->conn_mu);
-    }
+    srv_conn_set(q->srv, q->conn, CONN_WRITING);
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (status == 429) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 405)
@@ -315,7 +325,20 @@ static int srv_out_append(srv_req *q, char *s) {
 /* Wait for engine output, then format it as SSE into q->out. */
 static int srv_stream_fill(srv_req *q) {
     pthread_mutex_lock(&q->mu);
-    while (q->n_pieces == 0 && !q->finished) pthread_cond_wait(&q->cv, &q->mu);
+    if (q->n_pieces == 0 && !q->finished) {
+        /* Wait for the engine; every keepalive_s without output send an SSE
+         * comment, so a client that left during a long queue wait is noticed
+         * (the write fails) and proxies do not time the stream out. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += SRV_SSE_KEEPALIVE_S;
+        int rc = 0;
+        while (q->n_pieces == 0 && !q->finished && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&q->cv, &q->mu, &ts);
+        if (q->n_pieces == 0 && !q->finished) {
+            pthread_mutex_unlock(&q->mu);
+            return srv_out_append(q, strdup(": keep-alive\n\n"));
+        }
+    }
     /* swap the pending buffers with the writer's spare ones */
     char *t = q->text;
     size_t tl = q->text_len, tc = q->text_cap;
@@ -370,13 +393,27 @@ static int srv_stream_fill(srv_req *q) {
     return 0;
 }
 
+static void srv_conn_in_reader(srv_req *q, int in) {
+    if (!q->conn) return;
+    pthread_mutex_lock(&q->srv->conn_mu);
+    q->conn->in_reader = in;
+    q->conn->last_pull = now_s();
+    pthread_mutex_unlock(&q->srv->conn_mu);
+}
+
 static ssize_t srv_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     srv_req *q = cls;
     (void)pos;
-    while (q->out_off == q->out_len) {
+    if (q->out_off == q->out_len) {
         if (q->sent_done) return MHD_CONTENT_READER_END_OF_STREAM;
-        q->out_len = q->out_off = 0;
-        if (srv_stream_fill(q) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+        srv_conn_in_reader(q, 1);
+        int rc = 0;
+        while (rc == 0 && q->out_off == q->out_len) {
+            q->out_len = q->out_off = 0;
+            rc = srv_stream_fill(q);
+        }
+        srv_conn_in_reader(q, 0);
+        if (rc != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
     }
     size_t n = q->out_len - q->out_off;
     if (n > max) n = max;
@@ -560,6 +597,7 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
         pthread_mutex_lock(&q->mu);
         q->refs++; /* the response's reference */
         pthread_mutex_unlock(&q->mu);
+        srv_conn_set(s, q->conn, CONN_STREAMING);
         srv_add_common_headers(s, resp, "text/event-stream");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
         MHD_add_response_header(resp, "X-Accel-Buffering", "no");
@@ -734,11 +772,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
     }
     if (q->status) return MHD_YES; /* answered on the first call */
     /* the whole request is in */
-    if (q->conn) {
-        pthread_mutex_lock(&s->conn_mu);
-        q->conn->reading = 0;
-        pthread_mutex_unlock(&s->conn_mu);
-    }
+    srv_conn_set(s, q->conn, CONN_BUSY);
     if (q->too_large) {
         char msg[128];
         snprintf(msg, sizeof msg, "request body exceeds the limit of %zu bytes", s->o.max_body_bytes);
@@ -797,12 +831,7 @@ static void srv_on_completed(void *cls, struct MHD_Connection *c, void **con_cls
         snprintf(lbl, sizeof lbl, "endpoint=\"%s\",code=\"%d\"", route_name[q->route], q->status);
         xds_metric_add(s->m_requests, lbl, 1);
     }
-    if (q->conn) {
-        pthread_mutex_lock(&s->conn_mu);
-        q->conn->reading = 1;
-        q->conn->since = now_s();
-        pthread_mutex_unlock(&s->conn_mu);
-    }
+    srv_conn_set(s, q->conn, CONN_READING);
     pthread_mutex_lock(&s->mu);
     s->n_inflight--;
     pthread_cond_broadcast(&s->idle_cv);
@@ -818,7 +847,7 @@ static void srv_on_connection(void *cls, struct MHD_Connection *c, void **socket
         if (!sc) return;
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         sc->fd = ci ? ci->connect_fd : -1;
-        sc->reading = 1;
+        sc->state = CONN_READING;
         sc->since = now_s();
         pthread_mutex_lock(&s->conn_mu);
         sc->next = s->conns;
@@ -839,8 +868,21 @@ static void srv_on_connection(void *cls, struct MHD_Connection *c, void **socket
     }
 }
 
-/* Shut down connections that have been waiting for a complete request for
- * longer than read_timeout_s. MHD then sees EOF and closes them. */
+static void srv_conn_set(xds_server *s, srv_conn *c, srv_conn_state st) {
+    if (!c) return;
+    double t = now_s();
+    pthread_mutex_lock(&s->conn_mu);
+    c->state = st;
+    c->since = t;
+    c->in_reader = 0;
+    c->last_pull = t;
+    pthread_mutex_unlock(&s->conn_mu);
+}
+
+/* Deadlines (MHD's own inactivity timeout is off: it would count the time a
+ * handler waits for the engine as client inactivity). A connection past its
+ * deadline is shut down; MHD then sees EOF/EPIPE and closes it, reporting a
+ * non-OK termination, which cancels any engine request. */
 static void *srv_reaper_main(void *arg) {
     xds_server *s = arg;
     while (!atomic_load(&s->stopping)) {
@@ -849,7 +891,15 @@ static void *srv_reaper_main(void *arg) {
         int killed = 0;
         pthread_mutex_lock(&s->conn_mu);
         for (srv_conn *sc = s->conns; sc; sc = sc->next) {
-            if (sc->reading && !sc->killed && sc->fd >= 0 && t - sc->since > s->o.read_timeout_s) {
+            if (sc->killed || sc->fd < 0) continue;
+            int expired = 0;
+            switch (sc->state) {
+            case CONN_READING: expired = t - sc->since > s->o.read_timeout_s; break;
+            case CONN_BUSY: break;
+            case CONN_WRITING: expired = t - sc->since > s->o.idle_timeout_s; break;
+            case CONN_STREAMING: expired = !sc->in_reader && t - sc->last_pull > s->o.idle_timeout_s; break;
+            }
+            if (expired) {
                 shutdown(sc->fd, SHUT_RDWR);
                 sc->killed = 1;
                 killed++;
@@ -858,8 +908,7 @@ static void *srv_reaper_main(void *arg) {
         pthread_mutex_unlock(&s->conn_mu);
         if (killed) {
             xds_metric_add(s->m_timeouts, NULL, killed);
-            XDS_LOGI("serve: closed %d connection(s) that did not send a request within %d s", killed,
-                     s->o.read_timeout_s);
+            XDS_LOGI("serve: closed %d connection(s) past their read/write deadline", killed);
         }
     }
     return NULL;
@@ -979,7 +1028,7 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
         flags, (uint16_t)opts->port, NULL, NULL, srv_on_request, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->o.max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->o.idle_timeout_s,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)0, /* deadlines: srv_reaper_main */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->o.header_limit,
         MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, s,
         MHD_OPTION_NOTIFY_CONNECTION, srv_on_connection, s,

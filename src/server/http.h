@@ -9,11 +9,15 @@
  * or finished (non-stream). Engine callbacks only copy and signal.
  *
  * Limits: headers are bounded by MHD's per-connection memory pool
- * (header_limit), bodies by max_body_bytes (413), a connection that has not
- * delivered a complete request within read_timeout_s of starting to wait for
- * one is shut down by a reaper thread (so a client dribbling one byte a second
- * cannot hold a thread forever), and a connection with no traffic at all is
- * closed by MHD after idle_timeout_s.
+ * (header_limit), bodies by max_body_bytes (413). Deadlines are kept by a
+ * reaper thread (MHD's own inactivity timeout is off, as it would count time
+ * spent waiting for the engine): a connection that has not delivered a
+ * complete request within read_timeout_s of starting to wait for one (idle
+ * keep-alive included) is shut down, so a client dribbling one byte a second
+ * cannot hold a thread forever; a response the client does not take for
+ * idle_timeout_s is dropped. While the engine works there is no deadline; a
+ * non-streaming handler polls the socket and cancels if the client hangs up,
+ * a stream sends an SSE comment every 10 s without output.
  *
  * Shutdown: xds_server_quiesce stops accepting, xds_server_wait_idle waits
  * for in-flight requests, xds_server_abort_all cancels what is left,
@@ -37,7 +41,7 @@ typedef struct xds_server_opts {
     const char *model_name;  /* the served model name (GET /v1/models, "model" checks) */
     int max_ctx;             /* the engine's max prompt + output tokens */
     int max_connections;     /* open connections at once */
-    int idle_timeout_s;      /* close a connection with no traffic for this long */
+    int idle_timeout_s;      /* drop a response the client has not taken for this long */
     int read_timeout_s;      /* a whole request must arrive within this */
     size_t max_body_bytes;   /* larger request bodies get 413 */
     size_t header_limit;     /* per-connection memory for headers (MHD pool) */
