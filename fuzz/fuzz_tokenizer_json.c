@@ -1,7 +1,8 @@
 /*
  * fuzz_tokenizer_json.c — libFuzzer target for the tokenizer.json loader.
  * The input is a tokenizer.json (xds_tokenizer_load_json_mem, the same code
- * as loading from a file); when it loads, fixed texts are encoded with and
+ * as loading from a file), optionally followed by a NUL byte and a
+ * tokenizer_config.json; when it loads, fixed texts are encoded with and
  * without special-token parsing, decoded, streamed through the detokenizer
  * and rendered as a chat, so every table the loader built gets used.
  */
@@ -21,7 +22,11 @@ static const char *const texts[] = {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     xds_tokenizer *t;
-    if (xds_tokenizer_load_json_mem((const char *)data, size, NULL, 0, &t) != XDS_OK) return 0;
+    const uint8_t *nul = memchr(data, 0, size);
+    size_t len = nul ? (size_t)(nul - data) : size;
+    const char *cfg = nul ? (const char *)nul + 1 : NULL;
+    size_t cfg_len = nul ? size - len - 1 : 0;
+    if (xds_tokenizer_load_json_mem((const char *)data, len, cfg, cfg_len, &t) != XDS_OK) return 0;
     for (size_t k = 0; k < sizeof texts / sizeof texts[0]; k++) {
         for (int ps = 0; ps < 2; ps++) {
             int32_t *ids;
