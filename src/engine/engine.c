@@ -456,7 +456,8 @@ static void *engine_main(void *arg) {
             }
         }
         if (nc) memcpy(cancels, e->cancels, sizeof(uint64_t) * nc);
-        memmove(e->cancels, e->cancels + nc, sizeof(uint64_t) * (e->n_cancels - nc));
+        if (e->n_cancels > nc)
+            memmove(e->cancels, e->cancels + nc, sizeof(uint64_t) * (e->n_cancels - nc));
         e->n_cancels -= nc;
         int stop = e->stop, drain = e->drain;
         /* While requests move from the inbox to the scheduler, count them as

@@ -57,6 +57,10 @@ void xds_output_free(xds_output *o) {
 /* Move pending[0, n) to the output. */
 static int emit(xds_output *o, size_t n) {
     if (!buf_reserve(&o->out, &o->cap_out, o->n_out + n + 1)) return 0;
+    if (n == 0) {
+        o->out[o->n_out] = 0;
+        return 1;
+    }
     memcpy(o->out + o->n_out, o->pending, n);
     o->n_out += n;
     o->out[o->n_out] = 0;
@@ -125,7 +129,7 @@ static int detok_into(xds_output *o, int32_t token, int flush, char **piece, siz
         got = xds_detok_push(&o->detok, o->tok, token, tmp, sizeof(tmp));
         for (;;) {
             if (!buf_reserve(piece, cap, *n + got)) return 0;
-            memcpy(*piece + *n, tmp, got);
+            if (got) memcpy(*piece + *n, tmp, got);
             *n += got;
             if (got < sizeof(tmp)) break;
             got = xds_detok_push(&o->detok, o->tok, -1, tmp, sizeof(tmp));
@@ -135,7 +139,7 @@ static int detok_into(xds_output *o, int32_t token, int flush, char **piece, siz
         do {
             got = xds_detok_flush(&o->detok, tmp, sizeof(tmp));
             if (!buf_reserve(piece, cap, *n + got)) return 0;
-            memcpy(*piece + *n, tmp, got);
+            if (got) memcpy(*piece + *n, tmp, got);
             *n += got;
         } while (got == sizeof(tmp));
     }
