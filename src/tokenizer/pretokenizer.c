@@ -31,7 +31,13 @@ static const char DSV3_RE3[] =
     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?"
     "[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
 
+#define MAX_STAGES 64 /* stages recurse once each while encoding */
+
 static xds_status add_stage(xds_tokenizer *t, xds_pretok_stage st) {
+    if (t->n_stages >= MAX_STAGES) {
+        if (st.re) pcre2_code_free(st.re);
+        return xds_err_set(XDS_ERR_UNSUPPORTED, "tokenizer: more than %d pre-tokenizer stages", MAX_STAGES);
+    }
     xds_pretok_stage *ns = realloc(t->stages, (t->n_stages + 1) * sizeof *ns);
     if (!ns) {
         if (st.re) pcre2_code_free(st.re);
