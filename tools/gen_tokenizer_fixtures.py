@@ -6,7 +6,8 @@ Run by developers (not CI) with the oracle venv:
 Writes tests/data/tokenizer/{ids_smollm2,ids_qwen3,ids_deepseek_v3}.json (test
 strings and the ids Hugging Face `tokenizers` gives them) and
 tests/data/tokenizer/chat.json (conversations and the prompts transformers'
-apply_chat_template renders for each family).
+apply_chat_template renders for each family) and variants.json (small trained
+tokenizers covering pre-tokenizer / added-token options, with reference ids).
 
 Reference tokenizers
 - Qwen3 and DeepSeek-V3: `tokenizers.Tokenizer.from_file` on the real
