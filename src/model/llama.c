@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "model/attn.h"
 #include "model/model.h"
 
 struct xds_model_ctx {
@@ -30,6 +31,7 @@ struct xds_model_ctx {
     int n_threads;
     int max_tok;
     int max_pos;           /* longest sequence the cache can hold */
+    int attn_avx2;         /* use attn_avx2.c (CPU has AVX2+FMA, head_dim % 8 == 0) */
     float *hidden;         /* (max_tok, n_embd) residual stream of xds_model_forward */
     float *xn;             /* (max_tok, max(n_embd, ...)) normed input / projection output */
     float *q;              /* (max_tok, n_head * head_dim) */
@@ -61,6 +63,7 @@ xds_status xds_model_ctx_create(const xds_model *m, xds_kv_cache *kv, int n_thre
     }
     x->n_threads = xds_pool_size(x->pool);
     x->max_pos = kv ? kv->n_blocks * kv->block_size : 1;
+    x->attn_avx2 = xds_cpu_level_get() >= XDS_CPU_AVX2 && c->head_dim % 8 == 0 && c->head_dim <= 256;
     size_t T = (size_t)max_tok, qd = (size_t)c->n_head * c->head_dim, kvd = (size_t)c->n_head_kv * c->head_dim;
     size_t xnw = c->n_embd;
     x->hidden = malloc(sizeof(float) * T * c->n_embd);
@@ -183,26 +186,15 @@ static void attn_task(void *arg, int task, int thread) {
     int H = c->n_head, hd = c->head_dim, grp = c->n_head / c->n_head_kv;
     int t = task / H, h = task % H, kvh = h / grp;
     int qd = H * hd, kvd = c->n_head_kv * hd;
+    size_t layer_off = (size_t)J->layer * kv->n_blocks * kv->block_size * kvd;
+    xds_attn_src src = {kv->k + layer_off, kv->v + layer_off, kv->seqs[J->b->seq[t]].blocks,
+                        kv->block_size, kvd, kvh * hd, hd};
     const float *q = ctx->q + (size_t)t * qd + (size_t)h * hd;
     float *o = ctx->att + (size_t)t * qd + (size_t)h * hd;
-    int seq = J->b->seq[t], n = J->b->pos[t] + 1;
     float *sc = ctx->scores + (size_t)thread * ctx->max_pos;
-    const xds_kv_seq *s = &kv->seqs[seq];
-    int B = kv->block_size;
-    size_t layer_off = (size_t)J->layer * kv->n_blocks * B;
-    float scale = ctx->m->attn_scale;
-    for (int p0 = 0, bi = 0; p0 < n; p0 += B, bi++) {
-        const float *kb = kv->k + (layer_off + (size_t)s->blocks[bi] * B) * kvd + (size_t)kvh * hd;
-        int cnt = n - p0 < B ? n - p0 : B;
-        for (int j = 0; j < cnt; j++) sc[p0 + j] = xds_dot_f32(q, kb + (size_t)j * kvd, hd) * scale;
-    }
-    xds_softmax(sc, n);
-    memset(o, 0, sizeof(float) * hd);
-    for (int p0 = 0, bi = 0; p0 < n; p0 += B, bi++) {
-        const float *vb = kv->v + (layer_off + (size_t)s->blocks[bi] * B) * kvd + (size_t)kvh * hd;
-        int cnt = n - p0 < B ? n - p0 : B;
-        for (int j = 0; j < cnt; j++) xds_axpy(o, sc[p0 + j], vb + (size_t)j * kvd, hd);
-    }
+    int n = J->b->pos[t] + 1;
+    if (ctx->attn_avx2) xds_attn_head_avx2(&src, q, n, ctx->m->attn_scale, sc, o);
+    else xds_attn_head_ref(&src, q, n, ctx->m->attn_scale, sc, o);
 }
 
 void xds_model_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, float *x) {

@@ -1,0 +1,27 @@
+/*
+ * attn.h — the inner loop of attention for one query head over one
+ * sequence's paged K/V (internal to src/model): out = softmax(scale * q K^T) V
+ * over positions [0, n). A portable version and an AVX2+FMA one
+ * (attn_avx2.c, used only when the CPU has it and head_dim % 8 == 0), chosen
+ * at run time. Both compute the same math; results agree to f32 rounding.
+ */
+#ifndef XDS_MODEL_ATTN_H
+#define XDS_MODEL_ATTN_H
+
+#include <stdint.h>
+
+typedef struct xds_attn_src {
+    const float *k;        /* layer base of the K pool: (n_blocks, B, kvd) */
+    const float *v;        /* layer base of the V pool: (n_blocks, B, kvd) */
+    const int32_t *blocks; /* the sequence's block table */
+    int B;                 /* tokens per block */
+    int kvd;               /* floats per token row (n_head_kv * head_dim) */
+    int off;               /* offset of this kv head in a row (kvh * head_dim) */
+    int hd;                /* head dim */
+} xds_attn_src;
+
+/* sc: scratch of >= n floats. */
+void xds_attn_head_ref(const xds_attn_src *s, const float *q, int n, float scale, float *sc, float *out);
+void xds_attn_head_avx2(const xds_attn_src *s, const float *q, int n, float scale, float *sc, float *out);
+
+#endif

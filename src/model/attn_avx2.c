@@ -1,0 +1,115 @@
+/*
+ * attn_avx2.c — AVX2+FMA attention for one query head (see attn.h): q.k dot
+ * products with the query held in registers, a vectorized exp (Cephes
+ * polynomial, ~1e-7 relative error) for the softmax, and the weighted sum of
+ * V rows accumulated in registers. head_dim must be a multiple of 8 (<= 256).
+ * Compiled with -mavx2 -mfma; called only after a run-time CPU check.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "model/attn.h"
+
+static inline float hsum8(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+static inline __m256 exp8(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.3762626647949f);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+    fx = _mm256_floor_ps(fx);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+static inline __attribute__((always_inline)) void attn_impl(const xds_attn_src *s, const float *q, int n,
+                                                           float scale, float *sc, float *out, int hd) {
+    const int nq = hd / 8;
+    __m256 qv[32];
+    for (int c = 0; c < nq; c++) qv[c] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * c), _mm256_set1_ps(scale));
+    const int B = s->B, kvd = s->kvd;
+    float mx = -INFINITY;
+    for (int p0 = 0, bi = 0; p0 < n; p0 += B, bi++) {
+        const float *kb = s->k + (size_t)s->blocks[bi] * B * kvd + s->off;
+        int cnt = n - p0 < B ? n - p0 : B;
+        int j = 0;
+        for (; j + 4 <= cnt; j += 4) { /* 4 keys at once: one shuffle tree for 4 sums */
+            const float *k0 = kb + (size_t)j * kvd, *k1 = k0 + kvd, *k2 = k1 + kvd, *k3 = k2 + kvd;
+            __m256 a0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0));
+            __m256 a1 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k1));
+            __m256 a2 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k2));
+            __m256 a3 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k3));
+            for (int c = 1; c < nq; c++) {
+                a0 = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(k0 + 8 * c), a0);
+                a1 = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(k1 + 8 * c), a1);
+                a2 = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(k2 + 8 * c), a2);
+                a3 = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(k3 + 8 * c), a3);
+            }
+            __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+            __m128 d4 = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+            _mm_storeu_ps(sc + p0 + j, d4);
+            __m128 m2 = _mm_max_ps(d4, _mm_movehl_ps(d4, d4));
+            m2 = _mm_max_ss(m2, _mm_movehdup_ps(m2));
+            float m = _mm_cvtss_f32(m2);
+            mx = m > mx ? m : mx;
+        }
+        for (; j < cnt; j++) {
+            const float *kr = kb + (size_t)j * kvd;
+            __m256 a0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kr));
+            for (int c = 1; c < nq; c++) a0 = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(kr + 8 * c), a0);
+            float d = hsum8(a0);
+            sc[p0 + j] = d;
+            mx = d > mx ? d : mx;
+        }
+    }
+    /* softmax numerators and their sum */
+    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmx));
+        _mm256_storeu_ps(sc + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum8(vsum);
+    for (; j < n; j++) {
+        float e = expf(sc[j] - mx);
+        sc[j] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+    __m256 acc[32];
+    for (int c = 0; c < nq; c++) acc[c] = _mm256_setzero_ps();
+    for (int p0 = 0, bi = 0; p0 < n; p0 += B, bi++) {
+        const float *vb = s->v + (size_t)s->blocks[bi] * B * kvd + s->off;
+        int cnt = n - p0 < B ? n - p0 : B;
+        for (int jj = 0; jj < cnt; jj++) {
+            const float *vr = vb + (size_t)jj * kvd;
+            __m256 p = _mm256_set1_ps(sc[p0 + jj]);
+            for (int c = 0; c < nq; c++) acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+        }
+    }
+    __m256 vinv = _mm256_set1_ps(inv);
+    for (int c = 0; c < nq; c++) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], vinv));
+}
+
+void xds_attn_head_avx2(const xds_attn_src *s, const float *q, int n, float scale, float *sc, float *out) {
+    switch (s->hd) { /* constant head dims unroll fully and keep acc[] in registers */
+    case 64: attn_impl(s, q, n, scale, sc, out, 64); break;
+    case 128: attn_impl(s, q, n, scale, sc, out, 128); break;
+    default: attn_impl(s, q, n, scale, sc, out, s->hd); break;
+    }
+}
