@@ -5,9 +5,10 @@
  *
  * Quantized activations ("xq"): each token row of n_in = nb * 32 values is
  *   int8  qs[nb * 32]   q = round_nearest_even(x / d), |q| <= 127
- *   float d[nb]         d = max|x| / 127 over the block (0 for an all-zero block)
- *   float s[nb]         s = d * sum(q) over the block
- * followed by padding to 64 bytes; rows are xq_row_bytes(nb) apart.
+ *   float ds[2 * nb]    ds[2b] = d = max|x| / 127 over block b (0 if all zero),
+ *                       ds[2b+1] = s = d * sum(q) over block b
+ * followed by padding to 64 bytes; rows are xq_row_bytes(nb) apart. (d and s
+ * are interleaved so that one 128-bit load gives both for a pair of blocks.)
  *
  * Every quantized weight type is handled as "unsigned u8 weights u, scales
  * dw, offsets mw" per 32-block so that
@@ -30,11 +31,8 @@ static inline size_t xq_row_bytes(int64_t nb) {
     return ((size_t)nb * 40 + 63) & ~(size_t)63;
 }
 static inline const int8_t *xq_qs(const uint8_t *row) { return (const int8_t *)row; }
-static inline const float *xq_d(const uint8_t *row, int64_t nb) {
+static inline const float *xq_ds(const uint8_t *row, int64_t nb) {
     return (const float *)(row + nb * 32);
-}
-static inline const float *xq_s(const uint8_t *row, int64_t nb) {
-    return (const float *)(row + nb * 36);
 }
 
 /* Quantize one activation row of nb*32 floats into xq layout at dst. */

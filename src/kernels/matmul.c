@@ -22,7 +22,7 @@
 
 void xds_act_quant_generic(const float *x, int64_t nb, uint8_t *dst) {
     int8_t *qs = (int8_t *)dst;
-    float *d = (float *)(dst + nb * 32), *s = (float *)(dst + nb * 36);
+    float *ds = (float *)(dst + nb * 32);
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * 32;
         float amax = 0.0f;
@@ -34,14 +34,14 @@ void xds_act_quant_generic(const float *x, int64_t nb, uint8_t *dst) {
             qs[b * 32 + j] = (int8_t)q;
             sum += q;
         }
-        d[b] = db;
-        s[b] = db * (float)sum;
+        ds[2 * b] = db;
+        ds[2 * b + 1] = db * (float)sum;
     }
 }
 
 static float qdot_row_generic(xds_dtype type, const uint8_t *w, int64_t nb, const uint8_t *xr) {
     const int8_t *xq = xq_qs(xr);
-    const float *xd = xq_d(xr, nb), *xs = xq_s(xr, nb);
+    const float *ds = xq_ds(xr, nb);
     float acc = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *q = xq + b * 32;
@@ -50,20 +50,20 @@ static float qdot_row_generic(xds_dtype type, const uint8_t *w, int64_t nb, cons
         case XDS_DTYPE_Q8_0: {
             const xds_block_q8_0 *blk = (const xds_block_q8_0 *)w + b;
             for (int j = 0; j < 32; j++) isum += blk->qs[j] * q[j];
-            acc += xds_f16_to_f32(blk->d) * xd[b] * (float)isum;
+            acc += xds_f16_to_f32(blk->d) * ds[2 * b] * (float)isum;
             break;
         }
         case XDS_DTYPE_Q4_0: {
             const xds_block_q4_0 *blk = (const xds_block_q4_0 *)w + b;
             for (int j = 0; j < 16; j++)
                 isum += ((blk->qs[j] & 15) - 8) * q[j] + ((blk->qs[j] >> 4) - 8) * q[j + 16];
-            acc += xds_f16_to_f32(blk->d) * xd[b] * (float)isum;
+            acc += xds_f16_to_f32(blk->d) * ds[2 * b] * (float)isum;
             break;
         }
         case XDS_DTYPE_Q4_1: {
             const xds_block_q4_1 *blk = (const xds_block_q4_1 *)w + b;
             for (int j = 0; j < 16; j++) isum += (blk->qs[j] & 15) * q[j] + (blk->qs[j] >> 4) * q[j + 16];
-            acc += xds_f16_to_f32(blk->d) * xd[b] * (float)isum + xds_f16_to_f32(blk->m) * xs[b];
+            acc += xds_f16_to_f32(blk->d) * ds[2 * b] * (float)isum + xds_f16_to_f32(blk->m) * ds[2 * b + 1];
             break;
         }
         default: XDS_ASSERT(!"qgemm: not a q8/q4 type");

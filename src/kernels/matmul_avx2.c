@@ -30,7 +30,7 @@ static inline int hsum256i(__m256i v) {
 
 void xds_act_quant_avx2(const float *x, int64_t nb, uint8_t *dst) {
     int8_t *qs = (int8_t *)dst;
-    float *d = (float *)(dst + nb * 32), *s = (float *)(dst + nb * 36);
+    float *ds = (float *)(dst + nb * 32);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int64_t b = 0; b < nb; b++) {
         __m256 v[4];
@@ -53,24 +53,25 @@ void xds_act_quant_avx2(const float *x, int64_t nb, uint8_t *dst) {
         __m256i p = _mm256_packs_epi16(p01, p23);
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)(qs + b * 32), p);
-        d[b] = db;
-        s[b] = db * (float)sum;
+        ds[2 * b] = db;
+        ds[2 * b + 1] = db * (float)sum;
     }
 }
 
 /* ---- quantized GEMM ------------------------------------------------------ */
 
-static void prep_scales(xds_dtype type, const uint8_t *row, int64_t nb, float *dw, float *mw) {
+/* Per-row interleaved block scales: dm[2b] = dw_b, dm[2b+1] = mw_b. */
+static void prep_scales(xds_dtype type, const uint8_t *row, int64_t nb, float *dm) {
     for (int64_t b = 0; b < nb; b++) {
-        if (type == XDS_DTYPE_Q8_0) {
-            dw[b] = _cvtsh_ss(((const xds_block_q8_0 *)row)[b].d);
-            mw[b] = 0.0f;
-        } else if (type == XDS_DTYPE_Q4_0) {
-            dw[b] = _cvtsh_ss(((const xds_block_q4_0 *)row)[b].d);
-            mw[b] = -8.0f * dw[b];
+        if (type == XDS_DTYPE_Q4_1) {
+            const xds_block_q4_1 *blk = (const xds_block_q4_1 *)row + b;
+            dm[2 * b] = _cvtsh_ss(blk->d);
+            dm[2 * b + 1] = _cvtsh_ss(blk->m);
         } else {
-            dw[b] = _cvtsh_ss(((const xds_block_q4_1 *)row)[b].d);
-            mw[b] = _cvtsh_ss(((const xds_block_q4_1 *)row)[b].m);
+            float d = _cvtsh_ss(type == XDS_DTYPE_Q8_0 ? ((const xds_block_q8_0 *)row)[b].d
+                                                       : ((const xds_block_q4_0 *)row)[b].d);
+            dm[2 * b] = d;
+            dm[2 * b + 1] = type == XDS_DTYPE_Q8_0 ? 0.0f : -8.0f * d;
         }
     }
 }
@@ -87,47 +88,57 @@ static inline __attribute__((always_inline)) __m256i load_w(int type, const uint
 
 static inline __attribute__((always_inline)) void
 qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, int64_t nb,
-        const float *dw, const float *mw, size_t scs, const uint8_t *xq, size_t xs, float *y,
-        int64_t ldy) {
+        const float *dm, size_t scs, const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
     __m256 acc[4][2];
     const __m256i ones = _mm256_set1_epi16(1);
+    #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
+        #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i wv[4];
+        #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = load_w(type, w + r * ws, b);
+        #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             const uint8_t *xr = xq + t * xs;
             __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + b * 32));
-            float dx = xq_d(xr, nb)[b];
+            float dx = xq_ds(xr, nb)[2 * b];
+            #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 __m256i p16 = type == XDS_DTYPE_Q8_0
                                   ? _mm256_maddubs_epi16(_mm256_abs_epi8(wv[r]), _mm256_sign_epi8(xv, wv[r]))
                                   : _mm256_maddubs_epi16(wv[r], xv);
                 __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                acc[r][t] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw[r * scs + b] * dx), acc[r][t]);
+                acc[r][t] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dm[r * scs + 2 * b] * dx), acc[r][t]);
             }
         }
     }
-    if (type != XDS_DTYPE_Q8_0) {
-        for (int64_t b = 0; b < nb; b += 8) {
-            int left = nb - b >= 8 ? 8 : (int)(nb - b);
+    if (type != XDS_DTYPE_Q8_0) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
+        const __m256 odd = _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1));
+        for (int64_t b = 0; b < nb; b += 4) {
+            int left = nb - b >= 4 ? 8 : (int)(nb - b) * 2;
             __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
             __m256 mv[4];
-            for (int r = 0; r < R; r++) mv[r] = _mm256_maskload_ps(mw + r * scs + b, m);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) mv[r] = _mm256_and_ps(_mm256_maskload_ps(dm + r * scs + 2 * b, m), odd);
+#pragma GCC unroll 4
             for (int t = 0; t < T; t++) {
-                __m256 sv = _mm256_maskload_ps(xq_s(xq + t * xs, nb) + b, m);
+                __m256 sv = _mm256_maskload_ps(xq_ds(xq + t * xs, nb) + 2 * b, m);
+#pragma GCC unroll 4
                 for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(mv[r], sv, acc[r][t]);
             }
         }
     }
+    #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
+        #pragma GCC unroll 4
         for (int r = 0; r < R; r++) y[t * ldy + r] = hsum256(acc[r][t]);
 }
 
-#define QK2_T(R, TY)                                                              \
-    if (T == 2) qk_tile(R, 2, TY, w, ws, nb, dw, mw, scs, xq, xs, y, ldy);        \
-    else qk_tile(R, 1, TY, w, ws, nb, dw, mw, scs, xq, xs, y, ldy);
+#define QK2_T(R, TY)                                                      \
+    if (T == 2) qk_tile(R, 2, TY, w, ws, nb, dm, scs, xq, xs, y, ldy);    \
+    else qk_tile(R, 1, TY, w, ws, nb, dm, scs, xq, xs, y, ldy);
 #define QK2_TY(R)                                                \
     switch (type) {                                              \
     case XDS_DTYPE_Q8_0: QK2_T(R, XDS_DTYPE_Q8_0) break;         \
@@ -136,8 +147,8 @@ qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, i
     }
 
 static void qk_call(int R, int T, xds_dtype type, const uint8_t *w, size_t ws, int64_t nb,
-                    const float *dw, const float *mw, size_t scs, const uint8_t *xq, size_t xs,
-                    float *y, int64_t ldy) {
+                    const float *dm, size_t scs, const uint8_t *xq, size_t xs, float *y,
+                    int64_t ldy) {
     if (R == 4) {
         QK2_TY(4)
     } else {
@@ -148,22 +159,22 @@ static void qk_call(int R, int T, xds_dtype type, const uint8_t *w, size_t ws, i
 void xds_qgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
                     int64_t nb, const uint8_t *xq, size_t xq_stride, int n_tok, float *y,
                     int64_t ldy) {
-    const size_t scs = (size_t)((nb + 7) & ~7);
-    float *sc = malloc(scs * 8 * sizeof(float));
-    XDS_ASSERT(sc);
-    float *dw = sc, *mw = sc + 4 * scs;
+    const size_t scs = (size_t)((2 * nb + 7) & ~7);
+    float *dm = malloc(scs * 4 * sizeof(float));
+    XDS_ASSERT(dm);
     for (int64_t r0 = 0; r0 < n_rows;) {
         int R = n_rows - r0 >= 4 ? 4 : 1;
         const uint8_t *wr = w + r0 * w_row_bytes;
-        for (int r = 0; r < R; r++) prep_scales(type, wr + r * w_row_bytes, nb, dw + r * scs, mw + r * scs);
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++) prep_scales(type, wr + r * w_row_bytes, nb, dm + r * scs);
         for (int t0 = 0; t0 < n_tok; t0 += 2) {
             int T = n_tok - t0 >= 2 ? 2 : 1;
-            qk_call(R, T, type, wr, w_row_bytes, nb, dw, mw, scs, xq + t0 * xq_stride, xq_stride,
+            qk_call(R, T, type, wr, w_row_bytes, nb, dm, scs, xq + t0 * xq_stride, xq_stride,
                     y + t0 * ldy + r0, ldy);
         }
         r0 += R;
     }
-    free(sc);
+    free(dm);
 }
 
 /* ---- float-weight GEMM ----------------------------------------------------- */
@@ -185,18 +196,25 @@ static inline __attribute__((always_inline)) void
 fk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, int64_t n,
         const float *x, int64_t ldx, float *y, int64_t ldy) {
     __m256 acc[4][3];
+    #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
+        #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 wv[4];
+        #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = load_f8(type, w + r * ws, i);
+        #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             __m256 xv = _mm256_loadu_ps(x + t * ldx + i);
+            #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
+    #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
+        #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             float s = hsum256(acc[r][t]);
             for (int64_t j = i; j < n; j++) s += wval(type, w + r * ws, j) * x[t * ldx + j];

@@ -24,7 +24,7 @@
 
 void xds_act_quant_avx512(const float *x, int64_t nb, uint8_t *dst) {
     int8_t *qs = (int8_t *)dst;
-    float *d = (float *)(dst + nb * 32), *s = (float *)(dst + nb * 36);
+    float *ds = (float *)(dst + nb * 32);
     for (int64_t b = 0; b < nb; b++) {
         __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
         float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -35,8 +35,8 @@ void xds_act_quant_avx512(const float *x, int64_t nb, uint8_t *dst) {
         int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
         _mm_storeu_si128((__m128i *)(qs + b * 32), _mm512_cvtepi32_epi8(q0));
         _mm_storeu_si128((__m128i *)(qs + b * 32 + 16), _mm512_cvtepi32_epi8(q1));
-        d[b] = db;
-        s[b] = db * (float)sum;
+        ds[2 * b] = db;
+        ds[2 * b + 1] = db * (float)sum;
     }
 }
 
@@ -77,96 +77,142 @@ static inline __attribute__((always_inline)) __m512i load_w2(int src, const uint
     return _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
 }
 
-/* [s[0] x8 | s[1] x8] (s[1] read only if two). */
-static inline __attribute__((always_inline)) __m512 pair_scale(const float *s, int two) {
-    __m128 v = two ? _mm_castpd_ps(_mm_load_sd((const double *)s)) : _mm_load_ss(s);
-    return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+/* [v[0] x8 | v[2] x8] from v = [d0 m0 d1 m1] (d1 read only if two). */
+static inline __attribute__((always_inline)) __m128 load_pair(const float *dm, int two) {
+    return two ? _mm_loadu_ps(dm) : _mm_castpd_ps(_mm_load_sd((const double *)dm));
+}
+static inline __attribute__((always_inline)) __m512 spread_pair(__m128 v) {
+    return _mm512_permutexvar_ps(_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
                                  _mm512_castps128_ps512(v));
 }
 
-/* Per-row block scales dw[b], offsets mw[b] for rows of a quantized type. */
-static void prep_scales(xds_dtype type, const uint8_t *row, int64_t nb, float *dw, float *mw) {
-    int bs = type == XDS_DTYPE_Q8_0 ? 34 : type == XDS_DTYPE_Q4_0 ? 18 : 20;
-    const __m512i idx = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(bs));
-    __m512 mul = _mm512_set1_ps(type == XDS_DTYPE_Q8_0 ? -128.0f : -8.0f);
-    for (int64_t b = 0; b < nb; b += 16) {
-        __mmask16 m = nb - b >= 16 ? 0xffff : (__mmask16)((1u << (nb - b)) - 1);
-        /* 4 bytes at each block start: d (and m for Q4_1) */
-        __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, row + b * bs, 1);
-        __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
-        _mm512_mask_storeu_ps(dw + b, m, d);
-        __m512 o = type == XDS_DTYPE_Q4_1
-                       ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)))
-                       : _mm512_mul_ps(d, mul);
-        _mm512_mask_storeu_ps(mw + b, m, o);
+/* Per-row interleaved block scales dm[2b] = dw_b, dm[2b+1] = mw_b
+ * (one F16C conversion per block, no gathers: they are slow on Zen 4). */
+static void prep_scales(xds_dtype type, const uint8_t *row, int64_t nb, float *dm) {
+    if (type == XDS_DTYPE_Q4_1) {
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t dmw;
+            memcpy(&dmw, row + b * 20, 4);
+            _mm_storel_pi((__m64 *)(dm + 2 * b), _mm_cvtph_ps(_mm_cvtsi32_si128(dmw)));
+        }
+        return;
+    }
+    const int bs = type == XDS_DTYPE_Q8_0 ? 34 : 18;
+    const __m128 mul = _mm_setr_ps(1.0f, type == XDS_DTYPE_Q8_0 ? -128.0f : -8.0f, 0.0f, 0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        uint16_t d;
+        memcpy(&d, row + b * bs, 2);
+        __m128 v = _mm_mul_ps(_mm_cvtph_ps(_mm_set1_epi16((short)d)), mul);
+        _mm_storel_pi((__m64 *)(dm + 2 * b), v);
+    }
+}
+
+/* [dw0 mw0 dw1 mw1] of blocks 2p, 2p+1 read from the weight row itself. */
+static inline __attribute__((always_inline)) __m128 direct_pair(int src, const uint8_t *row, int64_t p,
+                                                                int two) {
+    if (src == SRC_Q4_1) {
+        int32_t a, b = 0;
+        memcpy(&a, row + 2 * p * 20, 4);
+        if (two) memcpy(&b, row + (2 * p + 1) * 20, 4);
+        return _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(a), b, 1));
+    }
+    const int bs = src == SRC_Q8_0 ? 34 : 18;
+    uint16_t a, b = 0;
+    memcpy(&a, row + 2 * p * bs, 2);
+    if (two) memcpy(&b, row + (2 * p + 1) * bs, 2);
+    __m128 v = _mm_cvtph_ps(_mm_cvtsi32_si128((int)a | ((int)b << 16))); /* [d0 d1 0 0] */
+    const float k = src == SRC_Q8_0 ? -128.0f : -8.0f;
+    return _mm_mul_ps(_mm_unpacklo_ps(v, v), _mm_setr_ps(1.0f, k, 1.0f, k));
+}
+
+/* One pair (or the last single block) of blocks for the whole tile. */
+static inline __attribute__((always_inline)) void
+qk_step(const int R, const int T, const int src, const int two, int64_t p, const uint8_t *w,
+        size_t w_stride, int64_t nb, const float *dm, size_t sc_stride, const uint8_t *xq, size_t xs,
+        __m512 acc[4][4], __m128 macc[4]) {
+    __m512i wv[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) wv[r] = load_w2(src, w + r * w_stride, p, two);
+    if (T == 1) { /* scales: [dw*dx, mw*s] per block with one 128-bit multiply */
+        __m512i xv = two ? _mm512_loadu_si512(xq + p * 64)
+                         : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xq + p * 64)));
+        __m128 ds = load_pair(xq_ds(xq, nb) + 4 * p, two);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m128 dmr = src == SRC_U8 ? load_pair(dm + r * sc_stride + 4 * p, two)
+                                       : direct_pair(src, w + r * w_stride, p, two);
+            __m128 prod = _mm_mul_ps(dmr, ds);
+            macc[r] = _mm_add_ps(macc[r], prod);
+            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
+            acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), spread_pair(prod), acc[r][0]);
+        }
+        return;
+    }
+    __m512 dwv[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) dwv[r] = spread_pair(load_pair(dm + r * sc_stride + 4 * p, two));
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        const uint8_t *xr = xq + t * xs;
+        __m512i xv = two ? _mm512_loadu_si512(xr + p * 64)
+                         : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xr + p * 64)));
+        __m512 dxv = spread_pair(load_pair(xq_ds(xr, nb) + 4 * p, two));
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
+            acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dwv[r], dxv), acc[r][t]);
+        }
     }
 }
 
 static inline __attribute__((always_inline)) void
 qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stride, int64_t nb,
-        const float *dw, const float *mw, size_t sc_stride, const uint8_t *xq, size_t xs, float *y,
-        int64_t ldy) {
+        const float *dm, size_t sc_stride, const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
     __m512 acc[4][4];
-    for (int r = 0; r < R; r++)
+    __m128 macc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        macc[r] = _mm_setzero_ps();
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    }
     const int64_t np = nb / 2;
-    for (int64_t p = 0; p < np; p++) {
-        __m512i wv[4];
-        __m512 dwv[4];
+    for (int64_t p = 0; p < np; p++)
+        qk_step(R, T, src, 1, p, w, w_stride, nb, dm, sc_stride, xq, xs, acc, macc);
+    if (nb & 1) qk_step(R, T, src, 0, np, w, w_stride, nb, dm, sc_stride, xq, xs, acc, macc);
+    if (T == 1) { /* offsets: odd lanes of macc */
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            wv[r] = load_w2(src, w + r * w_stride, p, 1);
-            dwv[r] = pair_scale(dw + r * sc_stride + 2 * p, 1);
+            __m128 m = macc[r];
+            y[r] = _mm512_reduce_add_ps(acc[r][0]) + (m[1] + m[3]);
         }
-        for (int t = 0; t < T; t++) {
-            const uint8_t *xr = xq + t * xs;
-            __m512i xv = _mm512_loadu_si512(xr + p * 64);
-            __m512 dxv = pair_scale(xq_d(xr, nb) + 2 * p, 1);
-            for (int r = 0; r < R; r++) {
-                __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dwv[r], dxv),
-                                            acc[r][t]);
-            }
-        }
+        return;
     }
-    if (nb & 1) { /* last single block */
-        int64_t p = np;
-        __m512i wv[4];
-        __m512 dwv[4];
-        for (int r = 0; r < R; r++) {
-            wv[r] = load_w2(src, w + r * w_stride, p, 0);
-            dwv[r] = pair_scale(dw + r * sc_stride + 2 * p, 0);
-        }
-        for (int t = 0; t < T; t++) {
-            const uint8_t *xr = xq + t * xs;
-            __m512i xv = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xr + p * 64)));
-            __m512 dxv = pair_scale(xq_d(xr, nb) + 2 * p, 0);
-            for (int r = 0; r < R; r++) {
-                __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dwv[r], dxv),
-                                            acc[r][t]);
-            }
-        }
-    }
-    for (int64_t b = 0; b < nb; b += 16) { /* offsets: mw_b * s_b */
-        __mmask16 m = nb - b >= 16 ? 0xffff : (__mmask16)((1u << (nb - b)) - 1);
+    for (int64_t b = 0; b < nb; b += 8) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
+        __mmask16 m = nb - b >= 8 ? 0xffff : (__mmask16)((1u << (2 * (nb - b))) - 1);
+        m &= 0xaaaa;
         __m512 mv[4];
-        for (int r = 0; r < R; r++) mv[r] = _mm512_maskz_loadu_ps(m, mw + r * sc_stride + b);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) mv[r] = _mm512_maskz_loadu_ps(m, dm + r * sc_stride + 2 * b);
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
-            __m512 sv = _mm512_maskz_loadu_ps(m, xq_s(xq + t * xs, nb) + b);
+            __m512 sv = _mm512_maskz_loadu_ps(m, xq_ds(xq + t * xs, nb) + 2 * b);
+#pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(mv[r], sv, acc[r][t]);
         }
     }
+#pragma GCC unroll 4
     for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
 #define QK_T(R, S)                                                                              \
     switch (T) {                                                                                \
-    case 1: qk_tile(R, 1, S, w, ws, nb, dw, mw, scs, xq, xs, y, ldy); break;                   \
-    case 2: qk_tile(R, 2, S, w, ws, nb, dw, mw, scs, xq, xs, y, ldy); break;                   \
-    case 3: qk_tile(R, 3, S, w, ws, nb, dw, mw, scs, xq, xs, y, ldy); break;                   \
-    default: qk_tile(R, 4, S, w, ws, nb, dw, mw, scs, xq, xs, y, ldy); break;                  \
+    case 1: qk_tile(R, 1, S, w, ws, nb, dm, scs, xq, xs, y, ldy); break;                       \
+    case 2: qk_tile(R, 2, S, w, ws, nb, dm, scs, xq, xs, y, ldy); break;                       \
+    case 3: qk_tile(R, 3, S, w, ws, nb, dm, scs, xq, xs, y, ldy); break;                       \
+    default: qk_tile(R, 4, S, w, ws, nb, dm, scs, xq, xs, y, ldy); break;                      \
     }
 #define QK_S(R)                          \
     switch (src) {                       \
@@ -176,9 +222,8 @@ qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stri
     default: QK_T(R, SRC_U8) break;      \
     }
 
-static void qk_call(int R, int T, int src, const uint8_t *w, size_t ws, int64_t nb, const float *dw,
-                    const float *mw, size_t scs, const uint8_t *xq, size_t xs, float *y,
-                    int64_t ldy) {
+static void qk_call(int R, int T, int src, const uint8_t *w, size_t ws, int64_t nb, const float *dm,
+                    size_t scs, const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
     if (R == 4) {
         QK_S(4)
     } else {
@@ -190,10 +235,9 @@ void xds_qgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int6
                       int64_t nb, const uint8_t *xq, size_t xq_stride, int n_tok, float *y,
                       int64_t ldy) {
     const int src = src_of(type);
-    const size_t scs = (size_t)((nb + 15) & ~15);
-    float *sc = aligned_alloc(64, scs * 8 * sizeof(float));
-    XDS_ASSERT(sc);
-    float *dw = sc, *mw = sc + 4 * scs;
+    const size_t scs = (size_t)((2 * nb + 15) & ~15);
+    float *dm = aligned_alloc(64, scs * 4 * sizeof(float));
+    XDS_ASSERT(dm);
     /* Repack the row tile's u8 weights when several token tiles reuse them. */
     const int repack = n_tok > 4;
     const size_t us = (size_t)nb * 32 + 64;
@@ -202,12 +246,13 @@ void xds_qgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int6
     for (int64_t r0 = 0; r0 < n_rows;) {
         int R = n_rows - r0 >= 4 ? 4 : 1;
         const uint8_t *wr = w + r0 * w_row_bytes;
-        for (int r = 0; r < R; r++)
-            prep_scales(type, wr + r * w_row_bytes, nb, dw + r * scs, mw + r * scs);
+        if (n_tok > 1) /* with one token, qk_tile reads the scales directly */
+            for (int r = 0; r < R; r++) prep_scales(type, wr + r * w_row_bytes, nb, dm + r * scs);
         const uint8_t *wsrc = wr;
         size_t wstride = w_row_bytes;
         int s = src;
         if (repack) {
+            #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 for (int64_t p = 0; p < nb / 2; p++)
                     _mm512_storeu_si512(ub + r * us + p * 64,
@@ -226,13 +271,13 @@ void xds_qgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int6
         }
         for (int t0 = 0; t0 < n_tok; t0 += 4) {
             int T = n_tok - t0 >= 4 ? 4 : n_tok - t0;
-            qk_call(R, T, s, wsrc, wstride, nb, dw, mw, scs, xq + t0 * xq_stride, xq_stride,
+            qk_call(R, T, s, wsrc, wstride, nb, dm, scs, xq + t0 * xq_stride, xq_stride,
                     y + t0 * ldy + r0, ldy);
         }
         r0 += R;
     }
     free(ub);
-    free(sc);
+    free(dm);
 }
 
 /* ---- float-weight GEMM ----------------------------------------------------- */
@@ -249,18 +294,25 @@ static inline __attribute__((always_inline)) void
 fk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, int64_t n,
         const float *x, int64_t ldx, float *y, int64_t ldy) {
     __m512 acc[4][4];
+    #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
+        #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
         __m512 wv[4];
+        #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = load_f16(type, w + r * ws, i, m);
+        #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             __m512 xv = _mm512_maskz_loadu_ps(m, x + t * ldx + i);
+            #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
+    #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
+        #pragma GCC unroll 4
         for (int r = 0; r < R; r++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 

@@ -216,9 +216,9 @@ static void test_act_quant(void) {
             for (int j = 0; j < 32; j++) {
                 int q = xq_qs(buf)[b * 32 + j];
                 sum += q;
-                if (xq_d(buf, 7)[b] * q != xdq[b * 32 + j]) ok = 0;
+                if (xq_ds(buf, 7)[2 * b] * q != xdq[b * 32 + j]) ok = 0;
             }
-            if (xq_d(buf, 7)[b] != dblk[b] || xq_s(buf, 7)[b] != dblk[b] * (float)sum) ok = 0;
+            if (xq_ds(buf, 7)[2 * b] != dblk[b] || xq_ds(buf, 7)[2 * b + 1] != dblk[b] * (float)sum) ok = 0;
         }
         CHECK_MSG(ok, "act quant level %s", xds_cpu_level_name((xds_cpu_level)l));
     }
