@@ -1,0 +1,325 @@
+/*
+ * xccl_bench.c — xccl-bench: XCCL speed on this host, with memcpy bandwidth
+ * measured in the same run.
+ *
+ *   xccl_bench [--json] [--quick]
+ *
+ * 1. memcpy bandwidth, 8 B .. 64 MiB (one process, hot buffers).
+ * 2. send/recv bandwidth, 2 ranks (rank 0 streams `iters` blocking sends,
+ *    rank 1 receives, one ack at the end), and get bandwidth from a
+ *    registered region of the other rank.
+ * 3. one-way latency: 8 B / 64 B ping-pong between 2 ranks, half the round trip.
+ * 4. MoE layout + dispatch + combine (bf16, top-8, 64 experts spread evenly)
+ *    for batch {1,8,32,128,256} x hidden {2048,7168} x ranks {2,4,8}, in
+ *    both modes: gather (rows copied into per-expert blocks) and in-place
+ *    (XCCL_MOE_IN_PLACE: rows read where the senders wrote them).
+ * Every figure is min and median over 5 repetitions (after one warm-up).
+ * Ranks are forked processes on one segment. The OpenMPI side of the
+ * comparison is bench/mpi/mpi_alltoallv.c (bench/build_mpi_peer.sh), fed the
+ * same payloads through xccl_bench_common.h.
+ */
+#define _GNU_SOURCE
+#include "xccl.h"
+#include "xccl_bench_common.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct results {
+    double memcpy_bw[BENCH_NSIZES][2]; /* GB/s at min time / at median time */
+    double send_bw[BENCH_NSIZES][2];
+    double get_bw[BENCH_NSIZES][2];
+    double lat_us[2][2];               /* 8 B, 64 B: min / median one-way */
+    double moe_us[2][3][5][2][2];      /* mode x ranks x batch x hidden: min / median */
+    int moe_ok[2][3][5][2];
+} results;
+
+static results *R;
+static int quick;
+
+static int iters_for(size_t sz) {
+    size_t it = (256u << 20) / (sz < 4096 ? 4096 : sz);
+    if (quick) it /= 8;
+    if (it > 2000) it = 2000;
+    if (it < 3) it = 3;
+    return (int)it;
+}
+
+static void bench_memcpy(void) {
+    uint8_t *a = malloc(64 << 20), *b = malloc(64 << 20);
+    memset(a, 1, 64 << 20);
+    memset(b, 2, 64 << 20);
+    for (size_t si = 0; si < BENCH_NSIZES; si++) {
+        size_t sz = bench_sizes[si];
+        int it = iters_for(sz);
+        double v[BENCH_REPS];
+        for (int r = 0; r < BENCH_REPS + 1; r++) {
+            double t0 = bench_now();
+            for (int i = 0; i < it; i++) {
+                memcpy(b, a, sz);
+                __asm__ __volatile__("" ::"r"(b) : "memory");
+            }
+            if (r) v[r - 1] = (bench_now() - t0) / it;
+        }
+        double mn, med;
+        bench_stats(v, BENCH_REPS, &mn, &med);
+        R->memcpy_bw[si][0] = sz / mn / 1e9;
+        R->memcpy_bw[si][1] = sz / med / 1e9;
+    }
+    free(a);
+    free(b);
+}
+
+static int die(const char *what) {
+    fprintf(stderr, "xccl_bench: %s: %s\n", what, xccl_err_msg());
+    return 1;
+}
+
+static int seg_fd;
+
+static int p2p_rank(int rank) {
+    xccl_comm *c;
+    if (xccl_comm_attach_fd(&c, seg_fd, rank, 0)) return die("attach");
+    xccl_comm_set_timeout(c, 60000);
+    xccl_group *w = xccl_comm_world(c);
+    uint8_t *buf = malloc(64 << 20);
+    memset(buf, rank + 1, 64 << 20);
+    char ack = 0;
+    for (size_t si = 0; si < BENCH_NSIZES; si++) {
+        size_t sz = bench_sizes[si];
+        int it = iters_for(sz);
+        double v[BENCH_REPS];
+        for (int r = 0; r < BENCH_REPS + 1; r++) {
+            if (xccl_barrier(c, w)) return die("barrier");
+            double t0 = bench_now();
+            if (rank == 0) {
+                for (int i = 0; i < it; i++)
+                    if (xccl_send(c, 1, buf, sz)) return die("send");
+                if (xccl_recv(NULL, &ack, 1, c, 1)) return die("recv ack");
+            } else {
+                for (int i = 0; i < it; i++)
+                    if (xccl_recv(NULL, buf, sz, c, 0)) return die("recv");
+                if (xccl_send(c, 0, &ack, 1)) return die("send ack");
+            }
+            if (r) v[r - 1] = (bench_now() - t0) / it;
+        }
+        if (rank == 0) {
+            double mn, med;
+            bench_stats(v, BENCH_REPS, &mn, &med);
+            R->send_bw[si][0] = sz / mn / 1e9;
+            R->send_bw[si][1] = sz / med / 1e9;
+        }
+    }
+    xccl_region reg = {0};
+    if (rank == 1) {
+        if (xccl_region_alloc(&reg, 64 << 20, c)) return die("region");
+        memset(reg.base, 7, 64 << 20);
+    }
+    if (xccl_barrier(c, w)) return die("barrier");
+    if (rank == 0) {
+        uint32_t id = 1; /* first region id of rank 1 */
+        for (size_t si = 0; si < BENCH_NSIZES; si++) {
+            size_t sz = bench_sizes[si];
+            int it = iters_for(sz);
+            double v[BENCH_REPS];
+            for (int r = 0; r < BENCH_REPS + 1; r++) {
+                double t0 = bench_now();
+                for (int i = 0; i < it; i++)
+                    if (xccl_get(buf, c, 1, id, 0, sz)) return die("get");
+                if (r) v[r - 1] = (bench_now() - t0) / it;
+            }
+            double mn, med;
+            bench_stats(v, BENCH_REPS, &mn, &med);
+            R->get_bw[si][0] = sz / mn / 1e9;
+            R->get_bw[si][1] = sz / med / 1e9;
+        }
+    }
+    if (xccl_barrier(c, w)) return die("barrier");
+    size_t lsz[2] = {8, 64};
+    for (int li = 0; li < 2; li++) {
+        int it = quick ? 2000 : 20000;
+        double v[BENCH_REPS];
+        for (int r = 0; r < BENCH_REPS + 1; r++) {
+            if (xccl_barrier(c, w)) return die("barrier");
+            double t0 = bench_now();
+            for (int i = 0; i < it; i++) {
+                if (rank == 0) {
+                    if (xccl_send(c, 1, buf, lsz[li]) || xccl_recv(NULL, buf, lsz[li], c, 1)) return die("pingpong");
+                } else {
+                    if (xccl_recv(NULL, buf, lsz[li], c, 0) || xccl_send(c, 0, buf, lsz[li])) return die("pingpong");
+                }
+            }
+            if (r) v[r - 1] = (bench_now() - t0) / it / 2 * 1e6;
+        }
+        if (rank == 0) bench_stats(v, BENCH_REPS, &R->lat_us[li][0], &R->lat_us[li][1]);
+    }
+    if (xccl_barrier(c, w)) return die("barrier");
+    if (rank == 1) xccl_region_deregister(c, &reg);
+    free(buf);
+    xccl_comm_detach(c);
+    return 0;
+}
+
+static int moe_rank(int rank, int n, int ni) {
+    xccl_comm *c;
+    if (xccl_comm_attach_fd(&c, seg_fd, rank, 0)) return die("attach");
+    xccl_comm_set_timeout(c, 60000);
+    xccl_group *g = xccl_comm_world(c);
+    int L = BENCH_E / n;
+    int nrep[BENCH_E], rrank[BENCH_E], rslot[BENCH_E];
+    for (int e = 0; e < BENCH_E; e++) {
+        nrep[e] = 1;
+        rrank[e] = e / L;
+        rslot[e] = e % L;
+    }
+    xccl_expert_map map = {BENCH_E, 1, nrep, rrank, rslot, L, XCCL_REPLICA_ROTATE};
+    uint16_t *x = malloc((size_t)BENCH_MAXT * BENCH_MAXH * 2), *y = malloc((size_t)BENCH_MAXT * BENCH_MAXH * 2);
+    for (size_t i = 0; i < (size_t)BENCH_MAXT * BENCH_MAXH; i++) x[i] = xccl_f32_to_bf16((float)(i % 97) * 0.01f);
+    int32_t ids[BENCH_MAXT * BENCH_TOPK];
+    float w[BENCH_MAXT * BENCH_TOPK];
+    for (int i = 0; i < BENCH_MAXT * BENCH_TOPK; i++) w[i] = 0.125f;
+    xccl_moe_recv recv[64];
+    for (int mode = 0; mode < 2; mode++)
+        for (int bi = 0; bi < 5; bi++)
+            for (int hi = 0; hi < 2; hi++) {
+                int T = bench_batches[bi], H = bench_hiddens[hi];
+                unsigned flags = mode ? XCCL_MOE_IN_PLACE : 0u;
+                bench_routing(ids, T, BENCH_TOPK, rank, bi * 2 + hi);
+                int it = quick ? 3 : (T <= 32 ? 50 : 20);
+                double v[BENCH_REPS];
+                for (int r = 0; r < BENCH_REPS + 1; r++) {
+                    if (xccl_barrier(c, g)) return die("barrier");
+                    double t0 = bench_now();
+                    for (int i = 0; i < it; i++) {
+                        xccl_moe_layout lay;
+                        xccl_moe_handle *h;
+                        if (xccl_moe_layout_compute(&lay, ids, T, BENCH_TOPK, &map, (uint64_t)i, c, g) ||
+                            xccl_moe_dispatch(recv, &h, x, XCCL_BF16, H, flags, &lay, c, g) ||
+                            xccl_moe_combine(y, w, NULL, h, c, g)) {
+                            fprintf(stderr, "moe n=%d T=%d H=%d: %s\n", n, T, H, xccl_err_msg());
+                            return 1;
+                        }
+                        xccl_moe_layout_free(&lay);
+                    }
+                    if (r) v[r - 1] = (bench_now() - t0) / it * 1e6;
+                }
+                if (rank == 0) {
+                    bench_stats(v, BENCH_REPS, &R->moe_us[mode][ni][bi][hi][0], &R->moe_us[mode][ni][bi][hi][1]);
+                    R->moe_ok[mode][ni][bi][hi] = 1;
+                }
+            }
+    free(x);
+    free(y);
+    xccl_comm_detach(c);
+    return 0;
+}
+
+static int run(int n, int (*fn)(int, int, int), int ni) {
+    pid_t pids[8];
+    fflush(NULL);
+    for (int r = 0; r < n; r++) {
+        pids[r] = fork();
+        if (pids[r] == 0) _exit(fn(r, n, ni));
+    }
+    int bad = 0;
+    for (int r = 0; r < n; r++) {
+        int st;
+        waitpid(pids[r], &st, 0);
+        bad |= !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    return bad;
+}
+static int p2p_wrap(int r, int n, int ni) {
+    (void)n;
+    (void)ni;
+    return p2p_rank(r);
+}
+
+int main(int argc, char **argv) {
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else {
+            fprintf(stderr, "usage: %s [--json] [--quick]\n", argv[0]);
+            return 2;
+        }
+    }
+    R = mmap(NULL, sizeof *R, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (R == MAP_FAILED) return 1;
+    memset(R, 0, sizeof *R);
+    bench_memcpy();
+
+    xccl_config cfg;
+    xccl_config_default(&cfg, 2);
+    xccl_segment *seg;
+    if (xccl_segment_create(&seg, NULL, &cfg)) return die("segment");
+    seg_fd = xccl_segment_fd(seg);
+    int bad = run(2, p2p_wrap, 0);
+    xccl_segment_destroy(seg);
+
+    int ranks[3] = {2, 4, 8};
+    for (int ni = 0; ni < 3; ni++) {
+        xccl_config_default(&cfg, (uint32_t)ranks[ni]);
+        cfg.moe_max_tokens = BENCH_MAXT;
+        cfg.moe_max_hidden = BENCH_MAXH;
+        cfg.moe_max_topk = BENCH_TOPK;
+        cfg.moe_max_local_experts = (uint32_t)(BENCH_E / ranks[ni]);
+        cfg.moe_max_recv_rows = BENCH_MAXT * BENCH_TOPK * 2;
+        if (xccl_segment_create(&seg, NULL, &cfg)) return die("moe segment");
+        seg_fd = xccl_segment_fd(seg);
+        bad |= run(ranks[ni], moe_rank, ni);
+        xccl_segment_destroy(seg);
+    }
+
+    if (json) {
+        printf("{\n  \"p2p\": [\n");
+        for (size_t si = 0; si < BENCH_NSIZES; si++)
+            printf("    {\"bytes\": %zu, \"memcpy_gbs\": [%.3f, %.3f], \"sendrecv_gbs\": [%.3f, %.3f], "
+                   "\"get_gbs\": [%.3f, %.3f]}%s\n",
+                   bench_sizes[si], R->memcpy_bw[si][0], R->memcpy_bw[si][1], R->send_bw[si][0],
+                   R->send_bw[si][1], R->get_bw[si][0], R->get_bw[si][1], si + 1 < BENCH_NSIZES ? "," : "");
+        printf("  ],\n  \"oneway_latency_us\": {\"8\": [%.3f, %.3f], \"64\": [%.3f, %.3f]},\n",
+               R->lat_us[0][0], R->lat_us[0][1], R->lat_us[1][0], R->lat_us[1][1]);
+        printf("  \"moe_us\": [\n");
+        int first = 1;
+        for (int mode = 0; mode < 2; mode++)
+            for (int ni = 0; ni < 3; ni++)
+                for (int bi = 0; bi < 5; bi++)
+                    for (int hi = 0; hi < 2; hi++) {
+                        if (!R->moe_ok[mode][ni][bi][hi]) continue;
+                        printf("%s    {\"mode\": \"%s\", \"ranks\": %d, \"batch\": %d, \"hidden\": %d, "
+                               "\"topk\": %d, \"dispatch_combine_us\": [%.1f, %.1f]}",
+                               first ? "" : ",\n", mode ? "in_place" : "gather", ranks[ni], bench_batches[bi],
+                               bench_hiddens[hi], BENCH_TOPK, R->moe_us[mode][ni][bi][hi][0],
+                               R->moe_us[mode][ni][bi][hi][1]);
+                        first = 0;
+                    }
+        printf("\n  ],\n  \"ok\": %s\n}\n", bad ? "false" : "true");
+    } else {
+        printf("# xccl-bench (min / median of %d reps; GB/s figures are at the min / median time)\n", BENCH_REPS);
+        printf("%10s %22s %22s %22s %8s %8s\n", "bytes", "memcpy GB/s", "send/recv GB/s", "get GB/s",
+               "send%", "get%");
+        for (size_t si = 0; si < BENCH_NSIZES; si++)
+            printf("%10zu %10.2f / %-9.2f %10.2f / %-9.2f %10.2f / %-9.2f %7.0f%% %7.0f%%\n", bench_sizes[si],
+                   R->memcpy_bw[si][0], R->memcpy_bw[si][1], R->send_bw[si][0], R->send_bw[si][1],
+                   R->get_bw[si][0], R->get_bw[si][1], 100 * R->send_bw[si][1] / R->memcpy_bw[si][1],
+                   100 * R->get_bw[si][1] / R->memcpy_bw[si][1]);
+        printf("one-way latency, 2 ranks: 8 B %.3f / %.3f us, 64 B %.3f / %.3f us\n", R->lat_us[0][0],
+               R->lat_us[0][1], R->lat_us[1][0], R->lat_us[1][1]);
+        printf("# MoE layout+dispatch+combine, bf16, top-%d, %d experts (us, min / median)\n", BENCH_TOPK,
+               BENCH_E);
+        printf("%6s %6s %8s %24s %24s\n", "ranks", "batch", "hidden", "gather us", "in-place us");
+        for (int ni = 0; ni < 3; ni++)
+            for (int bi = 0; bi < 5; bi++)
+                for (int hi = 0; hi < 2; hi++)
+                    if (R->moe_ok[0][ni][bi][hi])
+                        printf("%6d %6d %8d %11.1f / %-10.1f %11.1f / %-10.1f\n", ranks[ni], bench_batches[bi],
+                               bench_hiddens[hi], R->moe_us[0][ni][bi][hi][0], R->moe_us[0][ni][bi][hi][1],
+                               R->moe_us[1][ni][bi][hi][0], R->moe_us[1][ni][bi][hi][1]);
+    }
+    return bad;
+}
