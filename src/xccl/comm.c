@@ -174,6 +174,11 @@ void xccl_comm_detach(xccl_comm *c) {
     if (c->fd >= 0) close(c->fd);
     free(c->moe_acc);
     free(c->moe_row_ptrs);
+    free(c->p2p_rows);
+    free(c->p2p_out);
+    free(c->p2p_scales);
+    free(c->p2p_cnt);
+    free(c->p2p_start);
     free(c);
 }
 

@@ -24,7 +24,8 @@
  * the current group count as done). A failed dispatch/combine acks the event
  * on both channels (it reads no more) and sets err_seq so members fail fast.
  *
- * Non-shm transports run the same algorithm over p2p messages.
+ * Non-shm transports (tcp) exchange counts and packed rows over p2p messages
+ * instead, with the same row order and the same bit-exact weighted sum.
  */
 #include "xccl_internal.h"
 
@@ -640,34 +641,265 @@ xccl_status xccl_moe_combine(void *y, const float *w, const void *const *expert_
 }
 
 /* --- p2p (tcp) version ----------------------------------------------------------
- * Dispatch: to each member d one message [counts L int32][scales? cnt f32][rows cnt]
- * (rows grouped by slot); each receiver unpacks per slot into a comm-owned
- * buffer. Combine: each expert rank sends every source its output rows in the
- * same order; the source weight-sums them. */
+ * Two exchanges per dispatch: counts [L] per member, then per member one
+ * message [scales (int8 only)][rows] with rows grouped by slot in route order.
+ * The receiver concatenates, per slot, the sources in member order (the same
+ * order as the shm path). Combine sends each source its output rows in the
+ * same (slot, position) order; the source weight-sums them. */
 
-typedef struct p2p_state {
-    uint8_t *recv_rows, *recv_out; /* [total][rb], [total][ob] */
-    float *recv_scales;
-    int *from_rows;                /* [n][L] rows from member s for slot j */
-    uint8_t *back;                 /* combine: rows sent back to me, per member */
-    size_t back_off[XCCL_MAX_RANKS];
-} p2p_state;
-static p2p_state p2p_null;
-
-static void p2p_free(struct xccl_comm *c) {
-    (void)c;
+static xccl_status p2p_alloc(struct xccl_comm *c, int n, int L, size_t total, size_t rb, size_t ob) {
+    free(c->p2p_rows);
+    free(c->p2p_out);
+    free(c->p2p_scales);
+    free(c->p2p_cnt);
+    free(c->p2p_start);
+    c->p2p_rows = malloc(total * rb + 1);
+    c->p2p_out = malloc(total * ob + 1);
+    c->p2p_scales = malloc(total * 4 + 4);
+    c->p2p_cnt = calloc((size_t)n * L + 1, 4);
+    c->p2p_start = calloc((size_t)n * L + 1, 4);
+    if (!c->p2p_rows || !c->p2p_out || !c->p2p_scales || !c->p2p_cnt || !c->p2p_start)
+        return xccl_err(XCCL_ERR_NOMEM, "xccl moe (p2p): out of memory");
+    return XCCL_OK;
 }
 
 xccl_status xccl_moe_dispatch_p2p(xccl_moe_recv *recv, xccl_moe_handle **handle, const void *x,
                                   xccl_dtype dtype, int hidden, unsigned flags,
                                   const xccl_moe_layout *l, xccl_comm *c, xccl_group *g) {
-    (void)recv; (void)handle; (void)x; (void)dtype; (void)hidden; (void)flags; (void)l; (void)g;
-    (void)p2p_null; p2p_free(c);
-    return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: not implemented on transport %s", c->ops->name);
+    if (flags & ~(XCCL_MOE_INT8 | XCCL_MOE_IN_PLACE))
+        return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: unknown flags 0x%x", flags);
+    const int quant = (flags & XCCL_MOE_INT8) != 0;
+    const int n = g->n, L = l->num_local_experts, T = l->num_tokens, k = l->topk;
+    if (L > 256) return xccl_err(XCCL_ERR_INVALID, "xccl moe_dispatch: %d local experts > 256", L);
+    const xccl_dtype wdt = quant ? XCCL_I8 : dtype;
+    const size_t rb = (size_t)hidden * xccl_dtype_size(wdt), ob = (size_t)hidden * xccl_dtype_size(dtype);
+    xccl_status s = XCCL_OK;
+    /* 1. counts */
+    int32_t *scnt = calloc((size_t)n * L + 1, 4), *rcnt = calloc((size_t)n * L + 1, 4);
+    uint8_t **sbuf = calloc((size_t)n, sizeof *sbuf);
+    size_t *slen = calloc((size_t)n, sizeof *slen), *rlen = calloc((size_t)n, sizeof *rlen);
+    size_t *rcap = calloc((size_t)n, sizeof *rcap);
+    void **rbuf = calloc((size_t)n, sizeof *rbuf);
+    const void **sptr = calloc((size_t)n, sizeof *sptr);
+    if (!scnt || !rcnt || !sbuf || !slen || !rlen || !rcap || !rbuf || !sptr) {
+        s = xccl_err(XCCL_ERR_NOMEM, "xccl moe_dispatch (p2p): out of memory");
+        goto out;
+    }
+    memcpy(scnt, l->num_tokens_per_expert, (size_t)n * L * 4);
+    for (int d = 0; d < n; d++) {
+        rbuf[d] = rcnt + (size_t)d * L;
+        rcap[d] = (size_t)L * 4;
+        sptr[d] = scnt + (size_t)d * L;
+        slen[d] = (size_t)L * 4;
+    }
+    s = xccl_p2p_exchange(c, g, rbuf, rcap, rlen, sptr, slen);
+    if (s) goto out;
+    memcpy(rcnt + (size_t)g->me * L, scnt + (size_t)g->me * L, (size_t)L * 4);
+    /* 2. pack rows per member: [scales][rows], slot-major, route order */
+    size_t total = 0;
+    for (int d = 0; d < n; d++)
+        for (int j = 0; j < L; j++) {
+            if (rcnt[d * L + j] < 0 || rcnt[d * L + j] > (1 << 24)) {
+                s = xccl_err_peer(XCCL_ERR_PEER, g->ranks[d], "xccl moe_dispatch: rank %d sent bad count %d",
+                                  g->ranks[d], rcnt[d * L + j]);
+                goto out;
+            }
+            total += (size_t)rcnt[d * L + j];
+        }
+    for (int d = 0; d < n; d++) {
+        size_t rows = (size_t)l->num_tokens_per_rank[d];
+        sbuf[d] = malloc(rows * (rb + 4) + 1);
+        if (!sbuf[d]) {
+            s = xccl_err(XCCL_ERR_NOMEM, "xccl moe_dispatch (p2p): out of memory");
+            goto out;
+        }
+        slen[d] = rows * ((quant ? 4 : 0) + rb);
+        sptr[d] = sbuf[d];
+    }
+    for (long i = 0; i < (long)T * k; i++) {
+        int d = l->route_member[i];
+        if (d < 0) continue;
+        size_t rows = (size_t)l->num_tokens_per_rank[d];
+        size_t pos = (size_t)l->route_pos[i];
+        for (int j = 0; j < l->route_slot[i]; j++) pos += (size_t)l->num_tokens_per_expert[d * L + j];
+        uint8_t *dst = sbuf[d] + (quant ? rows * 4 : 0) + pos * rb;
+        const uint8_t *src = (const uint8_t *)x + (size_t)(i / k) * ob;
+        if (quant) xccl_quantize_row_i8((int8_t *)dst, (float *)sbuf[d] + pos, src, dtype, hidden);
+        else memcpy(dst, src, rb);
+    }
+    s = p2p_alloc(c, n, L, total, rb, ob);
+    if (s) goto out;
+    /* receive straight into per-source staging, then place per slot */
+    for (int sidx = 0; sidx < n; sidx++) {
+        size_t rows = 0;
+        for (int j = 0; j < L; j++) rows += (size_t)rcnt[sidx * L + j];
+        rcap[sidx] = rows * ((quant ? 4 : 0) + rb);
+        rbuf[sidx] = malloc(rcap[sidx] + 1);
+        if (!rbuf[sidx]) {
+            s = xccl_err(XCCL_ERR_NOMEM, "xccl moe_dispatch (p2p): out of memory");
+            goto out_rbuf;
+        }
+    }
+    s = xccl_p2p_exchange(c, g, rbuf, rcap, rlen, sptr, slen);
+    if (s) goto out_rbuf;
+    memcpy(rbuf[g->me], sbuf[g->me], slen[g->me]);
+    rlen[g->me] = slen[g->me];
+    int slot_rows[256], slot_base[256];
+    for (int j = 0; j < L; j++) {
+        slot_rows[j] = 0;
+        for (int si = 0; si < n; si++) slot_rows[j] += rcnt[si * L + j];
+    }
+    for (int j = 0, acc = 0; j < L; j++) {
+        slot_base[j] = acc;
+        acc += slot_rows[j];
+    }
+    int fill[256];
+    memcpy(fill, slot_base, sizeof(int) * (size_t)L);
+    for (int si = 0; si < n; si++) {
+        if (rlen[si] != rcap[si]) {
+            s = xccl_err_peer(XCCL_ERR_PEER, g->ranks[si], "xccl moe_dispatch: rank %d sent %zu bytes, want %zu",
+                              g->ranks[si], rlen[si], rcap[si]);
+            goto out_rbuf;
+        }
+        size_t rows = rcap[si] / ((quant ? 4 : 0) + rb), r = 0;
+        const uint8_t *src = (const uint8_t *)rbuf[si] + (quant ? rows * 4 : 0);
+        for (int j = 0; j < L; j++) {
+            c->p2p_cnt[si * L + j] = rcnt[si * L + j];
+            c->p2p_start[si * L + j] = fill[j];
+            for (int q = 0; q < rcnt[si * L + j]; q++, r++) {
+                memcpy(c->p2p_rows + (size_t)(fill[j] + q) * rb, src + r * rb, rb);
+                if (quant) c->p2p_scales[fill[j] + q] = ((const float *)rbuf[si])[r];
+            }
+            fill[j] += rcnt[si * L + j];
+        }
+    }
+    void *np = realloc(c->moe_row_ptrs, (total + 1) * sizeof(void *));
+    if (!np) {
+        s = xccl_err(XCCL_ERR_NOMEM, "xccl moe_dispatch (p2p): out of memory");
+        goto out_rbuf;
+    }
+    c->moe_row_ptrs = np;
+    for (size_t r = 0; r < total; r++) c->moe_row_ptrs[r] = c->p2p_rows + r * rb;
+    struct xccl_moe_handle *hd = &c->moe;
+    hd->active = 1;
+    hd->layout = l;
+    hd->hidden = hidden;
+    hd->in_dtype = dtype;
+    hd->num_rows_total = (int)total;
+    hd->L = L;
+    hd->group_epoch = (int)g->epoch;
+    hd->me = g->me;
+    hd->in_place = 0;
+    for (int j = 0; j < L; j++) {
+        hd->slot_rows[j] = slot_rows[j];
+        hd->slot_base[j] = slot_base[j];
+        recv[j].num_rows = slot_rows[j];
+        recv[j].rows = c->p2p_rows + (size_t)slot_base[j] * rb;
+        recv[j].row_ptrs = c->moe_row_ptrs + slot_base[j];
+        recv[j].scales = quant ? c->p2p_scales + slot_base[j] : NULL;
+        recv[j].out = c->p2p_out + (size_t)slot_base[j] * ob;
+    }
+    *handle = hd;
+out_rbuf:
+    for (int si = 0; si < n; si++) free(rbuf[si]);
+out:
+    if (sbuf)
+        for (int d = 0; d < n; d++) free(sbuf[d]);
+    free(scnt);
+    free(rcnt);
+    free(sbuf);
+    free(slen);
+    free(rlen);
+    free(rcap);
+    free(rbuf);
+    free(sptr);
+    return s;
+}
+
+typedef struct p2p_comb_ctx {
+    const xccl_moe_layout *l;
+    uint8_t **back; /* [n] rows returned by member d, slot-major */
+    size_t ob;
+} p2p_comb_ctx;
+
+static const void *p2p_comb_row(void *vctx, int t, int j) {
+    p2p_comb_ctx *x = vctx;
+    size_t i = (size_t)t * x->l->topk + j;
+    int d = x->l->route_member[i];
+    if (d < 0) return NULL;
+    size_t pos = (size_t)x->l->route_pos[i];
+    for (int q = 0; q < x->l->route_slot[i]; q++)
+        pos += (size_t)x->l->num_tokens_per_expert[d * x->l->num_local_experts + q];
+    return x->back[d] + pos * x->ob;
 }
 
 xccl_status xccl_moe_combine_p2p(void *y, const float *w, const void *const *expert_out,
                                  xccl_moe_handle *h, xccl_comm *c, xccl_group *g) {
-    (void)y; (void)w; (void)expert_out; (void)h; (void)g;
-    return xccl_err(XCCL_ERR_INVALID, "xccl moe_combine: not implemented on transport %s", c->ops->name);
+    h->active = 0;
+    const xccl_moe_layout *l = h->layout;
+    const int n = g->n, L = h->L;
+    const size_t ob = (size_t)h->hidden * xccl_dtype_size(h->in_dtype);
+    xccl_status s = XCCL_OK;
+    if (expert_out)
+        for (int j = 0; j < L; j++) {
+            if (!h->slot_rows[j]) continue;
+            if (!expert_out[j]) return xccl_err(XCCL_ERR_INVALID, "xccl moe_combine: expert_out[%d] NULL", j);
+            memcpy(c->p2p_out + (size_t)h->slot_base[j] * ob, expert_out[j], (size_t)h->slot_rows[j] * ob);
+        }
+    uint8_t **sb = calloc((size_t)n, sizeof *sb), **back = calloc((size_t)n, sizeof *back);
+    size_t *sl = calloc((size_t)n, sizeof *sl), *rc = calloc((size_t)n, sizeof *rc), *rl = calloc((size_t)n, sizeof *rl);
+    if (!sb || !back || !sl || !rc || !rl) {
+        s = xccl_err(XCCL_ERR_NOMEM, "xccl moe_combine (p2p): out of memory");
+        goto out;
+    }
+    for (int si = 0; si < n; si++) {
+        size_t rows = 0;
+        for (int j = 0; j < L; j++) rows += (size_t)c->p2p_cnt[si * L + j];
+        sb[si] = malloc(rows * ob + 1);
+        back[si] = malloc((size_t)l->num_tokens_per_rank[si] * ob + 1);
+        if (!sb[si] || !back[si]) {
+            s = xccl_err(XCCL_ERR_NOMEM, "xccl moe_combine (p2p): out of memory");
+            goto out;
+        }
+        size_t r = 0;
+        for (int j = 0; j < L; j++) {
+            size_t cnt = (size_t)c->p2p_cnt[si * L + j];
+            memcpy(sb[si] + r * ob, c->p2p_out + (size_t)c->p2p_start[si * L + j] * ob, cnt * ob);
+            r += cnt;
+        }
+        sl[si] = rows * ob;
+        rc[si] = (size_t)l->num_tokens_per_rank[si] * ob;
+    }
+    s = xccl_p2p_exchange(c, g, (void *const *)back, rc, rl, (const void *const *)sb, sl);
+    if (s) goto out;
+    memcpy(back[g->me], sb[g->me], sl[g->me]);
+    for (int d = 0; d < n; d++)
+        if (d != g->me && rl[d] != rc[d]) {
+            s = xccl_err_peer(XCCL_ERR_PEER, g->ranks[d], "xccl moe_combine: rank %d returned %zu bytes, want %zu",
+                              g->ranks[d], rl[d], rc[d]);
+            goto out;
+        }
+    if (!c->moe_acc) c->moe_acc = malloc((size_t)h->hidden * sizeof(float) + 4);
+    else {
+        void *np = realloc(c->moe_acc, (size_t)h->hidden * sizeof(float) + 4);
+        if (np) c->moe_acc = np;
+        else { free(c->moe_acc); c->moe_acc = NULL; }
+    }
+    if (!c->moe_acc) {
+        s = xccl_err(XCCL_ERR_NOMEM, "xccl moe_combine (p2p): out of memory");
+        goto out;
+    }
+    p2p_comb_ctx x = {l, back, ob};
+    weighted_sum(y, w, l->num_tokens, l->topk, h->hidden, h->in_dtype, c->moe_acc, p2p_comb_row, &x);
+out:
+    for (int d = 0; sb && back && d < n; d++) {
+        free(sb[d]);
+        free(back[d]);
+    }
+    free(sb);
+    free(back);
+    free(sl);
+    free(rc);
+    free(rl);
+    return s;
 }

@@ -237,6 +237,11 @@ struct xccl_comm {
     const void **moe_row_ptrs;  /* [max_recv_rows] row pointers handed out by dispatch */
     /* tcp */
     xccl_tcp_peer *tcp;
+    /* MoE over p2p (non-shm transports): comm-owned buffers of the open dispatch */
+    uint8_t *p2p_rows, *p2p_out;        /* [total][rb], [total][ob] */
+    float *p2p_scales;                  /* [total] */
+    int32_t *p2p_cnt;                   /* [n][L] rows received from member s for slot j */
+    int32_t *p2p_start;                 /* [n][L] first row of (s, j) */
 };
 
 /* --- internal helpers ---------------------------------------------------- */
