@@ -158,6 +158,7 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
     /* Every decode of a full batch must fit in one step. */
     if (o.max_step_tokens < o.max_batch) o.max_step_tokens = o.max_batch;
     int bs = o.kv_block_size;
+    /* Sizing estimate (dense GQA rows); the cache itself takes the model's dims. */
     int kvd = model->cfg.n_head_kv * model->cfg.head_dim;
     size_t bytes_per_block = (size_t)2 * model->cfg.n_layer * kvd * bs * sizeof(float);
     if (o.kv_blocks <= 0) {
@@ -178,8 +179,8 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
     e->n_vocab = model->cfg.n_vocab;
     e->next_id = 1;
     xds_status s;
-    if ((s = xds_kv_cache_create(model->cfg.n_layer, kvd, kvd, o.kv_blocks, bs, o.max_batch, &e->kv)) != XDS_OK)
-        goto err;
+    /* The model decides the K/V row sizes (e.g. a compressed latent for MLA). */
+    if ((s = xds_model_kv_cache_create(model, o.kv_blocks * bs, bs, o.max_batch, &e->kv)) != XDS_OK) goto err;
     if ((s = xds_model_ctx_create(model, e->kv, o.n_threads, o.max_step_tokens, &e->ctx)) != XDS_OK) goto err;
     if ((s = xds_kv_blocks_create(o.kv_blocks, bs, o.enable_prefix_cache, &e->bm)) != XDS_OK) goto err;
     xds_sched_opts so = {o.max_batch, o.max_step_tokens};
@@ -211,7 +212,9 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
     }
     e->thread_started = 1;
     XDS_LOGI("engine: %d KV blocks of %d tokens (%.1f MiB), max batch %d, %d tokens/step, ctx %d, prefix cache %s",
-             o.kv_blocks, bs, (double)bytes_per_block * o.kv_blocks / (1 << 20), o.max_batch,
+             o.kv_blocks, bs,
+             (double)(e->kv->k_dim + e->kv->v_dim) * e->kv->n_layer * bs * sizeof(float) * o.kv_blocks / (1 << 20),
+             o.max_batch,
              o.max_step_tokens, o.max_ctx, o.enable_prefix_cache ? "on" : "off");
     *out = e;
     return XDS_OK;

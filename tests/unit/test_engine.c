@@ -428,6 +428,89 @@ static void test_shutdown(xds_model *m) {
     CHECK(c[3].n_events == 0);
 }
 
+/* Several client threads submit and cancel at once (as HTTP workers do):
+ * every request gets exactly one final event, the ones not cancelled give
+ * their solo tokens, and the engine ends with every block released. */
+enum { NCLIENT = 4, PER_CLIENT = 12 };
+
+typedef struct client {
+    xds_engine *e;
+    int idx;
+    coll c[PER_CLIENT];
+    int prompt_of[PER_CLIENT];
+    int cancelled[PER_CLIENT];
+    int busy[PER_CLIENT];
+} client;
+
+static void *client_main(void *arg) {
+    client *cl = arg;
+    uint64_t r = 1000 + (uint64_t)cl->idx;
+    for (int i = 0; i < PER_CLIENT; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        int k = (int)((r >> 33) % NP);
+        cl->prompt_of[i] = k;
+        xds_gen_params p = greedy(GEN);
+        uint64_t id;
+        xds_status s = xds_engine_submit(cl->e, prompts[k], plen[k], &p, on_event, &cl->c[i], &id);
+        if (s == XDS_ERR_BUSY) {
+            cl->busy[i] = 1;
+            continue;
+        }
+        if ((r >> 50) % 3 == 0) {
+            if ((r >> 52) & 1) wait_tokens(&cl->c[i], 1 + (int)((r >> 54) % 4));
+            xds_engine_cancel(cl->e, id);
+            cl->cancelled[i] = 1;
+        }
+    }
+    return NULL;
+}
+
+static void test_concurrent_clients(xds_model *m) {
+    xds_engine_opts o = base_opts();
+    o.max_batch = 5;
+    o.max_step_tokens = 24;
+    o.kv_block_size = 4;
+    o.kv_blocks = 48;
+    o.enable_prefix_cache = 1;
+    o.max_queue = 64;
+    xds_engine *e;
+    CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+    client *cl = calloc(NCLIENT, sizeof(client));
+    pthread_t th[NCLIENT];
+    for (int i = 0; i < NCLIENT; i++) {
+        cl[i].e = e;
+        cl[i].idx = i;
+        CHECK(pthread_create(&th[i], NULL, client_main, &cl[i]) == 0);
+    }
+    for (int i = 0; i < NCLIENT; i++) pthread_join(th[i], NULL);
+    int n_ok = 0, n_abort = 0;
+    for (int i = 0; i < NCLIENT; i++) {
+        for (int j = 0; j < PER_CLIENT; j++) {
+            coll *c = &cl[i].c[j];
+            if (cl[i].busy[j]) {
+                CHECK(c->n_events == 0);
+                continue;
+            }
+            wait_final(c, 1);
+            CHECK(c->n_final == 1 && c->bad == 0);
+            if (c->finish == XDS_FINISH_LENGTH) {
+                n_ok++;
+                CHECK_MSG(c->n_tok == GEN && !memcmp(c->toks, ref_toks[cl[i].prompt_of[j]], sizeof(int32_t) * GEN),
+                          "client %d request %d: tokens differ from solo", i, j);
+            } else {
+                n_abort++;
+                CHECK(cl[i].cancelled[j] && c->finish == XDS_FINISH_ABORT);
+            }
+        }
+    }
+    CHECK(n_ok > 0);
+    xds_engine_stats st;
+    xds_engine_stats_get(e, &st);
+    CHECK(st.kv_blocks_used == 0 && st.n_running == 0 && st.n_waiting == 0);
+    xds_engine_free(e, 1);
+    free(cl);
+}
+
 /* ---- output processing ------------------------------------------------------- */
 
 /* Feed pieces; returns the concatenated emitted text and the finish. */
@@ -706,6 +789,7 @@ int main(void) {
     test_cancel(m);
     test_admission(m);
     test_shutdown(m);
+    test_concurrent_clients(m);
     xds_model_free(m);
     test_real_model();
     TEST_MAIN_END();
