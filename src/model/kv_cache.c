@@ -52,8 +52,9 @@ xds_status xds_model_kv_cache_create(const xds_model *m, int n_ctx_total, int bl
         return xds_err_set(XDS_ERR_INVALID, "kv cache: context size %d must be positive",
                            n_ctx_total);
     int n_blocks = (n_ctx_total + block_size - 1) / block_size;
-    int kvd = m->cfg.n_head_kv * m->cfg.head_dim;
-    return xds_kv_cache_create(m->cfg.n_layer, kvd, kvd, n_blocks, block_size, max_seqs, out);
+    int kd, vd;
+    xds_model_kv_dims(m, &kd, &vd);
+    return xds_kv_cache_create(m->cfg.n_layer, kd, vd, n_blocks, block_size, max_seqs, out);
 }
 
 void xds_kv_cache_free(xds_kv_cache *kv) {

@@ -23,6 +23,7 @@
 #include "kernels/kernels.h"
 #include "model/attn.h"
 #include "model/model.h"
+#include "model/moe.h"
 
 struct xds_model_ctx {
     const xds_model *m;
@@ -42,14 +43,16 @@ struct xds_model_ctx {
     float *up;             /* (max_tok, n_ff) */
     float *scores;         /* (n_threads, max_pos) per-thread softmax rows */
     float *rope;           /* (max_tok, rope_dim) cos/sin pairs per token */
+    xds_moe_scratch *moe;  /* MoE / MLA scratch (moe.c); NULL for llama */
 };
 
 xds_status xds_model_ctx_create(const xds_model *m, xds_kv_cache *kv, int n_threads, int max_tok,
                                 xds_model_ctx **out) {
     const xds_model_config *c = &m->cfg;
     if (max_tok <= 0) return xds_err_set(XDS_ERR_INVALID, "model ctx: max_tok %d must be positive", max_tok);
-    if (kv && (kv->n_layer != c->n_layer || kv->k_dim != c->n_head_kv * c->head_dim ||
-               kv->v_dim != c->n_head_kv * c->head_dim))
+    int kdim, vdim;
+    xds_model_kv_dims(m, &kdim, &vdim);
+    if (kv && (kv->n_layer != c->n_layer || kv->k_dim != kdim || kv->v_dim != vdim))
         return xds_err_set(XDS_ERR_INVALID, "model ctx: KV cache shape does not match the model");
     xds_model_ctx *x = calloc(1, sizeof *x);
     if (!x) return xds_err_set(XDS_ERR_NOMEM, "model ctx: out of memory");
@@ -81,6 +84,10 @@ xds_status xds_model_ctx_create(const xds_model *m, xds_kv_cache *kv, int n_thre
         xds_model_ctx_free(x);
         return xds_err_set(XDS_ERR_NOMEM, "model ctx: out of memory for %d tokens", max_tok);
     }
+    if (c->arch != XDS_ARCH_LLAMA && (s = xds_moe_scratch_create(m, kv, x->n_threads, max_tok, &x->moe)) != XDS_OK) {
+        xds_model_ctx_free(x);
+        return s;
+    }
     *out = x;
     return XDS_OK;
 }
@@ -98,11 +105,15 @@ void xds_model_ctx_free(xds_model_ctx *x) {
     free(x->up);
     free(x->scores);
     free(x->rope);
+    xds_moe_scratch_free(x->moe);
     free(x);
 }
 
 xds_pool *xds_model_ctx_pool(xds_model_ctx *ctx) { return ctx->pool; }
 int xds_model_ctx_max_tok(const xds_model_ctx *ctx) { return ctx->max_tok; }
+xds_moe_scratch *xds_model_ctx_moe(xds_model_ctx *ctx) { return ctx->moe; }
+xds_kv_cache *xds_model_ctx_kv(xds_model_ctx *ctx) { return ctx->kv; }
+const xds_model *xds_model_ctx_model(const xds_model_ctx *ctx) { return ctx->m; }
 
 xds_status xds_model_batch_check(const xds_model_ctx *ctx, const xds_batch *b) {
     const xds_model_config *c = &ctx->m->cfg;
@@ -204,10 +215,15 @@ void xds_model_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, floa
     int T = b->n_tok, E = c->n_embd, hd = c->head_dim;
     int qd = c->n_head * hd, kvd = c->n_head_kv * hd;
     XDS_ASSERT(ctx->kv && T <= ctx->max_tok);
+    if (w->mla) {
+        xds_mla_attention(ctx, layer, b, x);
+        return;
+    }
     rmsnorm_rows(ctx->xn, x, w->attn_norm, T, E, c->rms_eps);
     xds_matmul(ctx->pool, &w->wq, ctx->xn, ctx->q, T);
     xds_matmul(ctx->pool, &w->wk, ctx->xn, ctx->k, T);
     xds_matmul(ctx->pool, &w->wv, ctx->xn, ctx->v, T);
+    if (w->q_norm) xds_qk_norm(m, w, ctx->q, ctx->k, T);
     rope_table(ctx, b);
     for (int t = 0; t < T; t++) {
         const float *cs = ctx->rope + (size_t)t * c->rope_dim;
@@ -228,6 +244,10 @@ void xds_model_ffn(xds_model_ctx *ctx, int layer, float *x, int n_tok) {
     const xds_layer_weights *w = &m->layers[layer];
     int E = c->n_embd;
     XDS_ASSERT(n_tok <= ctx->max_tok);
+    if (w->moe) {
+        xds_moe_ffn(ctx, layer, x, n_tok);
+        return;
+    }
     rmsnorm_rows(ctx->xn, x, w->ffn_norm, n_tok, E, c->rms_eps);
     xds_matmul(ctx->pool, &w->w_gate, ctx->xn, ctx->gate, n_tok);
     xds_matmul(ctx->pool, &w->w_up, ctx->xn, ctx->up, n_tok);

@@ -20,10 +20,14 @@
 #include <jansson.h>
 
 #include "model/model.h"
+#include "model/moe.h"
 
 const char *xds_arch_name(xds_arch a) {
     switch (a) {
     case XDS_ARCH_LLAMA: return "llama";
+    case XDS_ARCH_QWEN3_MOE: return "qwen3_moe";
+    case XDS_ARCH_MIXTRAL: return "mixtral";
+    case XDS_ARCH_DEEPSEEK_V3: return "deepseek_v3";
     default: return "?";
     }
 }
@@ -109,6 +113,7 @@ static xds_status config_from_gguf(const xds_gguf *g, xds_model_config *c) {
     c->bos_id = id;
     XDS_TRY(gguf_u32(g, "tokenizer.ggml.eos_token_id", 0, -1, &id));
     c->eos_id = id;
+    if (xds_gguf_find_kv(g, "llama.expert_count") >= 0) return xds_arch_config_from_gguf(g, c);
     return XDS_OK;
 }
 
@@ -180,10 +185,15 @@ static xds_status config_from_json(const json_t *j, xds_model_config *c) {
     json_t *mt = json_object_get(j, "model_type");
     const char *mtype = json_is_string(mt) ? json_string_value(mt) : NULL;
     if (!mtype) return xds_err_set(XDS_ERR_NOT_FOUND, "model: config.json: missing field 'model_type'");
-    if (strcmp(mtype, "llama") != 0)
+    if (!strcmp(mtype, "llama")) c->arch = XDS_ARCH_LLAMA;
+    else if (!strcmp(mtype, "qwen3_moe")) c->arch = XDS_ARCH_QWEN3_MOE;
+    else if (!strcmp(mtype, "mixtral")) c->arch = XDS_ARCH_MIXTRAL;
+    else if (!strcmp(mtype, "deepseek_v3") || !strcmp(mtype, "kimi_k2")) c->arch = XDS_ARCH_DEEPSEEK_V3;
+    else
         return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "model: config.json: architecture '%.64s' is not supported (supported: llama)", mtype);
-    c->arch = XDS_ARCH_LLAMA;
+                           "model: config.json: architecture '%.64s' is not supported (supported: llama, "
+                           "qwen3_moe, mixtral, deepseek_v3, kimi_k2)",
+                           mtype);
     c->rope_mode = XDS_ROPE_MODE_NEOX; /* HF rotate_half */
     XDS_TRY(js_int(j, "vocab_size", 1, 0, &c->n_vocab));
     XDS_TRY(js_int(j, "hidden_size", 1, 0, &c->n_embd));
@@ -219,6 +229,7 @@ static xds_status config_from_json(const json_t *j, xds_model_config *c) {
                            json_string_value(act));
     if (js_bool(j, "attention_bias", 0) || js_bool(j, "mlp_bias", 0))
         return xds_err_set(XDS_ERR_UNSUPPORTED, "model: config.json: attention_bias / mlp_bias are not supported");
+    if (c->arch != XDS_ARCH_LLAMA) return xds_arch_config_from_json(j, c);
     return XDS_OK;
 }
 
@@ -389,7 +400,8 @@ static xds_status bind_all(loader *L) {
     } else XDS_TRY(bind(L, out_name, E, c->n_vocab, &m->output));
     m->layers = calloc(c->n_layer, sizeof *m->layers);
     if (!m->layers) return xds_err_set(XDS_ERR_NOMEM, "model: out of memory");
-    for (int l = 0; l < c->n_layer; l++) {
+    if (c->arch != XDS_ARCH_LLAMA) XDS_TRY(xds_arch_bind_layers(m, g, L->opts));
+    else for (int l = 0; l < c->n_layer; l++) {
         xds_layer_weights *w = &m->layers[l];
         XDS_TRY(bind_vec(L, nm(b, sizeof b, L, l, "attn_norm", "input_layernorm"), E, &w->attn_norm));
         XDS_TRY(bind(L, nm(b, sizeof b, L, l, "attn_q", "self_attn.q_proj"), E, qd, &w->wq));
@@ -440,6 +452,7 @@ xds_status xds_model_load(const char *path, const xds_model_opts *opts, xds_mode
 
 void xds_model_free(xds_model *m) {
     if (!m) return;
+    xds_arch_free_layers(m);
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layer; l++) {
             free(m->layers[l].attn_norm);
@@ -454,7 +467,7 @@ void xds_model_free(xds_model *m) {
 }
 
 size_t xds_model_weight_bytes(const xds_model *m) {
-    size_t n = m->output.nbytes;
+    size_t n = m->output.nbytes + xds_arch_weight_bytes(m);
     for (int l = 0; l < m->cfg.n_layer; l++) {
         const xds_layer_weights *w = &m->layers[l];
         n += w->wq.nbytes + w->wk.nbytes + w->wv.nbytes + w->wo.nbytes + w->w_gate.nbytes +

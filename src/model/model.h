@@ -47,6 +47,9 @@
 
 typedef enum xds_arch {
     XDS_ARCH_LLAMA = 0, /* GGUF "llama", HF LlamaForCausalLM ("llama") */
+    XDS_ARCH_QWEN3_MOE,   /* HF "qwen3_moe" (model/arch_moe.c) */
+    XDS_ARCH_MIXTRAL,     /* HF "mixtral"; GGUF "llama" with expert_count > 0 */
+    XDS_ARCH_DEEPSEEK_V3, /* HF "deepseek_v3" / "kimi_k2" (MLA, model/mla.c) */
     XDS_ARCH_COUNT
 } xds_arch;
 
@@ -80,6 +83,36 @@ typedef struct xds_rope_scaling {
     int truncate;               /* yarn: floor/ceil the correction range (default 1) */
 } xds_rope_scaling;
 
+/* Mixture-of-experts fields (model/moe.h; all 0 for a dense model). */
+typedef enum xds_moe_scoring {
+    XDS_MOE_SOFTMAX = 0, /* softmax over all experts, top-k (qwen3_moe, mixtral) */
+    XDS_MOE_SIGMOID = 1, /* sigmoid + correction bias for selection (deepseek_v3) */
+} xds_moe_scoring;
+
+typedef struct xds_moe_config {
+    int n_expert;        /* routed experts per MoE layer (0: dense model) */
+    int n_expert_used;   /* top-k experts per token */
+    int n_ff_exp;        /* intermediate size of one expert */
+    int n_shared;        /* shared experts (one FFN of n_shared * n_ff_exp), 0: none */
+    int n_group;         /* expert groups for group-limited selection (1: none) */
+    int topk_group;      /* groups kept per token */
+    int norm_topk_prob;  /* renormalize the top-k weights to sum 1 */
+    float routed_scale;  /* routed_scaling_factor (1 unless deepseek) */
+    xds_moe_scoring scoring;
+    int first_dense;     /* first_k_dense_replace: layers [0, first_dense) are dense */
+    int sparse_step;     /* qwen3_moe decoder_sparse_step (1: every layer) */
+    uint64_t dense_mask; /* qwen3_moe mlp_only_layers (bit l: layer l dense), l < 64 */
+    int n_mtp;           /* num_nextn_predict_layers (weights loaded, not run) */
+} xds_moe_config;
+
+/* DeepSeek multi-head latent attention (model/mla.h; 0 unless deepseek_v3). */
+typedef struct xds_mla_config {
+    int q_lora_rank;  /* 0: plain q_proj */
+    int kv_lora_rank; /* latent width; the KV cache stores latent + rope key */
+    int nope_dim;     /* qk_nope_head_dim */
+    int v_dim;        /* v_head_dim (rope part: rope_dim; head_dim = nope + rope) */
+} xds_mla_config;
+
 typedef struct xds_model_config {
     xds_arch arch;
     int n_vocab;    /* vocabulary size (rows of token_embd) */
@@ -98,6 +131,9 @@ typedef struct xds_model_config {
     int tied_embd;          /* 1: LM head reuses token_embd */
     int32_t bos_id;         /* -1 if unknown */
     int32_t eos_id;         /* -1 if unknown */
+    int qk_norm;            /* qwen3_moe: per-head RMSNorm of q and k before RoPE */
+    xds_moe_config moe;
+    xds_mla_config mla;
 } xds_model_config;
 
 /* ------------------------------------------------------------------------ */
@@ -115,6 +151,10 @@ typedef struct xds_layer_weights {
     xds_tensor w_gate;    /* ne = (n_embd, n_ff) */
     xds_tensor w_up;      /* ne = (n_embd, n_ff) */
     xds_tensor w_down;    /* ne = (n_ff, n_embd) */
+    float *q_norm;        /* (head_dim) owned f32, qk_norm models only, else NULL */
+    float *k_norm;        /* (head_dim) owned f32, qk_norm models only, else NULL */
+    struct xds_moe_layer *moe; /* MoE FFN (model/moe.h); NULL: dense FFN above */
+    struct xds_mla_layer *mla; /* MLA attention (model/mla.h); NULL: wq/wk/wv/wo above */
 } xds_layer_weights;
 
 typedef struct xds_model {
@@ -127,6 +167,7 @@ typedef struct xds_model {
     float *rope_inv_freq;      /* (rope_dim / 2) owned, scaling applied */
     float rope_attn_factor;    /* multiplies cos/sin (1 unless yarn) */
     float attn_scale;          /* softmax scale, 1/sqrt(head_dim) */
+    struct xds_mtp_layer *mtp; /* (cfg.moe.n_mtp) next-token-prediction layers, loaded only */
 } xds_model;
 
 typedef struct xds_model_opts {
@@ -174,6 +215,10 @@ typedef struct xds_kv_cache {
 
 xds_status xds_kv_cache_create(int n_layer, int k_dim, int v_dim, int n_blocks, int block_size,
                                int max_seqs, xds_kv_cache **out);
+/* Floats per token per layer of the cache for model m: K and V rows of
+ * n_head_kv * head_dim, or for MLA one row of kv_lora_rank + rope_dim
+ * (latent, rope key) and no V (v_dim 0). */
+void xds_model_kv_dims(const xds_model *m, int *k_dim, int *v_dim);
 /* A cache for model m holding n_ctx_total tokens in all (rounded up to blocks). */
 xds_status xds_model_kv_cache_create(const xds_model *m, int n_ctx_total, int block_size,
                                      int max_seqs, xds_kv_cache **out);
@@ -238,6 +283,27 @@ void xds_model_ffn(xds_model_ctx *ctx, int layer, float *x, int n_tok);
 /* logits (n_rows, n_vocab) = head(RMSNorm(x[rows[i]])) for the selected rows. */
 void xds_model_lm_head(xds_model_ctx *ctx, const float *x, const int32_t *rows, int n_rows,
                        float *logits);
+
+/* Mixture-of-experts units (model/moe.c). An MoE layer's FFN is
+ *   x += shared(xn) + sum_j weights[t, j] * expert_{ids[t, j]}(xn),  xn = RMSNorm(x)
+ * split so that a process holding only some experts computes its share:
+ * route once, then moe_experts over each process's expert subset, and the
+ * partial outputs summed give the whole layer (up to f32 summation order).
+ * Experts are computed grouped: the rows routed to one expert are gathered
+ * and multiplied as one matrix-matrix product. */
+int xds_model_layer_is_moe(const xds_model *m, int layer);
+/* xn (n_tok, n_embd) = RMSNorm(x) with the layer's FFN norm weights. */
+void xds_model_ffn_norm(xds_model_ctx *ctx, int layer, const float *x, int n_tok, float *xn);
+/* Top-k routing of xn (n_tok, n_embd): ids, weights (n_tok, n_expert_used),
+ * weights already normalized / scaled as the architecture says. */
+void xds_model_moe_route(xds_model_ctx *ctx, int layer, const float *xn, int n_tok, int32_t *ids,
+                         float *weights);
+/* out (n_tok, n_embd) = sum over the routed (t, j) whose expert e = ids[t, j]
+ * has expert_mask[e] != 0 (NULL: all experts) of weights[t, j] * FFN_e(xn[t]). */
+void xds_model_moe_experts(xds_model_ctx *ctx, int layer, const float *xn, int n_tok, const int32_t *ids,
+                           const float *weights, const uint8_t *expert_mask, float *out);
+/* out (n_tok, n_embd) = shared experts' FFN(xn) (zeros when the model has none). */
+void xds_model_moe_shared(xds_model_ctx *ctx, int layer, const float *xn, int n_tok, float *out);
 
 /* The whole pass: embed, every layer, lm_head for rows logit_rows[0..n_rows)
  * of the batch (e.g. the last token of each sequence), logits (n_rows, n_vocab).

@@ -1,0 +1,148 @@
+/*
+ * mla.c — DeepSeek multi-head latent attention (MLA) as the attention unit of
+ * deepseek_v3 / kimi_k2 layers, with a compressed KV cache and the
+ * weight-absorbed computation.
+ *
+ * Math (transformers' DeepseekV3Attention, eager, fp32), per token:
+ *   q      = Wq_b . RMSNorm(Wq_a . n) * g_qa   (or Wq . n when q_lora_rank is null)
+ *            split per head into q_nope (nope_dim) and q_rope (rope_dim)
+ *   [c|kr] = Wkv_a . n;   c = RMSNorm(c) * g_kva (kv_lora_rank),  kr = RoPE(kr) (rope_dim, shared by heads)
+ *   k_h    = [Wk_h . c, kr],  v_h = Wv_h . c   with Wkv_b = per head [Wk_h (nope_dim rows); Wv_h (v_dim rows)]
+ *   o      = Wo . concat_h softmax(scale q_h . k_h) v_h,  scale = mscale^2 / sqrt(nope + rope)
+ *            (mscale = 0.1 mscale_all_dim ln(factor) + 1 with YaRN scaling, else 1)
+ * The cache stores only [c | kr] per token and layer (kv_lora_rank + rope_dim
+ * floats, xds_model_kv_dims). Attention runs absorbed, for prefill and decode
+ * alike: q_h . k_h = (Wk_h^T q_nope_h) . c + q_rope_h . kr, so the query
+ * becomes [Wk_h^T q_nope_h | q_rope_h] and attends directly over the cached
+ * rows; the weighted sum of cached latents c then goes through Wv_h. RoPE
+ * uses interleaved pairs (rope_interleave, the default) or halves.
+ *
+ * Invariants: the units never allocate; the cache rows of the batch's tokens
+ * are written before any token attends (tokens of one sequence in one batch
+ * see each other causally).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "model/attn.h"
+#include "model/moe.h"
+
+static float mla_scale(const xds_model *m) {
+    const xds_model_config *c = &m->cfg;
+    const xds_rope_scaling *r = &c->rope_scaling;
+    float s = 1.0f / sqrtf((float)c->head_dim);
+    if (r->type != XDS_ROPE_SCALING_NONE && r->mscale_all_dim != 0 && r->factor > 1) {
+        float ms = 0.1f * r->mscale_all_dim * logf(r->factor) + 1.0f;
+        s = s * ms * ms;
+    }
+    return s;
+}
+
+static void rope_rot(const xds_model *m, float *v, const float *cs) {
+    int half = m->cfg.rope_dim / 2;
+    if (m->cfg.rope_mode == XDS_ROPE_MODE_NEOX) {
+        for (int i = 0; i < half; i++) {
+            float c = cs[2 * i], s = cs[2 * i + 1], x0 = v[i], x1 = v[i + half];
+            v[i] = x0 * c - x1 * s;
+            v[i + half] = x1 * c + x0 * s;
+        }
+    } else {
+        for (int i = 0; i < half; i++) {
+            float c = cs[2 * i], s = cs[2 * i + 1], x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = x0 * c - x1 * s;
+            v[2 * i + 1] = x1 * c + x0 * s;
+        }
+    }
+}
+
+typedef struct {
+    xds_moe_scratch *S;
+    xds_kv_cache *kv;
+    const xds_batch *b;
+    int layer, H, Lw;
+    float scale;
+} mla_job;
+
+/* One (token, head): attends with the absorbed query over the cached [c | kr]
+ * rows; the output (weighted sum of rows) overwrites the query in place (the
+ * reference kernel finishes reading q before writing out). */
+static void mla_task(void *arg, int task, int thread) {
+    mla_job *J = arg;
+    xds_kv_cache *kv = J->kv;
+    int t = task / J->H, h = task % J->H;
+    size_t layer_off = (size_t)J->layer * kv->n_blocks * kv->block_size * kv->k_dim;
+    xds_attn_src src = {kv->k + layer_off, kv->k + layer_off, kv->seqs[J->b->seq[t]].blocks,
+                        kv->block_size, kv->k_dim, 0, J->Lw};
+    float *q = J->S->qcat + ((size_t)t * J->H + h) * J->Lw;
+    float *sc = J->S->scores + (size_t)thread * J->S->max_pos;
+    xds_attn_head_ref(&src, q, J->b->pos[t] + 1, J->scale, sc, q);
+}
+
+void xds_mla_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, float *x) {
+    const xds_model *m = xds_model_ctx_model(ctx);
+    const xds_model_config *c = &m->cfg;
+    const xds_layer_weights *w = &m->layers[layer];
+    const xds_mla_layer *a = w->mla;
+    xds_moe_scratch *S = xds_model_ctx_moe(ctx);
+    xds_pool *pool = xds_model_ctx_pool(ctx);
+    xds_kv_cache *kv = xds_model_ctx_kv(ctx);
+    int T = b->n_tok, E = c->n_embd, H = c->n_head, R = c->mla.kv_lora_rank, rd = c->rope_dim;
+    int nope = c->mla.nope_dim, vd = c->mla.v_dim, qk = c->head_dim, Lw = R + rd;
+    XDS_ASSERT(kv && T <= S->max_tok && kv->k_dim == Lw);
+    float *xn = S->proj;
+    for (int t = 0; t < T; t++) xds_rmsnorm(xn + (size_t)t * E, x + (size_t)t * E, w->attn_norm, E, c->rms_eps);
+    /* queries */
+    if (c->mla.q_lora_rank > 0) {
+        int QR = c->mla.q_lora_rank;
+        xds_matmul(pool, &a->wq_a, xn, S->qa, T);
+        for (int t = 0; t < T; t++)
+            xds_rmsnorm(S->qa + (size_t)t * QR, S->qa + (size_t)t * QR, a->q_a_norm, QR, c->rms_eps);
+        xds_matmul(pool, &a->wq_b, S->qa, S->q, T);
+    } else {
+        xds_matmul(pool, &a->wq, xn, S->q, T);
+    }
+    /* latent + rope key -> cache */
+    xds_matmul(pool, &a->wkv_a, xn, S->qa, T);
+    int half = rd / 2;
+    for (int t = 0; t < T; t++) {
+        float *cs = S->rope + (size_t)t * rd;
+        float p = (float)b->pos[t];
+        for (int i = 0; i < half; i++) {
+            float ang = p * m->rope_inv_freq[i];
+            cs[2 * i] = cosf(ang) * m->rope_attn_factor;
+            cs[2 * i + 1] = sinf(ang) * m->rope_attn_factor;
+        }
+        float *row = S->qa + (size_t)t * Lw;
+        xds_rmsnorm(row, row, a->kv_a_norm, R, c->rms_eps);
+        rope_rot(m, row + R, cs);
+        memcpy(xds_kv_k(kv, layer, b->seq[t], b->pos[t]), row, sizeof(float) * Lw);
+        for (int h = 0; h < H; h++) {
+            float *qh = S->q + ((size_t)t * H + h) * qk;
+            rope_rot(m, qh + nope, cs);
+            memcpy(S->qcat + ((size_t)t * H + h) * Lw + R, qh + nope, sizeof(float) * rd);
+        }
+    }
+    /* absorbed query: qcat[t][h][0:R] = Wk_h^T q_nope[t][h] */
+    for (int h = 0; h < H; h++) {
+        if (nope == 0) {
+            for (int t = 0; t < T; t++) memset(S->qcat + ((size_t)t * H + h) * Lw, 0, sizeof(float) * R);
+            continue;
+        }
+        for (int t = 0; t < T; t++)
+            memcpy(S->tmp + (size_t)t * nope, S->q + ((size_t)t * H + h) * qk, sizeof(float) * nope);
+        xds_matmul_rows(pool, &a->wk_b_t, (int64_t)h * R, (int64_t)(h + 1) * R, S->tmp, S->qcat + (size_t)h * Lw,
+                        (int64_t)H * Lw, T);
+    }
+    mla_job J = {S, kv, b, layer, H, Lw, mla_scale(m)};
+    xds_pool_run(pool, mla_task, &J, T * H);
+    /* values: att[t][h] = Wv_h . (weighted latent) */
+    for (int h = 0; h < H; h++) {
+        for (int t = 0; t < T; t++)
+            memcpy(S->tmp + (size_t)t * R, S->qcat + ((size_t)t * H + h) * Lw, sizeof(float) * R);
+        int64_t r0 = (int64_t)h * (nope + vd) + nope;
+        xds_matmul_rows(pool, &a->wkv_b, r0, r0 + vd, S->tmp, S->att + (size_t)h * vd, (int64_t)H * vd, T);
+    }
+    xds_matmul(pool, &a->wo, S->att, S->proj, T);
+    xds_add(x, S->proj, T * E);
+}
