@@ -163,7 +163,8 @@ void xds_qgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_
     float *dm = malloc(scs * 4 * sizeof(float));
     XDS_ASSERT(dm);
     for (int64_t r0 = 0; r0 < n_rows;) {
-        int R = n_rows - r0 >= 4 ? 4 : 1;
+        /* one token: single rows, read as one sequential stream (see avx512) */
+        int R = n_tok > 1 && n_rows - r0 >= 4 ? 4 : 1;
         const uint8_t *wr = w + r0 * w_row_bytes;
         #pragma GCC unroll 4
         for (int r = 0; r < R; r++) prep_scales(type, wr + r * w_row_bytes, nb, dm + r * scs);

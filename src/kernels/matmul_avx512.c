@@ -107,6 +107,7 @@ static void prep_scales(xds_dtype type, const uint8_t *row, int64_t nb, float *d
     }
 }
 
+
 /* [dw0 mw0 dw1 mw1] of blocks 2p, 2p+1 read from the weight row itself. */
 static inline __attribute__((always_inline)) __m128 direct_pair(int src, const uint8_t *row, int64_t p,
                                                                 int two) {
@@ -168,6 +169,44 @@ qk_step(const int R, const int T, const int src, const int two, int64_t p, const
 static inline __attribute__((always_inline)) void
 qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stride, int64_t nb,
         const float *dm, size_t sc_stride, const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
+    if (T == 1) {
+        /* One token: rows one after the other (a single sequential stream for
+         * the hardware prefetcher; interleaving 4 rows' short streams measured
+         * ~1.7x slower decode), two accumulator chains per row, and one
+         * 4-row horizontal reduction. */
+        __m256 part[4];
+        const __m128 odd = _mm_castsi128_ps(_mm_setr_epi32(0, -1, 0, -1));
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512 a1[4][4] = {{_mm512_setzero_ps()}}, a2[4][4] = {{_mm512_setzero_ps()}};
+            __m128 m1[4] = {_mm_setzero_ps()}, m2[4] = {_mm_setzero_ps()};
+            const uint8_t *wr = w + r * w_stride;
+            const float *dmr = dm + r * sc_stride;
+            int64_t p = 0;
+            for (; p + 2 <= nb / 2; p += 2) {
+                qk_step(1, 1, src, 1, p, wr, w_stride, nb, dmr, sc_stride, xq, xs, a1, m1);
+                qk_step(1, 1, src, 1, p + 1, wr, w_stride, nb, dmr, sc_stride, xq, xs, a2, m2);
+            }
+            if (p < nb / 2) qk_step(1, 1, src, 1, p, wr, w_stride, nb, dmr, sc_stride, xq, xs, a1, m1);
+            if (nb & 1) qk_step(1, 1, src, 0, nb / 2, wr, w_stride, nb, dmr, sc_stride, xq, xs, a2, m2);
+            __m512 v = _mm512_add_ps(a1[0][0], a2[0][0]);
+            __m128 m = _mm_and_ps(_mm_add_ps(m1[0], m2[0]), odd);
+            part[r] = _mm256_add_ps(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)),
+                                    _mm256_zextps128_ps256(m));
+        }
+        if (R == 4) {
+            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(part[0], part[1]), _mm256_hadd_ps(part[2], part[3]));
+            _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+        } else {
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m128 q = _mm_add_ps(_mm256_castps256_ps128(part[r]), _mm256_extractf128_ps(part[r], 1));
+                q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                y[r] = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+            }
+        }
+        return;
+    }
     __m512 acc[4][4];
     __m128 macc[4];
 #pragma GCC unroll 4
@@ -177,17 +216,10 @@ qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stri
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
     }
     const int64_t np = nb / 2;
-    for (int64_t p = 0; p < np; p++)
+    int64_t p = 0;
+    for (; p < np; p++)
         qk_step(R, T, src, 1, p, w, w_stride, nb, dm, sc_stride, xq, xs, acc, macc);
     if (nb & 1) qk_step(R, T, src, 0, np, w, w_stride, nb, dm, sc_stride, xq, xs, acc, macc);
-    if (T == 1) { /* offsets: odd lanes of macc */
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            __m128 m = macc[r];
-            y[r] = _mm512_reduce_add_ps(acc[r][0]) + (m[1] + m[3]);
-        }
-        return;
-    }
     for (int64_t b = 0; b < nb; b += 8) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
         __mmask16 m = nb - b >= 8 ? 0xffff : (__mmask16)((1u << (2 * (nb - b))) - 1);
         m &= 0xaaaa;
