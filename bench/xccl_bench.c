@@ -6,7 +6,8 @@
  *
  * 1. memcpy bandwidth, 8 B .. 64 MiB (one process, hot buffers).
  * 2. send/recv bandwidth, 2 ranks (rank 0 streams `iters` blocking sends,
- *    rank 1 receives, one ack at the end), and get bandwidth from a
+ *    rank 1 receives, one ack at the end) from plain memory and from a
+ *    registered region (zero-copy rendezvous), and get bandwidth from a
  *    registered region of the other rank.
  * 3. one-way latency: 8 B / 64 B ping-pong between 2 ranks, half the round trip.
  * 4. MoE layout + dispatch + combine (bf16, top-8, 64 experts spread evenly)
@@ -31,6 +32,7 @@
 typedef struct results {
     double memcpy_bw[BENCH_NSIZES][2]; /* GB/s at min time / at median time */
     double send_bw[BENCH_NSIZES][2];
+    double sendreg_bw[BENCH_NSIZES][2]; /* send from a registered region (zero-copy rendezvous) */
     double get_bw[BENCH_NSIZES][2];
     double lat_us[2][2];               /* 8 B, 64 B: min / median one-way */
     double moe_us[2][3][5][2][2];      /* mode x ranks x batch x hidden: min / median */
@@ -88,16 +90,23 @@ static int p2p_rank(int rank) {
     uint8_t *buf = malloc(64 << 20);
     memset(buf, rank + 1, 64 << 20);
     char ack = 0;
+    xccl_region sreg = {0};
+    if (rank == 0) {
+        if (xccl_region_alloc(&sreg, 64 << 20, c)) return die("region");
+        memset(sreg.base, 5, 64 << 20);
+    }
+    for (int mode = 0; mode < 2; mode++)
     for (size_t si = 0; si < BENCH_NSIZES; si++) {
         size_t sz = bench_sizes[si];
         int it = iters_for(sz);
         double v[BENCH_REPS];
+        const uint8_t *src = mode && rank == 0 ? (const uint8_t *)sreg.base : buf;
         for (int r = 0; r < BENCH_REPS + 1; r++) {
             if (xccl_barrier(c, w)) return die("barrier");
             double t0 = bench_now();
             if (rank == 0) {
                 for (int i = 0; i < it; i++)
-                    if (xccl_send(c, 1, buf, sz)) return die("send");
+                    if (xccl_send(c, 1, src, sz)) return die("send");
                 if (xccl_recv(NULL, &ack, 1, c, 1)) return die("recv ack");
             } else {
                 for (int i = 0; i < it; i++)
@@ -109,10 +118,12 @@ static int p2p_rank(int rank) {
         if (rank == 0) {
             double mn, med;
             bench_stats(v, BENCH_REPS, &mn, &med);
-            R->send_bw[si][0] = sz / mn / 1e9;
-            R->send_bw[si][1] = sz / med / 1e9;
+            double(*bw)[2] = mode ? R->sendreg_bw : R->send_bw;
+            bw[si][0] = sz / mn / 1e9;
+            bw[si][1] = sz / med / 1e9;
         }
     }
+    if (rank == 0) xccl_region_deregister(c, &sreg);
     xccl_region reg = {0};
     if (rank == 1) {
         if (xccl_region_alloc(&reg, 64 << 20, c)) return die("region");
@@ -279,9 +290,10 @@ int main(int argc, char **argv) {
         printf("{\n  \"p2p\": [\n");
         for (size_t si = 0; si < BENCH_NSIZES; si++)
             printf("    {\"bytes\": %zu, \"memcpy_gbs\": [%.3f, %.3f], \"sendrecv_gbs\": [%.3f, %.3f], "
-                   "\"get_gbs\": [%.3f, %.3f]}%s\n",
+                   "\"sendrecv_region_gbs\": [%.3f, %.3f], \"get_gbs\": [%.3f, %.3f]}%s\n",
                    bench_sizes[si], R->memcpy_bw[si][0], R->memcpy_bw[si][1], R->send_bw[si][0],
-                   R->send_bw[si][1], R->get_bw[si][0], R->get_bw[si][1], si + 1 < BENCH_NSIZES ? "," : "");
+                   R->send_bw[si][1], R->sendreg_bw[si][0], R->sendreg_bw[si][1], R->get_bw[si][0],
+                   R->get_bw[si][1], si + 1 < BENCH_NSIZES ? "," : "");
         printf("  ],\n  \"oneway_latency_us\": {\"8\": [%.3f, %.3f], \"64\": [%.3f, %.3f]},\n",
                R->lat_us[0][0], R->lat_us[0][1], R->lat_us[1][0], R->lat_us[1][1]);
         printf("  \"moe_us\": [\n");
@@ -301,13 +313,14 @@ int main(int argc, char **argv) {
         printf("\n  ],\n  \"ok\": %s\n}\n", bad ? "false" : "true");
     } else {
         printf("# xccl-bench (min / median of %d reps; GB/s figures are at the min / median time)\n", BENCH_REPS);
-        printf("%10s %22s %22s %22s %8s %8s\n", "bytes", "memcpy GB/s", "send/recv GB/s", "get GB/s",
-               "send%", "get%");
+        printf("%10s %20s %20s %20s %20s %6s %6s %6s\n", "bytes", "memcpy GB/s", "send/recv GB/s",
+               "send(region) GB/s", "get GB/s", "send%", "sreg%", "get%");
         for (size_t si = 0; si < BENCH_NSIZES; si++)
-            printf("%10zu %10.2f / %-9.2f %10.2f / %-9.2f %10.2f / %-9.2f %7.0f%% %7.0f%%\n", bench_sizes[si],
-                   R->memcpy_bw[si][0], R->memcpy_bw[si][1], R->send_bw[si][0], R->send_bw[si][1],
-                   R->get_bw[si][0], R->get_bw[si][1], 100 * R->send_bw[si][1] / R->memcpy_bw[si][1],
-                   100 * R->get_bw[si][1] / R->memcpy_bw[si][1]);
+            printf("%10zu %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %5.0f%% %5.0f%% %5.0f%%\n",
+                   bench_sizes[si], R->memcpy_bw[si][0], R->memcpy_bw[si][1], R->send_bw[si][0],
+                   R->send_bw[si][1], R->sendreg_bw[si][0], R->sendreg_bw[si][1], R->get_bw[si][0],
+                   R->get_bw[si][1], 100 * R->send_bw[si][1] / R->memcpy_bw[si][1],
+                   100 * R->sendreg_bw[si][1] / R->memcpy_bw[si][1], 100 * R->get_bw[si][1] / R->memcpy_bw[si][1]);
         printf("one-way latency, 2 ranks: 8 B %.3f / %.3f us, 64 B %.3f / %.3f us\n", R->lat_us[0][0],
                R->lat_us[0][1], R->lat_us[1][0], R->lat_us[1][1]);
         printf("# MoE layout+dispatch+combine, bf16, top-%d, %d experts (us, min / median)\n", BENCH_TOPK,

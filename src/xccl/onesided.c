@@ -173,6 +173,24 @@ static xccl_status peer_region(uint8_t **ptr, xccl_comm *c, int peer, uint32_t i
     return xccl_err(XCCL_ERR_INVALID, "xccl %s: rank %d has no region %u", op, peer, id);
 }
 
+xccl_status xccl_region_peer_ptr(uint8_t **ptr, xccl_comm *c, int peer, uint32_t id, size_t offset,
+                                 size_t len) {
+    return peer_region(ptr, c, peer, id, offset, len, "send (region)");
+}
+
+int xccl_region_find_local(uint32_t *id, size_t *offset, xccl_comm *c, const void *p, size_t len) {
+    uintptr_t a = (uintptr_t)p;
+    for (int i = 0; i < XCCL_MAX_REGIONS; i++) {
+        xccl_local_region *lr = &c->local_regions[i];
+        uintptr_t b = (uintptr_t)lr->base;
+        if (!lr->id || a < b || a - b > lr->bytes || len > lr->bytes - (a - b)) continue;
+        *id = lr->id;
+        *offset = a - b;
+        return 1;
+    }
+    return 0;
+}
+
 static void notify(xccl_comm *c, int peer) {
     atomic_fetch_add_explicit(&xccl_meta_at(c, c->rank, peer, XCCL_CH_ONES)->prod, 1,
                               memory_order_release);

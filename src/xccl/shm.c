@@ -11,10 +11,12 @@
  * release (credit). A receive whose capacity is smaller than the message
  * fails before consuming anything, leaving the message queued.
  *
- * Rendezvous (messages >= XCCL_CMA_MIN): the sender posts one slot flagged
- * RNDV holding {pid, address, length} and keeps its request open; the
- * receiver copies straight from the sender's memory with process_vm_readv
- * (one copy, like MPI's CMA path), then reports the handled rendezvous
+ * Rendezvous (messages >= XCCL_CMA_MIN, or >= 4 KiB lying in one of the
+ * sender's registered regions): the sender posts one slot flagged RNDV
+ * holding {pid, region, address, length, offset} and keeps its request open;
+ * the receiver copies straight from the sender's memory — a plain memcpy out
+ * of its mapping of the region (zero intermediate copies), else
+ * process_vm_readv (one kernel copy, like MPI's CMA path) — then reports the handled rendezvous
  * number and its result in cons_aux[0] / cons_aux[1]. If the kernel refuses
  * (no permission), the receiver answers NACK and the sender streams the same
  * message through the ring as continuation chunks; that pair stays on the
@@ -40,11 +42,12 @@
 
 typedef struct rndv_desc {
     int32_t pid;
-    uint32_t pad;
-    uint64_t addr;
+    uint32_t region;  /* != 0: the data lies in this registered region of the sender */
+    uint64_t addr;    /* sender address (CMA) */
     uint64_t len;
+    uint64_t offset;  /* offset in `region` */
 } rndv_desc;
-static_assert(sizeof(rndv_desc) == 24, "rendezvous descriptor layout");
+static_assert(sizeof(rndv_desc) == 32, "rendezvous descriptor layout");
 
 static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int *done) {
     int p = req->peer_;
@@ -56,12 +59,17 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
     uint64_t head = atomic_load_explicit(&m->cons, memory_order_acquire);
     const uint8_t *buf = req->buf_;
 
-    if (!(req->aux_ & S_FIRST) && c->cma_min && req->len_ >= c->cma_min && !c->cma_off[p] &&
-        p != c->rank) {
+    uint32_t rid = 0;
+    size_t roff = 0;
+    int in_region = !(req->aux_ & S_FIRST) && req->len_ >= 4096 && p != c->rank && !c->cma_off[p] &&
+                    xccl_region_find_local(&rid, &roff, c, buf, req->len_);
+    if (!(req->aux_ & S_FIRST) && p != c->rank && !c->cma_off[p] &&
+        (in_region || (c->cma_min && req->len_ >= c->cma_min))) {
         if (tail - head >= nslots) return XCCL_OK;
         uint8_t *slot = ring + (size_t)(tail & (nslots - 1)) * sb;
         xccl_slot_hdr *h = (xccl_slot_hdr *)slot;
-        rndv_desc d = {.pid = (int32_t)getpid(), .addr = (uint64_t)(uintptr_t)buf, .len = req->len_};
+        rndv_desc d = {.pid = (int32_t)getpid(), .region = in_region ? rid : 0,
+                       .addr = (uint64_t)(uintptr_t)buf, .len = req->len_, .offset = roff};
         h->msg_len = req->len_;
         h->offset = 0;
         h->chunk_len = sizeof d;
@@ -170,6 +178,13 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
                 }
                 size_t got = 0;
                 int err = 0;
+                if (d.region) { /* zero-copy: read it where it lies in the sender's region */
+                    uint8_t *src;
+                    if (xccl_region_peer_ptr(&src, c, p, d.region, d.offset, msg_len) == XCCL_OK) {
+                        memcpy(buf, src, msg_len);
+                        got = msg_len;
+                    }
+                }
                 while (got < msg_len) {
                     struct iovec lv = {.iov_base = buf + got, .iov_len = msg_len - got};
                     struct iovec rv = {.iov_base = (void *)(uintptr_t)(d.addr + got), .iov_len = msg_len - got};

@@ -295,6 +295,12 @@ xccl_status xccl_wait_readers(struct xccl_comm *c, const struct xccl_group *g, u
                               uint64_t seq, xccl_ack_ptr ack, void *arg, const char *what);
 uint64_t xccl_group_mask(const struct xccl_group *g);
 
+/* Registered regions, for the zero-copy send path: find the local region
+ * holding [p, p+len) (1 if found), and map / bounds-check a peer's region. */
+int xccl_region_find_local(uint32_t *id, size_t *offset, struct xccl_comm *c, const void *p, size_t len);
+xccl_status xccl_region_peer_ptr(uint8_t **ptr, struct xccl_comm *c, int peer, uint32_t id,
+                                 size_t offset, size_t len);
+
 /* Heartbeat thread (shm). */
 xccl_status xccl_heartbeat_start(struct xccl_comm *c);
 void xccl_heartbeat_stop(struct xccl_comm *c);

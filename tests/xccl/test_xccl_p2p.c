@@ -139,6 +139,23 @@ static int rank_main(int rank, int n, void *arg) {
     XCHECK(xccl_get(g, c, to, reg.id /* ids are allocated identically */, 0, to_bytes));
     tu_fill(w, to_bytes, tu_seed(to, 501, 0));
     CHECK(memcmp(g, w, to_bytes) == 0);
+    /* send out of a registered region (zero-copy rendezvous) to `to`, receive from `from` */
+    {
+        uint64_t fs0 = tu_seed(from, 500, 0);
+        size_t from_bytes = (size_t)tu_range(&fs0, 4096, 1 << 20);
+        size_t sl = rbytes - 7, rl = from_bytes - 7, got = 0;
+        uint8_t *rbuf = malloc(from_bytes), *want = malloc(from_bytes);
+        xccl_request sr, rr;
+        XCHECK(xccl_isend(c, to, (uint8_t *)reg.base + 7, sl, &sr));
+        XCHECK(xccl_irecv(c, from, rbuf, from_bytes, &rr));
+        XCHECK(xccl_wait(c, &rr));
+        XCHECK(xccl_wait(c, &sr));
+        got = xccl_request_len(&rr);
+        tu_fill(want, from_bytes, tu_seed(from, 501, 0));
+        CHECK_MSG(got == rl && memcmp(rbuf, want + 7, rl) == 0, "region send %d -> %d (%zu B)", from, rank, rl);
+        free(rbuf);
+        free(want);
+    }
     XCHECK(xccl_barrier(c, xccl_comm_world(c)));
     /* put a random piece into `to` */
     size_t off = (size_t)tu_range(&ts, 0, (int)to_bytes / 2), len = (size_t)tu_range(&ts, 0, (int)(to_bytes - off));
