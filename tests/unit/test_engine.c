@@ -521,6 +521,40 @@ static void test_concurrent_clients(xds_model *m) {
     free(cl);
 }
 
+/* The MoE families (Mixtral; DeepSeek-V3 with MLA's latent KV cache and
+ * group-limited routing) through the same engine: concurrent, chunked,
+ * preempted and prefix-cached runs give the solo tokens. */
+static void test_moe_models(void) {
+    const char *dirs[] = {"mixtral_top2", "ds_qlora_yarn_groups", "qwen3moe_gqa_sparse"};
+    for (int d = 0; d < 3; d++) {
+        char path[512];
+        snprintf(path, sizeof(path), "%s/tests/data/oracle/moe/%s", XDS_SOURCE_DIR, dirs[d]);
+        xds_model *m;
+        if (xds_model_load(path, NULL, &m) != XDS_OK) {
+            CHECK_MSG(0, "load %s: %s", path, xds_err_msg());
+            continue;
+        }
+        if (m->cfg.max_ctx < 90) {
+            printf("skip %s: context %d too short for the workload\n", dirs[d], m->cfg.max_ctx);
+            xds_model_free(m);
+            continue;
+        }
+        make_prompts(m->cfg.n_vocab);
+        run_alone(m);
+        xds_engine_opts o = base_opts();
+        xds_engine_stats st;
+        int bad = run_set(m, &o, 0, NULL, dirs[d]);
+        o.enable_prefix_cache = 1;
+        o.max_step_tokens = 12;
+        o.kv_block_size = 4;
+        o.kv_blocks = (70 + GEN + 3) / 4 + 2;
+        bad += run_set(m, &o, 0, &st, dirs[d]);
+        CHECK(st.n_preemptions > 0 && st.prefix_hits > 0);
+        printf("%s: %s\n", dirs[d], bad ? "batch variance" : "batch invariant (concurrent, chunked, preempted, prefix-cached)");
+        xds_model_free(m);
+    }
+}
+
 /* ---- output processing ------------------------------------------------------- */
 
 /* Feed pieces; returns the concatenated emitted text and the finish. */
@@ -801,6 +835,7 @@ int main(void) {
     test_shutdown(m);
     test_concurrent_clients(m);
     xds_model_free(m);
+    test_moe_models();
     test_real_model();
     TEST_MAIN_END();
 }
