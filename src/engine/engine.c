@@ -158,9 +158,9 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
     /* Every decode of a full batch must fit in one step. */
     if (o.max_step_tokens < o.max_batch) o.max_step_tokens = o.max_batch;
     int bs = o.kv_block_size;
-    /* Sizing estimate (dense GQA rows); the cache itself takes the model's dims. */
-    int kvd = model->cfg.n_head_kv * model->cfg.head_dim;
-    size_t bytes_per_block = (size_t)2 * model->cfg.n_layer * kvd * bs * sizeof(float);
+    int kd, vd; /* K/V floats per token per layer, as the model lays them out (MLA: latent) */
+    xds_model_kv_dims(model, &kd, &vd);
+    size_t bytes_per_block = (size_t)model->cfg.n_layer * (kd + vd) * bs * sizeof(float);
     if (o.kv_blocks <= 0) {
         /* max_ctx for every batch slot, at most 2 GiB, at least one full sequence. */
         size_t want = ((size_t)o.max_ctx * o.max_batch + bs - 1) / bs;
@@ -213,7 +213,7 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
     e->thread_started = 1;
     XDS_LOGI("engine: %d KV blocks of %d tokens (%.1f MiB), max batch %d, %d tokens/step, ctx %d, prefix cache %s",
              o.kv_blocks, bs,
-             (double)(e->kv->k_dim + e->kv->v_dim) * e->kv->n_layer * bs * sizeof(float) * o.kv_blocks / (1 << 20),
+             (double)bytes_per_block * o.kv_blocks / (1 << 20),
              o.max_batch,
              o.max_step_tokens, o.max_ctx, o.enable_prefix_cache ? "on" : "off");
     *out = e;
