@@ -24,6 +24,7 @@
 
 #include "engine/engine.h"
 #include "engine/output.h"
+#include "kernels/kernels.h"
 #include "model/model.h"
 #include "test.h"
 #include "tokenizer/tokenizer.h"
@@ -731,6 +732,35 @@ static void test_real_model(void) {
         CHECK_MSG(0, "tokenizer: %s", xds_err_msg());
         xds_model_free(m);
         return;
+    }
+    /* Diagnostic for the check below: the engine's concurrent == solo
+     * guarantee rests on xds_matmul giving every row the same bits whatever
+     * the number of rows (n_tok) in the product. */
+    {
+        const xds_tensor *w = &m->layers[0].wq;
+        int K = m->cfg.n_embd, N = (int)w->ne[1], T = 4;
+        float *x = malloc(sizeof(float) * K * T), *y = malloc(sizeof(float) * N * T), *y1 = malloc(sizeof(float) * N);
+        uint64_t r = 3;
+        for (int i = 0; i < K * T; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            x[i] = (float)((r >> 40) % 1000) / 1000.0f - 0.5f;
+        }
+        xds_pool *pool;
+        CHECK(xds_pool_create(2, &pool) == XDS_OK);
+        xds_matmul(pool, w, x, y, T);
+        int n_diff = 0;
+        for (int t = 0; t < T; t++) {
+            xds_matmul(pool, w, x + (size_t)t * K, y1, 1);
+            for (int j = 0; j < N; j++) n_diff += y1[j] != y[(size_t)t * N + j];
+        }
+        if (n_diff)
+            printf("note: xds_matmul (%s weights) is not batch-invariant: %d of %d outputs of a 4-row product "
+                   "differ from the same rows computed one at a time; concurrent greedy decoding can then "
+                   "diverge from solo decoding\n", xds_dtype_name(w->type), n_diff, N * T);
+        xds_pool_free(pool);
+        free(x);
+        free(y);
+        free(y1);
     }
     enum { NR = 4 };
     const char *texts[NR] = {
