@@ -17,6 +17,7 @@ static const cli_cmd cmds[] = {
     {"bench", cli_bench, "prefill / decode speed against the measured memory bandwidth"},
     {"serve", cli_serve, "OpenAI-compatible HTTP server (continuous batching engine)"},
     {"bench-serve", cli_bench_serve, "load generator for any OpenAI-compatible server"},
+    {"upcycle", cli_upcycle, "turn a dense llama GGUF into an exact mixture of experts"},
 };
 
 static void usage(FILE *f) {

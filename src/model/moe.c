@@ -65,6 +65,7 @@ xds_status xds_moe_scratch_create(const xds_model *m, const xds_kv_cache *kv, in
     AL(s->gy, A * E);
     AL(s->gg, gsz);
     AL(s->gu, gsz);
+    AL(s->accd, E);
     if (c->arch == XDS_ARCH_DEEPSEEK_V3) {
         const xds_mla_config *a = &c->mla;
         size_t H = c->n_head, L = (size_t)a->kv_lora_rank + c->rope_dim;
@@ -102,6 +103,7 @@ void xds_moe_scratch_free(xds_moe_scratch *s) {
     free(s->gy);
     free(s->gg);
     free(s->gu);
+    free(s->accd);
     free(s->q);
     free(s->qa);
     free(s->qcat);
@@ -290,14 +292,31 @@ void xds_model_moe_experts(xds_model_ctx *ctx, int layer, const float *xn, int n
     } else {
         for (int i = 0; i < n_active; i++) expert_rows(&J, pool, S->active[i]);
     }
-    /* combine per token in slot order */
+    /* combine per token in slot order, in double, with normalized weights
+     * renormalized exactly (their f32 sum is 1 only to rounding): identical
+     * experts then give exactly their common output (exact upcycling) */
+    double *acc = S->accd;
     for (int t = 0; t < n_tok; t++) {
-        float *o = out + (size_t)t * E;
-        memset(o, 0, sizeof(float) * E);
+        const float *wt = weights + (size_t)t * K;
+        double f = 1.0;
+        if (e->norm_topk_prob) {
+            double c = 0;
+            for (int j = 0; j < K; j++) c += wt[j];
+            if (c > 0) f = (double)e->routed_scale / c;
+        }
+        memset(acc, 0, sizeof(double) * E);
+        int any = 0;
         for (int j = 0; j < K; j++) {
             int p = S->slot[t * K + j];
-            if (p >= 0) xds_axpy(o, weights[t * K + j], S->gy + (size_t)p * E, E);
+            if (p < 0) continue;
+            double wj = wt[j] * f;
+            const float *y = S->gy + (size_t)p * E;
+            for (int i = 0; i < E; i++) acc[i] += wj * y[i];
+            any = 1;
         }
+        float *o = out + (size_t)t * E;
+        if (!any) memset(o, 0, sizeof(float) * E);
+        else for (int i = 0; i < E; i++) o[i] = (float)acc[i];
     }
 }
 

@@ -87,7 +87,8 @@ typedef struct xds_moe_scratch {
     int32_t *active;  /* (n_expert) experts with rows */
     float *gx;        /* (max_tok * k, n_embd) gathered inputs */
     float *gy;        /* (max_tok * k, n_embd) expert outputs */
-    float *gg, *gu;   /* (max(max_tok * k * n_ff_exp, max_tok * n_shared * n_ff_exp)) */
+    float *gg, *gu;   /* (max(max_tok * k * n_ff_exp, max_tok * n_shared * n_ff_exp, 2 n_expert)) */
+    double *accd;     /* (n_embd) one token's combine accumulator */
     /* MLA (mla.c) */
     float *q;         /* (max_tok, n_head * head_dim) */
     float *qa;        /* (max_tok, max(q_lora_rank, kv_lora + rope)) */

@@ -157,7 +157,7 @@ static void test_tiny_model(const char *dir, const char *name) {
         /* (A) whole prompt, then token by token */
         outA[ci] = calloc(nl, sizeof(float));
         int whole[1] = {r->n_prompt};
-        char what[256];
+        char what[400];
         snprintf(what, sizeof what, "%s case %d path A", name, ci);
         if (run_path(ctx, kv, 0, r, whole, 1, outA[ci], V, what)) {
             double e = rel_err(outA[ci], r->logits, (int)nl, scale);
@@ -438,8 +438,13 @@ static void test_grouped_dtypes(void) {
                         if (!dup) break;
                     } while (1);
                     ids[t * K + j] = e;
-                    w[t * K + j] = (float)urand();
+                    w[t * K + j] = (float)urand() + 0.01f;
                 }
+            for (int t = 0; t < T; t++) { /* this model normalizes (norm_topk_prob): weights sum to 1 */
+                float sum = 0;
+                for (int j = 0; j < K; j++) sum += w[t * K + j];
+                for (int j = 0; j < K; j++) w[t * K + j] /= sum;
+            }
             xds_model_moe_experts(ctx, layer, xn, T, ids, w, NULL, out);
             double sc = 0;
             for (int t = 0; t < T; t++) {
