@@ -220,7 +220,12 @@ static int admit(xds_sched *s, xds_sched_seq *seq, int budget, xds_sched_plan *p
     seq->n_pub = n_hit;
     int n = seq->n_tokens - seq->n_computed;
     if (n > budget) n = budget;
-    if (!seq_reserve(s, seq, seq->n_computed + n)) {
+    /* Watermark (vLLM's): while others run, keep ~1% of the pool free after
+     * admitting, so the running sequences' next blocks do not immediately
+     * force a preemption of the newcomer. Alone, a sequence always fits. */
+    int need = xds_sched_blocks_for(seq->n_computed + n, bs) - seq->n_blocks;
+    int watermark = s->n_running ? (s->bm->n_blocks + 99) / 100 : 0;
+    if (xds_kv_blocks_n_available(s->bm) - need < watermark || !seq_reserve(s, seq, seq->n_computed + n)) {
         seq_release_blocks(s, seq);
         return 0;
     }

@@ -426,7 +426,35 @@ static void test_preempt_scheduled(void) {
     sim_free(&m);
 }
 
+/* Admission keeps a watermark of 1% of the pool free while others run, but
+ * a sequence alone is always admitted. */
+static void test_watermark(void) {
+    sim m;
+    sim_init(&m, 100, 1, 0, 4, 256);
+    int32_t p[60];
+    for (int i = 0; i < 60; i++) p[i] = i % VOCAB;
+    req a, b;
+    make_req(&a, &m, 0, p, 50, 3);
+    make_req(&b, &m, 1, p + 1, 49, 3);
+    xds_sched_add(m.s, a.seq);
+    sim_step(&m, &a, 1); /* a: 50 blocks */
+    xds_sched_add(m.s, b.seq);
+    sim_step(&m, &a, 1); /* a decodes (51 blocks); b would take the last 49 */
+    CHECK(b.seq->state == XDS_SEQ_WAITING);
+    CHECK(xds_kv_blocks_n_available(m.bm) == 49);
+    while (!a.done) sim_step(&m, &a, 1);
+    sim_step(&m, &b, 1); /* alone now */
+    CHECK(b.seq->state == XDS_SEQ_RUNNING || b.done);
+    while (!b.done) sim_step(&m, &b, 1);
+    CHECK(check_output(&a) && check_output(&b));
+    CHECK(m.s->n_preemptions == 0 && m.bad == 0);
+    xds_sched_seq_free(a.seq);
+    xds_sched_seq_free(b.seq);
+    sim_free(&m);
+}
+
 int main(void) {
+    test_watermark();
     test_preempt_scheduled();
     test_continuous_batching();
     test_chunked_prefill();
