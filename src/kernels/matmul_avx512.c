@@ -121,7 +121,7 @@ static inline __attribute__((always_inline)) __m128 direct_pair(int src, const u
     uint16_t a, b = 0;
     memcpy(&a, row + 2 * p * bs, 2);
     if (two) memcpy(&b, row + (2 * p + 1) * bs, 2);
-    __m128 v = _mm_cvtph_ps(_mm_cvtsi32_si128((int)a | ((int)b << 16))); /* [d0 d1 0 0] */
+    __m128 v = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)a | ((uint32_t)b << 16)))); /* [d0 d1 0 0] */
     const float k = src == SRC_Q8_0 ? -128.0f : -8.0f;
     return _mm_mul_ps(_mm_unpacklo_ps(v, v), _mm_setr_ps(1.0f, k, 1.0f, k));
 }
