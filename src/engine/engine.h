@@ -34,6 +34,11 @@ typedef struct xds_engine_opts {
     int enable_prefix_cache;
 } xds_engine_opts;
 
+/* Defaults: n_threads = online CPUs, max_batch 16, max_step_tokens 256,
+ * kv_block_size 16, max_queue 256, prefix cache on; max_ctx 0 = the model's
+ * context (larger values are clamped to it); kv_blocks 0 = max_ctx tokens
+ * per batch slot, at most 2 GiB of KV. max_step_tokens is raised to
+ * max_batch if smaller. */
 xds_engine_opts xds_engine_opts_default(void);
 
 typedef enum xds_finish {
@@ -73,7 +78,12 @@ void xds_engine_free(xds_engine *e, int drain);
 /* Queue a request. Errors: XDS_ERR_INVALID (empty prompt, prompt + max_tokens
  * beyond max_ctx, bad params), XDS_ERR_BUSY (the waiting queue is full). On
  * success *req_id identifies it and cb will receive its events, the last one
- * with finish != XDS_FINISH_NONE. */
+ * with finish != XDS_FINISH_NONE. (Also INVALID: a token id outside the
+ * vocabulary, a request needing more KV blocks than the pool has; BUSY also
+ * once xds_engine_free has begun. *req_id is written before any callback.)
+ * Events: one per generated token (token >= 0; its text may be empty while
+ * bytes or a possible stop string are withheld); the final event carries the
+ * last token, or token -1 for ABORT / ERROR. */
 xds_status xds_engine_submit(xds_engine *e, const int32_t *prompt, int n_prompt,
                              const xds_gen_params *params, xds_gen_cb cb, void *user,
                              uint64_t *req_id);
