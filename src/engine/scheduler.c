@@ -185,7 +185,7 @@ static void plan_add(xds_sched_plan *plan, xds_sched_seq *seq, int n) {
     plan->n_tok += n;
 }
 
-/* Schedule running sequence seq for up to `want` tokens, preempting the
+/* Schedule running sequence seq for n tokens, preempting the
  * newest running sequences for blocks. Returns 0 if seq itself was preempted. */
 static int schedule_running(xds_sched *s, xds_sched_seq *seq, int n, xds_sched_plan *plan) {
     while (!seq_reserve(s, seq, seq->n_computed + n)) {
