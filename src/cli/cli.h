@@ -13,5 +13,6 @@ int cli_bench(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_bench_serve(int argc, char **argv);
 int cli_upcycle(int argc, char **argv);
+int cli_bench_model(int argc, char **argv);
 
 #endif

@@ -346,6 +346,19 @@ static xds_status bind_moe(binder *B, int l, xds_layer_weights *w) {
             moe->experts[x].up = slice3(tu, x);
             moe->experts[x].down = slice3(td, x);
         }
+        if (c->arch == XDS_ARCH_DEEPSEEK_V3) {
+            const char *bn = NM("blk.%d.exp_probs_b.bias", l);
+            if (xds_weights_find(B->m->weights, bn)) XDS_TRY(vec(B, bn, e->n_expert, &moe->score_bias));
+            else if (!(moe->score_bias = calloc(e->n_expert, sizeof(float))))
+                return xds_err_set(XDS_ERR_NOMEM, "model: out of memory");
+        }
+        if (e->n_shared > 0) {
+            int64_t S = (int64_t)e->n_shared * F;
+            XDS_TRY(mat(B, NM("blk.%d.ffn_gate_shexp.weight", l), E, S, &moe->shared.gate));
+            XDS_TRY(mat(B, NM("blk.%d.ffn_up_shexp.weight", l), E, S, &moe->shared.up));
+            XDS_TRY(mat(B, NM("blk.%d.ffn_down_shexp.weight", l), S, E, &moe->shared.down));
+            moe->has_shared = 1;
+        }
         return XDS_OK;
     }
     int mix = c->arch == XDS_ARCH_MIXTRAL;
@@ -371,6 +384,21 @@ static xds_status bind_moe(binder *B, int l, xds_layer_weights *w) {
     return XDS_OK;
 }
 
+/* llama.cpp's deepseek2 name of an HF self_attn tensor. */
+static const char *gguf_mla_name(char *nb, size_t cap, int l, const char *hf) {
+    static const char *map[][2] = {{"q_a_proj", "attn_q_a"},           {"q_a_layernorm", "attn_q_a_norm"},
+                                   {"q_b_proj", "attn_q_b"},           {"q_proj", "attn_q"},
+                                   {"kv_a_proj_with_mqa", "attn_kv_a_mqa"}, {"kv_a_layernorm", "attn_kv_a_norm"},
+                                   {"kv_b_proj", "attn_kv_b"},         {"o_proj", "attn_output"}};
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(hf, map[i][0])) {
+            snprintf(nb, cap, "blk.%d.%s.weight", l, map[i][1]);
+            return nb;
+        }
+    snprintf(nb, cap, "blk.%d.%s.weight", l, hf);
+    return nb;
+}
+
 static xds_status bind_mla(binder *B, int l, xds_layer_weights *w) {
     const xds_model_config *c = &B->m->cfg;
     const xds_mla_config *a = &c->mla;
@@ -379,7 +407,7 @@ static xds_status bind_mla(binder *B, int l, xds_layer_weights *w) {
     xds_mla_layer *t = calloc(1, sizeof *t);
     if (!t) return xds_err_set(XDS_ERR_NOMEM, "model: out of memory");
     w->mla = t;
-#define HF(s) NM("model.layers.%d.self_attn." s ".weight", l)
+#define HF(s) (B->gguf ? gguf_mla_name(nb, sizeof nb, l, s) : NM("model.layers.%d.self_attn." s ".weight", l))
     if (a->q_lora_rank > 0) {
         XDS_TRY(mat(B, HF("q_a_proj"), E, a->q_lora_rank, &t->wq_a));
         XDS_TRY(vec(B, HF("q_a_layernorm"), a->q_lora_rank, &t->q_a_norm));
@@ -544,4 +572,122 @@ size_t xds_arch_weight_bytes(const xds_model *m) {
         }
     }
     return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* GGUF qwen3moe / deepseek2 (llama.cpp naming)                              */
+
+static xds_status gk_u32(const xds_gguf *g, const char *pre, const char *key, int req, int def, int *out) {
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", pre, key);
+    uint32_t v;
+    xds_status s = xds_gguf_get_u32(g, k, &v);
+    if (s == XDS_ERR_NOT_FOUND && !req) {
+        xds_err_clear();
+        *out = def;
+        return XDS_OK;
+    }
+    if (s != XDS_OK) return xds_err_prefix(s, "model: GGUF key %s", k);
+    if (v > (uint32_t)INT32_MAX) return xds_err_set(XDS_ERR_FORMAT, "model: GGUF key %s: %u too large", k, v);
+    *out = (int)v;
+    return XDS_OK;
+}
+
+static xds_status gk_f32(const xds_gguf *g, const char *pre, const char *key, float def, float *out) {
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", pre, key);
+    xds_status s = xds_gguf_get_f32(g, k, out);
+    if (s == XDS_ERR_NOT_FOUND) {
+        xds_err_clear();
+        *out = def;
+        return XDS_OK;
+    }
+    return s == XDS_OK ? s : xds_err_prefix(s, "model: GGUF key %s", k);
+}
+
+xds_status xds_arch_config_from_gguf_arch(const xds_gguf *g, const char *arch, xds_model_config *c) {
+    int ds = !strncmp(arch, "deepseek2", 9);
+    const char *P = ds ? "deepseek2" : "qwen3moe";
+    xds_moe_config *e = &c->moe;
+    c->arch = ds ? XDS_ARCH_DEEPSEEK_V3 : XDS_ARCH_QWEN3_MOE;
+    c->rope_mode = ds ? XDS_ROPE_MODE_NORM : XDS_ROPE_MODE_NEOX;
+    XDS_TRY(gk_u32(g, P, "embedding_length", 1, 0, &c->n_embd));
+    XDS_TRY(gk_u32(g, P, "block_count", 1, 0, &c->n_layer));
+    XDS_TRY(gk_u32(g, P, "feed_forward_length", 1, 0, &c->n_ff));
+    XDS_TRY(gk_u32(g, P, "attention.head_count", 1, 0, &c->n_head));
+    XDS_TRY(gk_u32(g, P, "attention.head_count_kv", 0, c->n_head, &c->n_head_kv));
+    XDS_TRY(gk_u32(g, P, "context_length", 0, 4096, &c->max_ctx));
+    if (c->n_head <= 0) return xds_err_set(XDS_ERR_FORMAT, "model: GGUF %s.attention.head_count is 0", P);
+    XDS_TRY(gk_f32(g, P, "attention.layer_norm_rms_epsilon", 1e-6f, &c->rms_eps));
+    XDS_TRY(gk_f32(g, P, "rope.freq_base", 10000.0f, &c->rope_theta));
+    XDS_TRY(gk_u32(g, P, "expert_count", 1, 0, &e->n_expert));
+    XDS_TRY(gk_u32(g, P, "expert_used_count", 1, 0, &e->n_expert_used));
+    XDS_TRY(gk_u32(g, P, "expert_feed_forward_length", 1, 0, &e->n_ff_exp));
+    e->n_group = e->topk_group = 1;
+    e->routed_scale = 1.0f;
+    e->sparse_step = 1;
+    e->norm_topk_prob = 1;
+    int id;
+    XDS_TRY(gk_u32(g, "tokenizer.ggml", "bos_token_id", 0, -1, &id));
+    c->bos_id = id;
+    XDS_TRY(gk_u32(g, "tokenizer.ggml", "eos_token_id", 0, -1, &id));
+    c->eos_id = id;
+    c->rope_scaling.truncate = 1;
+    c->rope_scaling.beta_fast = 32.0f;
+    c->rope_scaling.beta_slow = 1.0f;
+    if (!ds) {
+        c->qk_norm = 1;
+        e->scoring = XDS_MOE_SOFTMAX;
+        XDS_TRY(gk_u32(g, P, "attention.key_length", 0, c->n_embd / c->n_head, &c->head_dim));
+        c->rope_dim = c->head_dim;
+    } else {
+        xds_mla_config *a = &c->mla;
+        e->scoring = XDS_MOE_SIGMOID;
+        int gating, norm, kl;
+        XDS_TRY(gk_u32(g, P, "expert_gating_func", 0, 2, &gating));
+        if (gating != 2)
+            return xds_err_set(XDS_ERR_UNSUPPORTED, "model: GGUF deepseek2.expert_gating_func %d (sigmoid = 2 only)",
+                               gating);
+        XDS_TRY(gk_u32(g, P, "expert_shared_count", 0, 0, &e->n_shared));
+        XDS_TRY(gk_u32(g, P, "leading_dense_block_count", 0, 0, &e->first_dense));
+        XDS_TRY(gk_u32(g, P, "expert_group_count", 0, 1, &e->n_group));
+        XDS_TRY(gk_u32(g, P, "expert_group_used_count", 0, 1, &e->topk_group));
+        XDS_TRY(gk_f32(g, P, "expert_weights_scale", 1.0f, &e->routed_scale));
+        char k[64];
+        snprintf(k, sizeof k, "%s.expert_weights_norm", P);
+        if (xds_gguf_get_bool(g, k, &norm) == XDS_OK) e->norm_topk_prob = norm;
+        else xds_err_clear();
+        XDS_TRY(gk_u32(g, P, "nextn_predict_layers", 0, 0, &e->n_mtp));
+        XDS_TRY(gk_u32(g, P, "attention.q_lora_rank", 0, 0, &a->q_lora_rank));
+        XDS_TRY(gk_u32(g, P, "attention.kv_lora_rank", 1, 0, &a->kv_lora_rank));
+        XDS_TRY(gk_u32(g, P, "rope.dimension_count", 1, 0, &c->rope_dim));
+        XDS_TRY(gk_u32(g, P, "attention.key_length", 1, 0, &kl));
+        XDS_TRY(gk_u32(g, P, "attention.value_length", 1, 0, &a->v_dim));
+        a->nope_dim = kl - c->rope_dim;
+        c->head_dim = kl;
+        c->n_head_kv = c->n_head;
+        snprintf(k, sizeof k, "%s.rope.scaling.type", P);
+        const char *st;
+        uint64_t sl;
+        if (xds_gguf_get_str(g, k, &st, &sl) == XDS_OK && sl == 4 && !memcmp(st, "yarn", 4)) {
+            xds_rope_scaling *r = &c->rope_scaling;
+            r->type = XDS_ROPE_SCALING_YARN;
+            XDS_TRY(gk_f32(g, P, "rope.scaling.factor", 1.0f, &r->factor));
+            XDS_TRY(gk_u32(g, P, "rope.scaling.original_context_length", 0, c->max_ctx, &r->original_max_pos));
+            float lm;
+            XDS_TRY(gk_f32(g, P, "rope.scaling.yarn_log_multiplier", 0.0f, &lm));
+            r->mscale = r->mscale_all_dim = lm / 0.1f; /* converter writes 0.1 * mscale_all_dim */
+            if (!(r->factor > 0)) return xds_err_set(XDS_ERR_FORMAT, "model: GGUF %s.rope.scaling.factor invalid", P);
+        } else xds_err_clear();
+        if (e->n_mtp > 0) {
+            XDS_LOGW("model: %s: GGUF MTP layers (nextn_predict_layers = %d) are not loaded", xds_gguf_path(g), e->n_mtp);
+            e->n_mtp = 0;
+        }
+        if (kl <= c->rope_dim)
+            return xds_err_set(XDS_ERR_FORMAT, "model: GGUF deepseek2.attention.key_length %d <= rope dims %d", kl,
+                               c->rope_dim);
+    }
+    xds_status r = moe_check(c);
+    if (r != XDS_OK) return xds_err_prefix(r, "model: %s (GGUF %s)", xds_gguf_path(g), P);
+    return XDS_OK;
 }

@@ -2,6 +2,7 @@
  * gguf_writer.c — see gguf_writer.h. Layout written: magic "GGUF", version 3,
  * tensor count, kv count, the kv pairs, the tensor infos (name, dims, ggml
  * type id, offset), padding to 32, then each tensor's data padded to 32.
+ * Fill callbacks get chunks of whole blocks of the tensor's type.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -197,8 +198,9 @@ xds_status xds_gguf_writer_write(xds_gguf_writer *w, const char *path) {
             for (int r = 0; ok && r < t->repeat; r++) ok = fwrite(t->src, 1, t->nbytes_src, f) == t->nbytes_src;
         } else {
             if (!buf && !(buf = malloc(chunk))) ok = 0;
-            for (size_t o = 0; ok && o < t->nbytes; o += chunk) {
-                size_t n = t->nbytes - o < chunk ? t->nbytes - o : chunk;
+            size_t bb = (size_t)xds_dtype_info(t->type)->block_bytes, ch = chunk / bb * bb; /* whole blocks */
+            for (size_t o = 0; ok && o < t->nbytes; o += ch) {
+                size_t n = t->nbytes - o < ch ? t->nbytes - o : ch;
                 t->fill(t->fill_user, buf, o, n);
                 ok = fwrite(buf, 1, n, f) == n;
             }

@@ -64,9 +64,11 @@ static xds_status config_from_gguf(const xds_gguf *g, xds_model_config *c) {
     uint64_t alen;
     xds_status s = xds_gguf_get_str(g, "general.architecture", &arch, &alen);
     if (s != XDS_OK) return xds_err_prefix(s, "model: %s", xds_gguf_path(g));
+    if ((alen == 8 && !memcmp(arch, "qwen3moe", 8)) || (alen == 9 && !memcmp(arch, "deepseek2", 9)))
+        return xds_arch_config_from_gguf_arch(g, arch, c); /* model/arch_moe.c */
     if (!(alen == 5 && !memcmp(arch, "llama", 5)))
         return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "model: %s: architecture '%.*s' is not supported (supported: llama)",
+                           "model: %s: architecture '%.*s' is not supported (supported: llama, qwen3moe, deepseek2)",
                            xds_gguf_path(g), (int)(alen > 64 ? 64 : alen), arch);
     c->arch = XDS_ARCH_LLAMA;
     c->rope_mode = XDS_ROPE_MODE_NORM; /* converter permuted Q/K rows for adjacent pairs */

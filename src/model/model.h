@@ -304,6 +304,9 @@ void xds_model_moe_experts(xds_model_ctx *ctx, int layer, const float *xn, int n
                            const float *weights, const uint8_t *expert_mask, float *out);
 /* out (n_tok, n_embd) = shared experts' FFN(xn) (zeros when the model has none). */
 void xds_model_moe_shared(xds_model_ctx *ctx, int layer, const float *xn, int n_tok, float *out);
+/* Routed-expert weight bytes read (each expert hit counted once per call) and
+ * multiply-adds done by moe_experts on this context since the last reset. */
+void xds_model_ctx_expert_stats(xds_model_ctx *ctx, uint64_t *bytes, double *macs, int reset);
 
 /* The whole pass: embed, every layer, lm_head for rows logit_rows[0..n_rows)
  * of the batch (e.g. the last token of each sequence), logits (n_rows, n_vocab).

@@ -283,6 +283,11 @@ void xds_model_moe_experts(xds_model_ctx *ctx, int layer, const float *xn, int n
         }
     }
     int n_rows = S->cnt[N];
+    for (int i = 0; i < n_active; i++) { /* statistics: bytes / multiply-adds of the experts hit */
+        const xds_ffn_w *f = &L->experts[S->active[i]];
+        S->stat_bytes += f->gate.nbytes + f->up.nbytes + f->down.nbytes;
+    }
+    S->stat_macs += 3.0 * n_rows * (double)E * e->n_ff_exp;
     for (int p = 0; p < n_rows; p++)
         memcpy(S->gx + (size_t)p * E, xn + (size_t)(S->order[p] / K) * E, sizeof(float) * E);
     exp_job J = {L, S, E, e->n_ff_exp};
@@ -318,6 +323,13 @@ void xds_model_moe_experts(xds_model_ctx *ctx, int layer, const float *xn, int n
         if (!any) memset(o, 0, sizeof(float) * E);
         else for (int i = 0; i < E; i++) o[i] = (float)acc[i];
     }
+}
+
+void xds_model_ctx_expert_stats(xds_model_ctx *ctx, uint64_t *bytes, double *macs, int reset) {
+    xds_moe_scratch *S = xds_model_ctx_moe(ctx);
+    if (bytes) *bytes = S ? S->stat_bytes : 0;
+    if (macs) *macs = S ? S->stat_macs : 0;
+    if (S && reset) S->stat_bytes = 0, S->stat_macs = 0;
 }
 
 void xds_model_moe_shared(xds_model_ctx *ctx, int layer, const float *xn, int n_tok, float *out) {

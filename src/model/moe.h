@@ -37,9 +37,9 @@ typedef struct xds_mla_layer {
     xds_tensor wkv_a;    /* ne = (n_embd, kv_lora_rank + rope_dim) */
     float *kv_a_norm;    /* (kv_lora_rank) owned */
     xds_tensor wkv_b;    /* ne = (kv_lora_rank, n_head * (nope_dim + v_dim)) */
-    xds_tensor wk_b_t;   /* owned f32 (absorbed K): ne = (nope_dim, n_head * kv_lora_rank),
+    xds_tensor wk_b_t;   /* owned (absorbed K; f32 or wkv_b's type): ne = (nope_dim, n_head * kv_lora_rank),
                             row h*kv_lora_rank + c = column c of head h's K-nope block of wkv_b */
-    float *wk_b_t_data;  /* owner of wk_b_t.data */
+    float *wk_b_t_data;  /* owner of wk_b_t.data (f32, or wkv_b's quantized type) */
     xds_tensor wo;       /* ne = (n_head * v_dim, n_embd) */
 } xds_mla_layer;
 
@@ -58,6 +58,8 @@ typedef struct xds_mtp_layer {
 /* Architecture-specific config.json fields after model.c parsed the common
  * ones; checks consistency (errors name the field). */
 xds_status xds_arch_config_from_json(const void *json_obj, xds_model_config *c);
+/* GGUF "qwen3moe" / "deepseek2" (llama.cpp's keys and tensor names). */
+xds_status xds_arch_config_from_gguf_arch(const xds_gguf *g, const char *arch, xds_model_config *c);
 /* GGUF llama with llama.expert_count > 0 (mixtral layout). */
 xds_status xds_arch_config_from_gguf(const xds_gguf *g, xds_model_config *c);
 /* Bind every layer (m->layers allocated, zeroed) and the MTP layers. */
@@ -89,6 +91,8 @@ typedef struct xds_moe_scratch {
     float *gy;        /* (max_tok * k, n_embd) expert outputs */
     float *gg, *gu;   /* (max(max_tok * k * n_ff_exp, max_tok * n_shared * n_ff_exp, 2 n_expert)) */
     double *accd;     /* (n_embd) one token's combine accumulator */
+    uint64_t stat_bytes; /* routed-expert weight bytes read by moe_experts since reset */
+    double stat_macs;    /* routed-expert multiply-adds since reset */
     /* MLA (mla.c) */
     float *q;         /* (max_tok, n_head * head_dim) */
     float *qa;        /* (max_tok, max(q_lora_rank, kv_lora + rope)) */

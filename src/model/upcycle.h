@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "base/status.h"
+#include "tensor/dtype.h"
 
 /* Write `out`: the dense llama GGUF `in` with every FFN copied into n_expert
  * identical experts (same quantized bytes), a random f32 router (seed) and
@@ -16,12 +17,12 @@
  * model's for any routing. */
 xds_status xds_model_upcycle(const char *in, const char *out, int n_expert, int n_used, uint64_t seed);
 
-/* Random-weight benchmark checkpoints (Hugging Face directory: config.json +
- * model.safetensors is not used: GGUF keeps the quantized layouts).
- * `preset`: "qwen3-30b-a3b" or "deepseek-v3"; n_layer / n_expert override the
- * preset's (0: preset default, reduced to fit memory). Writes dir/config.json
- * and dir/model-*.gguf?  See bench_model.c for the exact layout. */
-xds_status xds_model_bench_write(const char *preset, const char *out_dir, int n_layer, int n_expert,
+/* Random-weight MoE benchmark checkpoint with real layer shapes, as a GGUF
+ * at `out` (llama.cpp qwen3moe / deepseek2 layout; see bench_model.c).
+ * preset: "qwen3-30b-a3b" or "deepseek-v3"; n_layer / n_expert <= 0 take the
+ * preset's reduced defaults; type: q8_0 (as the released GGUFs), q4_0, q4_1,
+ * f16 or bf16 for the matrices. */
+xds_status xds_model_bench_write(const char *preset, const char *out, int n_layer, int n_expert, xds_dtype type,
                                  uint64_t seed);
 
 #endif
