@@ -191,11 +191,12 @@ static int bs_request(const bs_opts *o, bs_conn *c, const char *method, const ch
     char auth[600] = "";
     if (o->api_key) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", o->api_key);
     size_t blen = body ? strlen(body) : 0;
+    int v6 = strchr(o->host, ':') != NULL;
     char head[2048];
     int hn = snprintf(head, sizeof head,
-                      "%s %s%s HTTP/1.1\r\nHost: %s:%s\r\nUser-Agent: xds-bench-serve\r\nAccept: */*\r\n%s"
+                      "%s %s%s HTTP/1.1\r\nHost: %s%s%s:%s\r\nUser-Agent: xds-bench-serve\r\nAccept: */*\r\n%s"
                       "%sContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                      method, o->base, path, o->host, o->port, auth,
+                      method, o->base, path, v6 ? "[" : "", o->host, v6 ? "]" : "", o->port, auth,
                       body ? "Content-Type: application/json\r\n" : "", blen);
     if (bs_send_all(c->fd, head, (size_t)hn) || (blen && bs_send_all(c->fd, body, blen))) {
         snprintf(err, errn, "send: %s", strerror(errno));
@@ -749,7 +750,7 @@ int cli_bench_serve(int argc, char **argv) {
 
     if (o.json) {
         json_t *j = json_object();
-        json_object_set_new(j, "url", json_sprintf("http://%s:%s%s", o.host, o.port, o.base));
+        json_object_set_new(j, "url", json_sprintf("http://%s%s%s:%s%s", strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "", o.port, o.base));
         json_object_set_new(j, "model", json_string(model));
         json_object_set_new(j, "endpoint", json_string(o.chat ? "/v1/chat/completions" : "/v1/completions"));
         json_object_set_new(j, "mode", json_string(o.rate > 0 ? "rate" : "concurrency"));
