@@ -186,6 +186,38 @@ static xds_engine_opts base_opts(void) {
 
 static int32_t ref_toks[NP][GEN];
 
+/* Greedy tokens straight from the model (no engine): the whole prompt in one
+ * batch, then one token per forward pass, its own KV cache. The engine's solo
+ * run feeds the model exactly the same batches, so it must agree bit for bit. */
+static void direct_greedy(xds_model *m, const int32_t *prompt, int n, int gen, int32_t *out) {
+    xds_kv_cache *kv;
+    xds_model_ctx *ctx;
+    CHECK(xds_model_kv_cache_create(m, n + gen + 16, 16, 1, &kv) == XDS_OK);
+    CHECK(xds_model_ctx_create(m, kv, 2, n + gen, &ctx) == XDS_OK);
+    CHECK(xds_kv_seq_reserve(kv, 0, n + gen) == XDS_OK);
+    int32_t *tok = malloc(sizeof(int32_t) * (n + gen)), *pos = malloc(sizeof(int32_t) * (n + gen));
+    int32_t *seq = calloc((size_t)(n + gen), sizeof(int32_t));
+    float *logits = malloc(sizeof(float) * m->cfg.n_vocab);
+    memcpy(tok, prompt, sizeof(int32_t) * n);
+    for (int i = 0; i < n + gen; i++) pos[i] = i;
+    int start = 0, len = n;
+    for (int g = 0; g < gen; g++) {
+        xds_batch b = {len, tok + start, pos + start, seq};
+        int32_t row = len - 1;
+        CHECK(xds_model_forward(ctx, &b, &row, 1, logits) == XDS_OK);
+        out[g] = xds_argmax(logits, m->cfg.n_vocab);
+        tok[start + len] = out[g];
+        start += len;
+        len = 1;
+    }
+    free(tok);
+    free(pos);
+    free(seq);
+    free(logits);
+    xds_model_ctx_free(ctx);
+    xds_kv_cache_free(kv);
+}
+
 /* Each prompt alone, on an engine of its own. */
 static void run_alone(xds_model *m) {
     for (int i = 0; i < NP; i++) {
@@ -201,6 +233,9 @@ static void run_alone(xds_model *m) {
         CHECK(c->n_text == 0); /* no tokenizer: no text */
         CHECK(c->n_prompt == plen[i]);
         memcpy(ref_toks[i], c->toks, sizeof(int32_t) * GEN);
+        int32_t direct[GEN];
+        direct_greedy(m, prompts[i], plen[i], GEN, direct);
+        CHECK_MSG(!memcmp(direct, c->toks, sizeof(direct)), "prompt %d: engine solo != direct model loop", i);
         xds_engine_free(e, 1);
         free(c);
     }
@@ -801,6 +836,10 @@ static void test_real_model(void) {
                       !memcmp(solo[i].toks, conc[i].toks, sizeof(int32_t) * solo[i].n_tok),
                   "SmolLM2 request %d: concurrent tokens differ from solo", i);
         CHECK(strcmp(solo[i].text, conc[i].text) == 0);
+        int32_t direct[64];
+        direct_greedy(m, rq[i].ids, rq[i].n, solo[i].n_tok, direct);
+        CHECK_MSG(!memcmp(direct, solo[i].toks, sizeof(int32_t) * solo[i].n_tok),
+                  "SmolLM2 request %d: engine solo != direct model loop", i);
         /* streamed text == the detokenized ids (minus a final EOG) */
         int nt = solo[i].n_tok;
         if (solo[i].finish == XDS_FINISH_STOP && nt && xds_tokenizer_is_eog(tok, solo[i].toks[nt - 1])) nt--;
