@@ -133,20 +133,27 @@ def do_tiny():
 
 
 # Candidates in order; the first SMOL_N whose greedy top-1/top-2 margin stays >= SMOL_MIN_MARGIN over
-# the first 32 steps are kept (None = the chat-rendered prompt). A smaller margin would let the
-# 8-bit activation quantization of our Q4_1 kernels flip a near tie (a 0.0045 margin did flip),
-# which says nothing about correctness.
+# the first 32 steps are kept (a string is a plain prompt, a list of user turns is rendered with the
+# chat template). Our Q4_1 kernels quantize activations to 8-bit blocks like llama.cpp; on SmolLM2
+# that moves logits by up to ~1-2 (an exact Q8_0 fake-quantization of the activations around f32
+# matmuls does the same) and flipped near ties with margins 0.05-0.22 in natural-text prompts.
+# Greedy identity over 32 steps is therefore only a meaningful test on prompts whose continuation
+# is decided by a clear margin; the math itself is checked to 1e-4 with f32 weights (test_llama.c).
 SMOL_PROMPTS = [
-    None,
+    ["List the numbers from 1 to 30, separated by commas."],
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+    "2, 4, 6, 8, 10, 12, 14,",
+    ["Count from 1 to 50."],
+    "10, 20, 30, 40, 50, 60,",
+    "1, 3, 5, 7, 9, 11, 13,",
+    ["Count from 10 to 40."],
+    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog. The quick",
+    "100, 99, 98, 97, 96, 95,",
+    ["What is the tallest mountain in the world?"],
     "The capital of France is",
-    "def fibonacci(n):\n",
-    "Once upon a time, in a small village by the sea,",
-    "The three primary colors are",
-    "Water boils at a temperature of",
-    "In 1969, the first humans",
 ]
 SMOL_N = 4
-SMOL_MIN_MARGIN = 0.04
+SMOL_MIN_MARGIN = 0.5
 SMOL_STEPS = 40
 SMOL_TOPK = 20
 
@@ -158,14 +165,13 @@ def do_smollm2(gguf_path):
     sha = hashlib.sha256(open(gguf_path, "rb").read()).hexdigest()
     tok = AutoTokenizer.from_pretrained(d, gguf_file=fn)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=fn, dtype=torch.float32).eval()
-    chat = tok.apply_chat_template(
-        [{"role": "user", "content": "What is the tallest mountain in the world?"}],
-        tokenize=False, add_generation_prompt=True)
-    prompts = [chat if p is None else p for p in SMOL_PROMPTS]
+    prompts = [p if isinstance(p, str) else tok.apply_chat_template(
+        [{"role": "user", "content": u} for u in p], tokenize=False, add_generation_prompt=True)
+        for p in SMOL_PROMPTS]
     eos = model.config.eos_token_id
     out = {"versions": versions(), "model_sha256": sha, "steps": SMOL_STEPS, "top_k": SMOL_TOPK,
            "eos_token_id": eos, "cases": []}
-    for text in prompts:
+    for text, spec in zip(prompts, SMOL_PROMPTS):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         toks = list(ids)
         with torch.no_grad():
@@ -193,8 +199,8 @@ def do_smollm2(gguf_path):
             continue
         n_eos = next((k for k, t in enumerate(gen) if t == eos), len(gen))
         out["cases"].append({
-            "text": text, "ids": ids, "greedy": gen, "greedy_margins": [round(m, 5) for m in margins],
-            "text_32": tok.decode(gen[:min(32, n_eos)]), "top": top})
+            "text": text, "chat": None if isinstance(spec, str) else spec, "ids": ids, "greedy": gen, "greedy_margins": [round(m, 5) for m in margins],
+            "text_32": tok.decode(gen[:min(32, n_eos)], clean_up_tokenization_spaces=False), "top": top})
         print(repr(text[:40]), "->", repr(tok.decode(gen[:32])), "min margin", round(min(margins[:32]), 4))
         if len(out["cases"]) == SMOL_N:
             break

@@ -267,9 +267,8 @@ int gen_session_feed(gen_session *s, const int32_t *ids, int n) {
         return 1;
     }
     if (n >= s->n_ctx) {
-        fprintf(stderr,
-                "xds %s: error: the prompt is %d tokens but the context holds %d (use -c to enlarge it)\n",
-                s->cmd, n, s->n_ctx);
+        fprintf(stderr, "xds %s: error: the %s is %d tokens but the context holds %d (use -c to enlarge it)\n",
+                s->cmd, strcmp(s->cmd, "chat") ? "prompt" : "conversation", n, s->n_ctx);
         return 1;
     }
     int keep = 0;
@@ -336,8 +335,10 @@ int gen_session_generate(gen_session *s, int n_max, int skip_special, FILE *out,
     return rc;
 }
 
-void gen_print_speed(const gen_session *s) {
+void gen_print_speed(gen_session *s) {
     fprintf(stderr, "\nprefill: %d tokens in %.3f s (%.1f tok/s); decode: %d tokens in %.3f s (%.1f tok/s)\n",
             s->n_prefill, s->t_prefill, s->t_prefill > 0 ? s->n_prefill / s->t_prefill : 0.0, s->n_decode,
             s->t_decode, s->t_decode > 0 ? s->n_decode / s->t_decode : 0.0);
+    s->n_prefill = s->n_decode = 0; /* figures are per turn */
+    s->t_prefill = s->t_decode = 0;
 }

@@ -67,6 +67,7 @@ int gen_session_feed(gen_session *s, const int32_t *ids, int n);
 int gen_session_generate(gen_session *s, int n_max, int skip_special, FILE *out, int32_t **gen,
                          int *n_gen);
 
-void gen_print_speed(const gen_session *s);
+/* Prints the prefill / decode figures since the last call, then resets them. */
+void gen_print_speed(gen_session *s);
 
 #endif

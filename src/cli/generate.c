@@ -15,7 +15,6 @@ int cli_generate(int argc, char **argv) {
     gen_opts o;
     int r = gen_parse_args(argc, argv, 0, &o);
     if (r) return r == 2 ? 0 : 1;
-    /* validate the prompt before paying for the model load */
     gen_session s;
     if (gen_session_open(&s, "generate", &o)) return 1;
     int32_t *ids = NULL;
@@ -40,8 +39,8 @@ int cli_generate(int argc, char **argv) {
         ids[0] = bos;
         n++;
     }
-    if (!o.quiet) fprintf(stderr, "seed: %llu\n", (unsigned long long)o.sp.seed);
     int rc = gen_session_feed(&s, ids, (int)n);
+    if (!rc && !o.quiet && o.sp.temp > 0) fprintf(stderr, "seed: %llu\n", (unsigned long long)o.sp.seed);
     if (!rc) rc = gen_session_generate(&s, o.n_predict, !o.raw, stdout, NULL, NULL);
     if (!rc) {
         fputc('\n', stdout);

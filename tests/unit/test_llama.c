@@ -341,6 +341,7 @@ static void test_bad_input(void) {
  */
 #define SMOL_TOL 2.0
 #define SMOL_TOL_F32_REL 1e-4
+#define SMOL_F32_STEPS 8
 
 /* Replace a weight view by an owned f32 copy (freed by free_f32). */
 static void to_f32(xds_tensor *t) {
@@ -394,6 +395,8 @@ static void test_smollm2(const char *path, int f32) {
         json_t *ids = json_object_get(c, "ids"), *greedy = json_object_get(c, "greedy"),
                *top = json_object_get(c, "top");
         int np = (int)json_array_size(ids), ng = (int)json_array_size(greedy);
+        /* f32 weights read 4.5x the bytes per step: 8 steps suffice to check the math */
+        if (f32 && ng > SMOL_F32_STEPS) ng = SMOL_F32_STEPS;
         int32_t toks[256], pos[256], sq[256];
         for (int i = 0; i < np; i++) toks[i] = (int32_t)json_integer_value(json_array_get(ids, i)), pos[i] = i, sq[i] = 0;
         xds_kv_seq_truncate(kv, 0, 0);
@@ -423,7 +426,7 @@ static void test_smollm2(const char *path, int f32) {
             CHECK(xds_model_forward(ctx, &b1, &r0, 1, lg) == XDS_OK);
         }
         printf("smollm2%s case %zu: %d/%d greedy tokens identical\n", f32 ? " (f32)" : "", ci, match, ng);
-        CHECK_MSG(match >= 32, "smollm2 case %zu: greedy diverges at step %d", ci, match);
+        CHECK_MSG(match >= (f32 ? ng : 32), "smollm2 case %zu: greedy diverges at step %d", ci, match);
     }
     if (f32) {
         printf("smollm2 (weights dequantized to f32): max |delta| / max |ref| of top-20 logits = %.2e\n",

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# generate.sh — `xds generate` / `xds chat` end to end. Usage: generate.sh path/to/xds
+# Greedy output must equal transformers' continuation recorded by tools/oracle.py
+# (tests/data/oracle/smollm2.json), same seed -> same text, different seed -> different
+# text, bad input -> one error line and exit 1, chat over piped stdin answers.
+# Tests that need the real model skip (with a message) when XDS_TEST_MODEL is unset.
+set -u
+XDS=${1:?usage: generate.sh path/to/xds}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+FIX=$ROOT/tests/data/oracle/smollm2.json
+pass=0; fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*" >&2; }
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+# expect_error NAME SUBSTRING cmd... : exit 1, exactly one stderr line "xds <cmd>: error: ...SUBSTRING..."
+expect_error() {
+  local name=$1 want=$2; shift 2
+  "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
+  local lines; lines=$(wc -l <"$tmp/err")
+  if [ $rc -eq 1 ] && [ "$lines" -eq 1 ] && grep -q "^xds [a-z]*: error: .*$want" "$tmp/err"; then ok
+  else bad "$name: rc=$rc, stderr: $(head -c 300 "$tmp/err")"; fi
+}
+
+# --- no model needed ---------------------------------------------------------
+expect_error "missing model" "no-such-model" "$XDS" generate -m "$tmp/no-such-model.gguf" -p hi
+expect_error "no prompt" "prompt" "$XDS" generate -m "$tmp/x.gguf"
+expect_error "bad -n" "-n" "$XDS" generate -m "$tmp/x.gguf" -p hi -n abc
+expect_error "unknown option" "unknown option" "$XDS" generate -m "$tmp/x.gguf" -p hi --bogus
+expect_error "no tokenizer" "tokenizer" "$XDS" generate -m "$ROOT/tests/data/oracle/tiny/h72_mha_untied" -p hi
+expect_error "chat missing model" "no-such" "$XDS" chat -m "$tmp/no-such.gguf" </dev/null
+
+M=${XDS_TEST_MODEL:-}
+if [ -z "$M" ]; then
+  echo "SKIP: XDS_TEST_MODEL not set; real-model generate/chat tests skipped"
+  echo "$pass passed, $fail failed"; [ $fail -eq 0 ]; exit
+fi
+
+# --- greedy output equals transformers' -------------------------------------
+n_cases=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['cases']))" "$FIX")
+for i in $(seq 0 $((n_cases - 1))); do
+  python3 - "$FIX" "$i" "$tmp/prompt" "$tmp/want" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))["cases"][int(sys.argv[2])]
+open(sys.argv[3], "w").write(c["text"])
+open(sys.argv[4], "w").write(c["text_32"] + "\n")
+PY
+  # $(cat) would drop the prompt's trailing newlines: read it exactly
+  IFS= read -r -d '' prompt <"$tmp/prompt"
+  "$XDS" generate -m "$M" -p "$prompt" -n 32 --temp 0 -t 2 -q >"$tmp/got" 2>"$tmp/err"; rc=$?
+  if [ $rc -eq 0 ] && cmp -s "$tmp/got" "$tmp/want"; then ok
+  else bad "greedy case $i: rc=$rc got $(head -c 200 "$tmp/got" | od -c | head -3) want $(head -c 200 "$tmp/want")"; fi
+done
+
+# --- seeds --------------------------------------------------------------------
+P="Once upon a time"
+a=$("$XDS" generate -m "$M" -p "$P" -n 24 --temp 1.0 --seed 42 -t 2 -q 2>/dev/null)
+b=$("$XDS" generate -m "$M" -p "$P" -n 24 --temp 1.0 --seed 42 -t 2 -q 2>/dev/null)
+c=$("$XDS" generate -m "$M" -p "$P" -n 24 --temp 1.0 --seed 43 -t 2 -q 2>/dev/null)
+[ -n "$a" ] && [ "$a" == "$b" ] && ok || bad "same seed gave different text: '$a' vs '$b'"
+[ "$a" != "$c" ] && ok || bad "seeds 42 and 43 gave the same text '$a'"
+
+# --- speed line on stderr unless --quiet ----------------------------------------
+"$XDS" generate -m "$M" -p "Hello" -n 4 --temp 0 -t 2 >/dev/null 2>"$tmp/err"
+grep -q "prefill: .* tok/s.*decode: .* tok/s" "$tmp/err" && ok || bad "no speed line: $(cat "$tmp/err")"
+
+# --- bad input with the real model ---------------------------------------------
+long=$(printf 'word %.0s' $(seq 1 40))
+expect_error "prompt longer than context" "context" "$XDS" generate -m "$M" -p "$long" -c 16
+expect_error "invalid UTF-8 prompt" "UTF-8" "$XDS" generate -m "$M" -p $'abc\xff'
+
+# --- chat over piped stdin -------------------------------------------------------
+# a one-turn chat must answer exactly what transformers generates from apply_chat_template
+for i in $(seq 0 $((n_cases - 1))); do
+  python3 - "$FIX" "$i" "$tmp/user" "$tmp/want" <<'PY' || continue
+import json, sys
+c = json.load(open(sys.argv[1]))["cases"][int(sys.argv[2])]
+if not c.get("chat") or len(c["chat"]) != 1:
+    sys.exit(1)
+open(sys.argv[3], "w").write(c["chat"][0] + "\n")
+open(sys.argv[4], "w").write(c["text_32"] + "\n")
+PY
+  "$XDS" chat -m "$M" -n 32 --temp 0 -t 2 -q <"$tmp/user" >"$tmp/got" 2>"$tmp/err"; rc=$?
+  if [ $rc -eq 0 ] && cmp -s "$tmp/got" "$tmp/want"; then ok
+  else bad "chat case $i: rc=$rc got '$(head -c 200 "$tmp/got")' want '$(head -c 200 "$tmp/want")' $(cat "$tmp/err")"; fi
+done
+# several turns: one answer line block per turn, the cache kept across turns, EOF ends cleanly
+printf 'Hello!\nWhat is 2 + 2?\n' |
+  "$XDS" chat -m "$M" -n 24 --temp 0 -t 2 >"$tmp/chat" 2>"$tmp/err"; rc=$?
+turns=$(grep -c "^prefill:" "$tmp/err")
+if [ $rc -eq 0 ] && [ "$turns" -eq 2 ] && [ -s "$tmp/chat" ]; then ok
+else bad "chat turns: rc=$rc turns=$turns out=$(head -c 300 "$tmp/chat") err=$(head -c 300 "$tmp/err")"; fi
+# the second turn prefills only its new tokens (the first turn's are still cached)
+p1=$(grep "^prefill:" "$tmp/err" | sed -n 1p | awk '{print $2}')
+p2=$(grep "^prefill:" "$tmp/err" | sed -n 2p | awk '{print $2}')
+if [ -n "$p1" ] && [ -n "$p2" ] && [ "$p2" -lt "$p1" ]; then ok
+else bad "chat second turn prefilled $p2 tokens (first: $p1): cache not reused"; fi
+expect_error "chat invalid UTF-8 turn" "UTF-8" bash -c "printf 'ab\\xff\\n' | '$XDS' chat -m '$M' -n 4 -q"
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
