@@ -40,6 +40,13 @@ void xds_matmul(xds_pool *pool, const xds_tensor *w, const float *x, float *y, i
 void xds_matmul_rows(xds_pool *pool, const xds_tensor *w, int64_t row0, int64_t row1,
                      const float *x, float *y, int64_t ldy, int n_tok);
 
+/* Several products with the same input: y[i] = x w[i]^T (y[i] of shape
+ * (n_tok, rows of w[i])) for i < n <= 8, all w[i] with the same ne[0]. x is
+ * quantized once and all products share one pool run (e.g. q/k/v, gate/up):
+ * fewer wake-ups per decode step than n separate xds_matmul calls. */
+void xds_matmul_multi(xds_pool *pool, int n, const xds_tensor *const *w, const float *x,
+                      float *const *y, int n_tok);
+
 /* Row i of an embedding-like tensor (any dtype) dequantized to f32 (ne[0] values). */
 void xds_get_row(const xds_tensor *w, int64_t i, float *dst);
 

@@ -177,61 +177,128 @@ static void aq_task(void *vctx, int task, int thread) {
     for (int t = t0; t < t1; t++) c->quant(c->x + (int64_t)t * c->n_in, c->nb, c->xq + t * c->stride);
 }
 
-void xds_matmul_rows(xds_pool *pool, const xds_tensor *w, int64_t row0, int64_t row1,
-                     const float *x, float *y, int64_t ldy, int n_tok) {
+static int is_q8x(xds_dtype t) {
+    return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1;
+}
+
+/* Fill c for rows [row0, row1) of w and choose its work split; returns the
+ * number of tasks. xq: the quantized x (NULL unless w is Q8_0/Q4_0/Q4_1). */
+static int mm_plan(mm_ctx *c, const xds_kern_table *kt, int nth, const xds_tensor *w, int64_t row0,
+                   int64_t row1, const float *x, const uint8_t *xq, float *y, int64_t ldy, int n_tok) {
     const xds_dtype_traits *tr = xds_dtype_info(w->type);
     XDS_ASSERT(tr && w->data);
     int64_t n_in = w->ne[0], total_rows = xds_tensor_nelem(w) / (n_in ? n_in : 1);
     XDS_ASSERT(n_in > 0 && n_in % tr->block_size == 0);
     XDS_ASSERT(0 <= row0 && row0 <= row1 && row1 <= total_rows && n_tok >= 0);
     XDS_ASSERT(ldy >= row1 - row0);
-    if (row0 == row1 || n_tok == 0) return;
-
-    mm_ctx c = {0};
-    c.kt = xds_kern_table_get(xds_cpu_level_get());
-    c.type = w->type;
-    c.w_row_bytes = xds_dtype_row_bytes(w->type, n_in);
-    c.w = (const uint8_t *)w->data + row0 * c.w_row_bytes;
-    c.n_rows = row1 - row0;
-    c.n_in = n_in;
-    c.nb = n_in / 32;
-    c.x = x;
-    c.y = y;
-    c.ldy = ldy;
-    c.n_tok = n_tok;
-    int nth = xds_pool_size(pool);
-
-    void *owned = NULL;
-    if (w->type == XDS_DTYPE_Q8_0 || w->type == XDS_DTYPE_Q4_0 || w->type == XDS_DTYPE_Q4_1) {
-        c.xq_stride = xq_row_bytes(c.nb);
-        size_t need = c.xq_stride * (size_t)n_tok;
-        uint8_t *xq = xds_pool_scratch(pool, need);
-        if (!xq) {
-            xq = owned = aligned_alloc(64, need);
-            XDS_ASSERT(xq);
-        }
-        aq_ctx a = {c.kt->act_quant, x, n_in, c.nb, xq, c.xq_stride, n_tok, n_tok};
-        if (nth > 1 && (int64_t)n_tok * n_in >= 32768) {
-            a.per_task = (n_tok + nth * 2 - 1) / (nth * 2);
-            xds_pool_run(pool, aq_task, &a, (n_tok + a.per_task - 1) / a.per_task);
-        } else {
-            aq_task(&a, 0, 0);
-        }
-        c.xq = xq;
+    memset(c, 0, sizeof *c);
+    c->kt = kt;
+    c->type = w->type;
+    c->w_row_bytes = xds_dtype_row_bytes(w->type, n_in);
+    c->w = (const uint8_t *)w->data + row0 * c->w_row_bytes;
+    c->n_rows = row1 - row0;
+    c->n_in = n_in;
+    c->nb = n_in / 32;
+    c->x = x;
+    c->xq = xq;
+    c->xq_stride = xq_row_bytes(c->nb);
+    c->y = y;
+    c->ldy = ldy;
+    c->n_tok = n_tok;
+    if (c->n_rows == 0 || n_tok == 0) return 0;
+    /* Token chunks of <= 128 tokens (activations stay in L2). Row chunks are
+     * multiples of 4 rows. One token (decode): each task should stream
+     * >= ~128 KiB so a task's claim and wake-up stay small next to its reads,
+     * and there are k * nth chunks (k <= 4) for balance. Several tokens: 4 * nth
+     * chunks of >= 16 rows. */
+    c->tok_chunk = n_tok <= 128 ? n_tok : 128;
+    int n_tok_chunks = (n_tok + c->tok_chunk - 1) / c->tok_chunk;
+    int want = nth * 4;
+    if (nth == 1) want = 1;
+    else if (n_tok == 1) {
+        size_t bytes = c->w_row_bytes * (size_t)c->n_rows;
+        size_t k = bytes / ((size_t)nth << 17);
+        want = nth * (int)(k < 1 ? 1 : k > 4 ? 4 : k);
     }
-
-    /* Work split: token chunks of <= 128 tokens (activations stay in L2), row
-     * chunks (multiples of 4 rows) so that every thread gets several tasks. */
-    c.tok_chunk = n_tok <= 128 ? n_tok : 128;
-    int n_tok_chunks = (n_tok + c.tok_chunk - 1) / c.tok_chunk;
-    int want = nth == 1 ? 1 : nth * 4;
-    int64_t per = (c.n_rows + want - 1) / want;
-    int64_t min_rows = n_tok == 1 ? 32 : 16;
-    if (per < min_rows) per = min_rows;
+    int64_t per = (c->n_rows + want - 1) / want;
+    if (n_tok > 1 && per < 16) per = 16;
     per = (per + 3) & ~(int64_t)3;
-    c.row_chunk = per;
-    c.n_row_chunks = (int)((c.n_rows + per - 1) / per);
-    xds_pool_run(pool, mm_task, &c, c.n_row_chunks * n_tok_chunks);
+    c->row_chunk = per;
+    c->n_row_chunks = (int)((c->n_rows + per - 1) / per);
+    return c->n_row_chunks * n_tok_chunks;
+}
+
+/* Quantize x (n_tok, n_in) for the quantized kernels, in parallel when large. */
+static uint8_t *mm_quant_x(xds_pool *pool, const xds_kern_table *kt, const float *x, int64_t n_in,
+                           int n_tok, void **owned) {
+    int64_t nb = n_in / 32;
+    size_t stride = xq_row_bytes(nb), need = stride * (size_t)n_tok;
+    uint8_t *xq = xds_pool_scratch(pool, need);
+    *owned = NULL;
+    if (!xq) {
+        xq = *owned = aligned_alloc(64, (need + 63) & ~(size_t)63);
+        XDS_ASSERT(xq);
+    }
+    int nth = xds_pool_size(pool);
+    aq_ctx a = {kt->act_quant, x, n_in, nb, xq, stride, n_tok, n_tok};
+    if (nth > 1 && (int64_t)n_tok * n_in >= 32768) {
+        a.per_task = (n_tok + nth * 2 - 1) / (nth * 2);
+        xds_pool_run(pool, aq_task, &a, (n_tok + a.per_task - 1) / a.per_task);
+    } else {
+        aq_task(&a, 0, 0);
+    }
+    return xq;
+}
+
+void xds_matmul_rows(xds_pool *pool, const xds_tensor *w, int64_t row0, int64_t row1,
+                     const float *x, float *y, int64_t ldy, int n_tok) {
+    if (row0 == row1 || n_tok == 0) return;
+    const xds_kern_table *kt = xds_kern_table_get(xds_cpu_level_get());
+    void *owned = NULL;
+    const uint8_t *xq = is_q8x(w->type) ? mm_quant_x(pool, kt, x, w->ne[0], n_tok, &owned) : NULL;
+    mm_ctx c;
+    int n_tasks = mm_plan(&c, kt, xds_pool_size(pool), w, row0, row1, x, xq, y, ldy, n_tok);
+    xds_pool_run(pool, mm_task, &c, n_tasks);
+    free(owned);
+}
+
+#define MM_MULTI_MAX 8
+
+typedef struct {
+    int n;
+    mm_ctx c[MM_MULTI_MAX];
+    int first[MM_MULTI_MAX + 1]; /* task index ranges per product */
+} mm_multi_ctx;
+
+static void mm_multi_task(void *vctx, int task, int thread) {
+    const mm_multi_ctx *m = vctx;
+    int i = 0;
+    while (task >= m->first[i + 1]) i++;
+    mm_task((void *)&m->c[i], task - m->first[i], thread);
+}
+
+void xds_matmul_multi(xds_pool *pool, int n, const xds_tensor *const *w, const float *x,
+                      float *const *y, int n_tok) {
+    XDS_ASSERT(n >= 0 && n <= MM_MULTI_MAX);
+    if (n == 0 || n_tok == 0) return;
+    const xds_kern_table *kt = xds_kern_table_get(xds_cpu_level_get());
+    int64_t n_in = w[0]->ne[0];
+    int any_q = 0;
+    for (int i = 0; i < n; i++) {
+        XDS_ASSERT(w[i]->ne[0] == n_in);
+        any_q |= is_q8x(w[i]->type);
+    }
+    void *owned = NULL;
+    const uint8_t *xq = any_q ? mm_quant_x(pool, kt, x, n_in, n_tok, &owned) : NULL;
+    mm_multi_ctx m;
+    m.n = n;
+    m.first[0] = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t rows = xds_tensor_nelem(w[i]) / n_in;
+        m.first[i + 1] = m.first[i] + mm_plan(&m.c[i], kt, xds_pool_size(pool), w[i], 0, rows, x,
+                                              is_q8x(w[i]->type) ? xq : NULL, y[i], rows, n_tok);
+    }
+    xds_pool_run(pool, mm_multi_task, &m, m.first[n]);
     free(owned);
 }
 

@@ -307,6 +307,49 @@ static void test_matmul_rows(void) {
     xds_pool_free(pool);
 }
 
+/* xds_matmul_multi equals separate xds_matmul calls, for mixed types. */
+static void test_matmul_multi(void) {
+    int nl = levels_n();
+    xds_pool *pool;
+    XDS_ASSERT(xds_pool_create(2, &pool) == XDS_OK);
+    const xds_dtype types[3] = {XDS_DTYPE_Q4_1, XDS_DTYPE_Q8_0, XDS_DTYPE_F16};
+    const int64_t n_in = 192, outs[3] = {67, 8, 33};
+    for (int l = 0; l < nl; l++) {
+        xds_cpu_level_set((xds_cpu_level)l);
+        xds_tensor wt[3];
+        const xds_tensor *wp[3];
+        float *wdq[3];
+        for (int i = 0; i < 3; i++) {
+            wdq[i] = malloc(n_in * outs[i] * sizeof(float));
+            void *w = make_weights(types[i], n_in, outs[i], wdq[i]);
+            wt[i] = (xds_tensor){.name = "w", .type = types[i], .n_dims = 2, .ne = {n_in, outs[i], 1, 1}, .data = w};
+            wp[i] = &wt[i];
+        }
+        const int toks[] = {1, 5, 130};
+        int ok = 1;
+        for (int ti = 0; ti < 3; ti++) {
+            int n_tok = toks[ti];
+            float *x = malloc(n_tok * n_in * sizeof(float));
+            for (int64_t i = 0; i < n_tok * n_in; i++) x[i] = rnd_f();
+            float *ym[3], *ys[3];
+            for (int i = 0; i < 3; i++) {
+                ym[i] = malloc(n_tok * outs[i] * sizeof(float));
+                ys[i] = malloc(n_tok * outs[i] * sizeof(float));
+                xds_matmul(pool, &wt[i], x, ys[i], n_tok);
+            }
+            xds_matmul_multi(pool, 3, wp, x, ym, n_tok);
+            for (int i = 0; i < 3; i++) {
+                ok &= memcmp(ym[i], ys[i], n_tok * outs[i] * sizeof(float)) == 0;
+                free(ym[i]), free(ys[i]);
+            }
+            free(x);
+        }
+        CHECK_MSG(ok, "matmul_multi level %s", xds_cpu_level_name((xds_cpu_level)l));
+        for (int i = 0; i < 3; i++) free((void *)wt[i].data), free(wdq[i]);
+    }
+    xds_pool_free(pool);
+}
+
 static void test_ops(void) {
     const int ns[] = {1, 7, 33, 576};
     for (int k = 0; k < 4; k++) {
@@ -362,6 +405,7 @@ int main(void) {
     test_act_quant();
     test_matmul();
     test_matmul_rows();
+    test_matmul_multi();
     test_ops();
     TEST_MAIN_END();
 }
