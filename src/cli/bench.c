@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/bench_moe.h"
 #include "cli/cli.h"
 #include "kernels/kernels.h"
 #include "kernels/roofline.h"
@@ -43,7 +44,12 @@ static void usage(FILE *f) {
             "  --prompt-lens L  comma-separated prefill lengths (default 128,512)\n"
             "  --gen N          decode steps per repetition (default 64)\n"
             "  --reps N         timed repetitions after one warm-up (default 5, min 1)\n"
-            "  --json           one JSON object per result line\n");
+            "  --json           one JSON object per result line\n"
+            "MoE models also get decode steps at several batch sizes against their roofline bound\n"
+            "(bytes actually read incl. only the experts hit, bench_moe.c):\n"
+            "  --moe-batches L  comma-separated decode batch sizes (default 1,8,32)\n"
+            "  --moe-ctx N      context tokens per sequence before the timed steps (default 64)\n"
+            "  --moe-only       skip the prefill / batch-1 sections above\n");
 }
 
 static int mm_is_quant(xds_dtype t) {
@@ -93,7 +99,8 @@ static xds_status run_forward(xds_model_ctx *ctx, xds_kv_cache *kv, const int32_
 
 int cli_bench(int argc, char **argv) {
     bench_cfg c = {.reps = 5, .gen = 64};
-    const char *lens_s = "128,512";
+    const char *lens_s = "128,512", *moe_batches_s = "1,8,32";
+    int moe_ctx = 64, moe_only = 0;
     long nproc = sysconf(_SC_NPROCESSORS_ONLN);
     c.threads = nproc > 0 ? (int)nproc : 1;
     for (int i = 1; i < argc; i++) {
@@ -108,6 +115,9 @@ int cli_bench(int argc, char **argv) {
         else if (!strcmp(a, "--prompt-lens") && more) lens_s = argv[++i];
         else if (!strcmp(a, "--gen") && more) c.gen = atoi(argv[++i]);
         else if (!strcmp(a, "--reps") && more) c.reps = atoi(argv[++i]);
+        else if (!strcmp(a, "--moe-batches") && more) moe_batches_s = argv[++i];
+        else if (!strcmp(a, "--moe-ctx") && more) moe_ctx = atoi(argv[++i]);
+        else if (!strcmp(a, "--moe-only")) moe_only = 1;
         else {
             fprintf(stderr, "xds bench: error: unknown or incomplete option '%s'\n", a);
             usage(stderr);
@@ -133,6 +143,21 @@ int cli_bench(int argc, char **argv) {
         }
         lens[n_lens++] = (int)v;
         p = *end ? end + 1 : end;
+    }
+    int moe_b[16], n_moe_b = 0;
+    for (const char *p = moe_batches_s; *p && n_moe_b < 16;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 4096 || (*end && *end != ',')) {
+            fprintf(stderr, "xds bench: error: bad --moe-batches '%s'\n", moe_batches_s);
+            return 2;
+        }
+        moe_b[n_moe_b++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    if (moe_ctx < 1 || moe_ctx > 1 << 16) {
+        fprintf(stderr, "xds bench: error: --moe-ctx must be in 1..65536\n");
+        return 2;
     }
     int max_len = 1;
     for (int i = 0; i < n_lens; i++) max_len = lens[i] > max_len ? lens[i] : max_len;
@@ -184,6 +209,7 @@ int cli_bench(int argc, char **argv) {
     fflush(stdout);
 
     /* ---- prefill ---- */
+    if (moe_only && m->cfg.moe.n_expert > 0) n_lens = 0, c.gen = 0;
     for (int li = 0; li < n_lens; li++) {
         int L = lens[li];
         for (int r = -1; r < c.reps && st == XDS_OK; r++) {
@@ -222,7 +248,7 @@ int cli_bench(int argc, char **argv) {
         for (int i = 0; i < c.gen && st == XDS_OK; i++) st = run_forward(ctx, kv, tok + i, i, 1, logits);
         if (r >= 0) ts[r] = now_s() - t0;
     }
-    if (st == XDS_OK) {
+    if (st == XDS_OK && c.gen > 0) {
         qsort(ts, c.reps, sizeof(double), cmp_d);
         double tmin = ts[0], tmed = ts[c.reps / 2];
         /* step i reads K and V of positions 0..i */
@@ -242,6 +268,10 @@ int cli_bench(int argc, char **argv) {
                    "(weights %.1f + KV %.2f); bound %.1f tok/s at %.2f GB/s -> %.1f%% of bound (median %.1f%%)\n",
                    c.gen, tps, tps_med, bytes / 1e6, wbytes / 1e6, kv_bytes / 1e6, bound, c.bw,
                    100 * tps / bound, 100 * tps_med / bound);
+    }
+    if (st == XDS_OK && m->cfg.moe.n_expert > 0) {
+        xds_bench_moe_cfg mc = {c.model, c.threads, c.reps, c.json, c.bw, c.fma, c.int8, moe_b, n_moe_b, moe_ctx};
+        st = xds_bench_moe(m, &mc);
     }
     if (st != XDS_OK) fprintf(stderr, "xds bench: error: %s\n", xds_err_msg());
 out:

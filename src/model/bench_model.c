@@ -15,8 +15,9 @@
  *     YaRN x40; 61 layers -> 4 (1 dense + 3 MoE) and 256 -> 32 experts by
  *     default (8 groups of 4).
  * Weights: norms 1, matrices uniform random quantized blocks of small scale
- * (activations stay finite), routers f32 N(0, 1/hidden): deterministic for a
- * seed. Files are written where the caller says (never into the repository).
+ * (activations stay finite), embeddings of scale 1 (so tokens, not the shared
+ * attention average, decide routing), routers f32 N(0, 1/hidden):
+ * deterministic for a seed. Files are written where the caller says (never into the repository).
  */
 #include <math.h>
 #include <stdio.h>
@@ -73,12 +74,23 @@ static void fill(void *user, uint8_t *buf, size_t off, size_t n) {
         memcpy(buf + i, &st, 8);
     }
     for (size_t i = n & ~(size_t)7; i < n; i++) buf[i] = (uint8_t)mix(st + i);
-    xds_f16 d = xds_f32_to_f16(f->type == XDS_DTYPE_Q8_0 ? f->scale / 127.0f : f->scale / 8.0f);
-    xds_f16 mn = xds_f32_to_f16(-f->scale);
+    /* zero-mean values (a common bias in every weight adds up over thousands of
+     * inputs into one shared direction that would route every token alike):
+     * Q8_0 -128 -> 0 (uniform on -127..127), Q4_0 nibble 0 (-8) -> 8 (0),
+     * Q4_1 min = -7.5 d (symmetric) */
+    float dv = f->type == XDS_DTYPE_Q8_0 ? f->scale / 127.0f : f->scale / 8.0f;
+    xds_f16 d = xds_f32_to_f16(dv), mn = xds_f32_to_f16(-7.5f * xds_f16_to_f32(d));
     XDS_ASSERT(off % bb == 0);
     for (size_t b = 0; b + bb <= n; b += bb) {
         memcpy(buf + b, &d, 2);
         if (f->type == XDS_DTYPE_Q4_1) memcpy(buf + b + 2, &mn, 2);
+        if (f->type == XDS_DTYPE_Q8_0)
+            for (size_t j = b + 2; j < b + bb; j++) buf[j] = buf[j] == 0x80 ? 0 : buf[j];
+        if (f->type == XDS_DTYPE_Q4_0)
+            for (size_t j = b + 2; j < b + bb; j++) {
+                uint8_t lo = buf[j] & 15, hi = buf[j] >> 4;
+                buf[j] = (uint8_t)((lo ? lo : 8) | (hi ? hi : 8) << 4);
+            }
     }
 }
 
@@ -128,7 +140,7 @@ static xds_status gen_qwen3(gen *G, int L, int NE) {
     XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.expert_used_count", K));
     XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.expert_feed_forward_length", FF));
     XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.vocab_size", V));
-    MAT("token_embd.weight", H, V);
+    XDS_TRY(add(G, "token_embd.weight", G->wtype, 2, H, V, 1, 0, 0, 1.0f)); /* token identity dominates */
     NORM("output_norm.weight", H);
     MAT("output.weight", H, V);
     for (int l = 0; l < L; l++) {
@@ -191,7 +203,7 @@ static xds_status gen_deepseek(gen *G, int L, int NE) {
     KF("deepseek2.rope.scaling.yarn_log_multiplier", 0.1f);
 #undef KU
 #undef KF
-    MAT("token_embd.weight", H, V);
+    XDS_TRY(add(G, "token_embd.weight", G->wtype, 2, H, V, 1, 0, 0, 1.0f)); /* token identity dominates */
     NORM("output_norm.weight", H);
     MAT("output.weight", H, V);
     for (int l = 0; l < L; l++) {

@@ -1,0 +1,185 @@
+/*
+ * bench_moe.c — `xds bench` on MoE models: decode steps at batch B (one
+ * token of each of B sequences, each with c->ctx tokens of context already
+ * in the paged KV cache), timed one by one, against the step's roofline bound
+ *   bound = max(bytes read / measured bandwidth, flops / measured peak)
+ * where bytes are what the step actually reads: every non-expert matrix
+ * (attention incl. MLA's absorbed-K copy and only the V rows of kv_b, dense
+ * FFNs, routers, shared experts, the LM head), the routed experts the batch
+ * hits (counted by the MoE units, each expert once per layer per step), and
+ * the K/V (or MLA latent) rows attended over; flops are 2 per multiply-add of
+ * the same matrices for B tokens (routed experts: per routed row) plus the
+ * attention dot products. The peak is the int8 dot-product peak when most
+ * weights are quantized, else the f32 FMA peak.
+ * Reported per B: median step time, bytes (and expert share), flops, the bound
+ * and sum(bound) / sum(time) over the timed steps.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/bench_moe.h"
+#include "model/moe.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int is_q(xds_dtype t) {
+    return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1 || t == XDS_DTYPE_Q4_K ||
+           t == XDS_DTYPE_Q6_K;
+}
+
+typedef struct {
+    double bytes, macs, qmacs;
+} acc;
+
+/* A matrix read in full by a step: frac = fraction of its rows used. */
+static void mat(acc *a, const xds_tensor *t, double frac) {
+    if (!t->data) return;
+    double n = (double)t->ne[0] * t->ne[1] * frac;
+    a->bytes += t->nbytes * frac;
+    a->macs += n;
+    if (is_q(t->type)) a->qmacs += n;
+}
+
+/* Bytes and multiply-adds per token of everything but the routed experts
+ * (the LM head separately: read once per step, used by every row). */
+static void base_cost(const xds_model *m, acc *a, acc *head) {
+    const xds_model_config *c = &m->cfg;
+    for (int l = 0; l < c->n_layer; l++) {
+        const xds_layer_weights *w = &m->layers[l];
+        if (w->mla) {
+            const xds_mla_layer *x = w->mla;
+            mat(a, &x->wq_a, 1), mat(a, &x->wq_b, 1), mat(a, &x->wq, 1), mat(a, &x->wkv_a, 1);
+            mat(a, &x->wk_b_t, 1), mat(a, &x->wo, 1);
+            mat(a, &x->wkv_b, (double)c->mla.v_dim / (c->mla.nope_dim + c->mla.v_dim));
+        } else {
+            mat(a, &w->wq, 1), mat(a, &w->wk, 1), mat(a, &w->wv, 1), mat(a, &w->wo, 1);
+        }
+        if (w->moe) {
+            mat(a, &w->moe->router, 1);
+            if (w->moe->has_shared)
+                mat(a, &w->moe->shared.gate, 1), mat(a, &w->moe->shared.up, 1), mat(a, &w->moe->shared.down, 1);
+        } else {
+            mat(a, &w->w_gate, 1), mat(a, &w->w_up, 1), mat(a, &w->w_down, 1);
+        }
+    }
+    mat(head, &m->output, 1);
+}
+
+xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
+    const xds_model_config *mc = &m->cfg;
+    acc base = {0}, head = {0};
+    base_cost(m, &base, &head);
+    int quant = base.qmacs * 2 > base.macs;
+    double peak = (quant ? c->int8 : c->fma) * 1e9, bw = c->bw * 1e9;
+    int kd, vd;
+    xds_model_kv_dims(m, &kd, &vd);
+    double exp_all = 0;
+    for (int l = 0; l < mc->n_layer; l++)
+        if (m->layers[l].moe)
+            for (int e = 0; e < mc->moe.n_expert; e++) {
+                const xds_ffn_w *f = &m->layers[l].moe->experts[e];
+                exp_all += f->gate.nbytes + f->up.nbytes + f->down.nbytes;
+            }
+    int n_moe = 0;
+    for (int l = 0; l < mc->n_layer; l++) n_moe += m->layers[l].moe != NULL;
+    if (!c->json)
+        printf("MoE decode (%s, %d routed experts top-%d per MoE layer, %d of %d layers MoE; context %d per "
+               "sequence; peak: %s)\n"
+               "  batch   step ms (med)   tok/s    MB read  (experts hit / all)   GFLOP   bound ms (by)    %% of bound\n",
+               xds_arch_name(mc->arch), mc->moe.n_expert, mc->moe.n_expert_used,
+               n_moe,
+               mc->n_layer, c->ctx, quant ? "int8" : "f32 fma");
+    xds_status st = XDS_OK;
+    int steps = 4 * c->reps;
+    for (int bi = 0; bi < c->n_batches && st == XDS_OK; bi++) {
+        int B = c->batches[bi];
+        int n_pos = c->ctx + steps + 2;
+        xds_kv_cache *kv = NULL;
+        xds_model_ctx *ctx = NULL;
+        float *logits = NULL;
+        int32_t *tok = NULL, *pos = NULL, *seq = NULL, *rows = NULL;
+        double *ts = NULL, *bound = NULL, *bytes = NULL, *flops = NULL, *eb = NULL;
+        int maxt = B > c->ctx ? B : c->ctx;
+        st = xds_model_kv_cache_create(m, B * n_pos + 16 * B, 16, B, &kv);
+        if (st == XDS_OK) st = xds_model_ctx_create(m, kv, c->threads, maxt, &ctx);
+        if (st == XDS_OK) {
+            logits = malloc(sizeof(float) * (size_t)maxt * mc->n_vocab);
+            tok = malloc(sizeof(int32_t) * maxt), pos = malloc(sizeof(int32_t) * maxt);
+            seq = malloc(sizeof(int32_t) * maxt), rows = malloc(sizeof(int32_t) * maxt);
+            ts = malloc(sizeof(double) * steps * 5);
+            if (!logits || !tok || !pos || !seq || !rows || !ts) st = xds_err_set(XDS_ERR_NOMEM, "bench: out of memory");
+            else bound = ts + steps, bytes = ts + 2 * steps, flops = ts + 3 * steps, eb = ts + 4 * steps;
+        }
+        uint64_t rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)B;
+#define RND() (rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17, (int32_t)(rng % (uint64_t)mc->n_vocab))
+        /* context: each sequence's prompt as one prefill batch (not timed) */
+        for (int s = 0; s < B && st == XDS_OK; s++) {
+            if ((st = xds_kv_seq_reserve(kv, s, n_pos)) != XDS_OK) break;
+            for (int i = 0; i < c->ctx; i++) tok[i] = RND(), pos[i] = i, seq[i] = s;
+            int32_t last = c->ctx - 1;
+            xds_batch b = {c->ctx, tok, pos, seq};
+            st = xds_model_forward(ctx, &b, &last, 1, logits);
+        }
+        for (int it = -2; it < steps && st == XDS_OK; it++) {
+            int p = c->ctx + it + 2;
+            for (int s = 0; s < B; s++) tok[s] = RND(), pos[s] = p, seq[s] = s, rows[s] = s;
+            xds_batch b = {B, tok, pos, seq};
+            xds_model_ctx_expert_stats(ctx, NULL, NULL, 1);
+            double t0 = now_s();
+            st = xds_model_forward(ctx, &b, rows, B, logits);
+            double dt = now_s() - t0;
+            if (it < 0) continue;
+            uint64_t ebytes;
+            double emacs;
+            xds_model_ctx_expert_stats(ctx, &ebytes, &emacs, 1);
+            /* attention: every token attends over p + 1 positions in each layer */
+            double kvb = (double)B * (p + 1) * mc->n_layer * (kd + vd) * sizeof(float);
+            double attn_macs = mc->arch == XDS_ARCH_DEEPSEEK_V3
+                                   ? (double)B * (p + 1) * mc->n_layer * mc->n_head * 2.0 * kd
+                                   : (double)B * (p + 1) * mc->n_layer * mc->n_head * 2.0 * mc->head_dim;
+            bytes[it] = base.bytes + head.bytes + (double)ebytes + kvb;
+            flops[it] = 2.0 * (B * (base.macs + head.macs) + emacs + attn_macs);
+            eb[it] = (double)ebytes;
+            bound[it] = fmax(bytes[it] / bw, flops[it] / peak);
+            ts[it] = dt;
+        }
+#undef RND
+        if (st == XDS_OK) {
+            double sb = 0, st_ = 0, mb = 0, mf = 0, me = 0;
+            for (int i = 0; i < steps; i++) sb += bound[i], st_ += ts[i], mb += bytes[i], mf += flops[i], me += eb[i];
+            mb /= steps, mf /= steps, me /= steps;
+            double bmean = sb / steps;
+            int by_bw = mb / bw >= mf / peak;
+            qsort(ts, steps, sizeof(double), cmp_d);
+            double med = ts[steps / 2], frac = sb / st_;
+            if (c->json)
+                printf("{\"bench\":\"xds\",\"kind\":\"moe_decode\",\"model\":\"%s\",\"threads\":%d,\"batch\":%d,"
+                       "\"ctx\":%d,\"steps\":%d,\"t_med_s\":%.6f,\"t_min_s\":%.6f,\"bytes\":%.0f,\"expert_bytes\":%.0f,"
+                       "\"expert_bytes_all\":%.0f,\"flops\":%.4g,\"bound_s\":%.6f,\"bound_by\":\"%s\","
+                       "\"frac_bound\":%.4f}\n",
+                       c->model, c->threads, B, c->ctx, steps, med, ts[0], mb, me, exp_all, mf, bmean,
+                       by_bw ? "bandwidth" : "compute", frac);
+            else
+                printf("  %5d   %8.2f        %7.1f  %8.1f  (%7.1f / %7.1f)  %7.2f   %8.2f (%s)   %5.1f%%\n", B, med * 1e3,
+                       B / med, mb / 1e6, me / 1e6, exp_all / 1e6, mf / 1e9, bmean * 1e3, by_bw ? "bw" : "flops",
+                       100 * frac);
+            fflush(stdout);
+        }
+        free(logits), free(tok), free(pos), free(seq), free(rows), free(ts);
+        xds_model_ctx_free(ctx);
+        xds_kv_cache_free(kv);
+    }
+    return st;
+}
