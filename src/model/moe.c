@@ -13,9 +13,10 @@
  *     (/ (sum + 1e-20) when norm_topk_prob) * routed_scaling_factor.
  * Grouped expert compute: the (token, slot) assignments are sorted by expert,
  * each expert's input rows gathered into one contiguous block and run as one
- * matrix-matrix product per weight (xds_matmul with n_tok = its rows); when
- * many experts are active the pool's threads take whole experts (serial
- * matmuls), otherwise each expert's matmuls are split over the pool. Every
+ * matrix-matrix product per weight (xds_matmul_rows with n_tok = its rows).
+ * Threads spread over (expert, row chunk) tasks in two pool runs per layer
+ * (gate+up of all active experts, then down), so small experts (decode: one
+ * row each) and big ones (prefill) both keep every thread busy. Every
  * assignment's output has its own row, combined per token in slot order, so
  * the result does not depend on the thread schedule.
  *
@@ -227,24 +228,40 @@ typedef struct {
     const xds_moe_layer *L;
     xds_moe_scratch *S;
     int E, F;
+    int ch_up, nc_up; /* rows per task and tasks per expert of gate / up (each) */
+    int ch_dn, nc_dn; /* rows per task and tasks per expert of down */
 } exp_job;
 
-/* One expert's rows (serial matmuls): gy[rows] = down(silu(gate gx) * up gx). */
-static void expert_rows(const exp_job *J, xds_pool *pool, int e) {
+/* Phase 1 task: rows [r0, r1) of one expert's gate or up for all its routed
+ * rows (one matrix-matrix product over the expert's gathered inputs). */
+static void up_task(void *arg, int task, int thread) {
+    exp_job *J = arg;
     xds_moe_scratch *S = J->S;
-    int off = S->cnt[e], n = S->cnt[e + 1] - off;
+    int per = 2 * J->nc_up, i = task / per, r = task % per, which = r / J->nc_up, c = r % J->nc_up;
+    int e = S->active[i], off = S->cnt[e], n = S->cnt[e + 1] - off;
     const xds_ffn_w *f = &J->L->experts[e];
-    float *gx = S->gx + (size_t)off * J->E, *gy = S->gy + (size_t)off * J->E;
-    float *gg = S->gg + (size_t)off * J->F, *gu = S->gu + (size_t)off * J->F;
-    xds_matmul(pool, &f->gate, gx, gg, n);
-    xds_matmul(pool, &f->up, gx, gu, n);
-    xds_silu_mul(gg, gu, n * J->F);
-    xds_matmul(pool, &f->down, gg, gy, n);
+    int64_t r0 = (int64_t)c * J->ch_up, r1 = r0 + J->ch_up < J->F ? r0 + J->ch_up : J->F;
+    float *y = (which ? S->gu : S->gg) + (size_t)off * J->F + r0;
+    xds_matmul_rows(NULL, which ? &f->up : &f->gate, r0, r1, S->gx + (size_t)off * J->E, y, J->F, n);
 }
 
-static void expert_task(void *arg, int task, int thread) {
+/* Phase 2 task: rows [r0, r1) of one expert's down projection. */
+static void down_task(void *arg, int task, int thread) {
     exp_job *J = arg;
-    expert_rows(J, NULL, J->S->active[task]);
+    xds_moe_scratch *S = J->S;
+    int i = task / J->nc_dn, c = task % J->nc_dn;
+    int e = S->active[i], off = S->cnt[e], n = S->cnt[e + 1] - off;
+    int64_t r0 = (int64_t)c * J->ch_dn, r1 = r0 + J->ch_dn < J->E ? r0 + J->ch_dn : J->E;
+    xds_matmul_rows(NULL, &J->L->experts[e].down, r0, r1, S->gg + (size_t)off * J->F, S->gy + (size_t)off * J->E + r0,
+                    J->E, n);
+}
+
+/* Rows per task: about `want` rows, a multiple of 4, so that n_mat * chunks >= 4 per thread. */
+static int chunk_rows(int rows, int n_mat, int nth, int want) {
+    int ch = want;
+    while (ch > 16 && (int64_t)n_mat * ((rows + ch - 1) / ch) < 4 * nth) ch /= 2;
+    ch = (ch + 3) & ~3;
+    return ch < rows ? ch : rows;
 }
 
 void xds_model_moe_experts(xds_model_ctx *ctx, int layer, const float *xn, int n_tok, const int32_t *ids,
@@ -290,12 +307,20 @@ void xds_model_moe_experts(xds_model_ctx *ctx, int layer, const float *xn, int n
     S->stat_macs += 3.0 * n_rows * (double)E * e->n_ff_exp;
     for (int p = 0; p < n_rows; p++)
         memcpy(S->gx + (size_t)p * E, xn + (size_t)(S->order[p] / K) * E, sizeof(float) * E);
-    exp_job J = {L, S, E, e->n_ff_exp};
+    /* two pool runs per layer: gate+up of every active expert split in row
+     * chunks, then down; each task one matrix-matrix product over the expert's
+     * rows (xds_matmul_rows, serial inside the task) */
+    exp_job J = {L, S, E, e->n_ff_exp, 0, 0, 0, 0};
     int nth = xds_pool_size(pool);
-    if (nth > 1 && n_active >= 2 * nth && max_rows <= 16) {
-        xds_pool_run(pool, expert_task, &J, n_active);
-    } else {
-        for (int i = 0; i < n_active; i++) expert_rows(&J, pool, S->active[i]);
+    (void)max_rows;
+    J.ch_up = chunk_rows(J.F, 2 * n_active, nth, 128);
+    J.nc_up = (J.F + J.ch_up - 1) / J.ch_up;
+    J.ch_dn = chunk_rows(E, n_active, nth, 256);
+    J.nc_dn = (E + J.ch_dn - 1) / J.ch_dn;
+    if (n_active > 0) {
+        xds_pool_run(pool, up_task, &J, n_active * 2 * J.nc_up);
+        xds_silu_mul(S->gg, S->gu, n_rows * J.F);
+        xds_pool_run(pool, down_task, &J, n_active * J.nc_dn);
     }
     /* combine per token in slot order, in double, with normalized weights
      * renormalized exactly (their f32 sum is 1 only to rounding): identical
