@@ -2,9 +2,13 @@
  * xccl_bench.c — xccl-bench: XCCL speed on this host, with memcpy bandwidth
  * measured in the same run.
  *
- *   xccl_bench [--json] [--quick]
+ *   xccl_bench [--json] [--quick] [--no-pin]
  *
- * 1. memcpy bandwidth, 8 B .. 64 MiB (one process, hot buffers).
+ * Ranks are pinned to cpu (rank % ncpu) like mpirun's default core binding
+ * (--no-pin leaves placement to the scheduler).
+ *
+ * 1. memcpy bandwidth, 8 B .. 64 MiB (rank 0, hot buffers, measured right
+ *    before the send/recv figures of each size).
  * 2. send/recv bandwidth, 2 ranks (rank 0 streams `iters` blocking sends,
  *    rank 1 receives, one ack at the end) from plain memory and from a
  *    registered region (zero-copy rendezvous), and get bandwidth from a
@@ -23,6 +27,7 @@
 #include "xccl.h"
 #include "xccl_bench_common.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/mman.h>
@@ -50,29 +55,24 @@ static int iters_for(size_t sz) {
     return (int)it;
 }
 
-static void bench_memcpy(void) {
-    uint8_t *a = malloc(64 << 20), *b = malloc(64 << 20);
-    memset(a, 1, 64 << 20);
-    memset(b, 2, 64 << 20);
-    for (size_t si = 0; si < BENCH_NSIZES; si++) {
-        size_t sz = bench_sizes[si];
-        int it = iters_for(sz);
-        double v[BENCH_REPS];
-        for (int r = 0; r < BENCH_REPS + 1; r++) {
-            double t0 = bench_now();
-            for (int i = 0; i < it; i++) {
-                memcpy(b, a, sz);
-                __asm__ __volatile__("" ::"r"(b) : "memory");
-            }
-            if (r) v[r - 1] = (bench_now() - t0) / it;
+/* memcpy bandwidth of one size (hot buffers), measured by rank 0 right before
+ * the send/recv figures of that size so that both see the same machine. */
+static void bench_memcpy(size_t si, uint8_t *a, uint8_t *b) {
+    size_t sz = bench_sizes[si];
+    int it = iters_for(sz);
+    double v[BENCH_REPS];
+    for (int r = 0; r < BENCH_REPS + 1; r++) {
+        double t0 = bench_now();
+        for (int i = 0; i < it; i++) {
+            memcpy(b, a, sz);
+            __asm__ __volatile__("" ::"r"(b) : "memory");
         }
-        double mn, med;
-        bench_stats(v, BENCH_REPS, &mn, &med);
-        R->memcpy_bw[si][0] = sz / mn / 1e9;
-        R->memcpy_bw[si][1] = sz / med / 1e9;
+        if (r) v[r - 1] = (bench_now() - t0) / it;
     }
-    free(a);
-    free(b);
+    double mn, med;
+    bench_stats(v, BENCH_REPS, &mn, &med);
+    R->memcpy_bw[si][0] = sz / mn / 1e9;
+    R->memcpy_bw[si][1] = sz / med / 1e9;
 }
 
 static int die(const char *what) {
@@ -87,8 +87,9 @@ static int p2p_rank(int rank) {
     if (xccl_comm_attach_fd(&c, seg_fd, rank, 0)) return die("attach");
     xccl_comm_set_timeout(c, 60000);
     xccl_group *w = xccl_comm_world(c);
-    uint8_t *buf = malloc(64 << 20);
+    uint8_t *buf = malloc(64 << 20), *mcpy = malloc(64 << 20);
     memset(buf, rank + 1, 64 << 20);
+    memset(mcpy, 9, 64 << 20);
     char ack = 0;
     xccl_region sreg = {0};
     if (rank == 0) {
@@ -101,6 +102,7 @@ static int p2p_rank(int rank) {
         int it = iters_for(sz);
         double v[BENCH_REPS];
         const uint8_t *src = mode && rank == 0 ? (const uint8_t *)sreg.base : buf;
+        if (mode == 0 && rank == 0) bench_memcpy(si, buf, mcpy);
         for (int r = 0; r < BENCH_REPS + 1; r++) {
             if (xccl_barrier(c, w)) return die("barrier");
             double t0 = bench_now();
@@ -170,6 +172,7 @@ static int p2p_rank(int rank) {
     if (xccl_barrier(c, w)) return die("barrier");
     if (rank == 1) xccl_region_deregister(c, &reg);
     free(buf);
+    free(mcpy);
     xccl_comm_detach(c);
     return 0;
 }
@@ -228,12 +231,23 @@ static int moe_rank(int rank, int n, int ni) {
     return 0;
 }
 
+static int pin = 1;
+
 static int run(int n, int (*fn)(int, int, int), int ni) {
     pid_t pids[8];
     fflush(NULL);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     for (int r = 0; r < n; r++) {
         pids[r] = fork();
-        if (pids[r] == 0) _exit(fn(r, n, ni));
+        if (pids[r] == 0) {
+            if (pin && ncpu > 0) { /* like mpirun's default --bind-to core: rank r on cpu r % ncpu */
+                cpu_set_t set;
+                CPU_ZERO(&set);
+                CPU_SET((int)(r % ncpu), &set);
+                sched_setaffinity(0, sizeof set, &set);
+            }
+            _exit(fn(r, n, ni));
+        }
     }
     int bad = 0;
     for (int r = 0; r < n; r++) {
@@ -254,15 +268,15 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json = 1;
         else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--no-pin")) pin = 0;
         else {
-            fprintf(stderr, "usage: %s [--json] [--quick]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--json] [--quick] [--no-pin]\n", argv[0]);
             return 2;
         }
     }
     R = mmap(NULL, sizeof *R, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (R == MAP_FAILED) return 1;
     memset(R, 0, sizeof *R);
-    bench_memcpy();
 
     xccl_config cfg;
     xccl_config_default(&cfg, 2);

@@ -17,7 +17,12 @@
  * the receiver copies straight from the sender's memory — a plain memcpy out
  * of its mapping of the region (zero intermediate copies), else
  * process_vm_readv (one kernel copy, like MPI's CMA path) — then reports the handled rendezvous
- * number and its result in cons_aux[0] / cons_aux[1]. If the kernel refuses
+ * number and its result in cons_aux[0] / cons_aux[1]. Messages of 1 MiB or
+ * more are split so that both cores copy at once: the receiver posts its
+ * buffer address (cons_aux[2], then cons_aux[3] = rendezvous number), reads
+ * the lower half with process_vm_readv while the sender writes the upper half
+ * with process_vm_writev and reports it in prod_aux[1] / prod_aux[2]; the
+ * receiver then consumes the slot and answers. If the kernel refuses
  * (no permission), the receiver answers NACK and the sender streams the same
  * message through the ring as continuation chunks; that pair stays on the
  * ring from then on. At most one rendezvous per pair is open (requests of a
@@ -39,6 +44,28 @@
 #define S_FIRST    1u /* first slot posted */
 #define S_RNDV     2u /* rendezvous posted, waiting for the receiver */
 #define S_FALLBACK 4u /* receiver refused: stream through the ring */
+#define S_PUSHED   8u /* split rendezvous: our half is written */
+/* request aux2_ bits (receiver) */
+#define R_SPLIT    1u /* split rendezvous: waiting for the sender's half */
+#define SPLIT_MIN  (1u << 20)
+
+/* Bytes the receiver reads of a split rendezvous of len bytes (the sender
+ * writes the rest); both sides compute it the same way. */
+static size_t split_half(uint64_t len) { return (size_t)(len / 2) & ~(size_t)4095; }
+
+static int cma_copy(pid_t pid, uint8_t *local, uint64_t remote, size_t len, int write) {
+    size_t got = 0;
+    while (got < len) {
+        struct iovec lv = {.iov_base = local + got, .iov_len = len - got};
+        struct iovec rv = {.iov_base = (void *)(uintptr_t)(remote + got), .iov_len = len - got};
+        ssize_t r = write ? process_vm_writev(pid, &lv, 1, &rv, 1, 0) : process_vm_readv(pid, &lv, 1, &rv, 1, 0);
+        if (r > 0) { got += (size_t)r; continue; }
+        int err = r < 0 ? errno : EIO;
+        if (err == EINTR) continue;
+        return err;
+    }
+    return 0;
+}
 
 typedef struct rndv_desc {
     int32_t pid;
@@ -83,6 +110,17 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
         return XCCL_OK;
     }
     if ((req->aux_ & S_RNDV) && !(req->aux_ & S_FALLBACK)) {
+        if (!(req->aux_ & S_PUSHED) &&
+            atomic_load_explicit((_Atomic uint64_t *)&m->cons_aux[3], memory_order_acquire) == req->aux2_) {
+            /* split rendezvous: the receiver reads the first half, we write the rest */
+            size_t half = split_half(req->len_);
+            int err = cma_copy(atomic_load(&c->ranks[p].pid), (uint8_t *)buf + half, m->cons_aux[2] + half,
+                               req->len_ - half, 1);
+            m->prod_aux[2] = err ? RNDV_NACK : RNDV_OK;
+            atomic_store_explicit((_Atomic uint64_t *)&m->prod_aux[1], req->aux2_, memory_order_release);
+            req->aux_ |= S_PUSHED;
+            xccl_wake(c, p);
+        }
         if (atomic_load_explicit((_Atomic uint64_t *)&m->cons_aux[0], memory_order_acquire) != req->aux2_)
             return XCCL_OK;
         if (m->cons_aux[1] == RNDV_OK) {
@@ -143,6 +181,32 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
     uint8_t *buf = req->buf_;
     int moved = 0;
     xccl_status s = XCCL_OK;
+    if (req->aux2_ & R_SPLIT) { /* split rendezvous: our half is read; wait for the sender's */
+        uint64_t seq = c->rndv_seen[p] + 1;
+        if (atomic_load_explicit((_Atomic uint64_t *)&m->prod_aux[1], memory_order_acquire) != seq)
+            return XCCL_OK;
+        const xccl_slot_hdr *h = (const xccl_slot_hdr *)(ring + (size_t)(head & (nslots - 1)) * sb);
+        rndv_desc d;
+        memcpy(&d, (const uint8_t *)h + XCCL_SLOT_HDR, sizeof d);
+        size_t half = split_half(req->msg_len_);
+        int err = (req->aux2_ >> 8) ? (int)(req->aux2_ >> 8) : 0;
+        if (!err && m->prod_aux[2] != RNDV_OK) /* the sender could not write: read it ourselves */
+            err = cma_copy(d.pid, buf + half, d.addr + half, req->msg_len_ - half, 0);
+        req->aux2_ = 0;
+        head++;
+        atomic_store_explicit(&m->cons, head, memory_order_release);
+        if (!err) {
+            req->done_ = req->msg_len_;
+            rndv_answer(c, p, m, RNDV_OK);
+        } else {
+            rndv_answer(c, p, m, RNDV_NACK); /* the data follows through the ring */
+            if (err == ESRCH) {
+                xccl_wake(c, p);
+                return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d is gone (rendezvous)", p);
+            }
+        }
+        moved = 1;
+    }
     for (;;) {
         if (req->aux_ && req->done_ == req->msg_len_) break;
         if (head == tail) {
@@ -185,15 +249,17 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
                         got = msg_len;
                     }
                 }
-                while (got < msg_len) {
-                    struct iovec lv = {.iov_base = buf + got, .iov_len = msg_len - got};
-                    struct iovec rv = {.iov_base = (void *)(uintptr_t)(d.addr + got), .iov_len = msg_len - got};
-                    ssize_t r = process_vm_readv(d.pid, &lv, 1, &rv, 1, 0);
-                    if (r > 0) { got += (size_t)r; continue; }
-                    err = r < 0 ? errno : EIO;
-                    if (err == EINTR) continue;
-                    break;
+                if (got < msg_len && msg_len >= SPLIT_MIN) {
+                    /* split: tell the sender where to write the upper half, read the lower */
+                    uint64_t seq = c->rndv_seen[p] + 1;
+                    m->cons_aux[2] = (uint64_t)(uintptr_t)buf;
+                    atomic_store_explicit((_Atomic uint64_t *)&m->cons_aux[3], seq, memory_order_release);
+                    xccl_wake(c, p);
+                    int e = cma_copy(d.pid, buf, d.addr, split_half(msg_len), 0);
+                    req->aux2_ = R_SPLIT | ((uint64_t)e << 8);
+                    break; /* the slot stays until the sender's half is in */
                 }
+                if (got < msg_len) err = cma_copy(d.pid, buf, d.addr, msg_len, 0), got = err ? 0 : msg_len;
                 head++;
                 atomic_store_explicit(&m->cons, head, memory_order_release);
                 if (got == msg_len) {

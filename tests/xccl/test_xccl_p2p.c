@@ -100,6 +100,24 @@ static int rank_main(int rank, int n, void *arg) {
                 CHECK(got == sz && memcmp(b, w, sz) == 0);
             }
         }
+        /* large messages: split single-copy rendezvous (>= 1 MiB), both directions */
+        size_t bigsz[3] = {(1u << 20) + 12345, 3u << 20, (2u << 20) + 1};
+        uint8_t *bb = malloc(3u << 20), *bw = malloc(3u << 20);
+        for (int i = 0; i < 6; i++) {
+            size_t sz = bigsz[i % 3];
+            if ((i % 2) == rank) {
+                tu_fill(bb, sz, tu_seed(i, 79, 0));
+                XCHECK(xccl_send(c, peer, bb, sz));
+            } else {
+                size_t got = 0;
+                memset(bb, 0, sz);
+                XCHECK(xccl_recv(&got, bb, 3u << 20, c, peer));
+                tu_fill(bw, sz, tu_seed(i, 79, 0));
+                CHECK_MSG(got == sz && memcmp(bb, bw, sz) == 0, "large message %d (%zu B)", i, sz);
+            }
+        }
+        free(bb);
+        free(bw);
         if (rank == 0) {
             tu_fill(b, 1000, 4242);
             XCHECK(xccl_send(c, 1, b, 1000));
