@@ -67,6 +67,10 @@ CONFIGS = [
          rope={"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16, "beta_fast": 32.0,
                "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707},
          mtp=1),
+    dict(name="qwen3moe_all_moe", arch="qwen3_moe", hidden_size=64, num_attention_heads=8,
+         num_key_value_heads=2, head_dim=8, intermediate_size=64, moe_intermediate_size=32,
+         num_hidden_layers=2, num_experts=16, num_experts_per_tok=4, norm_topk_prob=True,
+         decoder_sparse_step=1, mlp_only_layers=[], rope_theta=1000000.0),
 ]
 
 

@@ -107,6 +107,16 @@ xds_status xds_gguf_writer_kv_f32(xds_gguf_writer *w, const char *key, float v) 
     return XDS_OK;
 }
 
+xds_status xds_gguf_writer_kv_bool(xds_gguf_writer *w, const char *key, int v) {
+    uint32_t ty = 7;
+    uint8_t b = v != 0;
+    XDS_TRY(put_str(w, key));
+    XDS_TRY(put(w, &ty, 4));
+    XDS_TRY(put(w, &b, 1));
+    w->n_kv++;
+    return XDS_OK;
+}
+
 xds_status xds_gguf_writer_kv_str(xds_gguf_writer *w, const char *key, const char *v) {
     uint32_t ty = 8;
     XDS_TRY(put_str(w, key));

@@ -30,6 +30,7 @@ void xds_gguf_writer_free(xds_gguf_writer *w);
 xds_status xds_gguf_writer_kv_raw(xds_gguf_writer *w, const void *bytes, size_t n);
 xds_status xds_gguf_writer_kv_u32(xds_gguf_writer *w, const char *key, uint32_t v);
 xds_status xds_gguf_writer_kv_f32(xds_gguf_writer *w, const char *key, float v);
+xds_status xds_gguf_writer_kv_bool(xds_gguf_writer *w, const char *key, int v);
 xds_status xds_gguf_writer_kv_str(xds_gguf_writer *w, const char *key, const char *v);
 
 /* A tensor of `type` with ne[0..n_dims). Its bytes are `src` (nbytes_src

@@ -13,7 +13,8 @@
  * per-token reference over every weight type (experts requantized to
  * Q8_0/Q4_0/Q4_1/F16/BF16); routing obeys its contract (top-k distinct,
  * eligible groups only, weights normalized/scaled); MTP weights are loaded.
- * Bad input: inconsistent config fields, a missing expert tensor, a shape
+ * GGUF: fixtures exported to llama.cpp's qwen3moe / deepseek2 layout load
+ * and give the same logits. Bad input: inconsistent config fields, a missing expert tensor, a shape
  * that does not match: clear errors naming the field / tensor.
  */
 #define _GNU_SOURCE
@@ -25,6 +26,7 @@
 
 #include "kernels/kernels.h"
 #include "model/model.h"
+#include "model/gguf_writer.h"
 #include "model/moe.h"
 #include "sampler/sampler.h"
 #include "test.h"
@@ -283,7 +285,7 @@ static void test_fixtures(void) {
         n++;
     }
     closedir(d);
-    CHECK_MSG(n >= 6, "only %d MoE fixtures", n);
+    CHECK_MSG(n >= 7, "only %d MoE fixtures", n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -608,6 +610,181 @@ static void test_bad_input(void) {
     expect_missing_tensor(ds, "model.layers.3.hnorm.weight"); /* MTP layer present but incomplete */
 }
 
+/* ------------------------------------------------------------------------ */
+/* GGUF (llama.cpp qwen3moe / deepseek2 layout) of a fixture: same logits     */
+
+static const char *gguf_name(const char *hf, char *out, size_t cap) {
+    static const char *map[][2] = {
+        {"input_layernorm.weight", "attn_norm.weight"}, {"post_attention_layernorm.weight", "ffn_norm.weight"},
+        {"self_attn.q_proj.weight", "attn_q.weight"}, {"self_attn.k_proj.weight", "attn_k.weight"},
+        {"self_attn.v_proj.weight", "attn_v.weight"}, {"self_attn.o_proj.weight", "attn_output.weight"},
+        {"self_attn.q_norm.weight", "attn_q_norm.weight"}, {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+        {"self_attn.q_a_proj.weight", "attn_q_a.weight"}, {"self_attn.q_a_layernorm.weight", "attn_q_a_norm.weight"},
+        {"self_attn.q_b_proj.weight", "attn_q_b.weight"}, {"self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_mqa.weight"},
+        {"self_attn.kv_a_layernorm.weight", "attn_kv_a_norm.weight"}, {"self_attn.kv_b_proj.weight", "attn_kv_b.weight"},
+        {"mlp.gate_proj.weight", "ffn_gate.weight"}, {"mlp.up_proj.weight", "ffn_up.weight"},
+        {"mlp.down_proj.weight", "ffn_down.weight"}, {"mlp.gate.weight", "ffn_gate_inp.weight"},
+        {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"},
+        {"mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"},
+        {"mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"},
+        {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"}};
+    if (!strcmp(hf, "model.embed_tokens.weight")) return "token_embd.weight";
+    if (!strcmp(hf, "model.norm.weight")) return "output_norm.weight";
+    if (!strcmp(hf, "lm_head.weight")) return "output.weight";
+    int l, n;
+    if (sscanf(hf, "model.layers.%d.%n", &l, &n) != 1) return NULL;
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(hf + n, map[i][0])) {
+            snprintf(out, cap, "blk.%d.%s", l, map[i][1]);
+            return out;
+        }
+    return NULL;
+}
+
+static int export_gguf(const xds_model *m, const char *out) {
+    const xds_model_config *c = &m->cfg;
+    int ds = c->arch == XDS_ARCH_DEEPSEEK_V3;
+    const char *P = ds ? "deepseek2" : "qwen3moe";
+    xds_gguf_writer *w;
+    CHECK(xds_gguf_writer_create(&w) == XDS_OK);
+    char k[128];
+#define KU(key, v)                                                          \
+    do {                                                                    \
+        snprintf(k, sizeof k, "%s.%s", P, key);                             \
+        CHECK(xds_gguf_writer_kv_u32(w, k, (uint32_t)(v)) == XDS_OK);       \
+    } while (0)
+#define KF(key, v)                                                          \
+    do {                                                                    \
+        snprintf(k, sizeof k, "%s.%s", P, key);                             \
+        CHECK(xds_gguf_writer_kv_f32(w, k, (float)(v)) == XDS_OK);          \
+    } while (0)
+    CHECK(xds_gguf_writer_kv_str(w, "general.architecture", P) == XDS_OK);
+    KU("block_count", c->n_layer);
+    KU("context_length", c->max_ctx);
+    KU("embedding_length", c->n_embd);
+    KU("feed_forward_length", c->n_ff);
+    KU("attention.head_count", c->n_head);
+    KU("attention.head_count_kv", c->n_head_kv);
+    KF("rope.freq_base", c->rope_theta);
+    KF("attention.layer_norm_rms_epsilon", c->rms_eps);
+    KU("expert_count", c->moe.n_expert);
+    KU("expert_used_count", c->moe.n_expert_used);
+    KU("expert_feed_forward_length", c->moe.n_ff_exp);
+    if (!ds) KU("attention.key_length", c->head_dim);
+    else {
+        KU("expert_shared_count", c->moe.n_shared);
+        KU("leading_dense_block_count", c->moe.first_dense);
+        KU("expert_group_count", c->moe.n_group);
+        KU("expert_group_used_count", c->moe.topk_group);
+        KF("expert_weights_scale", c->moe.routed_scale);
+        KU("expert_gating_func", 2);
+        snprintf(k, sizeof k, "%s.expert_weights_norm", P);
+        CHECK(xds_gguf_writer_kv_bool(w, k, c->moe.norm_topk_prob) == XDS_OK);
+        if (c->mla.q_lora_rank) KU("attention.q_lora_rank", c->mla.q_lora_rank);
+        KU("attention.kv_lora_rank", c->mla.kv_lora_rank);
+        KU("attention.key_length", c->head_dim);
+        KU("attention.value_length", c->mla.v_dim);
+        KU("rope.dimension_count", c->rope_dim);
+        if (c->rope_scaling.type == XDS_ROPE_SCALING_YARN) {
+            snprintf(k, sizeof k, "%s.rope.scaling.type", P);
+            CHECK(xds_gguf_writer_kv_str(w, k, "yarn") == XDS_OK);
+            KF("rope.scaling.factor", c->rope_scaling.factor);
+            KU("rope.scaling.original_context_length", c->rope_scaling.original_max_pos);
+            KF("rope.scaling.yarn_log_multiplier", 0.1f * c->rope_scaling.mscale_all_dim);
+        }
+    }
+#undef KU
+#undef KF
+    void *owned[256];
+    int n_owned = 0;
+    for (int64_t i = 0; i < xds_weights_n_tensors(m->weights); i++) {
+        const xds_tensor *t = xds_weights_tensor(m->weights, i);
+        char nb[256], hf[256];
+        int l, e, n = 0;
+        char kind[16];
+        if (sscanf(t->name, "model.layers.%d.mlp.experts.%d.%15[a-z]_proj.weight%n", &l, &e, kind, &n) == 3 &&
+            n > 0 && !t->name[n]) {
+            if (e != 0 || l >= c->n_layer) continue;
+            size_t one = t->nbytes;
+            uint8_t *buf = malloc(one * c->moe.n_expert);
+            for (int x = 0; x < c->moe.n_expert; x++) {
+                snprintf(hf, sizeof hf, "model.layers.%d.mlp.experts.%d.%s_proj.weight", l, x, kind);
+                const xds_tensor *tx = xds_weights_find(m->weights, hf);
+                CHECK(tx && tx->nbytes == one);
+                if (tx) memcpy(buf + one * x, tx->data, one);
+            }
+            owned[n_owned++] = buf;
+            snprintf(nb, sizeof nb, "blk.%d.ffn_%s_exps.weight", l, kind);
+            int64_t ne[3] = {t->ne[0], t->ne[1], c->moe.n_expert};
+            CHECK(xds_gguf_writer_tensor(w, nb, t->type, 3, ne, buf, one * c->moe.n_expert, 1, NULL, NULL) == XDS_OK);
+            continue;
+        }
+        if (sscanf(t->name, "model.layers.%d.", &l) == 1 && l >= c->n_layer) continue; /* MTP */
+        const char *g = gguf_name(t->name, nb, sizeof nb);
+        CHECK_MSG(g != NULL, "no GGUF name for %s", t->name);
+        if (!g) continue;
+        CHECK(xds_gguf_writer_tensor(w, g, t->type, t->n_dims, t->ne, t->data, t->nbytes, 1, NULL, NULL) == XDS_OK);
+    }
+    xds_status s = xds_gguf_writer_write(w, out);
+    CHECK_MSG(s == XDS_OK, "write %s: %s", out, xds_err_msg());
+    xds_gguf_writer_free(w);
+    for (int i = 0; i < n_owned; i++) free(owned[i]);
+    return s == XDS_OK;
+}
+
+/* The GGUF of a fixture loads as the same architecture and gives the same
+ * logits through the KV cache (prefill + decode) as the Hugging Face directory. */
+static void test_gguf_same(const char *name) {
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/%s", MOE_DIR, name);
+    xds_model *hf = NULL, *gg = NULL;
+    CHECK_MSG(xds_model_load(dir, NULL, &hf) == XDS_OK, "%s", xds_err_msg());
+    if (!hf) return;
+    char tmpl[] = "/tmp/xds_test_moe_gguf_XXXXXX";
+    char *td = mkdtemp(tmpl);
+    CHECK(td != NULL);
+    snprintf(path, sizeof path, "%s/model.gguf", td ? td : "/tmp");
+    if (td && export_gguf(hf, path)) {
+        xds_status s = xds_model_load(path, NULL, &gg);
+        CHECK_MSG(s == XDS_OK, "%s GGUF: %s", name, xds_err_msg());
+    }
+    if (gg) {
+        CHECK(gg->cfg.arch == hf->cfg.arch && gg->cfg.moe.n_expert == hf->cfg.moe.n_expert &&
+              gg->cfg.moe.n_group == hf->cfg.moe.n_group && gg->cfg.mla.q_lora_rank == hf->cfg.mla.q_lora_rank &&
+              gg->cfg.rope_mode == hf->cfg.rope_mode);
+        int V = hf->cfg.n_vocab;
+        ref_case rc[2];
+        int nc = load_ref(dir, V, rc, 2);
+        CHECK(nc == 2);
+        const ref_case *r = &rc[1];
+        float *out[2];
+        for (int k = 0; k < 2; k++) {
+            const xds_model *m = k ? gg : hf;
+            xds_kv_cache *kv;
+            xds_model_ctx *ctx;
+            CHECK(xds_model_kv_cache_create(m, 128, 4, 1, &kv) == XDS_OK);
+            CHECK(xds_model_ctx_create(m, kv, 2, 64, &ctx) == XDS_OK);
+            out[k] = calloc((size_t)r->n_tok * V, sizeof(float));
+            int whole[1] = {r->n_prompt};
+            run_path(ctx, kv, 0, r, whole, 1, out[k], V, name);
+            xds_model_ctx_free(ctx);
+            xds_kv_cache_free(kv);
+        }
+        double scale = max_abs(r->logits, (size_t)r->n_tok * V);
+        double e_ref = rel_err(out[1], r->logits, r->n_tok * V, scale);
+        double e_hf = rel_err(out[1], out[0], r->n_tok * V, scale);
+        printf("%s as GGUF (%s): vs transformers %.2e, vs the HF directory %.2e\n", name,
+               hf->cfg.arch == XDS_ARCH_DEEPSEEK_V3 ? "deepseek2" : "qwen3moe", e_ref, e_hf);
+        CHECK_MSG(e_ref <= TOL_REL && e_hf <= 1e-6, "%s GGUF logits differ", name);
+        free(out[0]), free(out[1]);
+        for (int i = 0; i < nc; i++) free(rc[i].tokens), free(rc[i].logits);
+        xds_model_free(gg);
+    }
+    unlink(path);
+    if (td) rmdir(td);
+    xds_model_free(hf);
+}
+
 int main(void) {
     test_fixtures();
     test_expert_parallel("qwen3moe_gqa_sparse", 3);
@@ -620,6 +797,10 @@ int main(void) {
     test_route_contract("qwen3moe_mqa_step2_nonorm");
     test_route_contract("mixtral_top2");
     test_mtp_loaded();
+    test_gguf_same("qwen3moe_all_moe");
+    test_gguf_same("ds_qlora_yarn_groups");
+    test_gguf_same("ds_noqlora_odd");
+    test_gguf_same("ds_noqlora_yarn_g2");
     test_bad_input();
     TEST_MAIN_END();
 }
