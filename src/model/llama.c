@@ -220,9 +220,11 @@ void xds_model_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, floa
         return;
     }
     rmsnorm_rows(ctx->xn, x, w->attn_norm, T, E, c->rms_eps);
-    xds_matmul(ctx->pool, &w->wq, ctx->xn, ctx->q, T);
-    xds_matmul(ctx->pool, &w->wk, ctx->xn, ctx->k, T);
-    xds_matmul(ctx->pool, &w->wv, ctx->xn, ctx->v, T);
+    {   /* q, k, v share the normed input: one quantization, one pool run */
+        const xds_tensor *ws[3] = {&w->wq, &w->wk, &w->wv};
+        float *ys[3] = {ctx->q, ctx->k, ctx->v};
+        xds_matmul_multi(ctx->pool, 3, ws, ctx->xn, ys, T);
+    }
     if (w->q_norm) xds_qk_norm(m, w, ctx->q, ctx->k, T);
     rope_table(ctx, b);
     for (int t = 0; t < T; t++) {
@@ -249,8 +251,11 @@ void xds_model_ffn(xds_model_ctx *ctx, int layer, float *x, int n_tok) {
         return;
     }
     rmsnorm_rows(ctx->xn, x, w->ffn_norm, n_tok, E, c->rms_eps);
-    xds_matmul(ctx->pool, &w->w_gate, ctx->xn, ctx->gate, n_tok);
-    xds_matmul(ctx->pool, &w->w_up, ctx->xn, ctx->up, n_tok);
+    {
+        const xds_tensor *ws[2] = {&w->w_gate, &w->w_up};
+        float *ys[2] = {ctx->gate, ctx->up};
+        xds_matmul_multi(ctx->pool, 2, ws, ctx->xn, ys, n_tok);
+    }
     xds_silu_mul(ctx->gate, ctx->up, n_tok * c->n_ff);
     xds_matmul(ctx->pool, &w->w_down, ctx->gate, ctx->xn, n_tok);
     xds_add(x, ctx->xn, n_tok * E);
