@@ -21,6 +21,7 @@
 
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 #include <unistd.h>
 
 #define POOL_MAX_TASKS ((1u << 20) - 1)
+#define POOL_CALLER_SPINS 4000 /* ~0.1 ms of PAUSE before sched_yield */
 #define POOL_SPIN_ITERS 30000 /* ~0.5-1 ms of PAUSE before sleeping */
 
 struct xds_pool {
@@ -177,7 +179,12 @@ void xds_pool_run(xds_pool *p, xds_pool_fn fn, void *ctx, int n_tasks) {
     atomic_fetch_add_explicit(&p->seq, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&p->n_sleeping, memory_order_seq_cst) > 0) futex_wake_all(&p->seq);
     pool_drain(p, 0);
-    while (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks) cpu_relax();
+    /* Wait for tasks still running on workers: spin briefly, then yield so
+     * that on an oversubscribed machine a descheduled worker gets the core. */
+    for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks; spins++) {
+        if (spins < POOL_CALLER_SPINS) cpu_relax();
+        else sched_yield();
+    }
 }
 
 void *xds_pool_scratch(xds_pool *p, size_t bytes) {
