@@ -526,14 +526,13 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
         return srv_send_error(q, c, &e);
     }
     int max_ctx = s->o.max_ctx;
-    const char *mt_param = q->kind == XDS_OAI_CHAT ? "max_tokens" : "max_tokens";
     if (n_ids == 0) {
         xds_oai_error_set(&e, 400, q->kind == XDS_OAI_CHAT ? "messages" : "prompt", NULL, "the prompt is empty after tokenization");
     } else if ((long long)n_ids >= max_ctx) {
         xds_oai_error_set(&e, 400, q->kind == XDS_OAI_CHAT ? "messages" : "prompt", "context_length_exceeded",
                           "This model's maximum context length is %d tokens, but the prompt has %zu tokens", max_ctx, n_ids);
     } else if (r.max_tokens > 0 && (long long)n_ids + r.max_tokens > max_ctx) {
-        xds_oai_error_set(&e, 400, mt_param, "context_length_exceeded",
+        xds_oai_error_set(&e, 400, "max_tokens", "context_length_exceeded",
                           "This model's maximum context length is %d tokens. However, you requested %lld tokens "
                           "(%zu in the prompt, %d for the completion). Please reduce the prompt or max_tokens.",
                           max_ctx, (long long)n_ids + r.max_tokens, n_ids, r.max_tokens);
@@ -1008,7 +1007,7 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
                      MHD_USE_ERROR_LOG | MHD_USE_AUTO;
     if (opts->port < 0 || opts->port > 65535) {
         srv_free(s);
-        return xds_err_set(XDS_ERR_INVALID, "serve: port %d out of range", opts->port);
+        return xds_err_set(XDS_ERR_INVALID, "port %d out of range", opts->port);
     }
     struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
@@ -1021,7 +1020,7 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
         flags |= MHD_USE_IPv6;
     } else {
         srv_free(s);
-        return xds_err_set(XDS_ERR_INVALID, "serve: --host '%s' is not a numeric IPv4 or IPv6 address", host);
+        return xds_err_set(XDS_ERR_INVALID, "--host '%s' is not a numeric IPv4 or IPv6 address", host);
     }
 
     s->mhd = MHD_start_daemon(
@@ -1038,7 +1037,7 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
     if (!s->mhd) {
         int e = errno;
         srv_free(s);
-        return xds_err_set(XDS_ERR_IO, "serve: cannot listen on %s:%d (%s)", host, opts->port,
+        return xds_err_set(XDS_ERR_IO, "cannot listen on %s:%d (%s)", host, opts->port,
                            e ? strerror(e) : "microhttpd failed to start");
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
@@ -1053,7 +1052,7 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
     if (pthread_create(&s->reaper, NULL, srv_reaper_main, s) != 0) {
         MHD_stop_daemon(s->mhd);
         srv_free(s);
-        return xds_err_set(XDS_ERR_INTERNAL, "serve: cannot start the reaper thread");
+        return xds_err_set(XDS_ERR_INTERNAL, "cannot start the reaper thread");
     }
     s->reaper_started = 1;
     *out = s;

@@ -75,6 +75,21 @@ else
   failed=$((failed + 1)); echo "FAIL bench-serve: $bench"
 fi
 
+# bad invocations: a clear one-line error and a non-zero exit, no crash
+check_err() { # expected-rc pattern args...
+  local want="$1" pat="$2"; shift 2
+  out=$("$XDS" serve "$@" 2>&1); rc=$?
+  if [ "$rc" = "$want" ] && echo "$out" | grep -q "^xds serve: error: .*$pat"; then
+    passed=$((passed + 1)); echo "ok   serve $* -> $rc"
+  else
+    failed=$((failed + 1)); echo "FAIL serve $*: rc $rc (want $want), output: $out"
+  fi
+}
+check_err 1 "No such file" -m /nonexistent/model.gguf
+check_err 2 "required"
+check_err 2 "--port" -m "$XDS_TEST_MODEL" --port 70000
+check_err 1 "Address already in use" -m "$XDS_TEST_MODEL" --port "$PORT"
+
 # graceful shutdown of the main server: SIGTERM → exit 0
 kill -TERM "$SRV"
 rc=124
