@@ -11,6 +11,7 @@
  */
 #include <immintrin.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels/kern_impl.h"
 
@@ -91,6 +92,45 @@ qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, i
         const float *dm, size_t scs, const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
     __m256 acc[4][2];
     const __m256i ones = _mm256_set1_epi16(1);
+    if (T == 1) {
+        /* One token: rows one after another (sequential stream), block scales
+         * read directly ([d, m] -> f32 with F16C, times [dx, s] of the
+         * activation), two accumulator chains. */
+        const float *ds = xq_ds(xq, nb);
+        const int bs = type == XDS_DTYPE_Q8_0 ? 34 : type == XDS_DTYPE_Q4_0 ? 18 : 20;
+        const float k = type == XDS_DTYPE_Q8_0 ? 0.0f : -8.0f;
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t *row = w + r * ws;
+            __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+            __m128 mac = _mm_setzero_ps();
+            for (int64_t b = 0; b < nb; b++) {
+                __m128 dmv;
+                if (type == XDS_DTYPE_Q4_1) {
+                    int32_t v;
+                    memcpy(&v, row + b * bs, 4);
+                    dmv = _mm_cvtph_ps(_mm_cvtsi32_si128(v)); /* [d, m, 0, 0] */
+                } else {
+                    uint16_t v;
+                    memcpy(&v, row + b * bs, 2);
+                    dmv = _mm_mul_ps(_mm_cvtph_ps(_mm_set1_epi16((short)v)), _mm_setr_ps(1.0f, k, 0.0f, 0.0f));
+                }
+                __m128 prod = _mm_mul_ps(dmv, _mm_castpd_ps(_mm_load_sd((const double *)(ds + 2 * b))));
+                mac = _mm_add_ps(mac, prod);
+                __m256i wv = load_w(type, row, b);
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
+                __m256i p16 = type == XDS_DTYPE_Q8_0
+                                  ? _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv))
+                                  : _mm256_maddubs_epi16(wv, xv);
+                __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                a[b & 1] = _mm256_fmadd_ps(dot, _mm256_broadcastss_ps(prod), a[b & 1]);
+            }
+            float m[4];
+            _mm_storeu_ps(m, mac);
+            y[r] = hsum256(_mm256_add_ps(a[0], a[1])) + m[1];
+        }
+        return;
+    }
     #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 4
@@ -163,11 +203,10 @@ void xds_qgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_
     float *dm = malloc(scs * 4 * sizeof(float));
     XDS_ASSERT(dm);
     for (int64_t r0 = 0; r0 < n_rows;) {
-        /* one token: single rows, read as one sequential stream (see avx512) */
-        int R = n_tok > 1 && n_rows - r0 >= 4 ? 4 : 1;
+        int R = n_rows - r0 >= 4 ? 4 : 1;
         const uint8_t *wr = w + r0 * w_row_bytes;
-        #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) prep_scales(type, wr + r * w_row_bytes, nb, dm + r * scs);
+        if (n_tok > 1) /* one token: qk_tile reads the scales directly */
+            for (int r = 0; r < R; r++) prep_scales(type, wr + r * w_row_bytes, nb, dm + r * scs);
         for (int t0 = 0; t0 < n_tok; t0 += 2) {
             int T = n_tok - t0 >= 2 ? 2 : 1;
             qk_call(R, T, type, wr, w_row_bytes, nb, dm, scs, xq + t0 * xq_stride, xq_stride,
