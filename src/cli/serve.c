@@ -245,7 +245,12 @@ int cli_serve(int argc, char **argv) {
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0) {
     }
-    fprintf(stderr, "xds serve: %s received; finishing in-flight requests\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    fprintf(stderr, "xds serve: %s received; finishing in-flight requests (send it again to quit at once)\n",
+            sig == SIGINT ? "SIGINT" : "SIGTERM");
+    /* A second signal takes the default action (terminate) in this thread. */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
     xds_server_quiesce(srv);
     if (!xds_server_wait_idle(srv, (double)shutdown_timeout)) {
         fprintf(stderr, "xds serve: in-flight requests still running after %ld s; cancelling them\n", shutdown_timeout);
