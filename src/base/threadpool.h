@@ -26,8 +26,9 @@ int xds_pool_size(const xds_pool *p);
  * p may be NULL (runs serially). Not reentrant from inside a task. */
 void xds_pool_run(xds_pool *p, xds_pool_fn fn, void *ctx, int n_tasks);
 /* A scratch buffer of at least `bytes` owned by the pool (64-byte aligned),
- * for the caller of xds_pool_run (e.g. quantized activations); valid until the
- * next call. NULL if p is NULL or allocation failed. */
+ * for the caller of xds_pool_run; valid until the next call. The kernels
+ * (xds_matmul*) use it for the quantized activations, so a caller must be done
+ * with it before calling them. NULL if p is NULL or allocation failed. */
 void *xds_pool_scratch(xds_pool *p, size_t bytes);
 
 #endif
