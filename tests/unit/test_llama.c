@@ -332,12 +332,16 @@ static void test_bad_input(void) {
  * Tolerance on the top-20 logits of the Q4_1 model. transformers runs the
  * dequantized weights in f32; our Q4_1/Q8_0 matmuls quantize the activations
  * to 8-bit blocks of 32 (as llama.cpp does), so every one of the 30 layers adds
- * a small relative error. With the weights dequantized to f32 on our side too
- * (test_smollm2 f32=1 below) the same pass matches transformers to ~1e-4 of the
- * logit scale, so the remaining difference is that quantization alone: measured
- * max |delta| 1.16 (on logits of scale ~30, at 120 compared rows of 4 prompts,
- * XDS_CPU=avx512). The bound is 2.0 for margin across CPU paths; the f32 check
- * is the one that catches subtle math bugs.
+ * a small error. With the weights dequantized to f32 on our side too
+ * (test_smollm2 f32=1 below) the same pass matches transformers to ~1e-6 of
+ * the logit scale, so the remaining difference is that quantization alone.
+ * Measured max |delta| on the committed prompts (logits of scale ~30): 0.87
+ * (XDS_CPU=generic), 0.78 (avx2), 0.78 (avx512); on natural-text prompts
+ * tried while building the fixture up to 1.9, and an exact Q8_0
+ * fake-quantization of the activations around f32 matmuls gives 0.6-1.15 on
+ * those: this is the size of the effect, not a kernel bug. Bound 2.0 (> 2x the
+ * committed prompts' figure); the f32 check is the one that catches subtle
+ * math bugs (a wrong rope / norm moves logits by several units).
  */
 #define SMOL_TOL 2.0
 #define SMOL_TOL_F32_REL 1e-4
