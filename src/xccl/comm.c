@@ -27,8 +27,9 @@
 xccl_status xccl_segment_validate(const xccl_seg_header *h, uint64_t file_bytes);
 
 /* Typed, cached accessors of the environment (documented in docs/XCCL.md):
- * XCCL_TIMEOUT_MS (default 10000), XCCL_SPIN_US (default 20), XCCL_CMA (default
- * 1: single-copy rendezvous for large messages), XCCL_CMA_MIN (default 65536). */
+ * XCCL_TIMEOUT_MS (default 10000), XCCL_SPIN_US (default 20), XCCL_RNDV_MIN
+ * (default 262144: smallest message sent by rendezvous), XCCL_CMA (default 1:
+ * allow process_vm_readv/writev for rendezvous from ordinary memory). */
 static uint64_t env_u64(const char *name, uint64_t def) {
     const char *v = getenv(name);
     if (!v || !*v) return def;
@@ -44,7 +45,8 @@ void xccl_comm_init_common(struct xccl_comm *c, int rank, int size) {
     c->fd = -1;
     c->timeout_ns = env_u64("XCCL_TIMEOUT_MS", 10000) * 1000000ull;
     c->spin_ns = env_u64("XCCL_SPIN_US", 20) * 1000ull;
-    c->cma_min = env_u64("XCCL_CMA", 1) ? (size_t)env_u64("XCCL_CMA_MIN", 65536) : 0;
+    c->cma_on = env_u64("XCCL_CMA", 1) != 0;
+    c->rndv_min = (size_t)env_u64("XCCL_RNDV_MIN", 262144);
     for (int i = 0; i < XCCL_MAX_RANKS; i++) {
         c->pidfd[i] = -1;
         c->pidfd_pid[i] = 0;

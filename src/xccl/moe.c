@@ -485,7 +485,7 @@ xccl_status xccl_moe_dispatch(xccl_moe_recv *recv, xccl_moe_handle **handle, con
     uint8_t *rrows = rbuf + G.rrows;
     float *rscales = (float *)(rbuf + G.rscales);
     uint8_t *rout = rbuf + G.rout;
-    int slot_base[256];
+    int slot_base[256] = {0};
     for (int j = 0, acc = 0; j < L; j++) {
         slot_base[j] = acc;
         acc += slot_rows[j];
@@ -744,7 +744,7 @@ xccl_status xccl_moe_dispatch_p2p(xccl_moe_recv *recv, xccl_moe_handle **handle,
     if (s) goto out_rbuf;
     memcpy(rbuf[g->me], sbuf[g->me], slen[g->me]);
     rlen[g->me] = slen[g->me];
-    int slot_rows[256], slot_base[256];
+    int slot_rows[256] = {0}, slot_base[256] = {0};
     for (int j = 0; j < L; j++) {
         slot_rows[j] = 0;
         for (int si = 0; si < n; si++) slot_rows[j] += rcnt[si * L + j];

@@ -11,8 +11,8 @@
  * release (credit). A receive whose capacity is smaller than the message
  * fails before consuming anything, leaving the message queued.
  *
- * Rendezvous (messages >= XCCL_CMA_MIN, or >= 4 KiB lying in one of the
- * sender's registered regions): the sender posts one slot flagged RNDV
+ * Rendezvous (messages >= XCCL_RNDV_MIN, default 256 KiB; from ordinary
+ * memory only if XCCL_CMA is on): the sender posts one slot flagged RNDV
  * holding {pid, region, address, length, offset} and keeps its request open;
  * the receiver copies straight from the sender's memory — a plain memcpy out
  * of its mapping of the region (zero intermediate copies), else
@@ -88,10 +88,10 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
 
     uint32_t rid = 0;
     size_t roff = 0;
-    int in_region = !(req->aux_ & S_FIRST) && req->len_ >= 4096 && p != c->rank && !c->cma_off[p] &&
-                    xccl_region_find_local(&rid, &roff, c, buf, req->len_);
-    if (!(req->aux_ & S_FIRST) && p != c->rank && !c->cma_off[p] &&
-        (in_region || (c->cma_min && req->len_ >= c->cma_min))) {
+    int big = !(req->aux_ & S_FIRST) && p != c->rank && !c->cma_off[p] && req->len_ >= c->rndv_min &&
+              req->len_ > 0;
+    int in_region = big && xccl_region_find_local(&rid, &roff, c, buf, req->len_);
+    if (big && (in_region || c->cma_on)) {
         if (tail - head >= nslots) return XCCL_OK;
         uint8_t *slot = ring + (size_t)(tail & (nslots - 1)) * sb;
         xccl_slot_hdr *h = (xccl_slot_hdr *)slot;

@@ -216,7 +216,8 @@ struct xccl_comm {
     uint64_t rndv_sent[XCCL_MAX_RANKS]; /* rendezvous messages posted to peer */
     uint64_t rndv_seen[XCCL_MAX_RANKS]; /* rendezvous messages handled from peer */
     int cma_off[XCCL_MAX_RANKS];        /* peer could not read us: ring only */
-    size_t cma_min;                     /* rendezvous threshold (0 = off) */
+    size_t rndv_min;                    /* rendezvous threshold (bytes) */
+    int cma_on;                         /* process_vm_readv/writev allowed */
     /* regions */
     xccl_local_region local_regions[XCCL_MAX_REGIONS];
     uint32_t next_region_id;

@@ -143,14 +143,14 @@ static int rank_main(int rank, int n, void *arg) {
     /* 3. one-sided: each rank registers a region; the next rank puts into it,
      * the previous rank gets from it. */
     uint64_t s = tu_seed(rank, 500, 0);
-    size_t rbytes = (size_t)tu_range(&s, 4096, 1 << 20);
+    size_t rbytes = (size_t)tu_range(&s, 300000, 1 << 20);
     xccl_region reg;
     XCHECK(xccl_region_alloc(&reg, rbytes, c));
     tu_fill(reg.base, rbytes, tu_seed(rank, 501, 0)); /* initial contents */
     XCHECK(xccl_barrier(c, xccl_comm_world(c)));
     int to = (rank + 1) % n, from = (rank + n - 1) % n;
     uint64_t ts = tu_seed(to, 500, 0);
-    size_t to_bytes = (size_t)tu_range(&ts, 4096, 1 << 20);
+    size_t to_bytes = (size_t)tu_range(&ts, 300000, 1 << 20);
     /* get the whole region of `to` before anyone puts: known initial contents */
     uint8_t *g = malloc(to_bytes), *w = malloc(to_bytes);
     uint64_t before = 0;
@@ -160,7 +160,7 @@ static int rank_main(int rank, int n, void *arg) {
     /* send out of a registered region (zero-copy rendezvous) to `to`, receive from `from` */
     {
         uint64_t fs0 = tu_seed(from, 500, 0);
-        size_t from_bytes = (size_t)tu_range(&fs0, 4096, 1 << 20);
+        size_t from_bytes = (size_t)tu_range(&fs0, 300000, 1 << 20);
         size_t sl = rbytes - 7, rl = from_bytes - 7, got = 0;
         uint8_t *rbuf = malloc(from_bytes), *want = malloc(from_bytes);
         xccl_request sr, rr;
@@ -184,7 +184,7 @@ static int rank_main(int rank, int n, void *arg) {
     XCHECK(xccl_notify_wait(c, from, before));
     CHECK(xccl_notify_count(c, from) == 2);
     uint64_t fs = tu_seed(rank, 500, 0);
-    (void)tu_range(&fs, 4096, 1 << 20);
+    (void)tu_range(&fs, 300000, 1 << 20);
     size_t foff = (size_t)tu_range(&fs, 0, (int)rbytes / 2), flen = (size_t)tu_range(&fs, 0, (int)(rbytes - foff));
     uint8_t *fw = malloc(rbytes);
     tu_fill(fw, rbytes, tu_seed(rank, 501, 0));
