@@ -676,10 +676,16 @@ int cli_bench_serve(int argc, char **argv) {
             return 1;
         }
     }
-    /* Warm-up (not measured): the first request of a fresh server pays page faults. */
+    /* Warm-up (not measured): the first request of a fresh server pays page
+     * faults. Its prompts come from another stream, so no measured request
+     * finds them in a prefix cache. */
+    uint64_t wrng = ~rng;
     for (int w = 0; w < o.warmup; w++) {
         bs_result r;
-        bs_run_one(&o, run.bodies[w % N], &r);
+        char *wb = bs_make_body(&o, model, &wrng, o.prompt_lo);
+        if (!wb) return 1;
+        bs_run_one(&o, wb, &r);
+        free(wb);
         free(r.itl);
         if (!r.ok) {
             fprintf(stderr, "xds bench-serve: error: warm-up request failed: %s\n", r.err);
