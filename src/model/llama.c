@@ -274,6 +274,8 @@ xds_status xds_model_forward(xds_model_ctx *ctx, const xds_batch *b, const int32
                              float *logits) {
     if (!ctx->kv) return xds_err_set(XDS_ERR_INVALID, "model: forward needs a KV cache");
     XDS_TRY(xds_model_batch_check(ctx, b));
+    if (n_rows < 0 || n_rows > ctx->max_tok)
+        return xds_err_set(XDS_ERR_INVALID, "model: %d logit rows (context holds 0..%d)", n_rows, ctx->max_tok);
     for (int i = 0; i < n_rows; i++)
         if (logit_rows[i] < 0 || logit_rows[i] >= b->n_tok)
             return xds_err_set(XDS_ERR_INVALID, "model: logit row %d outside the batch of %d tokens",

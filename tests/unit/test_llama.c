@@ -218,6 +218,18 @@ static void test_tiny_model(const char *dir, const char *name) {
             }
         }
         CHECK_MSG(worst <= TOL_REL, "%s path C (batched): max rel err vs transformers %.3g", name, worst);
+        /* bad batches are errors, not crashes */
+        {
+            int32_t bt = V, bp = 0, bs = 2, br = 0;
+            xds_batch bad = {1, &bt, &bp, &bs};
+            CHECK(xds_model_forward(ctx, &bad, &br, 1, lg) == XDS_ERR_INVALID); /* token id out of range */
+            bt = 0, bp = xds_kv_seq_capacity(kv, 2);
+            CHECK(xds_model_forward(ctx, &bad, &br, 1, lg) == XDS_ERR_INVALID); /* position not reserved */
+            bp = 0, bs = 99;
+            CHECK(xds_model_forward(ctx, &bad, &br, 1, lg) == XDS_ERR_INVALID); /* sequence slot */
+            bs = 2, br = 1;
+            CHECK(xds_model_forward(ctx, &bad, &br, 1, lg) == XDS_ERR_INVALID); /* logit row */
+        }
         CHECK_MSG(worst_alone <= 1e-5, "%s path C: batched differs from alone by %.3g", name, worst_alone);
         free(lg);
     }
