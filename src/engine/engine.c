@@ -383,7 +383,8 @@ static void step(xds_engine *e) {
     }
     if (s == XDS_OK) {
         xds_batch b = {T, e->b_tok, e->b_pos, e->b_seq};
-        s = xds_model_forward(e->ctx, &b, e->rows, n_rows, e->logits);
+        s = e->opts.forward ? e->opts.forward(e->opts.forward_user, e->ctx, &b, e->rows, n_rows, e->logits)
+                            : xds_model_forward(e->ctx, &b, e->rows, n_rows, e->logits);
     }
     if (s != XDS_OK) {
         /* Should not happen (the scheduler only builds valid batches); fail

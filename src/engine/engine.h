@@ -21,6 +21,8 @@
 
 typedef struct xds_engine xds_engine;
 struct xds_model;
+struct xds_model_ctx;
+struct xds_batch;
 struct xds_tokenizer;
 
 typedef struct xds_engine_opts {
@@ -32,6 +34,13 @@ typedef struct xds_engine_opts {
     int max_queue;         /* waiting requests beyond which submit says XDS_ERR_BUSY */
     int max_ctx;           /* max prompt + output tokens per sequence */
     int enable_prefix_cache;
+    /* Executor override (NULL: xds_model_forward on the engine's context).
+     * A disaggregated deployment passes engine/deploy.h's attention-side
+     * executor (xds_deploy_forward_cb, user = the xds_deploy_attn). Called on
+     * the engine thread only, with xds_model_forward's arguments. */
+    xds_status (*forward)(void *user, struct xds_model_ctx *ctx, const struct xds_batch *b,
+                          const int32_t *logit_rows, int n_rows, float *logits);
+    void *forward_user;
 } xds_engine_opts;
 
 /* Defaults: n_threads = online CPUs, max_batch 16, max_step_tokens 256,

@@ -1,0 +1,333 @@
+/*
+ * test_deploy.c — disaggregated MoE-attention in real processes
+ * (engine/deploy.h): the test process is the attention rank, it forks 2 or 4
+ * expert-worker processes that attach to a real XCCL segment (unique shm
+ * name) and run xds_deploy_expert_run. Greedy tokens of two sequences decoded
+ * together must be identical to the colocated xds_model_forward loop, for the
+ * tiny qwen3_moe, mixtral and deepseek_v3 fixtures and for SmolLM2 upcycled
+ * to 4 experts (XDS_TEST_MODEL; skipped with a message when unset).
+ *
+ * Faults: an expert worker SIGKILLed between passes makes the next pass fail
+ * with XDS_ERR_PEER naming its rank within a few seconds, never a hang; the
+ * surviving worker leaves its loop with an error once rank 0 detaches.
+ * Every child is reaped with a deadline (SIGKILL after it), so no process is
+ * left behind even when a check fails.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <xccl.h>
+
+#include "engine/deploy.h"
+#include "model/model.h"
+#include "model/upcycle.h"
+#include "test.h"
+
+#define MOE XDS_SOURCE_DIR "/tests/data/oracle/moe/"
+#define N_SEQ 2
+#define MAX_W 4
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Greedy tokens of N_SEQ sequences (prompts of n_prompt tokens, then n_gen
+ * decode steps of all sequences in one batch). forward: NULL = colocated. */
+static int greedy(const xds_model *m, xds_deploy_attn *a, int n_prompt, int n_gen, int32_t *out /* [N_SEQ][n_gen] */,
+                  float *logit_out /* [N_SEQ][n_vocab] of the last step */, int kill_after, pid_t victim) {
+    int V = m->cfg.n_vocab, T = N_SEQ * n_prompt;
+    xds_kv_cache *kv = NULL;
+    xds_model_ctx *ctx = NULL;
+    int rc = -1;
+    if (xds_model_kv_cache_create(m, N_SEQ * (n_prompt + n_gen + 16), 16, N_SEQ, &kv) != XDS_OK) return -1;
+    if (xds_model_ctx_create(m, kv, 1, T, &ctx) != XDS_OK) goto out;
+    int32_t tok[64], pos[64], seq[64], rows[N_SEQ];
+    float *logits = malloc(sizeof(float) * N_SEQ * V);
+    for (int s = 0; s < N_SEQ; s++) {
+        if (xds_kv_seq_reserve(kv, s, n_prompt + n_gen) != XDS_OK) goto out2;
+        for (int i = 0; i < n_prompt; i++) {
+            int k = s * n_prompt + i;
+            tok[k] = (int32_t)((i * 37 + s * 101 + 11) % V);
+            pos[k] = i;
+            seq[k] = s;
+        }
+        rows[s] = s * n_prompt + n_prompt - 1;
+    }
+    int n = T;
+    for (int step = 0; step < n_gen; step++) {
+        if (kill_after >= 0 && step == kill_after) {
+            kill(victim, SIGKILL);
+            waitpid(victim, NULL, 0); /* reaped: the pid is gone when the pass starts */
+        }
+        xds_batch b = {n, tok, pos, seq};
+        xds_status st = a ? xds_deploy_forward(a, ctx, &b, rows, N_SEQ, logits)
+                          : xds_model_forward(ctx, &b, rows, N_SEQ, logits);
+        if (st != XDS_OK) {
+            rc = step + 1; /* failed at this step */
+            goto out2;
+        }
+        for (int s = 0; s < N_SEQ; s++) {
+            const float *lg = logits + (size_t)s * V;
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (lg[v] > lg[best]) best = v;
+            out[s * n_gen + step] = best;
+            tok[s] = best;
+            pos[s] = n_prompt + step;
+            seq[s] = s;
+            rows[s] = s;
+        }
+        n = N_SEQ;
+    }
+    if (logit_out) memcpy(logit_out, logits, sizeof(float) * N_SEQ * V);
+    rc = 0;
+out2:
+    free(logits);
+out:
+    if (ctx) xds_model_ctx_free(ctx);
+    xds_kv_cache_free(kv);
+    return rc;
+}
+
+/* Reap every child within deadline_s; SIGKILL the ones still running after
+ * it. Returns how many did not exit with status 0 (killed ones count). */
+static int reap(pid_t *pids, int n, double deadline_s) {
+    int bad = 0;
+    double end = now_s() + deadline_s;
+    for (int i = 0; i < n; i++) {
+        if (pids[i] <= 0) continue;
+        int status = 0;
+        for (;;) {
+            pid_t r = waitpid(pids[i], &status, WNOHANG);
+            if (r == pids[i]) break;
+            if (r < 0 && errno != EINTR) { status = -1; break; }
+            if (now_s() > end) {
+                kill(pids[i], SIGKILL);
+                waitpid(pids[i], &status, 0);
+                status = -1;
+                break;
+            }
+            usleep(2000);
+        }
+        if (status != 0) bad++;
+        pids[i] = 0;
+    }
+    return bad;
+}
+
+static int seg_counter;
+
+/* Start W expert workers on a fresh segment; rank 0 attaches here. */
+static int start(const xds_model *m, int W, int max_tok, char *name, size_t name_cap, xccl_segment **seg,
+                 xccl_comm **comm, pid_t *pids) {
+    xccl_config cfg;
+    if (xds_deploy_xccl_config(m, W, max_tok, &cfg) != XDS_OK) {
+        fprintf(stderr, "config: %s\n", xds_err_msg());
+        return -1;
+    }
+    cfg.heartbeat_timeout_ms = 20000; /* slow sanitizer builds on 2 cores: liveness via pids */
+    snprintf(name, name_cap, "/xds-test-deploy-%d-%d", (int)getpid(), seg_counter++);
+    if (xccl_segment_create(seg, name, &cfg) != XCCL_OK) {
+        fprintf(stderr, "segment: %s\n", xccl_err_msg());
+        return -1;
+    }
+    fflush(NULL);
+    for (int w = 0; w < W; w++) {
+        pid_t p = fork();
+        if (p == 0) {
+            xccl_comm *c = NULL;
+            if (xccl_comm_attach(&c, name, 1 + w, 2) != XCCL_OK) _exit(3);
+            xds_deploy_expert_stats es;
+            xds_status s = xds_deploy_expert_run(m, c, W, 1, &es);
+            if (s != XDS_OK) fprintf(stderr, "expert worker %d: %s\n", 1 + w, xds_err_msg());
+            xccl_comm_detach(c);
+            _exit(s == XDS_OK ? 0 : 4);
+        }
+        pids[w] = p;
+    }
+    if (xccl_comm_attach(comm, name, 0, 1) != XCCL_OK) {
+        fprintf(stderr, "attach rank 0: %s\n", xccl_err_msg());
+        return -1;
+    }
+    return 0;
+}
+
+/* Colocated vs disaggregated with W workers: identical greedy tokens. */
+/* tol: max |logit delta|. f32 fixtures: the f32 combine (XCCL) vs moe_experts'
+ * double sum differ at rounding level. Quantized SmolLM2: the AVX-512 Q4_1/Q8_0
+ * kernels are not batch-invariant and quantize activations to 8 bits, so a
+ * rounding-level difference can flip an activation step (as test_upcycle's
+ * SMOL_TOL); greedy tokens must still be identical. */
+static void check_model(const char *label, const xds_model *m, int n_prompt, int n_gen, double tol) {
+    int V = m->cfg.n_vocab;
+    int32_t ref[N_SEQ * 32], got[N_SEQ * 32];
+    float *lref = malloc(sizeof(float) * N_SEQ * V), *lgot = malloc(sizeof(float) * N_SEQ * V);
+    CHECK_MSG(greedy(m, NULL, n_prompt, n_gen, ref, lref, -1, 0) == 0, "%s: colocated run: %s", label, xds_err_msg());
+    int Ws[2] = {2, 4};
+    for (int wi = 0; wi < 2; wi++) {
+        int W = Ws[wi];
+        char name[96];
+        xccl_segment *seg = NULL;
+        xccl_comm *comm = NULL;
+        pid_t pids[MAX_W] = {0};
+        xds_deploy_attn *a = NULL;
+        double t0 = now_s();
+        int ok = start(m, W, N_SEQ * n_prompt, name, sizeof name, &seg, &comm, pids) == 0;
+        CHECK_MSG(ok, "%s W=%d: start", label, W);
+        if (ok) {
+            xds_status s = xds_deploy_attn_create(m, comm, W, N_SEQ * n_prompt, &a);
+            CHECK_MSG(s == XDS_OK, "%s W=%d: attn create: %s", label, W, xds_err_msg());
+        }
+        if (a) {
+            memset(got, 0xff, sizeof got);
+            int r = greedy(m, a, n_prompt, n_gen, got, lgot, -1, 0);
+            CHECK_MSG(r == 0, "%s W=%d: disaggregated run failed at step %d: %s", label, W, r, xds_err_msg());
+            CHECK_MSG(!memcmp(ref, got, sizeof(int32_t) * N_SEQ * n_gen),
+                      "%s W=%d: greedy tokens differ from the colocated engine", label, W);
+            double worst = 0;
+            for (int i = 0; i < N_SEQ * V; i++) {
+                double d = fabs((double)lref[i] - lgot[i]);
+                if (d > worst) worst = d;
+            }
+            xds_deploy_stats ds;
+            xds_deploy_attn_stats(a, &ds);
+            printf("%s W=%d: %d x %d greedy tokens identical; max |logit delta| %.3g; %.2f s; attention %.3f s, "
+                   "dispatch %.3f s, combine %.3f s over %llu MoE calls\n",
+                   label, W, N_SEQ, n_gen, worst, now_s() - t0, ds.attn_s, ds.dispatch_s, ds.combine_s,
+                   (unsigned long long)ds.moe_calls);
+            CHECK_MSG(worst <= tol, "%s W=%d: logits differ by %.3g (tolerance %.3g)", label, W, worst, tol);
+            xds_deploy_attn_stop(a);
+            xds_deploy_attn_free(a);
+        }
+        if (comm) xccl_comm_detach(comm);
+        int bad = reap(pids, W, 20);
+        CHECK_MSG(bad == 0, "%s W=%d: %d expert workers did not exit cleanly", label, W, bad);
+        if (seg) xccl_segment_destroy(seg);
+        fflush(stdout);
+    }
+    free(lref);
+    free(lgot);
+}
+
+/* A worker SIGKILLed between passes: the next pass fails naming it, fast. */
+static void check_kill(const xds_model *m) {
+    char name[96];
+    xccl_segment *seg = NULL;
+    xccl_comm *comm = NULL;
+    pid_t pids[MAX_W] = {0};
+    xds_deploy_attn *a = NULL;
+    int W = 2, n_prompt = 4, n_gen = 4;
+    int ok = start(m, W, N_SEQ * n_prompt, name, sizeof name, &seg, &comm, pids) == 0;
+    CHECK(ok);
+    if (ok) CHECK_MSG(xds_deploy_attn_create(m, comm, W, N_SEQ * n_prompt, &a) == XDS_OK, "%s", xds_err_msg());
+    if (a) {
+        int32_t got[N_SEQ * 4];
+        double t0 = now_s();
+        int r = greedy(m, a, n_prompt, n_gen, got, NULL, 2, pids[1]);
+        double dt = now_s() - t0;
+        pids[1] = 0; /* reaped by greedy */
+        CHECK_MSG(r == 3, "killed worker: the pass after the kill should fail (returned %d)", r);
+        CHECK_MSG(strstr(xds_err_msg(), "deploy:") != NULL,
+                  "killed worker: error should come from deploy: %s", xds_err_msg());
+        CHECK_MSG(strstr(xds_err_msg(), "rank 2") != NULL, "error does not name rank 2: %s", xds_err_msg());
+        CHECK_MSG(dt < 8.0, "killed worker detected after %.2f s", dt);
+        printf("killed expert worker (rank 2): '%s' after %.3f s\n", xds_err_msg(), dt);
+        /* the deployment refuses further passes instead of hanging */
+        xds_kv_cache *kv = NULL;
+        xds_model_ctx *ctx = NULL;
+        if (xds_model_kv_cache_create(m, 32, 16, 1, &kv) == XDS_OK && xds_model_ctx_create(m, kv, 1, 4, &ctx) == XDS_OK &&
+            xds_kv_seq_reserve(kv, 0, 1) == XDS_OK) {
+            int32_t t = 1, p = 0, q = 0, row = 0;
+            xds_batch b = {1, &t, &p, &q};
+            float *lg = malloc(sizeof(float) * m->cfg.n_vocab);
+            CHECK(xds_deploy_forward(a, ctx, &b, &row, 1, lg) == XDS_ERR_PEER);
+            free(lg);
+        }
+        if (ctx) xds_model_ctx_free(ctx);
+        xds_kv_cache_free(kv);
+        xds_deploy_attn_free(a);
+    }
+    if (comm) xccl_comm_detach(comm); /* the survivor sees rank 0 LEFT and exits with an error */
+    double t0 = now_s();
+    int bad = reap(pids, W, 15);
+    CHECK_MSG(bad == 1, "the surviving worker should exit with an error (bad=%d)", bad);
+    CHECK_MSG(now_s() - t0 < 10, "survivor took %.2f s to leave", now_s() - t0);
+    if (seg) xccl_segment_destroy(seg);
+}
+
+static void check_errors(const xds_model *dense, const xds_model *moe) {
+    xccl_config cfg;
+    CHECK(xds_deploy_xccl_config(dense, 2, 8, &cfg) == XDS_ERR_INVALID && strstr(xds_err_msg(), "no MoE"));
+    CHECK(xds_deploy_xccl_config(moe, 0, 8, &cfg) == XDS_ERR_INVALID);
+    CHECK(xds_deploy_xccl_config(moe, 64, 8, &cfg) == XDS_ERR_INVALID);
+    CHECK(xds_deploy_xccl_config(moe, 2, 0, &cfg) == XDS_ERR_INVALID);
+    /* placement: contiguous blocks, every expert on exactly one worker slot */
+    for (int N = 1; N <= 9; N++)
+        for (int W = 1; W <= 5; W++) {
+            int L = xds_deploy_local_experts(N, W), seen[5][9] = {{0}}, ok = 1;
+            for (int e = 0; e < N; e++) {
+                int w, s;
+                xds_deploy_expert_owner(N, W, e, &w, &s);
+                ok &= w >= 0 && w < W && s >= 0 && s < L && !seen[w][s]++;
+            }
+            CHECK_MSG(ok, "placement N=%d W=%d", N, W);
+        }
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const char *fixtures[][2] = {
+        {"qwen3_moe", MOE "qwen3moe_gqa_sparse"},
+        {"mixtral", MOE "mixtral_top2"},
+        {"deepseek_v3", MOE "ds_qlora_yarn_groups"},
+    };
+    xds_model *dense = NULL;
+    CHECK(xds_model_load(XDS_SOURCE_DIR "/tests/data/oracle/tiny/h72_mha_untied", NULL, &dense) == XDS_OK);
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) {
+        xds_model *m = NULL;
+        xds_status s = xds_model_load(fixtures[i][1], NULL, &m);
+        CHECK_MSG(s == XDS_OK, "load %s: %s", fixtures[i][1], xds_err_msg());
+        if (!m) continue;
+        check_model(fixtures[i][0], m, 5, 8, 1e-4);
+        if (i == 0) {
+            if (dense) check_errors(dense, m);
+            check_kill(m);
+        }
+        xds_model_free(m);
+    }
+    if (dense) xds_model_free(dense);
+
+    const char *smol = test_model_path();
+    if (!smol) {
+        printf("SKIP upcycled SmolLM2: XDS_TEST_MODEL is not set\n");
+    } else {
+        char dir[] = "/tmp/xds-test-deploy-XXXXXX", path[256];
+        if (mkdtemp(dir)) {
+            snprintf(path, sizeof path, "%s/smol-moe4.gguf", dir);
+            xds_status s = xds_model_upcycle(smol, path, 4, 2, 5);
+            CHECK_MSG(s == XDS_OK, "upcycle: %s", xds_err_msg());
+            xds_model *m = NULL;
+            if (s == XDS_OK) {
+                s = xds_model_load(path, NULL, &m);
+                CHECK_MSG(s == XDS_OK, "load upcycled: %s", xds_err_msg());
+            }
+            if (m) {
+                check_model("smollm2-upcycled-e4k2", m, 6, 5, 2.0);
+                xds_model_free(m);
+            }
+            unlink(path);
+            rmdir(dir);
+        }
+    }
+    TEST_MAIN_END();
+}
