@@ -7,6 +7,10 @@
  * global here): detected on first use, changed only by xds_cpu_level_set.
  */
 #include <stdatomic.h>
+#include <stdint.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,18 +19,37 @@
 
 static _Atomic int g_level = -1; /* -1: not yet detected */
 
+#if defined(__x86_64__)
+/* XCR0 (which register states the OS saves), via xgetbv. */
+static uint64_t xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+#endif
+
+/* Feature bits straight from cpuid (portable across gcc and clang, whose
+ * __builtin_cpu_supports names differ), plus the OS's XCR0 state: AVX needs
+ * XMM|YMM saved, AVX-512 also opmask|ZMM_Hi256|Hi16_ZMM. */
 static xds_cpu_level cpu_level_max(void) {
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    /* libgcc's checks include the OS's XCR0 state (xgetbv) for AVX and AVX-512. */
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return XDS_CPU_GENERIC;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+    if (!osxsave || !avx) return XDS_CPU_GENERIC;
+    uint64_t xcr0 = xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return XDS_CPU_GENERIC;
+    if (__get_cpuid_max(0, NULL) < 7) return XDS_CPU_GENERIC;
+    __cpuid_count(7, 0, a, b, c, d);
+    int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1, avx512dq = (b >> 17) & 1,
+        avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
+    unsigned a1 = 0, b1, c1, d1;
+    __cpuid_count(7, 1, a1, b1, c1, d1);
+    int bf16 = (a1 >> 5) & 1;
+    if (avx512f && avx512dq && avx512bw && avx512vl && vnni && bf16 && fma && f16c &&
+        (xcr0 & 0xe6) == 0xe6)
         return XDS_CPU_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-        return XDS_CPU_AVX2;
+    if (avx2 && fma && f16c) return XDS_CPU_AVX2;
 #endif
     return XDS_CPU_GENERIC;
 }
