@@ -4,11 +4,16 @@
  * Not a public header: only src/kernels/ and the kernel tests include it.
  *
  * Quantized activations ("xq"): each token row of n_in = nb * 32 values is
- *   int8  qs[nb * 32]   q = round_nearest_even(x / d), |q| <= 127
+ *   int8  qs[np * 64]   np = ceil(nb / 2) pairs of blocks; q = round_nearest_even(x / d),
+ *                       |q| <= 127, pair-interleaved: pair p holds
+ *                       [b0 q[0:16] | b1 q[0:16] | b0 q[16:32] | b1 q[16:32]]
+ *                       with b0 = 2p, b1 = 2p + 1 (zeros if b1 == nb)
  *   float ds[2 * nb]    ds[2b] = d = max|x| / 127 over block b (0 if all zero),
  *                       ds[2b+1] = s = d * sum(q) over block b
- * followed by padding to 64 bytes; rows are xq_row_bytes(nb) apart. (d and s
- * are interleaved so that one 128-bit load gives both for a pair of blocks.)
+ * followed by padding to 64 bytes; rows are xq_row_bytes(nb) apart. The pair
+ * layout matches weights unpacked as [lo nibbles of b0 | of b1 | hi of b0 |
+ * of b1] (one AND, one shift of 32 packed bytes), and d and s are interleaved
+ * so that one 128-bit load gives both for a pair of blocks.
  *
  * Every quantized weight type is handled as "unsigned u8 weights u, scales
  * dw, offsets mw" per 32-block so that
@@ -27,12 +32,17 @@
 
 #include "kernels/kernels.h"
 
+static inline size_t xq_qs_bytes(int64_t nb) { return (size_t)((nb + 1) / 2) * 64; }
 static inline size_t xq_row_bytes(int64_t nb) {
-    return ((size_t)nb * 40 + 63) & ~(size_t)63;
+    return (xq_qs_bytes(nb) + (size_t)nb * 8 + 63) & ~(size_t)63;
+}
+/* Offset of value j (< 32) of block b in qs. */
+static inline size_t xq_qs_index(int64_t b, int j) {
+    return (size_t)(b / 2) * 64 + (j >= 16 ? 32 : 0) + (b & 1) * 16 + (j & 15);
 }
 static inline const int8_t *xq_qs(const uint8_t *row) { return (const int8_t *)row; }
 static inline const float *xq_ds(const uint8_t *row, int64_t nb) {
-    return (const float *)(row + nb * 32);
+    return (const float *)(row + xq_qs_bytes(nb));
 }
 
 /* Quantize one activation row of nb*32 floats into xq layout at dst. */

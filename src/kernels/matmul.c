@@ -22,7 +22,7 @@
 
 void xds_act_quant_generic(const float *x, int64_t nb, uint8_t *dst) {
     int8_t *qs = (int8_t *)dst;
-    float *ds = (float *)(dst + nb * 32);
+    float *ds = (float *)(dst + xq_qs_bytes(nb));
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * 32;
         float amax = 0.0f;
@@ -31,12 +31,14 @@ void xds_act_quant_generic(const float *x, int64_t nb, uint8_t *dst) {
         int sum = 0;
         for (int j = 0; j < 32; j++) {
             int q = (int)nearbyintf(xb[j] * id);
-            qs[b * 32 + j] = (int8_t)q;
+            qs[xq_qs_index(b, j)] = (int8_t)q;
             sum += q;
         }
         ds[2 * b] = db;
         ds[2 * b + 1] = db * (float)sum;
     }
+    if (nb & 1) /* the missing second block of the last pair */
+        for (int j = 0; j < 32; j++) qs[xq_qs_index(nb, j)] = 0;
 }
 
 static float qdot_row_generic(xds_dtype type, const uint8_t *w, int64_t nb, const uint8_t *xr) {
@@ -44,7 +46,8 @@ static float qdot_row_generic(xds_dtype type, const uint8_t *w, int64_t nb, cons
     const float *ds = xq_ds(xr, nb);
     float acc = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
-        const int8_t *q = xq + b * 32;
+        int8_t q[32];
+        for (int j = 0; j < 32; j++) q[j] = xq[xq_qs_index(b, j)];
         int isum = 0;
         switch (type) {
         case XDS_DTYPE_Q8_0: {

@@ -31,7 +31,11 @@ static inline int hsum256i(__m256i v) {
 
 void xds_act_quant_avx2(const float *x, int64_t nb, uint8_t *dst) {
     int8_t *qs = (int8_t *)dst;
-    float *ds = (float *)(dst + nb * 32);
+    float *ds = (float *)(dst + xq_qs_bytes(nb));
+    if (nb & 1) { /* the missing second block of the last pair */
+        _mm_storeu_si128((__m128i *)(qs + xq_qs_index(nb, 0)), _mm_setzero_si128());
+        _mm_storeu_si128((__m128i *)(qs + xq_qs_index(nb, 16)), _mm_setzero_si128());
+    }
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int64_t b = 0; b < nb; b++) {
         __m256 v[4];
@@ -53,7 +57,8 @@ void xds_act_quant_avx2(const float *x, int64_t nb, uint8_t *dst) {
         __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
         __m256i p = _mm256_packs_epi16(p01, p23);
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)(qs + b * 32), p);
+        _mm_storeu_si128((__m128i *)(qs + xq_qs_index(b, 0)), _mm256_castsi256_si128(p));
+        _mm_storeu_si128((__m128i *)(qs + xq_qs_index(b, 16)), _mm256_extracti128_si256(p, 1));
         ds[2 * b] = db;
         ds[2 * b + 1] = db * (float)sum;
     }
@@ -77,81 +82,124 @@ static void prep_scales(xds_dtype type, const uint8_t *row, int64_t nb, float *d
     }
 }
 
-static inline __attribute__((always_inline)) __m256i load_w(int type, const uint8_t *row, int64_t b) {
-    if (type == XDS_DTYPE_Q8_0)
-        return _mm256_loadu_si256((const __m256i *)(((const xds_block_q8_0 *)row)[b].qs));
-    const uint8_t *q = type == XDS_DTYPE_Q4_0 ? ((const xds_block_q4_0 *)row)[b].qs
-                                              : ((const xds_block_q4_1 *)row)[b].qs;
-    __m128i l = _mm_loadu_si128((const __m128i *)q);
-    __m256i z = _mm256_inserti128_si256(_mm256_castsi128_si256(l), _mm_srli_epi16(l, 4), 1);
-    return _mm256_and_si256(z, _mm256_set1_epi8(0x0f));
+/* Weights of blocks 2p, 2p+1 in the pair layout of the activations:
+ * lo = [b0 w[0:16] | b1 w[0:16]], hi = [b0 w[16:32] | b1 w[16:32]] (b1 = 0
+ * unless two). Q4: unsigned nibbles; Q8_0: signed bytes. */
+static inline __attribute__((always_inline)) void load_w2(int type, const uint8_t *row, int64_t p, int two,
+                                                          __m256i *lo, __m256i *hi) {
+    if (type == XDS_DTYPE_Q8_0) {
+        const uint8_t *b0 = row + 2 * p * 34 + 2;
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)b0);
+        __m256i w1 = two ? _mm256_loadu_si256((const __m256i *)(b0 + 34)) : _mm256_setzero_si256();
+        *lo = _mm256_permute2x128_si256(w0, w1, 0x20);
+        *hi = _mm256_permute2x128_si256(w0, w1, 0x31);
+        return;
+    }
+    int bs = type == XDS_DTYPE_Q4_0 ? 18 : 20, off = type == XDS_DTYPE_Q4_0 ? 2 : 4;
+    const uint8_t *b0 = row + 2 * p * bs + off;
+    __m128i l0 = _mm_loadu_si128((const __m128i *)b0);
+    __m256i q = two ? _mm256_inserti128_si256(_mm256_castsi128_si256(l0), _mm_loadu_si128((const __m128i *)(b0 + bs)), 1)
+                    : _mm256_zextsi128_si256(l0);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+}
+
+/* 8 int32 lanes (4 per block) of the pair's dot products, as floats. */
+static inline __attribute__((always_inline)) __m256 pair_dot(int type, __m256i lo, __m256i hi, __m256i xlo,
+                                                             __m256i xhi) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (type == XDS_DTYPE_Q8_0) {
+        __m256i a = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(lo), _mm256_sign_epi8(xlo, lo)), ones);
+        __m256i b = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(hi), _mm256_sign_epi8(xhi, hi)), ones);
+        return _mm256_cvtepi32_ps(_mm256_add_epi32(a, b));
+    }
+    /* nibbles: each maddubs pair sum <= 2 * 15 * 127, two of them fit int16 */
+    __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+}
+
+/* [d0 m0 d1 m1] of blocks 2p, 2p+1 read from the weight row (m = -8 d for
+ * Q4_0; 0 for Q8_0, whose signed products need no offset). */
+static inline __attribute__((always_inline)) __m128 direct_pair(int type, const uint8_t *row, int64_t p,
+                                                                int two) {
+    if (type == XDS_DTYPE_Q4_1) {
+        int32_t a, b = 0;
+        memcpy(&a, row + 2 * p * 20, 4);
+        if (two) memcpy(&b, row + (2 * p + 1) * 20, 4);
+        return _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(a), b, 1));
+    }
+    const int bs = type == XDS_DTYPE_Q8_0 ? 34 : 18;
+    uint16_t a, b = 0;
+    memcpy(&a, row + 2 * p * bs, 2);
+    if (two) memcpy(&b, row + (2 * p + 1) * bs, 2);
+    __m128 v = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)a | ((uint32_t)b << 16))));
+    const float k = type == XDS_DTYPE_Q8_0 ? 0.0f : -8.0f;
+    return _mm_mul_ps(_mm_unpacklo_ps(v, v), _mm_setr_ps(1.0f, k, 1.0f, k));
+}
+
+static inline __attribute__((always_inline)) __m128 load_pair(const float *v, int two) {
+    return two ? _mm_loadu_ps(v) : _mm_castpd_ps(_mm_load_sd((const double *)v));
+}
+/* [v0 x4 | v2 x4]: the per-lane scale of pair_dot's result */
+static inline __attribute__((always_inline)) __m256 spread_pair(__m128 v) {
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
 }
 
 static inline __attribute__((always_inline)) void
 qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, int64_t nb,
         const float *dm, size_t scs, const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
-    __m256 acc[4][2];
-    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t np = (nb + 1) / 2;
     if (T == 1) {
         /* One token: rows one after another (sequential stream), block scales
-         * read directly ([d, m] -> f32 with F16C, times [dx, s] of the
+         * read from the row ([d, m] -> f32 with F16C, times [dx, s] of the
          * activation), two accumulator chains. */
         const float *ds = xq_ds(xq, nb);
-        const int bs = type == XDS_DTYPE_Q8_0 ? 34 : type == XDS_DTYPE_Q4_0 ? 18 : 20;
-        const float k = type == XDS_DTYPE_Q8_0 ? 0.0f : -8.0f;
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *row = w + r * ws;
             __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
             __m128 mac = _mm_setzero_ps();
-            for (int64_t b = 0; b < nb; b++) {
-                __m128 dmv;
-                if (type == XDS_DTYPE_Q4_1) {
-                    int32_t v;
-                    memcpy(&v, row + b * bs, 4);
-                    dmv = _mm_cvtph_ps(_mm_cvtsi32_si128(v)); /* [d, m, 0, 0] */
-                } else {
-                    uint16_t v;
-                    memcpy(&v, row + b * bs, 2);
-                    dmv = _mm_mul_ps(_mm_cvtph_ps(_mm_set1_epi16((short)v)), _mm_setr_ps(1.0f, k, 0.0f, 0.0f));
-                }
-                __m128 prod = _mm_mul_ps(dmv, _mm_castpd_ps(_mm_load_sd((const double *)(ds + 2 * b))));
+            for (int64_t p = 0; p < np; p++) {
+                int two = 2 * p + 1 < nb;
+                __m256i lo, hi;
+                load_w2(type, row, p, two, &lo, &hi);
+                __m256 dot = pair_dot(type, lo, hi, _mm256_loadu_si256((const __m256i *)(xq + p * 64)),
+                                      _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32)));
+                __m128 prod = _mm_mul_ps(direct_pair(type, row, p, two), load_pair(ds + 4 * p, two));
                 mac = _mm_add_ps(mac, prod);
-                __m256i wv = load_w(type, row, b);
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
-                __m256i p16 = type == XDS_DTYPE_Q8_0
-                                  ? _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv))
-                                  : _mm256_maddubs_epi16(wv, xv);
-                __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                a[b & 1] = _mm256_fmadd_ps(dot, _mm256_broadcastss_ps(prod), a[b & 1]);
+                a[p & 1] = _mm256_fmadd_ps(dot, spread_pair(prod), a[p & 1]);
             }
             float m[4];
             _mm_storeu_ps(m, mac);
-            y[r] = hsum256(_mm256_add_ps(a[0], a[1])) + m[1];
+            y[r] = hsum256(_mm256_add_ps(a[0], a[1])) + (m[1] + m[3]);
         }
         return;
     }
-    #pragma GCC unroll 4
+    __m256 acc[4][2];
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i wv[4];
-        #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) wv[r] = load_w(type, w + r * ws, b);
-        #pragma GCC unroll 4
+    for (int64_t p = 0; p < np; p++) {
+        int two = 2 * p + 1 < nb;
+        __m256i lo[4], hi[4];
+        __m128 dwp[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            load_w2(type, w + r * ws, p, two, &lo[r], &hi[r]);
+            dwp[r] = load_pair(dm + r * scs + 4 * p, two);
+        }
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             const uint8_t *xr = xq + t * xs;
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + b * 32));
-            float dx = xq_ds(xr, nb)[2 * b];
-            #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                __m256i p16 = type == XDS_DTYPE_Q8_0
-                                  ? _mm256_maddubs_epi16(_mm256_abs_epi8(wv[r]), _mm256_sign_epi8(xv, wv[r]))
-                                  : _mm256_maddubs_epi16(wv[r], xv);
-                __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                acc[r][t] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dm[r * scs + 2 * b] * dx), acc[r][t]);
-            }
+            __m256i xlo = _mm256_loadu_si256((const __m256i *)(xr + p * 64));
+            __m256i xhi = _mm256_loadu_si256((const __m256i *)(xr + p * 64 + 32));
+            __m128 dxp = load_pair(xq_ds(xr, nb) + 4 * p, two);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                acc[r][t] = _mm256_fmadd_ps(pair_dot(type, lo[r], hi[r], xlo, xhi),
+                                            spread_pair(_mm_mul_ps(dwp[r], dxp)), acc[r][t]);
         }
     }
     if (type != XDS_DTYPE_Q8_0) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
@@ -170,9 +218,9 @@ qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, i
             }
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++) y[t * ldy + r] = hsum256(acc[r][t]);
 }
 

@@ -24,7 +24,11 @@
 
 void xds_act_quant_avx512(const float *x, int64_t nb, uint8_t *dst) {
     int8_t *qs = (int8_t *)dst;
-    float *ds = (float *)(dst + nb * 32);
+    float *ds = (float *)(dst + xq_qs_bytes(nb));
+    if (nb & 1) { /* the missing second block of the last pair */
+        _mm_storeu_si128((__m128i *)(qs + xq_qs_index(nb, 0)), _mm_setzero_si128());
+        _mm_storeu_si128((__m128i *)(qs + xq_qs_index(nb, 16)), _mm_setzero_si128());
+    }
     for (int64_t b = 0; b < nb; b++) {
         __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
         float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -33,8 +37,8 @@ void xds_act_quant_avx512(const float *x, int64_t nb, uint8_t *dst) {
         __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid));
         __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
         int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-        _mm_storeu_si128((__m128i *)(qs + b * 32), _mm512_cvtepi32_epi8(q0));
-        _mm_storeu_si128((__m128i *)(qs + b * 32 + 16), _mm512_cvtepi32_epi8(q1));
+        _mm_storeu_si128((__m128i *)(qs + xq_qs_index(b, 0)), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(qs + xq_qs_index(b, 16)), _mm512_cvtepi32_epi8(q1));
         ds[2 * b] = db;
         ds[2 * b + 1] = db * (float)sum;
     }
@@ -48,41 +52,41 @@ static inline int src_of(xds_dtype t) {
     return t == XDS_DTYPE_Q8_0 ? SRC_Q8_0 : t == XDS_DTYPE_Q4_0 ? SRC_Q4_0 : SRC_Q4_1;
 }
 
-/* Unsigned weights of blocks 2p, 2p+1 of one row; `two` = both blocks exist. */
-static inline __attribute__((always_inline)) __m512i load_w2(int src, const uint8_t *row, int64_t p,
-                                                             int two) {
-    if (src == SRC_U8) {
-        if (two) return _mm512_loadu_si512(row + p * 64);
-        return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(row + p * 64)));
-    }
-    if (src == SRC_Q8_0) {
-        const uint8_t *b0 = row + 2 * p * 34 + 2;
-        __m256i l0 = _mm256_loadu_si256((const __m256i *)b0);
-        __m512i z = two ? _mm512_inserti64x4(_mm512_castsi256_si512(l0),
-                                             _mm256_loadu_si256((const __m256i *)(b0 + 34)), 1)
-                        : _mm512_zextsi256_si512(l0);
-        z = _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80));
-        return two ? z : _mm512_maskz_mov_epi8(0xffffffffull, z);
-    }
+/* Packed nibbles [q0 | q1] of blocks 2p, 2p+1 (q1 = 0 unless two). */
+static inline __attribute__((always_inline)) __m256i load_q4_pair(int src, const uint8_t *row, int64_t p,
+                                                                  int two) {
     int bs = src == SRC_Q4_0 ? 18 : 20, off = src == SRC_Q4_0 ? 2 : 4;
     const uint8_t *b0 = row + 2 * p * bs + off;
     __m128i l0 = _mm_loadu_si128((const __m128i *)b0);
-    __m256i q = two ? _mm256_inserti128_si256(_mm256_castsi128_si256(l0),
-                                              _mm_loadu_si128((const __m128i *)(b0 + bs)), 1)
-                    : _mm256_zextsi128_si256(l0);
-    /* [q0 | q1] -> [q0 | q0 | q1 | q1] -> [q0 | q0>>4 | q1 | q1>>4] & 0x0f */
-    __m512i z = _mm512_permutexvar_epi64(_mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0),
-                                         _mm512_castsi256_si512(q));
-    z = _mm512_srlv_epi64(z, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
-    return _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
+    return two ? _mm256_inserti128_si256(_mm256_castsi128_si256(l0), _mm_loadu_si128((const __m128i *)(b0 + bs)), 1)
+               : _mm256_zextsi128_si256(l0);
 }
 
-/* [v[0] x8 | v[2] x8] from v = [d0 m0 d1 m1] (d1 read only if two). */
+/* Unsigned weights of blocks 2p, 2p+1 of one row in the pair layout of the
+ * activations: [b0 u[0:16] | b1 u[0:16] | b0 u[16:32] | b1 u[16:32]]. */
+static inline __attribute__((always_inline)) __m512i load_w2(int src, const uint8_t *row, int64_t p,
+                                                             int two) {
+    if (src == SRC_U8) return _mm512_loadu_si512(row + p * 64);
+    if (src == SRC_Q8_0) {
+        const uint8_t *b0 = row + 2 * p * 34 + 2;
+        __m256i w1 = two ? _mm256_loadu_si256((const __m256i *)(b0 + 34)) : _mm256_setzero_si256();
+        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b0)), w1, 1);
+        z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+        return _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80));
+    }
+    __m256i q = load_q4_pair(src, row, p, two);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
+                              _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
+}
+
+/* v = [d0 m0 d1 m1] (d1, m1 read only if two) */
 static inline __attribute__((always_inline)) __m128 load_pair(const float *dm, int two) {
     return two ? _mm_loadu_ps(dm) : _mm_castpd_ps(_mm_load_sd((const double *)dm));
 }
+/* per-lane scale of a pair-layout VPDPBUSD result: [v0 x4 | v2 x4 | v0 x4 | v2 x4] */
 static inline __attribute__((always_inline)) __m512 spread_pair(__m128 v) {
-    return _mm512_permutexvar_ps(_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+    return _mm512_permutexvar_ps(_mm512_set_epi32(2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0),
                                  _mm512_castps128_ps512(v));
 }
 
@@ -126,37 +130,49 @@ static inline __attribute__((always_inline)) __m128 direct_pair(int src, const u
     return _mm_mul_ps(_mm_unpacklo_ps(v, v), _mm_setr_ps(1.0f, k, 1.0f, k));
 }
 
-/* One pair (or the last single block) of blocks for the whole tile. */
+/* One token, one row, one pair of blocks (256-bit VNNI: the low and high
+ * halves of the pair accumulate into the same 8 lanes, 4 per block). */
+static inline __attribute__((always_inline)) void qk_step1(const int src, const int two, int64_t p,
+                                                           const uint8_t *row, const uint8_t *xq,
+                                                           const float *ds, __m256 *acc, __m128 *macc) {
+    __m256i lo, hi;
+    if (src == SRC_Q8_0) {
+        const uint8_t *b0 = row + 2 * p * 34 + 2;
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)b0);
+        __m256i w1 = two ? _mm256_loadu_si256((const __m256i *)(b0 + 34)) : _mm256_setzero_si256();
+        const __m256i k80 = _mm256_set1_epi8((char)0x80);
+        lo = _mm256_xor_si256(_mm256_permute2x128_si256(w0, w1, 0x20), k80);
+        hi = _mm256_xor_si256(_mm256_permute2x128_si256(w0, w1, 0x31), k80);
+    } else {
+        __m256i q = load_q4_pair(src, row, p, two);
+        const __m256i m4 = _mm256_set1_epi8(0x0f);
+        lo = _mm256_and_si256(q, m4);
+        hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    }
+    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)(xq + p * 64)));
+    dot = _mm256_dpbusd_epi32(dot, hi, _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32)));
+    __m128 prod = _mm_mul_ps(direct_pair(src, row, p, two), load_pair(ds + 4 * p, two));
+    *macc = _mm_add_ps(*macc, prod);
+    __m256 sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(prod), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, *acc);
+}
+
+/* One pair (or the last single block) of blocks for an R x T tile. */
 static inline __attribute__((always_inline)) void
 qk_step(const int R, const int T, const int src, const int two, int64_t p, const uint8_t *w,
         size_t w_stride, int64_t nb, const float *dm, size_t sc_stride, const uint8_t *xq, size_t xs,
-        __m512 acc[4][4], __m128 macc[4]) {
+        __m512 acc[4][4]) {
     __m512i wv[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) wv[r] = load_w2(src, w + r * w_stride, p, two);
-    if (T == 1) { /* scales: [dw*dx, mw*s] per block with one 128-bit multiply */
-        __m512i xv = two ? _mm512_loadu_si512(xq + p * 64)
-                         : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xq + p * 64)));
-        __m128 ds = load_pair(xq_ds(xq, nb) + 4 * p, two);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            __m128 dmr = src == SRC_U8 ? load_pair(dm + r * sc_stride + 4 * p, two)
-                                       : direct_pair(src, w + r * w_stride, p, two);
-            __m128 prod = _mm_mul_ps(dmr, ds);
-            macc[r] = _mm_add_ps(macc[r], prod);
-            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
-            acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), spread_pair(prod), acc[r][0]);
-        }
-        return;
-    }
     __m512 dwv[4];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) dwv[r] = spread_pair(load_pair(dm + r * sc_stride + 4 * p, two));
+    for (int r = 0; r < R; r++) {
+        wv[r] = load_w2(src, w + r * w_stride, p, two);
+        dwv[r] = spread_pair(load_pair(dm + r * sc_stride + 4 * p, two));
+    }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         const uint8_t *xr = xq + t * xs;
-        __m512i xv = two ? _mm512_loadu_si512(xr + p * 64)
-                         : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xr + p * 64)));
+        __m512i xv = _mm512_loadu_si512(xr + p * 64);
         __m512 dxv = spread_pair(load_pair(xq_ds(xr, nb) + 4 * p, two));
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
@@ -169,30 +185,28 @@ qk_step(const int R, const int T, const int src, const int two, int64_t p, const
 static inline __attribute__((always_inline)) void
 qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stride, int64_t nb,
         const float *dm, size_t sc_stride, const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
-    if (T == 1) {
+    if (T == 1 && src != SRC_U8) {
         /* One token: rows one after the other (a single sequential stream for
          * the hardware prefetcher; interleaving 4 rows' short streams measured
-         * ~1.7x slower decode), two accumulator chains per row, and one
-         * 4-row horizontal reduction. */
+         * ~1.7x slower decode), scales read from the row directly, two
+         * accumulator chains per row, and one 4-row horizontal reduction. */
         __m256 part[4];
         const __m128 odd = _mm_castsi128_ps(_mm_setr_epi32(0, -1, 0, -1));
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            __m512 a1[4][4] = {{_mm512_setzero_ps()}}, a2[4][4] = {{_mm512_setzero_ps()}};
-            __m128 m1[4] = {_mm_setzero_ps()}, m2[4] = {_mm_setzero_ps()};
+            __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps();
+            __m128 m1 = _mm_setzero_ps(), m2 = _mm_setzero_ps();
             const uint8_t *wr = w + r * w_stride;
-            const float *dmr = dm + r * sc_stride;
+            const float *ds = xq_ds(xq, nb);
             int64_t p = 0;
             for (; p + 2 <= nb / 2; p += 2) {
-                qk_step(1, 1, src, 1, p, wr, w_stride, nb, dmr, sc_stride, xq, xs, a1, m1);
-                qk_step(1, 1, src, 1, p + 1, wr, w_stride, nb, dmr, sc_stride, xq, xs, a2, m2);
+                qk_step1(src, 1, p, wr, xq, ds, &a1, &m1);
+                qk_step1(src, 1, p + 1, wr, xq, ds, &a2, &m2);
             }
-            if (p < nb / 2) qk_step(1, 1, src, 1, p, wr, w_stride, nb, dmr, sc_stride, xq, xs, a1, m1);
-            if (nb & 1) qk_step(1, 1, src, 0, nb / 2, wr, w_stride, nb, dmr, sc_stride, xq, xs, a2, m2);
-            __m512 v = _mm512_add_ps(a1[0][0], a2[0][0]);
-            __m128 m = _mm_and_ps(_mm_add_ps(m1[0], m2[0]), odd);
-            part[r] = _mm256_add_ps(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)),
-                                    _mm256_zextps128_ps256(m));
+            if (p < nb / 2) qk_step1(src, 1, p, wr, xq, ds, &a1, &m1);
+            if (nb & 1) qk_step1(src, 0, nb / 2, wr, xq, ds, &a2, &m2);
+            __m128 m = _mm_and_ps(_mm_add_ps(m1, m2), odd);
+            part[r] = _mm256_add_ps(_mm256_add_ps(a1, a2), _mm256_zextps128_ps256(m));
         }
         if (R == 4) {
             __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(part[0], part[1]), _mm256_hadd_ps(part[2], part[3]));
@@ -208,18 +222,13 @@ qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stri
         return;
     }
     __m512 acc[4][4];
-    __m128 macc[4];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
-        macc[r] = _mm_setzero_ps();
+    for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
-    }
     const int64_t np = nb / 2;
-    int64_t p = 0;
-    for (; p < np; p++)
-        qk_step(R, T, src, 1, p, w, w_stride, nb, dm, sc_stride, xq, xs, acc, macc);
-    if (nb & 1) qk_step(R, T, src, 0, np, w, w_stride, nb, dm, sc_stride, xq, xs, acc, macc);
+    for (int64_t p = 0; p < np; p++) qk_step(R, T, src, 1, p, w, w_stride, nb, dm, sc_stride, xq, xs, acc);
+    if (nb & 1) qk_step(R, T, src, 0, np, w, w_stride, nb, dm, sc_stride, xq, xs, acc);
     for (int64_t b = 0; b < nb; b += 8) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
         __mmask16 m = nb - b >= 8 ? 0xffff : (__mmask16)((1u << (2 * (nb - b))) - 1);
         m &= 0xaaaa;

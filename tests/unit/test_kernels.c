@@ -209,17 +209,19 @@ static void test_act_quant(void) {
     act_quant_model(x, 32 * 7, xdq, dblk);
     for (int l = 0; l < nl; l++) {
         uint8_t buf[512];
+        memset(buf, 0x55, sizeof buf);
         xds_kern_table_get((xds_cpu_level)l)->act_quant(x, 7, buf);
         int ok = 1;
         for (int b = 0; b < 7; b++) {
             int sum = 0;
             for (int j = 0; j < 32; j++) {
-                int q = xq_qs(buf)[b * 32 + j];
+                int q = xq_qs(buf)[xq_qs_index(b, j)];
                 sum += q;
                 if (xq_ds(buf, 7)[2 * b] * q != xdq[b * 32 + j]) ok = 0;
             }
             if (xq_ds(buf, 7)[2 * b] != dblk[b] || xq_ds(buf, 7)[2 * b + 1] != dblk[b] * (float)sum) ok = 0;
         }
+        for (int j = 0; j < 32; j++) ok &= xq_qs(buf)[xq_qs_index(7, j)] == 0; /* pad of the odd pair */
         CHECK_MSG(ok, "act quant level %s", xds_cpu_level_name((xds_cpu_level)l));
     }
 }
