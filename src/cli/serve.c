@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "cli/cli.h"
+#include "cli/serve_deploy.h"
 #include "engine/engine.h"
 #include "format/weights.h"
 #include "model/model.h"
@@ -54,6 +56,7 @@ static void serve_usage(FILE *f) {
             "                              keep-alive idle limit (default 30)\n"
             "  --max-body BYTES            request body limit, 413 beyond (default 8388608)\n"
             "  --shutdown-timeout S        on SIGTERM, wait this long for in-flight requests (default 60)\n");
+    fprintf(f, "\n%s", serve_deploy_usage());
 }
 
 static int serve_int(const char *opt, const char *v, long lo, long hi, long *out) {
@@ -99,6 +102,9 @@ int cli_serve(int argc, char **argv) {
     xds_server_opts so = xds_server_opts_default();
     xds_engine_opts eo = xds_engine_opts_default();
     long ctx = 0, shutdown_timeout = 60, v;
+    serve_deploy dep; /* disaggregated deployment (cli/serve_deploy.c); unused without its flags */
+    serve_deploy_init(&dep);
+    int dep_n;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -168,6 +174,9 @@ int cli_serve(int argc, char **argv) {
         } else if (OPT("--shutdown-timeout")) {
             NEED_INT(0, 86400);
             shutdown_timeout = v;
+        } else if ((dep_n = serve_deploy_opt(&dep, a, val)) != 0) {
+            if (dep_n < 0) return 2;
+            i += dep_n - 1;
         } else {
             fprintf(stderr, "xds serve: error: unknown option '%s'\n", a);
             serve_usage(stderr);
@@ -219,10 +228,21 @@ int cli_serve(int argc, char **argv) {
         fprintf(stderr, "xds serve: warning: --ctx %ld is beyond the model's trained context %d\n", ctx, model_ctx);
     }
     eo.max_ctx = (int)ctx;
+    if (dep.enabled && (st = serve_deploy_start(&dep, model, model_path, &eo)) != XDS_OK) {
+        fprintf(stderr, "xds serve: error: deployment: %s\n", xds_err_msg());
+        goto out;
+    }
     st = xds_engine_create(model, tok, &eo, &engine);
     if (st != XDS_OK) {
         fprintf(stderr, "xds serve: error: engine: %s\n", xds_err_msg());
         goto out;
+    }
+    if (dep.enabled) {
+        if ((st = serve_deploy_topology(&dep, engine)) != XDS_OK) {
+            fprintf(stderr, "xds serve: error: %s\n", xds_err_msg());
+            goto out;
+        }
+        so.topology_json = dep.topology_json;
     }
     name = served ? strdup(served) : serve_default_name(model_path);
     if (!name) {
@@ -263,6 +283,11 @@ int cli_serve(int argc, char **argv) {
 out:
     if (srv) xds_server_stop(srv);
     if (engine) xds_engine_free(engine, 1);
+    serve_deploy_stop(&dep); /* after the engine: its thread used rank 0 */
+    if (atomic_load(&dep.failed)) {
+        fprintf(stderr, "xds serve: error: an expert worker died; the deployment was stopped\n");
+        rc = 1;
+    }
     if (tok) xds_tokenizer_free(tok);
     if (model) xds_model_free(model);
     free(name);

@@ -337,6 +337,16 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, int n_work
     if (s != XDS_OK) goto out;
     xds_pool *pool = xds_model_ctx_pool(ctx);
     {
+        /* rank 0 may attach after us (a supervisor starts workers first): wait
+         * for it, bounded, before the first message */
+        double end = now_s() + 30.0;
+        while (xccl_peer_check(comm, 0) != XCCL_OK) {
+            if (now_s() > end) {
+                s = xds_err_set(XDS_ERR_TIMEOUT, "deploy: expert worker %d: rank 0 did not attach within 30 s", rank);
+                goto out;
+            }
+            usleep(2000);
+        }
         ctl_msg ready = {CTL_MAGIC, CTL_READY, 0, 0, held};
         xccl_status xs = xccl_send(comm, 0, &ready, sizeof ready);
         if (xs != XCCL_OK) {

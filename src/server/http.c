@@ -67,10 +67,11 @@ typedef enum srv_route {
     ROUTE_METRICS,
     ROUTE_COMPLETIONS,
     ROUTE_CHAT,
+    ROUTE_TOPOLOGY, /* GET /v1/topology: opts.topology_json of a disaggregated deployment */
 } srv_route;
 
 static const char *route_name[] = {"other", "/health", "/v1/models", "/metrics", "/v1/completions",
-                                   "/v1/chat/completions"};
+                                   "/v1/chat/completions", "/v1/topology"};
 
 /* What a connection is doing, for the reaper's deadlines. */
 typedef enum srv_conn_state {
@@ -680,6 +681,7 @@ static srv_route srv_route_of(const char *url) {
     if (!strcmp(url, "/metrics")) return ROUTE_METRICS;
     if (!strcmp(url, "/v1/completions")) return ROUTE_COMPLETIONS;
     if (!strcmp(url, "/v1/chat/completions")) return ROUTE_CHAT;
+    if (!strcmp(url, "/v1/topology")) return ROUTE_TOPOLOGY;
     return ROUTE_NONE;
 }
 
@@ -717,6 +719,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
         case ROUTE_HEALTH:
         case ROUTE_MODELS:
         case ROUTE_METRICS:
+        case ROUTE_TOPOLOGY:
             if (!is_get) {
                 snprintf(msg, sizeof msg, "method %.64s not allowed on %s (use GET)", method, url);
                 return srv_fail(q, c, 405, NULL, "method_not_allowed", msg);
@@ -724,6 +727,12 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
             if (q->route == ROUTE_HEALTH) return srv_send(q, c, 200, "application/json", strdup("{\"status\":\"ok\"}"), 15);
             if (q->route == ROUTE_METRICS) return srv_handle_metrics(q, c);
             if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
+            if (q->route == ROUTE_TOPOLOGY) {
+                if (!s->o.topology_json)
+                    return srv_fail(q, c, 404, NULL, "not_found", "no topology: this server is a single-process engine");
+                return srv_send(q, c, 200, "application/json", strdup(s->o.topology_json),
+                                strlen(s->o.topology_json));
+            }
             {
                 size_t len = 0;
                 char *body = xds_oai_models_json(s->model_name, s->created, &len);

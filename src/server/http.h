@@ -45,6 +45,7 @@ typedef struct xds_server_opts {
     int read_timeout_s;      /* a whole request must arrive within this */
     size_t max_body_bytes;   /* larger request bodies get 413 */
     size_t header_limit;     /* per-connection memory for headers (MHD pool) */
+    const char *topology_json; /* GET /v1/topology body (borrowed; NULL: 404, single process) */
 } xds_server_opts;
 
 xds_server_opts xds_server_opts_default(void);

@@ -141,6 +141,10 @@ static int start(const xds_model *m, int W, int max_tok, char *name, size_t name
         fprintf(stderr, "segment: %s\n", xccl_err_msg());
         return -1;
     }
+    if (xccl_comm_attach(comm, name, 0, 1) != XCCL_OK) {
+        fprintf(stderr, "attach rank 0: %s\n", xccl_err_msg());
+        return -1;
+    }
     fflush(NULL);
     for (int w = 0; w < W; w++) {
         pid_t p = fork();
@@ -154,10 +158,6 @@ static int start(const xds_model *m, int W, int max_tok, char *name, size_t name
             _exit(s == XDS_OK ? 0 : 4);
         }
         pids[w] = p;
-    }
-    if (xccl_comm_attach(comm, name, 0, 1) != XCCL_OK) {
-        fprintf(stderr, "attach rank 0: %s\n", xccl_err_msg());
-        return -1;
     }
     return 0;
 }

@@ -1,0 +1,108 @@
+/*
+ * worker.c — `xds worker --role ROLE ...`: one process of a disaggregated
+ * deployment, started by the `xds serve` supervisor (cli/serve_deploy.c).
+ *
+ * Roles: `expert` — attach to the deployment's XCCL segment as rank R, load
+ * the model (mmap: the weights are shared with the other processes through
+ * the page cache), then run the expert loop of engine/deploy.h until the
+ * attention rank says STOP (exit 0) or fails (exit 1 with one error line).
+ * Exit status 2: bad invocation. The worker never outlives its supervisor:
+ * it asks the kernel for SIGTERM when its parent dies, and its XCCL waits
+ * fail when rank 0 is gone.
+ */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <xccl.h>
+
+#include "cli/cli.h"
+#include "engine/deploy.h"
+#include "model/model.h"
+
+static void worker_usage(FILE *f) {
+    fprintf(f,
+            "usage: xds worker --role expert --segment NAME --rank R --workers W -m MODEL [-t THREADS]\n"
+            "Internal: started by 'xds serve --experts W' for each expert worker. Holds a block of\n"
+            "routed experts and computes them for the attention rank over XCCL.\n");
+}
+
+int cli_worker(int argc, char **argv) {
+    const char *role = NULL, *segment = NULL, *model_path = NULL;
+    long rank = -1, workers = 0, threads = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            worker_usage(stdout);
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "xds worker: error: %s needs a value\n", a);
+            return 2;
+        }
+        char *end = NULL;
+        if (!strcmp(a, "--role")) role = v;
+        else if (!strcmp(a, "--segment")) segment = v;
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
+        else if (!strcmp(a, "--rank")) rank = strtol(v, &end, 10);
+        else if (!strcmp(a, "--workers")) workers = strtol(v, &end, 10);
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(v, &end, 10);
+        else {
+            fprintf(stderr, "xds worker: error: unknown option '%s'\n", a);
+            worker_usage(stderr);
+            return 2;
+        }
+        if (end && *end) {
+            fprintf(stderr, "xds worker: error: %s wants an integer, got '%s'\n", a, v);
+            return 2;
+        }
+        i++;
+    }
+    if (!role || strcmp(role, "expert") != 0) {
+        fprintf(stderr, "xds worker: error: --role must be 'expert' (got '%s')\n", role ? role : "");
+        return 2;
+    }
+    if (!segment || !model_path || workers < 1 || workers >= XCCL_MAX_RANKS || rank < 1 || rank > workers ||
+        threads < 1 || threads > 1024) {
+        fprintf(stderr, "xds worker: error: need --segment, -m, --workers W (1..%d), --rank R (1..W), -t 1..1024\n",
+                XCCL_MAX_RANKS - 1);
+        return 2;
+    }
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() == 1) return 1; /* the supervisor is already gone */
+
+    xds_model *m = NULL;
+    xds_status s = xds_model_load(model_path, NULL, &m);
+    if (s != XDS_OK) {
+        fprintf(stderr, "xds worker (expert %ld): error: %s\n", rank, xds_err_msg());
+        return 1;
+    }
+    xccl_comm *comm = NULL;
+    xccl_status xs = xccl_comm_attach(&comm, segment, (int)rank, 2);
+    if (xs != XCCL_OK) {
+        fprintf(stderr, "xds worker (expert %ld): error: attach to %s: %s\n", rank, segment, xccl_err_msg());
+        xds_model_free(m);
+        return 1;
+    }
+    xds_deploy_expert_stats st;
+    s = xds_deploy_expert_run(m, comm, (int)workers, (int)threads, &st);
+    int rc = 0;
+    if (s != XDS_OK) {
+        fprintf(stderr, "xds worker (expert %ld): error: %s\n", rank, xds_err_msg());
+        rc = 1;
+    } else {
+        double busy = st.recv_s + st.compute_s + st.combine_s;
+        fprintf(stderr,
+                "xds worker (expert %ld): %llu passes, %llu rows; idle %.3f s, dispatch wait %.3f s, "
+                "expert compute %.3f s, combine %.3f s (compute %.0f%% of busy time)\n",
+                rank, (unsigned long long)st.steps, (unsigned long long)st.rows, st.wait_s, st.recv_s,
+                st.compute_s, st.combine_s, busy > 0 ? 100.0 * st.compute_s / busy : 0.0);
+    }
+    xccl_comm_detach(comm);
+    xds_model_free(m);
+    return rc;
+}
