@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# deploy.sh — `xds serve --experts E` as a real multi-process deployment
+# (supervisor + `xds worker --role expert` processes over an XCCL segment),
+# with SmolLM2 upcycled to 4 experts (XDS_TEST_MODEL; skipped when unset).
+#   - greedy completions over the API identical to the single-process server;
+#   - GET /v1/topology lists every rank with a live pid and every expert once;
+#   - SIGTERM stops everything: exit 0, no worker left, shm segment removed;
+#   - start-up errors (dense model, unsupported flags, a worker that fails to
+#     start) give one clear error, exit 1, and leave no process or segment;
+#   - a SIGKILLed expert worker stops the deployment (exit 1, nothing left).
+# Every wait has a deadline. Usage: bash tests/cli/deploy.sh path/to/xds
+set -uo pipefail
+XDS="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+cd "$(dirname "$0")/../.."
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $*"; }
+bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+if [ -z "${XDS_TEST_MODEL:-}" ]; then
+  echo "skip: XDS_TEST_MODEL is not set (scripts/test.sh sets it); deployment tests not run"
+  echo "0 passed, 0 failed"; exit 0
+fi
+
+TMP="$(mktemp -d /tmp/xds-deploy-test.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# workers of supervisor $1 still alive (by their segment name)
+stray() { pgrep -f -- "--segment /xds-serve-$1( |$)" || true; }
+wait_health() { # port pid
+  for _ in $(seq 1 300); do
+    python3 - "$1" <<'EOF' 2>/dev/null && return 0
+import sys, urllib.request
+urllib.request.urlopen("http://127.0.0.1:%s/health" % sys.argv[1], timeout=1).read()
+EOF
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+wait_exit() { # pid seconds -> sets RC
+  local end=$((SECONDS + $2))
+  while kill -0 "$1" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
+  if kill -0 "$1" 2>/dev/null; then kill -9 "$1"; wait "$1" 2>/dev/null; RC=124; else wait "$1"; RC=$?; fi
+}
+complete() { # port -> greedy texts of a few prompts, one JSON line
+  python3 - "$1" <<'EOF'
+import json, sys, urllib.request
+out = []
+for p in ["The capital of France is", "Write a haiku about the sea.", "1, 2, 3, 4,"]:
+    req = urllib.request.Request("http://127.0.0.1:%s/v1/completions" % sys.argv[1],
+        data=json.dumps({"prompt": p, "max_tokens": 12, "temperature": 0}).encode(),
+        headers={"Content-Type": "application/json"})
+    out.append(json.loads(urllib.request.urlopen(req, timeout=60).read())["choices"][0]["text"])
+print(json.dumps(out))
+EOF
+}
+
+MOE="$TMP/smol-e4.gguf"
+if ! "$XDS" upcycle -m "$XDS_TEST_MODEL" -o "$MOE" -E 4 -k 2 >/dev/null 2>&1; then
+  bad "upcycle SmolLM2 to 4 experts"; echo "$passed passed, $failed failed"; exit 1
+fi
+
+# --- reference: single-process server ---
+PORT=$(free_port)
+"$XDS" serve -m "$MOE" --port "$PORT" -t 1 >"$TMP/ref.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
+REF=""
+if wait_health "$PORT" "$SRV"; then REF=$(complete "$PORT"); fi
+kill -TERM "$SRV"; wait_exit "$SRV" 30
+[ -n "$REF" ] && ok "single-process reference answers" || bad "single-process reference: $(tail -3 "$TMP/ref.log")"
+
+# --- deployments with 2 and 4 expert workers ---
+for E in 2 4; do
+  PORT=$(free_port)
+  "$XDS" serve -m "$MOE" --port "$PORT" -t 1 --experts "$E" >"$TMP/dep$E.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
+  if ! wait_health "$PORT" "$SRV"; then bad "E=$E: deployment did not come up: $(tail -5 "$TMP/dep$E.log")"; continue; fi
+  grep -q "topology: rank $E pid" "$TMP/dep$E.log" && ok "E=$E: topology printed at start" || bad "E=$E: no topology lines"
+  if python3 - "$PORT" "$E" "$SRV" <<'EOF'
+import json, os, sys, urllib.request
+port, E, sup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+t = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/v1/topology" % port, timeout=5).read())
+ranks = t["ranks"]
+assert t["experts"] == E and len(ranks) == E + 1, t
+assert ranks[0]["pid"] == sup and ranks[0]["kv_blocks"] > 0, ranks[0]
+held = []
+for r in ranks[1:]:
+    assert r["role"] == "expert"
+    os.kill(r["pid"], 0)  # alive
+    held += r["experts"]
+assert sorted(held) == list(range(4)), held
+EOF
+  then ok "E=$E: GET /v1/topology (live pids, every expert placed once)"; else bad "E=$E: /v1/topology"; fi
+  GOT=$(complete "$PORT")
+  if [ -n "$REF" ] && [ "$GOT" = "$REF" ]; then ok "E=$E: greedy completions identical to single process"
+  else bad "E=$E: completions differ: ref=$REF got=$GOT"; fi
+  kill -TERM "$SRV"; wait_exit "$SRV" 30
+  [ "$RC" = 0 ] && ok "E=$E: SIGTERM -> exit 0" || bad "E=$E: exit status $RC after SIGTERM: $(tail -3 "$TMP/dep$E.log")"
+  [ -z "$(stray "$SRV")" ] && ok "E=$E: no worker left" || bad "E=$E: workers left: $(stray "$SRV")"
+  [ ! -e "/dev/shm/xds-serve-$SRV" ] && ok "E=$E: segment removed" || bad "E=$E: /dev/shm/xds-serve-$SRV left"
+done
+
+# --- a worker killed while serving stops the deployment ---
+PORT=$(free_port)
+"$XDS" serve -m "$MOE" --port "$PORT" -t 1 --experts 2 >"$TMP/kill.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
+if wait_health "$PORT" "$SRV"; then
+  W=$(pgrep -f -- "--segment /xds-serve-$SRV --rank 2 " | head -1)
+  kill -9 "$W"
+  wait_exit "$SRV" 30
+  [ "$RC" = 1 ] && grep -q "expert worker 2 (pid $W) was killed" "$TMP/kill.log" \
+    && ok "killed worker: supervisor exits 1 naming it" || bad "killed worker: rc=$RC $(tail -4 "$TMP/kill.log")"
+  [ -z "$(stray "$SRV")" ] && [ ! -e "/dev/shm/xds-serve-$SRV" ] && ok "killed worker: nothing left" \
+    || bad "killed worker: left: $(stray "$SRV")"
+else
+  bad "kill test: deployment did not come up"
+fi
+
+# --- start-up errors: one clear message, exit 1, nothing left ---
+startup_err() { # label, expected message, env..., -- args...
+  local label="$1" want="$2"; shift 2
+  local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+  env "${envs[@]}" "$XDS" serve --port 0 "$@" >"$TMP/err.log" 2>&1 & local S=$!; PIDS+=("$S")
+  wait_exit "$S" 60
+  if [ "$RC" = 1 ] && grep -q "$want" "$TMP/err.log" && [ -z "$(stray "$S")" ] && [ ! -e "/dev/shm/xds-serve-$S" ]; then
+    ok "start-up error: $label"
+  else
+    bad "start-up error: $label: rc=$RC $(cat "$TMP/err.log" | tail -3) stray=$(stray "$S")"
+  fi
+}
+startup_err "worker fails to start" "expert worker 1 exited with status 1 before it became ready" \
+  XDS_WORKER_EXE=/bin/false -- -m "$MOE" --experts 2
+startup_err "dense model" "has no MoE layers" X=1 -- -m "$XDS_TEST_MODEL" --experts 2
+startup_err "more workers than experts" "only 4 routed experts" X=1 -- -m "$MOE" --experts 5
+startup_err "two decode groups (not yet)" "only one decode DP group" X=1 -- -m "$MOE" --experts 2 --decode-dp 2
+"$XDS" serve -m "$MOE" --experts x >"$TMP/err.log" 2>&1; RC=$?
+[ "$RC" = 2 ] && grep -q "wants an integer" "$TMP/err.log" && ok "bad --experts value -> exit 2" || bad "bad --experts: rc=$RC"
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
