@@ -133,6 +133,8 @@ xccl_status xccl_peer_check(xccl_comm *comm, int peer);
 
 /* ------------------------------------------------------------------------ */
 /* TCP transport: the same send/recv/collective/dispatch API over sockets.   */
+/* (Not over TCP: registered regions, get/put, xccl_moe_send_buffer; with    */
+/* XCCL_MOE_IN_PLACE the rows are still delivered contiguously.)            */
 
 /* Listen on 127.0.0.1:port (0 = any); returns the socket and the port. */
 xccl_status xccl_tcp_listen(int *fd_out, uint16_t *port_out, const char *host, uint16_t port);
