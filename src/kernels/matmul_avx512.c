@@ -84,11 +84,6 @@ static inline __attribute__((always_inline)) __m512i load_w2(int src, const uint
 static inline __attribute__((always_inline)) __m128 load_pair(const float *dm, int two) {
     return two ? _mm_loadu_ps(dm) : _mm_castpd_ps(_mm_load_sd((const double *)dm));
 }
-/* per-lane scale of a pair-layout VPDPBUSD result: [v0 x4 | v2 x4 | v0 x4 | v2 x4] */
-static inline __attribute__((always_inline)) __m512 spread_pair(__m128 v) {
-    return _mm512_permutexvar_ps(_mm512_set_epi32(2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0),
-                                 _mm512_castps128_ps512(v));
-}
 
 /* Per-row interleaved block scales dm[2b] = dw_b, dm[2b+1] = mw_b
  * (one F16C conversion per block, no gathers: they are slow on Zen 4). */
@@ -157,27 +152,43 @@ static inline __attribute__((always_inline)) void qk_step1(const int src, const 
     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, *acc);
 }
 
-/* One pair (or the last single block) of blocks for an R x T tile. */
+/* ymm [v0 x4 | v2 x4]: per-lane scale of a pair's 256-bit dot products */
+static inline __attribute__((always_inline)) __m256 spread_pair8(__m128 v) {
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
+}
+
+/* One pair (or the last single block) of blocks for an R x T tile. The two
+ * 256-bit halves of the pair accumulate into the same 8 int32 lanes (two
+ * VPDPBUSD), so conversion and scaling run on 8 lanes, not 16. */
 static inline __attribute__((always_inline)) void
 qk_step(const int R, const int T, const int src, const int two, int64_t p, const uint8_t *w,
         size_t w_stride, int64_t nb, const float *dm, size_t sc_stride, const uint8_t *xq, size_t xs,
-        __m512 acc[4][4]) {
-    __m512i wv[4];
-    __m512 dwv[4];
+        __m256 acc[4][4]) {
+    __m256i wlo[4], whi[4];
+    __m256 dwv[4];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
-        wv[r] = load_w2(src, w + r * w_stride, p, two);
-        dwv[r] = spread_pair(load_pair(dm + r * sc_stride + 4 * p, two));
+        if (src == SRC_U8) {
+            wlo[r] = _mm256_loadu_si256((const __m256i *)(w + r * w_stride + p * 64));
+            whi[r] = _mm256_loadu_si256((const __m256i *)(w + r * w_stride + p * 64 + 32));
+        } else {
+            __m512i z = load_w2(src, w + r * w_stride, p, two);
+            wlo[r] = _mm512_castsi512_si256(z);
+            whi[r] = _mm512_extracti64x4_epi64(z, 1);
+        }
+        dwv[r] = spread_pair8(load_pair(dm + r * sc_stride + 4 * p, two));
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         const uint8_t *xr = xq + t * xs;
-        __m512i xv = _mm512_loadu_si512(xr + p * 64);
-        __m512 dxv = spread_pair(load_pair(xq_ds(xr, nb) + 4 * p, two));
+        __m256i xlo = _mm256_loadu_si256((const __m256i *)(xr + p * 64));
+        __m256i xhi = _mm256_loadu_si256((const __m256i *)(xr + p * 64 + 32));
+        __m256 dxv = spread_pair8(load_pair(xq_ds(xr, nb) + 4 * p, two));
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
-            acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dwv[r], dxv), acc[r][t]);
+            __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wlo[r], xlo);
+            dot = _mm256_dpbusd_epi32(dot, whi[r], xhi);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dwv[r], dxv), acc[r][t]);
         }
     }
 }
@@ -221,31 +232,35 @@ qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stri
         }
         return;
     }
-    __m512 acc[4][4];
+    __m256 acc[4][4];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
     const int64_t np = nb / 2;
     for (int64_t p = 0; p < np; p++) qk_step(R, T, src, 1, p, w, w_stride, nb, dm, sc_stride, xq, xs, acc);
     if (nb & 1) qk_step(R, T, src, 0, np, w, w_stride, nb, dm, sc_stride, xq, xs, acc);
-    for (int64_t b = 0; b < nb; b += 8) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
-        __mmask16 m = nb - b >= 8 ? 0xffff : (__mmask16)((1u << (2 * (nb - b))) - 1);
-        m &= 0xaaaa;
-        __m512 mv[4];
+    for (int64_t b = 0; b < nb; b += 4) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
+        __mmask8 m = nb - b >= 4 ? 0xff : (__mmask8)((1u << (2 * (nb - b))) - 1);
+        m &= 0xaa;
+        __m256 mv[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) mv[r] = _mm512_maskz_loadu_ps(m, dm + r * sc_stride + 2 * b);
+        for (int r = 0; r < R; r++) mv[r] = _mm256_maskz_loadu_ps(m, dm + r * sc_stride + 2 * b);
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
-            __m512 sv = _mm512_maskz_loadu_ps(m, xq_ds(xq + t * xs, nb) + 2 * b);
+            __m256 sv = _mm256_maskz_loadu_ps(m, xq_ds(xq + t * xs, nb) + 2 * b);
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(mv[r], sv, acc[r][t]);
+            for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(mv[r], sv, acc[r][t]);
         }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+        for (int r = 0; r < R; r++) {
+            __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r][t]), _mm256_extractf128_ps(acc[r][t], 1));
+            q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            y[t * ldy + r] = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+        }
 }
 
 #define QK_T(R, S)                                                                              \
