@@ -14,6 +14,8 @@
  * difference can flip an 8-bit activation rounding). With the default
  * (AVX-512) kernels greedy tokens must still be identical and the logits
  * within the activation-quantization noise (SMOL_TOL, as in test_llama).
+ * Under the sanitizers (Debug, -O0) even the AVX2 kernels are not
+ * batch-invariant, so there only greedy identity and SMOL_TOL are checked.
  * Bad input: k > E, an MoE or a missing input.
  */
 #include <jansson.h>
@@ -27,7 +29,14 @@
 #include "sampler/sampler.h"
 #include "test.h"
 
+/* Under the sanitizers (ASan+UBSan, ~20x slower) one config, one prompt, 8 steps. */
+#ifdef XDS_SANITIZE
+#define STEPS 8
+#define N_PROMPTS 1
+#else
 #define STEPS 16
+#define N_PROMPTS 3
+#endif
 #define SMOL_TOL 2.0
 
 /* Greedy continuation of ids[0..np) for STEPS tokens: tokens -> gen, every step's logits -> lg. */
@@ -111,7 +120,7 @@ static void check_upcycled(const char *dense_path, const xds_model *dense, const
     int V = m->cfg.n_vocab;
     float *la = malloc(sizeof(float) * STEPS * V), *lb = malloc(sizeof(float) * STEPS * V);
     double worst = 0, scale = 0;
-    for (size_t ci = 0; ci < json_array_size(cs) && ci < 3; ci++) {
+    for (size_t ci = 0; ci < json_array_size(cs) && ci < N_PROMPTS; ci++) {
         json_t *idj = json_object_get(json_array_get(cs, ci), "ids");
         int np = (int)json_array_size(idj);
         if (np > 48) np = 48;
@@ -126,14 +135,21 @@ static void check_upcycled(const char *dense_path, const xds_model *dense, const
             scale = fmax(scale, fabs((double)la[i]));
         }
     }
-    printf("upcycled E=%d k=%d (%s kernels): %d greedy tokens x 3 prompts identical to dense; max |logit delta| "
+    printf("upcycled E=%d k=%d (%s kernels): %d greedy tokens x %d prompts identical to dense; max |logit delta| "
            "= %.4f (scale %.1f)\n",
-           E, k, xds_cpu_level_name(xds_cpu_level_get()), STEPS, worst, scale);
+           E, k, xds_cpu_level_name(xds_cpu_level_get()), STEPS, N_PROMPTS, worst, scale);
+#ifndef XDS_SANITIZE
     CHECK_MSG(worst == 0, "upcycled E=%d k=%d logits are not bit-identical to dense (%.3g)", E, k, worst);
+#else /* -O0: the AVX2 kernels' f32 rounding then varies with the batch shape too */
+    CHECK_MSG(worst <= SMOL_TOL, "upcycled logits differ by %.3g", worst);
+#endif
     xds_cpu_level_set(level);
+#ifdef XDS_SANITIZE
+    level = XDS_CPU_AVX2; /* skip the repeat with the default kernels */
+#endif
     if (level > XDS_CPU_AVX2) { /* the default kernels: greedy identical, logits within the noise */
         worst = 0;
-        for (size_t ci = 0; ci < json_array_size(cs) && ci < 3; ci++) {
+        for (size_t ci = 0; ci < json_array_size(cs) && ci < N_PROMPTS; ci++) {
             json_t *idj = json_object_get(json_array_get(cs, ci), "ids");
             int np = (int)json_array_size(idj);
             if (np > 48) np = 48;
@@ -174,7 +190,9 @@ int main(void) {
     CHECK_MSG(xds_model_load(mp, NULL, &dense) == XDS_OK, "%s", xds_err_msg());
     if (dir && dense) {
         check_upcycled(mp, dense, dir, 4, 2);
+#ifndef XDS_SANITIZE
         check_upcycled(mp, dense, dir, 3, 1);
+#endif
     }
     xds_model_free(dense);
     if (dir) rmdir(dir);
