@@ -17,6 +17,13 @@
  */
 #include "xccl_internal.h"
 
+/* Sums must round the same on every rank and path: no FMA contraction. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include <stdlib.h>
 #include <string.h>
 

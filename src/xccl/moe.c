@@ -29,6 +29,14 @@
  */
 #include "xccl_internal.h"
 
+/* Sums must round the same on every path and in the reference of the tests:
+ * never contract a*b+c into an FMA. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -224,14 +232,6 @@ xccl_status xccl_moe_send_buffer(void **out, xccl_comm *c, xccl_group *g) {
     geometry(&G, c);
     *out = xccl_moe_send_at(c, c->rank, b) + G.rows;
     return XCCL_OK;
-}
-
-static inline float ld(const void *p, size_t i, xccl_dtype dt) {
-    if (dt == XCCL_F32) return ((const float *)p)[i];
-    uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
 }
 
 /* acc[h] += w * row[h] (separate multiply and add, never fused, so every

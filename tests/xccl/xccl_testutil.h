@@ -8,6 +8,12 @@
 #define XCCL_TESTUTIL_H
 
 #define _GNU_SOURCE
+/* References must round like the library: no FMA contraction. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include "test.h"
 #include "xccl.h"
 
