@@ -113,7 +113,7 @@ static xccl_status attach_fd_owned(xccl_comm **out, int fd, int rank, uint32_t r
             goto err_free;
         }
     }
-    if (!atomic_compare_exchange_strong(&e->state, &prev, XCCL_RANK_FREE)) {
+    if (prev == XCCL_RANK_CLAIMING || !atomic_compare_exchange_strong(&e->state, &prev, XCCL_RANK_CLAIMING)) {
         s = xccl_err(XCCL_ERR_INVALID, "xccl attach %s: rank %d is being claimed concurrently", what,
                      rank);
         goto err_free;

@@ -79,6 +79,7 @@ static xccl_status state_check(struct xccl_comm *c, int p, int allow_free) {
     case XCCL_RANK_LEFT: return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d left the segment", p);
     case XCCL_RANK_DEAD: return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d died", p);
     case XCCL_RANK_FREE:
+    case XCCL_RANK_CLAIMING:
         return allow_free ? XCCL_OK : xccl_err_peer(XCCL_ERR_PEER, p, "rank %d has not attached", p);
     }
     return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d has bad state %u", p, st);

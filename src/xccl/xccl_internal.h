@@ -33,6 +33,8 @@
 #define XCCL_CH_COMB  3 /* prod: combine event published by src (expert rank); cons: dst acked */
 #define XCCL_PAGE     4096
 #define XCCL_SLOT_HDR 64
+/* rank state while an attach is claiming it (after XCCL_RANK_DEAD) */
+#define XCCL_RANK_CLAIMING 4
 
 /* Segment header: 4096 B at offset 0. Everything up to `checksum` is covered
  * by an FNV-1a-64 checksum; `ready` is set (release) after full init. */
