@@ -112,6 +112,19 @@ static void emap_free(emap *em) {
     free(em->nrep), free(em->rrank), free(em->rslot);
 }
 
+/* The MoE group: ranks 0..n_workers (the world when the segment has no
+ * other ranks, e.g. prefill instances; else a group of epoch 1, created by
+ * every member). */
+static xccl_status moe_group(xccl_group **g, xccl_comm *comm, int n_workers) {
+    if (xccl_comm_size(comm) == 1 + n_workers) {
+        *g = xccl_comm_world(comm);
+        return XCCL_OK;
+    }
+    int ranks[XCCL_MAX_RANKS];
+    for (int r = 0; r <= n_workers; r++) ranks[r] = r;
+    return xccl_group_create(g, comm, ranks, 1 + n_workers, 1);
+}
+
 /* ---- attention side ------------------------------------------------------ */
 
 struct xds_deploy_attn {
@@ -127,6 +140,7 @@ struct xds_deploy_attn {
     float *w;      /* (max_tok, k) routing weights */
     float *cw;     /* (max_tok, k) combine weights (renormalized as moe_experts does) */
     xccl_moe_recv *recv; /* (L) nothing arrives on rank 0 */
+    xccl_group *g;       /* the MoE group: ranks 0..n_workers */
     uint64_t step;
     int broken;    /* a failed pass leaves the group out of step: refuse further passes */
     xds_deploy_stats st;
@@ -136,8 +150,8 @@ xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, int n_wor
                                   xds_deploy_attn **out) {
     xccl_config cfg;
     XDS_TRY(xds_deploy_xccl_config(m, n_workers, max_tok, &cfg));
-    if (xccl_comm_rank(comm) != 0 || xccl_comm_size(comm) != 1 + n_workers)
-        return xds_err_set(XDS_ERR_INVALID, "deploy: attention must be rank 0 of %d ranks (is rank %d of %d)",
+    if (xccl_comm_rank(comm) != 0 || xccl_comm_size(comm) < 1 + n_workers)
+        return xds_err_set(XDS_ERR_INVALID, "deploy: attention must be rank 0 of >= %d ranks (is rank %d of %d)",
                            1 + n_workers, xccl_comm_rank(comm), xccl_comm_size(comm));
     xds_deploy_attn *a = calloc(1, sizeof *a);
     if (!a) return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory");
@@ -178,6 +192,11 @@ xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, int n_wor
             return xds_err_set(XDS_ERR_PEER, "deploy: rank %d sent a malformed ready message", r);
         }
     }
+    xccl_status gs = moe_group(&a->g, comm, n_workers);
+    if (gs != XCCL_OK) {
+        xds_deploy_attn_free(a);
+        return xerr(gs, "MoE group");
+    }
     *out = a;
     return XDS_OK;
 }
@@ -185,6 +204,7 @@ xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, int n_wor
 void xds_deploy_attn_free(xds_deploy_attn *a) {
     if (!a) return;
     emap_free(&a->em);
+    if (a->g && a->g != xccl_comm_world(a->comm)) xccl_group_destroy(a->g);
     free(a->x), free(a->xn), free(a->y), free(a->sh);
     free(a->ids), free(a->w), free(a->cw), free(a->recv);
     free(a);
@@ -231,7 +251,7 @@ static xds_status moe_layer(xds_deploy_attn *a, xds_model_ctx *ctx, int l, float
         for (int j = 0; j < K; j++) a->cw[(size_t)t * K + j] = (float)(wt[j] * f);
     }
     double t1 = now_s();
-    xccl_group *g = xccl_comm_world(a->comm);
+    xccl_group *g = a->g;
     xccl_moe_layout lay;
     xccl_status xs = xccl_moe_layout_compute(&lay, a->ids, n, K, &a->em.map, a->step, a->comm, g);
     if (xs != XCCL_OK) return xerr(xs, "MoE layout");
@@ -315,8 +335,8 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, int n_work
     xds_deploy_expert_stats st = {0};
     int rank = xccl_comm_rank(comm);
     if (c->moe.n_expert <= 0) return xds_err_set(XDS_ERR_INVALID, "deploy: expert worker: the model has no experts");
-    if (rank < 1 || rank > n_workers || xccl_comm_size(comm) != 1 + n_workers)
-        return xds_err_set(XDS_ERR_INVALID, "deploy: expert worker rank %d of %d ranks (want 1..%d of %d)", rank,
+    if (rank < 1 || rank > n_workers || xccl_comm_size(comm) < 1 + n_workers)
+        return xds_err_set(XDS_ERR_INVALID, "deploy: expert worker rank %d of %d ranks (want 1..%d of >= %d)", rank,
                            xccl_comm_size(comm), n_workers, 1 + n_workers);
     int L = xds_deploy_local_experts(c->moe.n_expert, n_workers);
     int first = (rank - 1) * L;
@@ -329,6 +349,7 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, int n_work
     emap em;
     XDS_TRY(emap_init(&em, c->moe.n_expert, n_workers));
     xds_model_ctx *ctx = NULL;
+    xccl_group *g = NULL;
     xccl_moe_recv *recv = calloc((size_t)L, sizeof *recv);
     float *gg = NULL, *gu = NULL;
     size_t cap_rows = 0;
@@ -354,7 +375,13 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, int n_work
             goto out;
         }
     }
-    xccl_group *g = xccl_comm_world(comm);
+    {
+        xccl_status gs = moe_group(&g, comm, n_workers);
+        if (gs != XCCL_OK) {
+            s = xerr(gs, "expert worker MoE group");
+            goto out;
+        }
+    }
     int32_t dummy_id = 0;
     float dummy = 0;
     for (;;) {
@@ -436,6 +463,7 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, int n_work
         st.steps++;
     }
 out:
+    if (g && g != xccl_comm_world(comm)) xccl_group_destroy(g);
     if (stats) *stats = st;
     free(gg), free(gu), free(recv);
     if (ctx) xds_model_ctx_free(ctx);

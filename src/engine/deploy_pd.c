@@ -1,0 +1,298 @@
+/*
+ * deploy_pd.c — disaggregated prefill / decode (deploy_pd.h).
+ *
+ * The prefill pool is an xds_kv_cache whose K and V arrays are swapped for
+ * one registered XCCL region (K at offset 0, V after it) right after
+ * creation, so the attention unit writes straight into memory the decode side
+ * can read with xccl_get; the original arrays are put back before the cache
+ * is freed. Block (layer l, block b) of K is the contiguous range
+ * ((l * pool_blocks + b) * block_size) * k_dim floats — one get per layer,
+ * block and K/V.
+ */
+#define _GNU_SOURCE
+#include "engine/deploy_pd.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <xccl.h>
+
+#include "base/log.h"
+
+#define PD_MAGIC 0x58445350u /* "XDSP" */
+enum { PD_TASK = 1, PD_FREE = 2 };
+
+typedef struct pd_free_msg {
+    uint32_t magic, cmd;
+    uint64_t req_id;
+} pd_free_msg;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static xds_status xerr(xccl_status s, const char *what) {
+    xds_status code = s == XCCL_ERR_PEER ? XDS_ERR_PEER : s == XCCL_ERR_TIMEOUT ? XDS_ERR_TIMEOUT : XDS_ERR_IO;
+    return xds_err_set(code, "deploy pd: %s: %s", what, xccl_err_msg());
+}
+
+typedef struct pd_held {
+    uint64_t req_id; /* 0: slot unused */
+    double since;
+} pd_held;
+
+struct xds_pd_prefill {
+    const xds_model *m;
+    xccl_comm *comm;
+    xds_pd_prefill_opts o;
+    xds_kv_cache *kv;
+    float *own_k, *own_v; /* the cache's own arrays, restored before free */
+    xccl_region region;
+    xds_model_ctx *ctx;
+    pd_held *held;        /* (max_seqs) task per sequence slot */
+    int n_held;
+    float *logits;        /* (n_vocab) */
+    int32_t *pos, *seq;   /* (chunk) */
+    uint32_t timeout_ms;  /* the comm deadline restored after each poll */
+};
+
+xds_status xds_pd_prefill_create(const xds_model *m, xds_pd_prefill_opts *o, xccl_comm *comm, xds_pd_prefill **out) {
+    if (o->block_size <= 0 || o->pool_tokens <= 0 || o->max_seqs <= 0 || o->chunk <= 0)
+        return xds_err_set(XDS_ERR_INVALID, "deploy pd: bad prefill options (pool %d, block %d, seqs %d, chunk %d)",
+                           o->pool_tokens, o->block_size, o->max_seqs, o->chunk);
+    xds_pd_prefill *p = calloc(1, sizeof *p);
+    if (!p) return xds_err_set(XDS_ERR_NOMEM, "deploy pd: out of memory");
+    p->m = m;
+    p->comm = comm;
+    p->o = *o;
+    if (p->o.hold_s <= 0) p->o.hold_s = 60;
+    {
+        const char *e = getenv("XCCL_TIMEOUT_MS");
+        long t = e ? strtol(e, NULL, 10) : 0;
+        p->timeout_ms = t > 0 ? (uint32_t)t : 10000;
+    }
+    xds_status s = xds_model_kv_cache_create(m, o->pool_tokens, o->block_size, o->max_seqs, &p->kv);
+    if (s != XDS_OK) {
+        free(p);
+        return s;
+    }
+    xds_kv_cache *kv = p->kv;
+    size_t kb = sizeof(float) * (size_t)kv->n_layer * kv->n_blocks * kv->block_size * kv->k_dim;
+    size_t vb = sizeof(float) * (size_t)kv->n_layer * kv->n_blocks * kv->block_size * kv->v_dim;
+    xccl_status xs = xccl_region_alloc(&p->region, kb + vb, comm);
+    if (xs != XCCL_OK) {
+        xds_kv_cache_free(p->kv);
+        free(p);
+        return xerr(xs, "register the prefill KV pool");
+    }
+    p->own_k = kv->k;
+    p->own_v = kv->v;
+    kv->k = (float *)p->region.base;
+    kv->v = kv->v_dim ? (float *)((char *)p->region.base + kb) : NULL;
+    p->held = calloc((size_t)o->max_seqs, sizeof *p->held);
+    p->logits = malloc(sizeof(float) * m->cfg.n_vocab);
+    p->pos = malloc(sizeof(int32_t) * o->chunk);
+    p->seq = malloc(sizeof(int32_t) * o->chunk);
+    if (!p->held || !p->logits || !p->pos || !p->seq) {
+        xds_pd_prefill_free(p);
+        return xds_err_set(XDS_ERR_NOMEM, "deploy pd: out of memory");
+    }
+    s = xds_model_ctx_create(m, kv, o->n_threads, o->chunk, &p->ctx);
+    if (s != XDS_OK) {
+        xds_pd_prefill_free(p);
+        return s;
+    }
+    *out = p;
+    return XDS_OK;
+}
+
+void xds_pd_prefill_free(xds_pd_prefill *p) {
+    if (!p) return;
+    if (p->ctx) xds_model_ctx_free(p->ctx);
+    if (p->kv) {
+        p->kv->k = p->own_k;
+        p->kv->v = p->own_v;
+        xds_kv_cache_free(p->kv);
+    }
+    if (p->region.base) xccl_region_deregister(p->comm, &p->region);
+    free(p->held), free(p->logits), free(p->pos), free(p->seq);
+    free(p);
+}
+
+int xds_pd_prefill_outstanding(const xds_pd_prefill *p) {
+    return p->n_held;
+}
+
+int xds_pd_prefill_free_blocks(const xds_pd_prefill *p) {
+    return p->kv->n_free;
+}
+
+static void release_slot(xds_pd_prefill *p, int slot) {
+    xds_kv_seq_truncate(p->kv, slot, 0);
+    p->held[slot].req_id = 0;
+    p->n_held--;
+}
+
+xds_status xds_pd_prefill_submit(xds_pd_prefill *p, uint64_t req_id, const int32_t *prompt, int n, int decode_rank,
+                                 int32_t *first_token) {
+    xds_kv_cache *kv = p->kv;
+    if (req_id == 0 || n <= 0 || n > (int)(sizeof(((xds_pd_task *)0)->blocks) / sizeof(int32_t)) * kv->block_size)
+        return xds_err_set(XDS_ERR_INVALID, "deploy pd: request %llu: prompt of %d tokens (1..%d), id must be > 0",
+                           (unsigned long long)req_id, n,
+                           (int)(sizeof(((xds_pd_task *)0)->blocks) / sizeof(int32_t)) * kv->block_size);
+    int slot = -1;
+    for (int i = 0; i < p->o.max_seqs && slot < 0; i++)
+        if (!p->held[i].req_id) slot = i;
+    if (slot < 0) return xds_err_set(XDS_ERR_BUSY, "deploy pd: all %d prefill slots hold unpulled KV", p->o.max_seqs);
+    xds_status s = xds_kv_seq_reserve(kv, slot, n);
+    if (s != XDS_OK)
+        return xds_err_set(XDS_ERR_BUSY, "deploy pd: prefill pool full (%d free blocks, %d tokens needed)", kv->n_free, n);
+    p->held[slot].req_id = req_id;
+    p->held[slot].since = now_s();
+    p->n_held++;
+    /* chunked prefill: logits of the last prompt token only */
+    for (int c0 = 0; c0 < n; c0 += p->o.chunk) {
+        int cn = n - c0 < p->o.chunk ? n - c0 : p->o.chunk;
+        for (int i = 0; i < cn; i++) p->pos[i] = c0 + i, p->seq[i] = slot;
+        xds_batch b = {cn, prompt + c0, p->pos, p->seq};
+        int32_t row = cn - 1;
+        int last = c0 + cn == n;
+        s = xds_model_forward(p->ctx, &b, &row, last ? 1 : 0, p->logits);
+        if (s != XDS_OK) {
+            release_slot(p, slot);
+            return s;
+        }
+    }
+    int V = p->m->cfg.n_vocab, best = 0;
+    for (int v = 1; v < V; v++)
+        if (p->logits[v] > p->logits[best]) best = v;
+    *first_token = best;
+    xds_pd_task t;
+    memset(&t, 0, sizeof t);
+    t.req_id = req_id;
+    t.src_rank = xccl_comm_rank(p->comm);
+    t.n_prompt = n;
+    t.first_token = best;
+    t.region = p->region.id;
+    t.n_layer = kv->n_layer, t.k_dim = kv->k_dim, t.v_dim = kv->v_dim;
+    t.block_size = kv->block_size, t.pool_blocks = kv->n_blocks;
+    t.n_blocks = kv->seqs[slot].n_blocks;
+    memcpy(t.blocks, kv->seqs[slot].blocks, sizeof(int32_t) * t.n_blocks);
+    uint32_t hdr[2] = {PD_MAGIC, PD_TASK};
+    size_t len = offsetof(xds_pd_task, blocks) + sizeof(int32_t) * t.n_blocks;
+    char msg[sizeof hdr + sizeof t];
+    memcpy(msg, hdr, sizeof hdr);
+    memcpy(msg + sizeof hdr, &t, len);
+    xccl_status xs = xccl_send(p->comm, decode_rank, msg, sizeof hdr + len);
+    if (xs != XCCL_OK) {
+        release_slot(p, slot);
+        return xerr(xs, "send the transfer task");
+    }
+    return XDS_OK;
+}
+
+xds_status xds_pd_prefill_poll(xds_pd_prefill *p, int decode_rank, int wait_ms) {
+    /* a receive that times out consumes nothing, so waiting with a short
+     * deadline is a safe poll; the first wait is wait_ms, then 1 ms to drain */
+    int timeout = wait_ms > 0 ? wait_ms : 1;
+    while (p->n_held > 0) {
+        pd_free_msg msg;
+        size_t len = 0;
+        xccl_comm_set_timeout(p->comm, (uint32_t)timeout);
+        xccl_status xs = xccl_recv(&len, &msg, sizeof msg, p->comm, decode_rank);
+        xccl_comm_set_timeout(p->comm, p->timeout_ms);
+        if (xs == XCCL_ERR_TIMEOUT) break;
+        if (xs != XCCL_OK) return xerr(xs, "FREE message");
+        timeout = 1;
+        if (len != sizeof msg || msg.magic != PD_MAGIC || msg.cmd != PD_FREE)
+            return xds_err_set(XDS_ERR_PEER, "deploy pd: malformed message from decode rank %d", decode_rank);
+        int found = 0;
+        for (int i = 0; i < p->o.max_seqs; i++)
+            if (p->held[i].req_id == msg.req_id) {
+                release_slot(p, i);
+                found = 1;
+                break;
+            }
+        if (!found) XDS_LOGW("deploy pd: FREE of request %llu that is not held (expired?)", (unsigned long long)msg.req_id);
+    }
+    double t = now_s();
+    for (int i = 0; i < p->o.max_seqs; i++)
+        if (p->held[i].req_id && t - p->held[i].since > p->o.hold_s) {
+            XDS_LOGW("deploy pd: request %llu not pulled within %.0f s; its KV is dropped",
+                     (unsigned long long)p->held[i].req_id, p->o.hold_s);
+            release_slot(p, i);
+        }
+    return XDS_OK;
+}
+
+xds_status xds_pd_task_recv(xccl_comm *comm, int src_rank, xds_pd_task *t) {
+    char msg[8 + sizeof *t];
+    size_t len = 0;
+    xccl_status xs = xccl_recv(&len, msg, sizeof msg, comm, src_rank);
+    if (xs != XCCL_OK) return xerr(xs, "receive a transfer task");
+    uint32_t hdr[2];
+    memcpy(hdr, msg, sizeof hdr);
+    size_t fixed = offsetof(xds_pd_task, blocks);
+    if (len < 8 + fixed || hdr[0] != PD_MAGIC || hdr[1] != PD_TASK)
+        return xds_err_set(XDS_ERR_PEER, "deploy pd: malformed transfer task from rank %d", src_rank);
+    memset(t, 0, sizeof *t);
+    memcpy(t, msg + 8, len - 8);
+    int max_b = (int)(sizeof t->blocks / sizeof t->blocks[0]);
+    if (t->n_blocks < 0 || t->n_blocks > max_b || len != 8 + fixed + sizeof(int32_t) * (size_t)t->n_blocks ||
+        t->block_size <= 0 || t->n_prompt <= 0 || (t->n_prompt + t->block_size - 1) / t->block_size != t->n_blocks)
+        return xds_err_set(XDS_ERR_PEER, "deploy pd: inconsistent transfer task from rank %d", src_rank);
+    t->src_rank = src_rank;
+    return XDS_OK;
+}
+
+xds_status xds_pd_pull(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, int seq, uint64_t *bytes) {
+    if (t->n_layer != kv->n_layer || t->k_dim != kv->k_dim || t->v_dim != kv->v_dim || t->block_size != kv->block_size)
+        return xds_err_set(XDS_ERR_INVALID,
+                           "deploy pd: request %llu: prefill KV geometry (layers %d, k %d, v %d, block %d) differs "
+                           "from the decode cache (%d, %d, %d, %d)",
+                           (unsigned long long)t->req_id, t->n_layer, t->k_dim, t->v_dim, t->block_size, kv->n_layer,
+                           kv->k_dim, kv->v_dim, kv->block_size);
+    for (int i = 0; i < t->n_blocks; i++)
+        if (t->blocks[i] < 0 || t->blocks[i] >= t->pool_blocks)
+            return xds_err_set(XDS_ERR_PEER, "deploy pd: request %llu: block id %d outside the prefill pool of %d",
+                               (unsigned long long)t->req_id, t->blocks[i], t->pool_blocks);
+    if (seq < 0 || seq >= kv->max_seqs) return xds_err_set(XDS_ERR_INVALID, "deploy pd: sequence slot %d", seq);
+    if (kv->seqs[seq].n_blocks != 0)
+        return xds_err_set(XDS_ERR_INVALID, "deploy pd: sequence slot %d is not empty", seq);
+    /* back-pressure: only pull when the blocks are there */
+    if (kv->n_free < t->n_blocks)
+        return xds_err_set(XDS_ERR_BUSY, "deploy pd: %d free decode blocks, request %llu needs %d", kv->n_free,
+                           (unsigned long long)t->req_id, t->n_blocks);
+    XDS_TRY(xds_kv_seq_reserve(kv, seq, t->n_prompt));
+    size_t bs = (size_t)kv->block_size;
+    size_t k_off_v = sizeof(float) * (size_t)t->n_layer * t->pool_blocks * bs * t->k_dim; /* V after K */
+    uint64_t moved = 0;
+    for (int l = 0; l < kv->n_layer; l++)
+        for (int i = 0; i < t->n_blocks; i++) {
+            size_t src = ((size_t)l * t->pool_blocks + t->blocks[i]) * bs;
+            size_t dst = ((size_t)l * kv->n_blocks + kv->seqs[seq].blocks[i]) * bs;
+            size_t kbytes = sizeof(float) * bs * kv->k_dim;
+            xccl_status xs = xccl_get(kv->k + dst * kv->k_dim, comm, t->src_rank, t->region,
+                                      src * kv->k_dim * sizeof(float), kbytes);
+            if (xs == XCCL_OK && kv->v_dim) {
+                size_t vbytes = sizeof(float) * bs * kv->v_dim;
+                xs = xccl_get(kv->v + dst * kv->v_dim, comm, t->src_rank, t->region,
+                              k_off_v + src * kv->v_dim * sizeof(float), vbytes);
+                moved += vbytes;
+            }
+            if (xs != XCCL_OK) {
+                xds_kv_seq_truncate(kv, seq, 0);
+                return xerr(xs, "pull KV blocks");
+            }
+            moved += kbytes;
+        }
+    if (bytes) *bytes += moved;
+    pd_free_msg msg = {PD_MAGIC, PD_FREE, t->req_id};
+    xccl_status xs = xccl_send(comm, t->src_rank, &msg, sizeof msg);
+    if (xs != XCCL_OK) return xerr(xs, "send FREE");
+    return XDS_OK;
+}

@@ -1,0 +1,81 @@
+/*
+ * deploy_pd.h — disaggregated prefill / decode over XCCL (DESIGN §3.3,
+ * issue 6 item 2): a prefill instance runs chunked prefill into a KV pool
+ * that lives in a registered XCCL region, then registers a transfer task
+ * (request id, prompt length, first token, the block ids — metadata only) with
+ * the chosen decode rank. The decode side pulls the blocks with one-sided
+ * xccl_get only once it has free blocks of its own (back-pressure: until then
+ * the blocks stay on the prefill side), and then tells the prefill side to
+ * free them. Works for GQA K/V rows and for MLA's latent rows (v_dim 0: K only).
+ *
+ * Messages (P2P channel, in order per pair): prefill -> decode TASK
+ * {header, block ids}; decode -> prefill FREE {req_id}. A task not pulled
+ * within hold_s is dropped by the prefill side (its blocks freed) and the
+ * decode side's later pull of it fails cleanly (the FREE names an unknown id).
+ *
+ * Invariants: the prefill pool's block ids and geometry (layers, k/v dims,
+ * block size, pool blocks) travel with each task and are checked against the
+ * decode cache before any byte is read; a pull reads whole blocks of
+ * [0, n_prompt) positions, so both pools must use the same block size.
+ */
+#ifndef XDS_ENGINE_DEPLOY_PD_H
+#define XDS_ENGINE_DEPLOY_PD_H
+
+#include <stdint.h>
+
+#include "base/status.h"
+#include "model/model.h"
+
+struct xccl_comm;
+
+/* ---- prefill instance --------------------------------------------------- */
+
+typedef struct xds_pd_prefill xds_pd_prefill;
+
+typedef struct xds_pd_prefill_opts {
+    int pool_tokens; /* KV pool capacity in tokens (rounded up to blocks) */
+    int block_size;  /* tokens per block */
+    int max_seqs;    /* tasks held at once */
+    int chunk;       /* chunked prefill: tokens per forward pass */
+    int n_threads;
+    double hold_s;   /* drop a task not pulled within this (0: 60 s) */
+} xds_pd_prefill_opts;
+
+xds_status xds_pd_prefill_create(const xds_model *m, struct xds_pd_prefill_opts *o, struct xccl_comm *comm,
+                                 xds_pd_prefill **out);
+void xds_pd_prefill_free(xds_pd_prefill *p);
+/* Prefill prompt[0..n) (chunked), take the greedy first token, keep the
+ * blocks and send the transfer task to decode_rank. XDS_ERR_BUSY: no free
+ * sequence slot or blocks (call xds_pd_prefill_poll first). */
+xds_status xds_pd_prefill_submit(xds_pd_prefill *p, uint64_t req_id, const int32_t *prompt, int n, int decode_rank,
+                                 int32_t *first_token);
+/* Handle FREE messages from decode_rank (waiting up to wait_ms for the first
+ * one when tasks are outstanding; 0: don't wait) and drop expired tasks. */
+xds_status xds_pd_prefill_poll(xds_pd_prefill *p, int decode_rank, int wait_ms);
+/* Tasks registered and not yet freed. */
+int xds_pd_prefill_outstanding(const xds_pd_prefill *p);
+/* Free blocks in the prefill pool. */
+int xds_pd_prefill_free_blocks(const xds_pd_prefill *p);
+
+/* ---- decode side -------------------------------------------------------- */
+
+typedef struct xds_pd_task {
+    uint64_t req_id;
+    int src_rank;
+    int n_prompt;
+    int32_t first_token;
+    uint32_t region;      /* prefill's KV region id */
+    int n_layer, k_dim, v_dim, block_size, pool_blocks;
+    int n_blocks;
+    int32_t blocks[256];  /* prefill block ids of positions [0, n_prompt) */
+} xds_pd_task;
+
+/* Receive the next transfer task from src_rank (comm deadline). */
+xds_status xds_pd_task_recv(struct xccl_comm *comm, int src_rank, xds_pd_task *t);
+/* Pull t's blocks into kv sequence slot seq (positions [0, n_prompt)), then
+ * send FREE to the prefill side. XDS_ERR_BUSY (nothing read, the task stays
+ * valid): kv has not enough free blocks — back-pressure, try again later.
+ * bytes (may be NULL) += bytes copied. */
+xds_status xds_pd_pull(struct xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, int seq, uint64_t *bytes);
+
+#endif

@@ -1,0 +1,329 @@
+/*
+ * test_deploy_pd.c — disaggregated prefill / decode in real processes
+ * (engine/deploy_pd.h), alone and combined with disaggregated MoE-attention
+ * (engine/deploy.h).
+ *
+ * The test process is the decode rank 0; a forked prefill process (the last
+ * rank) runs chunked prefill of three prompts into its registered KV pool and
+ * registers a transfer task for each; for the combined topology 2 forked
+ * expert workers (ranks 1, 2) hold the routed experts. The decode side pulls
+ * each task's blocks with one-sided gets into a pool too small for two of the
+ * requests at once, so the second pull must first be refused (XDS_ERR_BUSY,
+ * back-pressure: the prefill side still holds the blocks) and succeed after
+ * the first request finished. Greedy tokens (the prefill's first token and
+ * the decode side's continuation) must equal the colocated model loop, for
+ * tiny llama (GQA), qwen3_moe (GQA), deepseek_v3 (MLA latent KV) and SmolLM2
+ * (XDS_TEST_MODEL, skipped when unset). The prefill process checks that
+ * every block came back to its pool once freed. Every child is reaped with a
+ * deadline; segment names are unique.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <xccl.h>
+
+#include "engine/deploy.h"
+#include "engine/deploy_pd.h"
+#include "model/model.h"
+#include "test.h"
+
+#define ORA XDS_SOURCE_DIR "/tests/data/oracle/"
+#define N_REQ 3
+#define N_GEN 6
+#define BLOCK 4
+static const int prompt_len[N_REQ] = {33, 19, 5};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void make_prompt(int r, int n, int V, int32_t *out) {
+    for (int i = 0; i < n; i++) out[i] = (int32_t)((i * 53 + r * 17 + 3) % V);
+}
+
+static int argmax(const float *v, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b]) b = i;
+    return b;
+}
+
+/* Colocated greedy: whole prompt in one pass, then N_GEN - 1 decode steps. */
+static int reference(const xds_model *m, const int32_t *prompt, int n, int32_t *out) {
+    xds_kv_cache *kv = NULL;
+    xds_model_ctx *ctx = NULL;
+    int V = m->cfg.n_vocab, rc = -1;
+    float *lg = malloc(sizeof(float) * V);
+    int32_t pos[64], seq[64] = {0};
+    if (xds_model_kv_cache_create(m, n + N_GEN + BLOCK, BLOCK, 1, &kv) || xds_model_ctx_create(m, kv, 1, n, &ctx) ||
+        xds_kv_seq_reserve(kv, 0, n + N_GEN))
+        goto out;
+    for (int i = 0; i < n; i++) pos[i] = i;
+    xds_batch b = {n, prompt, pos, seq};
+    int32_t row = n - 1;
+    if (xds_model_forward(ctx, &b, &row, 1, lg)) goto out;
+    out[0] = argmax(lg, V);
+    for (int g = 1; g < N_GEN; g++) {
+        int32_t t = out[g - 1], p = n + g - 1, r0 = 0;
+        xds_batch d = {1, &t, &p, seq};
+        if (xds_model_forward(ctx, &d, &r0, 1, lg)) goto out;
+        out[g] = argmax(lg, V);
+    }
+    rc = 0;
+out:
+    free(lg);
+    if (ctx) xds_model_ctx_free(ctx);
+    xds_kv_cache_free(kv);
+    return rc;
+}
+
+static int reap(pid_t *pids, int n, double deadline_s) {
+    int bad = 0;
+    double end = now_s() + deadline_s;
+    for (int i = 0; i < n; i++) {
+        if (pids[i] <= 0) continue;
+        int status = 0;
+        for (;;) {
+            pid_t r = waitpid(pids[i], &status, WNOHANG);
+            if (r == pids[i]) break;
+            if (r < 0 && errno != EINTR) { status = -1; break; }
+            if (now_s() > end) {
+                kill(pids[i], SIGKILL);
+                waitpid(pids[i], &status, 0);
+                status = -1;
+                break;
+            }
+            usleep(2000);
+        }
+        if (status != 0) {
+            bad++;
+            fprintf(stderr, "child %d: wait status %d\n", (int)pids[i], status);
+        }
+        pids[i] = 0;
+    }
+    return bad;
+}
+
+/* The prefill process: submit all prompts, hold until every task is freed. */
+static int prefill_main(const xds_model *m, const char *name, int rank) {
+    xccl_comm *c = NULL;
+    if (xccl_comm_attach(&c, name, rank, 3) != XCCL_OK) return 3;
+    xds_pd_prefill_opts o = {.pool_tokens = 128, .block_size = BLOCK, .max_seqs = N_REQ, .chunk = 8, .n_threads = 1};
+    xds_pd_prefill *p = NULL;
+    int rc = 0;
+    if (xds_pd_prefill_create(m, &o, c, &p) != XDS_OK) {
+        fprintf(stderr, "prefill create: %s\n", xds_err_msg());
+        xccl_comm_detach(c);
+        return 4;
+    }
+    int total = xds_pd_prefill_free_blocks(p);
+    int32_t prompt[64];
+    for (int r = 0; r < N_REQ && !rc; r++) {
+        make_prompt(r, prompt_len[r], m->cfg.n_vocab, prompt);
+        int32_t first;
+        if (xds_pd_prefill_submit(p, (uint64_t)(r + 1), prompt, prompt_len[r], 0, &first) != XDS_OK) {
+            fprintf(stderr, "prefill submit %d: %s\n", r, xds_err_msg());
+            rc = 5;
+        }
+    }
+    if (!rc && xds_pd_prefill_outstanding(p) != N_REQ) rc = 6;
+    double end = now_s() + 60;
+    while (!rc && xds_pd_prefill_outstanding(p) > 0) {
+        if (xds_pd_prefill_poll(p, 0, 100) != XDS_OK) {
+            fprintf(stderr, "prefill poll: %s\n", xds_err_msg());
+            rc = 7;
+        }
+        if (now_s() > end) rc = 8;
+    }
+    if (!rc && xds_pd_prefill_free_blocks(p) != total) {
+        fprintf(stderr, "prefill: %d of %d blocks free after all tasks were freed\n", xds_pd_prefill_free_blocks(p),
+                total);
+        rc = 9;
+    }
+    xds_pd_prefill_free(p);
+    xccl_comm_detach(c);
+    return rc;
+}
+
+/* Decode n_gen - 1 tokens after the first for the pulled sequence in slot 0. */
+static int decode_rest(const xds_model *m, xds_deploy_attn *a, xds_model_ctx *ctx, xds_kv_cache *kv, int n,
+                       int32_t first, int32_t *out) {
+    int V = m->cfg.n_vocab;
+    float *lg = malloc(sizeof(float) * V);
+    out[0] = first;
+    int rc = 0;
+    if (xds_kv_seq_reserve(kv, 0, n + N_GEN) != XDS_OK) rc = -1;
+    for (int g = 1; g < N_GEN && !rc; g++) {
+        int32_t t = out[g - 1], p = n + g - 1, s0 = 0, r0 = 0;
+        xds_batch d = {1, &t, &p, &s0};
+        xds_status st = a ? xds_deploy_forward(a, ctx, &d, &r0, 1, lg) : xds_model_forward(ctx, &d, &r0, 1, lg);
+        if (st != XDS_OK) rc = -1;
+        else out[g] = argmax(lg, V);
+    }
+    free(lg);
+    return rc;
+}
+
+static void run_topology(const char *label, const xds_model *m, int W) {
+    int V = m->cfg.n_vocab;
+    int32_t ref[N_REQ][N_GEN], prompt[64];
+    for (int r = 0; r < N_REQ; r++) {
+        make_prompt(r, prompt_len[r], V, prompt);
+        CHECK_MSG(reference(m, prompt, prompt_len[r], ref[r]) == 0, "%s: reference: %s", label, xds_err_msg());
+    }
+    int n_ranks = 1 + W + 1, pre_rank = 1 + W;
+    xccl_config cfg;
+    if (W > 0) {
+        CHECK(xds_deploy_xccl_config(m, W, 8, &cfg) == XDS_OK);
+        cfg.num_ranks = (uint32_t)n_ranks;
+        cfg.moe_max_recv_rows = 0; /* default: every rank's tokens */
+    } else {
+        xccl_config_default(&cfg, (uint32_t)n_ranks);
+        cfg.slot_bytes = 4096;
+        cfg.num_slots = 8;
+        cfg.coll_bytes = 4096;
+    }
+    cfg.heartbeat_timeout_ms = 20000;
+    char name[96];
+    static int counter;
+    snprintf(name, sizeof name, "/xds-test-pd-%d-%d", (int)getpid(), counter++);
+    xccl_segment *seg = NULL;
+    if (xccl_segment_create(&seg, name, &cfg) != XCCL_OK) {
+        CHECK_MSG(0, "%s: segment: %s", label, xccl_err_msg());
+        return;
+    }
+    xccl_comm *comm = NULL;
+    CHECK(xccl_comm_attach(&comm, name, 0, 1) == XCCL_OK);
+    pid_t pids[8] = {0};
+    fflush(NULL);
+    for (int w = 0; w < W; w++) {
+        pid_t p = fork();
+        if (p == 0) {
+            xccl_comm *c = NULL;
+            if (xccl_comm_attach(&c, name, 1 + w, 2) != XCCL_OK) _exit(3);
+            xds_status s = xds_deploy_expert_run(m, c, W, 1, NULL);
+            if (s != XDS_OK) fprintf(stderr, "expert %d: %s\n", 1 + w, xds_err_msg());
+            xccl_comm_detach(c);
+            _exit(s == XDS_OK ? 0 : 4);
+        }
+        pids[w] = p;
+    }
+    pid_t pp = fork();
+    if (pp == 0) _exit(prefill_main(m, name, pre_rank));
+    pids[W] = pp;
+
+    xds_deploy_attn *a = NULL;
+    if (comm && W > 0)
+        CHECK_MSG(xds_deploy_attn_create(m, comm, W, 8, &a) == XDS_OK, "%s: attn: %s", label, xds_err_msg());
+    /* decode pool: the 33-token request + its output (10 blocks) + 2 spare */
+    xds_kv_cache *kv = NULL;
+    xds_model_ctx *ctx = NULL;
+    CHECK(xds_model_kv_cache_create(m, 12 * BLOCK, BLOCK, 2, &kv) == XDS_OK);
+    CHECK(kv && xds_model_ctx_create(m, kv, 1, 8, &ctx) == XDS_OK);
+    xds_pd_task t[N_REQ];
+    int ok = comm && ctx && (W == 0 || a);
+    for (int r = 0; r < N_REQ && ok; r++) {
+        xds_status s = xds_pd_task_recv(comm, pre_rank, &t[r]);
+        CHECK_MSG(s == XDS_OK, "%s: task %d: %s", label, r, xds_err_msg());
+        ok = s == XDS_OK;
+        if (ok) CHECK(t[r].req_id == (uint64_t)(r + 1) && t[r].n_prompt == prompt_len[r]);
+    }
+    uint64_t bytes = 0;
+    double pull_s = 0;
+    int busy_seen = 0;
+    for (int r = 0; r < N_REQ && ok; r++) {
+        double t0 = now_s();
+        xds_status s = xds_pd_pull(comm, &t[r], kv, 0, &bytes);
+        pull_s += now_s() - t0;
+        CHECK_MSG(s == XDS_OK, "%s: pull %d: %s", label, r, xds_err_msg());
+        if (s != XDS_OK) break;
+        if (r == 0) {
+            /* request 1 (19 tokens, 5 blocks) cannot be pulled into the free
+             * slot while request 0 holds 9 of 12 blocks: refused, nothing read */
+            xds_status s2 = xds_pd_pull(comm, &t[1], kv, 1, NULL);
+            busy_seen = s2 == XDS_ERR_BUSY && kv->seqs[1].n_blocks == 0;
+        }
+        int32_t got[N_GEN];
+        CHECK_MSG(decode_rest(m, a, ctx, kv, prompt_len[r], t[r].first_token, got) == 0, "%s: decode %d: %s", label,
+                  r, xds_err_msg());
+        CHECK_MSG(!memcmp(got, ref[r], sizeof got), "%s: request %d: greedy tokens differ from colocated", label, r);
+        xds_kv_seq_truncate(kv, 0, 0);
+    }
+    CHECK_MSG(busy_seen, "%s: a pull beyond the free decode blocks must say XDS_ERR_BUSY (back-pressure)", label);
+    printf("%s (%s KV, %d expert workers): %d requests x %d tokens identical to colocated; pulled %llu bytes "
+           "in %.3f ms\n",
+           label, m->cfg.mla.kv_lora_rank ? "MLA latent" : "GQA", W, N_REQ, N_GEN, (unsigned long long)bytes,
+           pull_s * 1e3);
+    if (ctx) xds_model_ctx_free(ctx);
+    xds_kv_cache_free(kv);
+    if (a) {
+        xds_deploy_attn_stop(a);
+        xds_deploy_attn_free(a);
+    }
+    if (comm) xccl_comm_detach(comm);
+    int bad = reap(pids, W + 1, 30);
+    CHECK_MSG(bad == 0, "%s: %d children failed", label, bad);
+    xccl_segment_destroy(seg);
+    fflush(stdout);
+}
+
+/* Back-pressure proper: a second slot exists but the pool lacks blocks. */
+static void check_busy(const xds_model *m) {
+    xds_kv_cache *kv = NULL;
+    CHECK(xds_model_kv_cache_create(m, 4 * BLOCK, BLOCK, 2, &kv) == XDS_OK);
+    if (!kv) return;
+    xds_pd_task t;
+    memset(&t, 0, sizeof t);
+    t.req_id = 1, t.n_prompt = 5 * BLOCK, t.n_blocks = 5, t.block_size = BLOCK, t.pool_blocks = 8;
+    t.n_layer = kv->n_layer, t.k_dim = kv->k_dim, t.v_dim = kv->v_dim;
+    CHECK(xds_pd_pull(NULL, &t, kv, 0, NULL) == XDS_ERR_BUSY && kv->n_free == 4 && kv->seqs[0].n_blocks == 0);
+    t.k_dim++;
+    CHECK(xds_pd_pull(NULL, &t, kv, 0, NULL) == XDS_ERR_INVALID && strstr(xds_err_msg(), "geometry"));
+    t.k_dim--;
+    t.blocks[0] = 99;
+    t.n_blocks = 1, t.n_prompt = 2;
+    CHECK(xds_pd_pull(NULL, &t, kv, 0, NULL) == XDS_ERR_PEER && strstr(xds_err_msg(), "outside"));
+    xds_kv_cache_free(kv);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    struct {
+        const char *label, *path;
+        int W;
+    } cases[] = {
+        {"llama", ORA "tiny/h64_gqa4_hd24_llama3", 0},
+        {"qwen3_moe", ORA "moe/qwen3moe_gqa_sparse", 0},
+        {"deepseek_v3", ORA "moe/ds_qlora_yarn_groups", 0},
+        {"qwen3_moe+experts", ORA "moe/qwen3moe_gqa_sparse", 2},
+        {"deepseek_v3+experts", ORA "moe/ds_qlora_yarn_groups", 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        xds_model *m = NULL;
+        xds_status s = xds_model_load(cases[i].path, NULL, &m);
+        CHECK_MSG(s == XDS_OK, "load %s: %s", cases[i].path, xds_err_msg());
+        if (!m) continue;
+        if (i == 0) check_busy(m);
+        run_topology(cases[i].label, m, cases[i].W);
+        xds_model_free(m);
+    }
+    const char *smol = test_model_path();
+    if (!smol) printf("SKIP SmolLM2: XDS_TEST_MODEL is not set\n");
+    else {
+        xds_model *m = NULL;
+        CHECK_MSG(xds_model_load(smol, NULL, &m) == XDS_OK, "load %s: %s", smol, xds_err_msg());
+        if (m) run_topology("smollm2", m, 0);
+        xds_model_free(m);
+    }
+    TEST_MAIN_END();
+}
