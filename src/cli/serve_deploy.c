@@ -313,6 +313,16 @@ void serve_deploy_stop(serve_deploy *d) {
         d->topology_json = NULL;
         return;
     }
+    if (d->attn) {
+        xds_deploy_stats st;
+        xds_deploy_attn_stats(d->attn, &st);
+        double tot = st.attn_s + st.dispatch_s + st.combine_s;
+        fprintf(stderr,
+                "xds serve: decode group 0 (rank 0): %llu passes, %llu tokens; attention+routing+shared+head %.3f s, "
+                "dispatch %.3f s, combine (incl. waiting for experts) %.3f s; dispatch+combine %.0f%% of pass time\n",
+                (unsigned long long)st.steps, (unsigned long long)st.tokens, st.attn_s, st.dispatch_s, st.combine_s,
+                tot > 0 ? 100.0 * (st.dispatch_s + st.combine_s) / tot : 0.0);
+    }
     stop_workers(d, 10.0);
     xds_deploy_attn_free(d->attn);
     d->attn = NULL;

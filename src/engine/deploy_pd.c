@@ -271,15 +271,20 @@ xds_status xds_pd_pull(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, 
     size_t bs = (size_t)kv->block_size;
     size_t k_off_v = sizeof(float) * (size_t)t->n_layer * t->pool_blocks * bs * t->k_dim; /* V after K */
     uint64_t moved = 0;
+    const int32_t *db = kv->seqs[seq].blocks;
     for (int l = 0; l < kv->n_layer; l++)
-        for (int i = 0; i < t->n_blocks; i++) {
+        for (int i = 0; i < t->n_blocks;) {
+            /* one get per run of blocks consecutive on both sides (fresh pools
+             * hand out consecutive ids, so usually one get per layer) */
+            int n = 1;
+            while (i + n < t->n_blocks && t->blocks[i + n] == t->blocks[i] + n && db[i + n] == db[i] + n) n++;
             size_t src = ((size_t)l * t->pool_blocks + t->blocks[i]) * bs;
-            size_t dst = ((size_t)l * kv->n_blocks + kv->seqs[seq].blocks[i]) * bs;
-            size_t kbytes = sizeof(float) * bs * kv->k_dim;
+            size_t dst = ((size_t)l * kv->n_blocks + db[i]) * bs;
+            size_t kbytes = sizeof(float) * bs * n * kv->k_dim;
             xccl_status xs = xccl_get(kv->k + dst * kv->k_dim, comm, t->src_rank, t->region,
                                       src * kv->k_dim * sizeof(float), kbytes);
             if (xs == XCCL_OK && kv->v_dim) {
-                size_t vbytes = sizeof(float) * bs * kv->v_dim;
+                size_t vbytes = sizeof(float) * bs * n * kv->v_dim;
                 xs = xccl_get(kv->v + dst * kv->v_dim, comm, t->src_rank, t->region,
                               k_off_v + src * kv->v_dim * sizeof(float), vbytes);
                 moved += vbytes;
@@ -289,6 +294,7 @@ xds_status xds_pd_pull(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, 
                 return xerr(xs, "pull KV blocks");
             }
             moved += kbytes;
+            i += n;
         }
     if (bytes) *bytes += moved;
     pd_free_msg msg = {PD_MAGIC, PD_FREE, t->req_id};
