@@ -6,6 +6,7 @@
  */
 #include "kernels/roofline.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,16 +27,45 @@ static double now_s(void) {
 
 typedef long long v2di __attribute__((vector_size(16)));
 
+/* Each pool thread takes part once per run (a thread that claims a second
+ * task skips it): it waits at a start barrier (up to 200 ms, so that a
+ * sleeping worker is not raced by the caller claiming every task), then
+ * does its own share and records its start/end; the figure is the total
+ * work over (last end - first start). */
+#define ROOF_MAX_THREADS 64
 typedef struct {
+    int n;
+    _Atomic int arrived;
+    _Atomic unsigned long long joined; /* bit per thread */
+    double t0[ROOF_MAX_THREADS], t1[ROOF_MAX_THREADS], work[ROOF_MAX_THREADS];
+    /* bandwidth */
     const uint8_t *buf;
     size_t slice;
-    int n;
-    volatile long long sink[64];
-} bw_ctx;
+    /* peaks */
+    int kind; /* 0 fma, 1 int8 */
+    xds_cpu_level level;
+    int64_t iters;
+    volatile long long sink[ROOF_MAX_THREADS];
+    volatile float fsink;
+    volatile int isink;
+} roof_ctx;
+
+static int roof_join(roof_ctx *c, int thread) {
+    if (thread >= ROOF_MAX_THREADS) return 0;
+    unsigned long long bit = 1ull << thread;
+    if (atomic_fetch_or(&c->joined, bit) & bit) return 0;
+    atomic_fetch_add(&c->arrived, 1);
+    double t = now_s();
+    while (atomic_load(&c->arrived) < c->n && now_s() - t < 0.2) {
+    }
+    c->t0[thread] = now_s();
+    return 1;
+}
 
 static void bw_task(void *vc, int task, int thread) {
-    bw_ctx *c = vc;
-    const v2di *p = (const v2di *)(c->buf + (size_t)task * c->slice);
+    roof_ctx *c = vc;
+    if (!roof_join(c, thread)) return;
+    const v2di *p = (const v2di *)(c->buf + (size_t)thread * c->slice);
     size_t n = c->slice / sizeof(v2di);
     v2di a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
     for (size_t i = 0; i + 8 <= n; i += 8) {
@@ -49,38 +79,53 @@ static void bw_task(void *vc, int task, int thread) {
         a7 += p[i + 7];
     }
     v2di s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
-    c->sink[task & 63] = s[0] + s[1];
+    c->sink[thread] = s[0] + s[1];
+    c->work[thread] = (double)c->slice;
+    c->t1[thread] = now_s();
+}
+
+/* Run one measured pass; returns work per second (0 if nobody ran). */
+static double roof_pass(xds_pool *pool, roof_ctx *c, xds_pool_fn fn) {
+    atomic_store(&c->arrived, 0);
+    atomic_store(&c->joined, 0ull);
+    for (int i = 0; i < ROOF_MAX_THREADS; i++) c->work[i] = 0;
+    xds_pool_run(pool, fn, c, c->n);
+    double first = 1e300, last = 0, work = 0;
+    for (int i = 0; i < c->n && i < ROOF_MAX_THREADS; i++) {
+        if (c->work[i] <= 0) continue;
+        work += c->work[i];
+        if (c->t0[i] < first) first = c->t0[i];
+        if (c->t1[i] > last) last = c->t1[i];
+    }
+    return work > 0 && last > first ? work / (last - first) : 0;
 }
 
 double xds_measure_read_bw(xds_pool *pool, size_t bytes) {
     if (bytes == 0) bytes = (size_t)256 << 20;
     int n = xds_pool_size(pool);
+    if (n > ROOF_MAX_THREADS) n = ROOF_MAX_THREADS;
     size_t slice = (bytes / (size_t)n) & ~(size_t)4095;
     uint8_t *buf = aligned_alloc(4096, slice * (size_t)n);
-    if (!buf) return -1.0;
+    roof_ctx *c = calloc(1, sizeof *c);
+    if (!buf || !c) {
+        free(buf), free(c);
+        return -1.0;
+    }
     memset(buf, 1, slice * (size_t)n); /* touch every page */
-    bw_ctx c = {.buf = buf, .slice = slice, .n = n};
-    double best = 1e30;
+    c->n = n;
+    c->buf = buf;
+    c->slice = slice;
+    double best = 0;
     for (int pass = 0; pass < 6; pass++) { /* pass 0 warms up */
-        double t0 = now_s();
-        xds_pool_run(pool, bw_task, &c, n);
-        double dt = now_s() - t0;
-        if (pass > 0 && dt < best) best = dt;
+        double r = roof_pass(pool, c, bw_task);
+        if (pass > 0 && r > best) best = r;
     }
     free(buf);
-    return (double)(slice * (size_t)n) / best / 1e9;
+    free(c);
+    return best / 1e9;
 }
 
-typedef struct {
-    int kind; /* 0 fma, 1 int8 */
-    xds_cpu_level level;
-    int64_t iters;
-    double ops[64];
-    volatile float fsink;
-    volatile int isink;
-} peak_ctx;
-
-static double peak_generic(int kind, int64_t iters, peak_ctx *c) {
+static double peak_generic(int kind, int64_t iters, roof_ctx *c) {
     if (kind == 0) {
         float a[16];
         for (int k = 0; k < 16; k++) a[k] = (float)k;
@@ -97,7 +142,8 @@ static double peak_generic(int kind, int64_t iters, peak_ctx *c) {
 }
 
 static void peak_task(void *vc, int task, int thread) {
-    peak_ctx *c = vc;
+    roof_ctx *c = vc;
+    if (!roof_join(c, thread)) return;
     double ops = 0;
     float fs = 0;
     int is = 0;
@@ -111,21 +157,23 @@ static void peak_task(void *vc, int task, int thread) {
         ops = peak_generic(c->kind, c->iters, c);
     c->fsink = fs;
     c->isink = is;
-    c->ops[task & 63] = ops;
+    c->work[thread] = ops;
+    c->t1[thread] = now_s();
 }
 
 static double measure_peak(xds_pool *pool, int kind) {
-    int n = xds_pool_size(pool);
-    peak_ctx c = {.kind = kind, .level = xds_cpu_level_get(), .iters = 2000000};
+    roof_ctx *c = calloc(1, sizeof *c);
+    if (!c) return -1.0;
+    c->n = xds_pool_size(pool) < ROOF_MAX_THREADS ? xds_pool_size(pool) : ROOF_MAX_THREADS;
+    c->kind = kind;
+    c->level = xds_cpu_level_get();
+    c->iters = 2000000;
     double best = 0;
     for (int pass = 0; pass < 4; pass++) {
-        double t0 = now_s();
-        xds_pool_run(pool, peak_task, &c, n);
-        double dt = now_s() - t0;
-        double ops = 0;
-        for (int i = 0; i < n && i < 64; i++) ops += c.ops[i];
-        if (pass > 0 && ops / dt > best) best = ops / dt;
+        double r = roof_pass(pool, c, peak_task);
+        if (pass > 0 && r > best) best = r;
     }
+    free(c);
     return best / 1e9;
 }
 

@@ -16,6 +16,7 @@
 
 #include "kernels/kern_impl.h"
 #include "kernels/kernels.h"
+#include "kernels/roofline.h"
 #include "test.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -418,6 +419,20 @@ static void test_ops(void) {
     }
 }
 
+/* The bound measurements run on 1 and 2 threads and give finite positive
+ * figures (no timing is asserted: benchmarks are not tests). */
+static void test_roofline(void) {
+    for (int nt = 1; nt <= 2; nt++) {
+        xds_pool *pool;
+        XDS_ASSERT(xds_pool_create(nt, &pool) == XDS_OK);
+        double bw = xds_measure_read_bw(pool, (size_t)8 << 20);
+        double fma = xds_measure_fma_peak(pool), i8 = xds_measure_int8_peak(pool);
+        CHECK_MSG(bw > 0 && isfinite(bw) && fma > 0 && isfinite(fma) && i8 > 0 && isfinite(i8),
+                  "threads %d: bw %g fma %g int8 %g", nt, bw, fma, i8);
+        xds_pool_free(pool);
+    }
+}
+
 int main(void) {
     int nl = levels_n();
     printf("CPU levels tested: %d (max %s)\n", nl, xds_cpu_level_name((xds_cpu_level)(nl - 1)));
@@ -427,5 +442,6 @@ int main(void) {
     test_matmul_rows();
     test_matmul_multi();
     test_ops();
+    test_roofline();
     TEST_MAIN_END();
 }
