@@ -36,5 +36,6 @@ print("output tok/s %.1f  req/s %.2f  mean TTFT %.1f ms  mean TPOT %.1f ms  comp
 }
 
 run "single process, $CORES threads" -t "$CORES"
+run "single process, 1 thread" -t 1
 run "MoE-attention, 1 expert worker (1+1 threads)" -t 1 --experts 1 --expert-threads 1
 run "MoE-attention, 2 expert workers (1+1+1 threads on $CORES cores)" -t 1 --experts 2 --expert-threads 1
