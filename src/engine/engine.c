@@ -37,6 +37,8 @@ typedef struct eng_req {
     xds_output out;
     xds_gen_cb cb;
     void *user;
+    xds_kv_import_fn import; /* disaggregated prefill: fills prompt KV instead of computing it (may be NULL) */
+    void *import_user;
     struct eng_req *next, *prev; /* inbox (next only), then the live list */
 } eng_req;
 
@@ -258,6 +260,12 @@ void xds_engine_free(xds_engine *e, int drain) {
 
 xds_status xds_engine_submit(xds_engine *e, const int32_t *prompt, int n_prompt,
                              const xds_gen_params *p, xds_gen_cb cb, void *user, uint64_t *req_id) {
+    return xds_engine_submit_import(e, prompt, n_prompt, p, cb, user, NULL, NULL, req_id);
+}
+
+xds_status xds_engine_submit_import(xds_engine *e, const int32_t *prompt, int n_prompt, const xds_gen_params *p,
+                                    xds_gen_cb cb, void *user, xds_kv_import_fn import, void *import_user,
+                                    uint64_t *req_id) {
     if (!prompt || n_prompt <= 0) return xds_err_set(XDS_ERR_INVALID, "request: empty prompt");
     if (!p || !cb) return xds_err_set(XDS_ERR_INVALID, "request: missing parameters or callback");
     if (p->max_tokens <= 0)
@@ -302,6 +310,8 @@ xds_status xds_engine_submit(xds_engine *e, const int32_t *prompt, int n_prompt,
     }
     r->cb = cb;
     r->user = user;
+    r->import = import;
+    r->import_user = import_user;
 
     pthread_mutex_lock(&e->mu);
     if (e->stop) {
@@ -361,10 +371,23 @@ static void step(xds_engine *e) {
     xds_sched_schedule(e->sched, &plan);
     if (plan.n_items == 0) return;
     int T = 0, n_rows = 0;
-    for (int i = 0; i < plan.n_items; i++) {
+    xds_status s = XDS_OK;
+    for (int i = 0; i < plan.n_items && s == XDS_OK; i++) {
+        xds_sched_seq *q = plan.items[i].seq;
+        s = xds_kv_seq_set_blocks(e->kv, q->slot, q->blocks, q->n_blocks);
+    }
+    for (int i = 0; i < plan.n_items && s == XDS_OK; i++) {
         xds_sched_item *it = &plan.items[i];
         xds_sched_seq *q = it->seq;
-        for (int j = 0; j < it->n; j++) {
+        eng_req *r = q->user;
+        int skip = 0; /* leading positions of the item whose KV was imported */
+        if (r->import && it->start < q->n_prompt - 1) {
+            /* the last prompt token is always computed: its logits are sampled here */
+            int to = it->start + it->n < q->n_prompt - 1 ? it->start + it->n : q->n_prompt - 1;
+            skip = r->import(r->import_user, e->kv, q->slot, it->start, to);
+            if (skip < 0 || skip > to - it->start) skip = 0;
+        }
+        for (int j = skip; j < it->n; j++) {
             e->b_tok[T] = q->tokens[it->start + j];
             e->b_pos[T] = it->start + j;
             e->b_seq[T] = q->slot;
@@ -376,12 +399,7 @@ static void step(xds_engine *e) {
             n_rows++;
         }
     }
-    xds_status s = XDS_OK;
-    for (int i = 0; i < plan.n_items && s == XDS_OK; i++) {
-        xds_sched_seq *q = plan.items[i].seq;
-        s = xds_kv_seq_set_blocks(e->kv, q->slot, q->blocks, q->n_blocks);
-    }
-    if (s == XDS_OK) {
+    if (s == XDS_OK && T > 0) {
         xds_batch b = {T, e->b_tok, e->b_pos, e->b_seq};
         s = e->opts.forward ? e->opts.forward(e->opts.forward_user, e->ctx, &b, e->rows, n_rows, e->logits)
                             : xds_model_forward(e->ctx, &b, e->rows, n_rows, e->logits);
