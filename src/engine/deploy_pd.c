@@ -22,7 +22,7 @@
 #include "base/log.h"
 
 #define PD_MAGIC 0x58445350u /* "XDSP" */
-enum { PD_TASK = 1, PD_FREE = 2 };
+enum { PD_TASK = 1, PD_FREE = 2, PD_REQ = 3, PD_STOP = 4 };
 
 typedef struct pd_free_msg {
     uint32_t magic, cmd;
@@ -195,6 +195,25 @@ xds_status xds_pd_prefill_submit(xds_pd_prefill *p, uint64_t req_id, const int32
     return XDS_OK;
 }
 
+int xds_pd_prefill_release(xds_pd_prefill *p, uint64_t req_id) {
+    for (int i = 0; i < p->o.max_seqs; i++)
+        if (req_id && p->held[i].req_id == req_id) {
+            release_slot(p, i);
+            return 1;
+        }
+    return 0;
+}
+
+void xds_pd_prefill_expire(xds_pd_prefill *p) {
+    double t = now_s();
+    for (int i = 0; i < p->o.max_seqs; i++)
+        if (p->held[i].req_id && t - p->held[i].since > p->o.hold_s) {
+            XDS_LOGW("deploy pd: request %llu not pulled within %.0f s; its KV is dropped",
+                     (unsigned long long)p->held[i].req_id, p->o.hold_s);
+            release_slot(p, i);
+        }
+}
+
 xds_status xds_pd_prefill_poll(xds_pd_prefill *p, int decode_rank, int wait_ms) {
     /* a receive that times out consumes nothing, so waiting with a short
      * deadline is a safe poll; the first wait is wait_ms, then 1 ms to drain */
@@ -210,22 +229,10 @@ xds_status xds_pd_prefill_poll(xds_pd_prefill *p, int decode_rank, int wait_ms) 
         timeout = 1;
         if (len != sizeof msg || msg.magic != PD_MAGIC || msg.cmd != PD_FREE)
             return xds_err_set(XDS_ERR_PEER, "deploy pd: malformed message from decode rank %d", decode_rank);
-        int found = 0;
-        for (int i = 0; i < p->o.max_seqs; i++)
-            if (p->held[i].req_id == msg.req_id) {
-                release_slot(p, i);
-                found = 1;
-                break;
-            }
-        if (!found) XDS_LOGW("deploy pd: FREE of request %llu that is not held (expired?)", (unsigned long long)msg.req_id);
+        if (!xds_pd_prefill_release(p, msg.req_id))
+            XDS_LOGW("deploy pd: FREE of request %llu that is not held (expired?)", (unsigned long long)msg.req_id);
     }
-    double t = now_s();
-    for (int i = 0; i < p->o.max_seqs; i++)
-        if (p->held[i].req_id && t - p->held[i].since > p->o.hold_s) {
-            XDS_LOGW("deploy pd: request %llu not pulled within %.0f s; its KV is dropped",
-                     (unsigned long long)p->held[i].req_id, p->o.hold_s);
-            release_slot(p, i);
-        }
+    xds_pd_prefill_expire(p);
     return XDS_OK;
 }
 
@@ -241,6 +248,10 @@ xds_status xds_pd_task_recv(xccl_comm *comm, int src_rank, xds_pd_task *t) {
         return xds_err_set(XDS_ERR_PEER, "deploy pd: malformed transfer task from rank %d", src_rank);
     memset(t, 0, sizeof *t);
     memcpy(t, msg + 8, len - 8);
+    if (t->n_prompt == -1 && t->n_blocks == 0) { /* the prefill instance could not serve this request */
+        t->src_rank = src_rank;
+        return XDS_OK;
+    }
     int max_b = (int)(sizeof t->blocks / sizeof t->blocks[0]);
     if (t->n_blocks < 0 || t->n_blocks > max_b || len != 8 + fixed + sizeof(int32_t) * (size_t)t->n_blocks ||
         t->block_size <= 0 || t->n_prompt <= 0 || (t->n_prompt + t->block_size - 1) / t->block_size != t->n_blocks)
@@ -301,4 +312,177 @@ xds_status xds_pd_pull(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, 
     xccl_status xs = xccl_send(comm, t->src_rank, &msg, sizeof msg);
     if (xs != XCCL_OK) return xerr(xs, "send FREE");
     return XDS_OK;
+}
+
+xds_status xds_pd_pull_range(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, int seq, int from, int to,
+                             uint64_t *bytes) {
+    if (t->n_layer != kv->n_layer || t->k_dim != kv->k_dim || t->v_dim != kv->v_dim || t->block_size != kv->block_size)
+        return xds_err_set(XDS_ERR_INVALID, "deploy pd: request %llu: prefill KV geometry differs from the decode cache",
+                           (unsigned long long)t->req_id);
+    if (from < 0 || to > t->n_prompt || from > to || seq < 0 || seq >= kv->max_seqs ||
+        (to + kv->block_size - 1) / kv->block_size > kv->seqs[seq].n_blocks)
+        return xds_err_set(XDS_ERR_INVALID, "deploy pd: request %llu: positions [%d, %d) not covered", 
+                           (unsigned long long)t->req_id, from, to);
+    size_t bs = (size_t)kv->block_size;
+    size_t off_v = sizeof(float) * (size_t)t->n_layer * t->pool_blocks * bs * t->k_dim;
+    const int32_t *db = kv->seqs[seq].blocks;
+    uint64_t moved = 0;
+    for (int l = 0; l < kv->n_layer; l++)
+        for (int p = from; p < to;) {
+            /* a run of rows contiguous on both sides: within a block, or whole
+             * blocks with consecutive ids on both sides */
+            int bi = p / (int)bs, end = (bi + 1) * (int)bs;
+            while (end < to && p % (int)bs == 0 && t->blocks[end / bs] == t->blocks[bi] + (end / (int)bs - bi) &&
+                   db[end / bs] == db[bi] + (end / (int)bs - bi))
+                end += (int)bs;
+            if (end > to) end = to;
+            int n = end - p;
+            size_t src = ((size_t)l * t->pool_blocks + t->blocks[bi]) * bs + p % bs;
+            size_t dst = ((size_t)l * kv->n_blocks + db[bi]) * bs + p % bs;
+            xccl_status xs = xccl_get(kv->k + dst * kv->k_dim, comm, t->src_rank, t->region,
+                                      src * kv->k_dim * sizeof(float), sizeof(float) * n * kv->k_dim);
+            moved += sizeof(float) * n * kv->k_dim;
+            if (xs == XCCL_OK && kv->v_dim) {
+                xs = xccl_get(kv->v + dst * kv->v_dim, comm, t->src_rank, t->region,
+                              off_v + src * kv->v_dim * sizeof(float), sizeof(float) * n * kv->v_dim);
+                moved += sizeof(float) * n * kv->v_dim;
+            }
+            if (xs != XCCL_OK) return xerr(xs, "pull KV rows");
+            p = end;
+        }
+    if (bytes) *bytes += moved;
+    return XDS_OK;
+}
+
+xds_status xds_pd_task_free(xccl_comm *comm, const xds_pd_task *t) {
+    pd_free_msg msg = {PD_MAGIC, PD_FREE, t->req_id};
+    xccl_status xs = xccl_send(comm, t->src_rank, &msg, sizeof msg);
+    return xs == XCCL_OK ? XDS_OK : xerr(xs, "send FREE");
+}
+
+typedef struct pd_req_hdr {
+    uint32_t magic, cmd;
+    uint64_t req_id;
+    int32_t n, pad;
+} pd_req_hdr;
+
+xds_status xds_pd_request_send(xccl_comm *comm, int prefill_rank, uint64_t req_id, const int32_t *tokens, int n) {
+    if (n <= 0 || req_id == 0) return xds_err_set(XDS_ERR_INVALID, "deploy pd: empty request");
+    size_t len = sizeof(pd_req_hdr) + sizeof(int32_t) * (size_t)n;
+    char *msg = malloc(len);
+    if (!msg) return xds_err_set(XDS_ERR_NOMEM, "deploy pd: out of memory");
+    pd_req_hdr h = {PD_MAGIC, PD_REQ, req_id, n, 0};
+    memcpy(msg, &h, sizeof h);
+    memcpy(msg + sizeof h, tokens, sizeof(int32_t) * (size_t)n);
+    xccl_status xs = xccl_send(comm, prefill_rank, msg, len);
+    free(msg);
+    return xs == XCCL_OK ? XDS_OK : xerr(xs, "send a prefill request");
+}
+
+xds_status xds_pd_stop_send(xccl_comm *comm, int prefill_rank) {
+    pd_req_hdr h = {PD_MAGIC, PD_STOP, 0, 0, 0};
+    xccl_status xs = xccl_send(comm, prefill_rank, &h, sizeof h);
+    return xs == XCCL_OK ? XDS_OK : xerr(xs, "send STOP");
+}
+
+typedef struct pd_queued {
+    uint64_t id;
+    int32_t *tok;
+    int n;
+} pd_queued;
+
+xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank) {
+    size_t cap = sizeof(pd_req_hdr) + sizeof(int32_t) * (size_t)(sizeof(((xds_pd_task *)0)->blocks) /
+                                                                    sizeof(int32_t)) * p->kv->block_size;
+    char *buf = malloc(cap);
+    pd_queued *q = calloc(256, sizeof *q);
+    int nq = 0;
+    xds_status s = XDS_OK;
+    if (!buf || !q) {
+        free(buf), free(q);
+        return xds_err_set(XDS_ERR_NOMEM, "deploy pd: out of memory");
+    }
+    for (;;) {
+        /* submit queued requests in order while the pool has room */
+        while (nq > 0) {
+            int32_t first;
+            s = xds_pd_prefill_submit(p, q[0].id, q[0].tok, q[0].n, front_rank, &first);
+            if (s == XDS_ERR_BUSY && p->n_held > 0) {
+                s = XDS_OK;
+                break; /* wait for a FREE */
+            }
+            if (s != XDS_OK) {
+                /* this request cannot be prefilled: an empty task (n_blocks 0) tells the front */
+                XDS_LOGE("deploy pd: request %llu: %s", (unsigned long long)q[0].id, xds_err_msg());
+                uint32_t hdr[2] = {PD_MAGIC, PD_TASK};
+                char msg[8 + offsetof(xds_pd_task, blocks)];
+                xds_pd_task t;
+                memset(&t, 0, sizeof t);
+                t.req_id = q[0].id;
+                t.n_prompt = -1;
+                memcpy(msg, hdr, 8);
+                memcpy(msg + 8, &t, offsetof(xds_pd_task, blocks));
+                xccl_status xs = xccl_send(p->comm, front_rank, msg, sizeof msg);
+                s = XDS_OK;
+                if (xs != XCCL_OK) s = xerr(xs, "send a failed task");
+            }
+            free(q[0].tok);
+            memmove(q, q + 1, sizeof *q * (size_t)(nq - 1));
+            nq--;
+            if (s != XDS_OK) goto out;
+        }
+        size_t len = 0;
+        xccl_comm_set_timeout(p->comm, 200);
+        xccl_status xs = xccl_recv(&len, buf, cap, p->comm, front_rank);
+        xccl_comm_set_timeout(p->comm, p->timeout_ms);
+        if (xs == XCCL_ERR_TIMEOUT) {
+            if (xccl_peer_check(p->comm, front_rank) != XCCL_OK) {
+                s = xds_err_set(XDS_ERR_PEER, "deploy pd: prefill: front rank %d is gone", front_rank);
+                goto out;
+            }
+            xds_pd_prefill_expire(p);
+            continue;
+        }
+        if (xs != XCCL_OK) {
+            s = xerr(xs, "prefill: receive");
+            goto out;
+        }
+        uint32_t hdr[2] = {0, 0};
+        if (len >= 8) memcpy(hdr, buf, 8);
+        if (hdr[0] != PD_MAGIC) {
+            s = xds_err_set(XDS_ERR_PEER, "deploy pd: prefill: malformed message from rank %d", front_rank);
+            goto out;
+        }
+        if (hdr[1] == PD_STOP) break;
+        if (hdr[1] == PD_FREE && len == sizeof(pd_free_msg)) {
+            pd_free_msg m;
+            memcpy(&m, buf, sizeof m);
+            xds_pd_prefill_release(p, m.req_id);
+            continue;
+        }
+        pd_req_hdr h;
+        if (hdr[1] != PD_REQ || len < sizeof h) {
+            s = xds_err_set(XDS_ERR_PEER, "deploy pd: prefill: unknown message %u from rank %d", hdr[1], front_rank);
+            goto out;
+        }
+        memcpy(&h, buf, sizeof h);
+        if (h.n <= 0 || len != sizeof h + sizeof(int32_t) * (size_t)h.n || nq == 256) {
+            s = xds_err_set(XDS_ERR_PEER, "deploy pd: prefill: bad request from rank %d", front_rank);
+            goto out;
+        }
+        q[nq].id = h.req_id;
+        q[nq].n = h.n;
+        q[nq].tok = malloc(sizeof(int32_t) * (size_t)h.n);
+        if (!q[nq].tok) {
+            s = xds_err_set(XDS_ERR_NOMEM, "deploy pd: out of memory");
+            goto out;
+        }
+        memcpy(q[nq].tok, buf + sizeof h, sizeof(int32_t) * (size_t)h.n);
+        nq++;
+    }
+out:
+    for (int i = 0; i < nq; i++) free(q[i].tok);
+    free(q);
+    free(buf);
+    return s;
 }

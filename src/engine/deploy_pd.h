@@ -52,6 +52,10 @@ xds_status xds_pd_prefill_submit(xds_pd_prefill *p, uint64_t req_id, const int32
 /* Handle FREE messages from decode_rank (waiting up to wait_ms for the first
  * one when tasks are outstanding; 0: don't wait) and drop expired tasks. */
 xds_status xds_pd_prefill_poll(xds_pd_prefill *p, int decode_rank, int wait_ms);
+/* Release the blocks of req_id (its FREE arrived); 0 if it is not held. */
+int xds_pd_prefill_release(xds_pd_prefill *p, uint64_t req_id);
+/* Drop tasks held longer than hold_s (their blocks are freed). */
+void xds_pd_prefill_expire(xds_pd_prefill *p);
 /* Tasks registered and not yet freed. */
 int xds_pd_prefill_outstanding(const xds_pd_prefill *p);
 /* Free blocks in the prefill pool. */
@@ -67,15 +71,37 @@ typedef struct xds_pd_task {
     uint32_t region;      /* prefill's KV region id */
     int n_layer, k_dim, v_dim, block_size, pool_blocks;
     int n_blocks;
-    int32_t blocks[256];  /* prefill block ids of positions [0, n_prompt) */
+    int32_t blocks[1024]; /* prefill block ids of positions [0, n_prompt) */
 } xds_pd_task;
 
-/* Receive the next transfer task from src_rank (comm deadline). */
+/* Receive the next transfer task from src_rank (comm deadline). n_prompt -1:
+ * the prefill instance failed that request (it logged why; nothing is held). */
 xds_status xds_pd_task_recv(struct xccl_comm *comm, int src_rank, xds_pd_task *t);
 /* Pull t's blocks into kv sequence slot seq (positions [0, n_prompt)), then
  * send FREE to the prefill side. XDS_ERR_BUSY (nothing read, the task stays
  * valid): kv has not enough free blocks — back-pressure, try again later.
  * bytes (may be NULL) += bytes copied. */
 xds_status xds_pd_pull(struct xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, int seq, uint64_t *bytes);
+
+/* Copy prompt positions [from, to) of t into kv sequence slot seq, whose
+ * block table must already cover them (an engine's import callback); sends
+ * nothing. bytes (may be NULL) += bytes copied. */
+xds_status xds_pd_pull_range(struct xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, int seq, int from, int to,
+                             uint64_t *bytes);
+/* Tell the prefill side it may free t's blocks. */
+xds_status xds_pd_task_free(struct xccl_comm *comm, const xds_pd_task *t);
+
+/* ---- serving loop of a prefill instance --------------------------------- */
+
+/* Front side: ask prefill_rank to prefill tokens[0..n) as req_id (> 0); the
+ * transfer task goes back to the sender. */
+xds_status xds_pd_request_send(struct xccl_comm *comm, int prefill_rank, uint64_t req_id, const int32_t *tokens,
+                               int n);
+/* Front side: end prefill_rank's serving loop. */
+xds_status xds_pd_stop_send(struct xccl_comm *comm, int prefill_rank);
+/* Prefill instance: serve requests from front_rank (REQ -> chunked prefill ->
+ * TASK back; FREE -> release; STOP -> return XDS_OK) until STOP or an error.
+ * Requests that find the pool full wait (in order) for FREEs. */
+xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank);
 
 #endif

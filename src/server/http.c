@@ -127,6 +127,11 @@ struct xds_server {
     xds_metric *m_inflight, *m_timeouts;
 };
 
+static void srv_engine_cancel(xds_server *s, uint64_t req_id) {
+    if (s->o.engine_ops) s->o.engine_ops->cancel(s->o.engine_ops->self, req_id);
+    else xds_engine_cancel(s->engine, req_id);
+}
+
 struct srv_req {
     xds_server *srv;
     pthread_mutex_t mu;
@@ -571,7 +576,10 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
     q->refs++; /* the engine's reference, dropped at the final event */
     pthread_mutex_unlock(&q->mu);
     q->t_submit = now_s();
-    xds_status st = xds_engine_submit(s->engine, ids, (int)n_ids, &gp, srv_on_event, q, &q->req_id);
+    xds_status st = s->o.engine_ops
+                        ? s->o.engine_ops->submit(s->o.engine_ops->self, ids, (int)n_ids, &gp, srv_on_event, q,
+                                                  &q->req_id)
+                        : xds_engine_submit(s->engine, ids, (int)n_ids, &gp, srv_on_event, q, &q->req_id);
     free(ids);
     xds_oai_request_free(&r);
     if (st != XDS_OK) {
@@ -622,7 +630,7 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
         if (rc == ETIMEDOUT && !cancelled && !q->finished) {
             pthread_mutex_unlock(&q->mu);
             if (srv_peer_gone(c)) {
-                xds_engine_cancel(s->engine, q->req_id);
+                srv_engine_cancel(s, q->req_id);
                 cancelled = 1;
             }
             pthread_mutex_lock(&q->mu);
@@ -647,7 +655,8 @@ static srv_result srv_handle_metrics(srv_req *q, struct MHD_Connection *c) {
     xds_server *s = q->srv;
     xds_engine_stats st;
     memset(&st, 0, sizeof st);
-    xds_engine_stats_get(s->engine, &st);
+    if (s->o.engine_ops) s->o.engine_ops->stats(s->o.engine_ops->self, &st);
+    else xds_engine_stats_get(s->engine, &st);
     xds_metric_set(s->m_waiting, NULL, st.n_waiting);
     xds_metric_set(s->m_running, NULL, st.n_running);
     xds_metric_set(s->m_kv_used, NULL, st.kv_blocks_used);
@@ -803,7 +812,7 @@ static void srv_on_completed(void *cls, struct MHD_Connection *c, void **con_cls
         if (!fin) {
             if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
                 XDS_LOGI("serve: client of %s went away (code %d); cancelling", q->id, (int)toe);
-            xds_engine_cancel(s->engine, q->req_id);
+            srv_engine_cancel(s, q->req_id);
         }
         pthread_mutex_lock(&s->mu);
         if (q->prev) q->prev->next = q->next;
@@ -1092,7 +1101,7 @@ int xds_server_wait_idle(xds_server *s, double timeout_s) {
 
 void xds_server_abort_all(xds_server *s) {
     pthread_mutex_lock(&s->mu);
-    for (srv_req *q = s->active; q; q = q->next) xds_engine_cancel(s->engine, q->req_id);
+    for (srv_req *q = s->active; q; q = q->next) srv_engine_cancel(s, q->req_id);
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -34,6 +34,17 @@
 struct xds_tokenizer;
 typedef struct xds_server xds_server;
 
+/* A request router in front of the engine (a disaggregated deployment sends
+ * prompts to a prefill instance first): same contracts as xds_engine_submit /
+ * _cancel / _stats_get. */
+typedef struct xds_server_engine_ops {
+    void *self;
+    xds_status (*submit)(void *self, const int32_t *prompt, int n_prompt, const xds_gen_params *params,
+                         xds_gen_cb cb, void *user, uint64_t *req_id);
+    void (*cancel)(void *self, uint64_t req_id);
+    void (*stats)(void *self, xds_engine_stats *out);
+} xds_server_engine_ops;
+
 typedef struct xds_server_opts {
     const char *host;        /* address to bind ("127.0.0.1"; "::1" etc. for IPv6) */
     int port;                /* 0: any free port (see xds_server_port) */
@@ -46,6 +57,7 @@ typedef struct xds_server_opts {
     size_t max_body_bytes;   /* larger request bodies get 413 */
     size_t header_limit;     /* per-connection memory for headers (MHD pool) */
     const char *topology_json; /* GET /v1/topology body (borrowed; NULL: 404, single process) */
+    const xds_server_engine_ops *engine_ops; /* borrowed; NULL: the engine is called directly */
 } xds_server_opts;
 
 xds_server_opts xds_server_opts_default(void);
