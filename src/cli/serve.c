@@ -238,7 +238,7 @@ int cli_serve(int argc, char **argv) {
         goto out;
     }
     if (dep.enabled) {
-        if ((st = serve_deploy_topology(&dep, engine)) != XDS_OK) {
+        if ((st = serve_deploy_topology(&dep, engine, &so.engine_ops)) != XDS_OK) {
             fprintf(stderr, "xds serve: error: %s\n", xds_err_msg());
             goto out;
         }
@@ -282,6 +282,7 @@ int cli_serve(int argc, char **argv) {
     rc = 0;
 out:
     if (srv) xds_server_stop(srv);
+    serve_deploy_quiesce(&dep); /* no new requests from prefill instances into the engine */
     if (engine) xds_engine_free(engine, 1);
     serve_deploy_stop(&dep); /* after the engine: its thread used rank 0 */
     if (atomic_load(&dep.failed)) {

@@ -2,17 +2,27 @@
  * serve_deploy.c — supervisor of a disaggregated deployment (serve_deploy.h).
  *
  * Process tree: the `xds serve` process (front-end + decode DP group 0 =
- * XCCL rank 0) and E children `xds worker --role expert` (ranks 1..E), each
- * exec'ed from /proc/self/exe with PR_SET_PDEATHSIG so none outlives the
- * supervisor. Start-up: segment (sized by xds_deploy_xccl_config) -> attach
+ * XCCL rank 0, and rank E+1 for prefill traffic when P > 0), E children
+ * `xds worker --role expert` (ranks 1..E) and P children `xds worker --role
+ * prefill` (ranks E+2..E+1+P), each exec'ed from /proc/self/exe with
+ * PR_SET_PDEATHSIG so none outlives the supervisor. Start-up: segment (sized by xds_deploy_xccl_config) -> attach
  * rank 0 -> fork/exec workers -> wait until each has attached (a child that
  * exits first, SIGTERM/SIGINT pending, or a 120 s deadline abort the start)
  * -> READY handshake (xds_deploy_attn_create). While serving, a monitor thread
  * reaps children; an unexpected exit marks the deployment failed and raises
  * SIGTERM in the supervisor, whose shutdown path then stops the rest.
  *
- * Not yet supported (refused with a clear error): --prefill > 0,
- * --decode-dp > 1, --frontends > 1, --topology FILE.
+ * Prefill/decode (P > 0): the HTTP server calls the router here instead of
+ * the engine. A request goes to the prefill instance with the fewest
+ * requests in flight (REQ); its transfer task comes back to rank E+1 (a
+ * receiver thread polls the instances); the request then enters the engine
+ * with xds_engine_submit_import, whose import callback pulls the prompt KV
+ * (one-sided gets) when the engine has admitted it — i.e. when the decode
+ * group has free blocks — and then sends FREE. Until then the blocks stay
+ * on the prefill side (back-pressure).
+ *
+ * Not yet supported (refused with a clear error): --decode-dp > 1,
+ * --frontends > 1, --topology FILE.
  */
 #define _GNU_SOURCE
 #include "cli/serve_deploy.h"
@@ -31,6 +41,7 @@
 #include <xccl.h>
 
 #include "engine/deploy.h"
+#include "engine/deploy_pd.h"
 #include "model/model.h"
 
 static double now_s(void) {
@@ -44,6 +55,7 @@ void serve_deploy_init(serve_deploy *d) {
     d->decode_dp = 1;
     d->frontends = 1;
     d->expert_threads = 1;
+    d->prefill_threads = 1;
     atomic_init(&d->stopping, 0);
     atomic_init(&d->failed, 0);
 }
@@ -52,7 +64,8 @@ const char *serve_deploy_usage(void) {
     return "Disaggregated deployment (this process: supervisor, front-end, decode DP group):\n"
            "  --experts E          E expert-worker processes hold the routed experts (MoE models)\n"
            "  --decode-dp D        decode DP groups (only 1 so far)\n"
-           "  --prefill P          prefill instances (only 0 so far: prefill runs in the decode group)\n"
+           "  --prefill P          P prefill-instance processes (KV pulled by the decode group)\n"
+           "  --prefill-threads N  compute threads per prefill instance (default 1)\n"
            "  --frontends F        front-ends on the port (only 1 so far)\n"
            "  --expert-threads N   compute threads per expert worker (default 1)\n"
            "  --topology FILE      topology file (not supported yet)\n";
@@ -63,7 +76,8 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
     long lo = 0, hi = 0;
     if (!strcmp(a, "--experts")) dst = &d->experts, lo = 1, hi = SERVE_DEPLOY_MAX_WORKERS;
     else if (!strcmp(a, "--decode-dp")) dst = &d->decode_dp, lo = 1, hi = 64;
-    else if (!strcmp(a, "--prefill")) dst = &d->prefill, lo = 0, hi = 64;
+    else if (!strcmp(a, "--prefill")) dst = &d->prefill, lo = 0, hi = SERVE_DEPLOY_MAX_PREFILL;
+    else if (!strcmp(a, "--prefill-threads")) dst = &d->prefill_threads, lo = 1, hi = 1024;
     else if (!strcmp(a, "--frontends")) dst = &d->frontends, lo = 1, hi = 64;
     else if (!strcmp(a, "--expert-threads")) dst = &d->expert_threads, lo = 1, hi = 1024;
     else if (!strcmp(a, "--topology")) {
@@ -82,7 +96,7 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
         return -1;
     }
     *dst = (int)x;
-    if (dst != &d->expert_threads) d->enabled = 1;
+    if (dst != &d->expert_threads && dst != &d->prefill_threads) d->enabled = 1;
     return 2;
 }
 
@@ -109,6 +123,10 @@ static void describe_exit(char *buf, size_t cap, int st) {
     else snprintf(buf, cap, "ended (wait status %d)", st);
 }
 
+static const char *child_role(const serve_deploy *d, int i) {
+    return d->rank_of[i] <= d->experts ? "expert worker" : "prefill instance";
+}
+
 static void *monitor_main(void *arg) {
     serve_deploy *d = arg;
     while (!atomic_load(&d->stopping)) {
@@ -117,8 +135,9 @@ static void *monitor_main(void *arg) {
             if (pid <= 0 || !reap_one(d, i, 0) || atomic_load(&d->stopping)) continue;
             char how[96];
             describe_exit(how, sizeof how, d->status[i]);
-            fprintf(stderr, "xds serve: error: expert worker %d (pid %d) %s; stopping the deployment\n", i + 1,
-                    (int)pid, how);
+            fprintf(stderr, "xds serve: error: %s %d (rank %d, pid %d) %s; stopping the deployment\n",
+                    child_role(d, i), d->rank_of[i] <= d->experts ? d->rank_of[i] : d->rank_of[i] - d->experts - 1,
+                    d->rank_of[i], (int)pid, how);
             if (!atomic_exchange(&d->failed, 1)) kill(getpid(), SIGTERM);
         }
         usleep(50 * 1000);
@@ -126,27 +145,262 @@ static void *monitor_main(void *arg) {
     return NULL;
 }
 
+/* ---- prefill/decode router ------------------------------------------------ */
+
+typedef struct serve_pd_req {
+    serve_deploy *d;
+    uint64_t id;
+    int32_t *prompt;
+    int n;
+    xds_gen_params params;
+    char **stop;        /* owned copies of params.stop */
+    xds_gen_cb cb;
+    void *user;
+    int pi;             /* prefill instance index */
+    int state;          /* 0: at prefill, 1: in the engine */
+    int cancelled;      /* cancelled while at prefill (ABORT already delivered) */
+    int freed;          /* FREE sent */
+    uint64_t eng_id;
+    xds_pd_task task;
+    struct serve_pd_req *next;
+} serve_pd_req;
+
+static void pd_req_free(serve_pd_req *r) {
+    if (!r) return;
+    for (int i = 0; r->stop && i < r->params.n_stop; i++) free(r->stop[i]);
+    free(r->stop);
+    free(r->prompt);
+    free(r);
+}
+
+static void pd_unlink(serve_deploy *d, serve_pd_req *r) { /* under rmu */
+    for (serve_pd_req **pp = &d->reqs; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            return;
+        }
+}
+
+static void pd_final(serve_pd_req *r, xds_finish fin) {
+    xds_gen_event ev = {.req_id = r->id, .text = "", .text_len = 0, .token = -1, .finish = fin, .n_prompt = r->n};
+    r->cb(r->user, &ev);
+}
+
+static void pd_send_free(serve_pd_req *r) { /* tell the prefill instance (once) */
+    serve_deploy *d = r->d;
+    if (r->freed) return;
+    r->freed = 1;
+    pthread_mutex_lock(&d->cmu);
+    if (xds_pd_task_free(d->rpc, &r->task) != XDS_OK) fprintf(stderr, "xds serve: %s\n", xds_err_msg());
+    pthread_mutex_unlock(&d->cmu);
+}
+
+/* Engine thread: pull prompt positions [from, to) when the engine has placed them. */
+static int pd_import(void *user, struct xds_kv_cache *kv, int slot, int from, int to) {
+    serve_pd_req *r = user;
+    serve_deploy *d = r->d;
+    if (r->freed) return 0; /* already pulled and freed (a recompute after preemption): compute */
+    uint64_t bytes = 0;
+    pthread_mutex_lock(&d->cmu);
+    xds_status s = xds_pd_pull_range(d->rpc, &r->task, kv, slot, from, to, &bytes);
+    pthread_mutex_unlock(&d->cmu);
+    if (s != XDS_OK) {
+        fprintf(stderr, "xds serve: request %llu: KV pull failed (%s); computing the prompt here\n",
+                (unsigned long long)r->id, xds_err_msg());
+        pd_send_free(r);
+        return 0;
+    }
+    d->kv_pulled_bytes += bytes;
+    if (to >= r->task.n_prompt - 1) pd_send_free(r);
+    return to - from;
+}
+
+/* Engine thread: events of an imported request, renamed to the router's id. */
+static void pd_on_event(void *user, const xds_gen_event *ev) {
+    serve_pd_req *r = user;
+    serve_deploy *d = r->d;
+    xds_gen_event e2 = *ev;
+    e2.req_id = r->id;
+    r->cb(r->user, &e2);
+    if (ev->finish == XDS_FINISH_NONE) return;
+    if (!r->freed) pd_send_free(r); /* finished before its KV was pulled */
+    pthread_mutex_lock(&d->rmu);
+    pd_unlink(d, r);
+    pthread_mutex_unlock(&d->rmu);
+    pd_req_free(r);
+}
+
+static xds_status pd_submit(void *self, const int32_t *prompt, int n, const xds_gen_params *p, xds_gen_cb cb,
+                            void *user, uint64_t *req_id) {
+    serve_deploy *d = self;
+    if (!prompt || n <= 0) return xds_err_set(XDS_ERR_INVALID, "request: empty prompt");
+    if (!p || !cb || p->max_tokens <= 0) return xds_err_set(XDS_ERR_INVALID, "request: bad parameters");
+    if ((long)n + p->max_tokens > d->max_ctx)
+        return xds_err_set(XDS_ERR_INVALID,
+                           "request: prompt (%d tokens) + max_tokens (%d) exceeds the context of %d tokens", n,
+                           p->max_tokens, d->max_ctx);
+    if (n > (int)(sizeof(((xds_pd_task *)0)->blocks) / sizeof(int32_t)) * d->block_size)
+        return xds_err_set(XDS_ERR_INVALID, "request: prompt of %d tokens is longer than a transfer task holds", n);
+    for (int i = 0; i < n; i++)
+        if (prompt[i] < 0 || prompt[i] >= d->n_vocab)
+            return xds_err_set(XDS_ERR_INVALID, "request: prompt token %d: id %d outside the vocabulary [0, %d)", i,
+                               prompt[i], d->n_vocab);
+    serve_pd_req *r = calloc(1, sizeof *r);
+    if (!r) return xds_err_set(XDS_ERR_NOMEM, "request: out of memory");
+    r->d = d;
+    r->n = n;
+    r->params = *p;
+    r->cb = cb;
+    r->user = user;
+    r->prompt = malloc(sizeof(int32_t) * (size_t)n);
+    r->stop = p->n_stop > 0 ? calloc((size_t)p->n_stop, sizeof(char *)) : NULL;
+    int oom = !r->prompt || (p->n_stop > 0 && !r->stop);
+    for (int i = 0; !oom && i < p->n_stop; i++) oom = !(r->stop[i] = strdup(p->stop[i]));
+    if (oom) {
+        pd_req_free(r);
+        return xds_err_set(XDS_ERR_NOMEM, "request: out of memory");
+    }
+    memcpy(r->prompt, prompt, sizeof(int32_t) * (size_t)n);
+    r->params.stop = (const char *const *)r->stop;
+    pthread_mutex_lock(&d->rmu);
+    /* the prefill instance with the fewest requests in flight */
+    int best = 0;
+    for (int i = 1; i < d->prefill; i++)
+        if (d->at_prefill[i] < d->at_prefill[best]) best = i;
+    r->pi = best;
+    r->id = ++d->next_id;
+    d->at_prefill[best]++;
+    r->next = d->reqs;
+    d->reqs = r;
+    *req_id = r->id;
+    pthread_mutex_lock(&d->cmu);
+    xds_status s = xds_pd_request_send(d->rpc, d->rpc_rank + 1 + best, r->id, prompt, n);
+    pthread_mutex_unlock(&d->cmu);
+    if (s != XDS_OK) {
+        d->at_prefill[best]--;
+        pd_unlink(d, r);
+        pthread_mutex_unlock(&d->rmu);
+        pd_req_free(r);
+        return xds_err_set(XDS_ERR_BUSY, "prefill instance %d: %s", best, xds_err_msg());
+    }
+    pthread_mutex_unlock(&d->rmu);
+    return XDS_OK;
+}
+
+static void pd_cancel(void *self, uint64_t id) {
+    serve_deploy *d = self;
+    serve_pd_req *r = NULL;
+    pthread_mutex_lock(&d->rmu);
+    for (serve_pd_req *x = d->reqs; x; x = x->next)
+        if (x->id == id) r = x;
+    int abort_now = 0;
+    if (r && r->state == 1) xds_engine_cancel(d->engine, r->eng_id);
+    else if (r && !r->cancelled) r->cancelled = abort_now = 1;
+    pthread_mutex_unlock(&d->rmu);
+    if (abort_now) pd_final(r, XDS_FINISH_ABORT); /* the task is freed when it arrives */
+}
+
+static void pd_stats(void *self, xds_engine_stats *out) {
+    serve_deploy *d = self;
+    xds_engine_stats_get(d->engine, out);
+    pthread_mutex_lock(&d->rmu);
+    for (int i = 0; i < d->prefill; i++) out->n_waiting += d->at_prefill[i];
+    pthread_mutex_unlock(&d->rmu);
+}
+
+/* A transfer task arrived: the request enters the engine (or is failed / freed). */
+static void pd_task_arrived(serve_deploy *d, int pi, const xds_pd_task *t) {
+    pthread_mutex_lock(&d->rmu);
+    serve_pd_req *r = NULL;
+    for (serve_pd_req *x = d->reqs; x; x = x->next)
+        if (x->id == t->req_id && x->state == 0) r = x;
+    d->at_prefill[pi]--;
+    if (!r) {
+        pthread_mutex_unlock(&d->rmu);
+        fprintf(stderr, "xds serve: transfer task for unknown request %llu\n", (unsigned long long)t->req_id);
+        return;
+    }
+    r->task = *t;
+    xds_finish fin = XDS_FINISH_NONE;
+    if (t->n_prompt == -1) {
+        r->freed = 1;
+        fin = r->cancelled ? XDS_FINISH_NONE : XDS_FINISH_ERROR;
+    } else if (r->cancelled) {
+        fin = XDS_FINISH_NONE;
+    } else {
+        r->state = 1;
+        xds_status s = xds_engine_submit_import(d->engine, r->prompt, r->n, &r->params, pd_on_event, r, pd_import, r,
+                                                &r->eng_id);
+        if (s != XDS_OK) {
+            fprintf(stderr, "xds serve: request %llu: %s\n", (unsigned long long)r->id, xds_err_msg());
+            r->state = 0;
+            fin = XDS_FINISH_ERROR;
+        } else {
+            pthread_mutex_unlock(&d->rmu);
+            return;
+        }
+    }
+    pd_unlink(d, r);
+    pthread_mutex_unlock(&d->rmu);
+    if (t->n_prompt != -1) pd_send_free(r);
+    if (fin != XDS_FINISH_NONE) pd_final(r, fin);
+    pd_req_free(r);
+}
+
+static void *receiver_main(void *arg) {
+    serve_deploy *d = arg;
+    while (!atomic_load(&d->receiver_stop)) {
+        int got = 0;
+        for (int i = 0; i < d->prefill; i++) {
+            xds_pd_task t;
+            pthread_mutex_lock(&d->cmu);
+            xccl_comm_set_timeout(d->rpc, 1); /* a receive that times out consumes nothing */
+            xds_status s = xds_pd_task_recv(d->rpc, d->rpc_rank + 1 + i, &t);
+            xccl_comm_set_timeout(d->rpc, 10000);
+            pthread_mutex_unlock(&d->cmu);
+            if (s == XDS_OK) {
+                got = 1;
+                pd_task_arrived(d, i, &t);
+            } else if (s != XDS_ERR_TIMEOUT && !atomic_load(&d->stopping)) {
+                fprintf(stderr, "xds serve: prefill instance %d: %s\n", i, xds_err_msg());
+                usleep(50 * 1000);
+            }
+        }
+        if (!got) usleep(200);
+    }
+    return NULL;
+}
+
+/* ---- start / stop ----------------------------------------------------------- */
+
 static void stop_workers(serve_deploy *d, double deadline_s) {
     atomic_store(&d->stopping, 1);
     if (d->monitor_started) {
         pthread_join(d->monitor, NULL);
         d->monitor_started = 0;
     }
+    serve_deploy_quiesce(d);
     if (d->attn) xds_deploy_attn_stop(d->attn);
-    else /* start-up failed: nobody waits for the workers' results */
+    if (d->rpc && d->started)
+        for (int i = 0; i < d->prefill; i++) xds_pd_stop_send(d->rpc, d->rpc_rank + 1 + i);
+    if (!d->started) /* start-up failed: nobody waits for the workers' results */
         for (int i = 0; i < d->n_pids; i++)
             if (d->pids[i] > 0) kill(d->pids[i], SIGTERM);
-    /* detaching rank 0 makes any worker still in an XCCL wait fail at once */
+    /* detaching makes any worker still in an XCCL wait on us fail at once */
     if (d->comm) {
         xccl_comm_detach(d->comm);
         d->comm = NULL;
+    }
+    if (d->rpc) {
+        xccl_comm_detach(d->rpc);
+        d->rpc = NULL;
     }
     double end = now_s() + deadline_s;
     for (int i = 0; i < d->n_pids; i++) {
         while (!reap_one(d, i, 0)) {
             if (now_s() > end) {
-                fprintf(stderr, "xds serve: expert worker %d (pid %d) did not stop; killing it\n", i + 1,
-                        (int)d->pids[i]);
+                fprintf(stderr, "xds serve: %s at rank %d (pid %d) did not stop; killing it\n", child_role(d, i),
+                        d->rank_of[i], (int)d->pids[i]);
                 kill(d->pids[i], SIGKILL);
                 reap_one(d, i, 1);
                 break;
@@ -156,29 +410,60 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
     }
 }
 
+void serve_deploy_quiesce(serve_deploy *d) {
+    if (d->receiver_started) {
+        atomic_store(&d->receiver_stop, 1);
+        pthread_join(d->receiver, NULL);
+        d->receiver_started = 0;
+    }
+}
+
+static xds_status spawn(serve_deploy *d, char *const *args, int rank) {
+    pid_t pid = fork();
+    if (pid < 0) return xds_err_set(XDS_ERR_IO, "fork for rank %d: %s", rank, strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL); /* serve blocks SIGTERM/SIGINT for sigwait */
+        const char *exe = getenv("XDS_WORKER_EXE"); /* tests: a worker that fails to start */
+        execv(exe && *exe ? exe : "/proc/self/exe", args);
+        fprintf(stderr, "xds serve: error: exec worker: %s\n", strerror(errno));
+        _exit(127);
+    }
+    d->rank_of[d->n_pids] = rank;
+    d->pids[d->n_pids++] = pid;
+    return XDS_OK;
+}
+
 xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_path, xds_engine_opts *eo) {
     if (d->topology_file)
         return xds_err_set(XDS_ERR_UNSUPPORTED, "--topology: topology files are not supported yet; use --experts E");
-    if (d->prefill > 0)
-        return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "--prefill %d: separate prefill instances are not supported yet (prefill runs in the "
-                           "decode group)", d->prefill);
     if (d->decode_dp > 1)
         return xds_err_set(XDS_ERR_UNSUPPORTED, "--decode-dp %d: only one decode DP group is supported so far",
                            d->decode_dp);
     if (d->frontends > 1)
         return xds_err_set(XDS_ERR_UNSUPPORTED, "--frontends %d: only one front-end is supported so far",
                            d->frontends);
-    if (d->experts < 1)
-        return xds_err_set(XDS_ERR_INVALID, "a disaggregated deployment needs --experts E (E >= 1 expert workers)");
+    if (d->experts < 1 && d->prefill < 1)
+        return xds_err_set(XDS_ERR_INVALID,
+                           "a disaggregated deployment needs --experts E (E >= 1) and/or --prefill P (P >= 1)");
     int n_expert = m->cfg.moe.n_expert;
-    if (n_expert > 0 && d->experts > n_expert)
+    if (d->experts > 0 && n_expert > 0 && d->experts > n_expert)
         return xds_err_set(XDS_ERR_INVALID, "--experts %d: the model has only %d routed experts per layer", d->experts,
                            n_expert);
     d->n_expert = n_expert;
     int max_tok = eo->max_step_tokens > eo->max_batch ? eo->max_step_tokens : eo->max_batch;
     xccl_config cfg;
-    XDS_TRY(xds_deploy_xccl_config(m, d->experts, max_tok, &cfg));
+    if (d->experts > 0) XDS_TRY(xds_deploy_xccl_config(m, d->experts, max_tok, &cfg));
+    else xccl_config_default(&cfg, 1);
+    d->rpc_rank = d->experts + 1;
+    cfg.num_ranks = (uint32_t)(d->experts + 1 + (d->prefill > 0 ? 1 + d->prefill : 0));
+    if (d->prefill > 0) {
+        cfg.slot_bytes = 16384;
+        cfg.num_slots = 8;
+        cfg.heartbeat_timeout_ms = 30000; /* a long prefill chunk must not look like a hang */
+    }
     d->seg_bytes = (unsigned long long)xccl_config_segment_bytes(&cfg);
     snprintf(d->seg_name, sizeof d->seg_name, "/xds-serve-%d", (int)getpid());
     if (xccl_segment_create(&d->seg, d->seg_name, &cfg) != XCCL_OK)
@@ -188,59 +473,70 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         s = xds_err_set(XDS_ERR_IO, "attach to %s as rank 0: %s", d->seg_name, xccl_err_msg());
         goto fail;
     }
-    char wstr[16], tstr[16], rstr[16];
+    if (d->prefill > 0 && xccl_comm_attach(&d->rpc, d->seg_name, d->rpc_rank, 4) != XCCL_OK) {
+        s = xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->seg_name, d->rpc_rank, xccl_err_msg());
+        goto fail;
+    }
+    char wstr[16], tstr[16], rstr[16], fstr[16], bstr[16], pstr[16], cstr[16], ptstr[16];
     snprintf(wstr, sizeof wstr, "%d", d->experts);
     snprintf(tstr, sizeof tstr, "%d", d->expert_threads);
+    snprintf(ptstr, sizeof ptstr, "%d", d->prefill_threads);
+    snprintf(fstr, sizeof fstr, "%d", d->rpc_rank);
+    snprintf(bstr, sizeof bstr, "%d", eo->kv_block_size);
+    snprintf(pstr, sizeof pstr, "%d", eo->max_ctx > 0 ? 4 * eo->max_ctx : 16384);
+    snprintf(cstr, sizeof cstr, "%d", eo->max_step_tokens);
     fflush(NULL);
-    for (int r = 1; r <= d->experts; r++) {
+    for (int r = 1; r <= d->experts && s == XDS_OK; r++) {
         snprintf(rstr, sizeof rstr, "%d", r);
-        pid_t pid = fork();
-        if (pid < 0) {
-            s = xds_err_set(XDS_ERR_IO, "fork for expert worker %d: %s", r, strerror(errno));
-            goto fail;
-        }
-        if (pid == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            sigset_t none;
-            sigemptyset(&none);
-            sigprocmask(SIG_SETMASK, &none, NULL); /* serve blocks SIGTERM/SIGINT for sigwait */
-            char *args[] = {"xds", "worker", "--role", "expert", "--segment", d->seg_name, "--rank", rstr,
-                            "--workers", wstr, "-t", tstr, "-m", (char *)model_path, NULL};
-            const char *exe = getenv("XDS_WORKER_EXE"); /* tests: a worker that fails to start */
-            execv(exe && *exe ? exe : "/proc/self/exe", args);
-            fprintf(stderr, "xds serve: error: exec worker: %s\n", strerror(errno));
-            _exit(127);
-        }
-        d->pids[d->n_pids++] = pid;
+        char *args[] = {"xds", "worker", "--role", "expert", "--segment", d->seg_name, "--rank", rstr,
+                        "--workers", wstr, "-t", tstr, "-m", (char *)model_path, NULL};
+        s = spawn(d, args, r);
     }
-    /* wait until every worker has attached (they load the model first) */
+    for (int i = 0; i < d->prefill && s == XDS_OK; i++) {
+        snprintf(rstr, sizeof rstr, "%d", d->rpc_rank + 1 + i);
+        char *args[] = {"xds", "worker", "--role", "prefill", "--segment", d->seg_name, "--rank", rstr,
+                        "--front", fstr, "-t", ptstr, "--block-size", bstr, "--pool-tokens", pstr,
+                        "--max-seqs", "16", "--chunk", cstr, "-m", (char *)model_path, NULL};
+        s = spawn(d, args, d->rpc_rank + 1 + i);
+    }
+    if (s != XDS_OK) goto fail;
+    /* wait until every child has attached (they load the model first) */
     double end = now_s() + 120.0;
-    for (int r = 1; r <= d->experts; r++) {
-        while (xccl_peer_check(d->comm, r) != XCCL_OK) {
-            if (reap_one(d, r - 1, 0)) {
+    for (int i = 0; i < d->n_pids; i++) {
+        int r = d->rank_of[i];
+        xccl_comm *probe = d->comm;
+        while (xccl_peer_check(probe, r) != XCCL_OK) {
+            if (reap_one(d, i, 0)) {
                 char how[96];
-                describe_exit(how, sizeof how, d->status[r - 1]);
-                s = xds_err_set(XDS_ERR_PEER, "expert worker %d %s before it became ready", r, how);
+                describe_exit(how, sizeof how, d->status[i]);
+                s = xds_err_set(XDS_ERR_PEER, "%s %d %s before it became ready", child_role(d, i),
+                                r <= d->experts ? r : r - d->rpc_rank - 1, how);
                 goto fail;
             }
             sigset_t pend;
             sigpending(&pend);
             if (sigismember(&pend, SIGTERM) || sigismember(&pend, SIGINT)) {
-                s = xds_err_set(XDS_ERR_INTERNAL, "interrupted while starting the expert workers");
+                s = xds_err_set(XDS_ERR_INTERNAL, "interrupted while starting the workers");
                 goto fail;
             }
             if (now_s() > end) {
-                s = xds_err_set(XDS_ERR_TIMEOUT, "expert worker %d did not attach within 120 s", r);
+                s = xds_err_set(XDS_ERR_TIMEOUT, "%s at rank %d did not attach within 120 s", child_role(d, i), r);
                 goto fail;
             }
             usleep(5000);
         }
     }
-    s = xds_deploy_attn_create(m, d->comm, d->experts, max_tok, &d->attn);
-    if (s != XDS_OK) goto fail;
-    eo->forward = xds_deploy_forward_cb;
-    eo->forward_user = d->attn;
+    if (d->experts > 0) {
+        s = xds_deploy_attn_create(m, d->comm, d->experts, max_tok, &d->attn);
+        if (s != XDS_OK) goto fail;
+        eo->forward = xds_deploy_forward_cb;
+        eo->forward_user = d->attn;
+    }
+    d->block_size = eo->kv_block_size;
+    d->max_ctx = eo->max_ctx;
+    d->n_vocab = m->cfg.n_vocab;
     if (pthread_create(&d->monitor, NULL, monitor_main, d) == 0) d->monitor_started = 1;
+    d->started = 1;
     return XDS_OK;
 fail:
     {
@@ -252,11 +548,13 @@ fail:
     }
 }
 
-xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine) {
+xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_server_engine_ops **ops) {
     xds_engine_stats es;
     xds_engine_stats_get(engine, &es);
     json_t *root = json_object(), *ranks = json_array();
-    json_object_set_new(root, "mode", json_string("moe-attention"));
+    json_object_set_new(root, "mode", json_string(d->experts > 0 && d->prefill > 0 ? "prefill-decode+moe-attention"
+                                                  : d->experts > 0                   ? "moe-attention"
+                                                                                     : "prefill-decode"));
     json_object_set_new(root, "segment", json_string(d->seg_name));
     json_object_set_new(root, "segment_bytes", json_integer((json_int_t)d->seg_bytes));
     json_object_set_new(root, "prefill", json_integer(d->prefill));
@@ -271,15 +569,26 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine) {
     json_object_set_new(r0, "dp_group", json_integer(0));
     json_object_set_new(r0, "pid", json_integer((json_int_t)getpid()));
     json_object_set_new(r0, "kv_blocks", json_integer(es.kv_blocks_total));
+    if (d->prefill > 0) json_object_set_new(r0, "prefill_rank", json_integer(d->rpc_rank));
     json_array_append_new(ranks, r0);
     printf("xds serve: topology: segment %s (%llu bytes); rank 0 pid %d: front-end + decode DP group 0 "
            "(attention, routing, shared experts, dense FFN; KV %d blocks)\n",
            d->seg_name, d->seg_bytes, (int)getpid(), es.kv_blocks_total);
-    for (int r = 1; r <= d->experts; r++) {
-        json_t *o = json_object(), *ex = json_array();
+    for (int i = 0; i < d->n_pids; i++) {
+        int r = d->rank_of[i];
+        json_t *o = json_object();
         json_object_set_new(o, "rank", json_integer(r));
+        json_object_set_new(o, "pid", json_integer((json_int_t)d->pids[i]));
+        if (r > d->experts) {
+            json_object_set_new(o, "role", json_string("prefill"));
+            json_object_set_new(o, "instance", json_integer(r - d->rpc_rank - 1));
+            printf("xds serve: topology: rank %d pid %d: prefill instance %d\n", r, (int)d->pids[i],
+                   r - d->rpc_rank - 1);
+            json_array_append_new(ranks, o);
+            continue;
+        }
+        json_t *ex = json_array();
         json_object_set_new(o, "role", json_string("expert"));
-        json_object_set_new(o, "pid", json_integer((json_int_t)d->pids[r - 1]));
         int first = -1, last = -1;
         for (int e = 0; e < d->n_expert; e++) {
             int w, sl;
@@ -291,10 +600,10 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine) {
         }
         if (first >= 0)
             printf("xds serve: topology: rank %d pid %d: expert worker, routed experts %d-%d of %d\n", r,
-                   (int)d->pids[r - 1], first, last, d->n_expert);
+                   (int)d->pids[i], first, last, d->n_expert);
         else
             printf("xds serve: topology: rank %d pid %d: expert worker, no experts (placement rounding)\n", r,
-                   (int)d->pids[r - 1]);
+                   (int)d->pids[i]);
         json_object_set_new(o, "experts", ex);
         json_array_append_new(ranks, o);
     }
@@ -304,11 +613,23 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine) {
     json_decref(root);
     if (!d->topology_json) return xds_err_set(XDS_ERR_NOMEM, "topology: out of memory");
     fflush(stdout);
+    *ops = NULL;
+    if (d->prefill > 0) {
+        d->engine = engine;
+        pthread_mutex_init(&d->cmu, NULL);
+        pthread_mutex_init(&d->rmu, NULL);
+        d->mutexes = 1;
+        d->ops = (xds_server_engine_ops){d, pd_submit, pd_cancel, pd_stats};
+        if (pthread_create(&d->receiver, NULL, receiver_main, d) != 0)
+            return xds_err_set(XDS_ERR_INTERNAL, "cannot start the prefill receiver thread");
+        d->receiver_started = 1;
+        *ops = &d->ops;
+    }
     return XDS_OK;
 }
 
 void serve_deploy_stop(serve_deploy *d) {
-    if (!d->seg && !d->n_pids && !d->comm) {
+    if (!d->seg && !d->n_pids && !d->comm && !d->rpc) {
         free(d->topology_json);
         d->topology_json = NULL;
         return;
@@ -323,10 +644,23 @@ void serve_deploy_stop(serve_deploy *d) {
                 (unsigned long long)st.steps, (unsigned long long)st.tokens, st.attn_s, st.dispatch_s, st.combine_s,
                 tot > 0 ? 100.0 * (st.dispatch_s + st.combine_s) / tot : 0.0);
     }
+    if (d->prefill > 0 && d->kv_pulled_bytes)
+        fprintf(stderr, "xds serve: KV pulled from prefill instances: %llu bytes\n", d->kv_pulled_bytes);
     stop_workers(d, 10.0);
     xds_deploy_attn_free(d->attn);
     d->attn = NULL;
     d->n_pids = 0;
+    /* requests still at a prefill instance (the HTTP server is stopped by now) */
+    while (d->reqs) {
+        serve_pd_req *r = d->reqs;
+        d->reqs = r->next;
+        pd_req_free(r);
+    }
+    if (d->mutexes) {
+        pthread_mutex_destroy(&d->cmu);
+        pthread_mutex_destroy(&d->rmu);
+        d->mutexes = 0;
+    }
     if (d->seg) {
         xccl_segment_destroy(d->seg);
         d->seg = NULL;

@@ -18,6 +18,7 @@
 
 #include "base/status.h"
 #include "engine/engine.h"
+#include "server/http.h"
 
 struct xds_model;
 struct xccl_segment;
@@ -25,20 +26,42 @@ struct xccl_comm;
 struct xds_deploy_attn;
 
 #define SERVE_DEPLOY_MAX_WORKERS 63
+#define SERVE_DEPLOY_MAX_PREFILL 8
+
+struct serve_pd_req;
 
 typedef struct serve_deploy {
-    int prefill, decode_dp, experts, frontends, expert_threads;
+    int prefill, decode_dp, experts, frontends, expert_threads, prefill_threads;
     const char *topology_file;
     int enabled; /* any deployment flag given */
+    int started; /* every worker came up */
     int n_expert; /* the model's routed experts per layer */
     char seg_name[64];
     unsigned long long seg_bytes;
     struct xccl_segment *seg;
     struct xccl_comm *comm;
     struct xds_deploy_attn *attn;
-    pid_t pids[SERVE_DEPLOY_MAX_WORKERS]; /* expert worker r = pids[r - 1]; 0 once reaped */
+    /* children: experts first (rank 1..E), then prefill instances (ranks E+2..) */
+    pid_t pids[SERVE_DEPLOY_MAX_WORKERS]; /* 0 once reaped */
     int status[SERVE_DEPLOY_MAX_WORKERS]; /* wait status once reaped */
+    int rank_of[SERVE_DEPLOY_MAX_WORKERS];
     int n_pids;
+    /* prefill/decode router (P > 0): rank E+1 of this process talks to the prefill instances */
+    struct xccl_comm *rpc;
+    int rpc_rank;
+    pthread_mutex_t cmu; /* rpc comm: HTTP threads, the receiver thread, the engine thread (import) */
+    pthread_mutex_t rmu; /* the request table */
+    int mutexes;
+    struct serve_pd_req *reqs;
+    uint64_t next_id;
+    int at_prefill[SERVE_DEPLOY_MAX_PREFILL]; /* requests sent and not yet returned, per instance */
+    xds_engine *engine;
+    int max_ctx, n_vocab, block_size;
+    xds_server_engine_ops ops;
+    pthread_t receiver;
+    int receiver_started;
+    atomic_int receiver_stop;
+    unsigned long long kv_pulled_bytes;
     pthread_t monitor;
     int monitor_started;
     atomic_int stopping; /* set before workers are told to stop: exits are expected */
@@ -56,8 +79,12 @@ const char *serve_deploy_usage(void);
  * eo's executor at the attention side. On error everything started is
  * stopped again (no process left) and one message is set. */
 xds_status serve_deploy_start(serve_deploy *d, struct xds_model *m, const char *model_path, xds_engine_opts *eo);
-/* Build and print the topology (after the engine exists: its KV capacity). */
-xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine);
+/* Build and print the topology (after the engine exists: its KV capacity);
+ * with prefill instances also start the request router: *ops is then the
+ * router for xds_server_opts.engine_ops (NULL without prefill instances). */
+xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_server_engine_ops **ops);
+/* Stop feeding the engine (prefill receiver thread); call before freeing it. */
+void serve_deploy_quiesce(serve_deploy *d);
 /* Tell the workers to stop, reap them (SIGKILL after a deadline), detach,
  * remove the segment. Call after the engine is freed. Idempotent. */
 void serve_deploy_stop(serve_deploy *d);

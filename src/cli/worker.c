@@ -22,18 +22,63 @@
 
 #include "cli/cli.h"
 #include "engine/deploy.h"
+#include "engine/deploy_pd.h"
 #include "model/model.h"
 
 static void worker_usage(FILE *f) {
     fprintf(f,
             "usage: xds worker --role expert --segment NAME --rank R --workers W -m MODEL [-t THREADS]\n"
-            "Internal: started by 'xds serve --experts W' for each expert worker. Holds a block of\n"
-            "routed experts and computes them for the attention rank over XCCL.\n");
+            "       xds worker --role prefill --segment NAME --rank R --front F -m MODEL [-t THREADS]\n"
+            "                  [--block-size B] [--pool-tokens N] [--max-seqs S] [--chunk C]\n"
+            "Internal: started by 'xds serve --experts W / --prefill P'. An expert worker holds a block\n"
+            "of routed experts and computes them for the attention rank over XCCL; a prefill instance\n"
+            "runs chunked prefill into a registered KV pool for the decode group at rank F.\n");
+}
+
+/* A prefill instance: serve the front rank's requests until STOP. */
+static int worker_prefill(const char *segment, const char *model_path, long rank, long front, long threads,
+                          long block, long pool, long seqs, long chunk) {
+    if (!segment || !model_path || rank < 0 || rank >= XCCL_MAX_RANKS || front < 0 || front >= XCCL_MAX_RANKS ||
+        front == rank || threads < 1 || threads > 1024 || block < 1 || block > 4096 || pool < block ||
+        pool > (1L << 26) || seqs < 1 || seqs > 4096 || chunk < 1 || chunk > (1 << 20)) {
+        fprintf(stderr, "xds worker: error: prefill needs --segment, -m, --rank R, --front F (ranks 0..%d, R != F) "
+                        "and sane --block-size/--pool-tokens/--max-seqs/--chunk\n", XCCL_MAX_RANKS - 1);
+        return 2;
+    }
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() == 1) return 1;
+    xds_model *m = NULL;
+    xds_status s = xds_model_load(model_path, NULL, &m);
+    if (s != XDS_OK) {
+        fprintf(stderr, "xds worker (prefill %ld): error: %s\n", rank, xds_err_msg());
+        return 1;
+    }
+    xccl_comm *comm = NULL;
+    xccl_status xs = xccl_comm_attach(&comm, segment, (int)rank, 3);
+    if (xs != XCCL_OK) {
+        fprintf(stderr, "xds worker (prefill %ld): error: attach to %s: %s\n", rank, segment, xccl_err_msg());
+        xds_model_free(m);
+        return 1;
+    }
+    xds_pd_prefill_opts o = {.pool_tokens = (int)pool, .block_size = (int)block, .max_seqs = (int)seqs,
+                             .chunk = (int)chunk, .n_threads = (int)threads};
+    xds_pd_prefill *p = NULL;
+    s = xds_pd_prefill_create(m, &o, comm, &p);
+    if (s == XDS_OK) s = xds_pd_prefill_serve(p, (int)front);
+    int rc = 0;
+    if (s != XDS_OK) {
+        fprintf(stderr, "xds worker (prefill %ld): error: %s\n", rank, xds_err_msg());
+        rc = 1;
+    }
+    xds_pd_prefill_free(p);
+    xccl_comm_detach(comm);
+    xds_model_free(m);
+    return rc;
 }
 
 int cli_worker(int argc, char **argv) {
     const char *role = NULL, *segment = NULL, *model_path = NULL;
-    long rank = -1, workers = 0, threads = 1;
+    long rank = -1, workers = 0, threads = 1, front = -1, block = 16, pool = 8192, seqs = 16, chunk = 256;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -51,6 +96,11 @@ int cli_worker(int argc, char **argv) {
         else if (!strcmp(a, "--rank")) rank = strtol(v, &end, 10);
         else if (!strcmp(a, "--workers")) workers = strtol(v, &end, 10);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(v, &end, 10);
+        else if (!strcmp(a, "--front")) front = strtol(v, &end, 10);
+        else if (!strcmp(a, "--block-size")) block = strtol(v, &end, 10);
+        else if (!strcmp(a, "--pool-tokens")) pool = strtol(v, &end, 10);
+        else if (!strcmp(a, "--max-seqs")) seqs = strtol(v, &end, 10);
+        else if (!strcmp(a, "--chunk")) chunk = strtol(v, &end, 10);
         else {
             fprintf(stderr, "xds worker: error: unknown option '%s'\n", a);
             worker_usage(stderr);
@@ -62,8 +112,10 @@ int cli_worker(int argc, char **argv) {
         }
         i++;
     }
+    if (role && !strcmp(role, "prefill")) return worker_prefill(segment, model_path, rank, front, threads, block, pool,
+                                                                seqs, chunk);
     if (!role || strcmp(role, "expert") != 0) {
-        fprintf(stderr, "xds worker: error: --role must be 'expert' (got '%s')\n", role ? role : "");
+        fprintf(stderr, "xds worker: error: --role must be 'expert' or 'prefill' (got '%s')\n", role ? role : "");
         return 2;
     }
     if (!segment || !model_path || workers < 1 || workers >= XCCL_MAX_RANKS || rank < 1 || rank > workers ||
