@@ -141,6 +141,9 @@ struct xds_deploy_attn {
     float *cw;     /* (max_tok, k) combine weights (renormalized as moe_experts does) */
     xccl_moe_recv *recv; /* (L) nothing arrives on rank 0 */
     xccl_group *g;       /* the MoE group: ranks 0..n_workers */
+    float *obuf;         /* (max_tok * k, n_embd) unweighted expert outputs returned by the workers */
+    size_t *slot_off;    /* ((1 + n_workers) * L) first obuf row of (worker, local expert) */
+    double *acc;         /* (n_embd) */
     uint64_t step;
     int broken;    /* a failed pass leaves the group out of step: refuse further passes */
     xds_deploy_stats st;
@@ -174,7 +177,10 @@ xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, int n_wor
     a->w = malloc(sizeof(float) * T * K);
     a->cw = malloc(sizeof(float) * T * K);
     a->recv = calloc((size_t)a->L, sizeof(xccl_moe_recv));
-    if (!a->x || !a->xn || !a->y || !a->sh || !a->ids || !a->w || !a->cw || !a->recv) {
+    a->obuf = malloc(sizeof(float) * T * K * E);
+    a->slot_off = calloc((size_t)(1 + n_workers) * a->L, sizeof(size_t));
+    a->acc = malloc(sizeof(double) * E);
+    if (!a->obuf || !a->slot_off || !a->acc || !a->x || !a->xn || !a->y || !a->sh || !a->ids || !a->w || !a->cw || !a->recv) {
         xds_deploy_attn_free(a);
         return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory (%zu tokens)", T);
     }
@@ -207,6 +213,7 @@ void xds_deploy_attn_free(xds_deploy_attn *a) {
     if (a->g && a->g != xccl_comm_world(a->comm)) xccl_group_destroy(a->g);
     free(a->x), free(a->xn), free(a->y), free(a->sh);
     free(a->ids), free(a->w), free(a->cw), free(a->recv);
+    free(a->obuf), free(a->slot_off), free(a->acc);
     free(a);
 }
 
@@ -266,10 +273,63 @@ static xds_status moe_layer(xds_deploy_attn *a, xds_model_ctx *ctx, int l, float
     int has_shared = m->layers[l].moe->has_shared;
     if (has_shared) xds_model_moe_shared(ctx, l, a->xn, n, a->sh);
     double t3 = now_s();
+    /* the unweighted expert outputs come back per (worker, local expert), in
+     * the order the worker received the rows */
+    int L = a->L;
+    size_t off = 0;
+    for (int w = 1; w <= a->n_workers && xs == XCCL_OK; w++)
+        for (int j = 0; j < L && xs == XCCL_OK; j++) {
+            int cnt = lay.num_tokens_per_expert[w * L + j];
+            a->slot_off[w * L + j] = off;
+            if (cnt == 0) continue;
+            size_t len = 0, want = sizeof(float) * (size_t)cnt * E;
+            xs = xccl_recv(&len, a->obuf + off * E, want, a->comm, w);
+            if (xs == XCCL_OK && len != want) {
+                xccl_moe_layout_free(&lay);
+                return xds_err_set(XDS_ERR_PEER, "deploy: rank %d returned %zu bytes for expert slot %d, want %zu", w,
+                                   len, j, want);
+            }
+            off += (size_t)cnt;
+        }
+    if (xs != XCCL_OK) {
+        xccl_moe_layout_free(&lay);
+        return xerr(xs, "MoE expert outputs");
+    }
+    /* completes the dispatch handle (buffers acked); its f32 sum is not used */
     xs = xccl_moe_combine(a->y, a->cw, NULL, h, a->comm, g);
+    if (xs != XCCL_OK) {
+        xccl_moe_layout_free(&lay);
+        return xerr(xs, "MoE combine");
+    }
+    /* weighted sum exactly as moe_experts does it: per token in k order, in
+     * double, with the renormalization factor — so identical experts give
+     * exactly their common output and results match the colocated engine */
+    double *acc = a->acc;
+    for (int t = 0; t < n; t++) {
+        const float *wt = a->w + (size_t)t * K;
+        double f = 1.0;
+        if (mc->norm_topk_prob) {
+            double c = 0;
+            for (int j = 0; j < K; j++) c += wt[j];
+            if (c > 0) f = (double)mc->routed_scale / c;
+        }
+        memset(acc, 0, sizeof(double) * E);
+        int any = 0;
+        for (int j = 0; j < K; j++) {
+            int mem = lay.route_member[t * K + j];
+            if (mem < 0) continue;
+            const float *yr = a->obuf + (a->slot_off[mem * L + lay.route_slot[t * K + j]] +
+                                         (size_t)lay.route_pos[t * K + j]) * E;
+            double wj = wt[j] * f;
+            for (int i = 0; i < E; i++) acc[i] += wj * yr[i];
+            any = 1;
+        }
+        float *o = a->y + (size_t)t * E;
+        if (!any) memset(o, 0, sizeof(float) * E);
+        else for (int i = 0; i < E; i++) o[i] = (float)acc[i];
+    }
     xccl_moe_layout_free(&lay);
     double t4 = now_s();
-    if (xs != XCCL_OK) return xerr(xs, "MoE combine");
     if (has_shared) xds_add(a->y, a->sh, n * E);
     xds_add(x, a->y, n * E);
     a->st.attn_s += (t1 - t0) + (t3 - t2) + (now_s() - t4);
@@ -449,6 +509,13 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, int n_work
                 xds_silu_mul(gg, gu, nr * F);
                 xds_matmul(pool, &f->down, gg, (float *)recv[j].out, nr);
                 st.rows += (uint64_t)nr;
+            }
+            for (int j = 0; j < L && xs == XCCL_OK; j++) /* the unweighted outputs, slot order */
+                if (recv[j].num_rows > 0)
+                    xs = xccl_send(comm, 0, recv[j].out, sizeof(float) * (size_t)recv[j].num_rows * E);
+            if (xs != XCCL_OK) {
+                s = xerr(xs, "expert worker returning outputs");
+                goto out;
             }
             double a2 = now_s();
             xs = xccl_moe_combine(&dummy, &dummy, NULL, h, comm, g);

@@ -14,8 +14,10 @@
  *
  * Protocol per forward pass: rank 0 sends every worker one control message
  * {magic, cmd, step, n_tok} (xccl_send, P2P channel); for cmd RUN both sides
- * then go through the model's MoE layers in order, one layout + dispatch +
- * combine per layer (the MoE group collective). cmd STOP ends the worker loop.
+ * then go through the model's MoE layers in order: layout + dispatch (the MoE
+ * group collective), the workers compute and send their unweighted outputs
+ * back per local expert (P2P), then combine completes the dispatch. cmd STOP
+ * ends the worker loop.
  *
  * Placement decisions (docs/PERFORMANCE.md says why):
  *  - shared experts are computed on the attention side: every token needs
@@ -25,9 +27,11 @@
  *    the attention side: no routing, so they are data-parallel with attention.
  *
  * Equivalence: the expert FFN runs the same kernels on the same rows as the
- * colocated moe_experts; the weighted sum is XCCL's combine (f32, k order)
- * instead of moe_experts' double accumulation, so outputs agree to f32
- * rounding and greedy tokens are tested identical (tests/unit/test_deploy.c).
+ * colocated moe_experts, and rank 0 weight-sums the returned rows exactly as
+ * moe_experts does (double, k order, renormalized weights) instead of using
+ * XCCL's f32 combine sum: logits are bit-identical to the colocated engine
+ * (tests/unit/test_deploy.c). The cost is that the outputs travel twice (P2P
+ * and combine, whose sum is discarded).
  *
  * Errors: every call returns xds_status with a one-line message; a dead or
  * hung peer surfaces as XDS_ERR_IO naming the rank (from XCCL's deadline /
