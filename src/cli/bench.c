@@ -9,6 +9,12 @@
  *     tg): tokens/s, bytes read per token (weights of one step + the K/V read,
  *     averaged over the run), bandwidth bound = bw / bytes, and the fraction.
  * Every figure is min / median over --reps repetitions after one warm-up.
+ * Besides wall time, each result gives a "cpu-equivalent" rate: process CPU
+ * time / threads. During a run every pool thread either works or spins (the
+ * pool's workers spin ~0.5 ms before sleeping, longer than any gap between
+ * runs of a forward pass), so on an otherwise idle machine this equals the wall time;
+ * on a shared, oversubscribed machine it leaves out the time our threads sat
+ * descheduled (an estimate of the idle-machine figure, labelled as such).
  * --json prints one JSON object per line (bounds, then one per result).
  */
 #include <math.h>
@@ -28,6 +34,12 @@
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -176,8 +188,8 @@ int cli_bench(int argc, char **argv) {
     if (st == XDS_OK) st = xds_model_ctx_create(m, kv, c.threads, max_len, &ctx);
     float *logits = st == XDS_OK ? malloc((size_t)m->cfg.n_vocab * sizeof(float)) : NULL;
     int32_t *tok = st == XDS_OK ? malloc((size_t)n_ctx * sizeof(int32_t)) : NULL;
-    double *ts = malloc((size_t)c.reps * sizeof(double));
-    if (st == XDS_OK && (!logits || !tok || !ts)) st = xds_err_set(XDS_ERR_NOMEM, "out of memory");
+    double *ts = malloc((size_t)c.reps * sizeof(double)), *cs = malloc((size_t)c.reps * sizeof(double));
+    if (st == XDS_OK && (!logits || !tok || !ts || !cs)) st = xds_err_set(XDS_ERR_NOMEM, "out of memory");
     if (st != XDS_OK) {
         fprintf(stderr, "xds bench: error: %s\n", xds_err_msg());
         goto out;
@@ -214,12 +226,13 @@ int cli_bench(int argc, char **argv) {
         int L = lens[li];
         for (int r = -1; r < c.reps && st == XDS_OK; r++) {
             xds_kv_seq_truncate(kv, 0, 0);
-            double t0 = now_s();
+            double t0 = now_s(), c0 = cpu_s();
             st = run_forward(ctx, kv, tok, 0, L, logits);
-            if (r >= 0) ts[r] = now_s() - t0;
+            if (r >= 0) ts[r] = now_s() - t0, cs[r] = (cpu_s() - c0) / c.threads;
         }
         if (st != XDS_OK) break;
         qsort(ts, c.reps, sizeof(double), cmp_d);
+        qsort(cs, c.reps, sizeof(double), cmp_d);
         double tmin = ts[0], tmed = ts[c.reps / 2];
         /* FLOPs: 2 per multiply-add of the matrices, attention QK^T and PV over
          * the causal prefix, and the LM head for the one logits row. */
@@ -230,26 +243,28 @@ int cli_bench(int argc, char **argv) {
             printf("{\"bench\":\"xds\",\"kind\":\"prefill\",\"model\":\"%s\",\"threads\":%d,\"n_prompt\":%d,"
                    "\"reps\":%d,\"t_min_s\":%.6f,\"t_med_s\":%.6f,\"tok_s_max\":%.2f,\"tok_s_med\":%.2f,"
                    "\"flops\":%.4g,\"gflops\":%.3f,\"peak_kind\":\"%s\",\"peak_gops\":%.3f,\"frac_peak\":%.4f,"
-                   "\"frac_fma_peak\":%.4f}\n",
+                   "\"frac_fma_peak\":%.4f,\"cpu_equiv_tok_s_max\":%.2f}\n",
                    c.model, c.threads, L, c.reps, tmin, tmed, L / tmin, L / tmed, flops, flops / tmin / 1e9,
-                   quant ? "int8" : "fma", peak, flops / tmin / 1e9 / peak, flops / tmin / 1e9 / c.fma);
+                   quant ? "int8" : "fma", peak, flops / tmin / 1e9 / peak, flops / tmin / 1e9 / c.fma, L / cs[0]);
         else
             printf("prefill %4d tokens: %8.1f tok/s (median %8.1f), %6.1f GFLOP/s = %4.1f%% of %s peak "
-                   "(%4.1f%% of f32 FMA peak)\n",
+                   "(%4.1f%% of f32 FMA peak); cpu-equivalent %.1f tok/s\n",
                    L, L / tmin, L / tmed, flops / tmin / 1e9, 100 * flops / tmin / 1e9 / peak,
-                   quant ? "int8" : "fma", 100 * flops / tmin / 1e9 / c.fma);
+                   quant ? "int8" : "fma", 100 * flops / tmin / 1e9 / c.fma, L / cs[0]);
         fflush(stdout);
     }
 
     /* ---- decode, batch 1, from an empty context ---- */
     for (int r = -1; r < c.reps && st == XDS_OK; r++) {
         xds_kv_seq_truncate(kv, 0, 0);
-        double t0 = now_s();
+        double t0 = now_s(), c0 = cpu_s();
         for (int i = 0; i < c.gen && st == XDS_OK; i++) st = run_forward(ctx, kv, tok + i, i, 1, logits);
-        if (r >= 0) ts[r] = now_s() - t0;
+        if (r >= 0) ts[r] = now_s() - t0, cs[r] = (cpu_s() - c0) / c.threads;
     }
     if (st == XDS_OK && c.gen > 0) {
         qsort(ts, c.reps, sizeof(double), cmp_d);
+        qsort(cs, c.reps, sizeof(double), cmp_d);
+        double cps = c.gen / cs[0];
         double tmin = ts[0], tmed = ts[c.reps / 2];
         /* step i reads K and V of positions 0..i */
         double kv_bytes = (double)m->cfg.n_layer * (k_dim + v_dim) * sizeof(float) * (c.gen + 1) / 2.0;
@@ -260,14 +275,16 @@ int cli_bench(int argc, char **argv) {
             printf("{\"bench\":\"xds\",\"kind\":\"decode\",\"model\":\"%s\",\"threads\":%d,\"batch\":1,"
                    "\"n_gen\":%d,\"reps\":%d,\"t_min_s\":%.6f,\"t_med_s\":%.6f,\"tok_s_max\":%.2f,"
                    "\"tok_s_med\":%.2f,\"bytes_per_tok\":%.0f,\"weight_bytes\":%.0f,\"kv_bytes_per_tok\":%.0f,"
-                   "\"bw_gbps\":%.3f,\"bound_tok_s\":%.2f,\"frac_bound\":%.4f,\"frac_bound_med\":%.4f}\n",
+                   "\"bw_gbps\":%.3f,\"bound_tok_s\":%.2f,\"frac_bound\":%.4f,\"frac_bound_med\":%.4f,"
+                   "\"cpu_equiv_tok_s_max\":%.2f,\"cpu_equiv_frac_bound\":%.4f}\n",
                    c.model, c.threads, c.gen, c.reps, tmin, tmed, tps, tps_med, bytes, wbytes, kv_bytes,
-                   c.bw, bound, tps / bound, tps_med / bound);
+                   c.bw, bound, tps / bound, tps_med / bound, cps, cps / bound);
         else
             printf("decode  %4d tokens: %8.1f tok/s (median %8.1f); %.1f MB read per token "
-                   "(weights %.1f + KV %.2f); bound %.1f tok/s at %.2f GB/s -> %.1f%% of bound (median %.1f%%)\n",
+                   "(weights %.1f + KV %.2f); bound %.1f tok/s at %.2f GB/s -> %.1f%% of bound (median %.1f%%); "
+                   "cpu-equivalent %.1f tok/s = %.1f%%\n",
                    c.gen, tps, tps_med, bytes / 1e6, wbytes / 1e6, kv_bytes / 1e6, bound, c.bw,
-                   100 * tps / bound, 100 * tps_med / bound);
+                   100 * tps / bound, 100 * tps_med / bound, cps, 100 * cps / bound);
     }
     if (st == XDS_OK && m->cfg.moe.n_expert > 0) {
         xds_bench_moe_cfg mc = {c.model, c.threads, c.reps, c.json, c.bw, c.fma, c.int8, moe_b, n_moe_b, moe_ctx};
@@ -275,6 +292,7 @@ int cli_bench(int argc, char **argv) {
     }
     if (st != XDS_OK) fprintf(stderr, "xds bench: error: %s\n", xds_err_msg());
 out:
+    free(cs);
     free(ts);
     free(tok);
     free(logits);
