@@ -195,14 +195,18 @@ static void pd_send_free(serve_pd_req *r) { /* tell the prefill instance (once) 
     pthread_mutex_unlock(&d->cmu);
 }
 
-/* Engine thread: pull prompt positions [from, to) when the engine has placed them. */
-static int pd_import(void *user, struct xds_kv_cache *kv, int slot, int from, int to) {
+/* Engine thread: pull prompt positions [from, to) when the engine has placed
+ * them, and the last prompt token's logits when the engine samples there. */
+static int pd_import(void *user, struct xds_kv_cache *kv, int slot, int from, int to, float *logits) {
     serve_pd_req *r = user;
     serve_deploy *d = r->d;
     if (r->freed) return 0; /* already pulled and freed (a recompute after preemption): compute */
+    if (to == r->task.n_prompt && !logits) to--; /* the engine computes the last token itself */
+    if (to <= from) return 0;
     uint64_t bytes = 0;
     pthread_mutex_lock(&d->cmu);
     xds_status s = xds_pd_pull_range(d->rpc, &r->task, kv, slot, from, to, &bytes);
+    if (s == XDS_OK && to == r->task.n_prompt) s = xds_pd_get_logits(d->rpc, &r->task, logits);
     pthread_mutex_unlock(&d->cmu);
     if (s != XDS_OK) {
         fprintf(stderr, "xds serve: request %llu: KV pull failed (%s); computing the prompt here\n",

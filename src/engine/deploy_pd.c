@@ -58,6 +58,7 @@ struct xds_pd_prefill {
     float *logits;        /* (n_vocab) */
     int32_t *pos, *seq;   /* (chunk) */
     uint32_t timeout_ms;  /* the comm deadline restored after each poll */
+    size_t logits_off;    /* region offset of the (max_seqs, n_vocab) logits area */
 };
 
 xds_status xds_pd_prefill_create(const xds_model *m, xds_pd_prefill_opts *o, xccl_comm *comm, xds_pd_prefill **out) {
@@ -83,12 +84,14 @@ xds_status xds_pd_prefill_create(const xds_model *m, xds_pd_prefill_opts *o, xcc
     xds_kv_cache *kv = p->kv;
     size_t kb = sizeof(float) * (size_t)kv->n_layer * kv->n_blocks * kv->block_size * kv->k_dim;
     size_t vb = sizeof(float) * (size_t)kv->n_layer * kv->n_blocks * kv->block_size * kv->v_dim;
-    xccl_status xs = xccl_region_alloc(&p->region, kb + vb, comm);
+    size_t lb = sizeof(float) * (size_t)o->max_seqs * m->cfg.n_vocab; /* last-token logits per slot */
+    xccl_status xs = xccl_region_alloc(&p->region, kb + vb + lb, comm);
     if (xs != XCCL_OK) {
         xds_kv_cache_free(p->kv);
         free(p);
         return xerr(xs, "register the prefill KV pool");
     }
+    p->logits_off = kb + vb;
     p->own_k = kv->k;
     p->own_v = kv->v;
     kv->k = (float *)p->region.base;
@@ -181,6 +184,9 @@ xds_status xds_pd_prefill_submit(xds_pd_prefill *p, uint64_t req_id, const int32
     t.n_layer = kv->n_layer, t.k_dim = kv->k_dim, t.v_dim = kv->v_dim;
     t.block_size = kv->block_size, t.pool_blocks = kv->n_blocks;
     t.n_blocks = kv->seqs[slot].n_blocks;
+    t.n_vocab = V;
+    t.logits_off = p->logits_off + sizeof(float) * (size_t)slot * V;
+    memcpy((char *)p->region.base + t.logits_off, p->logits, sizeof(float) * V);
     memcpy(t.blocks, kv->seqs[slot].blocks, sizeof(int32_t) * t.n_blocks);
     uint32_t hdr[2] = {PD_MAGIC, PD_TASK};
     size_t len = offsetof(xds_pd_task, blocks) + sizeof(int32_t) * t.n_blocks;
@@ -352,6 +358,12 @@ xds_status xds_pd_pull_range(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache
         }
     if (bytes) *bytes += moved;
     return XDS_OK;
+}
+
+xds_status xds_pd_get_logits(xccl_comm *comm, const xds_pd_task *t, float *logits) {
+    if (t->n_vocab <= 0) return xds_err_set(XDS_ERR_INVALID, "deploy pd: task without logits");
+    xccl_status xs = xccl_get(logits, comm, t->src_rank, t->region, t->logits_off, sizeof(float) * t->n_vocab);
+    return xs == XCCL_OK ? XDS_OK : xerr(xs, "pull the last token's logits");
 }
 
 xds_status xds_pd_task_free(xccl_comm *comm, const xds_pd_task *t) {

@@ -70,6 +70,8 @@ typedef struct xds_pd_task {
     int32_t first_token;
     uint32_t region;      /* prefill's KV region id */
     int n_layer, k_dim, v_dim, block_size, pool_blocks;
+    uint64_t logits_off;  /* region offset of the last prompt token's logits (n_vocab floats) */
+    int n_vocab;
     int n_blocks;
     int32_t blocks[1024]; /* prefill block ids of positions [0, n_prompt) */
 } xds_pd_task;
@@ -88,6 +90,8 @@ xds_status xds_pd_pull(struct xccl_comm *comm, const xds_pd_task *t, xds_kv_cach
  * nothing. bytes (may be NULL) += bytes copied. */
 xds_status xds_pd_pull_range(struct xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, int seq, int from, int to,
                              uint64_t *bytes);
+/* The prefill side's logits of the last prompt token (t->n_vocab floats). */
+xds_status xds_pd_get_logits(struct xccl_comm *comm, const xds_pd_task *t, float *logits);
 /* Tell the prefill side it may free t's blocks. */
 xds_status xds_pd_task_free(struct xccl_comm *comm, const xds_pd_task *t);
 

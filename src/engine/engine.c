@@ -58,6 +58,9 @@ struct xds_engine {
     int32_t *rows;                  /* (max_batch) batch rows to sample */
     xds_sched_item **row_item;      /* (max_batch) */
     float *logits;                  /* (max_batch, n_vocab) */
+    float *imp_logits;              /* (max_batch, n_vocab) logits given by importers; allocated on first use */
+    int32_t *fwd_row;               /* (max_batch) sampled row of each forward logits row */
+    uint8_t *imported;              /* (max_batch) 1: the sampled row's logits came from the importer */
     /* events of the step's sampled rows, delivered after stats are published */
     eng_req **ev_req;               /* (max_batch) */
     int32_t *ev_tok;                /* (max_batch) */
@@ -193,6 +196,8 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
     e->rows = malloc(sizeof(int32_t) * o.max_batch);
     e->row_item = malloc(sizeof(*e->row_item) * o.max_batch);
     e->logits = malloc(sizeof(float) * (size_t)o.max_batch * e->n_vocab);
+    e->fwd_row = malloc(sizeof(int32_t) * o.max_batch);
+    e->imported = calloc((size_t)o.max_batch, 1);
     e->ev_req = malloc(sizeof(*e->ev_req) * o.max_batch);
     e->ev_tok = malloc(sizeof(*e->ev_tok) * o.max_batch);
     e->ev_text = malloc(sizeof(*e->ev_text) * o.max_batch);
@@ -247,6 +252,9 @@ void xds_engine_free(xds_engine *e, int drain) {
     free(e->rows);
     free(e->row_item);
     free(e->logits);
+    free(e->imp_logits);
+    free(e->fwd_row);
+    free(e->imported);
     free(e->ev_req);
     free(e->ev_tok);
     free(e->ev_text);
@@ -370,7 +378,7 @@ static void step(xds_engine *e) {
     xds_sched_plan plan;
     xds_sched_schedule(e->sched, &plan);
     if (plan.n_items == 0) return;
-    int T = 0, n_rows = 0;
+    int T = 0, n_rows = 0, n_fwd = 0;
     xds_status s = XDS_OK;
     for (int i = 0; i < plan.n_items && s == XDS_OK; i++) {
         xds_sched_seq *q = plan.items[i].seq;
@@ -381,11 +389,17 @@ static void step(xds_engine *e) {
         xds_sched_seq *q = it->seq;
         eng_req *r = q->user;
         int skip = 0; /* leading positions of the item whose KV was imported */
-        if (r->import && it->start < q->n_prompt - 1) {
-            /* the last prompt token is always computed: its logits are sampled here */
-            int to = it->start + it->n < q->n_prompt - 1 ? it->start + it->n : q->n_prompt - 1;
-            skip = r->import(r->import_user, e->kv, q->slot, it->start, to);
-            if (skip < 0 || skip > to - it->start) skip = 0;
+        int given = 0; /* the sampled row's logits were imported too */
+        if (r->import && it->start < q->n_prompt) {
+            int to = it->start + it->n < q->n_prompt ? it->start + it->n : q->n_prompt;
+            float *lg = NULL;
+            if (it->sample && to == q->n_prompt) {
+                if (!e->imp_logits) e->imp_logits = malloc(sizeof(float) * (size_t)e->opts.max_batch * e->n_vocab);
+                if (e->imp_logits) lg = e->imp_logits + (size_t)n_rows * e->n_vocab;
+            }
+            skip = r->import(r->import_user, e->kv, q->slot, it->start, to, lg);
+            if (skip < 0 || skip > to - it->start || (skip == to - it->start && to == q->n_prompt && !lg)) skip = 0;
+            given = it->sample && skip == it->n;
         }
         for (int j = skip; j < it->n; j++) {
             e->b_tok[T] = q->tokens[it->start + j];
@@ -394,15 +408,28 @@ static void step(xds_engine *e) {
             T++;
         }
         if (it->sample) {
-            e->rows[n_rows] = T - 1;
+            e->imported[n_rows] = (uint8_t)given;
+            if (!given) {
+                e->rows[n_fwd] = T - 1;
+                e->fwd_row[n_fwd++] = n_rows;
+            }
             e->row_item[n_rows] = it;
             n_rows++;
         }
     }
     if (s == XDS_OK && T > 0) {
         xds_batch b = {T, e->b_tok, e->b_pos, e->b_seq};
-        s = e->opts.forward ? e->opts.forward(e->opts.forward_user, e->ctx, &b, e->rows, n_rows, e->logits)
-                            : xds_model_forward(e->ctx, &b, e->rows, n_rows, e->logits);
+        s = e->opts.forward ? e->opts.forward(e->opts.forward_user, e->ctx, &b, e->rows, n_fwd, e->logits)
+                            : xds_model_forward(e->ctx, &b, e->rows, n_fwd, e->logits);
+    }
+    if (s == XDS_OK && n_fwd < n_rows) {
+        /* spread the computed rows to their sampled positions (backwards: fwd_row[k] >= k),
+         * then put the imported ones in place */
+        size_t V = (size_t)e->n_vocab;
+        for (int k = n_fwd - 1; k >= 0; k--)
+            if (e->fwd_row[k] != k) memmove(e->logits + e->fwd_row[k] * V, e->logits + k * V, sizeof(float) * V);
+        for (int i = 0; i < n_rows; i++)
+            if (e->imported[i]) memcpy(e->logits + i * V, e->imp_logits + i * V, sizeof(float) * V);
     }
     if (s != XDS_OK) {
         /* Should not happen (the scheduler only builds valid batches); fail

@@ -98,13 +98,16 @@ xds_status xds_engine_submit(xds_engine *e, const int32_t *prompt, int n_prompt,
                              uint64_t *req_id);
 /* Disaggregated prefill (engine/deploy_pd.h): a request whose prompt KV was
  * computed elsewhere. Before a step feeds prompt positions [from, to) of it
- * (to <= n_prompt - 1: the last prompt token is always computed here, so its
- * logits are sampled as usual), the engine thread calls import with the KV
- * cache and the sequence's slot, whose block table already covers them; it
- * returns how many leading positions it filled (0..to - from) and the engine
- * computes the rest. Must not block for long (it runs inside the step). */
+ * (to <= n_prompt), the engine thread calls import with the KV cache and the
+ * sequence's slot, whose block table already covers them; it returns how many
+ * leading positions it filled (0..to - from) and the engine computes the
+ * rest. When to == n_prompt and the step samples there, logits is a row of
+ * n_vocab floats: an import that covers position n_prompt - 1 must write
+ * that position's logits into it (they are then sampled as if computed here);
+ * with logits NULL an import may not cover n_prompt - 1. Must not block for
+ * long (it runs inside the step). */
 struct xds_kv_cache;
-typedef int (*xds_kv_import_fn)(void *user, struct xds_kv_cache *kv, int slot, int from, int to);
+typedef int (*xds_kv_import_fn)(void *user, struct xds_kv_cache *kv, int slot, int from, int to, float *logits);
 xds_status xds_engine_submit_import(xds_engine *e, const int32_t *prompt, int n_prompt,
                                     const xds_gen_params *params, xds_gen_cb cb, void *user,
                                     xds_kv_import_fn import, void *import_user, uint64_t *req_id);

@@ -105,6 +105,36 @@ EOF
   [ ! -e "/dev/shm/xds-serve-$SRV" ] && ok "E=$E: segment removed" || bad "E=$E: /dev/shm/xds-serve-$SRV left"
 done
 
+# --- disaggregated prefill/decode: alone (dense SmolLM2 and its MoE) and with expert workers ---
+REFD=""
+PORT=$(free_port)
+"$XDS" serve -m "$XDS_TEST_MODEL" --port "$PORT" -t 1 >"$TMP/refd.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
+if wait_health "$PORT" "$SRV"; then REFD=$(complete "$PORT"); fi
+kill -TERM "$SRV"; wait_exit "$SRV" 30
+pd_case() { # label, model, reference, serve args...
+  local label="$1" model="$2" want="$3"; shift 3
+  local P; P=$(free_port)
+  "$XDS" serve -m "$model" --port "$P" -t 1 "$@" >"$TMP/pd.log" 2>&1 & local S=$!; PIDS+=("$S")
+  if ! wait_health "$P" "$S"; then bad "$label: did not come up: $(tail -5 "$TMP/pd.log")"; return; fi
+  local GOT; GOT=$(complete "$P")
+  python3 - "$P" <<'EOF2' && ok "$label: /v1/topology lists the prefill instances" || bad "$label: topology"
+import json, os, sys, urllib.request
+t = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/v1/topology" % sys.argv[1], timeout=5).read())
+pre = [r for r in t["ranks"] if r["role"] == "prefill"]
+assert len(pre) == t["prefill"] >= 1, t
+for r in pre: os.kill(r["pid"], 0)
+EOF2
+  kill -TERM "$S"; wait_exit "$S" 30
+  if [ -n "$want" ] && [ "$GOT" = "$want" ]; then ok "$label: greedy completions identical to single process"
+  else bad "$label: completions differ: ref=$want got=$GOT"; fi
+  grep -q "KV pulled from prefill instances: [1-9]" "$TMP/pd.log" && ok "$label: decode pulled the prompt KV" \
+    || bad "$label: no KV was pulled: $(tail -3 "$TMP/pd.log")"
+  [ "$RC" = 0 ] && [ -z "$(stray "$S")" ] && [ ! -e "/dev/shm/xds-serve-$S" ] && ok "$label: SIGTERM -> exit 0, nothing left" \
+    || bad "$label: rc=$RC left: $(stray "$S")"
+}
+pd_case "prefill 1 (dense)" "$XDS_TEST_MODEL" "$REFD" --prefill 1
+pd_case "prefill 2 + experts 2 (MoE)" "$MOE" "$REF" --prefill 2 --experts 2
+
 # --- a worker killed while serving stops the deployment ---
 PORT=$(free_port)
 "$XDS" serve -m "$MOE" --port "$PORT" -t 1 --experts 2 >"$TMP/kill.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
@@ -112,7 +142,7 @@ if wait_health "$PORT" "$SRV"; then
   W=$(pgrep -f -- "--segment /xds-serve-$SRV --rank 2 " | head -1)
   kill -9 "$W"
   wait_exit "$SRV" 30
-  [ "$RC" = 1 ] && grep -q "expert worker 2 (pid $W) was killed" "$TMP/kill.log" \
+  [ "$RC" = 1 ] && grep -q "expert worker 2 (rank 2, pid $W) was killed" "$TMP/kill.log" \
     && ok "killed worker: supervisor exits 1 naming it" || bad "killed worker: rc=$RC $(tail -4 "$TMP/kill.log")"
   [ -z "$(stray "$SRV")" ] && [ ! -e "/dev/shm/xds-serve-$SRV" ] && ok "killed worker: nothing left" \
     || bad "killed worker: left: $(stray "$SRV")"
