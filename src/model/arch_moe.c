@@ -444,6 +444,22 @@ static xds_status bind_mla(binder *B, int l, xds_layer_weights *w) {
         k->ne[2] = k->ne[3] = 1;
         k->data = t->wk_b_t_data;
         k->nbytes = sizeof(float) * n;
+        /* quantized checkpoints: keep the transposed copy in the weight's own
+         * type (a quarter of the bytes for Q8_0) when its blocks fit a row */
+        xds_dtype ty = t->wkv_b.type;
+        int qable = ty == XDS_DTYPE_Q8_0 || ty == XDS_DTYPE_Q4_0 || ty == XDS_DTYPE_Q4_1 || ty == XDS_DTYPE_F16 ||
+                    ty == XDS_DTYPE_BF16;
+        size_t rb = qable ? xds_dtype_row_bytes(ty, nope) : 0;
+        if (rb > 0) {
+            uint8_t *qd = malloc(rb * (size_t)H * R);
+            if (!qd) return xds_err_set(XDS_ERR_NOMEM, "model: out of memory for layer %d's absorbed K", l);
+            for (int64_t r = 0; r < H * R; r++) xds_quant_row(ty, t->wk_b_t_data + r * nope, qd + r * rb, nope);
+            free(t->wk_b_t_data);
+            t->wk_b_t_data = (float *)qd;
+            k->type = ty;
+            k->data = qd;
+            k->nbytes = rb * (size_t)H * R;
+        }
     }
     return XDS_OK;
 }

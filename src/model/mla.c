@@ -79,6 +79,35 @@ static void mla_task(void *arg, int task, int thread) {
     xds_attn_head_ref(&src, q, J->b->pos[t] + 1, J->scale, sc, q);
 }
 
+typedef struct {
+    const xds_mla_layer *a;
+    xds_moe_scratch *S;
+    int T, H, nope, vd, qk, R, Lw;
+} head_job;
+
+/* Head h's absorbed query for every token (serial matmul on this thread's
+ * gather buffer): qcat[t][h][0:R] = Wk_h^T q_nope[t][h]. */
+static void absorb_task(void *arg, int h, int thread) {
+    head_job *J = arg;
+    xds_moe_scratch *S = J->S;
+    int T = J->T, H = J->H;
+    float *tmp = S->tmp + (size_t)thread * S->max_tok * S->tmp_w;
+    for (int t = 0; t < T; t++) memcpy(tmp + (size_t)t * J->nope, S->q + ((size_t)t * H + h) * J->qk, sizeof(float) * J->nope);
+    xds_matmul_rows(NULL, &J->a->wk_b_t, (int64_t)h * J->R, (int64_t)(h + 1) * J->R, tmp, S->qcat + (size_t)h * J->Lw,
+                    (int64_t)H * J->Lw, T);
+}
+
+/* Head h's output for every token: att[t][h] = Wv_h . (weighted latent). */
+static void value_task(void *arg, int h, int thread) {
+    head_job *J = arg;
+    xds_moe_scratch *S = J->S;
+    int T = J->T, H = J->H;
+    float *tmp = S->tmp + (size_t)thread * S->max_tok * S->tmp_w;
+    for (int t = 0; t < T; t++) memcpy(tmp + (size_t)t * J->R, S->qcat + ((size_t)t * H + h) * J->Lw, sizeof(float) * J->R);
+    int64_t r0 = (int64_t)h * (J->nope + J->vd) + J->nope;
+    xds_matmul_rows(NULL, &J->a->wkv_b, r0, r0 + J->vd, tmp, S->att + (size_t)h * J->vd, (int64_t)H * J->vd, T);
+}
+
 void xds_mla_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, float *x) {
     const xds_model *m = xds_model_ctx_model(ctx);
     const xds_model_config *c = &m->cfg;
@@ -123,26 +152,16 @@ void xds_mla_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, float 
             memcpy(S->qcat + ((size_t)t * H + h) * Lw + R, qh + nope, sizeof(float) * rd);
         }
     }
-    /* absorbed query: qcat[t][h][0:R] = Wk_h^T q_nope[t][h] */
-    for (int h = 0; h < H; h++) {
-        if (nope == 0) {
-            for (int t = 0; t < T; t++) memset(S->qcat + ((size_t)t * H + h) * Lw, 0, sizeof(float) * R);
-            continue;
-        }
+    /* absorbed query: qcat[t][h][0:R] = Wk_h^T q_nope[t][h], one task per head */
+    head_job HJ = {a, S, T, H, nope, vd, qk, R, Lw};
+    if (nope == 0)
         for (int t = 0; t < T; t++)
-            memcpy(S->tmp + (size_t)t * nope, S->q + ((size_t)t * H + h) * qk, sizeof(float) * nope);
-        xds_matmul_rows(pool, &a->wk_b_t, (int64_t)h * R, (int64_t)(h + 1) * R, S->tmp, S->qcat + (size_t)h * Lw,
-                        (int64_t)H * Lw, T);
-    }
+            for (int h = 0; h < H; h++) memset(S->qcat + ((size_t)t * H + h) * Lw, 0, sizeof(float) * R);
+    else xds_pool_run(pool, absorb_task, &HJ, H);
     mla_job J = {S, kv, b, layer, H, Lw, mla_scale(m)};
     xds_pool_run(pool, mla_task, &J, T * H);
-    /* values: att[t][h] = Wv_h . (weighted latent) */
-    for (int h = 0; h < H; h++) {
-        for (int t = 0; t < T; t++)
-            memcpy(S->tmp + (size_t)t * R, S->qcat + ((size_t)t * H + h) * Lw, sizeof(float) * R);
-        int64_t r0 = (int64_t)h * (nope + vd) + nope;
-        xds_matmul_rows(pool, &a->wkv_b, r0, r0 + vd, S->tmp, S->att + (size_t)h * vd, (int64_t)H * vd, T);
-    }
+    /* values: att[t][h] = Wv_h . (weighted latent), one task per head */
+    xds_pool_run(pool, value_task, &HJ, H);
     xds_matmul(pool, &a->wo, S->att, S->proj, T);
     xds_add(x, S->proj, T * E);
 }

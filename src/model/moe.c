@@ -73,7 +73,8 @@ xds_status xds_moe_scratch_create(const xds_model *m, const xds_kv_cache *kv, in
         AL(s->q, T * H * c->head_dim);
         AL(s->qa, T * imax(a->q_lora_rank, (int)L));
         AL(s->qcat, T * H * L);
-        AL(s->tmp, T * imax(imax(a->nope_dim, a->kv_lora_rank), 1));
+        s->tmp_w = imax(imax(a->nope_dim, a->kv_lora_rank), 1);
+        AL(s->tmp, (size_t)n_threads * T * s->tmp_w);
         AL(s->att, T * H * a->v_dim);
         AL(s->proj, T * E);
         AL(s->rope, T * (c->rope_dim + 2));

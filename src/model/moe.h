@@ -97,7 +97,8 @@ typedef struct xds_moe_scratch {
     float *q;         /* (max_tok, n_head * head_dim) */
     float *qa;        /* (max_tok, max(q_lora_rank, kv_lora + rope)) */
     float *qcat;      /* (max_tok, n_head, kv_lora + rope) absorbed query / attention output */
-    float *tmp;       /* (max_tok, max(nope, kv_lora)) per-head gather */
+    float *tmp;       /* (n_threads, max_tok, tmp_w) per-thread per-head gather */
+    int tmp_w;        /* max(nope, kv_lora) */
     float *att;       /* (max_tok, n_head * v_dim) */
     float *proj;      /* (max_tok, n_embd) */
     float *rope;      /* (max_tok, rope_dim) cos/sin pairs */
