@@ -21,8 +21,13 @@
  * group has free blocks — and then sends FREE. Until then the blocks stay
  * on the prefill side (back-pressure).
  *
- * Not yet supported (refused with a clear error): --decode-dp > 1,
- * --frontends > 1, --topology FILE.
+ * Decode DP groups (D > 1, decentralized scheduling): group 0 is this
+ * process's engine, groups 1..D-1 are `xds worker --role decode` processes,
+ * each with its own engine; every group publishes its load in a shared table
+ * (engine/deploy_dp.h) from which the front-end picks a group per request.
+ *
+ * Not yet supported (refused with a clear error): --decode-dp > 1 together
+ * with --experts or --prefill, --frontends > 1, --topology FILE.
  */
 #define _GNU_SOURCE
 #include "cli/serve_deploy.h"
@@ -33,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -42,6 +48,7 @@
 
 #include "engine/deploy.h"
 #include "engine/deploy_pd.h"
+#include "engine/deploy_dp.h"
 #include "model/model.h"
 
 static double now_s(void) {
@@ -124,7 +131,9 @@ static void describe_exit(char *buf, size_t cap, int st) {
 }
 
 static const char *child_role(const serve_deploy *d, int i) {
-    return d->rank_of[i] <= d->experts ? "expert worker" : "prefill instance";
+    return d->rank_of[i] <= d->experts ? "expert worker"
+           : d->decode_dp > 1          ? "decode group"
+                                       : "prefill instance";
 }
 
 static void *monitor_main(void *arg) {
@@ -375,6 +384,146 @@ static void *receiver_main(void *arg) {
     return NULL;
 }
 
+/* ---- decode DP groups (front-end side) --------------------------------------- */
+
+typedef struct serve_dp_req {
+    serve_deploy *d;
+    uint64_t id, eng_id;
+    int group, n_tokens;
+    xds_gen_cb cb;
+    void *user;
+    struct serve_dp_req *next;
+} serve_dp_req;
+
+static void dp_unlink(serve_deploy *d, serve_dp_req *r) { /* under rmu */
+    for (serve_dp_req **pp = &d->dreqs; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            return;
+        }
+}
+
+static void dp_local_event(void *user, const xds_gen_event *ev) { /* group 0: engine thread */
+    serve_dp_req *r = user;
+    serve_deploy *d = r->d;
+    xds_gen_event e2 = *ev;
+    e2.req_id = r->id;
+    r->cb(r->user, &e2);
+    if (ev->finish == XDS_FINISH_NONE) return;
+    xds_dp_account(d->table, 0, r->n_tokens, d->block_size, -1);
+    pthread_mutex_lock(&d->rmu);
+    dp_unlink(d, r);
+    pthread_mutex_unlock(&d->rmu);
+    free(r);
+}
+
+static xds_status dp_submit(void *self, const int32_t *prompt, int n, const xds_gen_params *p, xds_gen_cb cb,
+                            void *user, uint64_t *req_id) {
+    serve_deploy *d = self;
+    if (!prompt || n <= 0 || !p || !cb || p->max_tokens <= 0)
+        return xds_err_set(XDS_ERR_INVALID, "request: empty prompt or bad parameters");
+    if ((long)n + p->max_tokens > d->max_ctx)
+        return xds_err_set(XDS_ERR_INVALID,
+                           "request: prompt (%d tokens) + max_tokens (%d) exceeds the context of %d tokens", n,
+                           p->max_tokens, d->max_ctx);
+    serve_dp_req *r = calloc(1, sizeof *r);
+    if (!r) return xds_err_set(XDS_ERR_NOMEM, "request: out of memory");
+    r->d = d;
+    r->cb = cb;
+    r->user = user;
+    r->n_tokens = n + p->max_tokens;
+    int g = xds_dp_pick(d->table, r->n_tokens, d->block_size);
+    if (g < 0) {
+        free(r);
+        return xds_err_set(XDS_ERR_BUSY, "no decode DP group is serving");
+    }
+    r->group = g;
+    pthread_mutex_lock(&d->rmu);
+    r->id = ++d->next_id;
+    *req_id = r->id;
+    xds_status s;
+    if (g == 0) {
+        xds_dp_account(d->table, 0, r->n_tokens, d->block_size, +1);
+        r->next = d->dreqs; /* linked first: the final event may come at once */
+        d->dreqs = r;
+        s = xds_engine_submit(d->engine, prompt, n, p, dp_local_event, r, &r->eng_id);
+        if (s != XDS_OK) {
+            dp_unlink(d, r);
+            xds_dp_account(d->table, 0, r->n_tokens, d->block_size, -1);
+        }
+    } else {
+        r->next = d->dreqs;
+        d->dreqs = r;
+        pthread_mutex_lock(&d->cmu);
+        s = xds_dp_req_send(d->rpc, d->rpc_rank + g, r->id, prompt, n, p);
+        pthread_mutex_unlock(&d->cmu);
+        if (s != XDS_OK) dp_unlink(d, r);
+    }
+    pthread_mutex_unlock(&d->rmu);
+    if (s != XDS_OK) free(r);
+    return s;
+}
+
+static void dp_cancel(void *self, uint64_t id) {
+    serve_deploy *d = self;
+    pthread_mutex_lock(&d->rmu);
+    for (serve_dp_req *r = d->dreqs; r; r = r->next)
+        if (r->id == id) {
+            if (r->group == 0) xds_engine_cancel(d->engine, r->eng_id);
+            else {
+                pthread_mutex_lock(&d->cmu);
+                xds_dp_cancel_send(d->rpc, d->rpc_rank + r->group, id);
+                pthread_mutex_unlock(&d->cmu);
+            }
+            break;
+        }
+    pthread_mutex_unlock(&d->rmu);
+}
+
+static void dp_stats(void *self, xds_engine_stats *out) {
+    serve_deploy *d = self;
+    xds_engine_stats_get(d->engine, out);
+    for (int g = 1; g < d->decode_dp; g++) {
+        out->n_running += (int)atomic_load(&d->table->g[g].in_flight);
+        out->kv_blocks_total += (int)atomic_load(&d->table->g[g].kv_blocks);
+    }
+}
+
+static void *dp_receiver_main(void *arg) {
+    serve_deploy *d = arg;
+    char *buf = malloc(XDS_DP_EVENT_MAX);
+    while (buf && !atomic_load(&d->receiver_stop)) {
+        int got = 0;
+        for (int g = 1; g < d->decode_dp; g++) {
+            xds_gen_event ev;
+            pthread_mutex_lock(&d->cmu);
+            xccl_comm_set_timeout(d->rpc, 1); /* a receive that times out consumes nothing */
+            xds_status s = xds_dp_event_recv(d->rpc, d->rpc_rank + g, buf, XDS_DP_EVENT_MAX, &ev);
+            xccl_comm_set_timeout(d->rpc, 10000);
+            pthread_mutex_unlock(&d->cmu);
+            if (s == XDS_ERR_TIMEOUT) continue;
+            if (s != XDS_OK) {
+                if (!atomic_load(&d->stopping)) fprintf(stderr, "xds serve: decode group %d: %s\n", g, xds_err_msg());
+                usleep(50 * 1000);
+                continue;
+            }
+            got = 1;
+            serve_dp_req *r = NULL;
+            pthread_mutex_lock(&d->rmu);
+            for (serve_dp_req *x = d->dreqs; x; x = x->next)
+                if (x->id == ev.req_id && x->group == g) r = x;
+            if (r && ev.finish != XDS_FINISH_NONE) dp_unlink(d, r);
+            pthread_mutex_unlock(&d->rmu);
+            if (!r) continue;
+            r->cb(r->user, &ev);
+            if (ev.finish != XDS_FINISH_NONE) free(r);
+        }
+        if (!got) usleep(200);
+    }
+    free(buf);
+    return NULL;
+}
+
 /* ---- start / stop ----------------------------------------------------------- */
 
 static void stop_workers(serve_deploy *d, double deadline_s) {
@@ -387,6 +536,8 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
     if (d->attn) xds_deploy_attn_stop(d->attn);
     if (d->rpc && d->started)
         for (int i = 0; i < d->prefill; i++) xds_pd_stop_send(d->rpc, d->rpc_rank + 1 + i);
+    if (d->rpc && d->started)
+        for (int g = 1; g < d->decode_dp; g++) xds_dp_stop_send(d->rpc, d->rpc_rank + g);
     if (!d->started) /* start-up failed: nobody waits for the workers' results */
         for (int i = 0; i < d->n_pids; i++)
             if (d->pids[i] > 0) kill(d->pids[i], SIGTERM);
@@ -443,15 +594,19 @@ static xds_status spawn(serve_deploy *d, char *const *args, int rank) {
 xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_path, xds_engine_opts *eo) {
     if (d->topology_file)
         return xds_err_set(XDS_ERR_UNSUPPORTED, "--topology: topology files are not supported yet; use --experts E");
-    if (d->decode_dp > 1)
-        return xds_err_set(XDS_ERR_UNSUPPORTED, "--decode-dp %d: only one decode DP group is supported so far",
+    if (d->decode_dp > 1 && (d->experts > 0 || d->prefill > 0))
+        return xds_err_set(XDS_ERR_UNSUPPORTED,
+                           "--decode-dp %d with --experts/--prefill: several decode groups sharing expert workers or "
+                           "prefill instances are not supported yet",
                            d->decode_dp);
+    if (d->decode_dp > XDS_DP_MAX_GROUPS)
+        return xds_err_set(XDS_ERR_INVALID, "--decode-dp %d: at most %d groups", d->decode_dp, XDS_DP_MAX_GROUPS);
     if (d->frontends > 1)
         return xds_err_set(XDS_ERR_UNSUPPORTED, "--frontends %d: only one front-end is supported so far",
                            d->frontends);
-    if (d->experts < 1 && d->prefill < 1)
-        return xds_err_set(XDS_ERR_INVALID,
-                           "a disaggregated deployment needs --experts E (E >= 1) and/or --prefill P (P >= 1)");
+    if (d->experts < 1 && d->prefill < 1 && d->decode_dp < 2)
+        return xds_err_set(XDS_ERR_INVALID, "a disaggregated deployment needs --experts E (E >= 1), --prefill P "
+                                            "(P >= 1) or --decode-dp D (D >= 2)");
     int n_expert = m->cfg.moe.n_expert;
     if (d->experts > 0 && n_expert > 0 && d->experts > n_expert)
         return xds_err_set(XDS_ERR_INVALID, "--experts %d: the model has only %d routed experts per layer", d->experts,
@@ -462,8 +617,9 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     if (d->experts > 0) XDS_TRY(xds_deploy_xccl_config(m, d->experts, max_tok, &cfg));
     else xccl_config_default(&cfg, 1);
     d->rpc_rank = d->experts + 1;
-    cfg.num_ranks = (uint32_t)(d->experts + 1 + (d->prefill > 0 ? 1 + d->prefill : 0));
-    if (d->prefill > 0) {
+    cfg.num_ranks = (uint32_t)(d->experts + 1 + (d->prefill > 0 ? 1 + d->prefill : 0) +
+                               (d->decode_dp > 1 ? d->decode_dp : 0));
+    if (d->prefill > 0 || d->decode_dp > 1) {
         cfg.slot_bytes = 16384;
         cfg.num_slots = 8;
         cfg.heartbeat_timeout_ms = 30000; /* a long prefill chunk must not look like a hang */
@@ -477,7 +633,12 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         s = xds_err_set(XDS_ERR_IO, "attach to %s as rank 0: %s", d->seg_name, xccl_err_msg());
         goto fail;
     }
-    if (d->prefill > 0 && xccl_comm_attach(&d->rpc, d->seg_name, d->rpc_rank, 4) != XCCL_OK) {
+    if (d->decode_dp > 1) {
+        snprintf(d->table_name, sizeof d->table_name, "/xds-load-%d", (int)getpid());
+        shm_unlink(d->table_name);
+        if ((s = xds_dp_table_create(d->table_name, d->decode_dp, &d->table)) != XDS_OK) goto fail;
+    }
+    if ((d->prefill > 0 || d->decode_dp > 1) && xccl_comm_attach(&d->rpc, d->seg_name, d->rpc_rank, 4) != XCCL_OK) {
         s = xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->seg_name, d->rpc_rank, xccl_err_msg());
         goto fail;
     }
@@ -502,6 +663,21 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                         "--front", fstr, "-t", ptstr, "--block-size", bstr, "--pool-tokens", pstr,
                         "--max-seqs", "16", "--chunk", cstr, "-m", (char *)model_path, NULL};
         s = spawn(d, args, d->rpc_rank + 1 + i);
+    }
+    char mbs[16], mst[16], ctxs[16], kvb[16], thr[16], gs[16];
+    snprintf(mbs, sizeof mbs, "%d", eo->max_batch);
+    snprintf(mst, sizeof mst, "%d", eo->max_step_tokens);
+    snprintf(ctxs, sizeof ctxs, "%d", eo->max_ctx);
+    snprintf(kvb, sizeof kvb, "%d", eo->kv_blocks);
+    snprintf(thr, sizeof thr, "%d", eo->n_threads);
+    for (int g = 1; g < d->decode_dp && s == XDS_OK; g++) {
+        snprintf(rstr, sizeof rstr, "%d", d->rpc_rank + g);
+        snprintf(gs, sizeof gs, "%d", g);
+        char *args[] = {"xds", "worker", "--role", "decode", "--segment", d->seg_name, "--rank", rstr, "--front", fstr,
+                        "--group", gs, "--load-table", d->table_name, "-t", thr, "--max-batch", mbs,
+                        "--max-step-tokens", mst, "--ctx", ctxs, "--block-size", bstr, "--kv-blocks", kvb,
+                        "-m", (char *)model_path, eo->enable_prefix_cache ? NULL : "--no-prefix-cache", NULL};
+        s = spawn(d, args, d->rpc_rank + g);
     }
     if (s != XDS_OK) goto fail;
     /* wait until every child has attached (they load the model first) */
@@ -530,6 +706,19 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
             usleep(5000);
         }
     }
+    for (int g = 1; g < d->decode_dp; g++) /* attached; serving once its load record is live */
+        while (!atomic_load(&d->table->g[g].alive)) {
+            int i = d->experts + d->prefill + g - 1;
+            if (reap_one(d, i, 0)) {
+                s = xds_err_set(XDS_ERR_PEER, "decode group %d exited before it became ready", g);
+                goto fail;
+            }
+            if (now_s() > end) {
+                s = xds_err_set(XDS_ERR_TIMEOUT, "decode group %d did not start serving within 120 s", g);
+                goto fail;
+            }
+            usleep(5000);
+        }
     if (d->experts > 0) {
         s = xds_deploy_attn_create(m, d->comm, d->experts, max_tok, &d->attn);
         if (s != XDS_OK) goto fail;
@@ -537,6 +726,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         eo->forward_user = d->attn;
     }
     d->block_size = eo->kv_block_size;
+    d->max_batch = eo->max_batch;
     d->max_ctx = eo->max_ctx;
     d->n_vocab = m->cfg.n_vocab;
     if (pthread_create(&d->monitor, NULL, monitor_main, d) == 0) d->monitor_started = 1;
@@ -556,7 +746,8 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
     xds_engine_stats es;
     xds_engine_stats_get(engine, &es);
     json_t *root = json_object(), *ranks = json_array();
-    json_object_set_new(root, "mode", json_string(d->experts > 0 && d->prefill > 0 ? "prefill-decode+moe-attention"
+    json_object_set_new(root, "mode", json_string(d->decode_dp > 1                      ? "dp-groups"
+                                                  : d->experts > 0 && d->prefill > 0 ? "prefill-decode+moe-attention"
                                                   : d->experts > 0                   ? "moe-attention"
                                                                                      : "prefill-decode"));
     json_object_set_new(root, "segment", json_string(d->seg_name));
@@ -583,6 +774,16 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
         json_t *o = json_object();
         json_object_set_new(o, "rank", json_integer(r));
         json_object_set_new(o, "pid", json_integer((json_int_t)d->pids[i]));
+        if (r > d->experts && d->decode_dp > 1) {
+            int g = r - d->rpc_rank;
+            json_object_set_new(o, "role", json_string("decode"));
+            json_object_set_new(o, "dp_group", json_integer(g));
+            json_object_set_new(o, "kv_blocks", json_integer(atomic_load(&d->table->g[g].kv_blocks)));
+            printf("xds serve: topology: rank %d pid %d: decode DP group %d (own engine; KV %lld blocks)\n", r,
+                   (int)d->pids[i], g, (long long)atomic_load(&d->table->g[g].kv_blocks));
+            json_array_append_new(ranks, o);
+            continue;
+        }
         if (r > d->experts) {
             json_object_set_new(o, "role", json_string("prefill"));
             json_object_set_new(o, "instance", json_integer(r - d->rpc_rank - 1));
@@ -618,7 +819,20 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
     if (!d->topology_json) return xds_err_set(XDS_ERR_NOMEM, "topology: out of memory");
     fflush(stdout);
     *ops = NULL;
-    if (d->prefill > 0) {
+    if (d->decode_dp > 1) {
+        d->engine = engine;
+        atomic_store(&d->table->g[0].kv_blocks, es.kv_blocks_total);
+        atomic_store(&d->table->g[0].max_batch, d->max_batch);
+        atomic_store(&d->table->g[0].alive, 1);
+        pthread_mutex_init(&d->cmu, NULL);
+        pthread_mutex_init(&d->rmu, NULL);
+        d->mutexes = 1;
+        d->ops = (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
+        if (pthread_create(&d->receiver, NULL, dp_receiver_main, d) != 0)
+            return xds_err_set(XDS_ERR_INTERNAL, "cannot start the decode-group receiver thread");
+        d->receiver_started = 1;
+        *ops = &d->ops;
+    } else if (d->prefill > 0) {
         d->engine = engine;
         pthread_mutex_init(&d->cmu, NULL);
         pthread_mutex_init(&d->rmu, NULL);
@@ -650,6 +864,12 @@ void serve_deploy_stop(serve_deploy *d) {
     }
     if (d->prefill > 0 && d->kv_pulled_bytes)
         fprintf(stderr, "xds serve: KV pulled from prefill instances: %llu bytes\n", d->kv_pulled_bytes);
+    if (d->table) {
+        fprintf(stderr, "xds serve: requests served per decode DP group:");
+        for (int g = 0; g < d->decode_dp; g++)
+            fprintf(stderr, " group %d: %lld", g, (long long)atomic_load(&d->table->g[g].served));
+        fprintf(stderr, "\n");
+    }
     stop_workers(d, 10.0);
     xds_deploy_attn_free(d->attn);
     d->attn = NULL;
@@ -659,6 +879,16 @@ void serve_deploy_stop(serve_deploy *d) {
         serve_pd_req *r = d->reqs;
         d->reqs = r->next;
         pd_req_free(r);
+    }
+    while (d->dreqs) {
+        serve_dp_req *r = d->dreqs;
+        d->dreqs = r->next;
+        free(r);
+    }
+    if (d->table) {
+        xds_dp_table_close(d->table);
+        d->table = NULL;
+        shm_unlink(d->table_name);
     }
     if (d->mutexes) {
         pthread_mutex_destroy(&d->cmu);

@@ -29,6 +29,8 @@ struct xds_deploy_attn;
 #define SERVE_DEPLOY_MAX_PREFILL 8
 
 struct serve_pd_req;
+struct serve_dp_req;
+struct xds_dp_table;
 
 typedef struct serve_deploy {
     int prefill, decode_dp, experts, frontends, expert_threads, prefill_threads;
@@ -56,12 +58,17 @@ typedef struct serve_deploy {
     uint64_t next_id;
     int at_prefill[SERVE_DEPLOY_MAX_PREFILL]; /* requests sent and not yet returned, per instance */
     xds_engine *engine;
-    int max_ctx, n_vocab, block_size;
+    int max_ctx, n_vocab, block_size, max_batch;
     xds_server_engine_ops ops;
     pthread_t receiver;
     int receiver_started;
     atomic_int receiver_stop;
     unsigned long long kv_pulled_bytes;
+    /* decode DP groups (D > 1): group 0 is this process's engine, groups 1..D-1 are
+     * `xds worker --role decode` processes at ranks rpc_rank+1.. ; load table in shm */
+    char table_name[64];
+    struct xds_dp_table *table;
+    struct serve_dp_req *dreqs;
     pthread_t monitor;
     int monitor_started;
     atomic_int stopping; /* set before workers are told to stop: exits are expected */

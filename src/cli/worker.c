@@ -23,6 +23,10 @@
 #include "cli/cli.h"
 #include "engine/deploy.h"
 #include "engine/deploy_pd.h"
+#include "engine/deploy_dp.h"
+#include "format/weights.h"
+#include "tokenizer/tokenizer.h"
+#include <limits.h>
 #include "model/model.h"
 
 static void worker_usage(FILE *f) {
@@ -30,6 +34,9 @@ static void worker_usage(FILE *f) {
             "usage: xds worker --role expert --segment NAME --rank R --workers W -m MODEL [-t THREADS]\n"
             "       xds worker --role prefill --segment NAME --rank R --front F -m MODEL [-t THREADS]\n"
             "                  [--block-size B] [--pool-tokens N] [--max-seqs S] [--chunk C]\n"
+            "       xds worker --role decode --segment NAME --rank R --front F --group G --load-table SHM\n"
+            "                  -m MODEL [-t THREADS] [--max-batch B] [--max-step-tokens N] [--ctx C]\n"
+            "                  [--block-size B] [--kv-blocks N] [--no-prefix-cache]\n"
             "Internal: started by 'xds serve --experts W / --prefill P'. An expert worker holds a block\n"
             "of routed experts and computes them for the attention rank over XCCL; a prefill instance\n"
             "runs chunked prefill into a registered KV pool for the decode group at rank F.\n");
@@ -76,14 +83,69 @@ static int worker_prefill(const char *segment, const char *model_path, long rank
     return rc;
 }
 
+/* A decode DP group: its own engine, fed by the front-end at rank front. */
+static int worker_decode(const char *segment, const char *model_path, long rank, long front, long group,
+                         const char *table, const xds_engine_opts *eo) {
+    if (!segment || !model_path || !table || rank < 0 || rank >= XCCL_MAX_RANKS || front < 0 ||
+        front >= XCCL_MAX_RANKS || front == rank || group < 1 || group >= XDS_DP_MAX_GROUPS || eo->n_threads < 1 ||
+        eo->max_batch < 1 || eo->max_step_tokens < 1 || eo->max_ctx < 16 || eo->kv_block_size < 1) {
+        fprintf(stderr, "xds worker: error: decode needs --segment, -m, --rank, --front, --group 1..%d, "
+                        "--load-table and sane engine options\n", XDS_DP_MAX_GROUPS - 1);
+        return 2;
+    }
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() == 1) return 1;
+    xds_model *m = NULL;
+    xds_tokenizer *tok = NULL;
+    xds_engine *engine = NULL;
+    xds_dp_table *t = NULL;
+    xccl_comm *comm = NULL;
+    int rc = 1;
+    xds_status s = xds_model_load(model_path, NULL, &m);
+    if (s == XDS_OK) {
+        if (xds_weights_is_gguf(m->weights)) s = xds_tokenizer_load_gguf(xds_weights_gguf(m->weights), &tok);
+        else {
+            char tj[PATH_MAX], tc[PATH_MAX];
+            snprintf(tj, sizeof tj, "%s/tokenizer.json", model_path);
+            snprintf(tc, sizeof tc, "%s/tokenizer_config.json", model_path);
+            FILE *f = fopen(tc, "rb");
+            if (f) fclose(f);
+            s = xds_tokenizer_load_json(tj, f ? tc : NULL, &tok);
+        }
+    }
+    if (s == XDS_OK) s = xds_engine_create(m, tok, eo, &engine);
+    if (s == XDS_OK) s = xds_dp_table_open(table, &t);
+    if (s == XDS_OK && xccl_comm_attach(&comm, segment, (int)rank, 5) != XCCL_OK)
+        s = xds_err_set(XDS_ERR_IO, "attach to %s: %s", segment, xccl_err_msg());
+    if (s == XDS_OK) {
+        s = xds_dp_group_serve(engine, comm, (int)front, t, (int)group, eo->kv_block_size, eo->max_batch);
+        engine = NULL; /* freed by the serving loop */
+        if (s == XDS_OK) rc = 0;
+    }
+    if (s != XDS_OK) fprintf(stderr, "xds worker (decode group %ld): error: %s\n", group, xds_err_msg());
+    if (engine) xds_engine_free(engine, 0);
+    if (comm) xccl_comm_detach(comm);
+    xds_dp_table_close(t);
+    if (tok) xds_tokenizer_free(tok);
+    if (m) xds_model_free(m);
+    return rc;
+}
+
 int cli_worker(int argc, char **argv) {
     const char *role = NULL, *segment = NULL, *model_path = NULL;
     long rank = -1, workers = 0, threads = 1, front = -1, block = 16, pool = 8192, seqs = 16, chunk = 256;
+    long group = -1, max_batch = 16, step_tokens = 256, ctx = 4096, kv_blocks = 0;
+    int prefix_cache = 1;
+    const char *table = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             worker_usage(stdout);
             return 0;
+        }
+        if (!strcmp(a, "--no-prefix-cache")) {
+            prefix_cache = 0;
+            continue;
         }
         if (!v) {
             fprintf(stderr, "xds worker: error: %s needs a value\n", a);
@@ -101,6 +163,12 @@ int cli_worker(int argc, char **argv) {
         else if (!strcmp(a, "--pool-tokens")) pool = strtol(v, &end, 10);
         else if (!strcmp(a, "--max-seqs")) seqs = strtol(v, &end, 10);
         else if (!strcmp(a, "--chunk")) chunk = strtol(v, &end, 10);
+        else if (!strcmp(a, "--group")) group = strtol(v, &end, 10);
+        else if (!strcmp(a, "--load-table")) table = v;
+        else if (!strcmp(a, "--max-batch")) max_batch = strtol(v, &end, 10);
+        else if (!strcmp(a, "--max-step-tokens")) step_tokens = strtol(v, &end, 10);
+        else if (!strcmp(a, "--ctx")) ctx = strtol(v, &end, 10);
+        else if (!strcmp(a, "--kv-blocks")) kv_blocks = strtol(v, &end, 10);
         else {
             fprintf(stderr, "xds worker: error: unknown option '%s'\n", a);
             worker_usage(stderr);
@@ -111,6 +179,13 @@ int cli_worker(int argc, char **argv) {
             return 2;
         }
         i++;
+    }
+    if (role && !strcmp(role, "decode")) {
+        xds_engine_opts eo = xds_engine_opts_default();
+        eo.n_threads = (int)threads, eo.max_batch = (int)max_batch, eo.max_step_tokens = (int)step_tokens;
+        eo.max_ctx = (int)ctx, eo.kv_block_size = (int)block, eo.kv_blocks = (int)kv_blocks;
+        eo.enable_prefix_cache = prefix_cache;
+        return worker_decode(segment, model_path, rank, front, group, table, &eo);
     }
     if (role && !strcmp(role, "prefill")) return worker_prefill(segment, model_path, rank, front, threads, block, pool,
                                                                 seqs, chunk);

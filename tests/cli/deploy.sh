@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy.sh — `xds serve --experts E` as a real multi-process deployment
 # (supervisor + `xds worker --role expert` processes over an XCCL segment),
-# with SmolLM2 upcycled to 4 experts (XDS_TEST_MODEL; skipped when unset).
+# with SmolLM2 upcycled to 4 experts (XDS_TEST_MODEL; skipped when unset);
+# also --prefill (disaggregated prefill/decode) and --decode-dp 2.
 #   - greedy completions over the API identical to the single-process server;
 #   - GET /v1/topology lists every rank with a live pid and every expert once;
 #   - SIGTERM stops everything: exit 0, no worker left, shm segment removed;
@@ -135,6 +136,24 @@ EOF2
 pd_case "prefill 1 (dense)" "$XDS_TEST_MODEL" "$REFD" --prefill 1
 pd_case "prefill 2 + experts 2 (MoE)" "$MOE" "$REF" --prefill 2 --experts 2
 
+# --- two decode DP groups (group 1 its own process), picked from the shared load table ---
+P=$(free_port)
+"$XDS" serve -m "$XDS_TEST_MODEL" --port "$P" -t 1 --decode-dp 2 >"$TMP/dp.log" 2>&1 & S=$!; PIDS+=("$S")
+if wait_health "$P" "$S"; then
+  GOT=$(complete "$P")
+  [ -n "$REFD" ] && [ "$GOT" = "$REFD" ] && ok "decode-dp 2: greedy completions identical to single process" \
+    || bad "decode-dp 2: completions differ: ref=$REFD got=$GOT"
+  grep -q "rank 2 pid [0-9]*: decode DP group 1" "$TMP/dp.log" && ok "decode-dp 2: topology lists group 1" \
+    || bad "decode-dp 2: topology"
+  kill -TERM "$S"; wait_exit "$S" 30
+  grep -Eq "group 0: [1-9][0-9]* group 1: [1-9]" "$TMP/dp.log" && ok "decode-dp 2: both groups served requests" \
+    || bad "decode-dp 2: $(grep 'served per' "$TMP/dp.log")"
+  [ "$RC" = 0 ] && [ -z "$(stray "$S")" ] && [ ! -e "/dev/shm/xds-serve-$S" ] && [ ! -e "/dev/shm/xds-load-$S" ] \
+    && ok "decode-dp 2: SIGTERM -> exit 0, nothing left" || bad "decode-dp 2: rc=$RC left: $(stray "$S")"
+else
+  bad "decode-dp 2: did not come up: $(tail -5 "$TMP/dp.log")"
+fi
+
 # --- a worker killed while serving stops the deployment ---
 PORT=$(free_port)
 "$XDS" serve -m "$MOE" --port "$PORT" -t 1 --experts 2 >"$TMP/kill.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
@@ -166,7 +185,7 @@ startup_err "worker fails to start" "expert worker 1 exited with status 1 before
   XDS_WORKER_EXE=/bin/false -- -m "$MOE" --experts 2
 startup_err "dense model" "has no MoE layers" X=1 -- -m "$XDS_TEST_MODEL" --experts 2
 startup_err "more workers than experts" "only 4 routed experts" X=1 -- -m "$MOE" --experts 5
-startup_err "two decode groups (not yet)" "only one decode DP group" X=1 -- -m "$MOE" --experts 2 --decode-dp 2
+startup_err "two decode groups with experts (not yet)" "not supported yet" X=1 -- -m "$MOE" --experts 2 --decode-dp 2
 "$XDS" serve -m "$MOE" --experts x >"$TMP/err.log" 2>&1; RC=$?
 [ "$RC" = 2 ] && grep -q "wants an integer" "$TMP/err.log" && ok "bad --experts value -> exit 2" || bad "bad --experts: rc=$RC"
 

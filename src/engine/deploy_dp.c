@@ -1,0 +1,383 @@
+/*
+ * deploy_dp.c — DP groups behind a front-end (deploy_dp.h): the load table,
+ * the pick policy, the REQ/CANCEL/EVENT/STOP messages and a group's serving
+ * loop.
+ *
+ * Invariants: a group's load record is written only by that group's process
+ * (and the front-end's optimistic accounting is not used: figures are what
+ * the group published); every request a group accepts ends with exactly one
+ * final EVENT to the front-end, also when the engine refuses it.
+ */
+#define _GNU_SOURCE
+#include "engine/deploy_dp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <xccl.h>
+
+#include "base/log.h"
+
+#define DP_MAGIC 0x58445352u /* "XDSR" */
+#define TABLE_MAGIC 0x58445354u
+enum { DP_REQ = 1, DP_CANCEL = 2, DP_EVENT = 3, DP_STOP = 4 };
+
+static xds_status xerr(xccl_status s, const char *what) {
+    xds_status code = s == XCCL_ERR_PEER ? XDS_ERR_PEER : s == XCCL_ERR_TIMEOUT ? XDS_ERR_TIMEOUT : XDS_ERR_IO;
+    return xds_err_set(code, "deploy dp: %s: %s", what, xccl_err_msg());
+}
+
+/* ---- load table ------------------------------------------------------------ */
+
+static xds_status table_map(const char *name, int create, xds_dp_table **out) {
+    int fd = shm_open(name, create ? O_RDWR | O_CREAT | O_EXCL : O_RDWR, 0600);
+    if (fd < 0) return xds_err_set(XDS_ERR_IO, "deploy dp: shm_open %s: %s", name, strerror(errno));
+    if (create && ftruncate(fd, sizeof(xds_dp_table)) != 0) {
+        close(fd);
+        shm_unlink(name);
+        return xds_err_set(XDS_ERR_IO, "deploy dp: ftruncate %s: %s", name, strerror(errno));
+    }
+    void *p = mmap(NULL, sizeof(xds_dp_table), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return xds_err_set(XDS_ERR_IO, "deploy dp: mmap %s: %s", name, strerror(errno));
+    *out = p;
+    return XDS_OK;
+}
+
+xds_status xds_dp_table_create(const char *name, int n_groups, xds_dp_table **out) {
+    if (n_groups < 1 || n_groups > XDS_DP_MAX_GROUPS)
+        return xds_err_set(XDS_ERR_INVALID, "deploy dp: %d groups (1..%d)", n_groups, XDS_DP_MAX_GROUPS);
+    xds_dp_table *t;
+    XDS_TRY(table_map(name, 1, &t));
+    memset(t, 0, sizeof *t);
+    t->n_groups = (uint32_t)n_groups;
+    t->magic = TABLE_MAGIC;
+    *out = t;
+    return XDS_OK;
+}
+
+xds_status xds_dp_table_open(const char *name, xds_dp_table **out) {
+    xds_dp_table *t;
+    XDS_TRY(table_map(name, 0, &t));
+    if (t->magic != TABLE_MAGIC || t->n_groups < 1 || t->n_groups > XDS_DP_MAX_GROUPS) {
+        munmap(t, sizeof *t);
+        return xds_err_set(XDS_ERR_FORMAT, "deploy dp: %s is not a load table", name);
+    }
+    *out = t;
+    return XDS_OK;
+}
+
+void xds_dp_table_close(xds_dp_table *t) {
+    if (t) munmap(t, sizeof *t);
+}
+
+static long long blocks_for(int n, int bs) {
+    return (n + bs - 1) / bs;
+}
+
+void xds_dp_account(xds_dp_table *t, int g, int n_tokens, int block_size, int sign) {
+    atomic_fetch_add(&t->g[g].in_flight, sign);
+    atomic_fetch_add(&t->g[g].load_blocks, sign * blocks_for(n_tokens, block_size));
+    if (sign < 0) atomic_fetch_add(&t->g[g].served, 1);
+}
+
+int xds_dp_pick(xds_dp_table *t, int n_tokens, int block_size) {
+    int n = (int)t->n_groups, start = (int)(atomic_fetch_add(&t->rr, 1) % (unsigned)n);
+    int best = -1, best_full = 1;
+    double best_load = 0;
+    long long need = blocks_for(n_tokens, block_size);
+    for (int k = 0; k < n; k++) {
+        int g = (start + k) % n;
+        xds_dp_load *L = &t->g[g];
+        if (!atomic_load(&L->alive)) continue;
+        long long kv = atomic_load(&L->kv_blocks), mb = atomic_load(&L->max_batch);
+        int full = mb > 0 && atomic_load(&L->in_flight) >= mb;
+        double load = kv > 0 ? (double)(atomic_load(&L->load_blocks) + need) / (double)kv : 1e9;
+        /* groups not at their batch limit first, then the lowest KV load incl. reserved output */
+        if (best < 0 || (best_full && !full) || (full == best_full && load < best_load)) {
+            best = g;
+            best_full = full;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
+/* ---- messages ---------------------------------------------------------------- */
+
+typedef struct dp_req_hdr {
+    uint32_t magic, cmd;
+    uint64_t id;
+    int32_t n, n_stop, max_tokens, ignore_eos;
+    xds_sampler_params sampling;
+    uint32_t stop_bytes, pad;
+} dp_req_hdr;
+
+typedef struct dp_ev_hdr {
+    uint32_t magic, cmd;
+    uint64_t id;
+    int32_t token, finish, n_prompt, n_cached, n_gen;
+    uint32_t text_len;
+} dp_ev_hdr;
+
+typedef struct dp_small {
+    uint32_t magic, cmd;
+    uint64_t id;
+} dp_small;
+
+xds_status xds_dp_req_send(xccl_comm *comm, int rank, uint64_t id, const int32_t *prompt, int n,
+                           const xds_gen_params *p) {
+    size_t sb = 0;
+    for (int i = 0; i < p->n_stop; i++) sb += strlen(p->stop[i]) + 1;
+    size_t len = sizeof(dp_req_hdr) + sb + sizeof(int32_t) * (size_t)n;
+    char *msg = malloc(len);
+    if (!msg) return xds_err_set(XDS_ERR_NOMEM, "deploy dp: out of memory");
+    dp_req_hdr h = {DP_MAGIC, DP_REQ, id, n, p->n_stop, p->max_tokens, p->ignore_eos, p->sampling, (uint32_t)sb, 0};
+    memcpy(msg, &h, sizeof h);
+    char *w = msg + sizeof h;
+    for (int i = 0; i < p->n_stop; i++) {
+        size_t l = strlen(p->stop[i]) + 1;
+        memcpy(w, p->stop[i], l);
+        w += l;
+    }
+    memcpy(w, prompt, sizeof(int32_t) * (size_t)n);
+    xccl_status xs = xccl_send(comm, rank, msg, len);
+    free(msg);
+    return xs == XCCL_OK ? XDS_OK : xerr(xs, "send a request");
+}
+
+static xds_status send_small(xccl_comm *comm, int rank, uint32_t cmd, uint64_t id) {
+    dp_small m = {DP_MAGIC, cmd, id};
+    xccl_status xs = xccl_send(comm, rank, &m, sizeof m);
+    return xs == XCCL_OK ? XDS_OK : xerr(xs, "send a control message");
+}
+
+xds_status xds_dp_cancel_send(xccl_comm *comm, int rank, uint64_t id) {
+    return send_small(comm, rank, DP_CANCEL, id);
+}
+
+xds_status xds_dp_stop_send(xccl_comm *comm, int rank) {
+    return send_small(comm, rank, DP_STOP, 0);
+}
+
+xds_status xds_dp_event_recv(xccl_comm *comm, int rank, void *buf, size_t cap, xds_gen_event *ev) {
+    size_t len = 0;
+    xccl_status xs = xccl_recv(&len, buf, cap, comm, rank);
+    if (xs != XCCL_OK) return xerr(xs, "receive an event");
+    dp_ev_hdr h;
+    if (len < sizeof h) return xds_err_set(XDS_ERR_PEER, "deploy dp: short event from rank %d", rank);
+    memcpy(&h, buf, sizeof h);
+    if (h.magic != DP_MAGIC || h.cmd != DP_EVENT || len != sizeof h + h.text_len)
+        return xds_err_set(XDS_ERR_PEER, "deploy dp: malformed event from rank %d", rank);
+    *ev = (xds_gen_event){.req_id = h.id, .text = (const char *)buf + sizeof h, .text_len = h.text_len,
+                          .token = h.token, .finish = (xds_finish)h.finish, .n_prompt = h.n_prompt,
+                          .n_cached = h.n_cached, .n_gen = h.n_gen};
+    return XDS_OK;
+}
+
+/* ---- group serving loop ------------------------------------------------------ */
+
+typedef struct grp_req {
+    uint64_t front_id, eng_id;
+    int n_tokens;
+    struct grp_loop *L;
+    struct grp_req *next;
+} grp_req;
+
+typedef struct ev_item {
+    dp_ev_hdr h;
+    char *text;
+    struct ev_item *next;
+} ev_item;
+
+typedef struct grp_loop {
+    pthread_mutex_t mu;
+    ev_item *head, *tail; /* events to send, in order */
+    grp_req *reqs;        /* requests in the engine */
+    xds_dp_table *t;
+    int group, block_size;
+} grp_loop;
+
+static void queue_event(grp_loop *L, const dp_ev_hdr *h, const char *text) {
+    ev_item *it = calloc(1, sizeof *it);
+    char *tx = h->text_len ? malloc(h->text_len) : NULL;
+    if (!it || (h->text_len && !tx)) { /* out of memory: the event is lost, the final one never is skipped */
+        free(it), free(tx);
+        XDS_LOGE("deploy dp: out of memory queueing an event of request %llu", (unsigned long long)h->id);
+        return;
+    }
+    it->h = *h;
+    if (tx) memcpy(tx, text, h->text_len);
+    it->text = tx;
+    pthread_mutex_lock(&L->mu);
+    if (L->tail) L->tail->next = it;
+    else L->head = it;
+    L->tail = it;
+    pthread_mutex_unlock(&L->mu);
+}
+
+static void on_event(void *user, const xds_gen_event *ev) { /* engine thread: copy and queue */
+    grp_req *r = user;
+    grp_loop *L = r->L;
+    dp_ev_hdr h = {DP_MAGIC, DP_EVENT, r->front_id, ev->token, (int32_t)ev->finish, ev->n_prompt, ev->n_cached,
+                   ev->n_gen, (uint32_t)(ev->text_len < XDS_DP_EVENT_MAX - sizeof h ? ev->text_len : 0)};
+    queue_event(L, &h, ev->text);
+    if (ev->finish == XDS_FINISH_NONE) return;
+    xds_dp_account(L->t, L->group, r->n_tokens, L->block_size, -1);
+    pthread_mutex_lock(&L->mu);
+    for (grp_req **pp = &L->reqs; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    pthread_mutex_unlock(&L->mu);
+    free(r);
+}
+
+static xds_status flush_events(grp_loop *L, xccl_comm *comm, int front) {
+    for (;;) {
+        pthread_mutex_lock(&L->mu);
+        ev_item *it = L->head;
+        if (it) {
+            L->head = it->next;
+            if (!L->head) L->tail = NULL;
+        }
+        pthread_mutex_unlock(&L->mu);
+        if (!it) return XDS_OK;
+        size_t len = sizeof it->h + it->h.text_len;
+        char small[1024], *msg = len <= sizeof small ? small : malloc(len);
+        xccl_status xs = XCCL_ERR_NOMEM;
+        if (msg) {
+            memcpy(msg, &it->h, sizeof it->h);
+            if (it->h.text_len) memcpy(msg + sizeof it->h, it->text, it->h.text_len);
+            xs = xccl_send(comm, front, msg, len);
+            if (msg != small) free(msg);
+        }
+        free(it->text);
+        free(it);
+        if (xs != XCCL_OK) return xerr(xs, "send an event");
+    }
+}
+
+xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xds_dp_table *t, int group,
+                              int block_size, int max_batch) {
+    grp_loop L = {.t = t, .group = group, .block_size = block_size};
+    pthread_mutex_init(&L.mu, NULL);
+    xds_engine_stats es;
+    xds_engine_stats_get(engine, &es);
+    atomic_store(&t->g[group].kv_blocks, es.kv_blocks_total);
+    atomic_store(&t->g[group].max_batch, max_batch);
+    atomic_store(&t->g[group].alive, 1);
+    size_t cap = sizeof(dp_req_hdr) + (1u << 20);
+    char *buf = malloc(cap);
+    xds_status s = buf ? XDS_OK : xds_err_set(XDS_ERR_NOMEM, "deploy dp: out of memory");
+    int32_t *prompt_copy = NULL;
+    while (s == XDS_OK) {
+        s = flush_events(&L, comm, front);
+        if (s != XDS_OK) break;
+        size_t len = 0;
+        xccl_comm_set_timeout(comm, 1);
+        xccl_status xs = xccl_recv(&len, buf, cap, comm, front);
+        xccl_comm_set_timeout(comm, 10000);
+        if (xs == XCCL_ERR_TIMEOUT) {
+            if (xccl_peer_check(comm, front) != XCCL_OK) s = xds_err_set(XDS_ERR_PEER, "deploy dp: front-end rank %d is gone", front);
+            continue;
+        }
+        if (xs != XCCL_OK) {
+            s = xerr(xs, "receive from the front-end");
+            break;
+        }
+        dp_small sm;
+        if (len < sizeof sm) {
+            s = xds_err_set(XDS_ERR_PEER, "deploy dp: short message from rank %d", front);
+            break;
+        }
+        memcpy(&sm, buf, sizeof sm);
+        if (sm.magic != DP_MAGIC) {
+            s = xds_err_set(XDS_ERR_PEER, "deploy dp: malformed message from rank %d", front);
+            break;
+        }
+        if (sm.cmd == DP_STOP) break;
+        if (sm.cmd == DP_CANCEL) {
+            pthread_mutex_lock(&L.mu);
+            for (grp_req *r = L.reqs; r; r = r->next)
+                if (r->front_id == sm.id) xds_engine_cancel(engine, r->eng_id);
+            pthread_mutex_unlock(&L.mu);
+            continue;
+        }
+        dp_req_hdr h;
+        if (sm.cmd != DP_REQ || len < sizeof h) {
+            s = xds_err_set(XDS_ERR_PEER, "deploy dp: unknown message %u from rank %d", sm.cmd, front);
+            break;
+        }
+        memcpy(&h, buf, sizeof h);
+        if (h.n <= 0 || h.n_stop < 0 || h.n_stop > 64 ||
+            len != sizeof h + h.stop_bytes + sizeof(int32_t) * (size_t)h.n) {
+            s = xds_err_set(XDS_ERR_PEER, "deploy dp: bad request from rank %d", front);
+            break;
+        }
+        const char *stops[64];
+        const char *sp = buf + sizeof h, *send = sp + h.stop_bytes;
+        int ok = 1;
+        for (int i = 0; i < h.n_stop; i++) {
+            const char *z = memchr(sp, 0, (size_t)(send - sp));
+            if (!z) ok = 0;
+            if (!ok) break;
+            stops[i] = sp;
+            sp = z + 1;
+        }
+        free(prompt_copy);
+        prompt_copy = malloc(sizeof(int32_t) * (size_t)h.n);
+        if (!ok || !prompt_copy) {
+            s = xds_err_set(ok ? XDS_ERR_NOMEM : XDS_ERR_PEER, "deploy dp: request %llu unusable",
+                            (unsigned long long)h.id);
+            break;
+        }
+        memcpy(prompt_copy, send, sizeof(int32_t) * (size_t)h.n);
+        xds_gen_params p = {.max_tokens = h.max_tokens, .sampling = h.sampling, .stop = stops, .n_stop = h.n_stop,
+                            .ignore_eos = h.ignore_eos};
+        grp_req *r = calloc(1, sizeof *r);
+        if (!r) {
+            s = xds_err_set(XDS_ERR_NOMEM, "deploy dp: out of memory");
+            break;
+        }
+        r->front_id = h.id;
+        r->n_tokens = h.n + h.max_tokens;
+        r->L = &L;
+        xds_dp_account(t, group, r->n_tokens, block_size, +1);
+        pthread_mutex_lock(&L.mu); /* before submit: the final event may come at once */
+        r->next = L.reqs;
+        L.reqs = r;
+        xds_status es2 = xds_engine_submit(engine, prompt_copy, h.n, &p, on_event, r, &r->eng_id);
+        if (es2 != XDS_OK) {
+            L.reqs = r->next;
+            pthread_mutex_unlock(&L.mu);
+            XDS_LOGW("deploy dp: request %llu refused: %s", (unsigned long long)h.id, xds_err_msg());
+            xds_dp_account(t, group, r->n_tokens, block_size, -1);
+            dp_ev_hdr eh = {DP_MAGIC, DP_EVENT, h.id, -1, XDS_FINISH_ERROR, h.n, 0, 0, 0};
+            queue_event(&L, &eh, NULL);
+            free(r);
+            continue;
+        }
+        pthread_mutex_unlock(&L.mu);
+    }
+    atomic_store(&t->g[group].alive, 0);
+    free(prompt_copy);
+    free(buf);
+    /* abort what is left (its callbacks still use L), then drop unsent events */
+    xds_engine_free(engine, 0);
+    pthread_mutex_lock(&L.mu);
+    while (L.head) {
+        ev_item *it = L.head;
+        L.head = it->next;
+        free(it->text);
+        free(it);
+    }
+    pthread_mutex_unlock(&L.mu);
+    return s;
+}
