@@ -3,11 +3,14 @@
  * quantized-weight GEMM with VPMADDUBSW/VPMADDWD, float-weight GEMM with FMA.
  * Compiled with AVX2 flags; called only after the run-time check.
  *
- * Quantized GEMM: a register tile of R (<= 4) weight rows x T (<= 2) tokens
- * walks the row one 32-block at a time. Q4_0/Q4_1 nibbles are unsigned, so
- * maddubs(u, x) is exact (|pair sum| <= 2*15*127); the offset term mw*s (see
- * kern_impl.h) is added 8 blocks per FMA. Q8_0 uses maddubs(|w|, sign(x, w))
- * (|pair sum| <= 2*128*127 < 32768) and has no offset term.
+ * Quantized GEMM: weights are unpacked two 32-blocks at a time into [lo | hi]
+ * halves matching the activations' pair layout (kern_impl.h). Q4_0/Q4_1
+ * nibbles are unsigned: maddubs(u, x) is exact (|pair sum| <= 2*15*127) and
+ * the lo and hi halves add in int16 (<= 7620) before VPMADDWD; the offset
+ * term mw*s is added 4 blocks per FMA. Q8_0 uses maddubs(|w|, sign(x, w))
+ * (|pair sum| <= 2*128*127 < 32768, halves added in int32) and has no offset.
+ * One token: rows one after another with scales read from the row; several
+ * tokens: a register tile of R (<= 4) rows x T (<= 2) tokens.
  */
 #include <immintrin.h>
 #include <stdlib.h>

@@ -3,16 +3,20 @@
  * quantization, quantized-weight GEMM with VPDPBUSD, float-weight GEMM with
  * FMA. Compiled with AVX-512 flags; called only after the run-time check.
  *
- * Quantized GEMM (see kern_impl.h for the u/dw/mw formulation): a register
- * tile of R (<= 4) weight rows x T (<= 4) tokens walks the row two 32-blocks
- * at a time. A zmm of weights holds [blk b: 32 u8 | blk b+1: 32 u8] in natural
- * element order, so the activations need no reordering; VPDPBUSD gives 16
- * int32 lanes (8 per block), which are converted and multiplied by the
- * per-lane scale [dw_b*dx_b x8 | dw_b1*dx_b1 x8]. The offset term mw*s is
- * added into the same accumulators (16 blocks per FMA). Per-row scales are
- * extracted once per row tile with a gather. When a row tile is used by more
- * than one token tile, its unpacked u8 weights are first written to an L1
- * buffer (repack) and reused.
+ * Quantized GEMM (see kern_impl.h for the u/dw/mw formulation and the pair
+ * layout). Weights are unpacked two 32-blocks at a time into [lo | hi] halves
+ * matching the activations' pair layout (Q4: one AND and one shift of the 32
+ * packed bytes; Q8_0: a 128-bit lane shuffle and XOR 0x80); two 256-bit
+ * VPDPBUSD accumulate both halves into the same 8 int32 lanes (4 per block),
+ * which are converted and scaled by [dw*dx of b0 x4 | of b1 x4].
+ *   - one token (decode): rows are walked one after another (one sequential
+ *     stream), scales read straight from the row ([d, m] via F16C), two
+ *     accumulator chains per row, a 4-row horizontal reduction;
+ *   - several tokens: a register tile of R (<= 4) rows x T (<= 4) tokens; the
+ *     row tile's scales are extracted once (prep_scales) and, when several
+ *     token tiles reuse it, its unpacked u8 weights are written to an L1
+ *     buffer (repack); the offset term mw*s is added 4 blocks per FMA.
+ * No gathers: they are slow on Zen 4.
  */
 #include <immintrin.h>
 #include <stdlib.h>
