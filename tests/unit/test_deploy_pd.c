@@ -204,6 +204,7 @@ static void run_topology(const char *label, const xds_model *m, int W) {
     }
     xccl_comm *comm = NULL;
     CHECK(xccl_comm_attach(&comm, name, 0, 1) == XCCL_OK);
+    if (comm) xccl_comm_set_timeout(comm, 60000); /* prefill under sanitizers on 2 busy cores is slow */
     pid_t pids[8] = {0};
     fflush(NULL);
     for (int w = 0; w < W; w++) {
@@ -318,7 +319,11 @@ int main(void) {
         xds_model_free(m);
     }
     const char *smol = test_model_path();
-    if (!smol) printf("SKIP SmolLM2: XDS_TEST_MODEL is not set\n");
+#if defined(__SANITIZE_ADDRESS__)
+    smol = NULL; /* the same code paths run on the tiny models above; SmolLM2 in the release build */
+    printf("SKIP SmolLM2 under AddressSanitizer (too slow for CI; the release build runs it)\n");
+#endif
+    if (!smol) printf("SKIP SmolLM2: XDS_TEST_MODEL is not set or sanitizer build\n");
     else {
         xds_model *m = NULL;
         CHECK_MSG(xds_model_load(smol, NULL, &m) == XDS_OK, "load %s: %s", smol, xds_err_msg());
