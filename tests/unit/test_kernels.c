@@ -434,7 +434,14 @@ static void test_roofline(void) {
 }
 
 int main(void) {
+    /* XDS_CPU is read once, at the first use of the level */
+    setenv("XDS_CPU", "generic", 1);
+    CHECK(xds_cpu_level_get() == XDS_CPU_GENERIC);
+    CHECK(strcmp(xds_cpu_level_name(xds_cpu_level_get()), "generic") == 0);
+    unsetenv("XDS_CPU");
     int nl = levels_n();
+    xds_cpu_level_set((xds_cpu_level)7); /* clamped to what the CPU has */
+    CHECK((int)xds_cpu_level_get() == nl - 1);
     printf("CPU levels tested: %d (max %s)\n", nl, xds_cpu_level_name((xds_cpu_level)(nl - 1)));
     test_quant_ref();
     test_act_quant();
