@@ -338,7 +338,8 @@ static void fk_call(int R, int T, int type, const uint8_t *w, size_t ws, int64_t
 void xds_fgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
                     int64_t n_in, const float *x, int64_t ldx, int n_tok, float *y, int64_t ldy) {
     for (int64_t r0 = 0; r0 < n_rows;) {
-        int R = n_rows - r0 >= 4 ? 4 : 1;
+        /* one token: single rows, one sequential stream (see avx512) */
+        int R = n_rows - r0 >= 4 && n_tok > 1 ? 4 : 1;
         for (int t0 = 0; t0 < n_tok; t0 += 3) {
             int T = n_tok - t0 >= 3 ? 3 : n_tok - t0;
             fk_call(R, T, type, w + r0 * w_row_bytes, w_row_bytes, n_in, x + t0 * ldx, ldx,
