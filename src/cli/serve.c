@@ -286,7 +286,7 @@ out:
     if (engine) xds_engine_free(engine, 1);
     serve_deploy_stop(&dep); /* after the engine: its thread used rank 0 */
     if (atomic_load(&dep.failed)) {
-        fprintf(stderr, "xds serve: error: an expert worker died; the deployment was stopped\n");
+        fprintf(stderr, "xds serve: error: a worker process died; the deployment was stopped\n");
         rc = 1;
     }
     if (tok) xds_tokenizer_free(tok);

@@ -136,6 +136,12 @@ static const char *child_role(const serve_deploy *d, int i) {
                                        : "prefill instance";
 }
 
+/* Expert worker r, prefill instance i, or decode group g of child i. */
+static int child_number(const serve_deploy *d, int i) {
+    int r = d->rank_of[i];
+    return r <= d->experts ? r : d->decode_dp > 1 ? r - d->rpc_rank : r - d->rpc_rank - 1;
+}
+
 static void *monitor_main(void *arg) {
     serve_deploy *d = arg;
     while (!atomic_load(&d->stopping)) {
@@ -145,8 +151,7 @@ static void *monitor_main(void *arg) {
             char how[96];
             describe_exit(how, sizeof how, d->status[i]);
             fprintf(stderr, "xds serve: error: %s %d (rank %d, pid %d) %s; stopping the deployment\n",
-                    child_role(d, i), d->rank_of[i] <= d->experts ? d->rank_of[i] : d->rank_of[i] - d->experts - 1,
-                    d->rank_of[i], (int)pid, how);
+                    child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, how);
             if (!atomic_exchange(&d->failed, 1)) kill(getpid(), SIGTERM);
         }
         usleep(50 * 1000);

@@ -141,6 +141,29 @@ EOF2
 pd_case "prefill 1 (dense)" "$XDS_TEST_MODEL" "$REFD" --prefill 1
 [ "$FULL" = 1 ] && pd_case "prefill 2 + experts 2 (MoE)" "$MOE" "$REF" --prefill 2 --experts 2
 
+# --- long prompt, chunked prefill not aligned to KV blocks (40-token steps, 16-token blocks) ---
+long_complete() { # port -> greedy text of a ~300-token prompt
+  python3 - "$1" <<'EOF2'
+import json, sys, urllib.request
+p = " ".join("word%d is number %d," % (i, i * 7 % 13) for i in range(40))
+req = urllib.request.Request("http://127.0.0.1:%s/v1/completions" % sys.argv[1],
+    data=json.dumps({"prompt": p, "max_tokens": 8, "temperature": 0}).encode(),
+    headers={"Content-Type": "application/json"})
+j = json.loads(urllib.request.urlopen(req, timeout=120).read())
+print(json.dumps([j["choices"][0]["text"], j["usage"]["prompt_tokens"]]))
+EOF2
+}
+if [ "$FULL" = 1 ]; then
+  P=$(free_port)
+  "$XDS" serve -m "$XDS_TEST_MODEL" --port "$P" -t 1 --max-step-tokens 40 >"$TMP/l1.log" 2>&1 & S=$!; PIDS+=("$S")
+  LREF=""; wait_health "$P" "$S" && LREF=$(long_complete "$P"); kill -TERM "$S"; wait_exit "$S" 30
+  P=$(free_port)
+  "$XDS" serve -m "$XDS_TEST_MODEL" --port "$P" -t 1 --max-step-tokens 40 --prefill 1 >"$TMP/l2.log" 2>&1 & S=$!; PIDS+=("$S")
+  LGOT=""; wait_health "$P" "$S" && LGOT=$(long_complete "$P"); kill -TERM "$S"; wait_exit "$S" 30
+  [ -n "$LREF" ] && [ "$LGOT" = "$LREF" ] && ok "prefill 1, long prompt in 40-token chunks: same tokens ($LREF)" \
+    || bad "prefill 1, long prompt: ref=$LREF got=$LGOT $(tail -3 "$TMP/l2.log")"
+fi
+
 # --- two decode DP groups (group 1 its own process), picked from the shared load table ---
 P=$(free_port)
 "$XDS" serve -m "$XDS_TEST_MODEL" --port "$P" -t 1 --decode-dp 2 >"$TMP/dp.log" 2>&1 & S=$!; PIDS+=("$S")
@@ -172,6 +195,22 @@ if wait_health "$PORT" "$SRV"; then
     || bad "killed worker: left: $(stray "$SRV")"
 else
   bad "kill test: deployment did not come up"
+fi
+
+# --- a prefill instance / a decode group killed while serving stops the deployment ---
+kill_role() { # label, pgrep pattern suffix, expected message, serve args...
+  local label="$1" pat="$2" want="$3"; shift 3
+  local P; P=$(free_port)
+  "$XDS" serve -m "$XDS_TEST_MODEL" --port "$P" -t 1 "$@" >"$TMP/k.log" 2>&1 & local S=$!; PIDS+=("$S")
+  if ! wait_health "$P" "$S"; then bad "$label: did not come up"; return; fi
+  local W; W=$(pgrep -f -- "--role $pat --segment /xds-serve-$S " | head -1)
+  kill -9 "$W"; wait_exit "$S" 30
+  [ "$RC" = 1 ] && grep -q "$want" "$TMP/k.log" && [ -z "$(stray "$S")" ] && [ ! -e "/dev/shm/xds-serve-$S" ] \
+    && ok "$label: supervisor exits 1 naming it, nothing left" || bad "$label: rc=$RC $(tail -3 "$TMP/k.log")"
+}
+if [ "$FULL" = 1 ]; then
+  kill_role "killed prefill instance" prefill "prefill instance 0 (rank 2, pid [0-9]*) was killed" --prefill 1
+  kill_role "killed decode group" decode "decode group 1 (rank 2, pid [0-9]*) was killed" --decode-dp 2
 fi
 
 # --- start-up errors: one clear message, exit 1, nothing left ---
