@@ -131,15 +131,20 @@ static void describe_exit(char *buf, size_t cap, int st) {
 }
 
 static const char *child_role(const serve_deploy *d, int i) {
-    return d->rank_of[i] <= d->experts ? "expert worker"
-           : d->decode_dp > 1          ? "decode group"
-                                       : "prefill instance";
+    return d->rank_of[i] <= d->experts                   ? "expert worker"
+           : d->rank_of[i] > d->rpc_rank + d->prefill ? "decode group"
+                                                         : "prefill instance";
+}
+
+/* Rank of decode group g >= 1 (after the prefill instances). */
+static int grp_rank(const serve_deploy *d, int g) {
+    return d->rpc_rank + d->prefill + g;
 }
 
 /* Expert worker r, prefill instance i, or decode group g of child i. */
 static int child_number(const serve_deploy *d, int i) {
     int r = d->rank_of[i];
-    return r <= d->experts ? r : d->decode_dp > 1 ? r - d->rpc_rank : r - d->rpc_rank - 1;
+    return r <= d->experts ? r : r > d->rpc_rank + d->prefill ? r - d->rpc_rank - d->prefill : r - d->rpc_rank - 1;
 }
 
 static void *monitor_main(void *arg) {
@@ -242,6 +247,7 @@ static void pd_on_event(void *user, const xds_gen_event *ev) {
     r->cb(r->user, &e2);
     if (ev->finish == XDS_FINISH_NONE) return;
     if (!r->freed) pd_send_free(r); /* finished before its KV was pulled */
+    if (d->table) xds_dp_account(d->table, 0, r->n + r->params.max_tokens, d->block_size, -1);
     pthread_mutex_lock(&d->rmu);
     pd_unlink(d, r);
     pthread_mutex_unlock(&d->rmu);
@@ -326,8 +332,11 @@ static void pd_stats(void *self, xds_engine_stats *out) {
     pthread_mutex_unlock(&d->rmu);
 }
 
+static xds_finish forward_to_group(serve_deploy *d, serve_pd_req *r, const xds_pd_task *t);
+
 /* A transfer task arrived: the request enters the engine (or is failed / freed). */
 static void pd_task_arrived(serve_deploy *d, int pi, const xds_pd_task *t) {
+    /* (fin: what to deliver if the request does not enter an engine) */
     pthread_mutex_lock(&d->rmu);
     serve_pd_req *r = NULL;
     for (serve_pd_req *x = d->reqs; x; x = x->next)
@@ -346,16 +355,28 @@ static void pd_task_arrived(serve_deploy *d, int pi, const xds_pd_task *t) {
     } else if (r->cancelled) {
         fin = XDS_FINISH_NONE;
     } else {
-        r->state = 1;
-        xds_status s = xds_engine_submit_import(d->engine, r->prompt, r->n, &r->params, pd_on_event, r, pd_import, r,
-                                                &r->eng_id);
-        if (s != XDS_OK) {
+        /* several decode groups: pick one now that the KV is ready */
+        fin = d->table ? forward_to_group(d, r, t) : XDS_FINISH_STOP;
+        if (fin == XDS_FINISH_NONE) {
+            pd_unlink(d, r); /* now a decode group's request */
+            pthread_mutex_unlock(&d->rmu);
+            pd_req_free(r);
+            return;
+        }
+        if (fin == XDS_FINISH_STOP) { /* this process's engine takes it */
+            fin = XDS_FINISH_NONE;
+            r->state = 1;
+            if (d->table) xds_dp_account(d->table, 0, r->n + r->params.max_tokens, d->block_size, +1);
+            xds_status s = xds_engine_submit_import(d->engine, r->prompt, r->n, &r->params, pd_on_event, r, pd_import,
+                                                    r, &r->eng_id);
+            if (s == XDS_OK) {
+                pthread_mutex_unlock(&d->rmu);
+                return;
+            }
             fprintf(stderr, "xds serve: request %llu: %s\n", (unsigned long long)r->id, xds_err_msg());
             r->state = 0;
+            if (d->table) xds_dp_account(d->table, 0, r->n + r->params.max_tokens, d->block_size, -1);
             fin = XDS_FINISH_ERROR;
-        } else {
-            pthread_mutex_unlock(&d->rmu);
-            return;
         }
     }
     pd_unlink(d, r);
@@ -365,11 +386,10 @@ static void pd_task_arrived(serve_deploy *d, int pi, const xds_pd_task *t) {
     pd_req_free(r);
 }
 
-static void *receiver_main(void *arg) {
-    serve_deploy *d = arg;
-    while (!atomic_load(&d->receiver_stop)) {
-        int got = 0;
-        for (int i = 0; i < d->prefill; i++) {
+/* One round over the prefill instances; 1 if a task arrived. */
+static int poll_prefill(serve_deploy *d) {
+    int got = 0;
+    for (int i = 0; i < d->prefill; i++) {
             xds_pd_task t;
             pthread_mutex_lock(&d->cmu);
             xccl_comm_set_timeout(d->rpc, 1); /* a receive that times out consumes nothing */
@@ -383,9 +403,14 @@ static void *receiver_main(void *arg) {
                 fprintf(stderr, "xds serve: prefill instance %d: %s\n", i, xds_err_msg());
                 usleep(50 * 1000);
             }
-        }
-        if (!got) usleep(200);
     }
+    return got;
+}
+
+static void *receiver_main(void *arg) {
+    serve_deploy *d = arg;
+    while (!atomic_load(&d->receiver_stop))
+        if (!poll_prefill(d)) usleep(200);
     return NULL;
 }
 
@@ -395,6 +420,7 @@ typedef struct serve_dp_req {
     serve_deploy *d;
     uint64_t id, eng_id;
     int group, n_tokens;
+    int pd_src; /* > 0: the prefill instance rank holding its prompt KV (FREED is forwarded there) */
     xds_gen_cb cb;
     void *user;
     struct serve_dp_req *next;
@@ -406,6 +432,31 @@ static void dp_unlink(serve_deploy *d, serve_dp_req *r) { /* under rmu */
             *pp = r->next;
             return;
         }
+}
+
+/* Under rmu: with several decode groups, the group for an imported request
+ * is picked when its KV is ready. XDS_FINISH_NONE: sent to group g > 0 (the
+ * caller drops r); XDS_FINISH_STOP: group 0 (this engine) takes it;
+ * XDS_FINISH_ERROR: sending failed. */
+static xds_finish forward_to_group(serve_deploy *d, serve_pd_req *r, const xds_pd_task *t) {
+    int n_tokens = r->n + r->params.max_tokens;
+    int g = xds_dp_pick(d->table, n_tokens, d->block_size);
+    if (g <= 0) return XDS_FINISH_STOP;
+    serve_dp_req *q = calloc(1, sizeof *q);
+    if (!q) return XDS_FINISH_ERROR;
+    *q = (serve_dp_req){.d = d, .id = r->id, .group = g, .n_tokens = n_tokens, .pd_src = t->src_rank, .cb = r->cb,
+                        .user = r->user, .next = d->dreqs};
+    d->dreqs = q;
+    pthread_mutex_lock(&d->cmu);
+    xds_status s = xds_dp_req_send_import(d->rpc, grp_rank(d, g), r->id, r->prompt, r->n, &r->params, t);
+    pthread_mutex_unlock(&d->cmu);
+    if (s != XDS_OK) {
+        fprintf(stderr, "xds serve: request %llu to decode group %d: %s\n", (unsigned long long)r->id, g, xds_err_msg());
+        d->dreqs = q->next;
+        free(q);
+        return XDS_FINISH_ERROR;
+    }
+    return XDS_FINISH_NONE;
 }
 
 static void dp_local_event(void *user, const xds_gen_event *ev) { /* group 0: engine thread */
@@ -460,7 +511,7 @@ static xds_status dp_submit(void *self, const int32_t *prompt, int n, const xds_
         r->next = d->dreqs;
         d->dreqs = r;
         pthread_mutex_lock(&d->cmu);
-        s = xds_dp_req_send(d->rpc, d->rpc_rank + g, r->id, prompt, n, p);
+        s = xds_dp_req_send(d->rpc, grp_rank(d, g), r->id, prompt, n, p);
         pthread_mutex_unlock(&d->cmu);
         if (s != XDS_OK) dp_unlink(d, r);
     }
@@ -477,7 +528,7 @@ static void dp_cancel(void *self, uint64_t id) {
             if (r->group == 0) xds_engine_cancel(d->engine, r->eng_id);
             else {
                 pthread_mutex_lock(&d->cmu);
-                xds_dp_cancel_send(d->rpc, d->rpc_rank + r->group, id);
+                xds_dp_cancel_send(d->rpc, grp_rank(d, r->group), id);
                 pthread_mutex_unlock(&d->cmu);
             }
             break;
@@ -485,25 +536,36 @@ static void dp_cancel(void *self, uint64_t id) {
     pthread_mutex_unlock(&d->rmu);
 }
 
+static void pdp_cancel(void *self, uint64_t id) { /* at a prefill instance, or in a decode group */
+    pd_cancel(self, id);
+    dp_cancel(self, id);
+}
+
 static void dp_stats(void *self, xds_engine_stats *out) {
     serve_deploy *d = self;
     xds_engine_stats_get(d->engine, out);
+    pthread_mutex_lock(&d->rmu);
+    for (int i = 0; i < d->prefill; i++) out->n_waiting += d->at_prefill[i];
+    pthread_mutex_unlock(&d->rmu);
     for (int g = 1; g < d->decode_dp; g++) {
         out->n_running += (int)atomic_load(&d->table->g[g].in_flight);
         out->kv_blocks_total += (int)atomic_load(&d->table->g[g].kv_blocks);
     }
 }
 
+static int poll_prefill(serve_deploy *d);
+
 static void *dp_receiver_main(void *arg) {
     serve_deploy *d = arg;
     char *buf = malloc(XDS_DP_EVENT_MAX);
     while (buf && !atomic_load(&d->receiver_stop)) {
-        int got = 0;
+        int got = d->prefill > 0 ? poll_prefill(d) : 0;
         for (int g = 1; g < d->decode_dp; g++) {
             xds_gen_event ev;
+            int freed = 0;
             pthread_mutex_lock(&d->cmu);
             xccl_comm_set_timeout(d->rpc, 1); /* a receive that times out consumes nothing */
-            xds_status s = xds_dp_event_recv(d->rpc, d->rpc_rank + g, buf, XDS_DP_EVENT_MAX, &ev);
+            xds_status s = xds_dp_event_recv(d->rpc, grp_rank(d, g), buf, XDS_DP_EVENT_MAX, &ev, &freed);
             xccl_comm_set_timeout(d->rpc, 10000);
             pthread_mutex_unlock(&d->cmu);
             if (s == XDS_ERR_TIMEOUT) continue;
@@ -517,6 +579,17 @@ static void *dp_receiver_main(void *arg) {
             pthread_mutex_lock(&d->rmu);
             for (serve_dp_req *x = d->dreqs; x; x = x->next)
                 if (x->id == ev.req_id && x->group == g) r = x;
+            if (freed) { /* group g pulled the KV: the prefill instance may free it */
+                int src = r ? r->pd_src : 0;
+                pthread_mutex_unlock(&d->rmu);
+                if (src > 0) {
+                    xds_pd_task t = {.req_id = ev.req_id, .src_rank = src};
+                    pthread_mutex_lock(&d->cmu);
+                    if (xds_pd_task_free(d->rpc, &t) != XDS_OK) fprintf(stderr, "xds serve: %s\n", xds_err_msg());
+                    pthread_mutex_unlock(&d->cmu);
+                }
+                continue;
+            }
             if (r && ev.finish != XDS_FINISH_NONE) dp_unlink(d, r);
             pthread_mutex_unlock(&d->rmu);
             if (!r) continue;
@@ -542,7 +615,7 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
     if (d->rpc && d->started)
         for (int i = 0; i < d->prefill; i++) xds_pd_stop_send(d->rpc, d->rpc_rank + 1 + i);
     if (d->rpc && d->started)
-        for (int g = 1; g < d->decode_dp; g++) xds_dp_stop_send(d->rpc, d->rpc_rank + g);
+        for (int g = 1; g < d->decode_dp; g++) xds_dp_stop_send(d->rpc, grp_rank(d, g));
     if (!d->started) /* start-up failed: nobody waits for the workers' results */
         for (int i = 0; i < d->n_pids; i++)
             if (d->pids[i] > 0) kill(d->pids[i], SIGTERM);
@@ -599,10 +672,10 @@ static xds_status spawn(serve_deploy *d, char *const *args, int rank) {
 xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_path, xds_engine_opts *eo) {
     if (d->topology_file)
         return xds_err_set(XDS_ERR_UNSUPPORTED, "--topology: topology files are not supported yet; use --experts E");
-    if (d->decode_dp > 1 && (d->experts > 0 || d->prefill > 0))
+    if (d->decode_dp > 1 && d->experts > 0)
         return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "--decode-dp %d with --experts/--prefill: several decode groups sharing expert workers or "
-                           "prefill instances are not supported yet",
+                           "--decode-dp %d with --experts: several decode groups sharing expert workers are not "
+                           "supported yet",
                            d->decode_dp);
     if (d->decode_dp > XDS_DP_MAX_GROUPS)
         return xds_err_set(XDS_ERR_INVALID, "--decode-dp %d: at most %d groups", d->decode_dp, XDS_DP_MAX_GROUPS);
@@ -676,13 +749,13 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     snprintf(kvb, sizeof kvb, "%d", eo->kv_blocks);
     snprintf(thr, sizeof thr, "%d", eo->n_threads);
     for (int g = 1; g < d->decode_dp && s == XDS_OK; g++) {
-        snprintf(rstr, sizeof rstr, "%d", d->rpc_rank + g);
+        snprintf(rstr, sizeof rstr, "%d", grp_rank(d, g));
         snprintf(gs, sizeof gs, "%d", g);
         char *args[] = {"xds", "worker", "--role", "decode", "--segment", d->seg_name, "--rank", rstr, "--front", fstr,
                         "--group", gs, "--load-table", d->table_name, "-t", thr, "--max-batch", mbs,
                         "--max-step-tokens", mst, "--ctx", ctxs, "--block-size", bstr, "--kv-blocks", kvb,
                         "-m", (char *)model_path, eo->enable_prefix_cache ? NULL : "--no-prefix-cache", NULL};
-        s = spawn(d, args, d->rpc_rank + g);
+        s = spawn(d, args, grp_rank(d, g));
     }
     if (s != XDS_OK) goto fail;
     /* wait until every child has attached (they load the model first) */
@@ -779,8 +852,8 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
         json_t *o = json_object();
         json_object_set_new(o, "rank", json_integer(r));
         json_object_set_new(o, "pid", json_integer((json_int_t)d->pids[i]));
-        if (r > d->experts && d->decode_dp > 1) {
-            int g = r - d->rpc_rank;
+        if (d->decode_dp > 1 && r > d->rpc_rank + d->prefill) {
+            int g = r - d->rpc_rank - d->prefill;
             json_object_set_new(o, "role", json_string("decode"));
             json_object_set_new(o, "dp_group", json_integer(g));
             json_object_set_new(o, "kv_blocks", json_integer(atomic_load(&d->table->g[g].kv_blocks)));
@@ -832,7 +905,8 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
         pthread_mutex_init(&d->cmu, NULL);
         pthread_mutex_init(&d->rmu, NULL);
         d->mutexes = 1;
-        d->ops = (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
+        d->ops = d->prefill > 0 ? (xds_server_engine_ops){d, pd_submit, pdp_cancel, dp_stats}
+                                : (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
         if (pthread_create(&d->receiver, NULL, dp_receiver_main, d) != 0)
             return xds_err_set(XDS_ERR_INTERNAL, "cannot start the decode-group receiver thread");
         d->receiver_started = 1;

@@ -25,7 +25,7 @@
 
 #define DP_MAGIC 0x58445352u /* "XDSR" */
 #define TABLE_MAGIC 0x58445354u
-enum { DP_REQ = 1, DP_CANCEL = 2, DP_EVENT = 3, DP_STOP = 4 };
+enum { DP_REQ = 1, DP_CANCEL = 2, DP_EVENT = 3, DP_STOP = 4, DP_REQ_IMPORT = 5, DP_FREED = 6 };
 
 static xds_status xerr(xccl_status s, const char *what) {
     xds_status code = s == XCCL_ERR_PEER ? XDS_ERR_PEER : s == XCCL_ERR_TIMEOUT ? XDS_ERR_TIMEOUT : XDS_ERR_IO;
@@ -130,14 +130,15 @@ typedef struct dp_small {
     uint64_t id;
 } dp_small;
 
-xds_status xds_dp_req_send(xccl_comm *comm, int rank, uint64_t id, const int32_t *prompt, int n,
-                           const xds_gen_params *p) {
+static xds_status req_send(xccl_comm *comm, int rank, uint64_t id, const int32_t *prompt, int n,
+                           const xds_gen_params *p, const xds_pd_task *task) {
     size_t sb = 0;
     for (int i = 0; i < p->n_stop; i++) sb += strlen(p->stop[i]) + 1;
-    size_t len = sizeof(dp_req_hdr) + sb + sizeof(int32_t) * (size_t)n;
+    size_t len = sizeof(dp_req_hdr) + sb + sizeof(int32_t) * (size_t)n + (task ? sizeof *task : 0);
     char *msg = malloc(len);
     if (!msg) return xds_err_set(XDS_ERR_NOMEM, "deploy dp: out of memory");
-    dp_req_hdr h = {DP_MAGIC, DP_REQ, id, n, p->n_stop, p->max_tokens, p->ignore_eos, p->sampling, (uint32_t)sb, 0};
+    dp_req_hdr h = {DP_MAGIC, task ? DP_REQ_IMPORT : DP_REQ, id, n, p->n_stop, p->max_tokens, p->ignore_eos,
+                    p->sampling, (uint32_t)sb, 0};
     memcpy(msg, &h, sizeof h);
     char *w = msg + sizeof h;
     for (int i = 0; i < p->n_stop; i++) {
@@ -146,9 +147,20 @@ xds_status xds_dp_req_send(xccl_comm *comm, int rank, uint64_t id, const int32_t
         w += l;
     }
     memcpy(w, prompt, sizeof(int32_t) * (size_t)n);
+    if (task) memcpy(w + sizeof(int32_t) * (size_t)n, task, sizeof *task);
     xccl_status xs = xccl_send(comm, rank, msg, len);
     free(msg);
     return xs == XCCL_OK ? XDS_OK : xerr(xs, "send a request");
+}
+
+xds_status xds_dp_req_send(xccl_comm *comm, int rank, uint64_t id, const int32_t *prompt, int n,
+                           const xds_gen_params *p) {
+    return req_send(comm, rank, id, prompt, n, p, NULL);
+}
+
+xds_status xds_dp_req_send_import(xccl_comm *comm, int rank, uint64_t id, const int32_t *prompt, int n,
+                                  const xds_gen_params *p, const xds_pd_task *task) {
+    return req_send(comm, rank, id, prompt, n, p, task);
 }
 
 static xds_status send_small(xccl_comm *comm, int rank, uint32_t cmd, uint64_t id) {
@@ -165,13 +177,18 @@ xds_status xds_dp_stop_send(xccl_comm *comm, int rank) {
     return send_small(comm, rank, DP_STOP, 0);
 }
 
-xds_status xds_dp_event_recv(xccl_comm *comm, int rank, void *buf, size_t cap, xds_gen_event *ev) {
+xds_status xds_dp_event_recv(xccl_comm *comm, int rank, void *buf, size_t cap, xds_gen_event *ev, int *freed) {
     size_t len = 0;
     xccl_status xs = xccl_recv(&len, buf, cap, comm, rank);
     if (xs != XCCL_OK) return xerr(xs, "receive an event");
     dp_ev_hdr h;
     if (len < sizeof h) return xds_err_set(XDS_ERR_PEER, "deploy dp: short event from rank %d", rank);
     memcpy(&h, buf, sizeof h);
+    *freed = h.magic == DP_MAGIC && h.cmd == DP_FREED && len == sizeof h;
+    if (*freed) {
+        *ev = (xds_gen_event){.req_id = h.id, .text = "", .token = -1};
+        return XDS_OK;
+    }
     if (h.magic != DP_MAGIC || h.cmd != DP_EVENT || len != sizeof h + h.text_len)
         return xds_err_set(XDS_ERR_PEER, "deploy dp: malformed event from rank %d", rank);
     *ev = (xds_gen_event){.req_id = h.id, .text = (const char *)buf + sizeof h, .text_len = h.text_len,
@@ -186,6 +203,8 @@ typedef struct grp_req {
     uint64_t front_id, eng_id;
     int n_tokens;
     struct grp_loop *L;
+    int importing, freed; /* prompt KV from a prefill instance; pulled (FREED sent) */
+    xds_pd_task task;
     struct grp_req *next;
 } grp_req;
 
@@ -197,6 +216,8 @@ typedef struct ev_item {
 
 typedef struct grp_loop {
     pthread_mutex_t mu;
+    pthread_mutex_t cmu; /* the comm: serving loop + engine thread (imports) */
+    xccl_comm *comm;
     ev_item *head, *tail; /* events to send, in order */
     grp_req *reqs;        /* requests in the engine */
     xds_dp_table *t;
@@ -221,9 +242,38 @@ static void queue_event(grp_loop *L, const dp_ev_hdr *h, const char *text) {
     pthread_mutex_unlock(&L->mu);
 }
 
+static void queue_freed(grp_req *r) { /* the front-end forwards it to the prefill instance */
+    if (!r->importing || r->freed) return;
+    r->freed = 1;
+    dp_ev_hdr h = {DP_MAGIC, DP_FREED, r->front_id, -1, 0, 0, 0, 0, 0};
+    queue_event(r->L, &h, NULL);
+}
+
+/* Engine thread: pull prompt positions [from, to) (+ the last token's logits). */
+static int grp_import(void *user, struct xds_kv_cache *kv, int slot, int from, int to, float *logits) {
+    grp_req *r = user;
+    grp_loop *L = r->L;
+    if (r->freed) return 0;
+    if (to == r->task.n_prompt && !logits) to--;
+    if (to <= from) return 0;
+    pthread_mutex_lock(&L->cmu);
+    xds_status s = xds_pd_pull_range(L->comm, &r->task, kv, slot, from, to, NULL);
+    if (s == XDS_OK && to == r->task.n_prompt) s = xds_pd_get_logits(L->comm, &r->task, logits);
+    pthread_mutex_unlock(&L->cmu);
+    if (s != XDS_OK) {
+        XDS_LOGW("deploy dp: request %llu: KV pull failed (%s); computing the prompt here",
+                 (unsigned long long)r->front_id, xds_err_msg());
+        queue_freed(r);
+        return 0;
+    }
+    if (to >= r->task.n_prompt - 1) queue_freed(r);
+    return to - from;
+}
+
 static void on_event(void *user, const xds_gen_event *ev) { /* engine thread: copy and queue */
     grp_req *r = user;
     grp_loop *L = r->L;
+    if (ev->finish != XDS_FINISH_NONE) queue_freed(r); /* ended before its KV was pulled */
     dp_ev_hdr h = {DP_MAGIC, DP_EVENT, r->front_id, ev->token, (int32_t)ev->finish, ev->n_prompt, ev->n_cached,
                    ev->n_gen, (uint32_t)(ev->text_len < XDS_DP_EVENT_MAX - sizeof h ? ev->text_len : 0)};
     queue_event(L, &h, ev->text);
@@ -255,7 +305,9 @@ static xds_status flush_events(grp_loop *L, xccl_comm *comm, int front) {
         if (msg) {
             memcpy(msg, &it->h, sizeof it->h);
             if (it->h.text_len) memcpy(msg + sizeof it->h, it->text, it->h.text_len);
+            pthread_mutex_lock(&L->cmu);
             xs = xccl_send(comm, front, msg, len);
+            pthread_mutex_unlock(&L->cmu);
             if (msg != small) free(msg);
         }
         free(it->text);
@@ -266,8 +318,9 @@ static xds_status flush_events(grp_loop *L, xccl_comm *comm, int front) {
 
 xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xds_dp_table *t, int group,
                               int block_size, int max_batch) {
-    grp_loop L = {.t = t, .group = group, .block_size = block_size};
+    grp_loop L = {.t = t, .group = group, .block_size = block_size, .comm = comm};
     pthread_mutex_init(&L.mu, NULL);
+    pthread_mutex_init(&L.cmu, NULL);
     xds_engine_stats es;
     xds_engine_stats_get(engine, &es);
     atomic_store(&t->g[group].kv_blocks, es.kv_blocks_total);
@@ -281,9 +334,11 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xd
         s = flush_events(&L, comm, front);
         if (s != XDS_OK) break;
         size_t len = 0;
+        pthread_mutex_lock(&L.cmu);
         xccl_comm_set_timeout(comm, 1);
         xccl_status xs = xccl_recv(&len, buf, cap, comm, front);
         xccl_comm_set_timeout(comm, 10000);
+        pthread_mutex_unlock(&L.cmu);
         if (xs == XCCL_ERR_TIMEOUT) {
             if (xccl_peer_check(comm, front) != XCCL_OK) s = xds_err_set(XDS_ERR_PEER, "deploy dp: front-end rank %d is gone", front);
             continue;
@@ -311,13 +366,14 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xd
             continue;
         }
         dp_req_hdr h;
-        if (sm.cmd != DP_REQ || len < sizeof h) {
+        int imp = sm.cmd == DP_REQ_IMPORT;
+        if ((sm.cmd != DP_REQ && !imp) || len < sizeof h) {
             s = xds_err_set(XDS_ERR_PEER, "deploy dp: unknown message %u from rank %d", sm.cmd, front);
             break;
         }
         memcpy(&h, buf, sizeof h);
         if (h.n <= 0 || h.n_stop < 0 || h.n_stop > 64 ||
-            len != sizeof h + h.stop_bytes + sizeof(int32_t) * (size_t)h.n) {
+            len != sizeof h + h.stop_bytes + sizeof(int32_t) * (size_t)h.n + (imp ? sizeof(xds_pd_task) : 0)) {
             s = xds_err_set(XDS_ERR_PEER, "deploy dp: bad request from rank %d", front);
             break;
         }
@@ -349,17 +405,24 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xd
         r->front_id = h.id;
         r->n_tokens = h.n + h.max_tokens;
         r->L = &L;
+        if (imp) {
+            memcpy(&r->task, send + sizeof(int32_t) * (size_t)h.n, sizeof r->task);
+            r->importing = r->task.n_prompt == h.n;
+        }
         xds_dp_account(t, group, r->n_tokens, block_size, +1);
         pthread_mutex_lock(&L.mu); /* before submit: the final event may come at once */
         r->next = L.reqs;
         L.reqs = r;
-        xds_status es2 = xds_engine_submit(engine, prompt_copy, h.n, &p, on_event, r, &r->eng_id);
+        xds_status es2 = r->importing ? xds_engine_submit_import(engine, prompt_copy, h.n, &p, on_event, r, grp_import,
+                                                                 r, &r->eng_id)
+                                      : xds_engine_submit(engine, prompt_copy, h.n, &p, on_event, r, &r->eng_id);
         if (es2 != XDS_OK) {
             L.reqs = r->next;
             pthread_mutex_unlock(&L.mu);
             XDS_LOGW("deploy dp: request %llu refused: %s", (unsigned long long)h.id, xds_err_msg());
             xds_dp_account(t, group, r->n_tokens, block_size, -1);
             dp_ev_hdr eh = {DP_MAGIC, DP_EVENT, h.id, -1, XDS_FINISH_ERROR, h.n, 0, 0, 0};
+            queue_freed(r);
             queue_event(&L, &eh, NULL);
             free(r);
             continue;
@@ -371,6 +434,7 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xd
     free(buf);
     /* abort what is left (its callbacks still use L), then drop unsent events */
     xds_engine_free(engine, 0);
+    pthread_mutex_destroy(&L.cmu);
     pthread_mutex_lock(&L.mu);
     while (L.head) {
         ev_item *it = L.head;

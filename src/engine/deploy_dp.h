@@ -25,6 +25,7 @@
 
 #include "base/status.h"
 #include "engine/engine.h"
+#include "engine/deploy_pd.h"
 
 struct xccl_comm;
 
@@ -57,10 +58,17 @@ void xds_dp_account(xds_dp_table *t, int g, int n_tokens, int block_size, int si
 /* ---- front-end side ---- */
 xds_status xds_dp_req_send(struct xccl_comm *comm, int rank, uint64_t id, const int32_t *prompt, int n,
                            const xds_gen_params *p);
+/* A request whose prompt KV waits on a prefill instance (task): the group
+ * imports it (engine import) and reports FREED to the front-end, which tells
+ * the prefill instance. */
+xds_status xds_dp_req_send_import(struct xccl_comm *comm, int rank, uint64_t id, const int32_t *prompt, int n,
+                                  const xds_gen_params *p, const xds_pd_task *task);
 xds_status xds_dp_cancel_send(struct xccl_comm *comm, int rank, uint64_t id);
 xds_status xds_dp_stop_send(struct xccl_comm *comm, int rank);
-/* Receive one event from rank (comm deadline): *ev points into buf (text too). */
-xds_status xds_dp_event_recv(struct xccl_comm *comm, int rank, void *buf, size_t cap, xds_gen_event *ev);
+/* Receive one message from group rank (comm deadline): an event (*ev points
+ * into buf, text too; *freed = 0) or a FREED notice for ev->req_id (*freed = 1:
+ * the group pulled that request's KV; tell its prefill instance). */
+xds_status xds_dp_event_recv(struct xccl_comm *comm, int rank, void *buf, size_t cap, xds_gen_event *ev, int *freed);
 #define XDS_DP_EVENT_MAX 65536
 
 /* ---- group side ---- */

@@ -140,6 +140,10 @@ EOF2
 }
 pd_case "prefill 1 (dense)" "$XDS_TEST_MODEL" "$REFD" --prefill 1
 [ "$FULL" = 1 ] && pd_case "prefill 2 + experts 2 (MoE)" "$MOE" "$REF" --prefill 2 --experts 2
+pd_case "prefill 1 + decode-dp 2 (dense)" "$XDS_TEST_MODEL" "$REFD" --prefill 1 --decode-dp 2
+grep -Eq "group 0: [1-9][0-9]* group 1: [1-9]" "$TMP/pd.log" && grep -q "0 transfer tasks still held" "$TMP/pd.log" \
+  && ok "prefill 1 + decode-dp 2: both groups served; every transfer task was freed" \
+  || bad "prefill 1 + decode-dp 2: $(grep -E 'served per|still held' "$TMP/pd.log")"
 
 # --- long prompt, chunked prefill not aligned to KV blocks (40-token steps, 16-token blocks) ---
 long_complete() { # port -> greedy text of a ~300-token prompt
