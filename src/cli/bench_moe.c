@@ -12,7 +12,9 @@
  * attention dot products. The peak is the int8 dot-product peak when most
  * weights are quantized, else the f32 FMA peak.
  * Reported per B: median step time, bytes (and expert share), flops, the bound
- * and sum(bound) / sum(time) over the timed steps.
+ * and sum(bound) / sum(time) over the timed steps; and, as `xds bench` does for
+ * shared machines, the same fraction with cpu-equivalent time (process CPU
+ * time / threads) instead of wall time.
  */
 #include <math.h>
 #include <stdio.h>
@@ -26,6 +28,12 @@
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -97,7 +105,7 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
     if (!c->json)
         printf("MoE decode (%s, %d routed experts top-%d per MoE layer, %d of %d layers MoE; context %d per "
                "sequence; peak: %s)\n"
-               "  batch   step ms (med)   tok/s    MB read  (experts hit / all)   GFLOP   bound ms (by)    %% of bound\n",
+               "  batch   step ms (med)   tok/s    MB read  (experts hit / all)   GFLOP   bound ms (by)    %% of bound (cpu-equiv)\n",
                xds_arch_name(mc->arch), mc->moe.n_expert, mc->moe.n_expert_used,
                n_moe,
                mc->n_layer, c->ctx, quant ? "int8" : "f32 fma");
@@ -110,7 +118,7 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
         xds_model_ctx *ctx = NULL;
         float *logits = NULL;
         int32_t *tok = NULL, *pos = NULL, *seq = NULL, *rows = NULL;
-        double *ts = NULL, *bound = NULL, *bytes = NULL, *flops = NULL, *eb = NULL;
+        double *ts = NULL, *bound = NULL, *bytes = NULL, *flops = NULL, *eb = NULL, cpu_sum = 0;
         int maxt = B > c->ctx ? B : c->ctx;
         st = xds_model_kv_cache_create(m, B * n_pos + 16 * B, 16, B, &kv);
         if (st == XDS_OK) st = xds_model_ctx_create(m, kv, c->threads, maxt, &ctx);
@@ -137,10 +145,11 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             for (int s = 0; s < B; s++) tok[s] = RND(), pos[s] = p, seq[s] = s, rows[s] = s;
             xds_batch b = {B, tok, pos, seq};
             xds_model_ctx_expert_stats(ctx, NULL, NULL, 1);
-            double t0 = now_s();
+            double t0 = now_s(), c0 = cpu_s();
             st = xds_model_forward(ctx, &b, rows, B, logits);
-            double dt = now_s() - t0;
+            double dt = now_s() - t0, dc = (cpu_s() - c0) / c->threads;
             if (it < 0) continue;
+            cpu_sum += dc;
             uint64_t ebytes;
             double emacs;
             xds_model_ctx_expert_stats(ctx, &ebytes, &emacs, 1);
@@ -168,13 +177,13 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
                 printf("{\"bench\":\"xds\",\"kind\":\"moe_decode\",\"model\":\"%s\",\"threads\":%d,\"batch\":%d,"
                        "\"ctx\":%d,\"steps\":%d,\"t_med_s\":%.6f,\"t_min_s\":%.6f,\"bytes\":%.0f,\"expert_bytes\":%.0f,"
                        "\"expert_bytes_all\":%.0f,\"flops\":%.4g,\"bound_s\":%.6f,\"bound_by\":\"%s\","
-                       "\"frac_bound\":%.4f}\n",
+                       "\"frac_bound\":%.4f,\"frac_bound_cpu_equiv\":%.4f}\n",
                        c->model, c->threads, B, c->ctx, steps, med, ts[0], mb, me, exp_all, mf, bmean,
-                       by_bw ? "bandwidth" : "compute", frac);
+                       by_bw ? "bandwidth" : "compute", frac, sb / cpu_sum);
             else
-                printf("  %5d   %8.2f        %7.1f  %8.1f  (%7.1f / %7.1f)  %7.2f   %8.2f (%s)   %5.1f%%\n", B, med * 1e3,
-                       B / med, mb / 1e6, me / 1e6, exp_all / 1e6, mf / 1e9, bmean * 1e3, by_bw ? "bw" : "flops",
-                       100 * frac);
+                printf("  %5d   %8.2f        %7.1f  %8.1f  (%7.1f / %7.1f)  %7.2f   %8.2f (%s)   %5.1f%%   %5.1f%%\n", B,
+                       med * 1e3, B / med, mb / 1e6, me / 1e6, exp_all / 1e6, mf / 1e9, bmean * 1e3,
+                       by_bw ? "bw" : "flops", 100 * frac, 100 * sb / cpu_sum);
             fflush(stdout);
         }
         free(logits), free(tok), free(pos), free(seq), free(rows), free(ts);
