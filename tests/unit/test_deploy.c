@@ -142,11 +142,10 @@ static int start(const xds_model *m, int W, int max_tok, char *name, size_t name
         fprintf(stderr, "segment: %s\n", xccl_err_msg());
         return -1;
     }
-    if (xccl_comm_attach(comm, name, 0, 1) != XCCL_OK) {
-        fprintf(stderr, "attach rank 0: %s\n", xccl_err_msg());
-        return -1;
-    }
     fflush(NULL);
+    /* fork before this process attaches: attaching starts a heartbeat thread,
+     * and a child forked from a threaded process may inherit a held lock (the
+     * workers wait for rank 0 to attach) */
     for (int w = 0; w < W; w++) {
         pid_t p = fork();
         if (p == 0) {
@@ -159,6 +158,10 @@ static int start(const xds_model *m, int W, int max_tok, char *name, size_t name
             _exit(s == XDS_OK ? 0 : 4);
         }
         pids[w] = p;
+    }
+    if (xccl_comm_attach(comm, name, 0, 1) != XCCL_OK) {
+        fprintf(stderr, "attach rank 0: %s\n", xccl_err_msg());
+        return -1;
     }
     return 0;
 }

@@ -118,6 +118,10 @@ static int reap(pid_t *pids, int n, double deadline_s) {
 static int prefill_main(const xds_model *m, const char *name, int rank) {
     xccl_comm *c = NULL;
     if (xccl_comm_attach(&c, name, rank, 3) != XCCL_OK) return 3;
+    for (double end = now_s() + 30; xccl_peer_check(c, 0) != XCCL_OK;) { /* the decode rank attaches after forking */
+        if (now_s() > end) return 10;
+        usleep(2000);
+    }
     xds_pd_prefill_opts o = {.pool_tokens = 128, .block_size = BLOCK, .max_seqs = N_REQ, .chunk = 8, .n_threads = 1};
     xds_pd_prefill *p = NULL;
     int rc = 0;
@@ -203,10 +207,8 @@ static void run_topology(const char *label, const xds_model *m, int W) {
         return;
     }
     xccl_comm *comm = NULL;
-    CHECK(xccl_comm_attach(&comm, name, 0, 1) == XCCL_OK);
-    if (comm) xccl_comm_set_timeout(comm, 60000); /* prefill under sanitizers on 2 busy cores is slow */
     pid_t pids[8] = {0};
-    fflush(NULL);
+    fflush(NULL); /* children first: attaching starts a thread, and fork after threads may inherit held locks */
     for (int w = 0; w < W; w++) {
         pid_t p = fork();
         if (p == 0) {
@@ -222,6 +224,8 @@ static void run_topology(const char *label, const xds_model *m, int W) {
     pid_t pp = fork();
     if (pp == 0) _exit(prefill_main(m, name, pre_rank));
     pids[W] = pp;
+    CHECK(xccl_comm_attach(&comm, name, 0, 1) == XCCL_OK);
+    if (comm) xccl_comm_set_timeout(comm, 60000); /* prefill under sanitizers on 2 busy cores is slow */
 
     xds_deploy_attn *a = NULL;
     if (comm && W > 0)
