@@ -24,4 +24,11 @@ typedef struct xds_attn_src {
 void xds_attn_head_ref(const xds_attn_src *s, const float *q, int n, float scale, float *sc, float *out);
 void xds_attn_head_avx2(const xds_attn_src *s, const float *q, int n, float scale, float *sc, float *out);
 
+/* The G (<= XDS_ATTN_MAX_GROUP) query heads that share one KV head, one
+ * token: q and out hold G rows of head_dim, sc G rows of ldsc >= n floats.
+ * Each K / V row is read from memory once for the whole group. */
+#define XDS_ATTN_MAX_GROUP 16
+void xds_attn_group_avx2(const xds_attn_src *s, const float *q, int G, int n, float scale, float *sc, int ldsc,
+                         float *out);
+
 #endif

@@ -113,3 +113,89 @@ void xds_attn_head_avx2(const xds_attn_src *s, const float *q, int n, float scal
     default: attn_impl(s, q, n, scale, sc, out, s->hd); break;
     }
 }
+
+/* All G query heads of one GQA group for one token (see attn.h): each K / V
+ * row is fetched from memory once per group (the other heads find it in L1),
+ * so decode reads the KV cache once instead of G times. */
+void xds_attn_group_avx2(const xds_attn_src *s, const float *q, int G, int n, float scale, float *sc, int ldsc,
+                         float *out) {
+    const int B = s->B, kvd = s->kvd, hd = s->hd, nq = hd / 8;
+    float mx[XDS_ATTN_MAX_GROUP];
+    for (int g = 0; g < G; g++) mx[g] = -INFINITY;
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (int p0 = 0, bi = 0; p0 < n; p0 += B, bi++) {
+        const float *kb = s->k + (size_t)s->blocks[bi] * B * kvd + s->off;
+        int cnt = n - p0 < B ? n - p0 : B, j = 0;
+        for (; j + 4 <= cnt; j += 4) {
+            const float *k0 = kb + (size_t)j * kvd, *k1 = k0 + kvd, *k2 = k1 + kvd, *k3 = k2 + kvd;
+            for (int g = 0; g < G; g++) {
+                const float *qg = q + (size_t)g * hd;
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                for (int c = 0; c < nq; c++) {
+                    __m256 qc = _mm256_loadu_ps(qg + 8 * c);
+                    a0 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k0 + 8 * c), a0);
+                    a1 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k1 + 8 * c), a1);
+                    a2 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k2 + 8 * c), a2);
+                    a3 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k3 + 8 * c), a3);
+                }
+                __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                __m128 d4 = _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)),
+                                       _mm256_castps256_ps128(vs));
+                _mm_storeu_ps(sc + (size_t)g * ldsc + p0 + j, d4);
+                __m128 m2 = _mm_max_ps(d4, _mm_movehl_ps(d4, d4));
+                m2 = _mm_max_ss(m2, _mm_movehdup_ps(m2));
+                float m = _mm_cvtss_f32(m2);
+                mx[g] = m > mx[g] ? m : mx[g];
+            }
+        }
+        for (; j < cnt; j++) {
+            const float *kr = kb + (size_t)j * kvd;
+            for (int g = 0; g < G; g++) {
+                const float *qg = q + (size_t)g * hd;
+                __m256 a = _mm256_setzero_ps();
+                for (int c = 0; c < nq; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * c), _mm256_loadu_ps(kr + 8 * c), a);
+                float d = hsum8(a) * scale;
+                sc[(size_t)g * ldsc + p0 + j] = d;
+                mx[g] = d > mx[g] ? d : mx[g];
+            }
+        }
+    }
+    float inv[XDS_ATTN_MAX_GROUP];
+    for (int g = 0; g < G; g++) {
+        float *row = sc + (size_t)g * ldsc;
+        __m256 vmx = _mm256_set1_ps(mx[g]), vsum = _mm256_setzero_ps();
+        int j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx));
+            _mm256_storeu_ps(row + j, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        float sum = hsum8(vsum);
+        for (; j < n; j++) {
+            float e = expf(row[j] - mx[g]);
+            row[j] = e;
+            sum += e;
+        }
+        inv[g] = 1.0f / sum;
+        for (int d = 0; d < hd; d++) out[(size_t)g * hd + d] = 0.0f;
+    }
+    for (int p0 = 0, bi = 0; p0 < n; p0 += B, bi++) {
+        const float *vb = s->v + (size_t)s->blocks[bi] * B * kvd + s->off;
+        int cnt = n - p0 < B ? n - p0 : B;
+        for (int g = 0; g < G; g++) { /* the block's V rows stay in L1 across the group */
+            const float *pg = sc + (size_t)g * ldsc + p0;
+            float *og = out + (size_t)g * hd;
+            for (int c = 0; c < nq; c++) {
+                __m256 acc = _mm256_loadu_ps(og + 8 * c);
+                for (int j = 0; j < cnt; j++)
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(pg[j]), _mm256_loadu_ps(vb + (size_t)j * kvd + 8 * c), acc);
+                _mm256_storeu_ps(og + 8 * c, acc);
+            }
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        __m256 vi = _mm256_set1_ps(inv[g]);
+        for (int c = 0; c < nq; c++)
+            _mm256_storeu_ps(out + (size_t)g * hd + 8 * c, _mm256_mul_ps(_mm256_loadu_ps(out + (size_t)g * hd + 8 * c), vi));
+    }
+}

@@ -33,6 +33,7 @@ struct xds_model_ctx {
     int max_tok;
     int max_pos;           /* longest sequence the cache can hold */
     int attn_avx2;         /* use attn_avx2.c (CPU has AVX2+FMA, head_dim % 8 == 0) */
+    int attn_group;        /* G = n_head / n_head_kv query heads per task (attn_avx2 only), else 1 */
     float *hidden;         /* (max_tok, n_embd) residual stream of xds_model_forward */
     float *xn;             /* (max_tok, max(n_embd, ...)) normed input / projection output */
     float *q;              /* (max_tok, n_head * head_dim) */
@@ -67,6 +68,9 @@ xds_status xds_model_ctx_create(const xds_model *m, xds_kv_cache *kv, int n_thre
     x->n_threads = xds_pool_size(x->pool);
     x->max_pos = kv ? kv->n_blocks * kv->block_size : 1;
     x->attn_avx2 = xds_cpu_level_get() >= XDS_CPU_AVX2 && c->head_dim % 8 == 0 && c->head_dim <= 256;
+    x->attn_group = 1;
+    if (x->attn_avx2 && c->n_head / c->n_head_kv > 1 && c->n_head / c->n_head_kv <= XDS_ATTN_MAX_GROUP)
+        x->attn_group = c->n_head / c->n_head_kv;
     size_t T = (size_t)max_tok, qd = (size_t)c->n_head * c->head_dim, kvd = (size_t)c->n_head_kv * c->head_dim;
     size_t xnw = c->n_embd;
     x->hidden = malloc(sizeof(float) * T * c->n_embd);
@@ -77,7 +81,7 @@ xds_status xds_model_ctx_create(const xds_model *m, xds_kv_cache *kv, int n_thre
     x->att = malloc(sizeof(float) * T * qd);
     x->gate = malloc(sizeof(float) * T * c->n_ff);
     x->up = malloc(sizeof(float) * T * c->n_ff);
-    x->scores = malloc(sizeof(float) * x->n_threads * x->max_pos);
+    x->scores = malloc(sizeof(float) * x->n_threads * x->max_pos * x->attn_group);
     x->rope = malloc(sizeof(float) * T * (c->rope_dim + 2));
     if (!x->hidden || !x->xn || !x->q || !x->k || !x->v || !x->att || !x->gate || !x->up || !x->scores ||
         !x->rope) {
@@ -208,6 +212,24 @@ static void attn_task(void *arg, int task, int thread) {
     else xds_attn_head_ref(&src, q, n, ctx->m->attn_scale, sc, o);
 }
 
+/* One (token, KV head): its G query heads at once, K/V read once per group. */
+static void attn_group_task(void *arg, int task, int thread) {
+    attn_job *J = arg;
+    xds_model_ctx *ctx = J->ctx;
+    const xds_model_config *c = &ctx->m->cfg;
+    xds_kv_cache *kv = ctx->kv;
+    int HK = c->n_head_kv, hd = c->head_dim, G = ctx->attn_group;
+    int t = task / HK, kvh = task % HK;
+    int qd = c->n_head * hd, kvd = HK * hd;
+    size_t layer_off = (size_t)J->layer * kv->n_blocks * kv->block_size * kvd;
+    xds_attn_src src = {kv->k + layer_off, kv->v + layer_off, kv->seqs[J->b->seq[t]].blocks,
+                        kv->block_size, kvd, kvh * hd, hd};
+    size_t q0 = (size_t)t * qd + (size_t)kvh * G * hd;
+    float *sc = ctx->scores + (size_t)thread * ctx->max_pos * G;
+    xds_attn_group_avx2(&src, ctx->q + q0, G, J->b->pos[t] + 1, ctx->m->attn_scale, sc, ctx->max_pos,
+                        ctx->att + q0);
+}
+
 void xds_model_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, float *x) {
     const xds_model *m = ctx->m;
     const xds_model_config *c = &m->cfg;
@@ -235,7 +257,13 @@ void xds_model_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, floa
         memcpy(xds_kv_v(ctx->kv, layer, b->seq[t], b->pos[t]), ctx->v + (size_t)t * kvd, sizeof(float) * kvd);
     }
     attn_job J = {ctx, b, layer};
-    xds_pool_run(ctx->pool, attn_task, &J, T * c->n_head);
+    /* whole GQA groups read K/V once per group (faster prefill), but give only
+     * n_head_kv tasks per token: single-token decode keeps one task per query
+     * head so every thread has work (measured: grouped decode was slower on 2
+     * threads with 3 KV heads) */
+    if (ctx->attn_group > 1 && T * c->n_head_kv >= 2 * ctx->n_threads)
+        xds_pool_run(ctx->pool, attn_group_task, &J, T * c->n_head_kv);
+    else xds_pool_run(ctx->pool, attn_task, &J, T * c->n_head);
     xds_matmul(ctx->pool, &w->wo, ctx->att, ctx->xn, T);
     xds_add(x, ctx->xn, T * E);
 }
