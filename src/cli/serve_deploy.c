@@ -26,8 +26,13 @@
  * each with its own engine; every group publishes its load in a shared table
  * (engine/deploy_dp.h) from which the front-end picks a group per request.
  *
+ * With both --prefill and --decode-dp, the group is picked when the KV is
+ * ready; a remote group imports it itself and reports FREED, which the
+ * front-end forwards to the prefill instance.
+ *
  * Not yet supported (refused with a clear error): --decode-dp > 1 together
- * with --experts or --prefill, --frontends > 1, --topology FILE.
+ * with --experts (expert workers shared by several groups), --frontends > 1,
+ * --topology FILE.
  */
 #define _GNU_SOURCE
 #include "cli/serve_deploy.h"
@@ -70,7 +75,8 @@ void serve_deploy_init(serve_deploy *d) {
 const char *serve_deploy_usage(void) {
     return "Disaggregated deployment (this process: supervisor, front-end, decode DP group):\n"
            "  --experts E          E expert-worker processes hold the routed experts (MoE models)\n"
-           "  --decode-dp D        decode DP groups (only 1 so far)\n"
+           "  --decode-dp D        D decode DP groups (group 0 here, 1..D-1 as processes), picked per request\n"
+           "                       from load figures in shared memory (not with --experts yet)\n"
            "  --prefill P          P prefill-instance processes (KV pulled by the decode group)\n"
            "  --prefill-threads N  compute threads per prefill instance (default 1)\n"
            "  --frontends F        front-ends on the port (only 1 so far)\n"
