@@ -14,10 +14,14 @@ Developer tool (CI never runs it; it needs torch + transformers + gguf):
     with full re-forwards, no cache) and the offset into ref.bin (little-endian float32) of the logits at
     every position of that sequence, shape (len(tokens), vocab). Greedy continuations are checked to have
     a top-1/top-2 margin large enough that fp32 rounding cannot flip them.
-(b) writes tests/data/oracle/smollm2.json: transformers dequantizes the GGUF to f32; for a few prompts
-    (ids from the GGUF's own tokenizer via transformers, stored) the greedy continuation of N_STEPS tokens,
-    its decoded text, and the top-20 logits (ids + values) at the last prompt position and after every
-    generated token.
+(b) writes tests/data/oracle/smollm2.json: transformers dequantizes the GGUF to f32 (needs the
+    `accelerate` package); for SMOL_N prompts (ids from the GGUF's own tokenizer via transformers, stored;
+    chat prompts rendered with apply_chat_template and their user turns stored under "chat") the greedy
+    continuation of SMOL_STEPS tokens with its per-step top-1/top-2 margin, its decoded text (first 32
+    tokens, up to EOS, no clean-up of spaces: what `xds generate -n 32` prints), and the top-20 logits
+    (ids + values) at the last prompt position and after every generated token. Prompts are taken from
+    SMOL_PROMPTS in order, keeping only those whose greedy margin stays >= SMOL_MIN_MARGIN over 32 steps
+    (see the comment there for why).
 Both record the transformers / torch versions.
 """
 import hashlib
