@@ -3,6 +3,7 @@
 # against disaggregated MoE-attention deployments of the same model at the
 # same core budget, plus the per-step breakdown the processes print at exit.
 # Usage: bash bench/deploy_serve.sh path/to/xds [DENSE.gguf] [EXPERTS] [TOPK]
+# (the dense model also runs as --prefill 1 and --decode-dp 2 against one process)
 # Default model: SmolLM2 (scripts/fetch_model.sh) upcycled to 4 experts top-2.
 # Env: CONC (4), NREQ (16), PLEN (64), OLEN (32), CORES (2: taskset 0-1).
 set -uo pipefail
@@ -20,7 +21,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 run() { # label, serve args...
   local label="$1"; shift
   local P; P=$(port)
-  $PIN "$XDS" serve -m "$MOE" --port "$P" "$@" >"$TMP/log" 2>&1 & local S=$!
+  $PIN "$XDS" serve -m "${RUN_MODEL:-$MOE}" --port "$P" "$@" >"$TMP/log" 2>&1 & local S=$!
   for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$P/health" >/dev/null && break; sleep 0.1; done
   local J; J=$("$XDS" bench-serve --url "http://127.0.0.1:$P" --concurrency "$CONC" --num-requests "$NREQ" \
                --prompt-len "$PLEN" --output-len "$OLEN" --json 2>/dev/null)
@@ -32,10 +33,17 @@ j = json.loads(sys.stdin.read())
 print("output tok/s %.1f  req/s %.2f  mean TTFT %.1f ms  mean TPOT %.1f ms  completed %d errors %d" % (
     j["output_throughput"], j["request_throughput"], j["ttft_ms"]["mean"] or 0,
     j["tpot_ms"]["mean"] or 0, j["completed"], j["errors"]))' 2>/dev/null || echo "$J"
-  grep -E "decode group|xds worker" "$TMP/log" || true
+  grep -E "decode group|xds worker|KV pulled|served per" "$TMP/log" || true
 }
 
 run "single process, $CORES threads" -t "$CORES"
 run "single process, 1 thread" -t 1
 run "MoE-attention, 1 expert worker (1+1 threads)" -t 1 --experts 1 --expert-threads 1
 run "MoE-attention, 2 expert workers (1+1+1 threads on $CORES cores)" -t 1 --experts 2 --expert-threads 1
+
+# the dense model: disaggregated prefill/decode and two decode DP groups
+export RUN_MODEL="$DENSE"
+run "dense, single process, 1 thread" -t 1
+run "dense, single process, $CORES threads" -t "$CORES"
+run "dense, prefill 1 + decode (1+1 threads)" -t 1 --prefill 1
+run "dense, 2 decode DP groups (1+1 threads)" -t 1 --decode-dp 2
