@@ -10,7 +10,10 @@
  * term mw*s is added 4 blocks per FMA. Q8_0 uses maddubs(|w|, sign(x, w))
  * (|pair sum| <= 2*128*127 < 32768, halves added in int32) and has no offset.
  * One token: rows one after another with scales read from the row; several
- * tokens: a register tile of R (<= 4) rows x T (<= 2) tokens.
+ * tokens: a register tile of R (<= 4) rows x T (<= 2) tokens. Both reduce each
+ * output in the same fixed order (see qk_tile), so a token's results do not
+ * depend on the other tokens of the call (batch invariance); the float GEMM
+ * has one FMA chain per output in every tile shape.
  */
 #include <immintrin.h>
 #include <stdlib.h>
@@ -149,33 +152,61 @@ static inline __attribute__((always_inline)) __m256 spread_pair(__m128 v) {
     return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
 }
 
+/* Lanes of the offset group of blocks [b, b+4): the odd lanes (mw * s) of
+ * the blocks that exist, as an all-ones / zero mask. */
+static inline __m256i off_mask(int64_t nb, int64_t b) {
+    int left = nb - b >= 4 ? 8 : (int)(nb - b) * 2;
+    return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+                            _mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1));
+}
+
+/*
+ * Every output y[t][r] is reduced in one fixed order, whatever the tile
+ * shape, the number of tokens in the call or the row's position (so a token's
+ * result does not depend on which other tokens share the call):
+ *   A = sum over pairs p = 0, 1, ... of pair_dot_p * (dw_p * dx_p), one FMA
+ *       chain of 8 lanes;
+ *   B = sum over groups of 4 blocks of [.. mw_b ..] * [.. s_b ..] (odd
+ *       lanes), one FMA chain (Q4_0/Q4_1 only; Q8_0 has no offset);
+ *   y = hsum256(A + B).
+ * One token streams the rows (scales from the row itself), several tokens
+ * use the register tile with prepared scales: same values, same operations.
+ */
 static inline __attribute__((always_inline)) void
 qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, int64_t nb,
         const float *dm, size_t scs, const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
     const int64_t np = (nb + 1) / 2;
     if (T == 1) {
         /* One token: rows one after another (sequential stream), block scales
-         * read from the row ([d, m] -> f32 with F16C, times [dx, s] of the
-         * activation), two accumulator chains. */
+         * read from the row ([d, m] -> f32 with F16C). */
         const float *ds = xq_ds(xq, nb);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t *row = w + r * ws;
-            __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-            __m128 mac = _mm_setzero_ps();
+            __m256 a = _mm256_setzero_ps(), o = _mm256_setzero_ps();
+            __m128 prev = _mm_setzero_ps();
             for (int64_t p = 0; p < np; p++) {
                 int two = 2 * p + 1 < nb;
                 __m256i lo, hi;
                 load_w2(type, row, p, two, &lo, &hi);
                 __m256 dot = pair_dot(type, lo, hi, _mm256_loadu_si256((const __m256i *)(xq + p * 64)),
                                       _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32)));
-                __m128 prod = _mm_mul_ps(direct_pair(type, row, p, two), load_pair(ds + 4 * p, two));
-                mac = _mm_add_ps(mac, prod);
-                a[p & 1] = _mm256_fmadd_ps(dot, spread_pair(prod), a[p & 1]);
+                __m128 dwp = direct_pair(type, row, p, two);
+                a = _mm256_fmadd_ps(dot, _mm256_mul_ps(spread_pair(dwp), spread_pair(load_pair(ds + 4 * p, two))), a);
+                if (type != XDS_DTYPE_Q8_0) {
+                    if (p & 1) {
+                        __m256i m = off_mask(nb, 2 * (p - 1));
+                        o = _mm256_fmadd_ps(_mm256_and_ps(_mm256_set_m128(dwp, prev), _mm256_castsi256_ps(m)),
+                                            _mm256_maskload_ps(ds + 2 * (2 * (p - 1)), m), o);
+                    } else if (p + 1 == np) { /* a last group of one pair */
+                        __m256i m = off_mask(nb, 2 * p);
+                        o = _mm256_fmadd_ps(_mm256_and_ps(_mm256_set_m128(_mm_setzero_ps(), dwp), _mm256_castsi256_ps(m)),
+                                            _mm256_maskload_ps(ds + 2 * (2 * p), m), o);
+                    }
+                    prev = dwp;
+                }
             }
-            float m[4];
-            _mm_storeu_ps(m, mac);
-            y[r] = hsum256(_mm256_add_ps(a[0], a[1])) + (m[1] + m[3]);
+            y[r] = hsum256(type != XDS_DTYPE_Q8_0 ? _mm256_add_ps(a, o) : a);
         }
         return;
     }
@@ -187,39 +218,38 @@ qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, i
     for (int64_t p = 0; p < np; p++) {
         int two = 2 * p + 1 < nb;
         __m256i lo[4], hi[4];
-        __m128 dwp[4];
+        __m256 dwp[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             load_w2(type, w + r * ws, p, two, &lo[r], &hi[r]);
-            dwp[r] = load_pair(dm + r * scs + 4 * p, two);
+            dwp[r] = spread_pair(load_pair(dm + r * scs + 4 * p, two));
         }
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             const uint8_t *xr = xq + t * xs;
             __m256i xlo = _mm256_loadu_si256((const __m256i *)(xr + p * 64));
             __m256i xhi = _mm256_loadu_si256((const __m256i *)(xr + p * 64 + 32));
-            __m128 dxp = load_pair(xq_ds(xr, nb) + 4 * p, two);
+            __m256 dxp = spread_pair(load_pair(xq_ds(xr, nb) + 4 * p, two));
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++)
-                acc[r][t] = _mm256_fmadd_ps(pair_dot(type, lo[r], hi[r], xlo, xhi),
-                                            spread_pair(_mm_mul_ps(dwp[r], dxp)), acc[r][t]);
+                acc[r][t] = _mm256_fmadd_ps(pair_dot(type, lo[r], hi[r], xlo, xhi), _mm256_mul_ps(dwp[r], dxp),
+                                            acc[r][t]);
         }
     }
     if (type != XDS_DTYPE_Q8_0) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
-        const __m256 odd = _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1));
-        for (int64_t b = 0; b < nb; b += 4) {
-            int left = nb - b >= 4 ? 8 : (int)(nb - b) * 2;
-            __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            __m256 mv[4];
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) mv[r] = _mm256_and_ps(_mm256_maskload_ps(dm + r * scs + 2 * b, m), odd);
+        for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++) {
-                __m256 sv = _mm256_maskload_ps(xq_ds(xq + t * xs, nb) + 2 * b, m);
-#pragma GCC unroll 4
-                for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(mv[r], sv, acc[r][t]);
+                const float *dr = dm + r * scs, *dx = xq_ds(xq + t * xs, nb);
+                __m256 o = _mm256_setzero_ps();
+                for (int64_t b = 0; b < nb; b += 4) {
+                    __m256i m = off_mask(nb, b);
+                    o = _mm256_fmadd_ps(_mm256_and_ps(_mm256_maskload_ps(dr + 2 * b, m), _mm256_castsi256_ps(m)),
+                                        _mm256_maskload_ps(dx + 2 * b, m), o);
+                }
+                acc[r][t] = _mm256_add_ps(acc[r][t], o);
             }
-        }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)

@@ -10,12 +10,15 @@
  * VPDPBUSD accumulate both halves into the same 8 int32 lanes (4 per block),
  * which are converted and scaled by [dw*dx of b0 x4 | of b1 x4].
  *   - one token (decode): rows are walked one after another (one sequential
- *     stream), scales read straight from the row ([d, m] via F16C), two
- *     accumulator chains per row, a 4-row horizontal reduction;
+ *     stream), scales read straight from the row ([d, m] via F16C);
  *   - several tokens: a register tile of R (<= 4) rows x T (<= 4) tokens; the
  *     row tile's scales are extracted once (prep_scales) and, when several
  *     token tiles reuse it, its unpacked u8 weights are written to an L1
- *     buffer (repack); the offset term mw*s is added 4 blocks per FMA.
+ *     buffer (repack).
+ * Batch invariance: both paths reduce each output in the same fixed order
+ * (see qk_tile), so a token's row of y is bit-identical whatever n_tok and
+ * wherever the token and the row fall in the tiles. The float GEMM has one
+ * FMA chain per output in every tile shape, so it is invariant too.
  * No gathers: they are slow on Zen 4.
  */
 #include <immintrin.h>
@@ -129,11 +132,18 @@ static inline __attribute__((always_inline)) __m128 direct_pair(int src, const u
     return _mm_mul_ps(_mm_unpacklo_ps(v, v), _mm_setr_ps(1.0f, k, 1.0f, k));
 }
 
+/* ymm [v0 x4 | v2 x4]: per-lane scale of a pair's 256-bit dot products */
+static inline __attribute__((always_inline)) __m256 spread_pair8(__m128 v) {
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
+}
+
 /* One token, one row, one pair of blocks (256-bit VNNI: the low and high
- * halves of the pair accumulate into the same 8 lanes, 4 per block). */
-static inline __attribute__((always_inline)) void qk_step1(const int src, const int two, int64_t p,
-                                                           const uint8_t *row, const uint8_t *xq,
-                                                           const float *ds, __m256 *acc, __m128 *macc) {
+ * halves of the pair accumulate into the same 8 lanes, 4 per block). The
+ * float ops on *acc are exactly qk_step's (see qk_tile); returns the pair's
+ * [dw0 mw0 dw1 mw1] read from the row, for the offset chain. */
+static inline __attribute__((always_inline)) __m128 qk_step1(const int src, const int two, int64_t p,
+                                                             const uint8_t *row, const uint8_t *xq,
+                                                             const float *ds, __m256 *acc) {
     __m256i lo, hi;
     if (src == SRC_Q8_0) {
         const uint8_t *b0 = row + 2 * p * 34 + 2;
@@ -150,15 +160,32 @@ static inline __attribute__((always_inline)) void qk_step1(const int src, const 
     }
     __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)(xq + p * 64)));
     dot = _mm256_dpbusd_epi32(dot, hi, _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32)));
-    __m128 prod = _mm_mul_ps(direct_pair(src, row, p, two), load_pair(ds + 4 * p, two));
-    *macc = _mm_add_ps(*macc, prod);
-    __m256 sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(prod), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
+    __m128 dwp = direct_pair(src, row, p, two);
+    __m256 sc = _mm256_mul_ps(spread_pair8(dwp), spread_pair8(load_pair(ds + 4 * p, two)));
     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, *acc);
+    return dwp;
 }
 
-/* ymm [v0 x4 | v2 x4]: per-lane scale of a pair's 256-bit dot products */
-static inline __attribute__((always_inline)) __m256 spread_pair8(__m128 v) {
-    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2));
+/* Lanes of the offset group of blocks [b, b+4): odd lanes (mw * s) of the
+ * blocks that exist. */
+static inline __mmask8 off_mask(int64_t nb, int64_t b) {
+    return (__mmask8)((nb - b >= 4 ? 0xff : (1u << (2 * (nb - b))) - 1) & 0xaa);
+}
+
+/* The canonical sum of 8 lanes, ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)); for
+ * R == 4 rows at once by the hadd tree, which adds in the same order. */
+static inline __attribute__((always_inline)) void hsum_rows(const int R, const __m256 *part, float *y) {
+    if (R == 4) {
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(part[0], part[1]), _mm256_hadd_ps(part[2], part[3]));
+        _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+        return;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        __m256 h = _mm256_hadd_ps(part[r], part[r]);
+        h = _mm256_hadd_ps(h, h);
+        y[r] = _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    }
 }
 
 /* One pair (or the last single block) of blocks for an R x T tile. The two
@@ -197,43 +224,49 @@ qk_step(const int R, const int T, const int src, const int two, int64_t p, const
     }
 }
 
+/*
+ * Every output y[t][r] is reduced in one fixed order, whatever the tile
+ * shape, the number of tokens in the call or the row's position (so a token's
+ * result does not depend on which other tokens share the call):
+ *   A = sum over pairs p = 0, 1, ... (the last one a single block if nb is
+ *       odd) of cvt(dot_p) * (dw_p * dx_p), one FMA chain of 8 lanes;
+ *   B = sum over groups of 4 blocks of [.. mw_b ..] * [.. s_b ..] (odd
+ *       lanes), one FMA chain of 8 lanes;
+ *   y = hsum_rows(A + B).
+ * One token streams the rows (scales from the row itself), several tokens
+ * use the register tile with prepared scales: same values, same operations.
+ */
 static inline __attribute__((always_inline)) void
 qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stride, int64_t nb,
         const float *dm, size_t sc_stride, const uint8_t *xq, size_t xs, float *y, int64_t ldy) {
     if (T == 1 && src != SRC_U8) {
         /* One token: rows one after the other (a single sequential stream for
          * the hardware prefetcher; interleaving 4 rows' short streams measured
-         * ~1.7x slower decode), scales read from the row directly, two
-         * accumulator chains per row, and one 4-row horizontal reduction. */
+         * ~1.7x slower decode), scales read from the row directly. */
         __m256 part[4];
-        const __m128 odd = _mm_castsi128_ps(_mm_setr_epi32(0, -1, 0, -1));
+        const float *ds = xq_ds(xq, nb);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps();
-            __m128 m1 = _mm_setzero_ps(), m2 = _mm_setzero_ps();
+            __m256 a = _mm256_setzero_ps(), o = _mm256_setzero_ps();
             const uint8_t *wr = w + r * w_stride;
-            const float *ds = xq_ds(xq, nb);
             int64_t p = 0;
             for (; p + 2 <= nb / 2; p += 2) {
-                qk_step1(src, 1, p, wr, xq, ds, &a1, &m1);
-                qk_step1(src, 1, p + 1, wr, xq, ds, &a2, &m2);
+                __m128 d0 = qk_step1(src, 1, p, wr, xq, ds, &a);
+                __m128 d1 = qk_step1(src, 1, p + 1, wr, xq, ds, &a);
+                __mmask8 m = off_mask(nb, 2 * p);
+                o = _mm256_fmadd_ps(_mm256_maskz_mov_ps(m, _mm256_set_m128(d1, d0)),
+                                    _mm256_maskz_loadu_ps(m, ds + 4 * p), o);
             }
-            if (p < nb / 2) qk_step1(src, 1, p, wr, xq, ds, &a1, &m1);
-            if (nb & 1) qk_step1(src, 0, nb / 2, wr, xq, ds, &a2, &m2);
-            __m128 m = _mm_and_ps(_mm_add_ps(m1, m2), odd);
-            part[r] = _mm256_add_ps(_mm256_add_ps(a1, a2), _mm256_zextps128_ps256(m));
-        }
-        if (R == 4) {
-            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(part[0], part[1]), _mm256_hadd_ps(part[2], part[3]));
-            _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-        } else {
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                __m128 q = _mm_add_ps(_mm256_castps256_ps128(part[r]), _mm256_extractf128_ps(part[r], 1));
-                q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-                y[r] = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+            if (p < (nb + 1) / 2) { /* one or two pairs left, the last maybe a single block */
+                __m128 d0 = qk_step1(src, 2 * p + 1 < nb, p, wr, xq, ds, &a), d1 = _mm_setzero_ps();
+                if (p + 1 < (nb + 1) / 2) d1 = qk_step1(src, 0, p + 1, wr, xq, ds, &a);
+                __mmask8 m = off_mask(nb, 2 * p);
+                o = _mm256_fmadd_ps(_mm256_maskz_mov_ps(m, _mm256_set_m128(d1, d0)),
+                                    _mm256_maskz_loadu_ps(m, ds + 4 * p), o);
             }
+            part[r] = _mm256_add_ps(a, o);
         }
+        hsum_rows(R, part, y);
         return;
     }
     __m256 acc[4][4];
@@ -244,27 +277,25 @@ qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stri
     const int64_t np = nb / 2;
     for (int64_t p = 0; p < np; p++) qk_step(R, T, src, 1, p, w, w_stride, nb, dm, sc_stride, xq, xs, acc);
     if (nb & 1) qk_step(R, T, src, 0, np, w, w_stride, nb, dm, sc_stride, xq, xs, acc);
-    for (int64_t b = 0; b < nb; b += 4) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
-        __mmask8 m = nb - b >= 4 ? 0xff : (__mmask8)((1u << (2 * (nb - b))) - 1);
-        m &= 0xaa;
-        __m256 mv[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) mv[r] = _mm256_maskz_loadu_ps(m, dm + r * sc_stride + 2 * b);
+    for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int t = 0; t < T; t++) {
-            __m256 sv = _mm256_maskz_loadu_ps(m, xq_ds(xq + t * xs, nb) + 2 * b);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(mv[r], sv, acc[r][t]);
+        for (int t = 0; t < T; t++) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
+            const float *dr = dm + r * sc_stride, *dx = xq_ds(xq + t * xs, nb);
+            __m256 o = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; b += 4) {
+                __mmask8 m = off_mask(nb, b);
+                o = _mm256_fmadd_ps(_mm256_maskz_loadu_ps(m, dr + 2 * b), _mm256_maskz_loadu_ps(m, dx + 2 * b), o);
+            }
+            acc[r][t] = _mm256_add_ps(acc[r][t], o);
         }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        __m256 part[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) part[r] = acc[r][t];
+        hsum_rows(R, part, y + t * ldy);
     }
-#pragma GCC unroll 4
-    for (int t = 0; t < T; t++)
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r][t]), _mm256_extractf128_ps(acc[r][t], 1));
-            q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-            y[t * ldy + r] = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
-        }
 }
 
 #define QK_T(R, S)                                                                              \

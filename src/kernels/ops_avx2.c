@@ -33,7 +33,15 @@ void xds_silu_mul_avx2(float *gate, const float *up, int n) {
         _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)),
                                                  _mm256_loadu_ps(up + i)));
     }
-    for (; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    if (i < n) { /* the tail through the same vector code: each element's result
+                  * does not depend on its position or on n (batch invariance) */
+        float g8[8] = {0}, u8[8] = {0};
+        for (int j = i; j < n; j++) g8[j - i] = gate[j], u8[j - i] = up[j];
+        __m256 g = _mm256_loadu_ps(g8);
+        __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        _mm256_storeu_ps(g8, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), _mm256_loadu_ps(u8)));
+        for (int j = i; j < n; j++) gate[j] = g8[j - i];
+    }
 }
 
 float xds_dot_f32_avx2(const float *a, const float *b, int n) {

@@ -9,7 +9,9 @@
  *     compared (tight) with double sums over the dequantized weights and the
  *     dequantized Q8 activations, and (loosely, by the rounding bound) with the
  *     unquantized activations; float types with double sums, ~1e-5 relative;
- *   - xds_get_row and the elementwise ops against double references.
+ *   - xds_get_row and the elementwise ops against double references;
+ *   - batch invariance: each token's output row bit-identical whatever
+ *     n_tok, tile position, pool size or row range (memcmp).
  */
 #include <math.h>
 #include <stdint.h>
@@ -433,6 +435,81 @@ static void test_roofline(void) {
     }
 }
 
+/* Batch invariance: a token's row of y is bit-identical whatever other
+ * tokens share the call (n_tok = 1, 2, 3, 5, 8, 17, 64), wherever it sits in
+ * the kernels' token tiles, for any pool size (row chunking), and a row range
+ * of xds_matmul_rows gives bit-identical values to the same rows of the full
+ * product (rows land at other positions in the row tiles). Also the
+ * elementwise silu_mul: each element the same in a long call as in a short. */
+static void test_batch_invariance(void) {
+    int nl = levels_n();
+    xds_pool *pools[2] = {NULL, NULL};
+    XDS_ASSERT(xds_pool_create(3, &pools[1]) == XDS_OK);
+    const xds_dtype types[] = {XDS_DTYPE_F32,  XDS_DTYPE_F16,  XDS_DTYPE_BF16, XDS_DTYPE_Q8_0,
+                               XDS_DTYPE_Q4_0, XDS_DTYPE_Q4_1, XDS_DTYPE_Q4_K, XDS_DTYPE_Q6_K};
+    const int toks[] = {1, 2, 3, 5, 8, 17, 64};
+    for (int l = 0; l < nl; l++) {
+        xds_cpu_level_set((xds_cpu_level)l);
+        for (int k = 0; k < 8; k++) {
+            xds_dtype t = types[k];
+            int kq = t == XDS_DTYPE_Q4_K || t == XDS_DTYPE_Q6_K;
+            /* block counts: 18 (even pairs count 9), 5 and 3 (odd), 1 */
+            const int64_t ins[] = {kq ? 512 : 576, kq ? 256 : 160, kq ? 256 : 96, kq ? 256 : 32};
+            for (int s = 0; s < 4; s++) {
+                int64_t n_in = ins[s], n_out = s == 0 ? 67 : 13 + s;
+                float *wdq = malloc(n_in * n_out * sizeof(float));
+                void *w = make_weights(t, n_in, n_out, wdq);
+                xds_tensor wt = {.name = "w", .type = t, .n_dims = 2, .ne = {n_in, n_out, 1, 1}, .data = w};
+                float *x = malloc(64 * n_in * sizeof(float));
+                for (int64_t i = 0; i < 64 * n_in; i++) x[i] = rnd_f() * (1 + (i / n_in) % 3);
+                float *solo = malloc(64 * n_out * sizeof(float)), *y = malloc(64 * n_out * sizeof(float));
+                for (int tk = 0; tk < 64; tk++) xds_matmul(NULL, &wt, x + tk * n_in, solo + tk * n_out, 1);
+                int bad = 0, bad_rows = 0;
+                for (int ti = 0; ti < 7; ti++) {
+                    int n_tok = toks[ti];
+                    for (int pi = 0; pi < 2; pi++) {
+                        /* tokens from an offset, so each one also meets other tile positions */
+                        int t0 = (ti * 7 + pi * 3) % (65 - n_tok);
+                        xds_matmul(pools[pi], &wt, x + t0 * n_in, y, n_tok);
+                        for (int tk = 0; tk < n_tok; tk++)
+                            if (memcmp(y + tk * n_out, solo + (t0 + tk) * n_out, n_out * sizeof(float))) bad++;
+                    }
+                    /* rows [r0, r1) at every alignment mod 4 */
+                    for (int r0 = 1; r0 < 4 && r0 < n_out; r0++) {
+                        int64_t r1 = n_out - (r0 == 2), ldy = r1 - r0 + 1;
+                        float *yr = malloc(n_tok * ldy * sizeof(float));
+                        xds_matmul_rows(pools[r0 & 1], &wt, r0, r1, x, yr, ldy, n_tok);
+                        for (int tk = 0; tk < n_tok; tk++)
+                            if (memcmp(yr + tk * ldy, solo + tk * n_out + r0, (r1 - r0) * sizeof(float))) bad_rows++;
+                        free(yr);
+                    }
+                }
+                CHECK_MSG(bad == 0 && bad_rows == 0,
+                          "batch invariance level %s type %s n_in %lld: %d matmul rows, %d matmul_rows rows differ",
+                          xds_cpu_level_name((xds_cpu_level)l), xds_dtype_name(t), (long long)n_in, bad, bad_rows);
+                free(solo);
+                free(y);
+                free(x);
+                free(w);
+                free(wdq);
+            }
+        }
+        /* silu_mul: rows of F values (F not a multiple of 8 / 16) */
+        const int F = 37;
+        float g[8 * 37], u[8 * 37], g1[8 * 37];
+        for (int i = 0; i < 8 * F; i++) g[i] = g1[i] = rnd_f() * 6, u[i] = rnd_f();
+        xds_silu_mul(g, u, 8 * F);
+        int same = 1;
+        for (int r = 0; r < 8; r++) {
+            xds_silu_mul(g1 + r * F, u + r * F, F);
+            same &= memcmp(g1 + r * F, g + r * F, F * sizeof(float)) == 0;
+        }
+        CHECK_MSG(same, "silu_mul level %s: an element differs between one call and per-row calls",
+                  xds_cpu_level_name((xds_cpu_level)l));
+    }
+    xds_pool_free(pools[1]);
+}
+
 int main(void) {
     /* XDS_CPU is read once, at the first use of the level */
     setenv("XDS_CPU", "generic", 1);
@@ -448,6 +525,7 @@ int main(void) {
     test_matmul();
     test_matmul_rows();
     test_matmul_multi();
+    test_batch_invariance();
     test_ops();
     test_roofline();
     TEST_MAIN_END();
