@@ -110,6 +110,13 @@ int main(int argc, char **argv) {
         double dt = now_s() - t0;
         if (dt < best) best = dt;
     }
+    {
+        int runs = 1;
+        for (int i = 1; i < kv->seqs[0].n_blocks; i++)
+            runs += !(kv->seqs[0].blocks[i] == kv->seqs[0].blocks[i - 1] + 1 && t.blocks[i] == t.blocks[i - 1] + 1);
+        printf("warm pulls: decode blocks in %d runs consecutive on both sides -> %d gets per pull\n", runs,
+               runs * kv->n_layer * (kv->v_dim ? 2 : 1));
+    }
     /* memcpy of the same bytes: one block-sized copy per (layer, block, K/V), and one whole copy */
     size_t blk_k = sizeof(float) * bs * kv->k_dim, blk_v = sizeof(float) * bs * kv->v_dim;
     int nb = t.n_blocks, L = kv->n_layer;
