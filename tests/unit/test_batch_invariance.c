@@ -12,7 +12,9 @@
  *     logits bit-identical (memcmp) to the same sequences run together — all
  *     prompts in one prefill batch, then decode steps of one token per
  *     sequence in one batch, then a mixed batch (one sequence's next prompt
- *     chunk with the others' decode tokens).
+ *     chunk with the others' decode tokens). One sequence is ~40 tokens
+ *     long (10 KV blocks of 4), so a decode path that splits the keys of a
+ *     long context across threads only for single-token batches would show.
  */
 #include <dirent.h>
 #include <math.h>
@@ -68,7 +70,7 @@ static void test_attn_paths(void) {
 }
 
 #define NS 4  /* sequences */
-#define MAXP 16
+#define MAXP 48
 
 typedef struct {
     int n_prompt, n_next; /* prompt tokens, then n_next more fed in the mixed/decode steps */
@@ -78,7 +80,7 @@ typedef struct {
 /* Forward of a batch; logits of every row into lg (n_tok, V). */
 static int fwd(xds_model_ctx *ctx, xds_kv_cache *kv, int n, const int32_t *tok, const int32_t *pos,
                const int32_t *sq, float *lg) {
-    int32_t rows[64];
+    int32_t rows[128];
     for (int i = 0; i < n; i++) {
         rows[i] = i;
         if (xds_kv_seq_reserve(kv, sq[i], pos[i] + 1) != XDS_OK) return 0;
@@ -98,18 +100,19 @@ static void check_model(const char *path, const char *name, int n_prompt_max) {
     xds_kv_cache *kv = NULL;
     xds_model_ctx *ctx = NULL;
     CHECK(xds_model_kv_cache_create(m, 1024, 4, 2 * NS, &kv) == XDS_OK);
-    CHECK(xds_model_ctx_create(m, kv, 2, 64, &ctx) == XDS_OK);
+    CHECK(xds_model_ctx_create(m, kv, 2, 128, &ctx) == XDS_OK);
     if (!kv || !ctx) goto out;
     seq_case sc[NS];
     int total = 0;
     for (int i = 0; i < NS; i++) {
         sc[i].n_prompt = 1 + (int)(rnd_u32() % (unsigned)n_prompt_max);
+        if (i == 1) sc[i].n_prompt = 36 + (int)(rnd_u32() % 8u); /* a longer context: >= 9 KV blocks of 4 */
         sc[i].n_next = 3;
         for (int j = 0; j < MAXP; j++) sc[i].tok[j] = (int32_t)(rnd_u32() % (unsigned)V);
         total += sc[i].n_prompt + sc[i].n_next;
     }
     /* solo: slot i, one token per forward; logits of every position */
-    float *solo = malloc(sizeof(float) * (size_t)total * V), *lg = malloc(sizeof(float) * 64 * (size_t)V);
+    float *solo = malloc(sizeof(float) * (size_t)total * V), *lg = malloc(sizeof(float) * 128 * (size_t)V);
     size_t off[NS];
     for (int i = 0, o = 0; i < NS; o += sc[i].n_prompt + sc[i].n_next, i++) {
         off[i] = (size_t)o;
@@ -124,7 +127,7 @@ static void check_model(const char *path, const char *name, int n_prompt_max) {
      * steps 2..: one token per sequence while any is left. */
     int next[NS] = {0}, diff = 0, n_cmp = 0;
     for (int step = 0;; step++) {
-        int32_t tok[64], pos[64], sq[64], who[64];
+        int32_t tok[128], pos[128], sq[128], who[128];
         int n = 0;
         for (int i = 0; i < NS; i++) {
             int len = sc[i].n_prompt + sc[i].n_next, take;
