@@ -30,9 +30,12 @@ void xds_attn_head_avx2(const xds_attn_src *s, const float *q, int n, float scal
 #define XDS_ATTN_MAX_GROUP 16
 void xds_attn_group_avx2(const xds_attn_src *s, const float *q, int G, int n, float scale, float *sc, int ldsc,
                          float *out);
-/* The same over positions [lo, hi) only (lo a multiple of the block size),
- * for split-K decode: out is left unnormalized (sum of exp(s - m) v), with the
- * running max m_out[g] and sum l_out[g] of each head for the combine step. */
+/* The same over positions [lo, hi) only (lo a multiple of the block size);
+ * with m_out / l_out non-NULL, out is left unnormalized (sum of exp(s - m) v)
+ * and each head's max and sum are returned, for a split-K combine. The model
+ * does not split keys: a split chosen per batch size would break batch
+ * invariance (test_batch_invariance); a fixed, batch-independent split is a
+ * possible later speed-up for long-context decode. */
 void xds_attn_group_part_avx2(const xds_attn_src *s, const float *q, int G, int lo, int hi, float scale,
                               float *sc, int ldsc, float *out, float *m_out, float *l_out);
 

@@ -25,10 +25,6 @@
 #include "model/model.h"
 #include "model/moe.h"
 
-/* Split-K decode: at most this many key ranges per KV head, each >= this many blocks. */
-#define ATTN_MAX_SPLIT 8
-#define ATTN_SPLIT_MIN_BLOCKS 4
-
 struct xds_model_ctx {
     const xds_model *m;
     xds_kv_cache *kv;      /* borrowed; NULL: no attention */
@@ -48,7 +44,6 @@ struct xds_model_ctx {
     float *up;             /* (max_tok, n_ff) */
     float *scores;         /* (n_threads, max_pos) per-thread softmax rows */
     float *rope;           /* (max_tok, rope_dim) cos/sin pairs per token */
-    float *part;           /* (n_head_kv, ATTN_MAX_SPLIT, n_head / n_head_kv, head_dim + 2) split-K decode partials */
     xds_moe_scratch *moe;  /* MoE / MLA scratch (moe.c); NULL for llama */
 };
 
@@ -87,7 +82,6 @@ xds_status xds_model_ctx_create(const xds_model *m, xds_kv_cache *kv, int n_thre
     x->gate = malloc(sizeof(float) * T * c->n_ff);
     x->up = malloc(sizeof(float) * T * c->n_ff);
     x->scores = malloc(sizeof(float) * x->n_threads * x->max_pos * x->attn_group);
-    x->part = malloc(sizeof(float) * c->n_head_kv * ATTN_MAX_SPLIT * x->attn_group * (c->head_dim + 2));
     x->rope = malloc(sizeof(float) * T * (c->rope_dim + 2));
     if (!x->hidden || !x->xn || !x->q || !x->k || !x->v || !x->att || !x->gate || !x->up || !x->scores ||
         !x->rope) {
@@ -115,7 +109,6 @@ void xds_model_ctx_free(xds_model_ctx *x) {
     free(x->up);
     free(x->scores);
     free(x->rope);
-    free(x->part);
     xds_moe_scratch_free(x->moe);
     free(x);
 }
@@ -197,7 +190,6 @@ typedef struct {
     xds_model_ctx *ctx;
     const xds_batch *b;
     int layer;
-    int split;  /* split-K decode: key ranges per (token 0, KV head) */
 } attn_job;
 
 
@@ -239,58 +231,6 @@ static void attn_group_task(void *arg, int task, int thread) {
                         ctx->att + q0);
 }
 
-/* Single-token decode with few KV heads: (KV head, key range) tasks so every
- * thread streams a share of the cache; partial softmax results are combined
- * in xds_model_attention (flash-decoding). */
-static void attn_split_task(void *arg, int task, int thread) {
-    attn_job *J = arg;
-    xds_model_ctx *ctx = J->ctx;
-    const xds_model_config *c = &ctx->m->cfg;
-    xds_kv_cache *kv = ctx->kv;
-    int HK = c->n_head_kv, hd = c->head_dim, G = ctx->attn_group, S = J->split, B = kv->block_size;
-    int kvh = task / S, si = task % S;
-    int n = J->b->pos[0] + 1, nblk = (n + B - 1) / B, per = (nblk + S - 1) / S;
-    int lo = si * per * B, hi = lo + per * B < n ? lo + per * B : n;
-    float *po = ctx->part + ((size_t)kvh * S + si) * G * (hd + 2);
-    float *pm = po + (size_t)G * hd, *pl = pm + G;
-    if (lo >= hi) {
-        for (int g = 0; g < G; g++) pm[g] = -INFINITY, pl[g] = 0.0f;
-        return;
-    }
-    int kvd = HK * hd;
-    size_t layer_off = (size_t)J->layer * kv->n_blocks * B * kvd;
-    xds_attn_src src = {kv->k + layer_off, kv->v + layer_off, kv->seqs[J->b->seq[0]].blocks, B, kvd, kvh * hd, hd};
-    float *sc = ctx->scores + (size_t)thread * ctx->max_pos * G;
-    xds_attn_group_part_avx2(&src, ctx->q + (size_t)kvh * G * hd, G, lo, hi, ctx->m->attn_scale, sc, ctx->max_pos,
-                             po, pm, pl);
-}
-
-static void attn_split_combine(xds_model_ctx *ctx, int S) {
-    const xds_model_config *c = &ctx->m->cfg;
-    int HK = c->n_head_kv, hd = c->head_dim, G = ctx->attn_group;
-    for (int kvh = 0; kvh < HK; kvh++)
-        for (int g = 0; g < G; g++) {
-            float M = -INFINITY, L = 0.0f;
-            for (int si = 0; si < S; si++) {
-                const float *po = ctx->part + ((size_t)kvh * S + si) * G * (hd + 2);
-                float m = po[(size_t)G * hd + g];
-                M = m > M ? m : M;
-            }
-            float *o = ctx->att + ((size_t)kvh * G + g) * hd;
-            memset(o, 0, sizeof(float) * hd);
-            for (int si = 0; si < S; si++) {
-                const float *po = ctx->part + ((size_t)kvh * S + si) * G * (hd + 2);
-                float l = po[(size_t)G * hd + G + g];
-                if (l == 0.0f) continue;
-                float w = expf(po[(size_t)G * hd + g] - M);
-                L += w * l;
-                xds_axpy(o, w, po + (size_t)g * hd, hd);
-            }
-            float inv = 1.0f / L;
-            for (int d = 0; d < hd; d++) o[d] *= inv;
-        }
-}
-
 void xds_model_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, float *x) {
     const xds_model *m = ctx->m;
     const xds_model_config *c = &m->cfg;
@@ -317,22 +257,13 @@ void xds_model_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, floa
         memcpy(xds_kv_k(ctx->kv, layer, b->seq[t], b->pos[t]), ctx->k + (size_t)t * kvd, sizeof(float) * kvd);
         memcpy(xds_kv_v(ctx->kv, layer, b->seq[t], b->pos[t]), ctx->v + (size_t)t * kvd, sizeof(float) * kvd);
     }
-    attn_job J = {ctx, b, layer, 1};
+    attn_job J = {ctx, b, layer};
     /* whole GQA groups read K/V once per group (faster prefill), but give only
      * n_head_kv tasks per token: single-token decode keeps one task per query
      * head so every thread has work (measured: grouped decode was slower on 2
      * threads with 3 KV heads) */
-    int nblk = T == 1 ? b->pos[0] / ctx->kv->block_size + 1 : 0;
     if (ctx->attn_group > 1 && T * c->n_head_kv >= 2 * ctx->n_threads)
         xds_pool_run(ctx->pool, attn_group_task, &J, T * c->n_head_kv);
-    else if (ctx->attn_group > 1 && T == 1 && nblk >= 2 * ATTN_SPLIT_MIN_BLOCKS) {
-        int S = (2 * ctx->n_threads + c->n_head_kv - 1) / c->n_head_kv;
-        if (S > ATTN_MAX_SPLIT) S = ATTN_MAX_SPLIT;
-        if (S > nblk / ATTN_SPLIT_MIN_BLOCKS) S = nblk / ATTN_SPLIT_MIN_BLOCKS;
-        J.split = S;
-        xds_pool_run(ctx->pool, attn_split_task, &J, c->n_head_kv * S);
-        attn_split_combine(ctx, S);
-    }
     else xds_pool_run(ctx->pool, attn_task, &J, T * c->n_head);
     xds_matmul(ctx->pool, &w->wo, ctx->att, ctx->xn, T);
     xds_add(x, ctx->xn, T * E);
