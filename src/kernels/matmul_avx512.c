@@ -269,6 +269,32 @@ qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stri
         hsum_rows(R, part, y);
         return;
     }
+    /* B first: the R x T offset chains run side by side (each still in its
+     * own fixed order), parked in memory while the dot chains run. */
+    __m256 off[4][4];
+    {
+        __m256 o[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) o[r][t] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b += 4) { /* odd lanes of dm * ds are mw_b * s_b */
+            __mmask8 m = off_mask(nb, b);
+            __m256 mv[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) mv[r] = _mm256_maskz_loadu_ps(m, dm + r * sc_stride + 2 * b);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                __m256 sv = _mm256_maskz_loadu_ps(m, xq_ds(xq + t * xs, nb) + 2 * b);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) o[r][t] = _mm256_fmadd_ps(mv[r], sv, o[r][t]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) off[r][t] = o[r][t];
+    }
     __m256 acc[4][4];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
@@ -280,15 +306,7 @@ qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stri
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int t = 0; t < T; t++) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
-            const float *dr = dm + r * sc_stride, *dx = xq_ds(xq + t * xs, nb);
-            __m256 o = _mm256_setzero_ps();
-            for (int64_t b = 0; b < nb; b += 4) {
-                __mmask8 m = off_mask(nb, b);
-                o = _mm256_fmadd_ps(_mm256_maskz_loadu_ps(m, dr + 2 * b), _mm256_maskz_loadu_ps(m, dx + 2 * b), o);
-            }
-            acc[r][t] = _mm256_add_ps(acc[r][t], o);
-        }
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_add_ps(acc[r][t], off[r][t]);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         __m256 part[4];
