@@ -72,8 +72,14 @@ static int worker_prefill(const char *segment, const char *model_path, long rank
     xds_pd_prefill *p = NULL;
     s = xds_pd_prefill_create(m, &o, comm, &p);
     if (s == XDS_OK) s = xds_pd_prefill_serve(p, (int)front);
-    if (p) fprintf(stderr, "xds worker (prefill rank %ld): %d transfer tasks still held at exit\n", rank,
-                   xds_pd_prefill_outstanding(p));
+    if (p) {
+        uint64_t cached = 0, computed = 0;
+        xds_pd_prefill_token_stats(p, &cached, &computed);
+        fprintf(stderr,
+                "xds worker (prefill rank %ld): %llu prompt tokens computed, %llu from the prefix cache; %d transfer "
+                "tasks still held at exit\n",
+                rank, (unsigned long long)computed, (unsigned long long)cached, xds_pd_prefill_outstanding(p));
+    }
     int rc = 0;
     if (s != XDS_OK) {
         fprintf(stderr, "xds worker (prefill %ld): error: %s\n", rank, xds_err_msg());

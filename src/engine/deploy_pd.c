@@ -20,6 +20,7 @@
 #include <xccl.h>
 
 #include "base/log.h"
+#include "engine/kv_block.h"
 
 #define PD_MAGIC 0x58445350u /* "XDSP" */
 enum { PD_TASK = 1, PD_FREE = 2, PD_REQ = 3, PD_STOP = 4 };
@@ -59,6 +60,8 @@ struct xds_pd_prefill {
     int32_t *pos, *seq;   /* (chunk) */
     uint32_t timeout_ms;  /* the comm deadline restored after each poll */
     size_t logits_off;    /* region offset of the (max_seqs, n_vocab) logits area */
+    xds_kv_blocks *bm;    /* block manager with prefix cache: blocks of released tasks stay cached */
+    uint64_t cached_tokens, computed_tokens;
 };
 
 xds_status xds_pd_prefill_create(const xds_model *m, xds_pd_prefill_opts *o, xccl_comm *comm, xds_pd_prefill **out) {
@@ -104,6 +107,11 @@ xds_status xds_pd_prefill_create(const xds_model *m, xds_pd_prefill_opts *o, xcc
         xds_pd_prefill_free(p);
         return xds_err_set(XDS_ERR_NOMEM, "deploy pd: out of memory");
     }
+    s = xds_kv_blocks_create(kv->n_blocks, kv->block_size, 1, &p->bm);
+    if (s != XDS_OK) {
+        xds_pd_prefill_free(p);
+        return s;
+    }
     s = xds_model_ctx_create(m, kv, o->n_threads, o->chunk, &p->ctx);
     if (s != XDS_OK) {
         xds_pd_prefill_free(p);
@@ -116,6 +124,7 @@ xds_status xds_pd_prefill_create(const xds_model *m, xds_pd_prefill_opts *o, xcc
 void xds_pd_prefill_free(xds_pd_prefill *p) {
     if (!p) return;
     if (p->ctx) xds_model_ctx_free(p->ctx);
+    if (p->bm) xds_kv_blocks_free(p->bm);
     if (p->kv) {
         p->kv->k = p->own_k;
         p->kv->v = p->own_v;
@@ -131,11 +140,23 @@ int xds_pd_prefill_outstanding(const xds_pd_prefill *p) {
 }
 
 int xds_pd_prefill_free_blocks(const xds_pd_prefill *p) {
-    return p->kv->n_free;
+    return xds_kv_blocks_n_available(p->bm);
+}
+
+void xds_pd_prefill_token_stats(const xds_pd_prefill *p, uint64_t *cached, uint64_t *computed) {
+    *cached = p->cached_tokens;
+    *computed = p->computed_tokens;
+}
+
+/* Give a slot's blocks back (full ones stay cached for later prefixes). */
+static void drop_blocks(xds_pd_prefill *p, int slot) {
+    xds_kv_seq *q = &p->kv->seqs[slot];
+    for (int i = 0; i < q->n_blocks; i++) xds_kv_blocks_unref(p->bm, q->blocks[i]);
+    xds_kv_seq_set_blocks(p->kv, slot, NULL, 0);
 }
 
 static void release_slot(xds_pd_prefill *p, int slot) {
-    xds_kv_seq_truncate(p->kv, slot, 0);
+    drop_blocks(p, slot);
     p->held[slot].req_id = 0;
     p->n_held--;
 }
@@ -151,14 +172,40 @@ xds_status xds_pd_prefill_submit(xds_pd_prefill *p, uint64_t req_id, const int32
     for (int i = 0; i < p->o.max_seqs && slot < 0; i++)
         if (!p->held[i].req_id) slot = i;
     if (slot < 0) return xds_err_set(XDS_ERR_BUSY, "deploy pd: all %d prefill slots hold unpulled KV", p->o.max_seqs);
-    xds_status s = xds_kv_seq_reserve(kv, slot, n);
-    if (s != XDS_OK)
-        return xds_err_set(XDS_ERR_BUSY, "deploy pd: prefill pool full (%d free blocks, %d tokens needed)", kv->n_free, n);
+    /* prefix cache: reuse the longest cached run of full blocks, always
+     * computing at least the last prompt token (its logits are sent) */
+    int bs = kv->block_size, nb = (n + bs - 1) / bs, c = 0;
+    int32_t blocks[sizeof(((xds_pd_task *)0)->blocks) / sizeof(int32_t)];
+    uint64_t parent = XDS_PREFIX_HASH_ROOT;
+    int nbh = 0;
+    while ((nbh + 1) * bs <= n - 1) {
+        uint64_t h = xds_prefix_hash(parent, prompt + nbh * bs, bs);
+        int32_t b = xds_kv_blocks_lookup(p->bm, h, parent, prompt + nbh * bs);
+        if (b < 0) break;
+        blocks[nbh++] = b;
+        parent = h;
+    }
+    c = nbh * bs;
+    for (int i = nbh; i < nb; i++) {
+        blocks[i] = xds_kv_blocks_alloc(p->bm);
+        if (blocks[i] < 0) {
+            for (int j = 0; j < i; j++) xds_kv_blocks_unref(p->bm, blocks[j]);
+            return xds_err_set(XDS_ERR_BUSY, "deploy pd: prefill pool full (%d blocks available, %d tokens needed)",
+                               xds_kv_blocks_n_available(p->bm), n);
+        }
+    }
+    xds_status s = xds_kv_seq_set_blocks(kv, slot, blocks, nb);
+    if (s != XDS_OK) {
+        for (int j = 0; j < nb; j++) xds_kv_blocks_unref(p->bm, blocks[j]);
+        return s;
+    }
     p->held[slot].req_id = req_id;
     p->held[slot].since = now_s();
     p->n_held++;
-    /* chunked prefill: logits of the last prompt token only */
-    for (int c0 = 0; c0 < n; c0 += p->o.chunk) {
+    p->cached_tokens += (uint64_t)c;
+    p->computed_tokens += (uint64_t)(n - c);
+    /* chunked prefill of [c, n): logits of the last prompt token only */
+    for (int c0 = c; c0 < n; c0 += p->o.chunk) {
         int cn = n - c0 < p->o.chunk ? n - c0 : p->o.chunk;
         for (int i = 0; i < cn; i++) p->pos[i] = c0 + i, p->seq[i] = slot;
         xds_batch b = {cn, prompt + c0, p->pos, p->seq};
@@ -169,6 +216,13 @@ xds_status xds_pd_prefill_submit(xds_pd_prefill *p, uint64_t req_id, const int32
             release_slot(p, slot);
             return s;
         }
+    }
+    /* publish the full blocks now written (a hash already held by another block keeps that one) */
+    parent = XDS_PREFIX_HASH_ROOT;
+    for (int i = 0; (i + 1) * bs <= n; i++) {
+        uint64_t h = xds_prefix_hash(parent, prompt + i * bs, bs);
+        if (i >= nbh) xds_kv_blocks_publish(p->bm, blocks[i], h, parent, prompt + i * bs);
+        parent = h;
     }
     int V = p->m->cfg.n_vocab, best = 0;
     for (int v = 1; v < V; v++)

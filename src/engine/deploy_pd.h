@@ -13,6 +13,11 @@
  * within hold_s is dropped by the prefill side (its blocks freed) and the
  * decode side's later pull of it fails cleanly (the FREE names an unknown id).
  *
+ * Prefix caching on the prefill side: the pool's blocks are managed by a
+ * block manager with a prefix cache (engine/kv_block.h); a released task's
+ * full blocks stay cached, and a later prompt with the same prefix reuses them
+ * (only [cached, n) is computed; at least the last token always is).
+ *
  * Invariants: the prefill pool's block ids and geometry (layers, k/v dims,
  * block size, pool blocks) travel with each task and are checked against the
  * decode cache before any byte is read; a pull reads whole blocks of
@@ -58,8 +63,10 @@ int xds_pd_prefill_release(xds_pd_prefill *p, uint64_t req_id);
 void xds_pd_prefill_expire(xds_pd_prefill *p);
 /* Tasks registered and not yet freed. */
 int xds_pd_prefill_outstanding(const xds_pd_prefill *p);
-/* Free blocks in the prefill pool. */
+/* Blocks an allocation could get (free + cached, unreferenced). */
 int xds_pd_prefill_free_blocks(const xds_pd_prefill *p);
+/* Prompt tokens served from the prefill prefix cache / computed so far. */
+void xds_pd_prefill_token_stats(const xds_pd_prefill *p, uint64_t *cached, uint64_t *computed);
 
 /* ---- decode side -------------------------------------------------------- */
 

@@ -11,7 +11,9 @@
  * requests at once, so the second pull must first be refused (XDS_ERR_BUSY,
  * back-pressure: the prefill side still holds the blocks) and succeed after
  * the first request finished. Greedy tokens (the prefill's first token and
- * the decode side's continuation) must equal the colocated model loop, for
+ * the decode side's continuation) must equal the colocated model loop (the
+ * fourth request repeats the first prompt and is served from the prefill
+ * instance's prefix cache: only its last token is computed), for
  * tiny llama (GQA), qwen3_moe (GQA), deepseek_v3 (MLA latent KV) and SmolLM2
  * (XDS_TEST_MODEL, skipped when unset). The prefill process checks that
  * every block came back to its pool once freed. Every child is reaped with a
@@ -36,10 +38,11 @@
 #include "test.h"
 
 #define ORA XDS_SOURCE_DIR "/tests/data/oracle/"
-#define N_REQ 3
+#define N_REQ 4
 #define N_GEN 6
 #define BLOCK 4
-static const int prompt_len[N_REQ] = {33, 19, 5};
+/* request 3 repeats request 0's prompt: served from the prefill prefix cache */
+static const int prompt_len[N_REQ] = {33, 19, 5, 33};
 
 static double now_s(void) {
     struct timespec ts;
@@ -48,6 +51,7 @@ static double now_s(void) {
 }
 
 static void make_prompt(int r, int n, int V, int32_t *out) {
+    if (r == 3) r = 0;
     for (int i = 0; i < n; i++) out[i] = (int32_t)((i * 53 + r * 17 + 3) % V);
 }
 
@@ -148,6 +152,12 @@ static int prefill_main(const xds_model *m, const char *name, int rank) {
             rc = 7;
         }
         if (now_s() > end) rc = 8;
+    }
+    uint64_t cached = 0, computed = 0;
+    xds_pd_prefill_token_stats(p, &cached, &computed);
+    if (!rc && cached != 32) { /* request 3: all full blocks of its 33 tokens but the last token's */
+        fprintf(stderr, "prefill: %llu prompt tokens from the prefix cache, want 32\n", (unsigned long long)cached);
+        rc = 11;
     }
     if (!rc && xds_pd_prefill_free_blocks(p) != total) {
         fprintf(stderr, "prefill: %d of %d blocks free after all tasks were freed\n", xds_pd_prefill_free_blocks(p),
