@@ -35,7 +35,16 @@ SANITIZED = os.environ.get("XDS_SANITIZED") == "1"
 
 client = openai.OpenAI(base_url=URL + "/v1", api_key="unused", max_retries=0, timeout=120)
 
-CHAT_Q = [{"role": "user", "content": "What is the capital of France?"}]
+# The chat question and its expected greedy answer come from the transformers
+# oracle fixture (tools/oracle.py): a prompt whose greedy choices keep a wide
+# top-1/top-2 margin, so 8-bit activation quantization cannot flip them
+# (world-knowledge prompts such as "capital of France?" are near ties for a
+# 135M Q4_1 model and flip on rounding).
+_FIXTURE = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                       "..", "data", "oracle", "smollm2.json")))
+_CHAT_CASE = next(c for c in _FIXTURE["cases"] if c.get("chat"))
+CHAT_Q = [{"role": "user", "content": _CHAT_CASE["chat"][0]}]
+CHAT_EXPECT = _CHAT_CASE["text_32"]
 PROMPT = "The three primary colors are"
 
 # ---------------------------------------------------------------------------
@@ -94,10 +103,10 @@ def completion(**kw):
     return client.completions.create(**args)
 
 
-def knows_paris(text):
-    """Greedy SmolLM2 answers the capital question with Paris (release build;
-    under sanitizers only 4 tokens are generated, so any text will do)."""
-    return bool(text.strip()) if SANITIZED else "Paris" in text
+def answers_like_transformers(text):
+    """The greedy answer is a prefix of transformers' greedy answer to the same
+    conversation (32 tokens recorded; we ask for fewer)."""
+    return bool(text.strip()) and CHAT_EXPECT.startswith(text)
 
 
 # ---------------------------------------------------------------------------
@@ -119,7 +128,7 @@ def test_chat():
     c = r.choices[0]
     assert c.index == 0 and c.message.role == "assistant"
     assert isinstance(c.message.content, str) and c.message.content.strip(), c.message
-    assert knows_paris(c.message.content), c.message.content
+    assert answers_like_transformers(c.message.content), (c.message.content, CHAT_EXPECT)
     assert c.finish_reason in ("stop", "length")
     u = r.usage
     assert u.prompt_tokens > 5 and 0 < u.completion_tokens <= 12 and u.total_tokens == u.prompt_tokens + u.completion_tokens
