@@ -210,6 +210,33 @@ qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, i
         }
         return;
     }
+    /* B: odd lanes of dm * ds are mw_b * s_b; the R x T chains run side by
+     * side (each in its own fixed order), parked while the dot chains run. */
+    __m256 off[4][2];
+    if (type != XDS_DTYPE_Q8_0) {
+        __m256 o[4][2];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) o[r][t] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b += 4) {
+            __m256i m = off_mask(nb, b);
+            __m256 mv[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                mv[r] = _mm256_and_ps(_mm256_maskload_ps(dm + r * scs + 2 * b, m), _mm256_castsi256_ps(m));
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                __m256 sv = _mm256_maskload_ps(xq_ds(xq + t * xs, nb) + 2 * b, m);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) o[r][t] = _mm256_fmadd_ps(mv[r], sv, o[r][t]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) off[r][t] = o[r][t];
+    }
     __m256 acc[4][2];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
@@ -236,21 +263,11 @@ qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, i
                                             acc[r][t]);
         }
     }
-    if (type != XDS_DTYPE_Q8_0) { /* offsets: odd lanes of dm * ds are mw_b * s_b */
+    if (type != XDS_DTYPE_Q8_0) /* offsets computed up front (below) */
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-            for (int t = 0; t < T; t++) {
-                const float *dr = dm + r * scs, *dx = xq_ds(xq + t * xs, nb);
-                __m256 o = _mm256_setzero_ps();
-                for (int64_t b = 0; b < nb; b += 4) {
-                    __m256i m = off_mask(nb, b);
-                    o = _mm256_fmadd_ps(_mm256_and_ps(_mm256_maskload_ps(dr + 2 * b, m), _mm256_castsi256_ps(m)),
-                                        _mm256_maskload_ps(dx + 2 * b, m), o);
-                }
-                acc[r][t] = _mm256_add_ps(acc[r][t], o);
-            }
-    }
+            for (int t = 0; t < T; t++) acc[r][t] = _mm256_add_ps(acc[r][t], off[r][t]);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
 #pragma GCC unroll 4
