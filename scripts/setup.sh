@@ -2,7 +2,7 @@
 # Install what building and testing xDeepServe needs (Debian packages), only
 # those missing. Safe to run repeatedly.
 set -euo pipefail
-PKGS="build-essential cmake pkg-config libpcre2-dev libjansson-dev libmicrohttpd-dev clang python3 python3-venv"
+PKGS="build-essential cmake pkg-config libpcre2-dev libjansson-dev libmicrohttpd-dev clang python3 python3-venv python3-pip curl libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
