@@ -2,9 +2,9 @@
 # upcycle.sh — `xds upcycle` end to end: usage and input errors exit with one
 # "xds upcycle: error:" line (status 2 / 1, never a crash); with the real model
 # (XDS_TEST_MODEL) the upcycled GGUF (temp dir, removed) generates exactly the
-# same greedy text as the dense model through `xds generate` (XDS_CPU=generic:
-# the SIMD quantized kernels are not batch-invariant, so dense and MoE can
-# differ there by activation-quantization noise and flip a near tie; see
+# same greedy text as the dense model through `xds generate` at the default
+# kernel level (the kernels are batch-invariant, so an expert's product over
+# the rows routed to it equals the dense product row for row; see
 # tests/unit/test_upcycle.c), and `xds inspect` shows its expert tensors. Usage: bash tests/cli/upcycle.sh path/to/xds
 set -u
 XDS=${1:?usage: upcycle.sh path/to/xds}
@@ -39,8 +39,8 @@ if [ -n "${XDS_TEST_MODEL:-}" ]; then
   prompts=("The capital of France is" "def fibonacci(n):")
   [ -n "${XDS_SANITIZED:-}" ] && prompts=("The capital of France is") # ASan build: one prompt
   for p in "${prompts[@]}"; do
-    XDS_CPU=generic "$XDS" generate -m "$XDS_TEST_MODEL" -p "$p" -n 24 --temp 0 -q -t 2 >"$T/dense" 2>"$T/e1"
-    XDS_CPU=generic "$XDS" generate -m "$T/moe.gguf" -p "$p" -n 24 --temp 0 -q -t 2 >"$T/moe" 2>"$T/e2"
+    "$XDS" generate -m "$XDS_TEST_MODEL" -p "$p" -n 24 --temp 0 -q -t 2 >"$T/dense" 2>"$T/e1"
+    "$XDS" generate -m "$T/moe.gguf" -p "$p" -n 24 --temp 0 -q -t 2 >"$T/moe" 2>"$T/e2"
     if [ -s "$T/dense" ] && cmp -s "$T/dense" "$T/moe"; then ok; else bad "greedy text differs for '$p': dense '$(cat "$T/dense")' vs moe '$(cat "$T/moe")' $(cat "$T/e2")"; fi
   done
 else
