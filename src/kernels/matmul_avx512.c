@@ -161,7 +161,7 @@ static inline __attribute__((always_inline)) __m128 qk_step1(const int src, cons
     __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)(xq + p * 64)));
     dot = _mm256_dpbusd_epi32(dot, hi, _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32)));
     __m128 dwp = direct_pair(src, row, p, two);
-    __m256 sc = _mm256_mul_ps(spread_pair8(dwp), spread_pair8(load_pair(ds + 4 * p, two)));
+    __m256 sc = spread_pair8(_mm_mul_ps(dwp, load_pair(ds + 4 * p, two))); /* = spread(dw) * spread(dx), as qk_step */
     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, *acc);
     return dwp;
 }
@@ -253,7 +253,7 @@ qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stri
             for (; p + 2 <= nb / 2; p += 2) {
                 __m128 d0 = qk_step1(src, 1, p, wr, xq, ds, &a);
                 __m128 d1 = qk_step1(src, 1, p + 1, wr, xq, ds, &a);
-                __mmask8 m = off_mask(nb, 2 * p);
+                const __mmask8 m = 0xaa; /* == off_mask(nb, 2 * p): four blocks */
                 o = _mm256_fmadd_ps(_mm256_maskz_mov_ps(m, _mm256_set_m128(d1, d0)),
                                     _mm256_maskz_loadu_ps(m, ds + 4 * p), o);
             }
