@@ -192,7 +192,7 @@ qk_tile(const int R, const int T, const int type, const uint8_t *w, size_t ws, i
                 __m256 dot = pair_dot(type, lo, hi, _mm256_loadu_si256((const __m256i *)(xq + p * 64)),
                                       _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32)));
                 __m128 dwp = direct_pair(type, row, p, two);
-                a = _mm256_fmadd_ps(dot, _mm256_mul_ps(spread_pair(dwp), spread_pair(load_pair(ds + 4 * p, two))), a);
+                a = _mm256_fmadd_ps(dot, spread_pair(_mm_mul_ps(dwp, load_pair(ds + 4 * p, two))) /* = spread(dw) * spread(dx) */, a);
                 if (type != XDS_DTYPE_Q8_0) {
                     if (p & 1) {
                         __m256i m = off_mask(nb, 2 * (p - 1));
