@@ -314,9 +314,12 @@ void xds_model_moe_experts(xds_model_ctx *ctx, int layer, const float *xn, int n
     exp_job J = {L, S, E, e->n_ff_exp, 0, 0, 0, 0};
     int nth = xds_pool_size(pool);
     (void)max_rows;
-    J.ch_up = chunk_rows(J.F, 2 * n_active, nth, 128);
+    /* whole matrices per task unless that leaves < 4 tasks per thread: each
+     * task quantizes its activations again and re-dispatches the kernel, which
+     * cost ~20% of the expert time at 2-8 rows per expert with 128-row chunks */
+    J.ch_up = chunk_rows(J.F, 2 * n_active, nth, J.F);
     J.nc_up = (J.F + J.ch_up - 1) / J.ch_up;
-    J.ch_dn = chunk_rows(E, n_active, nth, 256);
+    J.ch_dn = chunk_rows(E, n_active, nth, E);
     J.nc_dn = (E + J.ch_dn - 1) / J.ch_dn;
     if (n_active > 0) {
         xds_pool_run(pool, up_task, &J, n_active * 2 * J.nc_up);
