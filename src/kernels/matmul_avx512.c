@@ -327,7 +327,7 @@ qk_tile(const int R, const int T, const int src, const uint8_t *w, size_t w_stri
 #define QS_TMAX 8
 static inline __attribute__((always_inline)) void
 qs_pair(const int T, const int src, const int two, int64_t p, const uint8_t *row, const uint8_t *xq,
-        size_t xs, int64_t nb, __m256 *a, __m128 *dwp_out) {
+        size_t xs, const float *dxs, int64_t np, __m256 *a, __m128 *dwp_out) {
     __m256i lo, hi;
     if (src == SRC_Q8_0) {
         const uint8_t *b0 = row + 2 * p * 34 + 2;
@@ -343,12 +343,14 @@ qs_pair(const int T, const int src, const int two, int64_t p, const uint8_t *row
         hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
     }
     __m128 dwp = direct_pair(src, row, p, two);
+    __m256 dws = spread_pair8(dwp);
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
         const uint8_t *xr = xq + t * xs;
         __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)(xr + p * 64)));
         dot = _mm256_dpbusd_epi32(dot, hi, _mm256_loadu_si256((const __m256i *)(xr + p * 64 + 32)));
-        __m256 sc = spread_pair8(_mm_mul_ps(dwp, load_pair(xq_ds(xr, nb) + 4 * p, two)));
+        /* spread(dw) * spread(dx) == spread(dw * dx) lane by lane */
+        __m256 sc = _mm256_mul_ps(dws, _mm256_load_ps(dxs + ((size_t)t * np + p) * 8));
         a[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, a[t]);
     }
     *dwp_out = dwp;
@@ -365,21 +367,22 @@ qs_off(const int T, __mmask8 m, __m128 d0, __m128 d1, int64_t p, const uint8_t *
 
 static inline __attribute__((always_inline)) void
 qs_row(const int T, const int src, const uint8_t *wr, int64_t nb, const uint8_t *xq, size_t xs,
-       float *y, int64_t ldy) {
+       const float *dxs, float *y, int64_t ldy) {
+    const int64_t np = (nb + 1) / 2;
     __m256 a[QS_TMAX], o[QS_TMAX];
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) a[t] = o[t] = _mm256_setzero_ps();
     int64_t p = 0;
     for (; p + 2 <= nb / 2; p += 2) {
         __m128 d0, d1;
-        qs_pair(T, src, 1, p, wr, xq, xs, nb, a, &d0);
-        qs_pair(T, src, 1, p + 1, wr, xq, xs, nb, a, &d1);
+        qs_pair(T, src, 1, p, wr, xq, xs, dxs, np, a, &d0);
+        qs_pair(T, src, 1, p + 1, wr, xq, xs, dxs, np, a, &d1);
         qs_off(T, 0xaa, d0, d1, p, xq, xs, nb, o);
     }
     if (p < (nb + 1) / 2) {
         __m128 d0, d1 = _mm_setzero_ps();
-        qs_pair(T, src, 2 * p + 1 < nb, p, wr, xq, xs, nb, a, &d0);
-        if (p + 1 < (nb + 1) / 2) qs_pair(T, src, 0, p + 1, wr, xq, xs, nb, a, &d1);
+        qs_pair(T, src, 2 * p + 1 < nb, p, wr, xq, xs, dxs, np, a, &d0);
+        if (p + 1 < (nb + 1) / 2) qs_pair(T, src, 0, p + 1, wr, xq, xs, dxs, np, a, &d1);
         qs_off(T, off_mask(nb, 2 * p), d0, d1, p, xq, xs, nb, o);
     }
 #pragma GCC unroll 8
@@ -391,18 +394,18 @@ qs_row(const int T, const int src, const uint8_t *wr, int64_t nb, const uint8_t 
 
 #define QS_T(S)                                                            \
     switch (T) {                                                           \
-    case 1: qs_row(1, S, wr, nb, xq, xs, y, ldy); break;                   \
-    case 2: qs_row(2, S, wr, nb, xq, xs, y, ldy); break;                   \
-    case 3: qs_row(3, S, wr, nb, xq, xs, y, ldy); break;                   \
-    case 4: qs_row(4, S, wr, nb, xq, xs, y, ldy); break;                   \
-    case 5: qs_row(5, S, wr, nb, xq, xs, y, ldy); break;                   \
-    case 6: qs_row(6, S, wr, nb, xq, xs, y, ldy); break;                   \
-    case 7: qs_row(7, S, wr, nb, xq, xs, y, ldy); break;                   \
-    default: qs_row(8, S, wr, nb, xq, xs, y, ldy); break;                  \
+    case 1: qs_row(1, S, wr, nb, xq, xs, dxs, y, ldy); break;                   \
+    case 2: qs_row(2, S, wr, nb, xq, xs, dxs, y, ldy); break;                   \
+    case 3: qs_row(3, S, wr, nb, xq, xs, dxs, y, ldy); break;                   \
+    case 4: qs_row(4, S, wr, nb, xq, xs, dxs, y, ldy); break;                   \
+    case 5: qs_row(5, S, wr, nb, xq, xs, dxs, y, ldy); break;                   \
+    case 6: qs_row(6, S, wr, nb, xq, xs, dxs, y, ldy); break;                   \
+    case 7: qs_row(7, S, wr, nb, xq, xs, dxs, y, ldy); break;                   \
+    default: qs_row(8, S, wr, nb, xq, xs, dxs, y, ldy); break;                  \
     }
 
 static void qs_call(int T, int src, const uint8_t *wr, int64_t nb, const uint8_t *xq, size_t xs,
-                    float *y, int64_t ldy) {
+                    const float *dxs, float *y, int64_t ldy) {
     switch (src) {
     case SRC_Q8_0: QS_T(SRC_Q8_0) break;
     case SRC_Q4_0: QS_T(SRC_Q4_0) break;
@@ -443,12 +446,23 @@ void xds_qgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int6
         /* few tokens: stream each row once, its tokens in chunks of <= 8
          * (the row stays in L1 across chunks). Measured (768 x 2048 Q8_0, one
          * core): 1.3-1.45x the tile at 2-8 tokens, even at 16, behind at 32. */
+        /* dxs[t][p] = spread_pair8 of token t's [d0 s0 d1 s1] of pair p
+         * (the single last block's d1 lane 0, as load_pair gives) */
+        const int64_t np = (nb + 1) / 2;
+        float *dxs = aligned_alloc(64, (size_t)n_tok * np * 8 * sizeof(float));
+        XDS_ASSERT(dxs);
+        for (int t = 0; t < n_tok; t++) {
+            const float *ds = xq_ds(xq + t * xq_stride, nb);
+            for (int64_t p = 0; p < np; p++)
+                _mm256_store_ps(dxs + ((size_t)t * np + p) * 8, spread_pair8(load_pair(ds + 4 * p, 2 * p + 1 < nb)));
+        }
         for (int64_t r = 0; r < n_rows; r++)
             for (int t0 = 0; t0 < n_tok; t0 += QS_TMAX) {
                 int T = n_tok - t0 < QS_TMAX ? n_tok - t0 : QS_TMAX;
                 qs_call(T, src, w + r * w_row_bytes, nb, xq + t0 * xq_stride, xq_stride,
-                        y + t0 * ldy + r, ldy);
+                        dxs + (size_t)t0 * np * 8, y + t0 * ldy + r, ldy);
             }
+        free(dxs);
         return;
     }
     const size_t scs = (size_t)((2 * nb + 15) & ~15);
