@@ -11,7 +11,10 @@
  * which are converted and scaled by [dw*dx of b0 x4 | of b1 x4].
  *   - one token (decode): rows are walked one after another (one sequential
  *     stream), scales read straight from the row ([d, m] via F16C);
- *   - several tokens: a register tile of R (<= 4) rows x T (<= 4) tokens; the
+ *   - 2..12 tokens (MoE experts, small batches): rows streamed as for one
+ *     token, each unpacked pair dotted with up to 8 tokens held in registers,
+ *     token scales spread once per call, software prefetch across pages;
+ *   - more tokens: a register tile of R (<= 4) rows x T (<= 4) tokens; the
  *     row tile's scales are extracted once (prep_scales) and, when several
  *     token tiles reuse it, its unpacked u8 weights are written to an L1
  *     buffer (repack).
@@ -456,7 +459,7 @@ void xds_qgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int6
         /* dxs[t][p] = spread_pair8 of token t's [d0 s0 d1 s1] of pair p
          * (the single last block's d1 lane 0, as load_pair gives) */
         const int64_t np = (nb + 1) / 2;
-        float *dxs = aligned_alloc(64, (size_t)n_tok * np * 8 * sizeof(float));
+        float *dxs = aligned_alloc(64, ((size_t)n_tok * np * 8 * sizeof(float) + 63) & ~(size_t)63);
         XDS_ASSERT(dxs);
         for (int t = 0; t < n_tok; t++) {
             const float *ds = xq_ds(xq + t * xq_stride, nb);
