@@ -33,106 +33,7 @@
 #include "oracle_ref.h"
 
 #define MOE_DIR XDS_SOURCE_DIR "/tests/data/oracle/moe"
-#define TOL_REL 1e-4
 
-static void test_tiny_model(const char *dir, const char *name) {
-    xds_model *m = NULL;
-    xds_status s = xds_model_load(dir, NULL, &m);
-    CHECK_MSG(s == XDS_OK, "%s: load: %s", name, xds_err_msg());
-    if (s != XDS_OK) return;
-    int V = m->cfg.n_vocab;
-    ref_case rc[4];
-    int nc = load_ref(dir, V, rc, 4);
-    CHECK_MSG(nc >= 2, "%s: reference fixture unreadable", name);
-    if (nc < 2) {
-        xds_model_free(m);
-        return;
-    }
-    xds_kv_cache *kv;
-    CHECK(xds_model_kv_cache_create(m, 512, 4, 4, &kv) == XDS_OK);
-    xds_model_ctx *ctx;
-    CHECK(xds_model_ctx_create(m, kv, 2, 128, &ctx) == XDS_OK);
-    int32_t dummy = xds_kv_block_alloc(kv); /* tables never start at block 0 */
-    float *outA[4], *out = NULL;
-    for (int ci = 0; ci < nc; ci++) {
-        const ref_case *r = &rc[ci];
-        double scale = max_abs(r->logits, (size_t)r->n_tok * V);
-        size_t nl = (size_t)r->n_tok * V;
-        /* (A) whole prompt, then token by token */
-        outA[ci] = calloc(nl, sizeof(float));
-        int whole[1] = {r->n_prompt};
-        char what[400];
-        snprintf(what, sizeof what, "%s case %d path A", name, ci);
-        if (run_path(ctx, kv, 0, r, whole, 1, outA[ci], V, what)) {
-            double e = rel_err(outA[ci], r->logits, (int)nl, scale);
-            CHECK_MSG(e <= TOL_REL, "%s: max rel err %.3g", what, e);
-            if (ci == 0) printf("%s: max |delta| / max |ref| = %.2e (scale %.2f)\n", name, e, scale);
-        }
-        xds_kv_seq_truncate(kv, 0, 0);
-        /* (B) prompt in two chunks, a 2-token chunk, then single tokens */
-        out = calloc(nl, sizeof(float));
-        int half = r->n_prompt / 2 + 1;
-        int two[2] = {half, r->n_prompt - half};
-        snprintf(what, sizeof what, "%s case %d path B", name, ci);
-        if (run_path(ctx, kv, 1, r, two, 2, out, V, what)) {
-            double e = rel_err(out, r->logits, (int)nl, scale);
-            CHECK_MSG(e <= TOL_REL, "%s: max rel err %.3g", what, e);
-        }
-        xds_kv_seq_truncate(kv, 1, 0);
-        free(out);
-    }
-    /* (C) two sequences in every batch: both prompts at once, then one token of each per step */
-    {
-        const ref_case *r0 = &rc[0], *r1 = &rc[1];
-        int32_t tok[256], pos[256], sq[256], rows[256];
-        int n = 0;
-        for (int i = 0; i < r1->n_prompt; i++) {
-            if (i < r0->n_prompt) tok[n] = r0->tokens[i], pos[n] = i, sq[n] = 2, n++;
-            tok[n] = r1->tokens[i], pos[n] = i, sq[n] = 3, n++;
-        }
-        CHECK(xds_kv_seq_reserve(kv, 2, r0->n_tok) == XDS_OK);
-        CHECK(xds_kv_seq_reserve(kv, 3, r1->n_tok) == XDS_OK);
-        for (int i = 0; i < n; i++) rows[i] = i;
-        float *lg = malloc(sizeof(float) * (size_t)n * V);
-        xds_batch b = {n, tok, pos, sq};
-        CHECK(xds_model_forward(ctx, &b, rows, n, lg) == XDS_OK);
-        double worst = 0, worst_alone = 0;
-        for (int i = 0; i < n; i++) {
-            const ref_case *r = sq[i] == 2 ? r0 : r1;
-            float *alone = sq[i] == 2 ? outA[0] : outA[1];
-            double scale = max_abs(r->logits, (size_t)r->n_tok * V);
-            worst = fmax(worst, rel_err(lg + (size_t)i * V, r->logits + (size_t)pos[i] * V, V, scale));
-            worst_alone = fmax(worst_alone, rel_err(lg + (size_t)i * V, alone + (size_t)pos[i] * V, V, scale));
-        }
-        /* decode: one token of each sequence per batch (reference tokens) */
-        int steps = r0->n_tok - r0->n_prompt;
-        for (int st = 0; st < steps; st++) {
-            int32_t t2[2] = {r0->tokens[r0->n_prompt + st], r1->tokens[r1->n_prompt + st]};
-            int32_t p2[2] = {r0->n_prompt + st, r1->n_prompt + st}, s2[2] = {2, 3}, rw[2] = {0, 1};
-            xds_batch b2 = {2, t2, p2, s2};
-            CHECK(xds_model_forward(ctx, &b2, rw, 2, lg) == XDS_OK);
-            for (int k = 0; k < 2; k++) {
-                const ref_case *r = k ? r1 : r0;
-                double scale = max_abs(r->logits, (size_t)r->n_tok * V);
-                worst = fmax(worst, rel_err(lg + (size_t)k * V, r->logits + (size_t)p2[k] * V, V, scale));
-                worst_alone =
-                    fmax(worst_alone, rel_err(lg + (size_t)k * V, outA[k] + (size_t)p2[k] * V, V, scale));
-            }
-        }
-        CHECK_MSG(worst <= TOL_REL, "%s path C (batched): max rel err vs transformers %.3g", name, worst);
-        CHECK_MSG(worst_alone <= 1e-5, "%s path C: batched differs from alone by %.3g", name, worst_alone);
-        free(lg);
-    }
-    for (int ci = 0; ci < nc; ci++) {
-        free(outA[ci]);
-        free(rc[ci].tokens);
-        free(rc[ci].logits);
-    }
-    xds_kv_block_unref(kv, dummy);
-    xds_model_ctx_free(ctx);
-    xds_kv_cache_free(kv);
-    xds_model_free(m);
-}
 
 static int write_file(const char *path, const char *s) {
     FILE *f = fopen(path, "w");
@@ -183,7 +84,7 @@ static void test_fixtures(void) {
         if (e->d_name[0] == '.') continue;
         char p[1024];
         snprintf(p, sizeof p, "%s/%s", MOE_DIR, e->d_name);
-        test_tiny_model(p, e->d_name);
+        oracle_check_model(p, e->d_name);
         n++;
     }
     closedir(d);
