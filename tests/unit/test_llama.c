@@ -75,45 +75,6 @@ static void test_kv_cache(void) {
 /* ------------------------------------------------------------------------ */
 /* Bad input: edited copies of a tiny checkpoint */
 
-static int write_file(const char *path, const char *s) {
-    FILE *f = fopen(path, "w");
-    if (!f) return 0;
-    fputs(s, f);
-    return fclose(f) == 0;
-}
-
-static void expect_load_error(const char *base, const char *key, json_t *val, xds_status want,
-                              const char *must_mention) {
-    char tmpl[] = "/tmp/xds_test_llama_XXXXXX";
-    char *dir = mkdtemp(tmpl);
-    CHECK(dir != NULL);
-    if (!dir) return;
-    char src[1024], dst[1024];
-    snprintf(src, sizeof src, "%s/config.json", base);
-    json_t *cfg = json_load_file(src, 0, NULL);
-    CHECK(cfg != NULL);
-    json_object_set_new(cfg, key, val);
-    char *txt = json_dumps(cfg, JSON_INDENT(1));
-    snprintf(dst, sizeof dst, "%s/config.json", dir);
-    CHECK(write_file(dst, txt));
-    free(txt);
-    json_decref(cfg);
-    snprintf(src, sizeof src, "%s/model.safetensors", base);
-    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
-    CHECK(symlink(src, dst) == 0);
-    xds_model *m = NULL;
-    xds_status s = xds_model_load(dir, NULL, &m);
-    CHECK_MSG(s == want, "%s edited: got status %d (%s), want %d", key, s, xds_err_msg(), want);
-    CHECK_MSG(strstr(xds_err_msg(), must_mention) != NULL, "error '%s' does not mention '%s'", xds_err_msg(),
-              must_mention);
-    printf("bad input (%s): %s\n", key, xds_err_msg());
-    if (s == XDS_OK) xds_model_free(m);
-    unlink(dst);
-    snprintf(dst, sizeof dst, "%s/config.json", dir);
-    unlink(dst);
-    rmdir(dir);
-}
-
 static void test_bad_input(void) {
     const char *base = TINY_DIR "/h72_mqa_hd16_tied";
     expect_load_error(base, "model_type", json_string("mamba"), XDS_ERR_UNSUPPORTED, "mamba");
