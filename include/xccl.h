@@ -171,6 +171,15 @@ xccl_status xccl_irecv(xccl_comm *comm, int peer, void *buf, size_t cap, xccl_re
 xccl_status xccl_test(xccl_comm *comm, xccl_request *req, int *done);
 /* Block until complete or the comm deadline passes. */
 xccl_status xccl_wait(xccl_comm *comm, xccl_request *req);
+/* Block until one of reqs[0..n) (NULL or never-posted entries are skipped)
+ * completes; *index = its position. Returns that request's error if it
+ * failed. On XCCL_ERR_TIMEOUT (comm deadline, *index = -1) every request is
+ * still queued: wait again, or cancel them. A dead peer of any posted
+ * request is reported (XCCL_ERR_PEER naming it). n <= 4 * XCCL_MAX_RANKS. */
+xccl_status xccl_waitany(xccl_comm *comm, xccl_request *const *reqs, int n, int *index);
+/* Withdraw a queued request (no-op if it completed). If part of its message
+ * had moved, the pair is broken and XCCL_ERR_PEER is returned. */
+xccl_status xccl_cancel(xccl_comm *comm, xccl_request *req);
 /* Length of the message a completed receive matched. */
 size_t xccl_request_len(const xccl_request *req);
 

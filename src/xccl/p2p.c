@@ -146,6 +146,57 @@ xccl_status xccl_wait(xccl_comm *c, xccl_request *req) {
     return s;
 }
 
+typedef struct any_arg {
+    xccl_request *const *reqs;
+    int n, index;
+} any_arg;
+
+static int any_cond(struct xccl_comm *c, void *varg) {
+    any_arg *a = varg;
+    progress_all(c);
+    for (int i = 0; i < a->n; i++) {
+        int done;
+        if (!a->reqs[i] || a->reqs[i]->state_ == REQ_IDLE) continue;
+        xccl_status s = finished(a->reqs[i], &done);
+        if (!done) continue;
+        a->index = i;
+        return s ? -(int)s : 1;
+    }
+    return 0;
+}
+
+xccl_status xccl_waitany(xccl_comm *c, xccl_request *const *reqs, int n, int *index) {
+    if (n < 1 || n > 4 * XCCL_MAX_RANKS || !reqs || !index)
+        return xccl_err(XCCL_ERR_INVALID, "xccl waitany: bad arguments (%d requests)", n);
+    int peers[4 * XCCL_MAX_RANKS], np = 0, posted = 0;
+    for (int i = 0; i < n; i++) {
+        if (!reqs[i] || reqs[i]->state_ == REQ_IDLE) continue;
+        posted++;
+        int dup = 0;
+        for (int j = 0; j < np; j++) dup |= peers[j] == reqs[i]->peer_;
+        if (!dup) peers[np++] = reqs[i]->peer_;
+    }
+    if (!posted) return xccl_err(XCCL_ERR_INVALID, "xccl waitany: no posted request");
+    any_arg a = {reqs, n, -1};
+    xccl_status s = xccl_wait_cond(c, any_cond, &a, peers, np, "xccl waitany");
+    if (a.index >= 0) *index = a.index;
+    else *index = -1;
+    return s;
+}
+
+xccl_status xccl_cancel(xccl_comm *c, xccl_request *req) {
+    if (req->state_ != REQ_QUEUED) return XCCL_OK;
+    int moved = req->done_ || req->aux_;
+    if (moved) c->pair_broken[req->peer_] = 1;
+    unlink_req(c, req);
+    req->state_ = REQ_FAILED;
+    req->status_ = XCCL_ERR_INVALID;
+    return moved ? xccl_err_peer(XCCL_ERR_PEER, req->peer_,
+                                 "xccl cancel: the message with rank %d was half moved; the pair is broken",
+                                 req->peer_)
+                 : XCCL_OK;
+}
+
 size_t xccl_request_len(const xccl_request *req) {
     return req->kind_ == KIND_RECV ? req->msg_len_ : req->len_;
 }

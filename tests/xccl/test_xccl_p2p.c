@@ -10,6 +10,7 @@
 
 #include <sched.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define NR    4
 #define NMSG  6
@@ -194,6 +195,44 @@ static int rank_main(int rank, int n, void *arg) {
     CHECK(xccl_get(g, c, to, reg.id, to_bytes - 1, 2) == XCCL_ERR_RANGE);
     CHECK(xccl_put(c, to, reg.id, (size_t)-1, w, 2) == XCCL_ERR_RANGE);
     CHECK(xccl_get(g, c, to, 999, 0, 1) == XCCL_ERR_INVALID);
+    XCHECK(xccl_barrier(c, xccl_comm_world(c)));
+    /* 5. waitany: rank 0 takes one message from every other rank in
+     * whatever order they complete; then a receive with no sender times
+     * out (nothing lost: it stays queued) and is cancelled */
+    if (rank == 0) {
+        xccl_request ar[NR];
+        xccl_request *ap[NR] = {0};
+        uint64_t got[NR] = {0};
+        for (int p = 1; p < n; p++) {
+            XCHECK(xccl_irecv(c, p, &got[p], sizeof got[p], &ar[p]));
+            ap[p] = &ar[p];
+        }
+        int seen[NR] = {0};
+        for (int k = 1; k < n; k++) {
+            int idx = -2;
+            XCHECK(xccl_waitany(c, ap, n, &idx));
+            CHECK_MSG(idx >= 1 && idx < n && !seen[idx], "waitany index %d", idx);
+            if (idx < 1 || idx >= n) break;
+            seen[idx] = 1;
+            CHECK_MSG(got[idx] == 1000u + (uint64_t)idx, "waitany payload from %d", idx);
+            ap[idx] = NULL;
+        }
+        xccl_request lone;
+        uint64_t none = 0;
+        XCHECK(xccl_irecv(c, 1, &none, sizeof none, &lone));
+        xccl_request *lp = &lone;
+        xccl_comm_set_timeout(c, 100);
+        int idx = 5;
+        CHECK(xccl_waitany(c, &lp, 1, &idx) == XCCL_ERR_TIMEOUT);
+        CHECK(idx == -1);
+        CHECK(xccl_cancel(c, &lone) == XCCL_OK);
+        xccl_comm_set_timeout(c, 20000);
+        CHECK(xccl_waitany(c, &lp, 0, &idx) == XCCL_ERR_INVALID);
+    } else {
+        usleep((useconds_t)(n - rank) * 20000);
+        uint64_t v = 1000u + (uint64_t)rank;
+        XCHECK(xccl_send(c, 0, &v, sizeof v));
+    }
     XCHECK(xccl_barrier(c, xccl_comm_world(c)));
     xccl_region_deregister(c, &reg);
     free(g);
