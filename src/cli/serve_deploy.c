@@ -30,9 +30,12 @@
  * ready; a remote group imports it itself and reports FREED, which the
  * front-end forwards to the prefill instance.
  *
- * Not yet supported (refused with a clear error): --decode-dp > 1 together
- * with --experts (expert workers shared by several groups), --frontends > 1,
- * --topology FILE.
+ * With --experts and --decode-dp D > 1, every decode group is an attention
+ * rank of the same expert workers (group g > 0 attaches a second rank for
+ * that traffic, after the groups' ranks): a worker serves the groups' streams
+ * in arrival order (engine/deploy.h).
+ *
+ * Not yet supported (refused with a clear error): --frontends > 1.
  */
 #define _GNU_SOURCE
 #include "cli/serve_deploy.h"
@@ -68,6 +71,7 @@ void serve_deploy_init(serve_deploy *d) {
     d->frontends = 1;
     d->expert_threads = 1;
     d->prefill_threads = 1;
+    d->micro_batches = 2;
     atomic_init(&d->stopping, 0);
     atomic_init(&d->failed, 0);
 }
@@ -76,11 +80,13 @@ const char *serve_deploy_usage(void) {
     return "Disaggregated deployment (this process: supervisor, front-end, decode DP group):\n"
            "  --experts E          E expert-worker processes hold the routed experts (MoE models)\n"
            "  --decode-dp D        D decode DP groups (group 0 here, 1..D-1 as processes), picked per request\n"
-           "                       from load figures in shared memory (not with --experts yet)\n"
+           "                       from load figures in shared memory; with --experts they share the workers\n"
            "  --prefill P          P prefill-instance processes (KV pulled by the decode group)\n"
            "  --prefill-threads N  compute threads per prefill instance (default 1)\n"
            "  --frontends F        front-ends on the port (only 1 so far)\n"
            "  --expert-threads N   compute threads per expert worker (default 1)\n"
+           "  --micro-batches M    1, or 2 (default): two halves of a decode batch ping-pong, one's attention\n"
+           "                       overlapping the other's experts\n"
            "  --topology FILE      topology file (not supported yet)\n";
 }
 
@@ -93,6 +99,7 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
     else if (!strcmp(a, "--prefill-threads")) dst = &d->prefill_threads, lo = 1, hi = 1024;
     else if (!strcmp(a, "--frontends")) dst = &d->frontends, lo = 1, hi = 64;
     else if (!strcmp(a, "--expert-threads")) dst = &d->expert_threads, lo = 1, hi = 1024;
+    else if (!strcmp(a, "--micro-batches")) dst = &d->micro_batches, lo = 1, hi = XDS_DEPLOY_MAX_MB;
     else if (!strcmp(a, "--topology")) {
         if (!v) {
             fprintf(stderr, "xds serve: error: --topology needs a value\n");
@@ -109,7 +116,7 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
         return -1;
     }
     *dst = (int)x;
-    if (dst != &d->expert_threads && dst != &d->prefill_threads) d->enabled = 1;
+    if (dst != &d->expert_threads && dst != &d->prefill_threads && dst != &d->micro_batches) d->enabled = 1;
     return 2;
 }
 
@@ -145,6 +152,12 @@ static const char *child_role(const serve_deploy *d, int i) {
 /* Rank of decode group g >= 1 (after the prefill instances). */
 static int grp_rank(const serve_deploy *d, int g) {
     return d->rpc_rank + d->prefill + g;
+}
+
+/* Attention rank of decode group g (its traffic with the expert workers):
+ * 0 for group 0, else a second rank of group g's process after all groups. */
+static int grp_attn_rank(const serve_deploy *d, int g) {
+    return g == 0 ? 0 : d->rpc_rank + d->prefill + d->decode_dp - 1 + g;
 }
 
 /* Expert worker r, prefill instance i, or decode group g of child i. */
@@ -678,11 +691,6 @@ static xds_status spawn(serve_deploy *d, char *const *args, int rank) {
 xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_path, xds_engine_opts *eo) {
     if (d->topology_file)
         return xds_err_set(XDS_ERR_UNSUPPORTED, "--topology: topology files are not supported yet; use --experts E");
-    if (d->decode_dp > 1 && d->experts > 0)
-        return xds_err_set(XDS_ERR_UNSUPPORTED,
-                           "--decode-dp %d with --experts: several decode groups sharing expert workers are not "
-                           "supported yet",
-                           d->decode_dp);
     if (d->decode_dp > XDS_DP_MAX_GROUPS)
         return xds_err_set(XDS_ERR_INVALID, "--decode-dp %d: at most %d groups", d->decode_dp, XDS_DP_MAX_GROUPS);
     if (d->frontends > 1)
@@ -697,17 +705,23 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                            n_expert);
     d->n_expert = n_expert;
     int max_tok = eo->max_step_tokens > eo->max_batch ? eo->max_step_tokens : eo->max_batch;
-    xccl_config cfg;
-    if (d->experts > 0) XDS_TRY(xds_deploy_xccl_config(m, d->experts, max_tok, &cfg));
-    else xccl_config_default(&cfg, 1);
-    d->rpc_rank = d->experts + 1;
-    cfg.num_ranks = (uint32_t)(d->experts + 1 + (d->prefill > 0 ? 1 + d->prefill : 0) +
-                               (d->decode_dp > 1 ? d->decode_dp : 0));
-    if (d->prefill > 0 || d->decode_dp > 1) {
-        cfg.slot_bytes = 16384;
-        cfg.num_slots = 8;
-        cfg.heartbeat_timeout_ms = 30000; /* a long prefill chunk must not look like a hang */
+    if (d->experts > 0) {
+        if (n_expert <= 0)
+            return xds_err_set(XDS_ERR_INVALID, "--experts %d: the model (%s) has no MoE layers to place on expert "
+                                                "workers", d->experts, xds_arch_name(m->cfg.arch));
+        if (!d->placement.n_workers) XDS_TRY(xds_deploy_placement_blocks(n_expert, d->experts, &d->placement));
+        free(d->placement_text);
+        if (!(d->placement_text = xds_deploy_placement_format(&d->placement)))
+            return xds_err_set(XDS_ERR_NOMEM, "out of memory (placement)");
     }
+    d->rpc_rank = d->experts + 1;
+    int n_ranks = d->experts + 1 + (d->prefill > 0 || d->decode_dp > 1 ? 1 + d->prefill : 0) +
+                  (d->decode_dp > 1 ? d->decode_dp - 1 : 0) + (d->decode_dp > 1 && d->experts > 0 ? d->decode_dp - 1 : 0);
+    if (n_ranks > XCCL_MAX_RANKS)
+        return xds_err_set(XDS_ERR_INVALID, "the deployment needs %d XCCL ranks, at most %d fit a segment", n_ranks,
+                           XCCL_MAX_RANKS);
+    xccl_config cfg;
+    xds_deploy_xccl_config(n_ranks, &cfg);
     d->seg_bytes = (unsigned long long)xccl_config_segment_bytes(&cfg);
     snprintf(d->seg_name, sizeof d->seg_name, "/xds-serve-%d", (int)getpid());
     if (xccl_segment_create(&d->seg, d->seg_name, &cfg) != XCCL_OK)
@@ -726,19 +740,27 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         s = xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->seg_name, d->rpc_rank, xccl_err_msg());
         goto fail;
     }
-    char wstr[16], tstr[16], rstr[16], fstr[16], bstr[16], pstr[16], cstr[16], ptstr[16];
-    snprintf(wstr, sizeof wstr, "%d", d->experts);
+    char wstr[16], tstr[16], rstr[16], fstr[16], bstr[16], pstr[16], cstr[16], ptstr[16], mtok[16], nmb[16];
+    char aranks[16 * XDS_DEPLOY_MAX_ATTN] = "", wranks[8 * (SERVE_DEPLOY_MAX_WORKERS + 1)] = "";
     snprintf(tstr, sizeof tstr, "%d", d->expert_threads);
     snprintf(ptstr, sizeof ptstr, "%d", d->prefill_threads);
     snprintf(fstr, sizeof fstr, "%d", d->rpc_rank);
     snprintf(bstr, sizeof bstr, "%d", eo->kv_block_size);
     snprintf(pstr, sizeof pstr, "%d", eo->max_ctx > 0 ? 4 * eo->max_ctx : 16384);
     snprintf(cstr, sizeof cstr, "%d", eo->max_step_tokens);
+    snprintf(mtok, sizeof mtok, "%d", max_tok);
+    snprintf(nmb, sizeof nmb, "%d", d->micro_batches);
+    for (int g = 0; g < d->decode_dp; g++)
+        snprintf(aranks + strlen(aranks), sizeof aranks - strlen(aranks), g ? ",%d" : "%d", grp_attn_rank(d, g));
+    for (int w = 0; w < d->experts; w++)
+        snprintf(wranks + strlen(wranks), sizeof wranks - strlen(wranks), w ? ",%d" : "%d", 1 + w);
     fflush(NULL);
     for (int r = 1; r <= d->experts && s == XDS_OK; r++) {
         snprintf(rstr, sizeof rstr, "%d", r);
+        snprintf(wstr, sizeof wstr, "%d", r - 1);
         char *args[] = {"xds", "worker", "--role", "expert", "--segment", d->seg_name, "--rank", rstr,
-                        "--workers", wstr, "-t", tstr, "-m", (char *)model_path, NULL};
+                        "--worker", wstr, "--placement", d->placement_text, "--attn-ranks", aranks,
+                        "--max-tok", mtok, "-t", tstr, "-m", (char *)model_path, NULL};
         s = spawn(d, args, r);
     }
     for (int i = 0; i < d->prefill && s == XDS_OK; i++) {
@@ -760,7 +782,17 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         char *args[] = {"xds", "worker", "--role", "decode", "--segment", d->seg_name, "--rank", rstr, "--front", fstr,
                         "--group", gs, "--load-table", d->table_name, "-t", thr, "--max-batch", mbs,
                         "--max-step-tokens", mst, "--ctx", ctxs, "--block-size", bstr, "--kv-blocks", kvb,
-                        "-m", (char *)model_path, eo->enable_prefix_cache ? NULL : "--no-prefix-cache", NULL};
+                        "-m", (char *)model_path, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                        NULL, NULL};
+        int na = 28;
+        char arstr[16];
+        if (d->experts > 0) {
+            snprintf(arstr, sizeof arstr, "%d", grp_attn_rank(d, g));
+            args[na++] = "--attn-rank", args[na++] = arstr, args[na++] = "--expert-ranks", args[na++] = wranks;
+            args[na++] = "--placement", args[na++] = d->placement_text, args[na++] = "--micro-batches";
+            args[na++] = nmb;
+        }
+        if (!eo->enable_prefix_cache) args[na++] = "--no-prefix-cache";
         s = spawn(d, args, grp_rank(d, g));
     }
     if (s != XDS_OK) goto fail;
@@ -804,7 +836,9 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
             usleep(5000);
         }
     if (d->experts > 0) {
-        s = xds_deploy_attn_create(m, d->comm, d->experts, max_tok, &d->attn);
+        int wr[SERVE_DEPLOY_MAX_WORKERS];
+        for (int w = 0; w < d->experts; w++) wr[w] = 1 + w;
+        s = xds_deploy_attn_create(m, d->comm, wr, &d->placement, max_tok, d->micro_batches, &d->attn);
         if (s != XDS_OK) goto fail;
         eo->forward = xds_deploy_forward_cb;
         eo->forward_user = d->attn;
@@ -862,6 +896,7 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
             int g = r - d->rpc_rank - d->prefill;
             json_object_set_new(o, "role", json_string("decode"));
             json_object_set_new(o, "dp_group", json_integer(g));
+            if (d->experts > 0) json_object_set_new(o, "attn_rank", json_integer(grp_attn_rank(d, g)));
             json_object_set_new(o, "kv_blocks", json_integer(atomic_load(&d->table->g[g].kv_blocks)));
             printf("xds serve: topology: rank %d pid %d: decode DP group %d (own engine; KV %lld blocks)\n", r,
                    (int)d->pids[i], g, (long long)atomic_load(&d->table->g[g].kv_blocks));
@@ -878,21 +913,17 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
         }
         json_t *ex = json_array();
         json_object_set_new(o, "role", json_string("expert"));
-        int first = -1, last = -1;
-        for (int e = 0; e < d->n_expert; e++) {
-            int w, sl;
-            xds_deploy_expert_owner(d->n_expert, d->experts, e, &w, &sl);
-            if (w != r - 1) continue;
+        int w = r - 1;
+        char list[256] = "";
+        for (int k = 0; k < d->placement.n_local[w]; k++) {
+            int e = d->placement.slot_expert[w * d->placement.max_local + k];
             json_array_append_new(ex, json_integer(e));
-            if (first < 0) first = e;
-            last = e;
+            size_t used = strlen(list);
+            if (used < sizeof list - 16) snprintf(list + used, sizeof list - used, k ? ",%d" : "%d", e);
+            else if (used < sizeof list - 4) strcat(list, ",...");
         }
-        if (first >= 0)
-            printf("xds serve: topology: rank %d pid %d: expert worker, routed experts %d-%d of %d\n", r,
-                   (int)d->pids[i], first, last, d->n_expert);
-        else
-            printf("xds serve: topology: rank %d pid %d: expert worker, no experts (placement rounding)\n", r,
-                   (int)d->pids[i]);
+        printf("xds serve: topology: rank %d pid %d: expert worker %d, %d routed experts of %d: %s\n", r,
+               (int)d->pids[i], w, d->placement.n_local[w], d->n_expert, list[0] ? list : "(none)");
         json_object_set_new(o, "experts", ex);
         json_array_append_new(ranks, o);
     }
@@ -986,4 +1017,7 @@ void serve_deploy_stop(serve_deploy *d) {
     }
     free(d->topology_json);
     d->topology_json = NULL;
+    xds_deploy_placement_free(&d->placement);
+    free(d->placement_text);
+    d->placement_text = NULL;
 }

@@ -18,6 +18,7 @@
 
 #include "base/status.h"
 #include "engine/engine.h"
+#include "engine/deploy.h"
 #include "server/http.h"
 
 struct xds_model;
@@ -34,6 +35,7 @@ struct xds_dp_table;
 
 typedef struct serve_deploy {
     int prefill, decode_dp, experts, frontends, expert_threads, prefill_threads;
+    int micro_batches; /* per decode group with expert workers: 1 or 2 (ping-pong) */
     const char *topology_file;
     int enabled; /* any deployment flag given */
     int started; /* every worker came up */
@@ -43,6 +45,8 @@ typedef struct serve_deploy {
     struct xccl_segment *seg;
     struct xccl_comm *comm;
     struct xds_deploy_attn *attn;
+    xds_deploy_placement placement; /* routed experts of each expert worker */
+    char *placement_text;           /* its text form, handed to the workers (owned) */
     /* children: experts first (rank 1..E), then prefill instances (ranks E+2..) */
     pid_t pids[SERVE_DEPLOY_MAX_WORKERS]; /* 0 once reaped */
     int status[SERVE_DEPLOY_MAX_WORKERS]; /* wait status once reaped */

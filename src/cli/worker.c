@@ -31,15 +31,35 @@
 
 static void worker_usage(FILE *f) {
     fprintf(f,
-            "usage: xds worker --role expert --segment NAME --rank R --workers W -m MODEL [-t THREADS]\n"
+            "usage: xds worker --role expert --segment NAME --rank R --worker W --placement P --attn-ranks A,B,..\n"
+            "                  --max-tok N -m MODEL [-t THREADS]\n"
             "       xds worker --role prefill --segment NAME --rank R --front F -m MODEL [-t THREADS]\n"
             "                  [--block-size B] [--pool-tokens N] [--max-seqs S] [--chunk C]\n"
             "       xds worker --role decode --segment NAME --rank R --front F --group G --load-table SHM\n"
             "                  -m MODEL [-t THREADS] [--max-batch B] [--max-step-tokens N] [--ctx C]\n"
             "                  [--block-size B] [--kv-blocks N] [--no-prefix-cache]\n"
-            "Internal: started by 'xds serve --experts W / --prefill P'. An expert worker holds a block\n"
-            "of routed experts and computes them for the attention rank over XCCL; a prefill instance\n"
-            "runs chunked prefill into a registered KV pool for the decode group at rank F.\n");
+            "                  [--attn-rank R2 --expert-ranks A,B,.. --placement P [--micro-batches M]]\n"
+            "Internal: started by 'xds serve --experts W / --prefill P / --decode-dp D'. An expert worker\n"
+            "holds the routed experts of placement entry W (P: 'e,e,..;e,..' per worker) and computes them\n"
+            "for every attention rank over XCCL; a prefill instance runs chunked prefill into a registered\n"
+            "KV pool for the decode group at rank F; a decode group runs its own engine, with its MoE\n"
+            "layers on the expert workers when --expert-ranks is given (attention traffic on rank R2).\n");
+}
+
+/* "1,2,3" -> ranks; returns the count, or -1 if malformed. */
+static int parse_ranks(const char *v, int *out, int cap) {
+    int n = 0;
+    if (!v || !*v) return -1;
+    while (*v) {
+        char *end = NULL;
+        long r = strtol(v, &end, 10);
+        if (end == v || r < 0 || r >= XCCL_MAX_RANKS || n >= cap) return -1;
+        out[n++] = (int)r;
+        if (*end == ',') end++;
+        else if (*end) return -1;
+        v = end;
+    }
+    return n;
 }
 
 /* A prefill instance: serve the front rank's requests until STOP. */
@@ -92,8 +112,25 @@ static int worker_prefill(const char *segment, const char *model_path, long rank
 }
 
 /* A decode DP group: its own engine, fed by the front-end at rank front. */
+typedef struct decode_moe { /* a decode group whose MoE layers run on expert workers */
+    long attn_rank;
+    const char *expert_ranks, *placement;
+    long micro_batches;
+} decode_moe;
+
 static int worker_decode(const char *segment, const char *model_path, long rank, long front, long group,
-                         const char *table, const xds_engine_opts *eo) {
+                         const char *table, const xds_engine_opts *eo_in, const decode_moe *dm) {
+    xds_engine_opts eo_copy = *eo_in, *eo = &eo_copy;
+    int wranks[XDS_DEPLOY_MAX_WORKERS], n_w = 0;
+    if (dm->expert_ranks) {
+        n_w = parse_ranks(dm->expert_ranks, wranks, XDS_DEPLOY_MAX_WORKERS);
+        if (n_w < 1 || !dm->placement || dm->attn_rank < 0 || dm->attn_rank >= XCCL_MAX_RANKS ||
+            dm->attn_rank == rank || dm->micro_batches < 1 || dm->micro_batches > XDS_DEPLOY_MAX_MB) {
+            fprintf(stderr, "xds worker: error: decode with --expert-ranks needs a rank list, --placement, "
+                            "--attn-rank (not --rank) and --micro-batches 1..%d\n", XDS_DEPLOY_MAX_MB);
+            return 2;
+        }
+    }
     if (!segment || !model_path || !table || rank < 0 || rank >= XCCL_MAX_RANKS || front < 0 ||
         front >= XCCL_MAX_RANKS || front == rank || group < 1 || group >= XDS_DP_MAX_GROUPS || eo->n_threads < 1 ||
         eo->max_batch < 1 || eo->max_step_tokens < 1 || eo->max_ctx < 16 || eo->kv_block_size < 1) {
@@ -107,7 +144,9 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
     xds_tokenizer *tok = NULL;
     xds_engine *engine = NULL;
     xds_dp_table *t = NULL;
-    xccl_comm *comm = NULL;
+    xccl_comm *comm = NULL, *acomm = NULL;
+    xds_deploy_attn *attn = NULL;
+    xds_deploy_placement pl = {0};
     int rc = 1;
     xds_status s = xds_model_load(model_path, NULL, &m);
     if (s == XDS_OK) {
@@ -121,6 +160,16 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
             s = xds_tokenizer_load_json(tj, f ? tc : NULL, &tok);
         }
     }
+    if (s == XDS_OK && n_w > 0) {
+        s = xds_deploy_placement_parse(dm->placement, m->cfg.moe.n_expert, &pl);
+        if (s == XDS_OK && pl.n_workers != n_w)
+            s = xds_err_set(XDS_ERR_INVALID, "--placement has %d workers, --expert-ranks %d", pl.n_workers, n_w);
+        if (s == XDS_OK && xccl_comm_attach(&acomm, segment, (int)dm->attn_rank, 6) != XCCL_OK)
+            s = xds_err_set(XDS_ERR_IO, "attach to %s as rank %ld: %s", segment, dm->attn_rank, xccl_err_msg());
+        int max_tok = eo->max_step_tokens > eo->max_batch ? eo->max_step_tokens : eo->max_batch;
+        if (s == XDS_OK) s = xds_deploy_attn_create(m, acomm, wranks, &pl, max_tok, (int)dm->micro_batches, &attn);
+        if (s == XDS_OK) eo->forward = xds_deploy_forward_cb, eo->forward_user = attn;
+    }
     if (s == XDS_OK) s = xds_engine_create(m, tok, eo, &engine);
     if (s == XDS_OK) s = xds_dp_table_open(table, &t);
     if (s == XDS_OK && xccl_comm_attach(&comm, segment, (int)rank, 5) != XCCL_OK)
@@ -132,6 +181,22 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
     }
     if (s != XDS_OK) fprintf(stderr, "xds worker (decode group %ld): error: %s\n", group, xds_err_msg());
     if (engine) xds_engine_free(engine, 0);
+    if (attn) {
+        xds_deploy_stats st;
+        xds_deploy_attn_stats(attn, &st);
+        double tot = st.attn_s + st.dispatch_s + st.combine_s;
+        fprintf(stderr,
+                "xds worker (decode group %ld): %llu passes (%llu as 2 micro-batches), %llu tokens; "
+                "attention+routing+shared+head %.3f s, dispatch %.3f s, combine (incl. waiting for experts) %.3f s; "
+                "dispatch+combine %.0f%% of pass time\n",
+                group, (unsigned long long)st.steps, (unsigned long long)st.split_steps,
+                (unsigned long long)st.tokens, st.attn_s, st.dispatch_s, st.combine_s,
+                tot > 0 ? 100.0 * (st.dispatch_s + st.combine_s) / tot : 0.0);
+        xds_deploy_attn_stop(attn);
+        xds_deploy_attn_free(attn);
+    }
+    if (acomm) xccl_comm_detach(acomm);
+    xds_deploy_placement_free(&pl);
     if (comm) xccl_comm_detach(comm);
     xds_dp_table_close(t);
     if (tok) xds_tokenizer_free(tok);
@@ -141,10 +206,11 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
 
 int cli_worker(int argc, char **argv) {
     const char *role = NULL, *segment = NULL, *model_path = NULL;
-    long rank = -1, workers = 0, threads = 1, front = -1, block = 16, pool = 8192, seqs = 16, chunk = 256;
+    long rank = -1, threads = 1, front = -1, block = 16, pool = 8192, seqs = 16, chunk = 256;
     long group = -1, max_batch = 16, step_tokens = 256, ctx = 4096, kv_blocks = 0;
     int prefix_cache = 1;
-    const char *table = NULL;
+    const char *table = NULL, *placement = NULL, *attn_ranks = NULL, *expert_ranks = NULL;
+    long worker = -1, max_tok = 0, attn_rank = -1, micro_batches = 2;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -164,7 +230,6 @@ int cli_worker(int argc, char **argv) {
         else if (!strcmp(a, "--segment")) segment = v;
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "--rank")) rank = strtol(v, &end, 10);
-        else if (!strcmp(a, "--workers")) workers = strtol(v, &end, 10);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(v, &end, 10);
         else if (!strcmp(a, "--front")) front = strtol(v, &end, 10);
         else if (!strcmp(a, "--block-size")) block = strtol(v, &end, 10);
@@ -177,6 +242,13 @@ int cli_worker(int argc, char **argv) {
         else if (!strcmp(a, "--max-step-tokens")) step_tokens = strtol(v, &end, 10);
         else if (!strcmp(a, "--ctx")) ctx = strtol(v, &end, 10);
         else if (!strcmp(a, "--kv-blocks")) kv_blocks = strtol(v, &end, 10);
+        else if (!strcmp(a, "--worker")) worker = strtol(v, &end, 10);
+        else if (!strcmp(a, "--placement")) placement = v;
+        else if (!strcmp(a, "--attn-ranks")) attn_ranks = v;
+        else if (!strcmp(a, "--expert-ranks")) expert_ranks = v;
+        else if (!strcmp(a, "--attn-rank")) attn_rank = strtol(v, &end, 10);
+        else if (!strcmp(a, "--max-tok")) max_tok = strtol(v, &end, 10);
+        else if (!strcmp(a, "--micro-batches")) micro_batches = strtol(v, &end, 10);
         else {
             fprintf(stderr, "xds worker: error: unknown option '%s'\n", a);
             worker_usage(stderr);
@@ -193,7 +265,8 @@ int cli_worker(int argc, char **argv) {
         eo.n_threads = (int)threads, eo.max_batch = (int)max_batch, eo.max_step_tokens = (int)step_tokens;
         eo.max_ctx = (int)ctx, eo.kv_block_size = (int)block, eo.kv_blocks = (int)kv_blocks;
         eo.enable_prefix_cache = prefix_cache;
-        return worker_decode(segment, model_path, rank, front, group, table, &eo);
+        decode_moe dm = {attn_rank, expert_ranks, placement, micro_batches};
+        return worker_decode(segment, model_path, rank, front, group, table, &eo, &dm);
     }
     if (role && !strcmp(role, "prefill")) return worker_prefill(segment, model_path, rank, front, threads, block, pool,
                                                                 seqs, chunk);
@@ -201,10 +274,13 @@ int cli_worker(int argc, char **argv) {
         fprintf(stderr, "xds worker: error: --role must be 'expert' or 'prefill' (got '%s')\n", role ? role : "");
         return 2;
     }
-    if (!segment || !model_path || workers < 1 || workers >= XCCL_MAX_RANKS || rank < 1 || rank > workers ||
-        threads < 1 || threads > 1024) {
-        fprintf(stderr, "xds worker: error: need --segment, -m, --workers W (1..%d), --rank R (1..W), -t 1..1024\n",
-                XCCL_MAX_RANKS - 1);
+    int aranks[XDS_DEPLOY_MAX_ATTN];
+    int n_attn = parse_ranks(attn_ranks, aranks, XDS_DEPLOY_MAX_ATTN);
+    if (!segment || !model_path || !placement || n_attn < 1 || worker < 0 || worker >= XDS_DEPLOY_MAX_WORKERS ||
+        rank < 0 || rank >= XCCL_MAX_RANKS || threads < 1 || threads > 1024 || max_tok < 1 || max_tok > (1 << 20)) {
+        fprintf(stderr, "xds worker: error: need --segment, -m, --rank R (0..%d), --worker W, --placement P, "
+                        "--attn-ranks A,B,.. (up to %d), --max-tok N, -t 1..1024\n",
+                XCCL_MAX_RANKS - 1, XDS_DEPLOY_MAX_ATTN);
         return 2;
     }
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -213,31 +289,40 @@ int cli_worker(int argc, char **argv) {
     xds_model *m = NULL;
     xds_status s = xds_model_load(model_path, NULL, &m);
     if (s != XDS_OK) {
-        fprintf(stderr, "xds worker (expert %ld): error: %s\n", rank, xds_err_msg());
+        fprintf(stderr, "xds worker (expert %ld): error: %s\n", worker, xds_err_msg());
+        return 1;
+    }
+    xds_deploy_placement pl = {0};
+    s = xds_deploy_placement_parse(placement, m->cfg.moe.n_expert, &pl);
+    if (s != XDS_OK) {
+        fprintf(stderr, "xds worker (expert %ld): error: %s\n", worker, xds_err_msg());
+        xds_model_free(m);
         return 1;
     }
     xccl_comm *comm = NULL;
     xccl_status xs = xccl_comm_attach(&comm, segment, (int)rank, 2);
     if (xs != XCCL_OK) {
-        fprintf(stderr, "xds worker (expert %ld): error: attach to %s: %s\n", rank, segment, xccl_err_msg());
+        fprintf(stderr, "xds worker (expert %ld): error: attach to %s: %s\n", worker, segment, xccl_err_msg());
+        xds_deploy_placement_free(&pl);
         xds_model_free(m);
         return 1;
     }
     xds_deploy_expert_stats st;
-    s = xds_deploy_expert_run(m, comm, (int)workers, (int)threads, &st);
+    s = xds_deploy_expert_run(m, comm, &pl, (int)worker, aranks, n_attn, (int)max_tok, (int)threads, &st);
     int rc = 0;
     if (s != XDS_OK) {
-        fprintf(stderr, "xds worker (expert %ld): error: %s\n", rank, xds_err_msg());
+        fprintf(stderr, "xds worker (expert %ld): error: %s\n", worker, xds_err_msg());
         rc = 1;
     } else {
-        double busy = st.recv_s + st.compute_s + st.combine_s;
+        double busy = st.compute_s + st.send_s;
         fprintf(stderr,
-                "xds worker (expert %ld): %llu passes, %llu rows; idle %.3f s, dispatch wait %.3f s, "
-                "expert compute %.3f s, combine %.3f s (compute %.0f%% of busy time)\n",
-                rank, (unsigned long long)st.steps, (unsigned long long)st.rows, st.wait_s, st.recv_s,
-                st.compute_s, st.combine_s, busy > 0 ? 100.0 * st.compute_s / busy : 0.0);
+                "xds worker (expert %ld, rank %ld): %llu messages, %llu rows; idle %.3f s, expert compute %.3f s, "
+                "reply %.3f s (compute %.0f%% of busy time)\n",
+                worker, rank, (unsigned long long)st.msgs, (unsigned long long)st.rows, st.wait_s, st.compute_s,
+                st.send_s, busy > 0 ? 100.0 * st.compute_s / busy : 0.0);
     }
     xccl_comm_detach(comm);
+    xds_deploy_placement_free(&pl);
     xds_model_free(m);
     return rc;
 }

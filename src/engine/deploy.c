@@ -1,17 +1,26 @@
 /*
- * deploy.c — disaggregated MoE-attention (deploy.h): the attention-side
- * executor and the expert-worker loop over one XCCL segment.
+ * deploy.c — disaggregated MoE-attention (deploy.h): expert placement, the
+ * attention-side executor (micro-batch ping-pong) and the expert-worker loop,
+ * over per-pair XCCL streams.
  *
- * Invariants: rank 0 is the only sender of control messages and the only
- * rank with tokens to dispatch; every rank goes through the same MoE layers
- * in the same order for each RUN, so the group collectives (layout-free
- * dispatch/combine) always pair up. A worker never waits without a deadline:
- * an idle wait for the next control message re-checks rank 0's liveness each
- * time the XCCL deadline passes, so a dead attention rank ends the loop.
+ * Message layout (both directions): a 64-byte header, then (attention ->
+ * worker only) the rows per local slot as int32 [n_slots] padded to 64
+ * bytes, then the rows f32 [n_rows][n_embd] grouped by local slot in slot
+ * order. The worker's reply carries its output rows in the same order.
+ *
+ * Invariants: an attention rank has at most one outstanding message per
+ * (micro-batch, worker) and finishes a micro-batch's MoE layer before it
+ * sends that micro-batch's next one, so a worker's output buffer for
+ * (source, micro-batch) is free again (its send completed) by the time the
+ * next message for it arrives. Every wait has a deadline: an idle worker
+ * re-checks the liveness of its sources each time the XCCL deadline passes.
+ * A failed pass leaves streams out of step, so the attention side refuses
+ * further passes (the supervisor then stops the deployment).
  */
 #define _GNU_SOURCE
 #include "engine/deploy.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -23,14 +32,26 @@
 #include "kernels/kernels.h"
 #include "model/moe.h"
 
-#define CTL_MAGIC 0x58445344u /* "XDSD" */
-enum { CTL_RUN = 1, CTL_STOP = 2, CTL_READY = 3 };
+#define MSG_MAGIC 0x58445345u /* "XDSE" */
+enum { CMD_MOE = 1, CMD_STOP = 2, CMD_READY = 3, CMD_OUT = 4 };
 
-typedef struct ctl_msg {
+typedef struct msg_hdr {
     uint32_t magic, cmd;
-    uint64_t step;
-    int32_t n_tok, arg; /* READY: arg = local experts held */
-} ctl_msg;
+    int32_t layer, mb;
+    int32_t n_rows, n_slots;
+    uint64_t seq;
+    uint64_t check; /* READY: checksum of the worker's expert list */
+    uint8_t pad[24];
+} msg_hdr;
+_Static_assert(sizeof(msg_hdr) == 64, "deploy message header is 64 bytes");
+
+static size_t align64(size_t x) {
+    return (x + 63) & ~(size_t)63;
+}
+/* Offset of the rows in an attention -> worker message with n_slots slots. */
+static size_t rows_off(int n_slots) {
+    return sizeof(msg_hdr) + align64(sizeof(int32_t) * (size_t)n_slots);
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -43,270 +64,462 @@ static xds_status xerr(xccl_status s, const char *what) {
     return xds_err_set(code, "deploy: %s: %s", what, xccl_err_msg());
 }
 
-void xds_deploy_expert_owner(int n_expert, int n_workers, int e, int *worker, int *slot) {
-    int per = xds_deploy_local_experts(n_expert, n_workers);
-    *worker = e / per;
-    *slot = e % per;
+/* ---- placement ------------------------------------------------------------ */
+
+void xds_deploy_placement_free(xds_deploy_placement *p) {
+    if (!p) return;
+    free(p->n_local), free(p->slot_expert), free(p->n_rep), free(p->rep);
+    memset(p, 0, sizeof *p);
 }
 
-int xds_deploy_local_experts(int n_expert, int n_workers) {
-    return n_workers > 0 ? (n_expert + n_workers - 1) / n_workers : 0;
-}
-
-xds_status xds_deploy_xccl_config(const xds_model *m, int n_workers, int max_tok, xccl_config *cfg) {
-    const xds_model_config *c = &m->cfg;
-    if (c->moe.n_expert <= 0)
-        return xds_err_set(XDS_ERR_INVALID, "deploy: the model (%s) has no MoE layers to place on expert workers",
-                           xds_arch_name(c->arch));
-    if (n_workers < 1 || 1 + n_workers > XCCL_MAX_RANKS)
-        return xds_err_set(XDS_ERR_INVALID, "deploy: %d expert workers (1..%d)", n_workers, XCCL_MAX_RANKS - 1);
-    if (max_tok < 1) return xds_err_set(XDS_ERR_INVALID, "deploy: max_tok %d must be positive", max_tok);
-    xccl_config_default(cfg, (uint32_t)(1 + n_workers));
-    cfg->slot_bytes = 4096;
-    cfg->num_slots = 8;
-    cfg->coll_bytes = 4096;
-    cfg->moe_max_tokens = (uint32_t)max_tok;
-    cfg->moe_max_hidden = (uint32_t)c->n_embd;
-    cfg->moe_max_topk = (uint32_t)c->moe.n_expert_used;
-    cfg->moe_max_local_experts = (uint32_t)xds_deploy_local_experts(c->moe.n_expert, n_workers);
-    /* only rank 0 sends rows: a rank receives at most one row per token per expert */
-    uint64_t rows = (uint64_t)max_tok * (uint64_t)c->moe.n_expert_used;
-    if (rows > 0x7fffffffu) return xds_err_set(XDS_ERR_INVALID, "deploy: %d tokens x top-%d too large", max_tok,
-                                               c->moe.n_expert_used);
-    cfg->moe_max_recv_rows = (uint32_t)rows;
-    if (xccl_config_segment_bytes(cfg) == 0)
-        return xds_err_set(XDS_ERR_INVALID, "deploy: XCCL rejects the segment configuration (hidden %d, top-%d)",
-                           c->n_embd, c->moe.n_expert_used);
-    return XDS_OK;
-}
-
-/* The expert map of n_workers workers on ranks 1..n_workers. */
-typedef struct emap {
-    xccl_expert_map map;
-    int *nrep, *rrank, *rslot;
-} emap;
-
-static xds_status emap_init(emap *em, int n_expert, int n_workers) {
-    em->nrep = malloc(sizeof(int) * n_expert);
-    em->rrank = malloc(sizeof(int) * n_expert);
-    em->rslot = malloc(sizeof(int) * n_expert);
-    if (!em->nrep || !em->rrank || !em->rslot) {
-        free(em->nrep), free(em->rrank), free(em->rslot);
-        return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory (expert map)");
+xds_status xds_deploy_placement_lists(int n_expert, int n_workers, const int *const *lists, const int *n_lists,
+                                      xds_deploy_placement *out) {
+    if (n_expert < 1) return xds_err_set(XDS_ERR_INVALID, "placement: the model has no routed experts to place");
+    if (n_workers < 1 || n_workers > XDS_DEPLOY_MAX_WORKERS)
+        return xds_err_set(XDS_ERR_INVALID, "placement: %d expert workers (1..%d)", n_workers,
+                           XDS_DEPLOY_MAX_WORKERS);
+    xds_deploy_placement p = {.n_expert = n_expert, .n_workers = n_workers};
+    for (int w = 0; w < n_workers; w++) {
+        if (n_lists[w] < 0 || n_lists[w] > n_expert)
+            return xds_err_set(XDS_ERR_INVALID, "placement: worker %d holds %d experts (0..%d)", w, n_lists[w],
+                               n_expert);
+        if (n_lists[w] > p.max_local) p.max_local = n_lists[w];
+    }
+    if (p.max_local == 0) p.max_local = 1;
+    p.n_local = calloc((size_t)n_workers, sizeof(int));
+    p.slot_expert = malloc(sizeof(int) * (size_t)n_workers * (size_t)p.max_local);
+    p.n_rep = calloc((size_t)n_expert, sizeof(int));
+    if (!p.n_local || !p.slot_expert || !p.n_rep) {
+        xds_deploy_placement_free(&p);
+        return xds_err_set(XDS_ERR_NOMEM, "placement: out of memory");
+    }
+    for (int w = 0; w < n_workers; w++) {
+        p.n_local[w] = n_lists[w];
+        for (int s = 0; s < p.max_local; s++) {
+            int e = s < n_lists[w] ? lists[w][s] : -1;
+            if (s < n_lists[w]) {
+                if (e < 0 || e >= n_expert) {
+                    xds_deploy_placement_free(&p);
+                    return xds_err_set(XDS_ERR_INVALID, "placement: worker %d: expert %d out of range 0..%d", w, e,
+                                       n_expert - 1);
+                }
+                for (int s2 = 0; s2 < s; s2++)
+                    if (lists[w][s2] == e) {
+                        xds_deploy_placement_free(&p);
+                        return xds_err_set(XDS_ERR_INVALID, "placement: worker %d lists expert %d twice", w, e);
+                    }
+                p.n_rep[e]++;
+            }
+            p.slot_expert[w * p.max_local + s] = e;
+        }
     }
     for (int e = 0; e < n_expert; e++) {
-        int w, s;
-        xds_deploy_expert_owner(n_expert, n_workers, e, &w, &s);
-        em->nrep[e] = 1;
-        em->rrank[e] = 1 + w;
-        em->rslot[e] = s;
+        if (p.n_rep[e] == 0) {
+            xds_deploy_placement_free(&p);
+            return xds_err_set(XDS_ERR_INVALID, "placement: cannot place every expert: expert %d is on no worker", e);
+        }
+        if (p.n_rep[e] > p.max_rep) p.max_rep = p.n_rep[e];
     }
-    em->map = (xccl_expert_map){.num_experts = n_expert, .max_replicas = 1, .num_replicas = em->nrep,
-                                .replica_rank = em->rrank, .replica_slot = em->rslot,
-                                .num_local_experts = xds_deploy_local_experts(n_expert, n_workers),
-                                .policy = XCCL_REPLICA_FIRST};
+    p.rep = malloc(sizeof(int) * (size_t)n_expert * (size_t)p.max_rep);
+    if (!p.rep) {
+        xds_deploy_placement_free(&p);
+        return xds_err_set(XDS_ERR_NOMEM, "placement: out of memory");
+    }
+    memset(p.n_rep, 0, sizeof(int) * (size_t)n_expert);
+    for (int w = 0; w < n_workers; w++)
+        for (int s = 0; s < p.n_local[w]; s++) {
+            int e = p.slot_expert[w * p.max_local + s];
+            p.rep[e * p.max_rep + p.n_rep[e]++] = w * p.max_local + s;
+        }
+    *out = p;
     return XDS_OK;
 }
 
-static void emap_free(emap *em) {
-    free(em->nrep), free(em->rrank), free(em->rslot);
-}
-
-/* The MoE group: ranks 0..n_workers (the world when the segment has no
- * other ranks, e.g. prefill instances; else a group of epoch 1, created by
- * every member). */
-static xccl_status moe_group(xccl_group **g, xccl_comm *comm, int n_workers) {
-    if (xccl_comm_size(comm) == 1 + n_workers) {
-        *g = xccl_comm_world(comm);
-        return XCCL_OK;
+xds_status xds_deploy_placement_blocks(int n_expert, int n_workers, xds_deploy_placement *out) {
+    if (n_workers < 1 || n_workers > XDS_DEPLOY_MAX_WORKERS)
+        return xds_err_set(XDS_ERR_INVALID, "placement: %d expert workers (1..%d)", n_workers,
+                           XDS_DEPLOY_MAX_WORKERS);
+    if (n_expert < 1) return xds_err_set(XDS_ERR_INVALID, "placement: the model has no routed experts to place");
+    int per = (n_expert + n_workers - 1) / n_workers;
+    int *ids = malloc(sizeof(int) * (size_t)n_expert);
+    const int *lists[XDS_DEPLOY_MAX_WORKERS];
+    int n_lists[XDS_DEPLOY_MAX_WORKERS];
+    if (!ids) return xds_err_set(XDS_ERR_NOMEM, "placement: out of memory");
+    for (int e = 0; e < n_expert; e++) ids[e] = e;
+    for (int w = 0; w < n_workers; w++) {
+        int first = w * per < n_expert ? w * per : n_expert;
+        int last = first + per < n_expert ? first + per : n_expert;
+        lists[w] = ids + first;
+        n_lists[w] = last - first;
     }
-    int ranks[XCCL_MAX_RANKS];
-    for (int r = 0; r <= n_workers; r++) ranks[r] = r;
-    return xccl_group_create(g, comm, ranks, 1 + n_workers, 1);
+    xds_status s = xds_deploy_placement_lists(n_expert, n_workers, lists, n_lists, out);
+    free(ids);
+    return s;
 }
 
-/* ---- attention side ------------------------------------------------------ */
+xds_status xds_deploy_placement_parse(const char *text, int n_expert, xds_deploy_placement *out) {
+    int n_workers = 1;
+    for (const char *c = text; *c; c++) n_workers += *c == ';';
+    if (n_workers > XDS_DEPLOY_MAX_WORKERS)
+        return xds_err_set(XDS_ERR_INVALID, "placement '%.40s': more than %d workers", text, XDS_DEPLOY_MAX_WORKERS);
+    size_t len = strlen(text);
+    int *ids = malloc(sizeof(int) * (len + 1));
+    if (!ids) return xds_err_set(XDS_ERR_NOMEM, "placement: out of memory");
+    const int *lists[XDS_DEPLOY_MAX_WORKERS];
+    int n_lists[XDS_DEPLOY_MAX_WORKERS] = {0};
+    int n = 0, w = 0;
+    const char *c = text;
+    lists[0] = ids;
+    while (*c) {
+        if (*c == ';') {
+            lists[++w] = ids + n;
+            c++;
+            continue;
+        }
+        if (*c == ',' && n_lists[w] > 0) c++;
+        char *end = NULL;
+        long v = strtol(c, &end, 10);
+        if (end == c || v < 0 || v > 1 << 20 || (*end && *end != ',' && *end != ';')) {
+            free(ids);
+            return xds_err_set(XDS_ERR_INVALID, "placement '%.40s': bad expert list at '%.10s'", text, c);
+        }
+        ids[n++] = (int)v;
+        n_lists[w]++;
+        c = end;
+    }
+    xds_status s = xds_deploy_placement_lists(n_expert, n_workers, lists, n_lists, out);
+    free(ids);
+    return s;
+}
+
+char *xds_deploy_placement_format(const xds_deploy_placement *p) {
+    size_t cap = 16 + (size_t)p->n_workers + (size_t)p->n_workers * (size_t)p->max_local * 8, len = 0;
+    char *s = malloc(cap);
+    if (!s) return NULL;
+    s[0] = 0;
+    for (int w = 0; w < p->n_workers; w++) {
+        if (w) s[len++] = ';';
+        for (int k = 0; k < p->n_local[w]; k++)
+            len += (size_t)snprintf(s + len, cap - len, k ? ",%d" : "%d", p->slot_expert[w * p->max_local + k]);
+        s[len] = 0;
+    }
+    return s;
+}
+
+/* What a worker reports in READY, so a mismatched placement is caught. */
+static uint64_t placement_check(const xds_deploy_placement *p, int w) {
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)p->n_local[w];
+    for (int s = 0; s < p->n_local[w]; s++) h = (h ^ (uint64_t)(uint32_t)p->slot_expert[w * p->max_local + s]) *
+                                                1099511628211ull;
+    return h;
+}
+
+void xds_deploy_xccl_config(int n_ranks, xccl_config *cfg) {
+    xccl_config_default(cfg, (uint32_t)n_ranks);
+    cfg->slot_bytes = 32768;
+    cfg->num_slots = 8;
+    cfg->coll_bytes = 4096;
+    cfg->heartbeat_timeout_ms = 30000; /* a long prefill chunk must not look like a hang */
+}
+
+/* ---- attention side ------------------------------------------------------- */
+
+typedef struct mb_state {
+    int t0, n;             /* token range of the batch */
+    int pending;           /* an MoE layer is at the workers */
+    int layer;             /* ... this one */
+    float *xn;             /* (max_tok, n_embd) normed FFN input, then the combined output */
+    float *sh;             /* (max_tok, n_embd) shared experts' output */
+    int32_t *ids;          /* (max_tok, k) */
+    float *w;              /* (max_tok, k) routing weights */
+    int32_t *route_w;      /* (max_tok, k) worker of (t, j) */
+    int32_t *route_row;    /* (max_tok, k) row of (t, j) in that worker's reply */
+    size_t send_off;       /* this micro-batch's part of the send region */
+    int32_t *rows;         /* (n_workers) rows sent to each worker */
+    size_t *woff;          /* (n_workers) message offset in the send region */
+    uint8_t **rbuf;        /* (n_workers) reply buffers */
+    xccl_request *sreq, *rreq; /* (n_workers) */
+} mb_state;
 
 struct xds_deploy_attn {
     const xds_model *m;
     xccl_comm *comm;
-    int n_workers, max_tok, L;
-    emap em;
-    float *x;      /* (max_tok, n_embd) hidden */
-    float *xn;     /* (max_tok, n_embd) normed FFN input */
-    float *y;      /* (max_tok, n_embd) combined expert output */
-    float *sh;     /* (max_tok, n_embd) shared experts' output */
-    int32_t *ids;  /* (max_tok, k) */
-    float *w;      /* (max_tok, k) routing weights */
-    float *cw;     /* (max_tok, k) combine weights (renormalized as moe_experts does) */
-    xccl_moe_recv *recv; /* (L) nothing arrives on rank 0 */
-    xccl_group *g;       /* the MoE group: ranks 0..n_workers */
-    float *obuf;         /* (max_tok * k, n_embd) unweighted expert outputs returned by the workers */
-    size_t *slot_off;    /* ((1 + n_workers) * L) first obuf row of (worker, local expert) */
-    double *acc;         /* (n_embd) */
+    const xds_deploy_placement *pl; /* copied: owned */
+    xds_deploy_placement own;
+    int n_workers, max_tok, n_mb, K, E;
+    int wrank[XDS_DEPLOY_MAX_WORKERS];
+    size_t rcap[XDS_DEPLOY_MAX_WORKERS]; /* reply buffer bytes of each worker */
+    float *x;                            /* (max_tok, n_embd) hidden */
+    int32_t *cnt;                        /* (n_workers * max_local) rows per (worker, slot) */
+    int32_t *fill;                       /* (n_workers * max_local) */
+    double *acc;                         /* (n_embd) */
+    xccl_region reg;                     /* send buffers of both micro-batches */
+    int reg_ok;
+    mb_state mb[XDS_DEPLOY_MAX_MB];
     uint64_t step;
-    int broken;    /* a failed pass leaves the group out of step: refuse further passes */
+    int broken; /* a failed pass leaves the streams out of step: refuse further passes */
     xds_deploy_stats st;
 };
 
-xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, int n_workers, int max_tok,
-                                  xds_deploy_attn **out) {
-    xccl_config cfg;
-    XDS_TRY(xds_deploy_xccl_config(m, n_workers, max_tok, &cfg));
-    if (xccl_comm_rank(comm) != 0 || xccl_comm_size(comm) < 1 + n_workers)
-        return xds_err_set(XDS_ERR_INVALID, "deploy: attention must be rank 0 of >= %d ranks (is rank %d of %d)",
-                           1 + n_workers, xccl_comm_rank(comm), xccl_comm_size(comm));
-    xds_deploy_attn *a = calloc(1, sizeof *a);
-    if (!a) return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory");
-    a->m = m;
-    a->comm = comm;
-    a->n_workers = n_workers;
-    a->max_tok = max_tok;
-    a->L = (int)cfg.moe_max_local_experts;
-    size_t E = (size_t)m->cfg.n_embd, K = (size_t)m->cfg.moe.n_expert_used, T = (size_t)max_tok;
-    xds_status s = emap_init(&a->em, m->cfg.moe.n_expert, n_workers);
-    if (s != XDS_OK) {
-        free(a);
-        return s;
+static void mb_cancel(xds_deploy_attn *a, mb_state *s) {
+    for (int w = 0; w < a->n_workers && s->sreq; w++) {
+        xccl_cancel(a->comm, &s->sreq[w]);
+        xccl_cancel(a->comm, &s->rreq[w]);
     }
-    a->x = malloc(sizeof(float) * T * E);
-    a->xn = malloc(sizeof(float) * T * E);
-    a->y = malloc(sizeof(float) * T * E);
-    a->sh = malloc(sizeof(float) * T * E);
-    a->ids = malloc(sizeof(int32_t) * T * K);
-    a->w = malloc(sizeof(float) * T * K);
-    a->cw = malloc(sizeof(float) * T * K);
-    a->recv = calloc((size_t)a->L, sizeof(xccl_moe_recv));
-    a->obuf = malloc(sizeof(float) * T * K * E);
-    a->slot_off = calloc((size_t)(1 + n_workers) * a->L, sizeof(size_t));
-    a->acc = malloc(sizeof(double) * E);
-    if (!a->obuf || !a->slot_off || !a->acc || !a->x || !a->xn || !a->y || !a->sh || !a->ids || !a->w || !a->cw || !a->recv) {
-        xds_deploy_attn_free(a);
-        return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory (%zu tokens)", T);
-    }
-    /* every worker says READY once it has attached and loaded its experts */
-    for (int r = 1; r <= n_workers; r++) {
-        ctl_msg msg;
-        size_t len = 0;
-        xccl_status xs = xccl_recv(&len, &msg, sizeof msg, comm, r);
-        if (xs != XCCL_OK) {
-            xds_deploy_attn_free(a);
-            return xerr(xs, "waiting for an expert worker to become ready");
-        }
-        if (len != sizeof msg || msg.magic != CTL_MAGIC || msg.cmd != CTL_READY) {
-            xds_deploy_attn_free(a);
-            return xds_err_set(XDS_ERR_PEER, "deploy: rank %d sent a malformed ready message", r);
-        }
-    }
-    xccl_status gs = moe_group(&a->g, comm, n_workers);
-    if (gs != XCCL_OK) {
-        xds_deploy_attn_free(a);
-        return xerr(gs, "MoE group");
-    }
-    *out = a;
-    return XDS_OK;
+    s->pending = 0;
 }
 
 void xds_deploy_attn_free(xds_deploy_attn *a) {
     if (!a) return;
-    emap_free(&a->em);
-    if (a->g && a->g != xccl_comm_world(a->comm)) xccl_group_destroy(a->g);
-    free(a->x), free(a->xn), free(a->y), free(a->sh);
-    free(a->ids), free(a->w), free(a->cw), free(a->recv);
-    free(a->obuf), free(a->slot_off), free(a->acc);
+    for (int i = 0; i < XDS_DEPLOY_MAX_MB; i++) {
+        mb_state *s = &a->mb[i];
+        mb_cancel(a, s);
+        free(s->xn), free(s->sh), free(s->ids), free(s->w), free(s->route_w), free(s->route_row);
+        free(s->rows), free(s->woff), free(s->sreq), free(s->rreq);
+        if (s->rbuf)
+            for (int w = 0; w < a->n_workers; w++) free(s->rbuf[w]);
+        free(s->rbuf);
+    }
+    if (a->reg_ok) xccl_region_deregister(a->comm, &a->reg);
+    free(a->x), free(a->cnt), free(a->fill), free(a->acc);
+    xds_deploy_placement_free(&a->own);
     free(a);
+}
+
+static xds_status copy_placement(const xds_deploy_placement *src, xds_deploy_placement *dst) {
+    const int *lists[XDS_DEPLOY_MAX_WORKERS];
+    for (int w = 0; w < src->n_workers; w++) lists[w] = src->slot_expert + w * src->max_local;
+    return xds_deploy_placement_lists(src->n_expert, src->n_workers, lists, src->n_local, dst);
+}
+
+xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, const int *worker_ranks,
+                                  const xds_deploy_placement *pl, int max_tok, int micro_batches,
+                                  xds_deploy_attn **out) {
+    const xds_model_config *c = &m->cfg;
+    if (c->moe.n_expert <= 0)
+        return xds_err_set(XDS_ERR_INVALID, "deploy: the model (%s) has no MoE layers to place on expert workers",
+                           xds_arch_name(c->arch));
+    if (pl->n_expert != c->moe.n_expert)
+        return xds_err_set(XDS_ERR_INVALID, "deploy: the placement is for %d experts, the model has %d", pl->n_expert,
+                           c->moe.n_expert);
+    if (max_tok < 1 || max_tok > (1 << 20))
+        return xds_err_set(XDS_ERR_INVALID, "deploy: max_tok %d out of range", max_tok);
+    if (micro_batches < 1 || micro_batches > XDS_DEPLOY_MAX_MB)
+        return xds_err_set(XDS_ERR_INVALID, "deploy: %d micro-batches (1..%d)", micro_batches, XDS_DEPLOY_MAX_MB);
+    for (int w = 0; w < pl->n_workers; w++)
+        if (worker_ranks[w] < 0 || worker_ranks[w] >= xccl_comm_size(comm) || worker_ranks[w] == xccl_comm_rank(comm))
+            return xds_err_set(XDS_ERR_INVALID, "deploy: expert worker %d at rank %d (segment of %d ranks, I am %d)",
+                               w, worker_ranks[w], xccl_comm_size(comm), xccl_comm_rank(comm));
+    xds_deploy_attn *a = calloc(1, sizeof *a);
+    if (!a) return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory");
+    a->m = m;
+    a->comm = comm;
+    xds_status st = copy_placement(pl, &a->own);
+    if (st != XDS_OK) {
+        free(a);
+        return st;
+    }
+    a->pl = &a->own;
+    a->n_workers = pl->n_workers;
+    a->max_tok = max_tok;
+    a->n_mb = micro_batches;
+    a->K = c->moe.n_expert_used;
+    a->E = c->n_embd;
+    size_t E = (size_t)a->E, K = (size_t)a->K, T = (size_t)max_tok, W = (size_t)a->n_workers;
+    for (int w = 0; w < a->n_workers; w++) {
+        a->wrank[w] = worker_ranks[w];
+        size_t per = (size_t)(pl->n_local[w] < a->K ? pl->n_local[w] : a->K);
+        a->rcap[w] = sizeof(msg_hdr) + T * per * E * sizeof(float);
+    }
+    a->x = malloc(sizeof(float) * T * E);
+    a->cnt = malloc(sizeof(int32_t) * W * (size_t)pl->max_local);
+    a->fill = malloc(sizeof(int32_t) * W * (size_t)pl->max_local);
+    a->acc = malloc(sizeof(double) * E);
+    int ok = a->x && a->cnt && a->fill && a->acc;
+    /* one micro-batch's send area: every worker's header + counts, and at
+     * most T*K rows in all */
+    size_t area = W * (rows_off(pl->max_local) + 64) + T * K * E * sizeof(float);
+    area = align64(area);
+    for (int i = 0; i < micro_batches && ok; i++) {
+        mb_state *s = &a->mb[i];
+        s->xn = malloc(sizeof(float) * T * E);
+        s->sh = malloc(sizeof(float) * T * E);
+        s->ids = malloc(sizeof(int32_t) * T * K);
+        s->w = malloc(sizeof(float) * T * K);
+        s->route_w = malloc(sizeof(int32_t) * T * K);
+        s->route_row = malloc(sizeof(int32_t) * T * K);
+        s->rows = calloc(W, sizeof(int32_t));
+        s->woff = calloc(W, sizeof(size_t));
+        s->sreq = calloc(W, sizeof(xccl_request));
+        s->rreq = calloc(W, sizeof(xccl_request));
+        s->rbuf = calloc(W, sizeof(uint8_t *));
+        s->send_off = (size_t)i * area;
+        ok = s->xn && s->sh && s->ids && s->w && s->route_w && s->route_row && s->rows && s->woff && s->sreq &&
+             s->rreq && s->rbuf;
+        for (int w = 0; w < a->n_workers && ok; w++) ok = (s->rbuf[w] = malloc(a->rcap[w])) != NULL;
+    }
+    if (!ok) {
+        xds_deploy_attn_free(a);
+        return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory (%zu tokens)", T);
+    }
+    xccl_status xs = xccl_region_alloc(&a->reg, area * (size_t)micro_batches, comm);
+    if (xs != XCCL_OK) {
+        xds_deploy_attn_free(a);
+        return xerr(xs, "send region");
+    }
+    a->reg_ok = 1;
+    /* every worker says READY once it has attached and loaded its experts */
+    for (int w = 0; w < a->n_workers; w++) {
+        msg_hdr h;
+        size_t len = 0;
+        double end = now_s() + 120.0; /* the workers may still be loading the model */
+        while ((xs = xccl_recv(&len, &h, sizeof h, comm, a->wrank[w])) == XCCL_ERR_TIMEOUT && now_s() < end)
+            if (xccl_peer_check(comm, a->wrank[w]) != XCCL_OK) break;
+        if (xs != XCCL_OK) {
+            xds_deploy_attn_free(a);
+            return xerr(xs, "waiting for an expert worker to become ready");
+        }
+        if (len != sizeof h || h.magic != MSG_MAGIC || h.cmd != CMD_READY) {
+            xds_deploy_attn_free(a);
+            return xds_err_set(XDS_ERR_PEER, "deploy: rank %d sent a malformed ready message", a->wrank[w]);
+        }
+        if (h.n_slots != pl->n_local[w] || h.check != placement_check(pl, w)) {
+            xds_deploy_attn_free(a);
+            return xds_err_set(XDS_ERR_PEER,
+                               "deploy: expert worker %d (rank %d) holds other experts (%d) than this placement "
+                               "gives it (%d): the two sides were started with different placements",
+                               w, a->wrank[w], h.n_slots, pl->n_local[w]);
+        }
+    }
+    *out = a;
+    return XDS_OK;
 }
 
 void xds_deploy_attn_stats(const xds_deploy_attn *a, xds_deploy_stats *out) {
     *out = a->st;
 }
 
-static xds_status send_ctl(xds_deploy_attn *a, uint32_t cmd, int n_tok) {
-    ctl_msg msg = {CTL_MAGIC, cmd, a->step, n_tok, 0};
-    for (int r = 1; r <= a->n_workers; r++) {
-        xccl_status xs = xccl_send(a->comm, r, &msg, sizeof msg);
-        if (xs != XCCL_OK) return xerr(xs, "control message to an expert worker");
+void xds_deploy_attn_stop(xds_deploy_attn *a) {
+    if (!a) return;
+    msg_hdr h = {.magic = MSG_MAGIC, .cmd = CMD_STOP, .seq = a->step};
+    for (int w = 0; w < a->n_workers; w++) /* each worker on its own: a dead one does not stop the rest */
+        if (xccl_send(a->comm, a->wrank[w], &h, sizeof h) != XCCL_OK)
+            XDS_LOGW("deploy: stop message to rank %d: %s", a->wrank[w], xccl_err_msg());
+}
+
+/* Worker and local slot of the replica that takes (token t, expert e). */
+static inline void route_to(const xds_deploy_placement *pl, int e, int t, int *w, int *slot) {
+    int r = pl->n_rep[e] > 1 ? t % pl->n_rep[e] : 0;
+    int packed = pl->rep[e * pl->max_rep + r];
+    *w = packed / pl->max_local;
+    *slot = packed % pl->max_local;
+}
+
+/* Route micro-batch i's rows of layer l and send them to the workers; the
+ * shared experts run while they are away. */
+static xds_status moe_start(xds_deploy_attn *a, xds_model_ctx *ctx, int i, int l) {
+    mb_state *s = &a->mb[i];
+    const xds_deploy_placement *pl = a->pl;
+    int n = s->n, K = a->K, E = a->E, W = a->n_workers, ML = pl->max_local;
+    float *x = a->x + (size_t)s->t0 * E;
+    double t0 = now_s();
+    xds_model_ffn_norm(ctx, l, x, n, s->xn);
+    xds_model_moe_route(ctx, l, s->xn, n, s->ids, s->w);
+    double t1 = now_s();
+    memset(a->cnt, 0, sizeof(int32_t) * (size_t)W * ML);
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < K; j++) {
+            int e = s->ids[t * K + j], w, sl;
+            if (e < 0 || e >= pl->n_expert) continue;
+            route_to(pl, e, s->t0 + t, &w, &sl);
+            a->cnt[w * ML + sl]++;
+        }
+    /* message of worker w: header, counts, rows grouped by slot */
+    uint8_t *base = (uint8_t *)a->reg.base + s->send_off;
+    size_t off = 0;
+    for (int w = 0; w < W; w++) {
+        int rows = 0;
+        for (int sl = 0; sl < ML; sl++) {
+            a->fill[w * ML + sl] = rows;
+            rows += a->cnt[w * ML + sl];
+        }
+        s->rows[w] = rows;
+        s->woff[w] = off;
+        if (rows > 0) off += align64(rows_off(pl->n_local[w]) + sizeof(float) * (size_t)rows * E);
     }
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < K; j++) {
+            int e = s->ids[t * K + j], w, sl;
+            if (e < 0 || e >= pl->n_expert) {
+                s->route_w[t * K + j] = -1;
+                continue;
+            }
+            route_to(pl, e, s->t0 + t, &w, &sl);
+            int row = a->fill[w * ML + sl]++;
+            s->route_w[t * K + j] = w;
+            s->route_row[t * K + j] = row;
+            float *dst = (float *)(base + s->woff[w] + rows_off(pl->n_local[w])) + (size_t)row * E;
+            memcpy(dst, s->xn + (size_t)t * E, sizeof(float) * E);
+        }
+    for (int w = 0; w < W; w++) {
+        if (s->rows[w] == 0) continue;
+        uint8_t *msg = base + s->woff[w];
+        msg_hdr h = {.magic = MSG_MAGIC, .cmd = CMD_MOE, .layer = l, .mb = i, .n_rows = s->rows[w],
+                     .n_slots = pl->n_local[w], .seq = a->step};
+        memcpy(msg, &h, sizeof h);
+        int32_t *counts = (int32_t *)(msg + sizeof h);
+        for (int sl = 0; sl < pl->n_local[w]; sl++) counts[sl] = a->cnt[w * ML + sl];
+        size_t len = rows_off(pl->n_local[w]) + sizeof(float) * (size_t)s->rows[w] * E;
+        xccl_status xs = xccl_irecv(a->comm, a->wrank[w], s->rbuf[w], a->rcap[w], &s->rreq[w]);
+        if (xs == XCCL_OK) xs = xccl_isend(a->comm, a->wrank[w], msg, len, &s->sreq[w]);
+        if (xs != XCCL_OK) {
+            mb_cancel(a, s);
+            return xerr(xs, "dispatch to an expert worker");
+        }
+    }
+    s->pending = 1;
+    s->layer = l;
+    double t2 = now_s();
+    if (a->m->layers[l].moe->has_shared) xds_model_moe_shared(ctx, l, s->xn, n, s->sh);
+    a->st.attn_s += (t1 - t0) + (now_s() - t2);
+    a->st.dispatch_s += t2 - t1;
+    a->st.moe_calls++;
     return XDS_OK;
 }
 
-void xds_deploy_attn_stop(xds_deploy_attn *a) {
-    if (!a) return;
-    ctl_msg msg = {CTL_MAGIC, CTL_STOP, a->step, 0, 0};
-    for (int r = 1; r <= a->n_workers; r++) /* each worker on its own: a dead one does not stop the rest */
-        if (xccl_send(a->comm, r, &msg, sizeof msg) != XCCL_OK)
-            XDS_LOGW("deploy: stop message to rank %d: %s", r, xccl_err_msg());
-}
-
-/* x += MoE(RMSNorm(x)) for layer l with the routed experts on the workers. */
-static xds_status moe_layer(xds_deploy_attn *a, xds_model_ctx *ctx, int l, float *x, int n) {
-    const xds_model *m = a->m;
-    const xds_moe_config *mc = &m->cfg.moe;
-    int E = m->cfg.n_embd, K = mc->n_expert_used;
+/* Wait for micro-batch i's expert rows and add the MoE output to its x. */
+static xds_status moe_finish(xds_deploy_attn *a, int i) {
+    mb_state *s = &a->mb[i];
+    const xds_moe_config *mc = &a->m->cfg.moe;
+    int n = s->n, K = a->K, E = a->E, l = s->layer;
     double t0 = now_s();
-    xds_model_ffn_norm(ctx, l, x, n, a->xn);
-    xds_model_moe_route(ctx, l, a->xn, n, a->ids, a->w);
-    /* the factor moe_experts applies: renormalize the top-k weights exactly */
-    for (int t = 0; t < n; t++) {
-        const float *wt = a->w + (size_t)t * K;
-        double f = 1.0;
-        if (mc->norm_topk_prob) {
-            double c = 0;
-            for (int j = 0; j < K; j++) c += wt[j];
-            if (c > 0) f = (double)mc->routed_scale / c;
+    for (int w = 0; w < a->n_workers; w++) {
+        if (s->rows[w] == 0) continue;
+        xccl_status xs = xccl_wait(a->comm, &s->rreq[w]);
+        if (xs == XCCL_OK) xs = xccl_wait(a->comm, &s->sreq[w]);
+        if (xs != XCCL_OK) {
+            mb_cancel(a, s);
+            return xerr(xs, "expert outputs");
         }
-        for (int j = 0; j < K; j++) a->cw[(size_t)t * K + j] = (float)(wt[j] * f);
+        size_t want = sizeof(msg_hdr) + sizeof(float) * (size_t)s->rows[w] * E;
+        msg_hdr h;
+        memcpy(&h, s->rbuf[w], sizeof h);
+        if (xccl_request_len(&s->rreq[w]) != want || h.magic != MSG_MAGIC || h.cmd != CMD_OUT || h.layer != l ||
+            h.mb != i || h.n_rows != s->rows[w] || h.seq != a->step) {
+            mb_cancel(a, s);
+            return xds_err_set(XDS_ERR_PEER, "deploy: rank %d returned a malformed reply for layer %d (%zu bytes, want %zu)",
+                               a->wrank[w], l, xccl_request_len(&s->rreq[w]), want);
+        }
     }
+    s->pending = 0;
     double t1 = now_s();
-    xccl_group *g = a->g;
-    xccl_moe_layout lay;
-    xccl_status xs = xccl_moe_layout_compute(&lay, a->ids, n, K, &a->em.map, a->step, a->comm, g);
-    if (xs != XCCL_OK) return xerr(xs, "MoE layout");
-    xccl_moe_handle *h = NULL;
-    xs = xccl_moe_dispatch(a->recv, &h, a->xn, XCCL_F32, E, 0, &lay, a->comm, g);
-    double t2 = now_s();
-    if (xs != XCCL_OK) {
-        xccl_moe_layout_free(&lay);
-        return xerr(xs, "MoE dispatch");
-    }
-    /* the shared experts run here while the workers compute */
-    int has_shared = m->layers[l].moe->has_shared;
-    if (has_shared) xds_model_moe_shared(ctx, l, a->xn, n, a->sh);
-    double t3 = now_s();
-    /* the unweighted expert outputs come back per (worker, local expert), in
-     * the order the worker received the rows */
-    int L = a->L;
-    size_t off = 0;
-    for (int w = 1; w <= a->n_workers && xs == XCCL_OK; w++)
-        for (int j = 0; j < L && xs == XCCL_OK; j++) {
-            int cnt = lay.num_tokens_per_expert[w * L + j];
-            a->slot_off[w * L + j] = off;
-            if (cnt == 0) continue;
-            size_t len = 0, want = sizeof(float) * (size_t)cnt * E;
-            xs = xccl_recv(&len, a->obuf + off * E, want, a->comm, w);
-            if (xs == XCCL_OK && len != want) {
-                xccl_moe_layout_free(&lay);
-                return xds_err_set(XDS_ERR_PEER, "deploy: rank %d returned %zu bytes for expert slot %d, want %zu", w,
-                                   len, j, want);
-            }
-            off += (size_t)cnt;
-        }
-    if (xs != XCCL_OK) {
-        xccl_moe_layout_free(&lay);
-        return xerr(xs, "MoE expert outputs");
-    }
-    /* completes the dispatch handle (buffers acked); its f32 sum is not used */
-    xs = xccl_moe_combine(a->y, a->cw, NULL, h, a->comm, g);
-    if (xs != XCCL_OK) {
-        xccl_moe_layout_free(&lay);
-        return xerr(xs, "MoE combine");
-    }
     /* weighted sum exactly as moe_experts does it: per token in k order, in
-     * double, with the renormalization factor — so identical experts give
-     * exactly their common output and results match the colocated engine */
+     * double, with the renormalization factor — so results match the
+     * colocated engine bit for bit */
     double *acc = a->acc;
+    float *y = s->xn;
     for (int t = 0; t < n; t++) {
-        const float *wt = a->w + (size_t)t * K;
+        const float *wt = s->w + (size_t)t * K;
         double f = 1.0;
         if (mc->norm_topk_prob) {
             double c = 0;
@@ -316,27 +529,34 @@ static xds_status moe_layer(xds_deploy_attn *a, xds_model_ctx *ctx, int l, float
         memset(acc, 0, sizeof(double) * E);
         int any = 0;
         for (int j = 0; j < K; j++) {
-            int mem = lay.route_member[t * K + j];
-            if (mem < 0) continue;
-            const float *yr = a->obuf + (a->slot_off[mem * L + lay.route_slot[t * K + j]] +
-                                         (size_t)lay.route_pos[t * K + j]) * E;
+            int w = s->route_w[t * K + j];
+            if (w < 0) continue;
+            const float *yr = (const float *)(s->rbuf[w] + sizeof(msg_hdr)) + (size_t)s->route_row[t * K + j] * E;
             double wj = wt[j] * f;
-            for (int i = 0; i < E; i++) acc[i] += wj * yr[i];
+            for (int d = 0; d < E; d++) acc[d] += wj * yr[d];
             any = 1;
         }
-        float *o = a->y + (size_t)t * E;
+        float *o = y + (size_t)t * E;
         if (!any) memset(o, 0, sizeof(float) * E);
-        else for (int i = 0; i < E; i++) o[i] = (float)acc[i];
+        else for (int d = 0; d < E; d++) o[d] = (float)acc[d];
     }
-    xccl_moe_layout_free(&lay);
-    double t4 = now_s();
-    if (has_shared) xds_add(a->y, a->sh, n * E);
-    xds_add(x, a->y, n * E);
-    a->st.attn_s += (t1 - t0) + (t3 - t2) + (now_s() - t4);
-    a->st.dispatch_s += t2 - t1;
-    a->st.combine_s += t4 - t3;
-    a->st.moe_calls++;
+    if (a->m->layers[l].moe->has_shared) xds_add(y, s->sh, n * E);
+    xds_add(a->x + (size_t)s->t0 * E, y, n * E);
+    a->st.combine_s += t1 - t0;
+    a->st.attn_s += now_s() - t1;
     return XDS_OK;
+}
+
+/* Split point for two micro-batches: the sequence boundary nearest the
+ * middle; 0 = do not split. */
+static int split_point(const xds_batch *b) {
+    int best = 0, bd = b->n_tok;
+    for (int k = 1; k < b->n_tok; k++) {
+        if (b->seq[k] == b->seq[k - 1]) continue;
+        int d = abs(2 * k - b->n_tok);
+        if (d < bd) bd = d, best = k;
+    }
+    return best;
 }
 
 xds_status xds_deploy_forward(xds_deploy_attn *a, xds_model_ctx *ctx, const xds_batch *b,
@@ -352,32 +572,45 @@ xds_status xds_deploy_forward(xds_deploy_attn *a, xds_model_ctx *ctx, const xds_
             return xds_err_set(XDS_ERR_INVALID, "deploy: logit row %d outside the batch of %d tokens", logit_rows[i],
                                b->n_tok);
     const xds_model *m = a->m;
-    int n = b->n_tok;
+    int n = b->n_tok, E = a->E;
     a->step++;
-    xds_status s = send_ctl(a, CTL_RUN, n);
-    if (s != XDS_OK) {
-        a->broken = 1;
-        return s;
+    int k = a->n_mb > 1 ? split_point(b) : 0;
+    int M = k > 0 ? 2 : 1;
+    a->mb[0].t0 = 0, a->mb[0].n = M == 2 ? k : n;
+    if (M == 2) a->mb[1].t0 = k, a->mb[1].n = n - k;
+    xds_batch sub[XDS_DEPLOY_MAX_MB];
+    for (int i = 0; i < M; i++) {
+        int t0 = a->mb[i].t0;
+        sub[i] = (xds_batch){.n_tok = a->mb[i].n, .tokens = b->tokens + t0, .pos = b->pos + t0, .seq = b->seq + t0};
     }
     double t0 = now_s();
     double moe0 = a->st.dispatch_s + a->st.combine_s + a->st.attn_s;
+    xds_status s = XDS_OK;
     xds_model_embed(ctx, b, a->x);
-    for (int l = 0; l < m->cfg.n_layer; l++) {
-        xds_model_attention(ctx, l, b, a->x);
-        if (xds_model_layer_is_moe(m, l)) {
-            s = moe_layer(a, ctx, l, a->x, n);
-            if (s != XDS_OK) {
-                a->broken = 1;
-                return s;
-            }
-        } else {
-            xds_model_ffn(ctx, l, a->x, n);
+    for (int l = 0; l < m->cfg.n_layer && s == XDS_OK; l++) {
+        int moe = xds_model_layer_is_moe(m, l);
+        for (int i = 0; i < M && s == XDS_OK; i++) {
+            mb_state *st = &a->mb[i];
+            if (st->pending) s = moe_finish(a, i);
+            if (s != XDS_OK) break;
+            float *x = a->x + (size_t)st->t0 * E;
+            xds_model_attention(ctx, l, &sub[i], x);
+            if (moe) s = moe_start(a, ctx, i, l);
+            else xds_model_ffn(ctx, l, x, st->n);
         }
+    }
+    for (int i = 0; i < M && s == XDS_OK; i++)
+        if (a->mb[i].pending) s = moe_finish(a, i);
+    if (s != XDS_OK) {
+        for (int i = 0; i < M; i++) mb_cancel(a, &a->mb[i]);
+        a->broken = 1;
+        return s;
     }
     if (n_rows > 0) xds_model_lm_head(ctx, a->x, logit_rows, n_rows, logits);
     double moe1 = a->st.dispatch_s + a->st.combine_s + a->st.attn_s;
     a->st.attn_s += (now_s() - t0) - (moe1 - moe0);
     a->st.steps++;
+    a->st.split_steps += M == 2;
     a->st.tokens += (uint64_t)n;
     return XDS_OK;
 }
@@ -387,153 +620,183 @@ xds_status xds_deploy_forward_cb(void *user, xds_model_ctx *ctx, const xds_batch
     return xds_deploy_forward((xds_deploy_attn *)user, ctx, b, logit_rows, n_rows, logits);
 }
 
-/* ---- expert worker ------------------------------------------------------- */
+/* ---- expert worker -------------------------------------------------------- */
 
-xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, int n_workers, int n_threads,
+typedef struct src_state {
+    int rank, stopped;
+    uint8_t *in;                          /* (in_cap) the message being received */
+    xccl_request rreq;
+    size_t out_off[XDS_DEPLOY_MAX_MB];    /* reply buffers in the worker's region */
+    xccl_request sreq[XDS_DEPLOY_MAX_MB];
+    int sending[XDS_DEPLOY_MAX_MB];
+} src_state;
+
+xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, const xds_deploy_placement *pl, int worker,
+                                 const int *attn_ranks, int n_attn, int max_tok, int n_threads,
                                  xds_deploy_expert_stats *stats) {
     const xds_model_config *c = &m->cfg;
     xds_deploy_expert_stats st = {0};
-    int rank = xccl_comm_rank(comm);
     if (c->moe.n_expert <= 0) return xds_err_set(XDS_ERR_INVALID, "deploy: expert worker: the model has no experts");
-    if (rank < 1 || rank > n_workers || xccl_comm_size(comm) < 1 + n_workers)
-        return xds_err_set(XDS_ERR_INVALID, "deploy: expert worker rank %d of %d ranks (want 1..%d of >= %d)", rank,
-                           xccl_comm_size(comm), n_workers, 1 + n_workers);
-    int L = xds_deploy_local_experts(c->moe.n_expert, n_workers);
-    int first = (rank - 1) * L;
-    int held = c->moe.n_expert - first < L ? c->moe.n_expert - first : L;
-    if (held < 0) held = 0;
-    int E = c->n_embd, F = c->moe.n_ff_exp;
-    /* a local expert receives at most one row per token of rank 0's batch */
-    xccl_config cfg;
-    XDS_TRY(xds_deploy_xccl_config(m, n_workers, 1, &cfg));
-    emap em;
-    XDS_TRY(emap_init(&em, c->moe.n_expert, n_workers));
+    if (pl->n_expert != c->moe.n_expert || worker < 0 || worker >= pl->n_workers)
+        return xds_err_set(XDS_ERR_INVALID, "deploy: expert worker %d of a placement of %d workers / %d experts "
+                                            "(the model has %d)", worker, pl->n_workers, pl->n_expert,
+                           c->moe.n_expert);
+    if (n_attn < 1 || n_attn > XDS_DEPLOY_MAX_ATTN || max_tok < 1 || max_tok > (1 << 20))
+        return xds_err_set(XDS_ERR_INVALID, "deploy: expert worker: %d attention ranks (1..%d), max_tok %d", n_attn,
+                           XDS_DEPLOY_MAX_ATTN, max_tok);
+    for (int i = 0; i < n_attn; i++)
+        if (attn_ranks[i] < 0 || attn_ranks[i] >= xccl_comm_size(comm) || attn_ranks[i] == xccl_comm_rank(comm))
+            return xds_err_set(XDS_ERR_INVALID, "deploy: expert worker: attention rank %d out of range", attn_ranks[i]);
+    int L = pl->n_local[worker], E = c->n_embd, F = c->moe.n_ff_exp, K = c->moe.n_expert_used;
+    const int *held = pl->slot_expert + worker * pl->max_local;
+    size_t per = (size_t)(L < K ? L : K), T = (size_t)max_tok;
+    size_t in_cap = rows_off(L) + T * per * E * sizeof(float);
+    size_t out_cap = align64(sizeof(msg_hdr) + T * per * E * sizeof(float));
+    src_state *src = calloc((size_t)n_attn, sizeof *src);
     xds_model_ctx *ctx = NULL;
-    xccl_group *g = NULL;
-    xccl_moe_recv *recv = calloc((size_t)L, sizeof *recv);
-    float *gg = NULL, *gu = NULL;
-    size_t cap_rows = 0;
-    xds_status s = recv ? xds_model_ctx_create(m, NULL, n_threads, 1, &ctx)
-                        : xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory");
+    xccl_region reg = {0};
+    int reg_ok = 0;
+    float *gg = malloc(sizeof(float) * T * (F > 0 ? F : 1)), *gu = malloc(sizeof(float) * T * (F > 0 ? F : 1));
+    xccl_request *waits[XDS_DEPLOY_MAX_ATTN];
+    xds_status s = src && gg && gu ? xds_model_ctx_create(m, NULL, n_threads, 1, &ctx)
+                                   : xds_err_set(XDS_ERR_NOMEM, "deploy: expert worker: out of memory");
+    for (int i = 0; i < n_attn && s == XDS_OK; i++) {
+        src[i].rank = attn_ranks[i];
+        if (!(src[i].in = malloc(in_cap))) s = xds_err_set(XDS_ERR_NOMEM, "deploy: expert worker: out of memory");
+    }
     if (s != XDS_OK) goto out;
-    xds_pool *pool = xds_model_ctx_pool(ctx);
     {
-        /* rank 0 may attach after us (a supervisor starts workers first): wait
-         * for it, bounded, before the first message */
-        double end = now_s() + 30.0;
-        while (xccl_peer_check(comm, 0) != XCCL_OK) {
+        xccl_status xs = xccl_region_alloc(&reg, out_cap * (size_t)n_attn * XDS_DEPLOY_MAX_MB, comm);
+        if (xs != XCCL_OK) {
+            s = xerr(xs, "expert worker reply region");
+            goto out;
+        }
+        reg_ok = 1;
+        for (int i = 0; i < n_attn; i++)
+            for (int b = 0; b < XDS_DEPLOY_MAX_MB; b++) src[i].out_off[b] = ((size_t)i * XDS_DEPLOY_MAX_MB + b) * out_cap;
+    }
+    xds_pool *pool = xds_model_ctx_pool(ctx);
+    /* the attention ranks may attach after us (the supervisor starts expert
+     * workers first): wait for each, bounded, then say READY */
+    for (int i = 0; i < n_attn; i++) {
+        double end = now_s() + 120.0;
+        while (xccl_peer_check(comm, src[i].rank) != XCCL_OK) {
             if (now_s() > end) {
-                s = xds_err_set(XDS_ERR_TIMEOUT, "deploy: expert worker %d: rank 0 did not attach within 30 s", rank);
+                s = xds_err_set(XDS_ERR_TIMEOUT, "deploy: expert worker %d: attention rank %d did not attach within "
+                                                 "120 s", worker, src[i].rank);
                 goto out;
             }
             usleep(2000);
         }
-        ctl_msg ready = {CTL_MAGIC, CTL_READY, 0, 0, held};
-        xccl_status xs = xccl_send(comm, 0, &ready, sizeof ready);
+        msg_hdr ready = {.magic = MSG_MAGIC, .cmd = CMD_READY, .n_slots = L, .check = placement_check(pl, worker)};
+        xccl_status xs = xccl_send(comm, src[i].rank, &ready, sizeof ready);
+        if (xs == XCCL_OK) xs = xccl_irecv(comm, src[i].rank, src[i].in, in_cap, &src[i].rreq);
         if (xs != XCCL_OK) {
             s = xerr(xs, "expert worker ready message");
             goto out;
         }
     }
-    {
-        xccl_status gs = moe_group(&g, comm, n_workers);
-        if (gs != XCCL_OK) {
-            s = xerr(gs, "expert worker MoE group");
-            goto out;
-        }
-    }
-    int32_t dummy_id = 0;
-    float dummy = 0;
-    for (;;) {
-        ctl_msg msg;
-        size_t len = 0;
+    int live = n_attn;
+    while (live > 0) {
+        for (int i = 0; i < n_attn; i++) waits[i] = src[i].stopped ? NULL : &src[i].rreq;
+        int idx = -1;
         double t0 = now_s();
-        xccl_status xs;
-        for (;;) { /* idle: wait for the next pass; a deadline only re-checks rank 0 */
-            xs = xccl_recv(&len, &msg, sizeof msg, comm, 0);
-            if (xs != XCCL_ERR_TIMEOUT) break;
-            if (xccl_peer_check(comm, 0) != XCCL_OK) break;
-        }
+        xccl_status xs = xccl_waitany(comm, waits, n_attn, &idx);
         st.wait_s += now_s() - t0;
+        if (xs == XCCL_ERR_TIMEOUT) { /* idle: only a dead source ends the loop */
+            for (int i = 0; i < n_attn && xs == XCCL_ERR_TIMEOUT; i++)
+                if (!src[i].stopped && xccl_peer_check(comm, src[i].rank) != XCCL_OK) xs = XCCL_ERR_PEER;
+            if (xs == XCCL_ERR_TIMEOUT) continue;
+        }
         if (xs != XCCL_OK) {
-            if (xs == XCCL_ERR_TIMEOUT) xs = XCCL_ERR_PEER;
-            s = xerr(xs, "expert worker waiting for the attention rank");
+            s = xerr(xs, "expert worker waiting for the attention ranks");
             goto out;
         }
-        if (len != sizeof msg || msg.magic != CTL_MAGIC || (msg.cmd != CTL_RUN && msg.cmd != CTL_STOP)) {
-            s = xds_err_set(XDS_ERR_PEER, "deploy: expert worker %d: malformed control message", rank);
+        src_state *q = &src[idx];
+        size_t len = xccl_request_len(&q->rreq);
+        msg_hdr h;
+        if (len < sizeof h) {
+            s = xds_err_set(XDS_ERR_PEER, "deploy: expert worker %d: %zu-byte message from rank %d", worker, len,
+                            q->rank);
             goto out;
         }
-        if (msg.cmd == CTL_STOP) break;
-        if (msg.n_tok > 0 && (size_t)msg.n_tok > cap_rows) {
-            free(gg), free(gu);
-            cap_rows = (size_t)msg.n_tok;
-            gg = malloc(sizeof(float) * cap_rows * F);
-            gu = malloc(sizeof(float) * cap_rows * F);
-            if (!gg || !gu) {
-                s = xds_err_set(XDS_ERR_NOMEM, "deploy: expert worker: out of memory (%zu rows)", cap_rows);
+        memcpy(&h, q->in, sizeof h);
+        if (h.magic == MSG_MAGIC && h.cmd == CMD_STOP) {
+            q->stopped = 1;
+            live--;
+            continue;
+        }
+        int bad = h.magic != MSG_MAGIC || h.cmd != CMD_MOE || h.layer < 0 || h.layer >= c->n_layer ||
+                  !xds_model_layer_is_moe(m, h.layer) || h.mb < 0 || h.mb >= XDS_DEPLOY_MAX_MB || h.n_slots != L ||
+                  h.n_rows < 1 || (size_t)h.n_rows > T * per ||
+                  len != rows_off(L) + sizeof(float) * (size_t)h.n_rows * E;
+        const int32_t *counts = (const int32_t *)(q->in + sizeof h);
+        long sum = 0;
+        for (int j = 0; j < L && !bad; j++) {
+            bad = counts[j] < 0 || counts[j] > max_tok;
+            sum += counts[j];
+        }
+        if (bad || sum != h.n_rows) {
+            s = xds_err_set(XDS_ERR_PEER, "deploy: expert worker %d: malformed message from rank %d (%zu bytes)", worker,
+                            q->rank, len);
+            goto out;
+        }
+        double a0 = now_s();
+        if (q->sending[h.mb]) { /* its last reply was taken before this message was sent */
+            xs = xccl_wait(comm, &q->sreq[h.mb]);
+            q->sending[h.mb] = 0;
+            if (xs != XCCL_OK) {
+                s = xerr(xs, "expert worker reply");
                 goto out;
             }
         }
-        for (int l = 0; l < c->n_layer; l++) {
-            if (!xds_model_layer_is_moe(m, l)) continue;
-            const xds_moe_layer *ML = m->layers[l].moe;
-            double a0 = now_s();
-            xccl_moe_layout lay;
-            xs = xccl_moe_layout_compute(&lay, &dummy_id, 0, c->moe.n_expert_used, &em.map, msg.step, comm, g);
-            if (xs != XCCL_OK) {
-                s = xerr(xs, "expert worker MoE layout");
-                goto out;
-            }
-            xccl_moe_handle *h = NULL;
-            xs = xccl_moe_dispatch(recv, &h, &dummy, XCCL_F32, E, 0, &lay, comm, g);
-            xccl_moe_layout_free(&lay);
-            if (xs != XCCL_OK) {
-                s = xerr(xs, "expert worker MoE dispatch");
-                goto out;
-            }
-            double a1 = now_s();
-            for (int j = 0; j < L; j++) {
-                int nr = recv[j].num_rows;
-                if (nr == 0) continue;
-                int e = first + j;
-                if (j >= held || (size_t)nr > cap_rows) {
-                    s = xds_err_set(XDS_ERR_PEER, "deploy: expert worker %d got %d rows for slot %d it cannot take",
-                                    rank, nr, j);
-                    goto out;
-                }
-                const xds_ffn_w *f = &ML->experts[e];
-                const xds_tensor *ws[2] = {&f->gate, &f->up};
-                float *ys[2] = {gg, gu};
-                xds_matmul_multi(pool, 2, ws, (const float *)recv[j].rows, ys, nr);
-                xds_silu_mul(gg, gu, nr * F);
-                xds_matmul(pool, &f->down, gg, (float *)recv[j].out, nr);
-                st.rows += (uint64_t)nr;
-            }
-            for (int j = 0; j < L && xs == XCCL_OK; j++) /* the unweighted outputs, slot order */
-                if (recv[j].num_rows > 0)
-                    xs = xccl_send(comm, 0, recv[j].out, sizeof(float) * (size_t)recv[j].num_rows * E);
-            if (xs != XCCL_OK) {
-                s = xerr(xs, "expert worker returning outputs");
-                goto out;
-            }
-            double a2 = now_s();
-            xs = xccl_moe_combine(&dummy, &dummy, NULL, h, comm, g);
-            if (xs != XCCL_OK) {
-                s = xerr(xs, "expert worker MoE combine");
-                goto out;
-            }
-            st.recv_s += a1 - a0;
-            st.compute_s += a2 - a1;
-            st.combine_s += now_s() - a2;
+        double a1 = now_s();
+        const xds_moe_layer *ML = m->layers[h.layer].moe;
+        const float *rows = (const float *)(q->in + rows_off(L));
+        uint8_t *ob = (uint8_t *)reg.base + q->out_off[h.mb];
+        float *outr = (float *)(ob + sizeof(msg_hdr));
+        size_t r0 = 0;
+        for (int j = 0; j < L; j++) {
+            int nr = counts[j];
+            if (nr == 0) continue;
+            const xds_ffn_w *f = &ML->experts[held[j]];
+            const xds_tensor *ws[2] = {&f->gate, &f->up};
+            float *ys[2] = {gg, gu};
+            xds_matmul_multi(pool, 2, ws, rows + r0 * E, ys, nr);
+            xds_silu_mul(gg, gu, nr * F);
+            xds_matmul(pool, &f->down, gg, outr + r0 * E, nr);
+            r0 += (size_t)nr;
         }
-        st.steps++;
+        st.rows += r0;
+        st.msgs++;
+        double a2 = now_s();
+        msg_hdr oh = {.magic = MSG_MAGIC, .cmd = CMD_OUT, .layer = h.layer, .mb = h.mb, .n_rows = h.n_rows,
+                      .seq = h.seq};
+        memcpy(ob, &oh, sizeof oh);
+        xs = xccl_isend(comm, q->rank, ob, sizeof oh + sizeof(float) * r0 * E, &q->sreq[h.mb]);
+        if (xs == XCCL_OK) q->sending[h.mb] = 1, xs = xccl_irecv(comm, q->rank, q->in, in_cap, &q->rreq);
+        if (xs != XCCL_OK) {
+            s = xerr(xs, "expert worker reply");
+            goto out;
+        }
+        st.send_s += (a1 - a0) + (now_s() - a2);
+        st.compute_s += a2 - a1;
     }
+    /* every source said STOP: its last replies were taken before that */
+    for (int i = 0; i < n_attn; i++)
+        for (int b = 0; b < XDS_DEPLOY_MAX_MB; b++)
+            if (src[i].sending[b] && xccl_wait(comm, &src[i].sreq[b]) == XCCL_OK) src[i].sending[b] = 0;
 out:
-    if (g && g != xccl_comm_world(comm)) xccl_group_destroy(g);
+    if (src)
+        for (int i = 0; i < n_attn; i++) {
+            if (!src[i].stopped && src[i].in) xccl_cancel(comm, &src[i].rreq);
+            for (int b = 0; b < XDS_DEPLOY_MAX_MB; b++)
+                if (src[i].sending[b]) xccl_cancel(comm, &src[i].sreq[b]);
+            free(src[i].in);
+        }
+    if (reg_ok) xccl_region_deregister(comm, &reg);
     if (stats) *stats = st;
-    free(gg), free(gu), free(recv);
+    free(gg), free(gu), free(src);
     if (ctx) xds_model_ctx_free(ctx);
-    emap_free(&em);
     return s;
 }

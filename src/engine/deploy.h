@@ -3,39 +3,53 @@
  * (DESIGN §3.3, issue 6): the attention-side executor a decode DP group uses
  * instead of xds_model_forward, and the loop an expert worker process runs.
  *
- * Roles in one XCCL segment (the MoE group is every rank of the segment):
- *   rank 0           attention (decode DP group): embed, attention, dense FFN,
+ * Roles (ranks of one XCCL segment):
+ *   attention ranks  one per decode DP group: embed, attention, dense FFN,
  *                    MoE routing, shared experts, LM head; at every MoE layer
- *                    it dispatches the normed hidden rows to the expert
- *                    workers and combines their outputs;
- *   ranks 1..W       expert workers: each holds a contiguous block of routed
- *                    experts (xds_deploy_expert_owner) and loops
- *                    receive (dispatch) -> expert FFN -> combine.
+ *                    each micro-batch dispatches its normed hidden rows to the
+ *                    expert workers holding the chosen experts and combines
+ *                    the rows that come back;
+ *   expert workers   each holds a set of routed experts (a placement: lists
+ *                    per worker; an expert on several workers is replicated)
+ *                    and serves every attention rank: receive -> expert FFN
+ *                    -> send back, in arrival order.
  *
- * Protocol per forward pass: rank 0 sends every worker one control message
- * {magic, cmd, step, n_tok} (xccl_send, P2P channel); for cmd RUN both sides
- * then go through the model's MoE layers in order: layout + dispatch (the MoE
- * group collective), the workers compute and send their unweighted outputs
- * back per local expert (P2P), then combine completes the dispatch. cmd STOP
- * ends the worker loop.
+ * Protocol: one FIFO stream per (attention rank, expert worker) pair over
+ * XCCL send/recv. Dispatch = for every worker with rows, one message
+ * {header: layer, micro-batch, rows per local slot; rows grouped by slot};
+ * combine = the worker's message of output rows in the same order, weighted
+ * and summed on the attention side. Send buffers live in registered XCCL
+ * regions, so large messages are copied once, straight from the sender's
+ * buffer (XCCL rendezvous); small ones run ahead through the pair's ring.
+ * Because every stream is independent, DP groups run at their own pace (no
+ * lock-step, no dummy passes) and an expert worker serves whichever group is
+ * ready (xccl_waitany); why this and not XCCL's group dispatch/combine:
+ * docs/ARCHITECTURE.md.
+ *
+ * Micro-batches: with micro_batches = 2 a batch of several sequences is split
+ * in two at a sequence boundary and the two halves ping-pong through the
+ * layers: while one half's rows are at the expert workers, the other half
+ * runs its attention. Kernels are batch-invariant, so the split changes no
+ * bit of the output.
  *
  * Placement decisions (docs/PERFORMANCE.md says why):
- *  - shared experts are computed on the attention side: every token needs
- *    them, so sending the rows out would move all of them for no routing
- *    benefit, and the attention process already holds xn;
+ *  - shared experts are computed on the attention side, while the routed
+ *    experts are away: every token needs them, sending them would move every
+ *    row for no routing benefit;
  *  - dense FFN layers (deepseek's first_k_dense, qwen3 mlp_only_layers) stay on
  *    the attention side: no routing, so they are data-parallel with attention.
+ *  - a replicated expert's tokens rotate across its replicas by batch
+ *    position (no communication needed to agree).
  *
- * Equivalence: the expert FFN runs the same kernels on the same rows as the
- * colocated moe_experts, and rank 0 weight-sums the returned rows exactly as
- * moe_experts does (double, k order, renormalized weights) instead of using
- * XCCL's f32 combine sum: logits are bit-identical to the colocated engine
- * (tests/unit/test_deploy.c). The cost is that the outputs travel twice (P2P
- * and combine, whose sum is discarded).
+ * Equivalence: expert workers run the same kernels on the same rows as the
+ * colocated moe_experts, and the attention side weight-sums the returned rows
+ * exactly as moe_experts does (double, k order, renormalized weights): logits
+ * are bit-identical to the colocated engine (tests/unit/test_deploy.c).
  *
  * Errors: every call returns xds_status with a one-line message; a dead or
- * hung peer surfaces as XDS_ERR_IO naming the rank (from XCCL's deadline /
- * liveness checks), never as a hang.
+ * hung peer surfaces as XDS_ERR_PEER/XDS_ERR_TIMEOUT naming the rank (from
+ * XCCL's deadline and liveness checks), never as a hang; a malformed message
+ * is an error naming its sender.
  */
 #ifndef XDS_ENGINE_DEPLOY_H
 #define XDS_ENGINE_DEPLOY_H
@@ -48,16 +62,40 @@
 struct xccl_comm;
 struct xccl_config;
 
-/* Worker that holds routed expert e among n_workers (contiguous blocks of
- * ceil(n_expert / n_workers)); slot = its local index there. */
-void xds_deploy_expert_owner(int n_expert, int n_workers, int e, int *worker, int *slot);
-/* Local expert slots every rank has: ceil(n_expert / n_workers). */
-int xds_deploy_local_experts(int n_expert, int n_workers);
+#define XDS_DEPLOY_MAX_WORKERS 63
+#define XDS_DEPLOY_MAX_ATTN    32
+#define XDS_DEPLOY_MAX_MB      2
 
-/* Fill an XCCL config for 1 attention rank + n_workers expert workers of
- * model m with up to max_tok tokens per forward pass. Checks the model is
- * MoE and that every expert can be placed (n_workers >= 1). */
-xds_status xds_deploy_xccl_config(const xds_model *m, int n_workers, int max_tok, struct xccl_config *cfg);
+/* ---- placement: which worker holds which routed experts ---------------- */
+
+typedef struct xds_deploy_placement {
+    int n_expert, n_workers;
+    int max_local;       /* largest number of slots on one worker */
+    int *n_local;        /* (n_workers) slots of each worker */
+    int *slot_expert;    /* (n_workers * max_local) expert in (worker, slot); -1 past n_local */
+    int max_rep;         /* most replicas of one expert */
+    int *n_rep;          /* (n_expert) replicas of each expert (>= 1) */
+    int *rep;            /* (n_expert * max_rep) replica r of e = worker * max_local + slot */
+} xds_deploy_placement;
+
+/* Contiguous blocks of ceil(n_expert / n_workers) experts per worker (the
+ * last workers may hold fewer, or none). */
+xds_status xds_deploy_placement_blocks(int n_expert, int n_workers, xds_deploy_placement *out);
+/* Explicit lists: worker w holds lists[w][0..n_lists[w]). Checks ids, no
+ * duplicate within a worker, and that every expert is on some worker. */
+xds_status xds_deploy_placement_lists(int n_expert, int n_workers, const int *const *lists, const int *n_lists,
+                                      xds_deploy_placement *out);
+/* The text form "0,1,2;3,4,5" (workers separated by ';', "" = no experts) —
+ * how the supervisor hands a placement to its workers. */
+xds_status xds_deploy_placement_parse(const char *s, int n_expert, xds_deploy_placement *out);
+/* malloc'ed text form; NULL when out of memory. */
+char *xds_deploy_placement_format(const xds_deploy_placement *p);
+void xds_deploy_placement_free(xds_deploy_placement *p);
+
+/* An XCCL config for n_ranks ranks suited to these streams: rings that let
+ * a decode step's rows run ahead (256 KiB per pair), long heartbeats (a long
+ * prefill chunk must not look like a hang). */
+void xds_deploy_xccl_config(int n_ranks, struct xccl_config *cfg);
 
 /* ---- attention side ---------------------------------------------------- */
 
@@ -65,16 +103,18 @@ typedef struct xds_deploy_attn xds_deploy_attn;
 
 /* Per-step timing the attention side measures (seconds, cumulative). */
 typedef struct xds_deploy_stats {
-    double attn_s;     /* embed + attention + dense FFN + routing + shared + LM head */
-    double dispatch_s; /* layout + dispatch */
-    double combine_s;  /* combine (includes waiting for the expert compute) */
-    uint64_t steps, tokens, moe_calls;
+    double attn_s;     /* embed + attention + dense FFN + routing + shared experts + LM head */
+    double dispatch_s; /* grouping rows by worker + posting the sends */
+    double combine_s;  /* waiting for the returned rows (expert compute not hidden) + weighted sum */
+    uint64_t steps, tokens, moe_calls, split_steps; /* split_steps: passes run as 2 micro-batches */
 } xds_deploy_stats;
 
-/* comm: attached as rank 0 of a segment with 1 + n_workers ranks (made with
- * xds_deploy_xccl_config); borrowed, used only from the thread calling
- * xds_deploy_forward. max_tok: largest batch. */
-xds_status xds_deploy_attn_create(const xds_model *m, struct xccl_comm *comm, int n_workers, int max_tok,
+/* comm: this rank's attachment; borrowed, used only from the thread calling
+ * xds_deploy_forward. worker_ranks[w]: the rank of placement worker w.
+ * max_tok: largest batch. micro_batches: 1 or 2. Waits until every worker
+ * has said READY (and checks it holds what the placement says). */
+xds_status xds_deploy_attn_create(const xds_model *m, struct xccl_comm *comm, const int *worker_ranks,
+                                  const xds_deploy_placement *pl, int max_tok, int micro_batches,
                                   xds_deploy_attn **out);
 /* The whole pass like xds_model_forward, with MoE layers computed by the
  * expert workers. Same checks and outputs. */
@@ -83,7 +123,8 @@ xds_status xds_deploy_forward(xds_deploy_attn *a, xds_model_ctx *ctx, const xds_
 /* Adapter with the engine's executor signature (user = the xds_deploy_attn). */
 xds_status xds_deploy_forward_cb(void *user, xds_model_ctx *ctx, const xds_batch *b, const int32_t *logit_rows,
                                  int n_rows, float *logits);
-/* Tell every worker to leave its loop (best effort; errors are logged). */
+/* Tell every worker this rank is done (best effort; errors are logged). A
+ * worker leaves its loop once every attention rank has said so. */
 void xds_deploy_attn_stop(xds_deploy_attn *a);
 void xds_deploy_attn_stats(const xds_deploy_attn *a, xds_deploy_stats *out);
 void xds_deploy_attn_free(xds_deploy_attn *a);
@@ -92,17 +133,18 @@ void xds_deploy_attn_free(xds_deploy_attn *a);
 
 /* Per-worker timing (seconds, cumulative). */
 typedef struct xds_deploy_expert_stats {
-    double wait_s;    /* idle: waiting for the next pass's control message */
-    double recv_s;    /* layout + dispatch (waiting for rows) */
+    double wait_s;    /* idle: no stream had rows */
     double compute_s; /* expert FFN */
-    double combine_s; /* combine */
-    uint64_t steps, rows;
+    double send_s;    /* returning outputs (waiting for a buffer to be free) */
+    uint64_t msgs, rows;
 } xds_deploy_expert_stats;
 
-/* The worker loop of rank `rank` (1..n_workers) until rank 0 sends STOP
- * (returns XDS_OK) or fails (error naming the peer). n_threads: compute
- * threads. stats may be NULL; filled on return. */
-xds_status xds_deploy_expert_run(const xds_model *m, struct xccl_comm *comm, int n_workers, int n_threads,
+/* The loop of placement worker `worker` serving attn_ranks[0..n_attn) until
+ * every one has said STOP (XDS_OK) or on an error naming the peer. max_tok:
+ * the largest batch an attention rank sends. n_threads: compute threads.
+ * stats may be NULL; filled on return. */
+xds_status xds_deploy_expert_run(const xds_model *m, struct xccl_comm *comm, const xds_deploy_placement *pl,
+                                 int worker, const int *attn_ranks, int n_attn, int max_tok, int n_threads,
                                  xds_deploy_expert_stats *stats);
 
 #endif

@@ -1,12 +1,16 @@
 /*
  * test_deploy.c — disaggregated MoE-attention in real processes
- * (engine/deploy.h): the test process is the attention rank, it forks 2 or 4
- * expert-worker processes that attach to a real XCCL segment (unique shm
- * name) and run xds_deploy_expert_run. Greedy tokens of two sequences decoded
- * together must be identical to the colocated xds_model_forward loop, for the
- * tiny qwen3_moe, mixtral and deepseek_v3 fixtures and for SmolLM2 upcycled
- * to 4 experts (XDS_TEST_MODEL; skipped with a message when unset), and the
- * logits must be bit-identical.
+ * (engine/deploy.h): the test process is an attention rank; it forks the
+ * expert-worker processes (and, for the shared-workers case, a second
+ * attention rank, as two decode DP groups are) that attach to a real XCCL
+ * segment (unique shm name). Greedy tokens of three sequences decoded
+ * together must be identical to the colocated xds_model_forward loop, and the
+ * logits bit-identical, for the tiny qwen3_moe, mixtral and deepseek_v3
+ * fixtures and for SmolLM2 upcycled to 4 experts (XDS_TEST_MODEL; skipped
+ * with a message when unset), in each topology: 1 attention rank + 2 workers
+ * (one micro-batch), + 4 workers (two micro-batches, ping-pong), 2 attention
+ * ranks sharing 2 workers, and 3 workers where every expert has a replica
+ * (tokens rotate across replicas).
  *
  * Faults: an expert worker SIGKILLed between passes makes the next pass fail
  * with XDS_ERR_PEER naming its rank within a few seconds, never a hang; the
@@ -33,8 +37,9 @@
 #include "test.h"
 
 #define MOE XDS_SOURCE_DIR "/tests/data/oracle/moe/"
-#define N_SEQ 2
+#define N_SEQ 3
 #define MAX_W 4
+#define MAX_A 2
 
 static double now_s(void) {
     struct timespec ts;
@@ -52,7 +57,7 @@ static int greedy(const xds_model *m, xds_deploy_attn *a, int n_prompt, int n_ge
     int rc = -1;
     if (xds_model_kv_cache_create(m, N_SEQ * (n_prompt + n_gen + 16), 16, N_SEQ, &kv) != XDS_OK) return -1;
     if (xds_model_ctx_create(m, kv, 1, T, &ctx) != XDS_OK) goto out;
-    int32_t tok[64], pos[64], seq[64], rows[N_SEQ];
+    int32_t tok[128], pos[128], seq[128], rows[N_SEQ];
     float *logits = malloc(sizeof(float) * N_SEQ * V);
     for (int s = 0; s < N_SEQ; s++) {
         if (xds_kv_seq_reserve(kv, s, n_prompt + n_gen) != XDS_OK) goto out2;
@@ -128,14 +133,35 @@ static int reap(pid_t *pids, int n, double deadline_s) {
 
 static int seg_counter;
 
-/* Start W expert workers on a fresh segment; rank 0 attaches here. */
-static int start(const xds_model *m, int W, int max_tok, char *name, size_t name_cap, xccl_segment **seg,
-                 xccl_comm **comm, pid_t *pids) {
-    xccl_config cfg;
-    if (xds_deploy_xccl_config(m, W, max_tok, &cfg) != XDS_OK) {
-        fprintf(stderr, "config: %s\n", xds_err_msg());
-        return -1;
+/* A deployment under test: attention ranks 0..n_attn-1, workers after them. */
+typedef struct topo {
+    const char *name;
+    int n_attn, W, mb;
+    int replicated; /* workers 0..W-2 hold blocks, worker W-1 holds every expert */
+} topo;
+
+static xds_status make_placement(const xds_model *m, const topo *t, xds_deploy_placement *pl) {
+    int N = m->cfg.moe.n_expert;
+    if (!t->replicated) return xds_deploy_placement_blocks(N, t->W, pl);
+    int ids[256], per = (N + t->W - 2) / (t->W - 1);
+    const int *lists[MAX_W];
+    int n_lists[MAX_W];
+    for (int e = 0; e < N; e++) ids[e] = e;
+    for (int w = 0; w < t->W - 1; w++) {
+        int a = w * per < N ? w * per : N, b = a + per < N ? a + per : N;
+        lists[w] = ids + a, n_lists[w] = b - a;
     }
+    lists[t->W - 1] = ids, n_lists[t->W - 1] = N;
+    return xds_deploy_placement_lists(N, t->W, lists, n_lists, pl);
+}
+
+/* Start the workers (and attention ranks 1..) of t on a fresh segment; rank
+ * 0 attaches here. Attention rank a > 0 runs child_fn(a) in its process. */
+static int start(const xds_model *m, const topo *t, const xds_deploy_placement *pl, int max_tok, char *name,
+                 size_t name_cap, xccl_segment **seg, xccl_comm **comm, pid_t *pids,
+                 int (*child_fn)(const char *name, int rank, void *arg), void *arg) {
+    xccl_config cfg;
+    xds_deploy_xccl_config(t->n_attn + t->W, &cfg);
     cfg.heartbeat_timeout_ms = 20000; /* slow sanitizer builds on 2 cores: liveness via pids */
     snprintf(name, name_cap, "/xds-test-deploy-%d-%d", (int)getpid(), seg_counter++);
     if (xccl_segment_create(seg, name, &cfg) != XCCL_OK) {
@@ -143,21 +169,28 @@ static int start(const xds_model *m, int W, int max_tok, char *name, size_t name
         return -1;
     }
     fflush(NULL);
+    int aranks[MAX_A];
+    for (int a = 0; a < t->n_attn; a++) aranks[a] = a;
     /* fork before this process attaches: attaching starts a heartbeat thread,
      * and a child forked from a threaded process may inherit a held lock (the
-     * workers wait for rank 0 to attach) */
-    for (int w = 0; w < W; w++) {
+     * workers wait for the attention ranks to attach) */
+    for (int w = 0; w < t->W; w++) {
         pid_t p = fork();
         if (p == 0) {
             xccl_comm *c = NULL;
-            if (xccl_comm_attach(&c, name, 1 + w, 2) != XCCL_OK) _exit(3);
+            if (xccl_comm_attach(&c, name, t->n_attn + w, 2) != XCCL_OK) _exit(3);
             xds_deploy_expert_stats es;
-            xds_status s = xds_deploy_expert_run(m, c, W, 1, &es);
-            if (s != XDS_OK) fprintf(stderr, "expert worker %d: %s\n", 1 + w, xds_err_msg());
+            xds_status s = xds_deploy_expert_run(m, c, pl, w, aranks, t->n_attn, max_tok, 1, &es);
+            if (s != XDS_OK) fprintf(stderr, "expert worker %d: %s\n", w, xds_err_msg());
             xccl_comm_detach(c);
             _exit(s == XDS_OK ? 0 : 4);
         }
         pids[w] = p;
+    }
+    for (int a = 1; a < t->n_attn; a++) {
+        pid_t p = fork();
+        if (p == 0) _exit(child_fn(name, a, arg));
+        pids[t->W + a - 1] = p;
     }
     if (xccl_comm_attach(comm, name, 0, 1) != XCCL_OK) {
         fprintf(stderr, "attach rank 0: %s\n", xccl_err_msg());
@@ -166,59 +199,106 @@ static int start(const xds_model *m, int W, int max_tok, char *name, size_t name
     return 0;
 }
 
-/* Colocated vs disaggregated with W workers: identical greedy tokens. */
+typedef struct run_arg {
+    const xds_model *m;
+    const topo *t;
+    const xds_deploy_placement *pl;
+    int n_prompt, n_gen;
+    const int32_t *ref;
+    const float *lref;
+    double tol;
+} run_arg;
+
+/* One attention rank's run: greedy through the deployment, compared with the
+ * colocated reference. Returns 0 when tokens are identical and logits within
+ * tol. */
+static int attn_run(const run_arg *ra, xccl_comm *comm, const char *label) {
+    const xds_model *m = ra->m;
+    int V = m->cfg.n_vocab, W = ra->t->W;
+    int wr[MAX_W];
+    for (int w = 0; w < W; w++) wr[w] = ra->t->n_attn + w;
+    xds_deploy_attn *a = NULL;
+    double t0 = now_s();
+    xds_status s = xds_deploy_attn_create(m, comm, wr, ra->pl, N_SEQ * ra->n_prompt, ra->t->mb, &a);
+    CHECK_MSG(s == XDS_OK, "%s: attn create: %s", label, xds_err_msg());
+    if (!a) return 1;
+    int32_t got[N_SEQ * 32];
+    float *lgot = malloc(sizeof(float) * N_SEQ * V);
+    memset(got, 0xff, sizeof got);
+    int r = greedy(m, a, ra->n_prompt, ra->n_gen, got, lgot, -1, 0);
+    CHECK_MSG(r == 0, "%s: disaggregated run failed at step %d: %s", label, r, xds_err_msg());
+    int same = !memcmp(ra->ref, got, sizeof(int32_t) * N_SEQ * ra->n_gen);
+    CHECK_MSG(same, "%s: greedy tokens differ from the colocated engine", label);
+    double worst = 0;
+    for (int i = 0; i < N_SEQ * V; i++) {
+        double d = fabs((double)ra->lref[i] - lgot[i]);
+        if (d > worst) worst = d;
+    }
+    xds_deploy_stats ds;
+    xds_deploy_attn_stats(a, &ds);
+    printf("%s: %d x %d greedy tokens %s; max |logit delta| %.3g; %.2f s; %llu passes (%llu split in 2); "
+           "attention %.3f s, dispatch %.3f s, combine %.3f s over %llu MoE calls\n",
+           label, N_SEQ, ra->n_gen, same ? "identical" : "DIFFERENT", worst, now_s() - t0,
+           (unsigned long long)ds.steps, (unsigned long long)ds.split_steps, ds.attn_s, ds.dispatch_s, ds.combine_s,
+           (unsigned long long)ds.moe_calls);
+    CHECK_MSG(worst <= ra->tol, "%s: logits differ by %.3g (tolerance %.3g)", label, worst, ra->tol);
+    if (ra->t->mb == 2) CHECK_MSG(ds.split_steps == ds.steps, "%s: every pass should run as 2 micro-batches", label);
+    xds_deploy_attn_stop(a);
+    xds_deploy_attn_free(a);
+    free(lgot);
+    fflush(stdout);
+    return !(r == 0 && same && worst <= ra->tol);
+}
+
+/* Attention rank > 0 in its own process (a second decode DP group). */
+static int attn_child(const char *name, int rank, void *arg) {
+    xccl_comm *c = NULL;
+    if (xccl_comm_attach(&c, name, rank, 1) != XCCL_OK) return 3;
+    char label[96];
+    snprintf(label, sizeof label, "%s (attention rank %d)", ((run_arg *)arg)->t->name, rank);
+    int rc = attn_run(arg, c, label);
+    xccl_comm_detach(c);
+    return rc ? 5 : (test_failed_ ? 6 : 0);
+}
+
+/* Colocated vs each disaggregated topology: identical greedy tokens. */
 /* tol: max |logit delta|. The workers run the same kernels on the same rows
- * as moe_experts and return unweighted outputs that rank 0 sums exactly as
- * moe_experts does (double, k order), so the logits are bit-identical (0). */
+ * as moe_experts and return unweighted outputs that the attention rank sums
+ * exactly as moe_experts does (double, k order), so the logits are
+ * bit-identical (0). */
 static void check_model(const char *label, const xds_model *m, int n_prompt, int n_gen, double tol) {
     int V = m->cfg.n_vocab;
-    int32_t ref[N_SEQ * 32], got[N_SEQ * 32];
-    float *lref = malloc(sizeof(float) * N_SEQ * V), *lgot = malloc(sizeof(float) * N_SEQ * V);
+    int32_t ref[N_SEQ * 32];
+    float *lref = malloc(sizeof(float) * N_SEQ * V);
     CHECK_MSG(greedy(m, NULL, n_prompt, n_gen, ref, lref, -1, 0) == 0, "%s: colocated run: %s", label, xds_err_msg());
-    int Ws[2] = {2, 4};
-    for (int wi = 0; wi < 2; wi++) {
-        int W = Ws[wi];
-        char name[96];
+    const topo topos[] = {
+        {"1 attention + 2 workers, 1 micro-batch", 1, 2, 1, 0},
+        {"1 attention + 4 workers, 2 micro-batches", 1, 4, 2, 0},
+        {"2 attention ranks sharing 2 workers, 2 micro-batches", 2, 2, 2, 0},
+        {"1 attention + 3 workers, every expert replicated", 1, 3, 2, 1},
+    };
+    for (size_t ti = 0; ti < sizeof topos / sizeof topos[0]; ti++) {
+        const topo *t = &topos[ti];
+        if (t->W > m->cfg.moe.n_expert && !t->replicated) continue;
+        char name[96], lab[160];
+        snprintf(lab, sizeof lab, "%s: %s", label, t->name);
+        xds_deploy_placement pl = {0};
+        CHECK_MSG(make_placement(m, t, &pl) == XDS_OK, "%s: placement: %s", lab, xds_err_msg());
         xccl_segment *seg = NULL;
         xccl_comm *comm = NULL;
-        pid_t pids[MAX_W] = {0};
-        xds_deploy_attn *a = NULL;
-        double t0 = now_s();
-        int ok = start(m, W, N_SEQ * n_prompt, name, sizeof name, &seg, &comm, pids) == 0;
-        CHECK_MSG(ok, "%s W=%d: start", label, W);
-        if (ok) {
-            xds_status s = xds_deploy_attn_create(m, comm, W, N_SEQ * n_prompt, &a);
-            CHECK_MSG(s == XDS_OK, "%s W=%d: attn create: %s", label, W, xds_err_msg());
-        }
-        if (a) {
-            memset(got, 0xff, sizeof got);
-            int r = greedy(m, a, n_prompt, n_gen, got, lgot, -1, 0);
-            CHECK_MSG(r == 0, "%s W=%d: disaggregated run failed at step %d: %s", label, W, r, xds_err_msg());
-            CHECK_MSG(!memcmp(ref, got, sizeof(int32_t) * N_SEQ * n_gen),
-                      "%s W=%d: greedy tokens differ from the colocated engine", label, W);
-            double worst = 0;
-            for (int i = 0; i < N_SEQ * V; i++) {
-                double d = fabs((double)lref[i] - lgot[i]);
-                if (d > worst) worst = d;
-            }
-            xds_deploy_stats ds;
-            xds_deploy_attn_stats(a, &ds);
-            printf("%s W=%d: %d x %d greedy tokens identical; max |logit delta| %.3g; %.2f s; attention %.3f s, "
-                   "dispatch %.3f s, combine %.3f s over %llu MoE calls\n",
-                   label, W, N_SEQ, n_gen, worst, now_s() - t0, ds.attn_s, ds.dispatch_s, ds.combine_s,
-                   (unsigned long long)ds.moe_calls);
-            CHECK_MSG(worst <= tol, "%s W=%d: logits differ by %.3g (tolerance %.3g)", label, W, worst, tol);
-            xds_deploy_attn_stop(a);
-            xds_deploy_attn_free(a);
-        }
+        pid_t pids[MAX_W + MAX_A] = {0};
+        run_arg ra = {m, t, &pl, n_prompt, n_gen, ref, lref, tol};
+        int ok = start(m, t, &pl, N_SEQ * n_prompt, name, sizeof name, &seg, &comm, pids, attn_child, &ra) == 0;
+        CHECK_MSG(ok, "%s: start", lab);
+        if (ok) attn_run(&ra, comm, lab);
         if (comm) xccl_comm_detach(comm);
-        int bad = reap(pids, W, 20);
-        CHECK_MSG(bad == 0, "%s W=%d: %d expert workers did not exit cleanly", label, W, bad);
+        int bad = reap(pids, t->W + t->n_attn - 1, 30);
+        CHECK_MSG(bad == 0, "%s: %d worker / attention processes did not exit cleanly", lab, bad);
         if (seg) xccl_segment_destroy(seg);
+        xds_deploy_placement_free(&pl);
         fflush(stdout);
     }
     free(lref);
-    free(lgot);
 }
 
 /* A worker SIGKILLed between passes: the next pass fails naming it, fast. */
@@ -229,9 +309,13 @@ static void check_kill(const xds_model *m) {
     pid_t pids[MAX_W] = {0};
     xds_deploy_attn *a = NULL;
     int W = 2, n_prompt = 4, n_gen = 4;
-    int ok = start(m, W, N_SEQ * n_prompt, name, sizeof name, &seg, &comm, pids) == 0;
+    topo t = {"kill", 1, W, 2, 0};
+    xds_deploy_placement pl = {0};
+    CHECK(make_placement(m, &t, &pl) == XDS_OK);
+    int wr[2] = {1, 2};
+    int ok = start(m, &t, &pl, N_SEQ * n_prompt, name, sizeof name, &seg, &comm, pids, NULL, NULL) == 0;
     CHECK(ok);
-    if (ok) CHECK_MSG(xds_deploy_attn_create(m, comm, W, N_SEQ * n_prompt, &a) == XDS_OK, "%s", xds_err_msg());
+    if (ok) CHECK_MSG(xds_deploy_attn_create(m, comm, wr, &pl, N_SEQ * n_prompt, 2, &a) == XDS_OK, "%s", xds_err_msg());
     if (a) {
         int32_t got[N_SEQ * 4];
         double t0 = now_s();
@@ -265,25 +349,82 @@ static void check_kill(const xds_model *m) {
     CHECK_MSG(bad == 1, "the surviving worker should exit with an error (bad=%d)", bad);
     CHECK_MSG(now_s() - t0 < 10, "survivor took %.2f s to leave", now_s() - t0);
     if (seg) xccl_segment_destroy(seg);
+    xds_deploy_placement_free(&pl);
+}
+
+/* Workers that hold other experts than the attention side's placement says:
+ * refused at start (READY carries a checksum of each worker's list). */
+static void check_mismatch(const xds_model *m) {
+    char name[96];
+    xccl_segment *seg = NULL;
+    xccl_comm *comm = NULL;
+    pid_t pids[MAX_W] = {0};
+    topo t = {"mismatch", 1, 2, 1, 0};
+    xds_deploy_placement pl = {0}, other = {0};
+    int N = m->cfg.moe.n_expert;
+    CHECK(make_placement(m, &t, &pl) == XDS_OK);
+    int ids[256];
+    for (int e = 0; e < N; e++) ids[e] = N - 1 - e;
+    const int *lists[2] = {ids, ids + N / 2};
+    int n_lists[2] = {N / 2, N - N / 2};
+    CHECK(xds_deploy_placement_lists(N, 2, lists, n_lists, &other) == XDS_OK);
+    int wr[2] = {1, 2};
+    xds_deploy_attn *a = NULL;
+    if (start(m, &t, &pl, 8, name, sizeof name, &seg, &comm, pids, NULL, NULL) == 0) {
+        CHECK(xds_deploy_attn_create(m, comm, wr, &other, 8, 1, &a) == XDS_ERR_PEER);
+        CHECK_MSG(strstr(xds_err_msg(), "different placements") != NULL, "mismatch message: %s", xds_err_msg());
+        printf("mismatched placement: '%s'\n", xds_err_msg());
+    }
+    xds_deploy_attn_free(a);
+    if (comm) xccl_comm_detach(comm);
+    reap(pids, 2, 15); /* they exit with an error once rank 0 leaves */
+    if (seg) xccl_segment_destroy(seg);
+    xds_deploy_placement_free(&pl);
+    xds_deploy_placement_free(&other);
 }
 
 static void check_errors(const xds_model *dense, const xds_model *moe) {
-    xccl_config cfg;
-    CHECK(xds_deploy_xccl_config(dense, 2, 8, &cfg) == XDS_ERR_INVALID && strstr(xds_err_msg(), "no MoE"));
-    CHECK(xds_deploy_xccl_config(moe, 0, 8, &cfg) == XDS_ERR_INVALID);
-    CHECK(xds_deploy_xccl_config(moe, 64, 8, &cfg) == XDS_ERR_INVALID);
-    CHECK(xds_deploy_xccl_config(moe, 2, 0, &cfg) == XDS_ERR_INVALID);
-    /* placement: contiguous blocks, every expert on exactly one worker slot */
+    xds_deploy_placement pl = {0};
+    /* contiguous blocks: every expert on exactly one worker slot */
     for (int N = 1; N <= 9; N++)
         for (int W = 1; W <= 5; W++) {
-            int L = xds_deploy_local_experts(N, W), seen[5][9] = {{0}}, ok = 1;
-            for (int e = 0; e < N; e++) {
-                int w, s;
-                xds_deploy_expert_owner(N, W, e, &w, &s);
-                ok &= w >= 0 && w < W && s >= 0 && s < L && !seen[w][s]++;
-            }
+            CHECK(xds_deploy_placement_blocks(N, W, &pl) == XDS_OK);
+            int seen[9] = {0}, ok = pl.n_workers == W && pl.max_rep == 1;
+            for (int w = 0; w < W; w++)
+                for (int k = 0; k < pl.n_local[w]; k++) {
+                    int e = pl.slot_expert[w * pl.max_local + k];
+                    ok &= e >= 0 && e < N && !seen[e]++ && pl.rep[e * pl.max_rep] == w * pl.max_local + k;
+                }
+            for (int e = 0; e < N; e++) ok &= seen[e] == 1;
             CHECK_MSG(ok, "placement N=%d W=%d", N, W);
+            /* the text form the supervisor hands to workers round-trips */
+            char *txt = xds_deploy_placement_format(&pl);
+            xds_deploy_placement back = {0};
+            CHECK(txt && xds_deploy_placement_parse(txt, N, &back) == XDS_OK && back.n_workers == W &&
+                  !memcmp(back.n_local, pl.n_local, sizeof(int) * W));
+            free(txt);
+            xds_deploy_placement_free(&back);
+            xds_deploy_placement_free(&pl);
         }
+    CHECK(xds_deploy_placement_parse("0,1;2,3;1", 4, &pl) == XDS_OK && pl.n_rep[1] == 2 && pl.max_rep == 2);
+    xds_deploy_placement_free(&pl);
+    CHECK(xds_deploy_placement_parse("0,1;;2,3", 4, &pl) == XDS_OK && pl.n_local[1] == 0);
+    xds_deploy_placement_free(&pl);
+    CHECK(xds_deploy_placement_parse("0,1;2", 4, &pl) == XDS_ERR_INVALID && strstr(xds_err_msg(), "expert 3 is on no"));
+    CHECK(xds_deploy_placement_parse("0,1;2,3,4", 4, &pl) == XDS_ERR_INVALID && strstr(xds_err_msg(), "out of range"));
+    CHECK(xds_deploy_placement_parse("0,1,1;2,3", 4, &pl) == XDS_ERR_INVALID && strstr(xds_err_msg(), "twice"));
+    CHECK(xds_deploy_placement_parse("0,x;2,3", 4, &pl) == XDS_ERR_INVALID);
+    CHECK(xds_deploy_placement_parse("0,-1;2,3", 4, &pl) == XDS_ERR_INVALID);
+    CHECK(xds_deploy_placement_blocks(4, 0, &pl) == XDS_ERR_INVALID);
+    CHECK(xds_deploy_placement_blocks(0, 2, &pl) == XDS_ERR_INVALID);
+    /* attention side: a dense model, a placement for another expert count */
+    CHECK(xds_deploy_placement_blocks(moe->cfg.moe.n_expert + 1, 2, &pl) == XDS_OK);
+    int wr[2] = {1, 2};
+    xds_deploy_attn *a = NULL;
+    CHECK(xds_deploy_attn_create(dense, NULL, wr, &pl, 8, 1, &a) == XDS_ERR_INVALID && strstr(xds_err_msg(), "no MoE"));
+    CHECK(xds_deploy_attn_create(moe, NULL, wr, &pl, 8, 1, &a) == XDS_ERR_INVALID &&
+          strstr(xds_err_msg(), "placement is for"));
+    xds_deploy_placement_free(&pl);
 }
 
 int main(void) {
@@ -304,6 +445,7 @@ int main(void) {
         if (i == 0) {
             if (dense) check_errors(dense, m);
             check_kill(m);
+            check_mismatch(m);
         }
         xds_model_free(m);
     }

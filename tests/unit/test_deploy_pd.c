@@ -197,17 +197,12 @@ static void run_topology(const char *label, const xds_model *m, int W) {
     }
     int n_ranks = 1 + W + 1, pre_rank = 1 + W;
     xccl_config cfg;
-    if (W > 0) {
-        CHECK(xds_deploy_xccl_config(m, W, 8, &cfg) == XDS_OK);
-        cfg.num_ranks = (uint32_t)n_ranks;
-        cfg.moe_max_recv_rows = 0; /* default: every rank's tokens */
-    } else {
-        xccl_config_default(&cfg, (uint32_t)n_ranks);
-        cfg.slot_bytes = 4096;
-        cfg.num_slots = 8;
-        cfg.coll_bytes = 4096;
-    }
+    xds_deploy_xccl_config(n_ranks, &cfg);
     cfg.heartbeat_timeout_ms = 20000;
+    xds_deploy_placement pl = {0};
+    if (W > 0) CHECK(xds_deploy_placement_blocks(m->cfg.moe.n_expert, W, &pl) == XDS_OK);
+    int attn0 = 0, wr[8];
+    for (int w = 0; w < W; w++) wr[w] = 1 + w;
     char name[96];
     static int counter;
     snprintf(name, sizeof name, "/xds-test-pd-%d-%d", (int)getpid(), counter++);
@@ -224,7 +219,7 @@ static void run_topology(const char *label, const xds_model *m, int W) {
         if (p == 0) {
             xccl_comm *c = NULL;
             if (xccl_comm_attach(&c, name, 1 + w, 2) != XCCL_OK) _exit(3);
-            xds_status s = xds_deploy_expert_run(m, c, W, 1, NULL);
+            xds_status s = xds_deploy_expert_run(m, c, &pl, w, &attn0, 1, 8, 1, NULL);
             if (s != XDS_OK) fprintf(stderr, "expert %d: %s\n", 1 + w, xds_err_msg());
             xccl_comm_detach(c);
             _exit(s == XDS_OK ? 0 : 4);
@@ -239,7 +234,8 @@ static void run_topology(const char *label, const xds_model *m, int W) {
 
     xds_deploy_attn *a = NULL;
     if (comm && W > 0)
-        CHECK_MSG(xds_deploy_attn_create(m, comm, W, 8, &a) == XDS_OK, "%s: attn: %s", label, xds_err_msg());
+        CHECK_MSG(xds_deploy_attn_create(m, comm, wr, &pl, 8, 2, &a) == XDS_OK, "%s: attn: %s", label,
+                  xds_err_msg());
     /* decode pool: the 33-token request + its output (10 blocks) + 2 spare */
     xds_kv_cache *kv = NULL;
     xds_model_ctx *ctx = NULL;
@@ -289,6 +285,7 @@ static void run_topology(const char *label, const xds_model *m, int W) {
     int bad = reap(pids, W + 1, 30);
     CHECK_MSG(bad == 0, "%s: %d children failed", label, bad);
     xccl_segment_destroy(seg);
+    xds_deploy_placement_free(&pl);
     fflush(stdout);
 }
 
