@@ -180,3 +180,10 @@ int xds_prefix_cache_lru_list(const xds_prefix_cache *pc, int32_t *out, int cap)
     for (int32_t b = pc->lru_head; b >= 0 && n < cap; b = pc->meta[b].next) out[n++] = b;
     return n;
 }
+
+int xds_prefix_cache_hashes(const xds_prefix_cache *pc, uint64_t *out, int cap) {
+    int n = 0;
+    for (int b = 0; b < pc->n_blocks && n < cap; b++)
+        if (pc->meta[b].cached) out[n++] = pc->meta[b].hash;
+    return n;
+}

@@ -59,6 +59,10 @@ int32_t xds_prefix_cache_evict(xds_prefix_cache *pc);
 /* Blocks on the LRU list / blocks cached in all. */
 int xds_prefix_cache_n_evictable(const xds_prefix_cache *pc);
 int xds_prefix_cache_n_cached(const xds_prefix_cache *pc);
+/* The chain hashes of the cached blocks (in block id order), up to cap of
+ * them; returns the count written. For summaries published to other
+ * processes (engine/pd_pick.h). */
+int xds_prefix_cache_hashes(const xds_prefix_cache *pc, uint64_t *out, int cap);
 /* The LRU list from least to most recent, up to cap ids; returns the count
  * written (for tests and debugging). */
 int xds_prefix_cache_lru_list(const xds_prefix_cache *pc, int32_t *out, int cap);
