@@ -152,8 +152,10 @@ xds_status xds_pd_pick_sync(xds_pd_table *t, int inst, const uint64_t *hashes, i
     xds_pd_inst *I = &t->inst[inst];
     uint64_t *sorted = n ? malloc(sizeof(uint64_t) * (size_t)n) : NULL;
     if (n && !sorted) return xds_err_set(XDS_ERR_NOMEM, "pd pick: out of memory (%d hashes)", n);
-    if (n) memcpy(sorted, hashes, sizeof(uint64_t) * (size_t)n);
-    qsort(sorted, (size_t)n, sizeof(uint64_t), cmp_u64);
+    if (n) {
+        memcpy(sorted, hashes, sizeof(uint64_t) * (size_t)n);
+        qsort(sorted, (size_t)n, sizeof(uint64_t), cmp_u64);
+    }
     /* 1. drop what is no longer cached */
     long long kept = 0;
     for (int b = 0; b < XDS_PD_PICK_BUCKETS; b++)
