@@ -212,6 +212,15 @@ xccl_status xccl_put(xccl_comm *comm, int peer, uint32_t region_id, size_t offse
 /* Copy len bytes from peer's region id at offset into dst, then notify peer. */
 xccl_status xccl_get(void *dst, xccl_comm *comm, int peer, uint32_t region_id, size_t offset,
                      size_t len);
+/* One range of a batched get: region bytes [offset, offset + len) -> buf. */
+typedef struct xccl_iov {
+    void *buf;
+    size_t offset, len;
+} xccl_iov;
+/* Copy n ranges of peer's region id into local buffers, then notify peer
+ * once (one operation for xccl_notify_count). Every range is bounds-checked
+ * before any byte is copied. Large batches are copied with streaming stores. */
+xccl_status xccl_getv(xccl_comm *comm, int peer, uint32_t region_id, const xccl_iov *iov, int n);
 /* Number of one-sided operations peer has completed on this rank's regions. */
 uint64_t xccl_notify_count(xccl_comm *comm, int peer);
 /* Wait until that number reaches count (deadline, peer-death aware). */

@@ -6,8 +6,9 @@
  * creation, so the attention unit writes straight into memory the decode side
  * can read with xccl_get; the original arrays are put back before the cache
  * is freed. Block (layer l, block b) of K is the contiguous range
- * ((l * pool_blocks + b) * block_size) * k_dim floats — one get per layer,
- * block and K/V.
+ * ((l * pool_blocks + b) * block_size) * k_dim floats. A pull is one
+ * xccl_getv of one range per (K/V, layer, run of blocks consecutive on both
+ * sides) — one liveness check and one completion notification per pull.
  */
 #define _GNU_SOURCE
 #include "engine/deploy_pd.h"
@@ -320,6 +321,54 @@ xds_status xds_pd_task_recv(xccl_comm *comm, int src_rank, xds_pd_task *t) {
     return XDS_OK;
 }
 
+/* Copy rows [from, to) of t (all layers, K then V) into kv slot seq, whose
+ * table covers them, with one xccl_getv: one range per (layer, K/V, run of
+ * rows contiguous on both sides — within a block, or whole blocks with
+ * consecutive ids on both sides; fresh pools hand out consecutive ids, so
+ * usually one run). K ranges of all layers come first, then V, so both sides
+ * are walked in address order. *moved += bytes copied. */
+static xds_status pd_get_rows(xccl_comm *comm, const xds_pd_task *t, const xds_kv_cache *kv, int seq, int from, int to,
+                              uint64_t *moved, const char *what) {
+    if (to <= from) return XDS_OK;
+    int bs = kv->block_size;
+    const int32_t *db = kv->seqs[seq].blocks;
+    int n_runs = 0, cap = (to - 1) / bs - from / bs + 1;
+    int32_t *run = malloc(sizeof(int32_t) * 2 * cap); /* (cap, 2) {first row, rows} */
+    int n_kv = kv->v_dim ? 2 : 1;
+    xccl_iov *iov = malloc(sizeof *iov * (size_t)cap * kv->n_layer * n_kv);
+    if (!run || !iov) {
+        free(run), free(iov);
+        return xds_err_set(XDS_ERR_NOMEM, "deploy pd: %s: %d transfer ranges", what, cap * kv->n_layer * n_kv);
+    }
+    for (int p = from; p < to;) {
+        int bi = p / bs, end = (bi + 1) * bs;
+        while (end < to && p % bs == 0 && t->blocks[end / bs] == t->blocks[bi] + (end / bs - bi) &&
+               db[end / bs] == db[bi] + (end / bs - bi))
+            end += bs;
+        if (end > to) end = to;
+        run[2 * n_runs] = p, run[2 * n_runs + 1] = end - p, n_runs++;
+        p = end;
+    }
+    size_t off_v = sizeof(float) * (size_t)t->n_layer * t->pool_blocks * bs * t->k_dim; /* V after K */
+    int n = 0;
+    for (int kvi = 0; kvi < n_kv; kvi++) {
+        size_t dim = kvi ? (size_t)kv->v_dim : (size_t)kv->k_dim, base = kvi ? off_v : 0;
+        float *dst_pool = kvi ? kv->v : kv->k;
+        for (int l = 0; l < kv->n_layer; l++)
+            for (int r = 0; r < n_runs; r++) {
+                int p = run[2 * r], bi = p / bs;
+                size_t src = ((size_t)l * t->pool_blocks + t->blocks[bi]) * bs + p % bs;
+                size_t dst = ((size_t)l * kv->n_blocks + db[bi]) * bs + p % bs;
+                size_t len = sizeof(float) * dim * run[2 * r + 1];
+                iov[n++] = (xccl_iov){.buf = dst_pool + dst * dim, .offset = base + src * dim * sizeof(float), .len = len};
+                *moved += len;
+            }
+    }
+    xccl_status xs = xccl_getv(comm, t->src_rank, t->region, iov, n);
+    free(run), free(iov);
+    return xs == XCCL_OK ? XDS_OK : xerr(xs, what);
+}
+
 xds_status xds_pd_pull(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, int seq, uint64_t *bytes) {
     if (t->n_layer != kv->n_layer || t->k_dim != kv->k_dim || t->v_dim != kv->v_dim || t->block_size != kv->block_size)
         return xds_err_set(XDS_ERR_INVALID,
@@ -339,34 +388,13 @@ xds_status xds_pd_pull(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache *kv, 
         return xds_err_set(XDS_ERR_BUSY, "deploy pd: %d free decode blocks, request %llu needs %d", kv->n_free,
                            (unsigned long long)t->req_id, t->n_blocks);
     XDS_TRY(xds_kv_seq_reserve(kv, seq, t->n_prompt));
-    size_t bs = (size_t)kv->block_size;
-    size_t k_off_v = sizeof(float) * (size_t)t->n_layer * t->pool_blocks * bs * t->k_dim; /* V after K */
+    /* whole blocks: rows [0, n_blocks * block_size) */
     uint64_t moved = 0;
-    const int32_t *db = kv->seqs[seq].blocks;
-    for (int l = 0; l < kv->n_layer; l++)
-        for (int i = 0; i < t->n_blocks;) {
-            /* one get per run of blocks consecutive on both sides (fresh pools
-             * hand out consecutive ids, so usually one get per layer) */
-            int n = 1;
-            while (i + n < t->n_blocks && t->blocks[i + n] == t->blocks[i] + n && db[i + n] == db[i] + n) n++;
-            size_t src = ((size_t)l * t->pool_blocks + t->blocks[i]) * bs;
-            size_t dst = ((size_t)l * kv->n_blocks + db[i]) * bs;
-            size_t kbytes = sizeof(float) * bs * n * kv->k_dim;
-            xccl_status xs = xccl_get(kv->k + dst * kv->k_dim, comm, t->src_rank, t->region,
-                                      src * kv->k_dim * sizeof(float), kbytes);
-            if (xs == XCCL_OK && kv->v_dim) {
-                size_t vbytes = sizeof(float) * bs * n * kv->v_dim;
-                xs = xccl_get(kv->v + dst * kv->v_dim, comm, t->src_rank, t->region,
-                              k_off_v + src * kv->v_dim * sizeof(float), vbytes);
-                moved += vbytes;
-            }
-            if (xs != XCCL_OK) {
-                xds_kv_seq_truncate(kv, seq, 0);
-                return xerr(xs, "pull KV blocks");
-            }
-            moved += kbytes;
-            i += n;
-        }
+    xds_status s = pd_get_rows(comm, t, kv, seq, 0, t->n_blocks * kv->block_size, &moved, "pull KV blocks");
+    if (s != XDS_OK) {
+        xds_kv_seq_truncate(kv, seq, 0);
+        return s;
+    }
     if (bytes) *bytes += moved;
     pd_free_msg msg = {PD_MAGIC, PD_FREE, t->req_id};
     xccl_status xs = xccl_send(comm, t->src_rank, &msg, sizeof msg);
@@ -383,33 +411,8 @@ xds_status xds_pd_pull_range(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache
         (to + kv->block_size - 1) / kv->block_size > kv->seqs[seq].n_blocks)
         return xds_err_set(XDS_ERR_INVALID, "deploy pd: request %llu: positions [%d, %d) not covered", 
                            (unsigned long long)t->req_id, from, to);
-    size_t bs = (size_t)kv->block_size;
-    size_t off_v = sizeof(float) * (size_t)t->n_layer * t->pool_blocks * bs * t->k_dim;
-    const int32_t *db = kv->seqs[seq].blocks;
     uint64_t moved = 0;
-    for (int l = 0; l < kv->n_layer; l++)
-        for (int p = from; p < to;) {
-            /* a run of rows contiguous on both sides: within a block, or whole
-             * blocks with consecutive ids on both sides */
-            int bi = p / (int)bs, end = (bi + 1) * (int)bs;
-            while (end < to && p % (int)bs == 0 && t->blocks[end / bs] == t->blocks[bi] + (end / (int)bs - bi) &&
-                   db[end / bs] == db[bi] + (end / (int)bs - bi))
-                end += (int)bs;
-            if (end > to) end = to;
-            int n = end - p;
-            size_t src = ((size_t)l * t->pool_blocks + t->blocks[bi]) * bs + p % bs;
-            size_t dst = ((size_t)l * kv->n_blocks + db[bi]) * bs + p % bs;
-            xccl_status xs = xccl_get(kv->k + dst * kv->k_dim, comm, t->src_rank, t->region,
-                                      src * kv->k_dim * sizeof(float), sizeof(float) * n * kv->k_dim);
-            moved += sizeof(float) * n * kv->k_dim;
-            if (xs == XCCL_OK && kv->v_dim) {
-                xs = xccl_get(kv->v + dst * kv->v_dim, comm, t->src_rank, t->region,
-                              off_v + src * kv->v_dim * sizeof(float), sizeof(float) * n * kv->v_dim);
-                moved += sizeof(float) * n * kv->v_dim;
-            }
-            if (xs != XCCL_OK) return xerr(xs, "pull KV rows");
-            p = end;
-        }
+    XDS_TRY(pd_get_rows(comm, t, kv, seq, from, to, &moved, "pull KV rows"));
     if (bytes) *bytes += moved;
     return XDS_OK;
 }

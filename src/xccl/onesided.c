@@ -5,12 +5,16 @@
  * owner's rank entry {id, fd, bytes, gen}; `id` is published last with
  * release, so a reader that sees an id sees the rest. A peer maps the region
  * once by opening /proc/<owner pid>/fd/<fd> and caches the mapping keyed by
- * gen. get/put are one memcpy between the caller's buffer and the mapping
- * (zero intermediate copies); completion is then notified to the owner by
- * bumping meta(caller, owner, ONES).prod with release and waking it.
+ * gen. get/put are one copy between the caller's buffer and the mapping
+ * (zero intermediate copies; xccl_copy, copy.h: no glibc `rep movsb` on
+ * mutually misaligned buffers, streaming stores for large operations); getv
+ * is n such copies after one liveness check and bounds-checking every range.
+ * Completion (one per get/put/getv) is then notified to the owner by bumping
+ * meta(caller, owner, ONES).prod with release and waking it.
  */
 #define _GNU_SOURCE
 #include "xccl_internal.h"
+#include "xccl/copy.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -113,9 +117,9 @@ void xccl_regions_release(struct xccl_comm *c) {
         }
 }
 
-/* Find (mapping if needed) peer's region id; bounds-check [offset, offset+len). */
-static xccl_status peer_region(uint8_t **ptr, xccl_comm *c, int peer, uint32_t id, size_t offset,
-                               size_t len, const char *op) {
+/* Find (mapping if needed) peer's region id: its mapping and size. */
+static xccl_status region_map(uint8_t **base, size_t *size, xccl_comm *c, int peer, uint32_t id,
+                              const char *op) {
     xccl_status s = need_shm(c, op);
     if (s) return s;
     if (peer < 0 || peer >= c->size)
@@ -129,10 +133,8 @@ static xccl_status peer_region(uint8_t **ptr, xccl_comm *c, int peer, uint32_t i
         for (int i = 0; i < XCCL_MAX_REGIONS; i++) {
             xccl_local_region *lr = &c->local_regions[i];
             if (lr->id && lr->id == id) {
-                if (offset > lr->bytes || len > lr->bytes - offset)
-                    return xccl_err(XCCL_ERR_RANGE, "xccl %s: [%zu, +%zu) outside region %u of %zu bytes",
-                                    op, offset, len, id, lr->bytes);
-                *ptr = (uint8_t *)lr->base + offset;
+                *base = lr->base;
+                *size = lr->bytes;
                 return XCCL_OK;
             }
         }
@@ -164,13 +166,31 @@ static xccl_status peer_region(uint8_t **ptr, xccl_comm *c, int peer, uint32_t i
             pr->base = b;
             pr->bytes = bytes;
         }
-        if (offset > pr->bytes || len > pr->bytes - offset)
-            return xccl_err(XCCL_ERR_RANGE, "xccl %s: [%zu, +%zu) outside rank %d region %u of %zu bytes",
-                            op, offset, len, peer, id, pr->bytes);
-        *ptr = (uint8_t *)pr->base + offset;
+        *base = pr->base;
+        *size = pr->bytes;
         return XCCL_OK;
     }
     return xccl_err(XCCL_ERR_INVALID, "xccl %s: rank %d has no region %u", op, peer, id);
+}
+
+static xccl_status range_check(size_t size, int peer, uint32_t id, size_t offset, size_t len, const char *op) {
+    if (offset > size || len > size - offset)
+        return xccl_err(XCCL_ERR_RANGE, "xccl %s: [%zu, +%zu) outside rank %d region %u of %zu bytes", op, offset,
+                        len, peer, id, size);
+    return XCCL_OK;
+}
+
+/* Find (mapping if needed) peer's region id; bounds-check [offset, offset+len). */
+static xccl_status peer_region(uint8_t **ptr, xccl_comm *c, int peer, uint32_t id, size_t offset,
+                               size_t len, const char *op) {
+    uint8_t *base;
+    size_t size;
+    xccl_status s = region_map(&base, &size, c, peer, id, op);
+    if (s) return s;
+    s = range_check(size, peer, id, offset, len, op);
+    if (s) return s;
+    *ptr = base + offset;
+    return XCCL_OK;
 }
 
 xccl_status xccl_region_peer_ptr(uint8_t **ptr, xccl_comm *c, int peer, uint32_t id, size_t offset,
@@ -202,7 +222,7 @@ xccl_status xccl_put(xccl_comm *c, int peer, uint32_t region_id, size_t offset, 
     uint8_t *p;
     xccl_status s = peer_region(&p, c, peer, region_id, offset, len, "put");
     if (s) return s;
-    if (len) memcpy(p, src, len);
+    xccl_copy(p, src, len, len);
     notify(c, peer);
     return XCCL_OK;
 }
@@ -211,7 +231,25 @@ xccl_status xccl_get(void *dst, xccl_comm *c, int peer, uint32_t region_id, size
     uint8_t *p;
     xccl_status s = peer_region(&p, c, peer, region_id, offset, len, "get");
     if (s) return s;
-    if (len) memcpy(dst, p, len);
+    xccl_copy(dst, p, len, len);
+    notify(c, peer);
+    return XCCL_OK;
+}
+
+xccl_status xccl_getv(xccl_comm *c, int peer, uint32_t region_id, const xccl_iov *iov, int n) {
+    if (n < 0 || (n > 0 && !iov)) return xccl_err(XCCL_ERR_INVALID, "xccl getv: %d ranges", n);
+    uint8_t *base;
+    size_t size, total = 0;
+    xccl_status s = region_map(&base, &size, c, peer, region_id, "getv");
+    if (s) return s;
+    for (int i = 0; i < n; i++) {
+        if (iov[i].offset > size || iov[i].len > size - iov[i].offset)
+            return xccl_err(XCCL_ERR_RANGE, "xccl getv: range %d [%zu, +%zu) outside rank %d region %u of %zu bytes",
+                            i, iov[i].offset, iov[i].len, peer, region_id, size);
+        if (iov[i].len && !iov[i].buf) return xccl_err(XCCL_ERR_INVALID, "xccl getv: range %d has no buffer", i);
+        total += iov[i].len;
+    }
+    for (int i = 0; i < n; i++) xccl_copy(iov[i].buf, base + iov[i].offset, iov[i].len, total);
     notify(c, peer);
     return XCCL_OK;
 }
