@@ -382,6 +382,14 @@ xds_status xds_topology_from_flags(int frontends, int prefill, int prefill_threa
     return XDS_OK;
 }
 
+int xds_topology_expert_lists(const xds_topology *t, const int **lists, int *n_lists) {
+    for (int w = 0; w < t->n_expert_workers; w++) {
+        lists[w] = t->expert[w].experts;
+        n_lists[w] = t->expert[w].n_experts;
+    }
+    return t->n_expert_workers;
+}
+
 /* ---- placement ----------------------------------------------------------------- */
 
 void xds_topo_placement_free(xds_topo_placement *p) {

@@ -97,6 +97,11 @@ xds_status xds_topology_from_flags(int frontends, int prefill, int prefill_threa
                                    int expert_threads, int n_expert, xds_topology *out);
 void xds_topology_free(xds_topology *t);
 
+/* lists[w] = t->expert[w].experts, n_lists[w] = its length, for every expert
+ * worker w (arrays of XDS_TOPO_MAX_EXPERT_WORKERS); returns the worker count.
+ * The form xds_deploy_placement_lists takes. Borrowed from t. */
+int xds_topology_expert_lists(const xds_topology *t, const int **lists, int *n_lists);
+
 /* Where every routed expert lives: for expert e, replicas r < n_replicas[e]
  * are on worker replica_worker[e * max_replicas + r] (0-based expert worker
  * index) at local slot replica_slot[e * max_replicas + r]; replicas are in

@@ -82,6 +82,10 @@ static void test_full_lists(void) {
     for (int w = 0; w < 3; w++)
         for (int s = 0; s < p.n_local[w]; s++) CHECK(named[w][s] == 1);
     xds_topo_placement_free(&p);
+    const int *lists[XDS_TOPO_MAX_EXPERT_WORKERS];
+    int n_lists[XDS_TOPO_MAX_EXPERT_WORKERS];
+    CHECK(xds_topology_expert_lists(&t, lists, n_lists) == 3);
+    CHECK(lists[1] == t.expert[1].experts && n_lists[1] == 4 && n_lists[2] == 2 && lists[2][0] == 7);
     xds_topology_free(&t);
     CHECK(t.n_expert_workers == 0 && t.expert[0].experts == NULL);
 }
