@@ -887,6 +887,7 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
     printf("xds serve: topology: segment %s (%llu bytes); rank 0 pid %d: front-end + decode DP group 0 "
            "(attention, routing, shared experts, dense FFN; KV %d blocks)\n",
            d->seg_name, d->seg_bytes, (int)getpid(), es.kv_blocks_total);
+    char arbuf[16];
     for (int i = 0; i < d->n_pids; i++) {
         int r = d->rank_of[i];
         json_t *o = json_object();
@@ -898,8 +899,10 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
             json_object_set_new(o, "dp_group", json_integer(g));
             if (d->experts > 0) json_object_set_new(o, "attn_rank", json_integer(grp_attn_rank(d, g)));
             json_object_set_new(o, "kv_blocks", json_integer(atomic_load(&d->table->g[g].kv_blocks)));
-            printf("xds serve: topology: rank %d pid %d: decode DP group %d (own engine; KV %lld blocks)\n", r,
-                   (int)d->pids[i], g, (long long)atomic_load(&d->table->g[g].kv_blocks));
+            printf("xds serve: topology: rank %d pid %d: decode DP group %d (own engine; KV %lld blocks%s%s)\n", r,
+                   (int)d->pids[i], g, (long long)atomic_load(&d->table->g[g].kv_blocks),
+                   d->experts > 0 ? "; MoE layers on the expert workers through rank " : "",
+                   d->experts > 0 ? (snprintf(arbuf, sizeof arbuf, "%d", grp_attn_rank(d, g)), arbuf) : "");
             json_array_append_new(ranks, o);
             continue;
         }
