@@ -267,9 +267,11 @@ int cli_serve(int argc, char **argv) {
     }
     fprintf(stderr, "xds serve: %s received; finishing in-flight requests (send it again to quit at once)\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM");
-    /* A second signal takes the default action (terminate) in this thread. */
+    /* A second signal takes the default action (terminate) in this thread;
+     * a deployment's handler also removes its shared memory and workers. */
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    if (dep.enabled) serve_deploy_signalled(&dep);
     pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
     xds_server_quiesce(srv);
     if (!xds_server_wait_idle(srv, (double)shutdown_timeout)) {

@@ -74,6 +74,7 @@ void serve_deploy_init(serve_deploy *d) {
     d->micro_batches = 2;
     atomic_init(&d->stopping, 0);
     atomic_init(&d->failed, 0);
+    atomic_init(&d->signalled, 0);
 }
 
 const char *serve_deploy_usage(void) {
@@ -176,7 +177,7 @@ static void *monitor_main(void *arg) {
             describe_exit(how, sizeof how, d->status[i]);
             fprintf(stderr, "xds serve: error: %s %d (rank %d, pid %d) %s; stopping the deployment\n",
                     child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, how);
-            if (!atomic_exchange(&d->failed, 1)) kill(getpid(), SIGTERM);
+            if (!atomic_exchange(&d->failed, 1) && !atomic_load(&d->signalled)) kill(getpid(), SIGTERM);
         }
         usleep(50 * 1000);
     }
@@ -662,6 +663,35 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
     }
 }
 
+/* For the quit-at-once handler only (a signal handler has no argument):
+ * paths and pids copied when the first signal arrives. */
+static char quit_paths[2][80];
+static pid_t quit_pids[SERVE_DEPLOY_MAX_WORKERS];
+static volatile sig_atomic_t quit_n;
+
+static void quit_now(int sig) {
+    (void)sig;
+    for (int i = 0; i < 2; i++)
+        if (quit_paths[i][0]) unlink(quit_paths[i]);
+    for (int i = 0; i < quit_n; i++)
+        if (quit_pids[i] > 0) kill(quit_pids[i], SIGKILL);
+    _exit(130);
+}
+
+void serve_deploy_signalled(serve_deploy *d) {
+    atomic_store(&d->signalled, 1);
+    if (!d->seg) return;
+    snprintf(quit_paths[0], sizeof quit_paths[0], "/dev/shm%s", d->seg_name);
+    if (d->table_name[0]) snprintf(quit_paths[1], sizeof quit_paths[1], "/dev/shm%s", d->table_name);
+    for (int i = 0; i < d->n_pids; i++) quit_pids[i] = d->pids[i];
+    quit_n = d->n_pids;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = quit_now;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
 void serve_deploy_quiesce(serve_deploy *d) {
     if (d->receiver_started) {
         atomic_store(&d->receiver_stop, 1);
@@ -675,6 +705,7 @@ static xds_status spawn(serve_deploy *d, char *const *args, int rank) {
     if (pid < 0) return xds_err_set(XDS_ERR_IO, "fork for rank %d: %s", rank, strerror(errno));
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        setpgid(0, 0); /* a terminal's Ctrl-C reaches the supervisor only; it stops the workers in order */
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL); /* serve blocks SIGTERM/SIGINT for sigwait */

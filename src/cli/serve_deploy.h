@@ -77,6 +77,7 @@ typedef struct serve_deploy {
     int monitor_started;
     atomic_int stopping; /* set before workers are told to stop: exits are expected */
     atomic_int failed;   /* a worker died while serving */
+    atomic_int signalled; /* SIGTERM/SIGINT arrived: shutdown is under way, a dying worker raises none */
     char *topology_json; /* owned */
 } serve_deploy;
 
@@ -94,6 +95,10 @@ xds_status serve_deploy_start(serve_deploy *d, struct xds_model *m, const char *
  * with prefill instances also start the request router: *ops is then the
  * router for xds_server_opts.engine_ops (NULL without prefill instances). */
 xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_server_engine_ops **ops);
+/* The supervisor got SIGTERM/SIGINT: from now on a second one quits at
+ * once, but still removes the shared-memory names and kills the workers
+ * (async-signal-safe handler), so nothing is left behind. */
+void serve_deploy_signalled(serve_deploy *d);
 /* Stop feeding the engine (prefill receiver thread); call before freeing it. */
 void serve_deploy_quiesce(serve_deploy *d);
 /* Tell the workers to stop, reap them (SIGKILL after a deadline), detach,

@@ -231,6 +231,24 @@ else
   bad "kill test: deployment did not come up"
 fi
 
+# --- Ctrl-C in a terminal (SIGINT to the whole process group), and a second signal ---
+P=$(free_port)
+setsid "$XDS" serve -m "$MOE" --port "$P" -t 1 --decode-dp 2 --experts 2 >"$TMP/sig.log" 2>&1 & S=$!; PIDS+=("$S")
+if wait_health "$P" "$S"; then
+  kill -INT -- "-$S"; wait_exit "$S" 30
+  [ "$RC" = 0 ] && grep -q "xds serve: stopped" "$TMP/sig.log" && [ -z "$(stray "$S")" ] && [ ! -e "/dev/shm/xds-serve-$S" ] \
+    && [ ! -e "/dev/shm/xds-load-$S" ] && ok "SIGINT to the process group: orderly stop, exit 0, nothing left" \
+    || bad "SIGINT to the group: rc=$RC left: $(stray "$S") $(tail -3 "$TMP/sig.log")"
+else bad "SIGINT case: did not come up"; fi
+P=$(free_port)
+"$XDS" serve -m "$MOE" --port "$P" -t 1 --decode-dp 2 --experts 2 >"$TMP/sig2.log" 2>&1 & S=$!; PIDS+=("$S")
+if wait_health "$P" "$S"; then
+  kill -TERM "$S"; kill -TERM "$S"; wait_exit "$S" 30; sleep 0.5
+  [ -z "$(stray "$S")" ] && [ ! -e "/dev/shm/xds-serve-$S" ] && [ ! -e "/dev/shm/xds-load-$S" ] \
+    && ok "second SIGTERM quits at once (rc=$RC) and still leaves no process or segment" \
+    || bad "second SIGTERM: left: $(stray "$S") $(ls /dev/shm | grep -- "-$S")"
+else bad "double SIGTERM case: did not come up"; fi
+
 # --- a prefill instance / a decode group killed while serving stops the deployment ---
 kill_role() { # label, pgrep pattern suffix, expected message, serve args...
   local label="$1" pat="$2" want="$3"; shift 3
