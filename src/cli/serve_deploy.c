@@ -88,7 +88,8 @@ const char *serve_deploy_usage(void) {
            "  --expert-threads N   compute threads per expert worker (default 1)\n"
            "  --micro-batches M    1, or 2 (default): two halves of a decode batch ping-pong, one's attention\n"
            "                       overlapping the other's experts\n"
-           "  --topology FILE      topology file (not supported yet)\n";
+           "  --topology FILE      a JSON topology: per-process settings, explicit expert placement\n"
+           "                       with replicas (docs/ARCHITECTURE.md); replaces the count flags\n";
 }
 
 int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
@@ -719,9 +720,43 @@ static xds_status spawn(serve_deploy *d, char *const *args, int rank) {
     return XDS_OK;
 }
 
+/* v if set (> 0) else the default. */
+static int or_default(int v, int dflt) {
+    return v > 0 ? v : dflt;
+}
+
+/* --topology FILE: the counts, the placement and group 0's settings (eo);
+ * the other processes' settings are read from d->topo when they start. */
+static xds_status apply_topology(serve_deploy *d, const xds_model *m, xds_engine_opts *eo) {
+    int n_expert = m->cfg.moe.n_expert > 0 ? m->cfg.moe.n_expert : 0;
+    XDS_TRY(xds_topology_load(d->topology_file, n_expert, &d->topo));
+    d->have_topo = 1;
+    d->frontends = d->topo.frontends;
+    d->prefill = d->topo.n_prefill;
+    d->decode_dp = d->topo.n_decode;
+    d->experts = d->topo.n_expert_workers;
+    if (d->experts > SERVE_DEPLOY_MAX_WORKERS || d->prefill > SERVE_DEPLOY_MAX_PREFILL)
+        return xds_err_set(XDS_ERR_INVALID, "%s: too many processes", d->topology_file);
+    eo->kv_block_size = or_default(d->topo.block_size, eo->kv_block_size);
+    eo->n_threads = or_default(d->topo.decode[0].threads, eo->n_threads);
+    eo->max_batch = or_default(d->topo.decode[0].max_batch, eo->max_batch);
+    eo->kv_blocks = or_default(d->topo.decode[0].kv_blocks, eo->kv_blocks);
+    if (d->experts > 0) {
+        const int *lists[XDS_TOPO_MAX_EXPERT_WORKERS];
+        int n_lists[XDS_TOPO_MAX_EXPERT_WORKERS];
+        int w = xds_topology_expert_lists(&d->topo, lists, n_lists);
+        xds_status s = xds_deploy_placement_lists(n_expert, w, lists, n_lists, &d->placement);
+        if (s != XDS_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", xds_err_msg());
+            return xds_err_set(s, "%s: %s", d->topology_file, msg);
+        }
+    }
+    return XDS_OK;
+}
+
 xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_path, xds_engine_opts *eo) {
-    if (d->topology_file)
-        return xds_err_set(XDS_ERR_UNSUPPORTED, "--topology: topology files are not supported yet; use --experts E");
+    if (d->topology_file) XDS_TRY(apply_topology(d, m, eo));
     if (d->decode_dp > XDS_DP_MAX_GROUPS)
         return xds_err_set(XDS_ERR_INVALID, "--decode-dp %d: at most %d groups", d->decode_dp, XDS_DP_MAX_GROUPS);
     if (d->frontends > 1)
@@ -736,6 +771,8 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                            n_expert);
     d->n_expert = n_expert;
     int max_tok = eo->max_step_tokens > eo->max_batch ? eo->max_step_tokens : eo->max_batch;
+    for (int g = 1; d->have_topo && g < d->decode_dp; g++)
+        if (d->topo.decode[g].max_batch > max_tok) max_tok = d->topo.decode[g].max_batch;
     if (d->experts > 0) {
         if (n_expert <= 0)
             return xds_err_set(XDS_ERR_INVALID, "--experts %d: the model (%s) has no MoE layers to place on expert "
@@ -789,16 +826,24 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     for (int r = 1; r <= d->experts && s == XDS_OK; r++) {
         snprintf(rstr, sizeof rstr, "%d", r);
         snprintf(wstr, sizeof wstr, "%d", r - 1);
+        snprintf(tstr, sizeof tstr, "%d",
+                 or_default(d->have_topo ? d->topo.expert[r - 1].threads : 0, d->expert_threads));
         char *args[] = {"xds", "worker", "--role", "expert", "--segment", d->seg_name, "--rank", rstr,
                         "--worker", wstr, "--placement", d->placement_text, "--attn-ranks", aranks,
                         "--max-tok", mtok, "-t", tstr, "-m", (char *)model_path, NULL};
         s = spawn(d, args, r);
     }
     for (int i = 0; i < d->prefill && s == XDS_OK; i++) {
+        char sqs[16], pcs[16], pps[16], pts[16];
+        const xds_topo_prefill *tp = d->have_topo ? &d->topo.prefill[i] : NULL;
         snprintf(rstr, sizeof rstr, "%d", d->rpc_rank + 1 + i);
+        snprintf(pts, sizeof pts, "%d", or_default(tp ? tp->threads : 0, d->prefill_threads));
+        snprintf(pps, sizeof pps, "%d", or_default(tp ? tp->kv_tokens : 0, atoi(pstr)));
+        snprintf(sqs, sizeof sqs, "%d", or_default(tp ? tp->max_seqs : 0, 16));
+        snprintf(pcs, sizeof pcs, "%d", or_default(tp ? tp->chunk : 0, eo->max_step_tokens));
         char *args[] = {"xds", "worker", "--role", "prefill", "--segment", d->seg_name, "--rank", rstr,
-                        "--front", fstr, "-t", ptstr, "--block-size", bstr, "--pool-tokens", pstr,
-                        "--max-seqs", "16", "--chunk", cstr, "-m", (char *)model_path, NULL};
+                        "--front", fstr, "-t", pts, "--block-size", bstr, "--pool-tokens", pps,
+                        "--max-seqs", sqs, "--chunk", pcs, "-m", (char *)model_path, NULL};
         s = spawn(d, args, d->rpc_rank + 1 + i);
     }
     char mbs[16], mst[16], ctxs[16], kvb[16], thr[16], gs[16];
@@ -810,6 +855,10 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     for (int g = 1; g < d->decode_dp && s == XDS_OK; g++) {
         snprintf(rstr, sizeof rstr, "%d", grp_rank(d, g));
         snprintf(gs, sizeof gs, "%d", g);
+        const xds_topo_decode *td = d->have_topo ? &d->topo.decode[g] : NULL;
+        snprintf(thr, sizeof thr, "%d", or_default(td ? td->threads : 0, eo->n_threads));
+        snprintf(mbs, sizeof mbs, "%d", or_default(td ? td->max_batch : 0, eo->max_batch));
+        snprintf(kvb, sizeof kvb, "%d", td && td->kv_blocks > 0 ? td->kv_blocks : eo->kv_blocks);
         char *args[] = {"xds", "worker", "--role", "decode", "--segment", d->seg_name, "--rank", rstr, "--front", fstr,
                         "--group", gs, "--load-table", d->table_name, "-t", thr, "--max-batch", mbs,
                         "--max-step-tokens", mst, "--ctx", ctxs, "--block-size", bstr, "--kv-blocks", kvb,
@@ -996,10 +1045,19 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
     return XDS_OK;
 }
 
+static void free_config(serve_deploy *d) {
+    free(d->topology_json);
+    d->topology_json = NULL;
+    xds_deploy_placement_free(&d->placement);
+    free(d->placement_text);
+    d->placement_text = NULL;
+    if (d->have_topo) xds_topology_free(&d->topo);
+    d->have_topo = 0;
+}
+
 void serve_deploy_stop(serve_deploy *d) {
     if (!d->seg && !d->n_pids && !d->comm && !d->rpc) {
-        free(d->topology_json);
-        d->topology_json = NULL;
+        free_config(d);
         return;
     }
     if (d->attn) {
@@ -1054,4 +1112,6 @@ void serve_deploy_stop(serve_deploy *d) {
     xds_deploy_placement_free(&d->placement);
     free(d->placement_text);
     d->placement_text = NULL;
+    if (d->have_topo) xds_topology_free(&d->topo);
+    d->have_topo = 0;
 }

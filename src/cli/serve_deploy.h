@@ -19,6 +19,7 @@
 #include "base/status.h"
 #include "engine/engine.h"
 #include "engine/deploy.h"
+#include "engine/topology.h"
 #include "server/http.h"
 
 struct xds_model;
@@ -47,6 +48,8 @@ typedef struct serve_deploy {
     struct xds_deploy_attn *attn;
     xds_deploy_placement placement; /* routed experts of each expert worker */
     char *placement_text;           /* its text form, handed to the workers (owned) */
+    xds_topology topo;              /* from --topology FILE (have_topo): per-process settings */
+    int have_topo;
     /* children: experts first (rank 1..E), then prefill instances (ranks E+2..) */
     pid_t pids[SERVE_DEPLOY_MAX_WORKERS]; /* 0 once reaped */
     int status[SERVE_DEPLOY_MAX_WORKERS]; /* wait status once reaped */

@@ -407,7 +407,9 @@ void xds_deploy_attn_stop(xds_deploy_attn *a) {
             XDS_LOGW("deploy: stop message to rank %d: %s", a->wrank[w], xccl_err_msg());
 }
 
-/* Worker and local slot of the replica that takes (token t, expert e). */
+/* Worker and local slot of the replica that takes (token t, expert e): t
+ * counts batch position plus pass number, so replicas share the tokens of
+ * one batch and, over passes, the single token of a one-sequence batch. */
 static inline void route_to(const xds_deploy_placement *pl, int e, int t, int *w, int *slot) {
     int r = pl->n_rep[e] > 1 ? t % pl->n_rep[e] : 0;
     int packed = pl->rep[e * pl->max_rep + r];
@@ -431,7 +433,7 @@ static xds_status moe_start(xds_deploy_attn *a, xds_model_ctx *ctx, int i, int l
         for (int j = 0; j < K; j++) {
             int e = s->ids[t * K + j], w, sl;
             if (e < 0 || e >= pl->n_expert) continue;
-            route_to(pl, e, s->t0 + t, &w, &sl);
+            route_to(pl, e, (int)(a->step % 65521) + s->t0 + t, &w, &sl);
             a->cnt[w * ML + sl]++;
         }
     /* message of worker w: header, counts, rows grouped by slot */
@@ -454,7 +456,7 @@ static xds_status moe_start(xds_deploy_attn *a, xds_model_ctx *ctx, int i, int l
                 s->route_w[t * K + j] = -1;
                 continue;
             }
-            route_to(pl, e, s->t0 + t, &w, &sl);
+            route_to(pl, e, (int)(a->step % 65521) + s->t0 + t, &w, &sl);
             int row = a->fill[w * ML + sl]++;
             s->route_w[t * K + j] = w;
             s->route_row[t * K + j] = row;

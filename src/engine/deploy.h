@@ -39,7 +39,7 @@
  *  - dense FFN layers (deepseek's first_k_dense, qwen3 mlp_only_layers) stay on
  *    the attention side: no routing, so they are data-parallel with attention.
  *  - a replicated expert's tokens rotate across its replicas by batch
- *    position (no communication needed to agree).
+ *    position and pass number (no communication needed to agree).
  *
  * Equivalence: expert workers run the same kernels on the same rows as the
  * colocated moe_experts, and the attention side weight-sums the returned rows

@@ -216,6 +216,36 @@ EOF2
 dp_moe_case "decode-dp 2 + experts 2" --decode-dp 2 --experts 2
 [ "$FULL" = 1 ] && dp_moe_case "prefill 1 + decode-dp 2 + experts 4, 1 micro-batch" --prefill 1 --decode-dp 2 --experts 4 --micro-batches 1
 
+# --- a topology file: per-process settings, replicated experts, 2 decode groups ---
+cat >"$TMP/topo.json" <<'EOF2'
+{"prefill": [{"threads": 1, "kv_tokens": 4096}],
+ "decode": [{"threads": 1, "max_batch": 8}, {"threads": 1, "max_batch": 4, "kv_blocks": 256}],
+ "experts": [{"experts": [0, 1, 2]}, {"experts": [2, 3]}, {"experts": [3, 0, 1]}]}
+EOF2
+if [ "$FULL" = 1 ]; then
+  P=$(free_port)
+  "$XDS" serve -m "$MOE" --port "$P" -t 1 --topology "$TMP/topo.json" >"$TMP/topo.log" 2>&1 & S=$!; PIDS+=("$S")
+  if wait_health "$P" "$S"; then
+    GOT=$(complete "$P")
+    python3 - "$P" <<'EOF2' && ok "topology file: /v1/topology has its placement and settings" || bad "topology file: /v1/topology"
+import json, sys, urllib.request
+t = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/v1/topology" % sys.argv[1], timeout=5).read())
+ex = [r["experts"] for r in t["ranks"] if r["role"] == "expert"]
+assert ex == [[0, 1, 2], [2, 3], [3, 0, 1]], ex
+dec = [r for r in t["ranks"] if r["role"] == "decode"]
+assert len(dec) == 1 and dec[0]["kv_blocks"] == 256, dec
+assert t["prefill"] == 1, t
+EOF2
+    kill -TERM "$S"; wait_exit "$S" 30
+    [ -n "$REF" ] && [ "$GOT" = "$REF" ] && ok "topology file: greedy completions identical to single process" \
+      || bad "topology file: completions differ: ref=$REF got=$GOT"
+    [ "$(grep -c "expert [0-9], rank [0-9]): [1-9][0-9]* messages" "$TMP/topo.log")" = 3 ] \
+      && ok "topology file: every expert worker (replicas too) computed rows" \
+      || bad "topology file: $(grep 'messages' "$TMP/topo.log")"
+    [ "$RC" = 0 ] && [ -z "$(stray "$S")" ] && ok "topology file: SIGTERM -> exit 0, nothing left" || bad "topology file: rc=$RC"
+  else bad "topology file: did not come up: $(tail -3 "$TMP/topo.log")"; fi
+fi
+
 # --- a worker killed while serving stops the deployment ---
 PORT=$(free_port)
 "$XDS" serve -m "$MOE" --port "$PORT" -t 1 --experts 2 >"$TMP/kill.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
@@ -282,6 +312,11 @@ startup_err "worker fails to start" "expert worker 1 exited with status 1 before
 startup_err "dense model" "has no MoE layers" X=1 -- -m "$XDS_TEST_MODEL" --experts 2
 startup_err "more workers than experts" "only 4 routed experts" X=1 -- -m "$MOE" --experts 5
 startup_err "several front-ends (not yet)" "only one front-end is supported" X=1 -- -m "$MOE" --experts 2 --frontends 2
+echo '{"experts": [{"experts": [0, 1]}, {"experts": [1, 2]}]}' >"$TMP/bad-topo.json"
+startup_err "topology that cannot place every expert" "cannot place every expert: expert 3 is on no worker" X=1 -- \
+  -m "$MOE" --topology "$TMP/bad-topo.json"
+echo '{"decode": [{"max_batch": 0}]}' >"$TMP/bad-topo2.json"
+startup_err "topology with a zero setting" "decode\[0\].max_batch" X=1 -- -m "$MOE" --topology "$TMP/bad-topo2.json"
 "$XDS" serve -m "$MOE" --experts x >"$TMP/err.log" 2>&1; RC=$?
 [ "$RC" = 2 ] && grep -q "wants an integer" "$TMP/err.log" && ok "bad --experts value -> exit 2" || bad "bad --experts: rc=$RC"
 
