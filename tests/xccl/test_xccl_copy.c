@@ -20,8 +20,8 @@
 #define GUARD 128
 
 static int check_copy(size_t len, int so, int dof, int kind, uint64_t seed) {
-    size_t span = len + 2 * GUARD + 64;
-    uint8_t *src = aligned_alloc(64, span + 64), *dst = aligned_alloc(64, span + 64), *want = malloc(span);
+    size_t span = len + 2 * GUARD + 64, rounded = (span + 63) / 64 * 64; /* aligned_alloc: a multiple of 64 */
+    uint8_t *src = aligned_alloc(64, rounded), *dst = aligned_alloc(64, rounded), *want = malloc(span);
     tu_fill(src, span, seed);
     tu_fill(dst, span, seed ^ 0x5555);
     memcpy(want, dst, span);
