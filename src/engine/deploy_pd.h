@@ -3,8 +3,8 @@
  * issue 6 item 2): a prefill instance runs chunked prefill into a KV pool
  * that lives in a registered XCCL region, then registers a transfer task
  * (request id, prompt length, first token, the block ids — metadata only) with
- * the chosen decode rank. The decode side pulls the blocks with one-sided
- * xccl_get only once it has free blocks of its own (back-pressure: until then
+ * the chosen decode rank. The decode side pulls the blocks with one one-sided
+ * xccl_getv only once it has free blocks of its own (back-pressure: until then
  * the blocks stay on the prefill side), and then tells the prefill side to
  * free them. Works for GQA K/V rows and for MLA's latent rows (v_dim 0: K only).
  *
@@ -32,6 +32,7 @@
 #include "model/model.h"
 
 struct xccl_comm;
+struct xds_prefix_cache;
 
 /* ---- prefill instance --------------------------------------------------- */
 
@@ -44,6 +45,11 @@ typedef struct xds_pd_prefill_opts {
     int chunk;       /* chunked prefill: tokens per forward pass */
     int n_threads;
     double hold_s;   /* drop a task not pulled within this (0: 60 s) */
+    /* Called by xds_pd_prefill_serve after every submit attempt (blocks are
+     * cached or evicted only there) with the instance's prefix cache (NULL
+     * when off): how it publishes its cached prefixes (engine/pd_pick.h). */
+    void (*after_submit)(void *user, const struct xds_prefix_cache *pc);
+    void *after_submit_user;
 } xds_pd_prefill_opts;
 
 xds_status xds_pd_prefill_create(const xds_model *m, struct xds_pd_prefill_opts *o, struct xccl_comm *comm,
