@@ -57,6 +57,7 @@
 #include "engine/deploy.h"
 #include "engine/deploy_pd.h"
 #include "engine/deploy_dp.h"
+#include "engine/pd_pick.h"
 #include "model/model.h"
 
 static double now_s(void) {
@@ -197,6 +198,7 @@ typedef struct serve_pd_req {
     xds_gen_cb cb;
     void *user;
     int pi;             /* prefill instance index */
+    long long pick_work; /* its work as accounted in the pick table */
     int state;          /* 0: at prefill, 1: in the engine */
     int cancelled;      /* cancelled while at prefill (ABORT already delivered) */
     int freed;          /* FREE sent */
@@ -308,11 +310,18 @@ static xds_status pd_submit(void *self, const int32_t *prompt, int n, const xds_
     memcpy(r->prompt, prompt, sizeof(int32_t) * (size_t)n);
     r->params.stop = (const char *const *)r->stop;
     pthread_mutex_lock(&d->rmu);
-    /* the prefill instance with the fewest requests in flight */
-    int best = 0;
-    for (int i = 1; i < d->prefill; i++)
-        if (d->at_prefill[i] < d->at_prefill[best]) best = i;
+    /* the prefill instance where this prompt's KV is expected first: its
+     * uncached tokens plus the work queued there (engine/pd_pick.h) */
+    xds_pd_choice pc;
+    int best = xds_pd_pick(d->pick, prompt, n, d->block_size, &pc);
+    if (best < 0) {
+        pthread_mutex_unlock(&d->rmu);
+        pd_req_free(r);
+        return xds_err_set(XDS_ERR_BUSY, "no prefill instance is alive");
+    }
     r->pi = best;
+    r->pick_work = pc.work;
+    xds_pd_pick_account(d->pick, best, pc.work, +1);
     r->id = ++d->next_id;
     d->at_prefill[best]++;
     r->next = d->reqs;
@@ -323,6 +332,7 @@ static xds_status pd_submit(void *self, const int32_t *prompt, int n, const xds_
     pthread_mutex_unlock(&d->cmu);
     if (s != XDS_OK) {
         d->at_prefill[best]--;
+        xds_pd_pick_account(d->pick, best, r->pick_work, -1);
         pd_unlink(d, r);
         pthread_mutex_unlock(&d->rmu);
         pd_req_free(r);
@@ -363,6 +373,7 @@ static void pd_task_arrived(serve_deploy *d, int pi, const xds_pd_task *t) {
     for (serve_pd_req *x = d->reqs; x; x = x->next)
         if (x->id == t->req_id && x->state == 0) r = x;
     d->at_prefill[pi]--;
+    if (r) xds_pd_pick_account(d->pick, pi, r->pick_work, -1);
     if (!r) {
         pthread_mutex_unlock(&d->rmu);
         fprintf(stderr, "xds serve: transfer task for unknown request %llu\n", (unsigned long long)t->req_id);
@@ -666,13 +677,13 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
 
 /* For the quit-at-once handler only (a signal handler has no argument):
  * paths and pids copied when the first signal arrives. */
-static char quit_paths[2][80];
+static char quit_paths[3][80];
 static pid_t quit_pids[SERVE_DEPLOY_MAX_WORKERS];
 static volatile sig_atomic_t quit_n;
 
 static void quit_now(int sig) {
     (void)sig;
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 3; i++)
         if (quit_paths[i][0]) unlink(quit_paths[i]);
     for (int i = 0; i < quit_n; i++)
         if (quit_pids[i] > 0) kill(quit_pids[i], SIGKILL);
@@ -684,6 +695,7 @@ void serve_deploy_signalled(serve_deploy *d) {
     if (!d->seg) return;
     snprintf(quit_paths[0], sizeof quit_paths[0], "/dev/shm%s", d->seg_name);
     if (d->table_name[0]) snprintf(quit_paths[1], sizeof quit_paths[1], "/dev/shm%s", d->table_name);
+    if (d->pick_name[0]) snprintf(quit_paths[2], sizeof quit_paths[2], "/dev/shm%s", d->pick_name);
     for (int i = 0; i < d->n_pids; i++) quit_pids[i] = d->pids[i];
     quit_n = d->n_pids;
     struct sigaction sa;
@@ -804,6 +816,11 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         shm_unlink(d->table_name);
         if ((s = xds_dp_table_create(d->table_name, d->decode_dp, &d->table)) != XDS_OK) goto fail;
     }
+    if (d->prefill > 0) {
+        snprintf(d->pick_name, sizeof d->pick_name, "/xds-pick-%d", (int)getpid());
+        shm_unlink(d->pick_name);
+        if ((s = xds_pd_pick_table_create(d->pick_name, d->prefill, &d->pick)) != XDS_OK) goto fail;
+    }
     if ((d->prefill > 0 || d->decode_dp > 1) && xccl_comm_attach(&d->rpc, d->seg_name, d->rpc_rank, 4) != XCCL_OK) {
         s = xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->seg_name, d->rpc_rank, xccl_err_msg());
         goto fail;
@@ -841,9 +858,12 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         snprintf(pps, sizeof pps, "%d", or_default(tp ? tp->kv_tokens : 0, atoi(pstr)));
         snprintf(sqs, sizeof sqs, "%d", or_default(tp ? tp->max_seqs : 0, 16));
         snprintf(pcs, sizeof pcs, "%d", or_default(tp ? tp->chunk : 0, eo->max_step_tokens));
+        char inst[16];
+        snprintf(inst, sizeof inst, "%d", i);
         char *args[] = {"xds", "worker", "--role", "prefill", "--segment", d->seg_name, "--rank", rstr,
                         "--front", fstr, "-t", pts, "--block-size", bstr, "--pool-tokens", pps,
-                        "--max-seqs", sqs, "--chunk", pcs, "-m", (char *)model_path, NULL};
+                        "--max-seqs", sqs, "--chunk", pcs, "--pick-table", d->pick_name, "--instance", inst,
+                        "-m", (char *)model_path, NULL};
         s = spawn(d, args, d->rpc_rank + 1 + i);
     }
     char mbs[16], mst[16], ctxs[16], kvb[16], thr[16], gs[16];
@@ -1097,6 +1117,11 @@ void serve_deploy_stop(serve_deploy *d) {
         xds_dp_table_close(d->table);
         d->table = NULL;
         shm_unlink(d->table_name);
+    }
+    if (d->pick) {
+        xds_pd_pick_table_close(d->pick);
+        d->pick = NULL;
+        shm_unlink(d->pick_name);
     }
     if (d->mutexes) {
         pthread_mutex_destroy(&d->cmu);

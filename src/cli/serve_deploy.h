@@ -75,6 +75,8 @@ typedef struct serve_deploy {
      * `xds worker --role decode` processes at ranks rpc_rank+1.. ; load table in shm */
     char table_name[64];
     struct xds_dp_table *table;
+    char pick_name[64];         /* prefill instances (P > 0): queue + cached-prefix table in shm */
+    struct xds_pd_table *pick;
     struct serve_dp_req *dreqs;
     pthread_t monitor;
     int monitor_started;

@@ -24,6 +24,7 @@
 #include "engine/deploy.h"
 #include "engine/deploy_pd.h"
 #include "engine/deploy_dp.h"
+#include "engine/pd_pick.h"
 #include "format/weights.h"
 #include "tokenizer/tokenizer.h"
 #include <limits.h>
@@ -35,6 +36,7 @@ static void worker_usage(FILE *f) {
             "                  --max-tok N -m MODEL [-t THREADS]\n"
             "       xds worker --role prefill --segment NAME --rank R --front F -m MODEL [-t THREADS]\n"
             "                  [--block-size B] [--pool-tokens N] [--max-seqs S] [--chunk C]\n"
+            "                  [--pick-table SHM --instance I]\n"
             "       xds worker --role decode --segment NAME --rank R --front F --group G --load-table SHM\n"
             "                  -m MODEL [-t THREADS] [--max-batch B] [--max-step-tokens N] [--ctx C]\n"
             "                  [--block-size B] [--kv-blocks N] [--no-prefix-cache]\n"
@@ -62,9 +64,20 @@ static int parse_ranks(const char *v, int *out, int cap) {
     return n;
 }
 
+typedef struct pick_pub { /* where a prefill instance publishes its cached prefixes */
+    xds_pd_table *t;
+    int inst;
+} pick_pub;
+
+static void publish_cache(void *user, const struct xds_prefix_cache *pc) {
+    pick_pub *pp = user;
+    if (pc && xds_pd_pick_sync_cache(pp->t, pp->inst, pc) != XDS_OK)
+        fprintf(stderr, "xds worker (prefill %d): warning: cache summary: %s\n", pp->inst, xds_err_msg());
+}
+
 /* A prefill instance: serve the front rank's requests until STOP. */
 static int worker_prefill(const char *segment, const char *model_path, long rank, long front, long threads,
-                          long block, long pool, long seqs, long chunk) {
+                          long block, long pool, long seqs, long chunk, const char *pick_table, long inst) {
     if (!segment || !model_path || rank < 0 || rank >= XCCL_MAX_RANKS || front < 0 || front >= XCCL_MAX_RANKS ||
         front == rank || threads < 1 || threads > 1024 || block < 1 || block > 4096 || pool < block ||
         pool > (1L << 26) || seqs < 1 || seqs > 4096 || chunk < 1 || chunk > (1 << 20)) {
@@ -89,6 +102,20 @@ static int worker_prefill(const char *segment, const char *model_path, long rank
     }
     xds_pd_prefill_opts o = {.pool_tokens = (int)pool, .block_size = (int)block, .max_seqs = (int)seqs,
                              .chunk = (int)chunk, .n_threads = (int)threads};
+    pick_pub pp = {NULL, (int)inst};
+    if (pick_table) {
+        s = xds_pd_pick_table_open(pick_table, &pp.t);
+        if (s != XDS_OK || inst < 0 || inst >= XDS_PD_PICK_MAX) {
+            fprintf(stderr, "xds worker (prefill %ld): error: pick table %s / instance %ld: %s\n", rank, pick_table,
+                    inst, s != XDS_OK ? xds_err_msg() : "bad instance");
+            xds_pd_pick_table_close(pp.t);
+            xccl_comm_detach(comm);
+            xds_model_free(m);
+            return 1;
+        }
+        o.after_submit = publish_cache, o.after_submit_user = &pp;
+        xds_pd_pick_set_alive(pp.t, (int)inst, (int)block, 1);
+    }
     xds_pd_prefill *p = NULL;
     s = xds_pd_prefill_create(m, &o, comm, &p);
     if (s == XDS_OK) s = xds_pd_prefill_serve(p, (int)front);
@@ -104,6 +131,10 @@ static int worker_prefill(const char *segment, const char *model_path, long rank
     if (s != XDS_OK) {
         fprintf(stderr, "xds worker (prefill %ld): error: %s\n", rank, xds_err_msg());
         rc = 1;
+    }
+    if (pp.t) {
+        xds_pd_pick_set_alive(pp.t, (int)inst, (int)block, 0);
+        xds_pd_pick_table_close(pp.t);
     }
     xds_pd_prefill_free(p);
     xccl_comm_detach(comm);
@@ -210,7 +241,8 @@ int cli_worker(int argc, char **argv) {
     long group = -1, max_batch = 16, step_tokens = 256, ctx = 4096, kv_blocks = 0;
     int prefix_cache = 1;
     const char *table = NULL, *placement = NULL, *attn_ranks = NULL, *expert_ranks = NULL;
-    long worker = -1, max_tok = 0, attn_rank = -1, micro_batches = 2;
+    long worker = -1, max_tok = 0, attn_rank = -1, micro_batches = 2, inst = 0;
+    const char *pick_table = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -243,6 +275,8 @@ int cli_worker(int argc, char **argv) {
         else if (!strcmp(a, "--ctx")) ctx = strtol(v, &end, 10);
         else if (!strcmp(a, "--kv-blocks")) kv_blocks = strtol(v, &end, 10);
         else if (!strcmp(a, "--worker")) worker = strtol(v, &end, 10);
+        else if (!strcmp(a, "--pick-table")) pick_table = v;
+        else if (!strcmp(a, "--instance")) inst = strtol(v, &end, 10);
         else if (!strcmp(a, "--placement")) placement = v;
         else if (!strcmp(a, "--attn-ranks")) attn_ranks = v;
         else if (!strcmp(a, "--expert-ranks")) expert_ranks = v;
@@ -269,7 +303,7 @@ int cli_worker(int argc, char **argv) {
         return worker_decode(segment, model_path, rank, front, group, table, &eo, &dm);
     }
     if (role && !strcmp(role, "prefill")) return worker_prefill(segment, model_path, rank, front, threads, block, pool,
-                                                                seqs, chunk);
+                                                                seqs, chunk, pick_table, inst);
     if (!role || strcmp(role, "expert") != 0) {
         fprintf(stderr, "xds worker: error: --role must be 'expert' or 'prefill' (got '%s')\n", role ? role : "");
         return 2;

@@ -476,6 +476,7 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank) {
         while (nq > 0) {
             int32_t first;
             s = xds_pd_prefill_submit(p, q[0].id, q[0].tok, q[0].n, front_rank, &first);
+            if (p->o.after_submit) p->o.after_submit(p->o.after_submit_user, p->bm ? p->bm->pc : NULL);
             if (s == XDS_ERR_BUSY && p->n_held > 0) {
                 s = XDS_OK;
                 break; /* wait for a FREE */

@@ -146,6 +146,27 @@ grep -Eq "group 0: [1-9][0-9]* group 1: [1-9]" "$TMP/pd.log" && grep -q "0 trans
   && ok "prefill 1 + decode-dp 2: both groups served; every transfer task was freed" \
   || bad "prefill 1 + decode-dp 2: $(grep -E 'served per|still held' "$TMP/pd.log")"
 
+# --- prefill instance choice by prefix-cache affinity: prompts X, Y, Y', X' (X' and Y' share
+# 64+ tokens with X and Y); rotating ties alone would send Y' and X' to the instance without
+# their prefix, affinity sends each to the instance that cached it ---
+P=$(free_port)
+"$XDS" serve -m "$XDS_TEST_MODEL" --port "$P" -t 1 --prefill 2 >"$TMP/aff.log" 2>&1 & S=$!; PIDS+=("$S")
+if wait_health "$P" "$S"; then
+  python3 - "$P" <<'EOF2'
+import json, sys, urllib.request
+X = "Once upon a time in a land far far away there lived a king who had three daughters, and the youngest was the most beautiful of all the girls in the kingdom, loved by everyone who met her."
+Y = "The mitochondria is the powerhouse of the cell, turning the food we eat into energy that the body can use for movement, growth, repair and every other process that keeps us alive and well."
+for p in [X + " One", Y + " Two", Y + " Three", X + " Four"]:
+    req = urllib.request.Request("http://127.0.0.1:%s/v1/completions" % sys.argv[1],
+        data=json.dumps({"prompt": p, "max_tokens": 2, "temperature": 0}).encode(), headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=60).read()
+EOF2
+  kill -TERM "$S"; wait_exit "$S" 30
+  [ "$(grep -Ec "computed, [1-9][0-9]* from the prefix cache" "$TMP/aff.log")" = 2 ] \
+    && ok "prefill 2: each repeated prefix went to the instance that cached it" \
+    || bad "prefill 2 affinity: $(grep 'prefix cache' "$TMP/aff.log")"
+else bad "prefill 2 affinity: did not come up"; fi
+
 # --- long prompt, chunked prefill not aligned to KV blocks (40-token steps, 16-token blocks) ---
 long_complete() { # port -> greedy text of a ~300-token prompt
   python3 - "$1" <<'EOF2'
