@@ -203,7 +203,10 @@ int main(int argc, char **argv) {
             case R_WHOLE: memcpy(dst, src, bytes); break;
             case R_CHUNK:
             case R_CHUNK_MIS:
-                for (int c = 0; c < nc; c++) memcpy(dst + off + (k == R_CHUNK_MIS ? mis : 0), src + off, c_len[c]), off += c_len[c];
+                for (int c = 0; c < nc; c++) {
+                    memcpy(dst + off + (k == R_CHUNK_MIS ? mis : 0), src + off, c_len[c]);
+                    off += c_len[c];
+                }
                 break;
             case R_OLD:
                 for (int c = 0; c < nc; c++) memcpy(c_dst[c], peer + c_src[c], c_len[c]);

@@ -30,8 +30,10 @@ static void copy_sse2(uint8_t *d, const uint8_t *s, size_t len, int stream) {
     memcpy(d, s, h);
     if (stream) {
         for (; i + 64 <= len; i += 64) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(s + i)), b = _mm_loadu_si128((const __m128i *)(s + i + 16));
-            __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32)), e = _mm_loadu_si128((const __m128i *)(s + i + 48));
+            __m128i a = _mm_loadu_si128((const __m128i *)(s + i)),
+                    b = _mm_loadu_si128((const __m128i *)(s + i + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32)),
+                    e = _mm_loadu_si128((const __m128i *)(s + i + 48));
             _mm_stream_si128((__m128i *)(d + i), a);
             _mm_stream_si128((__m128i *)(d + i + 16), b);
             _mm_stream_si128((__m128i *)(d + i + 32), c);
@@ -40,8 +42,10 @@ static void copy_sse2(uint8_t *d, const uint8_t *s, size_t len, int stream) {
         _mm_sfence();
     } else {
         for (; i + 64 <= len; i += 64) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(s + i)), b = _mm_loadu_si128((const __m128i *)(s + i + 16));
-            __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32)), e = _mm_loadu_si128((const __m128i *)(s + i + 48));
+            __m128i a = _mm_loadu_si128((const __m128i *)(s + i)),
+                    b = _mm_loadu_si128((const __m128i *)(s + i + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32)),
+                    e = _mm_loadu_si128((const __m128i *)(s + i + 48));
             _mm_store_si128((__m128i *)(d + i), a);
             _mm_store_si128((__m128i *)(d + i + 16), b);
             _mm_store_si128((__m128i *)(d + i + 32), c);
@@ -51,7 +55,8 @@ static void copy_sse2(uint8_t *d, const uint8_t *s, size_t len, int stream) {
     memcpy(d + i, s + i, len - i);
 }
 
-__attribute__((target("avx2"))) static void copy_avx2(uint8_t *d, const uint8_t *s, size_t len, int stream) {
+__attribute__((target("avx2"))) static void copy_avx2(uint8_t *d, const uint8_t *s, size_t len,
+                                                      int stream) {
     size_t h = head_to_align(d, len), i = h;
     memcpy(d, s, h);
     if (stream) {
@@ -99,8 +104,11 @@ const char *xccl_copy_isa(void) {
 void xccl_copy_with(void *dst, const void *src, size_t len, xccl_copy_kind kind) {
 #if XCCL_COPY_X86
     if (kind != XCCL_COPY_LIBC) {
-        if (have_avx2()) copy_avx2(dst, src, len, kind == XCCL_COPY_STREAM);
-        else copy_sse2(dst, src, len, kind == XCCL_COPY_STREAM);
+        int stream = kind == XCCL_COPY_STREAM || kind == XCCL_COPY_STREAM_SSE2;
+        if (kind <= XCCL_COPY_STREAM && have_avx2())
+            copy_avx2(dst, src, len, stream);
+        else
+            copy_sse2(dst, src, len, stream);
         return;
     }
 #endif
@@ -109,9 +117,13 @@ void xccl_copy_with(void *dst, const void *src, size_t len, xccl_copy_kind kind)
 
 void xccl_copy(void *dst, const void *src, size_t len, size_t op_bytes) {
     xccl_copy_kind kind;
-    if (len < XCCL_COPY_VEC_MIN) kind = XCCL_COPY_LIBC;
-    else if (op_bytes >= XCCL_COPY_STREAM_MIN) kind = XCCL_COPY_STREAM;
-    else if (((uintptr_t)dst - (uintptr_t)src) & 63) kind = XCCL_COPY_CACHED;
-    else kind = XCCL_COPY_LIBC;
+    if (len < XCCL_COPY_VEC_MIN)
+        kind = XCCL_COPY_LIBC;
+    else if (op_bytes >= XCCL_COPY_STREAM_MIN)
+        kind = XCCL_COPY_STREAM;
+    else if (((uintptr_t)dst - (uintptr_t)src) & 63)
+        kind = XCCL_COPY_CACHED;
+    else
+        kind = XCCL_COPY_LIBC;
     xccl_copy_with(dst, src, len, kind);
 }

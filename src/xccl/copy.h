@@ -32,13 +32,15 @@
 
 #include <stddef.h>
 
-#define XCCL_COPY_VEC_MIN ((size_t)2048)
+#define XCCL_COPY_VEC_MIN    ((size_t)2048)
 #define XCCL_COPY_STREAM_MIN ((size_t)8 << 20)
 
 typedef enum xccl_copy_kind {
-    XCCL_COPY_LIBC = 0, /* memcpy */
-    XCCL_COPY_CACHED,   /* vector loop, aligned ordinary stores */
-    XCCL_COPY_STREAM,   /* vector loop, aligned non-temporal stores */
+    XCCL_COPY_LIBC = 0,    /* memcpy */
+    XCCL_COPY_CACHED,      /* vector loop, aligned ordinary stores */
+    XCCL_COPY_STREAM,      /* vector loop, aligned non-temporal stores */
+    XCCL_COPY_CACHED_SSE2, /* the SSE2 loops even where AVX2 exists (tests) */
+    XCCL_COPY_STREAM_SSE2,
 } xccl_copy_kind;
 
 /* Copy len bytes from src to dst with the policy above; op_bytes >= len. */

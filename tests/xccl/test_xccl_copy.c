@@ -2,7 +2,8 @@
  * test_xccl_copy.c — the copy behind one-sided get/put (src/xccl/copy.h) and
  * the batched get xccl_getv between real processes.
  *
- * 1. xccl_copy_with, every kind (memcpy, cached vector, streaming vector) and
+ * 1. xccl_copy_with, every kind (memcpy; cached and streaming vector loops,
+ *    AVX2 where the CPU has it and SSE2 always) and
  *    xccl_copy's own choice, for every (src, dst) offset pair modulo 64 in a
  *    sample of sizes around the loop widths and thresholds: the destination
  *    equals the source and not one guard byte before or after it changes.
@@ -20,38 +21,45 @@
 #define GUARD 128
 
 static int check_copy(size_t len, int so, int dof, int kind, uint64_t seed) {
-    size_t span = len + 2 * GUARD + 64, rounded = (span + 63) / 64 * 64; /* aligned_alloc: a multiple of 64 */
-    uint8_t *src = aligned_alloc(64, rounded), *dst = aligned_alloc(64, rounded), *want = malloc(span);
+    size_t span = len + 2 * GUARD + 64,
+           rounded = (span + 63) / 64 * 64; /* aligned_alloc: a multiple of 64 */
+    uint8_t *src = aligned_alloc(64, rounded), *dst = aligned_alloc(64, rounded),
+            *want = malloc(span);
     tu_fill(src, span, seed);
     tu_fill(dst, span, seed ^ 0x5555);
     memcpy(want, dst, span);
     memcpy(want + GUARD + dof, src + GUARD + so, len);
-    if (kind < 0) xccl_copy(dst + GUARD + dof, src + GUARD + so, len, len);
-    else xccl_copy_with(dst + GUARD + dof, src + GUARD + so, len, (xccl_copy_kind)kind);
+    if (kind < 0)
+        xccl_copy(dst + GUARD + dof, src + GUARD + so, len, len);
+    else
+        xccl_copy_with(dst + GUARD + dof, src + GUARD + so, len, (xccl_copy_kind)kind);
     int ok = memcmp(dst, want, span) == 0;
     free(src), free(dst), free(want);
     return ok;
 }
 
 static void test_copy_kinds(void) {
-    static const size_t sizes[] = {0, 1, 15, 63, 64, 65, 127, 128, 129, 255, 1000, 2047, 2048, 2049, 4096 + 37, 70001};
+    static const size_t sizes[] = {0,   1,   15,   63,   64,   65,   127,       128,
+                                   129, 255, 1000, 2047, 2048, 2049, 4096 + 37, 70001};
     int bad = 0, n = 0;
-    for (int kind = -1; kind <= XCCL_COPY_STREAM; kind++)
+    for (int kind = -1; kind <= XCCL_COPY_STREAM_SSE2; kind++)
         for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
-            for (int so = 0; so < 64; so += sizes[si] > 4096 ? 7 : 1 + (int)(si & 3))
-                for (int dof = 0; dof < 64; dof += sizes[si] > 4096 ? 7 : 1 + (so & 3)) {
+            for (int so = 0; so<64; so += sizes[si]> 4096 ? 7 : 1 + (int)(si & 3))
+                for (int dof = 0; dof<64; dof += sizes[si]> 4096 ? 7 : 1 + (so & 3)) {
                     n++;
                     if (!check_copy(sizes[si], so, dof, kind, tu_seed(si, so, dof))) {
                         if (bad++ < 5)
-                            fprintf(stderr, "copy kind %d len %zu src+%d dst+%d differs\n", kind, sizes[si], so, dof);
+                            fprintf(stderr, "copy kind %d len %zu src+%d dst+%d differs\n", kind,
+                                    sizes[si], so, dof);
                     }
                 }
     CHECK_MSG(bad == 0, "%d of %d copies differ", bad, n);
     /* one large copy per kind, misaligned both ways (1 MiB + odd tail) */
-    for (int kind = -1; kind <= XCCL_COPY_STREAM; kind++)
+    for (int kind = -1; kind <= XCCL_COPY_STREAM_SSE2; kind++)
         CHECK_MSG(check_copy((1u << 20) + 77, 8, 24, kind, 99), "large copy kind %d", kind);
     CHECK(check_copy(XCCL_COPY_STREAM_MIN + 5, 0, 16, -1, 7));
-    printf("copy: %d offset/size/kind combinations bit-exact (vector code: %s)\n", n, xccl_copy_isa());
+    printf("copy: %d offset/size/kind combinations bit-exact (vector code: %s)\n", n,
+           xccl_copy_isa());
 }
 
 static int seg_fd;
@@ -64,7 +72,8 @@ static int make_ranges(xccl_iov *iov, uint8_t *dst, int round, size_t *total) {
     size_t d = 0;
     *total = 0;
     for (int i = 0; i < n; i++) {
-        size_t len = round == 0 ? (size_t)tu_range(&s, 0, 9000) : XCCL_COPY_STREAM_MIN / 10 + (size_t)tu_range(&s, 0, 4096);
+        size_t len = round == 0 ? (size_t)tu_range(&s, 0, 9000)
+                                : XCCL_COPY_STREAM_MIN / 10 + (size_t)tu_range(&s, 0, 4096);
         size_t off = (size_t)tu_range(&s, 0, (int)(REGION_BYTES - len));
         d += (size_t)tu_range(&s, 1, 63); /* destination misaligned to the source by anything */
         iov[i] = (xccl_iov){.buf = dst + d, .offset = off, .len = len};
@@ -94,10 +103,12 @@ static int rank_main(int rank, int n, void *arg) {
             int k = make_ranges(iov, dst, round, &total);
             memset(dst, 0xA5, cap);
             memset(want, 0xA5, cap);
-            for (int i = 0; i < k; i++) memcpy(want + ((uint8_t *)iov[i].buf - dst), ref + iov[i].offset, iov[i].len);
+            for (int i = 0; i < k; i++)
+                memcpy(want + ((uint8_t *)iov[i].buf - dst), ref + iov[i].offset, iov[i].len);
             XCHECK(xccl_getv(c, 1, reg.id, iov, k));
-            CHECK_MSG(memcmp(dst, want, cap) == 0, "getv round %d: %d ranges, %zu bytes (streaming: %d)", round, k,
-                      total, total >= XCCL_COPY_STREAM_MIN);
+            CHECK_MSG(memcmp(dst, want, cap) == 0,
+                      "getv round %d: %d ranges, %zu bytes (streaming: %d)", round, k, total,
+                      total >= XCCL_COPY_STREAM_MIN);
         }
         /* a bad range anywhere: nothing copied */
         size_t total;
@@ -114,7 +125,8 @@ static int rank_main(int rank, int n, void *arg) {
         free(dst), free(want), free(ref);
     }
     XCHECK(xccl_barrier(c, xccl_comm_world(c)));
-    if (rank == 1) /* two successful getv and one empty one: three operations, the failed ones none */
+    if (rank ==
+        1) /* two successful getv and one empty one: three operations, the failed ones none */
         CHECK_MSG(xccl_notify_count(c, 0) == 3, "rank 0 completed %llu operations on my region",
                   (unsigned long long)xccl_notify_count(c, 0));
     XCHECK(xccl_barrier(c, xccl_comm_world(c)));
