@@ -228,15 +228,28 @@ int cli_serve(int argc, char **argv) {
         fprintf(stderr, "xds serve: warning: --ctx %ld is beyond the model's trained context %d\n", ctx, model_ctx);
     }
     eo.max_ctx = (int)ctx;
+    dep.argc = argc, dep.argv = argv, dep.port = so.port;
+    if (dep.frontend_mode) { /* front-end k >= 1 of a deployment: no engine of its own */
+        if (dep.enabled) {
+            fprintf(stderr, "xds serve: error: front-end mode takes no deployment flags\n");
+            goto out;
+        }
+        if ((st = serve_deploy_frontend(&dep, model, (int)ctx, eo.kv_block_size, &so.engine_ops)) != XDS_OK) {
+            fprintf(stderr, "xds serve: error: front-end: %s\n", xds_err_msg());
+            goto out;
+        }
+        so.topology_json = dep.topology_json;
+        so.reuse_port = 1;
+    }
     if (dep.enabled && (st = serve_deploy_start(&dep, model, model_path, &eo)) != XDS_OK) {
         fprintf(stderr, "xds serve: error: deployment: %s\n", xds_err_msg());
         goto out;
     }
-    st = xds_engine_create(model, tok, &eo, &engine);
-    if (st != XDS_OK) {
+    if (!dep.frontend_mode && (st = xds_engine_create(model, tok, &eo, &engine)) != XDS_OK) {
         fprintf(stderr, "xds serve: error: engine: %s\n", xds_err_msg());
         goto out;
     }
+    if (dep.enabled && dep.frontends > 1) so.reuse_port = 1;
     if (dep.enabled) {
         if ((st = serve_deploy_topology(&dep, engine, &so.engine_ops)) != XDS_OK) {
             fprintf(stderr, "xds serve: error: %s\n", xds_err_msg());

@@ -85,7 +85,8 @@ const char *serve_deploy_usage(void) {
            "                       from load figures in shared memory; with --experts they share the workers\n"
            "  --prefill P          P prefill-instance processes (KV pulled by the decode group)\n"
            "  --prefill-threads N  compute threads per prefill instance (default 1)\n"
-           "  --frontends F        front-ends on the port (only 1 so far)\n"
+           "  --frontends F        F front-end processes share the port (SO_REUSEPORT); each picks decode\n"
+           "                       groups from the shared load table (not with --prefill yet)\n"
            "  --expert-threads N   compute threads per expert worker (default 1)\n"
            "  --micro-batches M    1, or 2 (default): two halves of a decode batch ping-pong, one's attention\n"
            "                       overlapping the other's experts\n"
@@ -103,6 +104,15 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
     else if (!strcmp(a, "--frontends")) dst = &d->frontends, lo = 1, hi = 64;
     else if (!strcmp(a, "--expert-threads")) dst = &d->expert_threads, lo = 1, hi = 1024;
     else if (!strcmp(a, "--micro-batches")) dst = &d->micro_batches, lo = 1, hi = XDS_DEPLOY_MAX_MB;
+    else if (!strcmp(a, "--frontend-of") || !strcmp(a, "--load-table") || !strcmp(a, "--group-ranks")) {
+        if (!v) {
+            fprintf(stderr, "xds serve: error: %s needs a value\n", a);
+            return -1;
+        }
+        *(a[2] == 'f' ? &d->fe_segment : a[2] == 'l' ? &d->fe_table : &d->fe_granks) = v;
+        d->frontend_mode = 1;
+        return 2;
+    } else if (!strcmp(a, "--frontend-rank")) dst = &d->fe_self_rank, lo = 0, hi = XCCL_MAX_RANKS - 1;
     else if (!strcmp(a, "--topology")) {
         if (!v) {
             fprintf(stderr, "xds serve: error: --topology needs a value\n");
@@ -119,7 +129,8 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
         return -1;
     }
     *dst = (int)x;
-    if (dst != &d->expert_threads && dst != &d->prefill_threads && dst != &d->micro_batches) d->enabled = 1;
+    if (dst != &d->expert_threads && dst != &d->prefill_threads && dst != &d->micro_batches && dst != &d->fe_self_rank)
+        d->enabled = 1;
     return 2;
 }
 
@@ -147,14 +158,24 @@ static void describe_exit(char *buf, size_t cap, int st) {
 }
 
 static const char *child_role(const serve_deploy *d, int i) {
-    return d->rank_of[i] <= d->experts                   ? "expert worker"
-           : d->rank_of[i] > d->rpc_rank + d->prefill ? "decode group"
-                                                         : "prefill instance";
+    switch (d->kind_of[i]) {
+    case 'e': return "expert worker";
+    case 'p': return "prefill instance";
+    case 'd': return "decode group";
+    default: return "front-end";
+    }
 }
 
-/* Rank of decode group g >= 1 (after the prefill instances). */
+/* Rank that takes decode group g's requests: group g >= 1's process (after
+ * the prefill instances); for group 0 the supervisor's service rank (only
+ * front-ends other than the supervisor send there). */
 static int grp_rank(const serve_deploy *d, int g) {
-    return d->rpc_rank + d->prefill + g;
+    return d->grank[g];
+}
+
+/* Requests go through the load table: several groups or several front-ends. */
+static int dp_mode(const serve_deploy *d) {
+    return d->decode_dp > 1 || d->frontends > 1 || d->frontend_mode;
 }
 
 /* Attention rank of decode group g (its traffic with the expert workers):
@@ -166,7 +187,15 @@ static int grp_attn_rank(const serve_deploy *d, int g) {
 /* Expert worker r, prefill instance i, or decode group g of child i. */
 static int child_number(const serve_deploy *d, int i) {
     int r = d->rank_of[i];
-    return r <= d->experts ? r : r > d->rpc_rank + d->prefill ? r - d->rpc_rank - d->prefill : r - d->rpc_rank - 1;
+    switch (d->kind_of[i]) {
+    case 'e': return r;
+    case 'p': return r - d->rpc_rank - 1;
+    case 'd': return r - d->rpc_rank - d->prefill;
+    default:
+        for (int k = 1; k < d->frontends; k++)
+            if (d->fe_rank[k] == r) return k;
+        return -1;
+    }
 }
 
 static void *monitor_main(void *arg) {
@@ -175,6 +204,9 @@ static void *monitor_main(void *arg) {
         for (int i = 0; i < d->n_pids; i++) {
             pid_t pid = d->pids[i];
             if (pid <= 0 || !reap_one(d, i, 0) || atomic_load(&d->stopping)) continue;
+            if (d->kind_of[i] == 'f' && atomic_load(&d->signalled) && WIFEXITED(d->status[i]) &&
+                WEXITSTATUS(d->status[i]) == 0)
+                continue; /* a front-end that drained after our signal */
             char how[96];
             describe_exit(how, sizeof how, d->status[i]);
             fprintf(stderr, "xds serve: error: %s %d (rank %d, pid %d) %s; stopping the deployment\n",
@@ -530,7 +562,7 @@ static xds_status dp_submit(void *self, const int32_t *prompt, int n, const xds_
     r->id = ++d->next_id;
     *req_id = r->id;
     xds_status s;
-    if (g == 0) {
+    if (g == 0 && d->engine) {
         xds_dp_account(d->table, 0, r->n_tokens, d->block_size, +1);
         r->next = d->dreqs; /* linked first: the final event may come at once */
         d->dreqs = r;
@@ -557,7 +589,7 @@ static void dp_cancel(void *self, uint64_t id) {
     pthread_mutex_lock(&d->rmu);
     for (serve_dp_req *r = d->dreqs; r; r = r->next)
         if (r->id == id) {
-            if (r->group == 0) xds_engine_cancel(d->engine, r->eng_id);
+            if (r->group == 0 && d->engine) xds_engine_cancel(d->engine, r->eng_id);
             else {
                 pthread_mutex_lock(&d->cmu);
                 xds_dp_cancel_send(d->rpc, grp_rank(d, r->group), id);
@@ -575,11 +607,12 @@ static void pdp_cancel(void *self, uint64_t id) { /* at a prefill instance, or i
 
 static void dp_stats(void *self, xds_engine_stats *out) {
     serve_deploy *d = self;
-    xds_engine_stats_get(d->engine, out);
+    if (d->engine) xds_engine_stats_get(d->engine, out);
+    else memset(out, 0, sizeof *out);
     pthread_mutex_lock(&d->rmu);
     for (int i = 0; i < d->prefill; i++) out->n_waiting += d->at_prefill[i];
     pthread_mutex_unlock(&d->rmu);
-    for (int g = 1; g < d->decode_dp; g++) {
+    for (int g = d->engine ? 1 : 0; g < d->decode_dp; g++) {
         out->n_running += (int)atomic_load(&d->table->g[g].in_flight);
         out->kv_blocks_total += (int)atomic_load(&d->table->g[g].kv_blocks);
     }
@@ -592,7 +625,7 @@ static void *dp_receiver_main(void *arg) {
     char *buf = malloc(XDS_DP_EVENT_MAX);
     while (buf && !atomic_load(&d->receiver_stop)) {
         int got = d->prefill > 0 ? poll_prefill(d) : 0;
-        for (int g = 1; g < d->decode_dp; g++) {
+        for (int g = d->engine ? 1 : 0; g < d->decode_dp; g++) {
             xds_gen_event ev;
             int freed = 0;
             pthread_mutex_lock(&d->cmu);
@@ -634,6 +667,49 @@ static void *dp_receiver_main(void *arg) {
     return NULL;
 }
 
+/* Group 0 (this process's engine) for the other front-ends: their requests
+ * arrive at rank g0_rank; the supervisor's front-end calls the engine itself. */
+static void *g0_service_main(void *arg) {
+    serve_deploy *d = arg;
+    int fronts[SERVE_DEPLOY_MAX_FRONTENDS];
+    fronts[0] = d->rpc_rank; /* sends only STOP */
+    for (int k = 1; k < d->frontends; k++) fronts[k] = d->fe_rank[k];
+    xds_status s = xds_dp_group_serve(d->engine, d->g0comm, fronts, d->frontends, d->table, 0, d->block_size,
+                                      d->max_batch, 0);
+    if (s != XDS_OK && !atomic_load(&d->stopping))
+        fprintf(stderr, "xds serve: group 0 service for the front-ends: %s\n", xds_err_msg());
+    atomic_store(&d->table->g[0].alive, 1); /* still serves the supervisor's front-end */
+    return NULL;
+}
+
+/* Front-ends k >= 1 finish their requests and exit (they got SIGTERM with
+ * the supervisor's signal, or now), then group 0's service thread stops. */
+static void stop_frontends(serve_deploy *d, double deadline_s) {
+    if (!atomic_load(&d->signalled)) /* else serve_deploy_signalled sent it (a second one quits at once) */
+        for (int i = 0; i < d->n_pids; i++)
+            if (d->kind_of[i] == 'f' && d->pids[i] > 0) kill(d->pids[i], SIGTERM);
+    double end = now_s() + deadline_s;
+    for (int i = 0; i < d->n_pids; i++) {
+        if (d->kind_of[i] != 'f') continue;
+        while (d->pids[i] > 0 && now_s() < end) {
+            if (!d->monitor_started) reap_one(d, i, 0);
+            usleep(10 * 1000);
+        }
+        if (d->pids[i] > 0 && !d->monitor_started) {
+            kill(d->pids[i], SIGKILL);
+            reap_one(d, i, 1);
+        }
+    }
+    if (d->g0_started) {
+        pthread_mutex_lock(&d->cmu);
+        if (xds_dp_stop_send(d->rpc, d->g0_rank) != XDS_OK)
+            fprintf(stderr, "xds serve: stop the group-0 service: %s\n", xds_err_msg());
+        pthread_mutex_unlock(&d->cmu);
+        pthread_join(d->g0thread, NULL);
+        d->g0_started = 0;
+    }
+}
+
 /* ---- start / stop ----------------------------------------------------------- */
 
 static void stop_workers(serve_deploy *d, double deadline_s) {
@@ -660,6 +736,10 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
         xccl_comm_detach(d->rpc);
         d->rpc = NULL;
     }
+    if (d->g0comm) {
+        xccl_comm_detach(d->g0comm);
+        d->g0comm = NULL;
+    }
     double end = now_s() + deadline_s;
     for (int i = 0; i < d->n_pids; i++) {
         while (!reap_one(d, i, 0)) {
@@ -677,13 +757,13 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
 
 /* For the quit-at-once handler only (a signal handler has no argument):
  * paths and pids copied when the first signal arrives. */
-static char quit_paths[3][80];
+static char quit_paths[4][96];
 static pid_t quit_pids[SERVE_DEPLOY_MAX_WORKERS];
 static volatile sig_atomic_t quit_n;
 
 static void quit_now(int sig) {
     (void)sig;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (quit_paths[i][0]) unlink(quit_paths[i]);
     for (int i = 0; i < quit_n; i++)
         if (quit_pids[i] > 0) kill(quit_pids[i], SIGKILL);
@@ -693,9 +773,12 @@ static void quit_now(int sig) {
 void serve_deploy_signalled(serve_deploy *d) {
     atomic_store(&d->signalled, 1);
     if (!d->seg) return;
+    for (int i = 0; i < d->n_pids; i++) /* the other front-ends drain alongside this one */
+        if (d->kind_of[i] == 'f' && d->pids[i] > 0) kill(d->pids[i], SIGTERM);
     snprintf(quit_paths[0], sizeof quit_paths[0], "/dev/shm%s", d->seg_name);
     if (d->table_name[0]) snprintf(quit_paths[1], sizeof quit_paths[1], "/dev/shm%s", d->table_name);
     if (d->pick_name[0]) snprintf(quit_paths[2], sizeof quit_paths[2], "/dev/shm%s", d->pick_name);
+    if (d->frontends > 1) snprintf(quit_paths[3], sizeof quit_paths[3], "/dev/shm%s.topology", d->seg_name);
     for (int i = 0; i < d->n_pids; i++) quit_pids[i] = d->pids[i];
     quit_n = d->n_pids;
     struct sigaction sa;
@@ -705,7 +788,61 @@ void serve_deploy_signalled(serve_deploy *d) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
+xds_status serve_deploy_frontend(serve_deploy *d, const xds_model *m, int max_ctx, int block_size,
+                                 const xds_server_engine_ops **ops) {
+    int n = 0;
+    const char *c = d->fe_granks;
+    while (c && *c && n < XDS_DP_MAX_GROUPS) {
+        char *end = NULL;
+        long r = strtol(c, &end, 10);
+        if (end == c || r < 0 || r >= XCCL_MAX_RANKS || (*end && *end != ',')) break;
+        d->grank[n++] = (int)r;
+        c = *end ? end + 1 : end;
+    }
+    if (!d->fe_segment || !d->fe_table || n < 1 || (c && *c))
+        return xds_err_set(XDS_ERR_INVALID, "front-end mode needs --frontend-of SEG, --frontend-rank R, "
+                                            "--load-table T and --group-ranks G0,G1,..");
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* the supervisor gone: drain and exit */
+    if (getppid() == 1) return xds_err_set(XDS_ERR_PEER, "the supervisor is gone");
+    d->decode_dp = n;
+    d->engine = NULL;
+    d->max_ctx = max_ctx;
+    d->block_size = block_size;
+    d->n_vocab = m->cfg.n_vocab;
+    XDS_TRY(xds_dp_table_open(d->fe_table, &d->table));
+    if (xccl_comm_attach(&d->rpc, d->fe_segment, d->fe_self_rank, 7) != XCCL_OK)
+        return xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->fe_segment, d->fe_self_rank,
+                           xccl_err_msg());
+    /* GET /v1/topology: the supervisor writes it once every process is up */
+    char path[96];
+    snprintf(path, sizeof path, "/dev/shm%s.topology", d->fe_segment);
+    for (int i = 0; i < 120 * 50; i++) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            char *buf = malloc(1 << 20);
+            size_t len = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+            fclose(f);
+            if (buf) buf[len] = 0;
+            d->topology_json = buf;
+            break;
+        }
+        if (getppid() == 1) return xds_err_set(XDS_ERR_PEER, "the supervisor is gone");
+        usleep(20 * 1000);
+    }
+    if (!d->topology_json) return xds_err_set(XDS_ERR_TIMEOUT, "no topology from the supervisor within 120 s");
+    pthread_mutex_init(&d->cmu, NULL);
+    pthread_mutex_init(&d->rmu, NULL);
+    d->mutexes = 1;
+    d->ops = (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
+    if (pthread_create(&d->receiver, NULL, dp_receiver_main, d) != 0)
+        return xds_err_set(XDS_ERR_INTERNAL, "cannot start the decode-group receiver thread");
+    d->receiver_started = 1;
+    *ops = &d->ops;
+    return XDS_OK;
+}
+
 void serve_deploy_quiesce(serve_deploy *d) {
+    if (d->frontends > 1 && !d->frontend_mode) stop_frontends(d, 90.0);
     if (d->receiver_started) {
         atomic_store(&d->receiver_stop, 1);
         pthread_join(d->receiver, NULL);
@@ -713,7 +850,7 @@ void serve_deploy_quiesce(serve_deploy *d) {
     }
 }
 
-static xds_status spawn(serve_deploy *d, char *const *args, int rank) {
+static xds_status spawn(serve_deploy *d, char *const *args, int rank, char kind) {
     pid_t pid = fork();
     if (pid < 0) return xds_err_set(XDS_ERR_IO, "fork for rank %d: %s", rank, strerror(errno));
     if (pid == 0) {
@@ -728,8 +865,42 @@ static xds_status spawn(serve_deploy *d, char *const *args, int rank) {
         _exit(127);
     }
     d->rank_of[d->n_pids] = rank;
+    d->kind_of[d->n_pids] = kind;
     d->pids[d->n_pids++] = pid;
     return XDS_OK;
+}
+
+/* Front-end k >= 1: this serve command again (its HTTP and model options),
+ * without the deployment flags, in front-end mode. */
+static xds_status spawn_frontend(serve_deploy *d, int k) {
+    static const char *const skip[] = {"--experts", "--decode-dp", "--prefill", "--prefill-threads", "--frontends",
+                                       "--expert-threads", "--micro-batches", "--topology", "-t", "--threads", NULL};
+    char **args = calloc((size_t)d->argc + 16, sizeof(char *));
+    if (!args) return xds_err_set(XDS_ERR_NOMEM, "out of memory");
+    int n = 0;
+    args[n++] = "xds";
+    args[n++] = "serve";
+    for (int i = 1; i < d->argc; i++) {
+        int drop = 0;
+        for (int j = 0; skip[j]; j++) drop |= !strcmp(d->argv[i], skip[j]);
+        if (drop) {
+            i++; /* and its value */
+            continue;
+        }
+        args[n++] = d->argv[i];
+    }
+    char rk[16], gl[16 * XDS_DP_MAX_GROUPS] = "";
+    snprintf(rk, sizeof rk, "%d", d->fe_rank[k]);
+    for (int g = 0; g < d->decode_dp; g++)
+        snprintf(gl + strlen(gl), sizeof gl - strlen(gl), g ? ",%d" : "%d", g == 0 ? d->g0_rank : d->grank[g]);
+    args[n++] = "--frontend-of", args[n++] = d->seg_name;
+    args[n++] = "--frontend-rank", args[n++] = rk;
+    args[n++] = "--load-table", args[n++] = d->table_name;
+    args[n++] = "--group-ranks", args[n++] = gl;
+    args[n] = NULL;
+    xds_status s = spawn(d, args, d->fe_rank[k], 'f');
+    free(args);
+    return s;
 }
 
 /* v if set (> 0) else the default. */
@@ -771,12 +942,17 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     if (d->topology_file) XDS_TRY(apply_topology(d, m, eo));
     if (d->decode_dp > XDS_DP_MAX_GROUPS)
         return xds_err_set(XDS_ERR_INVALID, "--decode-dp %d: at most %d groups", d->decode_dp, XDS_DP_MAX_GROUPS);
-    if (d->frontends > 1)
-        return xds_err_set(XDS_ERR_UNSUPPORTED, "--frontends %d: only one front-end is supported so far",
+    if (d->frontends > SERVE_DEPLOY_MAX_FRONTENDS)
+        return xds_err_set(XDS_ERR_INVALID, "--frontends %d: at most %d", d->frontends, SERVE_DEPLOY_MAX_FRONTENDS);
+    if (d->frontends > 1 && d->prefill > 0)
+        return xds_err_set(XDS_ERR_UNSUPPORTED, "--frontends %d with --prefill: several front-ends routing to "
+                                                "prefill instances are not supported yet", d->frontends);
+    if (d->frontends > 1 && d->port <= 0)
+        return xds_err_set(XDS_ERR_INVALID, "--frontends %d needs a fixed --port (the front-ends share it)",
                            d->frontends);
-    if (d->experts < 1 && d->prefill < 1 && d->decode_dp < 2)
+    if (d->experts < 1 && d->prefill < 1 && d->decode_dp < 2 && d->frontends < 2)
         return xds_err_set(XDS_ERR_INVALID, "a disaggregated deployment needs --experts E (E >= 1), --prefill P "
-                                            "(P >= 1) or --decode-dp D (D >= 2)");
+                                            "(P >= 1), --decode-dp D (D >= 2) or --frontends F (F >= 2)");
     int n_expert = m->cfg.moe.n_expert;
     if (d->experts > 0 && n_expert > 0 && d->experts > n_expert)
         return xds_err_set(XDS_ERR_INVALID, "--experts %d: the model has only %d routed experts per layer", d->experts,
@@ -795,8 +971,15 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
             return xds_err_set(XDS_ERR_NOMEM, "out of memory (placement)");
     }
     d->rpc_rank = d->experts + 1;
-    int n_ranks = d->experts + 1 + (d->prefill > 0 || d->decode_dp > 1 ? 1 + d->prefill : 0) +
+    int n_ranks = d->experts + 1 + (d->prefill > 0 || dp_mode(d) ? 1 + d->prefill : 0) +
                   (d->decode_dp > 1 ? d->decode_dp - 1 : 0) + (d->decode_dp > 1 && d->experts > 0 ? d->decode_dp - 1 : 0);
+    d->grank[0] = -1;
+    for (int g = 1; g < d->decode_dp; g++) d->grank[g] = d->rpc_rank + d->prefill + g;
+    if (d->frontends > 1) { /* group 0's service rank, then the front-ends */
+        d->g0_rank = n_ranks;
+        for (int k = 1; k < d->frontends; k++) d->fe_rank[k] = n_ranks + k;
+        n_ranks += d->frontends;
+    }
     if (n_ranks > XCCL_MAX_RANKS)
         return xds_err_set(XDS_ERR_INVALID, "the deployment needs %d XCCL ranks, at most %d fit a segment", n_ranks,
                            XCCL_MAX_RANKS);
@@ -811,7 +994,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         s = xds_err_set(XDS_ERR_IO, "attach to %s as rank 0: %s", d->seg_name, xccl_err_msg());
         goto fail;
     }
-    if (d->decode_dp > 1) {
+    if (dp_mode(d)) {
         snprintf(d->table_name, sizeof d->table_name, "/xds-load-%d", (int)getpid());
         shm_unlink(d->table_name);
         if ((s = xds_dp_table_create(d->table_name, d->decode_dp, &d->table)) != XDS_OK) goto fail;
@@ -821,7 +1004,11 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         shm_unlink(d->pick_name);
         if ((s = xds_pd_pick_table_create(d->pick_name, d->prefill, &d->pick)) != XDS_OK) goto fail;
     }
-    if ((d->prefill > 0 || d->decode_dp > 1) && xccl_comm_attach(&d->rpc, d->seg_name, d->rpc_rank, 4) != XCCL_OK) {
+    if (d->frontends > 1 && xccl_comm_attach(&d->g0comm, d->seg_name, d->g0_rank, 5) != XCCL_OK) {
+        s = xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->seg_name, d->g0_rank, xccl_err_msg());
+        goto fail;
+    }
+    if ((d->prefill > 0 || dp_mode(d)) && xccl_comm_attach(&d->rpc, d->seg_name, d->rpc_rank, 4) != XCCL_OK) {
         s = xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->seg_name, d->rpc_rank, xccl_err_msg());
         goto fail;
     }
@@ -848,7 +1035,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         char *args[] = {"xds", "worker", "--role", "expert", "--segment", d->seg_name, "--rank", rstr,
                         "--worker", wstr, "--placement", d->placement_text, "--attn-ranks", aranks,
                         "--max-tok", mtok, "-t", tstr, "-m", (char *)model_path, NULL};
-        s = spawn(d, args, r);
+        s = spawn(d, args, r, 'e');
     }
     for (int i = 0; i < d->prefill && s == XDS_OK; i++) {
         char sqs[16], pcs[16], pps[16], pts[16];
@@ -864,7 +1051,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                         "--front", fstr, "-t", pts, "--block-size", bstr, "--pool-tokens", pps,
                         "--max-seqs", sqs, "--chunk", pcs, "--pick-table", d->pick_name, "--instance", inst,
                         "-m", (char *)model_path, NULL};
-        s = spawn(d, args, d->rpc_rank + 1 + i);
+        s = spawn(d, args, d->rpc_rank + 1 + i, 'p');
     }
     char mbs[16], mst[16], ctxs[16], kvb[16], thr[16], gs[16];
     snprintf(mbs, sizeof mbs, "%d", eo->max_batch);
@@ -872,6 +1059,9 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     snprintf(ctxs, sizeof ctxs, "%d", eo->max_ctx);
     snprintf(kvb, sizeof kvb, "%d", eo->kv_blocks);
     snprintf(thr, sizeof thr, "%d", eo->n_threads);
+    char frl[16 * SERVE_DEPLOY_MAX_FRONTENDS]; /* a decode group's front-ends: the supervisor's first */
+    snprintf(frl, sizeof frl, "%d", d->rpc_rank);
+    for (int k = 1; k < d->frontends; k++) snprintf(frl + strlen(frl), sizeof frl - strlen(frl), ",%d", d->fe_rank[k]);
     for (int g = 1; g < d->decode_dp && s == XDS_OK; g++) {
         snprintf(rstr, sizeof rstr, "%d", grp_rank(d, g));
         snprintf(gs, sizeof gs, "%d", g);
@@ -879,7 +1069,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         snprintf(thr, sizeof thr, "%d", or_default(td ? td->threads : 0, eo->n_threads));
         snprintf(mbs, sizeof mbs, "%d", or_default(td ? td->max_batch : 0, eo->max_batch));
         snprintf(kvb, sizeof kvb, "%d", td && td->kv_blocks > 0 ? td->kv_blocks : eo->kv_blocks);
-        char *args[] = {"xds", "worker", "--role", "decode", "--segment", d->seg_name, "--rank", rstr, "--front", fstr,
+        char *args[] = {"xds", "worker", "--role", "decode", "--segment", d->seg_name, "--rank", rstr, "--front", frl,
                         "--group", gs, "--load-table", d->table_name, "-t", thr, "--max-batch", mbs,
                         "--max-step-tokens", mst, "--ctx", ctxs, "--block-size", bstr, "--kv-blocks", kvb,
                         "-m", (char *)model_path, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
@@ -893,8 +1083,9 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
             args[na++] = nmb;
         }
         if (!eo->enable_prefix_cache) args[na++] = "--no-prefix-cache";
-        s = spawn(d, args, grp_rank(d, g));
+        s = spawn(d, args, grp_rank(d, g), 'd');
     }
+    for (int k = 1; k < d->frontends && s == XDS_OK; k++) s = spawn_frontend(d, k);
     if (s != XDS_OK) goto fail;
     /* wait until every child has attached (they load the model first) */
     double end = now_s() + 120.0;
@@ -906,7 +1097,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                 char how[96];
                 describe_exit(how, sizeof how, d->status[i]);
                 s = xds_err_set(XDS_ERR_PEER, "%s %d %s before it became ready", child_role(d, i),
-                                r <= d->experts ? r : r - d->rpc_rank - 1, how);
+                                child_number(d, i), how);
                 goto fail;
             }
             sigset_t pend;
@@ -964,7 +1155,7 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
     xds_engine_stats es;
     xds_engine_stats_get(engine, &es);
     json_t *root = json_object(), *ranks = json_array();
-    json_object_set_new(root, "mode", json_string(d->decode_dp > 1                      ? "dp-groups"
+    json_object_set_new(root, "mode", json_string(dp_mode(d)                            ? "dp-groups"
                                                   : d->experts > 0 && d->prefill > 0 ? "prefill-decode+moe-attention"
                                                   : d->experts > 0                   ? "moe-attention"
                                                                                      : "prefill-decode"));
@@ -993,7 +1184,15 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
         json_t *o = json_object();
         json_object_set_new(o, "rank", json_integer(r));
         json_object_set_new(o, "pid", json_integer((json_int_t)d->pids[i]));
-        if (d->decode_dp > 1 && r > d->rpc_rank + d->prefill) {
+        if (d->kind_of[i] == 'f') {
+            json_object_set_new(o, "role", json_string("frontend"));
+            json_object_set_new(o, "frontend", json_integer(child_number(d, i)));
+            printf("xds serve: topology: rank %d pid %d: front-end %d (same port, SO_REUSEPORT)\n", r, (int)d->pids[i],
+                   child_number(d, i));
+            json_array_append_new(ranks, o);
+            continue;
+        }
+        if (d->kind_of[i] == 'd') {
             int g = r - d->rpc_rank - d->prefill;
             json_object_set_new(o, "role", json_string("decode"));
             json_object_set_new(o, "dp_group", json_integer(g));
@@ -1006,7 +1205,7 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
             json_array_append_new(ranks, o);
             continue;
         }
-        if (r > d->experts) {
+        if (d->kind_of[i] == 'p') {
             json_object_set_new(o, "role", json_string("prefill"));
             json_object_set_new(o, "instance", json_integer(r - d->rpc_rank - 1));
             printf("xds serve: topology: rank %d pid %d: prefill instance %d\n", r, (int)d->pids[i],
@@ -1036,8 +1235,17 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
     json_decref(root);
     if (!d->topology_json) return xds_err_set(XDS_ERR_NOMEM, "topology: out of memory");
     fflush(stdout);
+    if (d->frontends > 1) { /* the other front-ends serve it too: a file they read at start */
+        char path[96], tmp[112];
+        snprintf(path, sizeof path, "/dev/shm%s.topology", d->seg_name);
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *f = fopen(tmp, "w");
+        int ok = f && fputs(d->topology_json, f) >= 0;
+        if (f && fclose(f) != 0) ok = 0;
+        if (!ok || rename(tmp, path) != 0) return xds_err_set(XDS_ERR_IO, "cannot write %s", path);
+    }
     *ops = NULL;
-    if (d->decode_dp > 1) {
+    if (dp_mode(d)) {
         d->engine = engine;
         atomic_store(&d->table->g[0].kv_blocks, es.kv_blocks_total);
         atomic_store(&d->table->g[0].max_batch, d->max_batch);
@@ -1051,6 +1259,11 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
             return xds_err_set(XDS_ERR_INTERNAL, "cannot start the decode-group receiver thread");
         d->receiver_started = 1;
         *ops = &d->ops;
+        if (d->frontends > 1) {
+            if (pthread_create(&d->g0thread, NULL, g0_service_main, d) != 0)
+                return xds_err_set(XDS_ERR_INTERNAL, "cannot start the group-0 service thread");
+            d->g0_started = 1;
+        }
     } else if (d->prefill > 0) {
         d->engine = engine;
         pthread_mutex_init(&d->cmu, NULL);
@@ -1092,7 +1305,10 @@ void serve_deploy_stop(serve_deploy *d) {
     }
     if (d->prefill > 0 && d->kv_pulled_bytes)
         fprintf(stderr, "xds serve: KV pulled from prefill instances: %llu bytes\n", d->kv_pulled_bytes);
-    if (d->table) {
+    if (d->frontend_mode)
+        fprintf(stderr, "xds serve: front-end (rank %d): %llu requests routed to the decode groups\n",
+                d->fe_self_rank, (unsigned long long)d->next_id);
+    if (d->table && !d->frontend_mode) {
         fprintf(stderr, "xds serve: requests served per decode DP group:");
         for (int g = 0; g < d->decode_dp; g++)
             fprintf(stderr, " group %d: %lld", g, (long long)atomic_load(&d->table->g[g].served));
@@ -1129,6 +1345,11 @@ void serve_deploy_stop(serve_deploy *d) {
         d->mutexes = 0;
     }
     if (d->seg) {
+        if (d->frontends > 1) {
+            char path[96];
+            snprintf(path, sizeof path, "/dev/shm%s.topology", d->seg_name);
+            unlink(path);
+        }
         xccl_segment_destroy(d->seg);
         d->seg = NULL;
     }

@@ -28,6 +28,7 @@ struct xccl_comm;
 struct xds_deploy_attn;
 
 #define SERVE_DEPLOY_MAX_WORKERS 63
+#define SERVE_DEPLOY_MAX_FRONTENDS 8
 #define SERVE_DEPLOY_MAX_PREFILL 8
 
 struct serve_pd_req;
@@ -36,6 +37,8 @@ struct xds_dp_table;
 
 typedef struct serve_deploy {
     int prefill, decode_dp, experts, frontends, expert_threads, prefill_threads;
+    const char *fe_segment, *fe_table, *fe_granks; /* front-end mode: from the supervisor */
+    int fe_self_rank;
     int micro_batches; /* per decode group with expert workers: 1 or 2 (ping-pong) */
     const char *topology_file;
     int enabled; /* any deployment flag given */
@@ -54,6 +57,7 @@ typedef struct serve_deploy {
     pid_t pids[SERVE_DEPLOY_MAX_WORKERS]; /* 0 once reaped */
     int status[SERVE_DEPLOY_MAX_WORKERS]; /* wait status once reaped */
     int rank_of[SERVE_DEPLOY_MAX_WORKERS];
+    char kind_of[SERVE_DEPLOY_MAX_WORKERS]; /* 'e' expert, 'p' prefill, 'd' decode group, 'f' front-end */
     int n_pids;
     /* prefill/decode router (P > 0): rank E+1 of this process talks to the prefill instances */
     struct xccl_comm *rpc;
@@ -84,6 +88,18 @@ typedef struct serve_deploy {
     atomic_int failed;   /* a worker died while serving */
     atomic_int signalled; /* SIGTERM/SIGINT arrived: shutdown is under way, a dying worker raises none */
     char *topology_json; /* owned */
+    /* several front-ends (F > 1) on one port (SO_REUSEPORT): front-end k >= 1 is an
+     * `xds serve --frontend-of ...` process at rank fe_rank[k]; group 0 takes their
+     * requests through a service thread at rank g0_rank */
+    int grank[64];          /* rank of decode group g's requests (-1: this process's engine) */
+    int fe_rank[SERVE_DEPLOY_MAX_FRONTENDS], g0_rank;
+    struct xccl_comm *g0comm;
+    pthread_t g0thread;
+    int g0_started;
+    int port;               /* the port every front-end listens on */
+    int argc;               /* serve's arguments, handed to the front-ends */
+    char **argv;
+    int frontend_mode;      /* this process is front-end k >= 1 (no engine, no children) */
 } serve_deploy;
 
 void serve_deploy_init(serve_deploy *d);
@@ -104,6 +120,11 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
  * once, but still removes the shared-memory names and kills the workers
  * (async-signal-safe handler), so nothing is left behind. */
 void serve_deploy_signalled(serve_deploy *d);
+/* Front-end mode (`--frontend-of SEG --frontend-rank R --load-table T
+ * --group-ranks G0,G1,..`, set by the supervisor): route this process's HTTP
+ * requests to the decode groups; *ops for xds_server_opts.engine_ops. */
+xds_status serve_deploy_frontend(serve_deploy *d, const struct xds_model *m, int max_ctx, int block_size,
+                                 const xds_server_engine_ops **ops);
 /* Stop feeding the engine (prefill receiver thread); call before freeing it. */
 void serve_deploy_quiesce(serve_deploy *d);
 /* Tell the workers to stop, reap them (SIGKILL after a deadline), detach,

@@ -37,7 +37,7 @@ static void worker_usage(FILE *f) {
             "       xds worker --role prefill --segment NAME --rank R --front F -m MODEL [-t THREADS]\n"
             "                  [--block-size B] [--pool-tokens N] [--max-seqs S] [--chunk C]\n"
             "                  [--pick-table SHM --instance I]\n"
-            "       xds worker --role decode --segment NAME --rank R --front F --group G --load-table SHM\n"
+            "       xds worker --role decode --segment NAME --rank R --front F[,F2,..] --group G --load-table SHM\n"
             "                  -m MODEL [-t THREADS] [--max-batch B] [--max-step-tokens N] [--ctx C]\n"
             "                  [--block-size B] [--kv-blocks N] [--no-prefix-cache]\n"
             "                  [--attn-rank R2 --expert-ranks A,B,.. --placement P [--micro-batches M]]\n"
@@ -149,9 +149,14 @@ typedef struct decode_moe { /* a decode group whose MoE layers run on expert wor
     long micro_batches;
 } decode_moe;
 
-static int worker_decode(const char *segment, const char *model_path, long rank, long front, long group,
+static int worker_decode(const char *segment, const char *model_path, long rank, const char *front_s, long group,
                          const char *table, const xds_engine_opts *eo_in, const decode_moe *dm) {
     xds_engine_opts eo_copy = *eo_in, *eo = &eo_copy;
+    int fronts[XDS_DP_MAX_FRONTS];
+    int n_fronts = parse_ranks(front_s, fronts, XDS_DP_MAX_FRONTS);
+    long front = n_fronts > 0 ? fronts[0] : -1;
+    for (int i = 1; i < n_fronts; i++)
+        if (fronts[i] == rank) n_fronts = -1;
     int wranks[XDS_DEPLOY_MAX_WORKERS], n_w = 0;
     if (dm->expert_ranks) {
         n_w = parse_ranks(dm->expert_ranks, wranks, XDS_DEPLOY_MAX_WORKERS);
@@ -162,7 +167,7 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
             return 2;
         }
     }
-    if (!segment || !model_path || !table || rank < 0 || rank >= XCCL_MAX_RANKS || front < 0 ||
+    if (!segment || !model_path || !table || rank < 0 || rank >= XCCL_MAX_RANKS || front < 0 || n_fronts < 1 ||
         front >= XCCL_MAX_RANKS || front == rank || group < 1 || group >= XDS_DP_MAX_GROUPS || eo->n_threads < 1 ||
         eo->max_batch < 1 || eo->max_step_tokens < 1 || eo->max_ctx < 16 || eo->kv_block_size < 1) {
         fprintf(stderr, "xds worker: error: decode needs --segment, -m, --rank, --front, --group 1..%d, "
@@ -206,7 +211,7 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
     if (s == XDS_OK && xccl_comm_attach(&comm, segment, (int)rank, 5) != XCCL_OK)
         s = xds_err_set(XDS_ERR_IO, "attach to %s: %s", segment, xccl_err_msg());
     if (s == XDS_OK) {
-        s = xds_dp_group_serve(engine, comm, (int)front, t, (int)group, eo->kv_block_size, eo->max_batch);
+        s = xds_dp_group_serve(engine, comm, fronts, n_fronts, t, (int)group, eo->kv_block_size, eo->max_batch, 1);
         engine = NULL; /* freed by the serving loop */
         if (s == XDS_OK) rc = 0;
     }
@@ -242,7 +247,7 @@ int cli_worker(int argc, char **argv) {
     int prefix_cache = 1;
     const char *table = NULL, *placement = NULL, *attn_ranks = NULL, *expert_ranks = NULL;
     long worker = -1, max_tok = 0, attn_rank = -1, micro_batches = 2, inst = 0;
-    const char *pick_table = NULL;
+    const char *pick_table = NULL, *front_s = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -263,7 +268,11 @@ int cli_worker(int argc, char **argv) {
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "--rank")) rank = strtol(v, &end, 10);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(v, &end, 10);
-        else if (!strcmp(a, "--front")) front = strtol(v, &end, 10);
+        else if (!strcmp(a, "--front")) {
+            front_s = v; /* decode groups take a list: the supervisor's front-end first */
+            front = strtol(v, &end, 10);
+            if (*end == ',') end = NULL;
+        }
         else if (!strcmp(a, "--block-size")) block = strtol(v, &end, 10);
         else if (!strcmp(a, "--pool-tokens")) pool = strtol(v, &end, 10);
         else if (!strcmp(a, "--max-seqs")) seqs = strtol(v, &end, 10);
@@ -300,7 +309,7 @@ int cli_worker(int argc, char **argv) {
         eo.max_ctx = (int)ctx, eo.kv_block_size = (int)block, eo.kv_blocks = (int)kv_blocks;
         eo.enable_prefix_cache = prefix_cache;
         decode_moe dm = {attn_rank, expert_ranks, placement, micro_batches};
-        return worker_decode(segment, model_path, rank, front, group, table, &eo, &dm);
+        return worker_decode(segment, model_path, rank, front_s, group, table, &eo, &dm);
     }
     if (role && !strcmp(role, "prefill")) return worker_prefill(segment, model_path, rank, front, threads, block, pool,
                                                                 seqs, chunk, pick_table, inst);

@@ -381,14 +381,14 @@ xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, const int
         }
         if (len != sizeof h || h.magic != MSG_MAGIC || h.cmd != CMD_READY) {
             xds_deploy_attn_free(a);
-            return xds_err_set(XDS_ERR_PEER, "deploy: rank %d sent a malformed ready message", a->wrank[w]);
+            return xds_err_set(XDS_ERR_PEER, "deploy: rank %d sent a malformed ready message", worker_ranks[w]);
         }
         if (h.n_slots != pl->n_local[w] || h.check != placement_check(pl, w)) {
             xds_deploy_attn_free(a);
             return xds_err_set(XDS_ERR_PEER,
                                "deploy: expert worker %d (rank %d) holds other experts (%d) than this placement "
                                "gives it (%d): the two sides were started with different placements",
-                               w, a->wrank[w], h.n_slots, pl->n_local[w]);
+                               w, worker_ranks[w], h.n_slots, pl->n_local[w]);
         }
     }
     *out = a;

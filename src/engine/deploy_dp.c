@@ -201,6 +201,7 @@ xds_status xds_dp_event_recv(xccl_comm *comm, int rank, void *buf, size_t cap, x
 
 typedef struct grp_req {
     uint64_t front_id, eng_id;
+    int front;            /* the front-end rank that sent it: its events go there */
     int n_tokens;
     struct grp_loop *L;
     int importing, freed; /* prompt KV from a prefill instance; pulled (FREED sent) */
@@ -209,12 +210,14 @@ typedef struct grp_req {
 } grp_req;
 
 typedef struct ev_item {
+    int dest; /* front-end rank */
     dp_ev_hdr h;
     char *text;
     struct ev_item *next;
 } ev_item;
 
 typedef struct grp_loop {
+    int primary;         /* the supervisor's front-end: only its loss is an error */
     pthread_mutex_t mu;
     pthread_mutex_t cmu; /* the comm: serving loop + engine thread (imports) */
     xccl_comm *comm;
@@ -224,7 +227,7 @@ typedef struct grp_loop {
     int group, block_size;
 } grp_loop;
 
-static void queue_event(grp_loop *L, const dp_ev_hdr *h, const char *text) {
+static void queue_event(grp_loop *L, int dest, const dp_ev_hdr *h, const char *text) {
     ev_item *it = calloc(1, sizeof *it);
     char *tx = h->text_len ? malloc(h->text_len) : NULL;
     if (!it || (h->text_len && !tx)) { /* out of memory: the event is lost, the final one never is skipped */
@@ -233,6 +236,7 @@ static void queue_event(grp_loop *L, const dp_ev_hdr *h, const char *text) {
         return;
     }
     it->h = *h;
+    it->dest = dest;
     if (tx) memcpy(tx, text, h->text_len);
     it->text = tx;
     pthread_mutex_lock(&L->mu);
@@ -246,7 +250,7 @@ static void queue_freed(grp_req *r) { /* the front-end forwards it to the prefil
     if (!r->importing || r->freed) return;
     r->freed = 1;
     dp_ev_hdr h = {DP_MAGIC, DP_FREED, r->front_id, -1, 0, 0, 0, 0, 0};
-    queue_event(r->L, &h, NULL);
+    queue_event(r->L, r->front, &h, NULL);
 }
 
 /* Engine thread: pull prompt positions [from, to) (+ the last token's logits). */
@@ -276,7 +280,7 @@ static void on_event(void *user, const xds_gen_event *ev) { /* engine thread: co
     if (ev->finish != XDS_FINISH_NONE) queue_freed(r); /* ended before its KV was pulled */
     dp_ev_hdr h = {DP_MAGIC, DP_EVENT, r->front_id, ev->token, (int32_t)ev->finish, ev->n_prompt, ev->n_cached,
                    ev->n_gen, (uint32_t)(ev->text_len < XDS_DP_EVENT_MAX - sizeof h ? ev->text_len : 0)};
-    queue_event(L, &h, ev->text);
+    queue_event(L, r->front, &h, ev->text);
     if (ev->finish == XDS_FINISH_NONE) return;
     xds_dp_account(L->t, L->group, r->n_tokens, L->block_size, -1);
     pthread_mutex_lock(&L->mu);
@@ -289,7 +293,7 @@ static void on_event(void *user, const xds_gen_event *ev) { /* engine thread: co
     free(r);
 }
 
-static xds_status flush_events(grp_loop *L, xccl_comm *comm, int front) {
+static xds_status flush_events(grp_loop *L, xccl_comm *comm) {
     for (;;) {
         pthread_mutex_lock(&L->mu);
         ev_item *it = L->head;
@@ -306,19 +310,25 @@ static xds_status flush_events(grp_loop *L, xccl_comm *comm, int front) {
             memcpy(msg, &it->h, sizeof it->h);
             if (it->h.text_len) memcpy(msg + sizeof it->h, it->text, it->h.text_len);
             pthread_mutex_lock(&L->cmu);
-            xs = xccl_send(comm, front, msg, len);
+            xs = xccl_send(comm, it->dest, msg, len);
             pthread_mutex_unlock(&L->cmu);
             if (msg != small) free(msg);
         }
+        int dest = it->dest;
         free(it->text);
         free(it);
-        if (xs != XCCL_OK) return xerr(xs, "send an event");
+        if (xs != XCCL_OK && dest == L->primary) return xerr(xs, "send an event");
+        /* another front-end that left: its requests are cancelled, their events dropped */
     }
 }
 
-xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xds_dp_table *t, int group,
-                              int block_size, int max_batch) {
-    grp_loop L = {.t = t, .group = group, .block_size = block_size, .comm = comm};
+xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fronts, int n_fronts, xds_dp_table *t,
+                              int group, int block_size, int max_batch, int own_engine) {
+    if (n_fronts < 1 || n_fronts > XDS_DP_MAX_FRONTS) {
+        if (own_engine) xds_engine_free(engine, 0);
+        return xds_err_set(XDS_ERR_INVALID, "deploy dp: %d front-ends (1..%d)", n_fronts, XDS_DP_MAX_FRONTS);
+    }
+    grp_loop L = {.t = t, .group = group, .block_size = block_size, .comm = comm, .primary = fronts[0]};
     pthread_mutex_init(&L.mu, NULL);
     pthread_mutex_init(&L.cmu, NULL);
     xds_engine_stats es;
@@ -327,26 +337,60 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xd
     atomic_store(&t->g[group].max_batch, max_batch);
     atomic_store(&t->g[group].alive, 1);
     size_t cap = sizeof(dp_req_hdr) + (1u << 20);
-    char *buf = malloc(cap);
+    /* one posted receive per front-end; a message is handled from `buf`
+     * after the next receive of that front-end was posted into its buffer */
+    char *bufs[XDS_DP_MAX_FRONTS] = {0}, *buf = malloc(cap);
+    xccl_request rq[XDS_DP_MAX_FRONTS];
+    xccl_request *rp[XDS_DP_MAX_FRONTS] = {0};
     xds_status s = buf ? XDS_OK : xds_err_set(XDS_ERR_NOMEM, "deploy dp: out of memory");
+    for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
+        bufs[i] = malloc(cap);
+        if (!bufs[i]) s = xds_err_set(XDS_ERR_NOMEM, "deploy dp: out of memory");
+        else if (xccl_irecv(comm, fronts[i], bufs[i], cap, &rq[i]) != XCCL_OK) s = xerr(XCCL_ERR_INVALID, "receive");
+        else rp[i] = &rq[i];
+    }
     int32_t *prompt_copy = NULL;
     while (s == XDS_OK) {
-        s = flush_events(&L, comm, front);
+        s = flush_events(&L, comm);
         if (s != XDS_OK) break;
-        size_t len = 0;
+        int fi = -1;
         pthread_mutex_lock(&L.cmu);
         xccl_comm_set_timeout(comm, 1);
-        xccl_status xs = xccl_recv(&len, buf, cap, comm, front);
+        xccl_status xs = xccl_waitany(comm, rp, n_fronts, &fi);
         xccl_comm_set_timeout(comm, 10000);
+        if (xs == XCCL_OK) { /* take the message, post the next receive */
+            char *tmp = buf;
+            buf = bufs[fi];
+            bufs[fi] = tmp;
+        }
+        size_t len = xs == XCCL_OK ? xccl_request_len(&rq[fi]) : 0;
+        if (xs == XCCL_OK && xccl_irecv(comm, fronts[fi], bufs[fi], cap, &rq[fi]) != XCCL_OK) xs = XCCL_ERR_INVALID;
         pthread_mutex_unlock(&L.cmu);
-        if (xs == XCCL_ERR_TIMEOUT) {
-            if (xccl_peer_check(comm, front) != XCCL_OK) s = xds_err_set(XDS_ERR_PEER, "deploy dp: front-end rank %d is gone", front);
+        if (xs == XCCL_ERR_TIMEOUT || xs == XCCL_ERR_PEER) {
+            /* the supervisor's front-end gone is an error; another one that
+             * left (shutdown) or died: cancel its requests, stop listening */
+            for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
+                if (!rp[i] || xccl_peer_check(comm, fronts[i]) == XCCL_OK) continue;
+                if (i == 0) {
+                    s = xds_err_set(XDS_ERR_PEER, "deploy dp: front-end rank %d is gone", fronts[i]);
+                    break;
+                }
+                pthread_mutex_lock(&L.cmu);
+                xccl_cancel(comm, &rq[i]);
+                pthread_mutex_unlock(&L.cmu);
+                rp[i] = NULL;
+                pthread_mutex_lock(&L.mu);
+                for (grp_req *r = L.reqs; r; r = r->next)
+                    if (r->front == fronts[i]) xds_engine_cancel(engine, r->eng_id);
+                pthread_mutex_unlock(&L.mu);
+            }
             continue;
         }
         if (xs != XCCL_OK) {
             s = xerr(xs, "receive from the front-end");
             break;
         }
+        int front = fronts[fi];
         dp_small sm;
         if (len < sizeof sm) {
             s = xds_err_set(XDS_ERR_PEER, "deploy dp: short message from rank %d", front);
@@ -357,11 +401,14 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xd
             s = xds_err_set(XDS_ERR_PEER, "deploy dp: malformed message from rank %d", front);
             break;
         }
-        if (sm.cmd == DP_STOP) break;
+        if (sm.cmd == DP_STOP) {
+            if (fi == 0) break; /* only the supervisor's front-end stops the group */
+            continue;
+        }
         if (sm.cmd == DP_CANCEL) {
             pthread_mutex_lock(&L.mu);
             for (grp_req *r = L.reqs; r; r = r->next)
-                if (r->front_id == sm.id) xds_engine_cancel(engine, r->eng_id);
+                if (r->front_id == sm.id && r->front == front) xds_engine_cancel(engine, r->eng_id);
             pthread_mutex_unlock(&L.mu);
             continue;
         }
@@ -403,6 +450,7 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xd
             break;
         }
         r->front_id = h.id;
+        r->front = front;
         r->n_tokens = h.n + h.max_tokens;
         r->L = &L;
         if (imp) {
@@ -423,7 +471,7 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xd
             xds_dp_account(t, group, r->n_tokens, block_size, -1);
             dp_ev_hdr eh = {DP_MAGIC, DP_EVENT, h.id, -1, XDS_FINISH_ERROR, h.n, 0, 0, 0};
             queue_freed(r);
-            queue_event(&L, &eh, NULL);
+            queue_event(&L, front, &eh, NULL);
             free(r);
             continue;
         }
@@ -432,8 +480,27 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, int front, xd
     atomic_store(&t->g[group].alive, 0);
     free(prompt_copy);
     free(buf);
+    pthread_mutex_lock(&L.cmu);
+    for (int i = 0; i < n_fronts; i++) {
+        if (rp[i]) xccl_cancel(comm, &rq[i]);
+        free(bufs[i]);
+    }
+    pthread_mutex_unlock(&L.cmu);
     /* abort what is left (its callbacks still use L), then drop unsent events */
-    xds_engine_free(engine, 0);
+    if (own_engine) {
+        xds_engine_free(engine, 0);
+    } else { /* a borrowed engine: cancel ours and wait (bounded) for their final events */
+        pthread_mutex_lock(&L.mu);
+        for (grp_req *r = L.reqs; r; r = r->next) xds_engine_cancel(engine, r->eng_id);
+        pthread_mutex_unlock(&L.mu);
+        for (int i = 0; i < 10000; i++) {
+            pthread_mutex_lock(&L.mu);
+            int left = L.reqs != NULL;
+            pthread_mutex_unlock(&L.mu);
+            if (!left) break;
+            usleep(1000);
+        }
+    }
     pthread_mutex_destroy(&L.cmu);
     pthread_mutex_lock(&L.mu);
     while (L.head) {

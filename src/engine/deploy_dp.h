@@ -72,10 +72,14 @@ xds_status xds_dp_event_recv(struct xccl_comm *comm, int rank, void *buf, size_t
 #define XDS_DP_EVENT_MAX 65536
 
 /* ---- group side ---- */
-/* Serve front_rank's requests on engine until STOP (XDS_OK) or an error;
- * publishes load figures in t->g[group]. Takes the engine: it is freed
- * (remaining requests aborted) before returning. */
-xds_status xds_dp_group_serve(xds_engine *engine, struct xccl_comm *comm, int front_rank, xds_dp_table *t, int group,
-                              int block_size, int max_batch);
+#define XDS_DP_MAX_FRONTS 16
+/* Serve the requests of front-end ranks fronts[0..n_fronts) on engine until
+ * fronts[0] (the supervisor's) sends STOP (XDS_OK) or an error; each
+ * request's events go back to the front-end that sent it. Publishes load
+ * figures in t->g[group]. own_engine: the engine is freed (remaining requests
+ * aborted) before returning; else it is borrowed (another front-end feeds it
+ * directly) and only this loop's requests are cancelled and waited for. */
+xds_status xds_dp_group_serve(xds_engine *engine, struct xccl_comm *comm, const int *fronts, int n_fronts,
+                              xds_dp_table *t, int group, int block_size, int max_batch, int own_engine);
 
 #endif

@@ -991,7 +991,7 @@ static void srv_free(xds_server *s) {
 
 xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, const xds_tokenizer *tok,
                             xds_server **out) {
-    if (!opts || !engine || !tok || !opts->model_name || opts->max_ctx <= 0)
+    if (!opts || (!engine && !opts->engine_ops) || !tok || !opts->model_name || opts->max_ctx <= 0)
         return xds_err_set(XDS_ERR_INVALID, "xds_server_start: missing engine, tokenizer, model name or context");
     xds_server *s = calloc(1, sizeof *s);
     if (!s) return xds_err_set(XDS_ERR_NOMEM, "xds_server_start: out of memory");
@@ -1041,6 +1041,8 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
         return xds_err_set(XDS_ERR_INVALID, "--host '%s' is not a numeric IPv4 or IPv6 address", host);
     }
 
+    /* SO_REUSEPORT only when asked (MHD's 0 would actively refuse address reuse) */
+    struct MHD_OptionItem reuse[] = {{MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL}, {MHD_OPTION_END, 0, NULL}};
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)opts->port, NULL, NULL, srv_on_request, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -1051,6 +1053,7 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
         MHD_OPTION_NOTIFY_CONNECTION, srv_on_connection, s,
         MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1u << 20),
         MHD_OPTION_EXTERNAL_LOGGER, srv_mhd_log, s,
+        MHD_OPTION_ARRAY, opts->reuse_port ? reuse : reuse + 1,
         MHD_OPTION_END);
     if (!s->mhd) {
         int e = errno;

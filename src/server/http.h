@@ -58,11 +58,13 @@ typedef struct xds_server_opts {
     size_t header_limit;     /* per-connection memory for headers (MHD pool) */
     const char *topology_json; /* GET /v1/topology body (borrowed; NULL: 404, single process) */
     const xds_server_engine_ops *engine_ops; /* borrowed; NULL: the engine is called directly */
+    int reuse_port;          /* SO_REUSEPORT: several processes serve one port (a deployment's front-ends) */
 } xds_server_opts;
 
 xds_server_opts xds_server_opts_default(void);
 
-/* Start listening. The engine and tokenizer must outlive the server. */
+/* Start listening. The engine (NULL when engine_ops is set) and tokenizer
+ * must outlive the server. */
 xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine,
                             const struct xds_tokenizer *tok, xds_server **out);
 /* The port actually bound. */
