@@ -448,9 +448,285 @@ static void qk_call(int R, int T, int src, const uint8_t *w, size_t ws, int64_t 
 }
 
 
+/* ---- Q8_0: whole-block integer dots (groups of 8 blocks) ------------------
+ *
+ * Q8_0 weights run on their own formulation, which keeps the float work per
+ * multiply-add low (on Zen 4 VPDPBUSD shares its two pipes with the float
+ * mul / FMA: the pair formulation above spends 3 float ops per 64 multiply-
+ * adds and tops out near a third of the VPDPBUSD peak). Blocks are taken 8 at
+ * a time (a group); the weights and the activations of a group are
+ * transposed into 4 zmm "Z" vectors whose lane j (and 8 + j) holds 4 bytes of
+ * block j, so 4 VPDPBUSD leave each block's whole dot product, exactly, in
+ * one int32 lane: I_j = D_j - 128 S_j (D: dot of the weights + 128, which
+ * VPDPBUSD needs unsigned, S: the block's activation byte sum). The float
+ * work is then, per group of 8 blocks (256 multiply-adds):
+ *   A = fma(cvt(I), dw * dx, A)      (8 lanes, lane j = block 8g + j)
+ * and y = hsum_rows(1) of A at the end. Every path (one token streamed, a few
+ * tokens streamed, the 4 x 4 register tile over repacked rows) runs exactly
+ * these ops per (row, token, group) in group order, so a token's result does
+ * not depend on the batch (batch invariance). A last partial group is padded
+ * with zero blocks (weights and scales copied to a zeroed buffer; the
+ * activations' missing blocks are zero too), which adds fma(0, 0) the same
+ * way in every path.
+ */
+
+/* The transposition uses only in-lane unpacks (lane-crossing permutes and
+ * inserts share the VPDPBUSD pipes on Zen 4; in-lane shuffles, blends and
+ * broadcast loads do not). A pair of blocks (a, b) is first put in the
+ * activations' pair layout P = [a dw0-3 | b dw0-3 | a dw4-7 | b dw4-7] (the xq
+ * rows already are; weights: 4 broadcast loads and blends); the 4 pairs of a
+ * group are 4x4-transposed per 128-bit lane, Z_m lane L element i = P_i lane
+ * L dword m. Summing the 4 VPDPBUSD and folding the two 256-bit halves leaves
+ * lane i = block 2i, lane 4 + i = block 2i + 1 (i < 4): the group's blocks in
+ * the order 0 2 4 6 1 3 5 7, which the scales follow. */
+static inline __attribute__((always_inline)) void q8g_transpose(const __m512i *P, __m512i *z) {
+    __m512i t0 = _mm512_unpacklo_epi32(P[0], P[1]), t1 = _mm512_unpackhi_epi32(P[0], P[1]);
+    __m512i t2 = _mm512_unpacklo_epi32(P[2], P[3]), t3 = _mm512_unpackhi_epi32(P[2], P[3]);
+    z[0] = _mm512_unpacklo_epi64(t0, t2);
+    z[1] = _mm512_unpackhi_epi64(t0, t2);
+    z[2] = _mm512_unpacklo_epi64(t1, t3);
+    z[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* Z vectors (u8: + 128) and the 8 scales (block order 0 2 4 6 1 3 5 7) of
+ * one full group of a Q8_0 row (g points at its first block; the 8 blocks'
+ * 272 bytes are read). */
+static inline __attribute__((always_inline)) void q8g_wgroup(const uint8_t *g, __m512i *z, __m256 *dw) {
+    __m512i P[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        const uint8_t *a = g + 68 * i + 2, *b = a + 34;
+        __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)a));
+        v = _mm512_mask_broadcast_i32x4(v, 0x00F0, _mm_loadu_si128((const __m128i *)b));
+        v = _mm512_mask_broadcast_i32x4(v, 0x0F00, _mm_loadu_si128((const __m128i *)(a + 16)));
+        P[i] = _mm512_mask_broadcast_i32x4(v, 0xF000, _mm_loadu_si128((const __m128i *)(b + 16)));
+    }
+    q8g_transpose(P, z);
+    const __m512i k80 = _mm512_set1_epi8((char)0x80);
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) z[m] = _mm512_xor_si512(z[m], k80);
+    /* the f16 scales (bytes 34 j) in block order 0 2 4 6 1 3 5 7, gathered
+     * with scalar loads (integer pipes; vector permutes would share the
+     * VPDPBUSD pipes) */
+    uint16_t d[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) memcpy(&d[j], g + 34 * j, 2);
+    uint64_t lo = d[0] | (uint64_t)d[2] << 16 | (uint64_t)d[4] << 32 | (uint64_t)d[6] << 48;
+    uint64_t hi = d[1] | (uint64_t)d[3] << 16 | (uint64_t)d[5] << 32 | (uint64_t)d[7] << 48;
+    *dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
+}
+
+/* Same for any group: a last partial one is copied to a zeroed 8-block buffer. */
+static inline __attribute__((always_inline)) void q8g_wgroup_any(const uint8_t *row, int64_t nb,
+                                                                 int64_t g, __m512i *z, __m256 *dw) {
+    if (8 * g + 8 <= nb) {
+        q8g_wgroup(row + g * 272, z, dw);
+        return;
+    }
+    uint8_t buf[8 * 34] __attribute__((aligned(64)));
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, row + g * 272, (size_t)(nb - 8 * g) * 34);
+    q8g_wgroup(buf, z, dw);
+}
+
+/* One (row, token, group): the only float ops of the Q8_0 path. */
+static inline __attribute__((always_inline)) __m256 q8g_step(const __m512i *w, const __m512i *x, __m256i corr,
+                                                             __m256 dw, __m256 dx, __m256 acc) {
+    __m512i d0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], x[0]), w[1], x[1]);
+    __m512i d1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[2], x[2]), w[3], x[3]);
+    __m512i d = _mm512_add_epi32(d0, d1);
+    __m256i i8 = _mm256_sub_epi32(_mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64(d, 1)), corr);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(i8), _mm256_mul_ps(dw, dx), acc);
+}
+
+/* Prepared activations of one token: per group 4 Z vectors (256 bytes), then
+ * per group dx[8] (f32) and corr[8] = 128 S (int32). */
+typedef struct {
+    const uint8_t *z;   /* (ng, 256) */
+    const float *dx;    /* (ng, 8) */
+    const int32_t *cr;  /* (ng, 8) */
+} q8g_x;
+
+static size_t q8g_x_bytes(int64_t ng) { return (size_t)ng * (256 + 64); }
+
+static void q8g_prep_x(const uint8_t *xq, int64_t nb, uint8_t *dst) {
+    const int64_t ng = (nb + 7) / 8, np = (nb + 1) / 2;
+    const float *ds = xq_ds(xq, nb);
+    float *dx = (float *)(dst + (size_t)ng * 256);
+    int32_t *cr = (int32_t *)(dx + ng * 8);
+    const __m512i dsel = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i P[4], z[4];
+        for (int i = 0; i < 4; i++)
+            P[i] = 4 * g + i < np ? _mm512_loadu_si512(xq + (4 * g + i) * 64) : _mm512_setzero_si512();
+        q8g_transpose(P, z);
+        __m512i s = _mm512_setzero_si512();
+        for (int m = 0; m < 4; m++) {
+            _mm512_store_si512(dst + g * 256 + m * 64, z[m]);
+            s = _mm512_dpbusd_epi32(s, ones, z[m]);
+        }
+        __m256i S = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+        _mm256_store_si256((__m256i *)(cr + g * 8), _mm256_slli_epi32(S, 7));
+        int64_t nbg = nb - 8 * g < 8 ? nb - 8 * g : 8;
+        __m512 dsv = _mm512_maskz_loadu_ps((__mmask16)((1u << (2 * nbg)) - 1), ds + 16 * g);
+        _mm256_store_ps(dx + g * 8, _mm512_castps512_ps256(_mm512_permutexvar_ps(dsel, dsv)));
+    }
+}
+
+static inline q8g_x q8g_x_at(const uint8_t *base, int64_t ng, int t) {
+    const uint8_t *b = base + (size_t)t * q8g_x_bytes(ng);
+    q8g_x r = {b, (const float *)(b + (size_t)ng * 256), (const int32_t *)(b + (size_t)ng * 256 + (size_t)ng * 32)};
+    return r;
+}
+
+#ifndef Q8G_T1_NOPF
+#define Q8G_T1_NOPF 1
+#endif
+#ifndef Q8G_PAIR_MIN
+#define Q8G_PAIR_MIN 9
+#endif
+#ifndef Q8G_PF
+#define Q8G_PF 2048
+#endif
+/* Weights of a row's group: transposed from the row itself (RAW) or loaded
+ * from a repack buffer holding per row the Z vectors of every group
+ * (ng * 256 bytes) and then the scales (ng * 8 floats). */
+static inline __attribute__((always_inline)) void q8g_wsrc(const int raw, const uint8_t *wr, int64_t nb,
+                                                           int64_t ng, int64_t g, __m512i *w, __m256 *dw) {
+    if (raw) {
+        if (raw == 2) {
+            q8g_wgroup_any(wr, nb, g, w, dw);
+            return;
+        }
+        _mm_prefetch((const char *)wr + g * 272 + Q8G_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)wr + g * 272 + Q8G_PF + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)wr + g * 272 + Q8G_PF + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)wr + g * 272 + Q8G_PF + 192, _MM_HINT_T0);
+        _mm_prefetch((const char *)wr + g * 272 + Q8G_PF + 256, _MM_HINT_T0);
+        q8g_wgroup_any(wr, nb, g, w, dw);
+        return;
+    }
+    const __m512i *z = (const __m512i *)(wr + g * 256);
+    w[0] = _mm512_load_si512(z), w[1] = _mm512_load_si512(z + 1);
+    w[2] = _mm512_load_si512(z + 2), w[3] = _mm512_load_si512(z + 3);
+    *dw = _mm256_load_ps((const float *)(wr + ng * 256) + g * 8);
+}
+
+/* R (<= 2) rows x T (<= 8) tokens: per group the rows' weights sit in
+ * registers and each token's activations are read once for both rows. */
+static inline __attribute__((always_inline)) void q8g_tile(const int R, const int T, const int raw, const uint8_t *wr,
+                                                           size_t ws, int64_t nb, const uint8_t *xp, float *y,
+                                                           int64_t ldy) {
+    const int64_t ng = (nb + 7) / 8;
+    __m256 a[2][8];
+    q8g_x X[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) X[t] = q8g_x_at(xp, ng, t);
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) a[r][t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i w[2][4];
+        __m256 dw[2];
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++) q8g_wsrc(raw, wr + r * ws, nb, ng, g, w[r], &dw[r]);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const __m512i *xz = (const __m512i *)(X[t].z + g * 256);
+            __m256i cr = _mm256_load_si256((const __m256i *)(X[t].cr + g * 8));
+            __m256 dx = _mm256_load_ps(X[t].dx + g * 8);
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++) a[r][t] = q8g_step(w[r], xz, cr, dw[r], dx, a[r][t]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) hsum_rows(1, &a[r][t], y + t * ldy + r);
+}
+
+#define Q8G_T(R, RAW)                                                       \
+    switch (T) {                                                            \
+    case 1: q8g_tile(R, 1, RAW, wr, ws, nb, xp, y, ldy); break;             \
+    case 2: q8g_tile(R, 2, RAW, wr, ws, nb, xp, y, ldy); break;             \
+    case 3: q8g_tile(R, 3, RAW, wr, ws, nb, xp, y, ldy); break;             \
+    case 4: q8g_tile(R, 4, RAW, wr, ws, nb, xp, y, ldy); break;             \
+    case 5: q8g_tile(R, 5, RAW, wr, ws, nb, xp, y, ldy); break;             \
+    case 6: q8g_tile(R, 6, RAW, wr, ws, nb, xp, y, ldy); break;             \
+    case 7: q8g_tile(R, 7, RAW, wr, ws, nb, xp, y, ldy); break;             \
+    default: q8g_tile(R, 8, RAW, wr, ws, nb, xp, y, ldy); break;            \
+    }
+
+static void q8g_tile_call(int R, int T, int raw, const uint8_t *wr, size_t ws, int64_t nb, const uint8_t *xp,
+                          float *y, int64_t ldy) {
+    if (raw) {
+        if (R == 2) {
+            Q8G_T(2, 1)
+        } else if (T == 1 && Q8G_T1_NOPF) {
+            q8g_tile(1, 1, 2, wr, ws, nb, xp, y, ldy);
+        } else {
+            Q8G_T(1, 1)
+        }
+    } else {
+        if (R == 2) {
+            Q8G_T(2, 0)
+        } else {
+            Q8G_T(1, 0)
+        }
+    }
+}
+#undef Q8G_T
+
+/* Up to 8 tokens: pairs of rows streamed from the weights (one token: single
+ * rows, one sequential stream); more tokens: each pair of rows transposed
+ * once into a buffer, then read by every chunk of 8 tokens. */
+static void q8g_gemm(const uint8_t *w, size_t w_row_bytes, int64_t n_rows, int64_t nb, const uint8_t *xq,
+                     size_t xq_stride, int n_tok, float *y, int64_t ldy) {
+    const int64_t ng = (nb + 7) / 8;
+    const size_t xb = q8g_x_bytes(ng);
+    uint8_t *xp = aligned_alloc(64, xb * (size_t)n_tok);
+    XDS_ASSERT(xp);
+    for (int t = 0; t < n_tok; t++) q8g_prep_x(xq + t * xq_stride, nb, xp + t * xb);
+    if (n_tok <= 8) {
+        const int rmax = n_tok < Q8G_PAIR_MIN ? 1 : 2;
+        for (int64_t r = 0; r < n_rows; r += rmax) {
+            int R = n_rows - r < rmax ? 1 : rmax;
+            q8g_tile_call(R, n_tok, 1, w + r * w_row_bytes, w_row_bytes, nb, xp, y + r, ldy);
+        }
+        free(xp);
+        return;
+    }
+    const size_t us = ((size_t)ng * (256 + 32) + 63) & ~(size_t)63;
+    uint8_t *ub = aligned_alloc(64, us * 2);
+    XDS_ASSERT(ub);
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 2) {
+        int R = n_rows - r0 >= 2 ? 2 : 1;
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + (r0 + r) * w_row_bytes;
+            for (int64_t g = 0; g < ng; g++) {
+                __m512i z[4];
+                __m256 dw;
+                q8g_wgroup_any(wr, nb, g, z, &dw);
+                for (int m = 0; m < 4; m++) _mm512_store_si512(ub + r * us + g * 256 + m * 64, z[m]);
+                _mm256_store_ps((float *)(ub + r * us + ng * 256) + g * 8, dw);
+            }
+        }
+        for (int t0 = 0; t0 < n_tok; t0 += 8)
+            q8g_tile_call(R, n_tok - t0 >= 8 ? 8 : n_tok - t0, 0, ub, us, nb, xp + t0 * xb, y + t0 * ldy + r0, ldy);
+    }
+    free(ub);
+    free(xp);
+}
+
 void xds_qgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
                       int64_t nb, const uint8_t *xq, size_t xq_stride, int n_tok, float *y,
                       int64_t ldy) {
+    if (type == XDS_DTYPE_Q8_0) {
+        q8g_gemm(w, w_row_bytes, n_rows, nb, xq, xq_stride, n_tok, y, ldy);
+        return;
+    }
     const int src = src_of(type);
     if (n_tok > 1 && n_tok <= 12) {
         /* few tokens: stream each row once, its tokens in chunks of <= 8
