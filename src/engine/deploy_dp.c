@@ -342,6 +342,7 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
     char *bufs[XDS_DP_MAX_FRONTS] = {0}, *buf = malloc(cap);
     xccl_request rq[XDS_DP_MAX_FRONTS];
     xccl_request *rp[XDS_DP_MAX_FRONTS] = {0};
+    int seen[XDS_DP_MAX_FRONTS] = {0}; /* attached once: a later failed check means it is gone */
     xds_status s = buf ? XDS_OK : xds_err_set(XDS_ERR_NOMEM, "deploy dp: out of memory");
     for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
         bufs[i] = malloc(cap);
@@ -370,7 +371,12 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
             /* the supervisor's front-end gone is an error; another one that
              * left (shutdown) or died: cancel its requests, stop listening */
             for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
-                if (!rp[i] || xccl_peer_check(comm, fronts[i]) == XCCL_OK) continue;
+                if (!rp[i]) continue;
+                if (xccl_peer_check(comm, fronts[i]) == XCCL_OK) {
+                    seen[i] = 1;
+                    continue;
+                }
+                if (!seen[i] && i > 0) continue; /* still starting: it has not attached yet */
                 if (i == 0) {
                     s = xds_err_set(XDS_ERR_PEER, "deploy dp: front-end rank %d is gone", fronts[i]);
                     break;
