@@ -727,6 +727,9 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
     if (!d->started) /* start-up failed: nobody waits for the workers' results */
         for (int i = 0; i < d->n_pids; i++)
             if (d->pids[i] > 0) kill(d->pids[i], SIGTERM);
+    /* the attention side's buffers are registered with rank 0's comm */
+    xds_deploy_attn_free(d->attn);
+    d->attn = NULL;
     /* detaching makes any worker still in an XCCL wait on us fail at once */
     if (d->comm) {
         xccl_comm_detach(d->comm);
