@@ -30,6 +30,7 @@
  */
 #define _GNU_SOURCE
 #include "xccl_internal.h"
+#include "copy.h"
 
 #include <errno.h>
 #include <string.h>
@@ -245,7 +246,7 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
                 if (d.region) { /* zero-copy: read it where it lies in the sender's region */
                     uint8_t *src;
                     if (xccl_region_peer_ptr(&src, c, p, d.region, d.offset, msg_len) == XCCL_OK) {
-                        memcpy(buf, src, msg_len);
+                        xccl_copy(buf, src, msg_len, msg_len); /* not glibc's misaligned rep movsb */
                         got = msg_len;
                     }
                 }
