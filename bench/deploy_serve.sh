@@ -21,6 +21,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 run() { # label, serve args...
   local label="$1"; shift
   local P; P=$(port)
+  for a in "$@"; do [ "${prev:-}" = "--port" ] && P="$a"; prev="$a"; done; prev=""
   $PIN "$XDS" serve -m "${RUN_MODEL:-$MOE}" --port "$P" "$@" >"$TMP/log" 2>&1 & local S=$!
   for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$P/health" >/dev/null && break; sleep 0.1; done
   local J; J=$("$XDS" bench-serve --url "http://127.0.0.1:$P" --concurrency "$CONC" --num-requests "$NREQ" \
@@ -33,13 +34,17 @@ j = json.loads(sys.stdin.read())
 print("output tok/s %.1f  req/s %.2f  mean TTFT %.1f ms  mean TPOT %.1f ms  completed %d errors %d" % (
     j["output_throughput"], j["request_throughput"], j["ttft_ms"]["mean"] or 0,
     j["tpot_ms"]["mean"] or 0, j["completed"], j["errors"]))' 2>/dev/null || echo "$J"
-  grep -E "decode group|xds worker|KV pulled|served per" "$TMP/log" || true
+  grep -E "decode group|xds worker|KV pulled|served per|routed" "$TMP/log" || true
 }
 
 run "single process, $CORES threads" -t "$CORES"
 run "single process, 1 thread" -t 1
-run "MoE-attention, 1 expert worker (1+1 threads)" -t 1 --experts 1 --expert-threads 1
-run "MoE-attention, 2 expert workers (1+1+1 threads on $CORES cores)" -t 1 --experts 2 --expert-threads 1
+run "MoE-attention, 1 expert worker (1+1 threads), 1 micro-batch" -t 1 --experts 1 --micro-batches 1
+run "MoE-attention, 1 expert worker (1+1 threads), 2 micro-batches" -t 1 --experts 1 --micro-batches 2
+run "MoE-attention, 2 expert workers (1+1+1 threads on $CORES cores)" -t 1 --experts 2
+run "2 decode groups sharing 2 expert workers (4 processes)" -t 1 --decode-dp 2 --experts 2
+run "prefill 1 + 2 decode groups + 2 expert workers (the main job's topology)" -t 1 --prefill 1 --decode-dp 2 --experts 2
+run "2 front-ends + 2 decode groups + 2 expert workers" -t 1 --frontends 2 --decode-dp 2 --experts 2 --port "$(port)"
 
 # the dense model: disaggregated prefill/decode and two decode DP groups
 export RUN_MODEL="$DENSE"
