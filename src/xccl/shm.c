@@ -149,7 +149,7 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
         h->chunk_len = (uint32_t)chunk;
         h->flags = (req->aux_ & S_FIRST) ? 0u : FLAG_FIRST;
         h->msg_seq = c->send_seq[p];
-        if (chunk) memcpy(slot + XCCL_SLOT_HDR, buf + req->done_, chunk);
+        if (chunk) xccl_copy(slot + XCCL_SLOT_HDR, buf + req->done_, chunk, chunk);
         req->done_ += chunk;
         req->aux_ |= S_FIRST;
         tail++;
@@ -284,7 +284,7 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
                               (unsigned long long)off, chunk, (unsigned long long)msg_len);
             break;
         }
-        if (chunk) memcpy(buf + off, slot + XCCL_SLOT_HDR, chunk);
+        if (chunk) xccl_copy(buf + off, slot + XCCL_SLOT_HDR, chunk, chunk);
         req->done_ += chunk;
         head++;
         atomic_store_explicit(&m->cons, head, memory_order_release);
