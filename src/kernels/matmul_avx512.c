@@ -489,17 +489,25 @@ static inline __attribute__((always_inline)) void q8g_transpose(const __m512i *P
 }
 
 /* Z vectors (u8: + 128) and the 8 scales (block order 0 2 4 6 1 3 5 7) of
- * one full group of a Q8_0 row (g points at its first block; the 8 blocks'
- * 272 bytes are read). */
-static inline __attribute__((always_inline)) void q8g_wgroup(const uint8_t *g, __m512i *z, __m256 *dw) {
+ * one group of a Q8_0 row (g points at its first block) holding NB blocks
+ * (1..8; only those are read, missing ones are zero weights of scale 0). */
+static inline __attribute__((always_inline)) void q8g_wgroup_n(const int NB, const uint8_t *g, __m512i *z,
+                                                               __m256 *dw) {
     __m512i P[4];
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
         const uint8_t *a = g + 68 * i + 2, *b = a + 34;
-        __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)a));
-        v = _mm512_mask_broadcast_i32x4(v, 0x00F0, _mm_loadu_si128((const __m128i *)b));
-        v = _mm512_mask_broadcast_i32x4(v, 0x0F00, _mm_loadu_si128((const __m128i *)(a + 16)));
-        P[i] = _mm512_mask_broadcast_i32x4(v, 0xF000, _mm_loadu_si128((const __m128i *)(b + 16)));
+        __m512i v = _mm512_setzero_si512();
+        if (2 * i < NB) {
+            v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)a));
+            v = _mm512_mask_broadcast_i32x4(v, 0x0F00, _mm_loadu_si128((const __m128i *)(a + 16)));
+            v = _mm512_maskz_mov_epi32(0x0F0F, v);
+        }
+        if (2 * i + 1 < NB) {
+            v = _mm512_mask_broadcast_i32x4(v, 0x00F0, _mm_loadu_si128((const __m128i *)b));
+            v = _mm512_mask_broadcast_i32x4(v, 0xF000, _mm_loadu_si128((const __m128i *)(b + 16)));
+        }
+        P[i] = v;
     }
     q8g_transpose(P, z);
     const __m512i k80 = _mm512_set1_epi8((char)0x80);
@@ -510,23 +518,32 @@ static inline __attribute__((always_inline)) void q8g_wgroup(const uint8_t *g, _
      * VPDPBUSD pipes) */
     uint16_t d[8];
 #pragma GCC unroll 8
-    for (int j = 0; j < 8; j++) memcpy(&d[j], g + 34 * j, 2);
+    for (int j = 0; j < 8; j++) {
+        d[j] = 0;
+        if (j < NB) memcpy(&d[j], g + 34 * j, 2);
+    }
     uint64_t lo = d[0] | (uint64_t)d[2] << 16 | (uint64_t)d[4] << 32 | (uint64_t)d[6] << 48;
     uint64_t hi = d[1] | (uint64_t)d[3] << 16 | (uint64_t)d[5] << 32 | (uint64_t)d[7] << 48;
     *dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
 }
 
-/* Same for any group: a last partial one is copied to a zeroed 8-block buffer. */
+static void q8g_wgroup_part(int nbg, const uint8_t *g, __m512i *z, __m256 *dw) {
+    switch (nbg) {
+    case 1: q8g_wgroup_n(1, g, z, dw); break;
+    case 2: q8g_wgroup_n(2, g, z, dw); break;
+    case 3: q8g_wgroup_n(3, g, z, dw); break;
+    case 4: q8g_wgroup_n(4, g, z, dw); break;
+    case 5: q8g_wgroup_n(5, g, z, dw); break;
+    case 6: q8g_wgroup_n(6, g, z, dw); break;
+    default: q8g_wgroup_n(7, g, z, dw); break;
+    }
+}
+
+/* Any group of a row of nb blocks (the last one may be partial). */
 static inline __attribute__((always_inline)) void q8g_wgroup_any(const uint8_t *row, int64_t nb,
                                                                  int64_t g, __m512i *z, __m256 *dw) {
-    if (8 * g + 8 <= nb) {
-        q8g_wgroup(row + g * 272, z, dw);
-        return;
-    }
-    uint8_t buf[8 * 34] __attribute__((aligned(64)));
-    memset(buf, 0, sizeof buf);
-    memcpy(buf, row + g * 272, (size_t)(nb - 8 * g) * 34);
-    q8g_wgroup(buf, z, dw);
+    if (8 * g + 8 <= nb) q8g_wgroup_n(8, row + g * 272, z, dw);
+    else q8g_wgroup_part((int)(nb - 8 * g), row + g * 272, z, dw);
 }
 
 /* One (row, token, group): the only float ops of the Q8_0 path. */
@@ -583,9 +600,6 @@ static inline q8g_x q8g_x_at(const uint8_t *base, int64_t ng, int t) {
 #ifndef Q8G_T1_NOPF
 #define Q8G_T1_NOPF 1
 #endif
-#ifndef Q8G_PAIR_MIN
-#define Q8G_PAIR_MIN 9
-#endif
 #ifndef Q8G_PF
 #define Q8G_PF 2048
 #endif
@@ -613,10 +627,16 @@ static inline __attribute__((always_inline)) void q8g_wsrc(const int raw, const 
     *dw = _mm256_load_ps((const float *)(wr + ng * 256) + g * 8);
 }
 
-/* R (<= 2) rows x T (<= 8) tokens: per group the rows' weights sit in
- * registers and each token's activations are read once for both rows. */
+/* R (<= 2) rows x T (<= 8) tokens over groups [g0, g1): per group the rows'
+ * weights sit in registers and each token's activations are read once for
+ * both rows. The 8-lane accumulators continue from acc (acc + r * ars + 8 t)
+ * unless g0 == 0 (zero), and go back there unless g1 == ng, where they are
+ * reduced into y: cutting the groups into chunks (to keep a chunk of the
+ * activations in L1 across rows) keeps each output's operations and their
+ * order. */
 static inline __attribute__((always_inline)) void q8g_tile(const int R, const int T, const int raw, const uint8_t *wr,
-                                                           size_t ws, int64_t nb, const uint8_t *xp, float *y,
+                                                           size_t ws, int64_t nb, int64_t g0, int64_t g1,
+                                                           const uint8_t *xp, float *acc, size_t ars, float *y,
                                                            int64_t ldy) {
     const int64_t ng = (nb + 7) / 8;
     __m256 a[2][8];
@@ -626,8 +646,8 @@ static inline __attribute__((always_inline)) void q8g_tile(const int R, const in
 #pragma GCC unroll 2
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) a[r][t] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < ng; g++) {
+        for (int t = 0; t < T; t++) a[r][t] = g0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(acc + r * ars + 8 * t);
+    for (int64_t g = g0; g < g1; g++) {
         __m512i w[2][4];
         __m256 dw[2];
 #pragma GCC unroll 2
@@ -637,9 +657,25 @@ static inline __attribute__((always_inline)) void q8g_tile(const int R, const in
             const __m512i *xz = (const __m512i *)(X[t].z + g * 256);
             __m256i cr = _mm256_load_si256((const __m256i *)(X[t].cr + g * 8));
             __m256 dx = _mm256_load_ps(X[t].dx + g * 8);
+            if (R == 1) {
+                a[0][t] = q8g_step(w[0], xz, cr, dw[0], dx, a[0][t]);
+            } else { /* the token's activations loaded once for both rows */
+                __m512i x[4] = {_mm512_load_si512(xz), _mm512_load_si512(xz + 1), _mm512_load_si512(xz + 2),
+                                _mm512_load_si512(xz + 3)};
+                /* keep them in registers (GCC would fold the load into each
+                 * row's VPDPBUSD, reading them R times) */
+                __asm__("" : "+v"(x[0]), "+v"(x[1]), "+v"(x[2]), "+v"(x[3]));
 #pragma GCC unroll 2
-            for (int r = 0; r < R; r++) a[r][t] = q8g_step(w[r], xz, cr, dw[r], dx, a[r][t]);
+                for (int r = 0; r < R; r++) a[r][t] = q8g_step(w[r], x, cr, dw[r], dx, a[r][t]);
+            }
         }
+    }
+    if (g1 < ng) {
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) _mm256_store_ps(acc + r * ars + 8 * t, a[r][t]);
+        return;
     }
 #pragma GCC unroll 2
     for (int r = 0; r < R; r++)
@@ -647,41 +683,58 @@ static inline __attribute__((always_inline)) void q8g_tile(const int R, const in
         for (int t = 0; t < T; t++) hsum_rows(1, &a[r][t], y + t * ldy + r);
 }
 
-#define Q8G_T(R, RAW)                                                       \
-    switch (T) {                                                            \
-    case 1: q8g_tile(R, 1, RAW, wr, ws, nb, xp, y, ldy); break;             \
-    case 2: q8g_tile(R, 2, RAW, wr, ws, nb, xp, y, ldy); break;             \
-    case 3: q8g_tile(R, 3, RAW, wr, ws, nb, xp, y, ldy); break;             \
-    case 4: q8g_tile(R, 4, RAW, wr, ws, nb, xp, y, ldy); break;             \
-    case 5: q8g_tile(R, 5, RAW, wr, ws, nb, xp, y, ldy); break;             \
-    case 6: q8g_tile(R, 6, RAW, wr, ws, nb, xp, y, ldy); break;             \
-    case 7: q8g_tile(R, 7, RAW, wr, ws, nb, xp, y, ldy); break;             \
-    default: q8g_tile(R, 8, RAW, wr, ws, nb, xp, y, ldy); break;            \
+#define Q8G_ARGS wr, ws, nb, g0, g1, xp, acc, ars, y, ldy
+#define Q8G_T(R, RAW)                                    \
+    switch (T) {                                         \
+    case 1: q8g_tile(R, 1, RAW, Q8G_ARGS); break;        \
+    case 2: q8g_tile(R, 2, RAW, Q8G_ARGS); break;        \
+    case 3: q8g_tile(R, 3, RAW, Q8G_ARGS); break;        \
+    case 4: q8g_tile(R, 4, RAW, Q8G_ARGS); break;        \
+    case 5: q8g_tile(R, 5, RAW, Q8G_ARGS); break;        \
+    case 6: q8g_tile(R, 6, RAW, Q8G_ARGS); break;        \
+    case 7: q8g_tile(R, 7, RAW, Q8G_ARGS); break;        \
+    default: q8g_tile(R, 8, RAW, Q8G_ARGS); break;       \
+    }
+#define Q8G_T4(R, RAW)                                   \
+    switch (T) {                                         \
+    case 1: q8g_tile(R, 1, RAW, Q8G_ARGS); break;        \
+    case 2: q8g_tile(R, 2, RAW, Q8G_ARGS); break;        \
+    case 3: q8g_tile(R, 3, RAW, Q8G_ARGS); break;        \
+    default: q8g_tile(R, 4, RAW, Q8G_ARGS); break;       \
     }
 
-static void q8g_tile_call(int R, int T, int raw, const uint8_t *wr, size_t ws, int64_t nb, const uint8_t *xp,
-                          float *y, int64_t ldy) {
-    if (raw) {
-        if (R == 2) {
-            Q8G_T(2, 1)
-        } else if (T == 1 && Q8G_T1_NOPF) {
-            q8g_tile(1, 1, 2, wr, ws, nb, xp, y, ldy);
-        } else {
-            Q8G_T(1, 1)
-        }
+/* raw: 1 rows transposed as they stream (software prefetch), 2 the same
+ * without prefetch (one token: the hardware prefetcher follows the single
+ * stream), 0 rows from the repack buffer; R == 2 takes T <= 4 (registers: 8
+ * weight, 4 activation, 8 accumulators). */
+static void q8g_tile_call(int R, int T, int raw, const uint8_t *wr, size_t ws, int64_t nb, int64_t g0, int64_t g1,
+                          const uint8_t *xp, float *acc, size_t ars, float *y, int64_t ldy) {
+    if (raw == 2) {
+        q8g_tile(1, 1, 2, Q8G_ARGS);
+    } else if (raw) {
+        Q8G_T(1, 1)
+    } else if (R == 2) {
+        Q8G_T4(2, 0)
     } else {
-        if (R == 2) {
-            Q8G_T(2, 0)
-        } else {
-            Q8G_T(1, 0)
-        }
+        Q8G_T4(1, 0)
     }
 }
 #undef Q8G_T
+#undef Q8G_T4
+#undef Q8G_ARGS
 
-/* Up to 8 tokens: pairs of rows streamed from the weights (one token: single
- * rows, one sequential stream); more tokens: each pair of rows transposed
- * once into a buffer, then read by every chunk of 8 tokens. */
+#ifndef Q8G_KC
+#define Q8G_KC 8 /* groups per chunk: 2 KiB of activations per token */
+#endif
+#ifndef Q8G_RB
+#define Q8G_RB 8 /* rows per block sharing an activation chunk */
+#endif
+
+/* One token: rows streamed one after another, whole rows. 2..8 tokens: blocks
+ * of Q8G_RB rows streamed chunk by chunk (Q8G_KC groups; the tokens' chunk
+ * stays in L1 across the block's rows). More tokens: blocks of Q8G_RB rows
+ * transposed once into a buffer, then per chunk, per 4 tokens, pairs of rows
+ * in registers. */
 static void q8g_gemm(const uint8_t *w, size_t w_row_bytes, int64_t n_rows, int64_t nb, const uint8_t *xq,
                      size_t xq_stride, int n_tok, float *y, int64_t ldy) {
     const int64_t ng = (nb + 7) / 8;
@@ -689,34 +742,50 @@ static void q8g_gemm(const uint8_t *w, size_t w_row_bytes, int64_t n_rows, int64
     uint8_t *xp = aligned_alloc(64, xb * (size_t)n_tok);
     XDS_ASSERT(xp);
     for (int t = 0; t < n_tok; t++) q8g_prep_x(xq + t * xq_stride, nb, xp + t * xb);
-    if (n_tok <= 8) {
-        const int rmax = n_tok < Q8G_PAIR_MIN ? 1 : 2;
-        for (int64_t r = 0; r < n_rows; r += rmax) {
-            int R = n_rows - r < rmax ? 1 : rmax;
-            q8g_tile_call(R, n_tok, 1, w + r * w_row_bytes, w_row_bytes, nb, xp, y + r, ldy);
-        }
-        free(xp);
-        return;
-    }
-    const size_t us = ((size_t)ng * (256 + 32) + 63) & ~(size_t)63;
-    uint8_t *ub = aligned_alloc(64, us * 2);
-    XDS_ASSERT(ub);
-    for (int64_t r0 = 0; r0 < n_rows; r0 += 2) {
-        int R = n_rows - r0 >= 2 ? 2 : 1;
-        for (int r = 0; r < R; r++) {
-            const uint8_t *wr = w + (r0 + r) * w_row_bytes;
-            for (int64_t g = 0; g < ng; g++) {
-                __m512i z[4];
-                __m256 dw;
-                q8g_wgroup_any(wr, nb, g, z, &dw);
-                for (int m = 0; m < 4; m++) _mm512_store_si512(ub + r * us + g * 256 + m * 64, z[m]);
-                _mm256_store_ps((float *)(ub + r * us + ng * 256) + g * 8, dw);
+    float *acc = aligned_alloc(64, sizeof(float) * 8 * Q8G_RB * (size_t)n_tok);
+    XDS_ASSERT(acc);
+    const size_t ars = (size_t)8 * n_tok;
+    if (n_tok == 1) {
+        for (int64_t r = 0; r < n_rows; r++)
+            q8g_tile_call(1, 1, Q8G_T1_NOPF ? 2 : 1, w + r * w_row_bytes, w_row_bytes, nb, 0, ng, xp, acc, ars, y + r,
+                          ldy);
+    } else if (n_tok <= 8) {
+        for (int64_t r0 = 0; r0 < n_rows; r0 += Q8G_RB) {
+            int64_t rb = n_rows - r0 < Q8G_RB ? n_rows - r0 : Q8G_RB;
+            for (int64_t g0 = 0; g0 < ng; g0 += Q8G_KC) {
+                int64_t g1 = g0 + Q8G_KC < ng ? g0 + Q8G_KC : ng;
+                for (int64_t r = 0; r < rb; r++)
+                    q8g_tile_call(1, n_tok, 1, w + (r0 + r) * w_row_bytes, w_row_bytes, nb, g0, g1, xp, acc + r * ars,
+                                  ars, y + r0 + r, ldy);
             }
         }
-        for (int t0 = 0; t0 < n_tok; t0 += 8)
-            q8g_tile_call(R, n_tok - t0 >= 8 ? 8 : n_tok - t0, 0, ub, us, nb, xp + t0 * xb, y + t0 * ldy + r0, ldy);
+    } else {
+        const size_t us = ((size_t)ng * (256 + 32) + 63) & ~(size_t)63;
+        uint8_t *ub = aligned_alloc(64, us * Q8G_RB);
+        XDS_ASSERT(ub);
+        for (int64_t r0 = 0; r0 < n_rows; r0 += Q8G_RB) {
+            int64_t rb = n_rows - r0 < Q8G_RB ? n_rows - r0 : Q8G_RB;
+            for (int64_t r = 0; r < rb; r++) {
+                const uint8_t *wr = w + (r0 + r) * w_row_bytes;
+                for (int64_t g = 0; g < ng; g++) {
+                    __m512i z[4];
+                    __m256 dw;
+                    q8g_wgroup_any(wr, nb, g, z, &dw);
+                    for (int m = 0; m < 4; m++) _mm512_store_si512(ub + r * us + g * 256 + m * 64, z[m]);
+                    _mm256_store_ps((float *)(ub + r * us + ng * 256) + g * 8, dw);
+                }
+            }
+            for (int64_t g0 = 0; g0 < ng; g0 += Q8G_KC) {
+                int64_t g1 = g0 + Q8G_KC < ng ? g0 + Q8G_KC : ng;
+                for (int t0 = 0; t0 < n_tok; t0 += 4)
+                    for (int64_t r = 0; r < rb; r += 2)
+                        q8g_tile_call(rb - r >= 2 ? 2 : 1, n_tok - t0 >= 4 ? 4 : n_tok - t0, 0, ub + r * us, us, nb,
+                                      g0, g1, xp + t0 * xb, acc + r * ars + 8 * t0, ars, y + t0 * ldy + r0 + r, ldy);
+            }
+        }
+        free(ub);
     }
-    free(ub);
+    free(acc);
     free(xp);
 }
 
