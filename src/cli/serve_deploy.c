@@ -1116,11 +1116,27 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
             usleep(5000);
         }
     }
+    for (int i = 0; i < d->prefill; i++) /* attached; serving once its pool exists (its record is live) */
+        while (!atomic_load(&d->pick->inst[i].alive)) {
+            if (reap_one(d, d->experts + i, 0)) {
+                char how[96];
+                describe_exit(how, sizeof how, d->status[d->experts + i]);
+                s = xds_err_set(XDS_ERR_PEER, "prefill instance %d %s before it became ready", i, how);
+                goto fail;
+            }
+            if (now_s() > end) {
+                s = xds_err_set(XDS_ERR_TIMEOUT, "prefill instance %d did not start serving within 120 s", i);
+                goto fail;
+            }
+            usleep(5000);
+        }
     for (int g = 1; g < d->decode_dp; g++) /* attached; serving once its load record is live */
         while (!atomic_load(&d->table->g[g].alive)) {
             int i = d->experts + d->prefill + g - 1;
             if (reap_one(d, i, 0)) {
-                s = xds_err_set(XDS_ERR_PEER, "decode group %d exited before it became ready", g);
+                char how[96];
+                describe_exit(how, sizeof how, d->status[i]);
+                s = xds_err_set(XDS_ERR_PEER, "decode group %d %s before it became ready", g, how);
                 goto fail;
             }
             if (now_s() > end) {

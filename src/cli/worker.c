@@ -114,10 +114,11 @@ static int worker_prefill(const char *segment, const char *model_path, long rank
             return 1;
         }
         o.after_submit = publish_cache, o.after_submit_user = &pp;
-        xds_pd_pick_set_alive(pp.t, (int)inst, (int)block, 1);
     }
     xds_pd_prefill *p = NULL;
     s = xds_pd_prefill_create(m, &o, comm, &p);
+    /* alive only once the pool exists: the supervisor waits for it before serving */
+    if (s == XDS_OK && pp.t) xds_pd_pick_set_alive(pp.t, (int)inst, (int)block, 1);
     if (s == XDS_OK) s = xds_pd_prefill_serve(p, (int)front);
     if (p) {
         uint64_t cached = 0, computed = 0;

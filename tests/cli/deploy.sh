@@ -365,6 +365,10 @@ startup_err "dense model" "has no MoE layers" X=1 -- -m "$XDS_TEST_MODEL" --expe
 startup_err "more workers than experts" "only 4 routed experts" X=1 -- -m "$MOE" --experts 5
 startup_err "several front-ends with prefill instances (not yet)" "not supported yet" X=1 -- -m "$MOE" --prefill 1 --frontends 2 --port 1
 startup_err "several front-ends on port 0" "needs a fixed --port" X=1 -- -m "$MOE" --frontends 2
+startup_err "prefill KV pool that does not fit in memory" "prefill instance 0 exited with status 1 before it became ready" \
+  X=1 -- -m "$XDS_TEST_MODEL" --prefill 1 --ctx 2000000
+startup_err "decode group KV that does not fit in memory" "decode group 1 exited with status 1 before it became ready" \
+  X=1 -- -m "$XDS_TEST_MODEL" --decode-dp 2 --kv-blocks 60000000
 echo '{"experts": [{"experts": [0, 1]}, {"experts": [1, 2]}]}' >"$TMP/bad-topo.json"
 startup_err "topology that cannot place every expert" "cannot place every expert: expert 3 is on no worker" X=1 -- \
   -m "$MOE" --topology "$TMP/bad-topo.json"
