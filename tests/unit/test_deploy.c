@@ -34,6 +34,7 @@
 #include "engine/deploy.h"
 #include "model/model.h"
 #include "model/upcycle.h"
+#include "proc_util.h"
 #include "test.h"
 
 #define MOE XDS_SOURCE_DIR "/tests/data/oracle/moe/"
@@ -105,31 +106,6 @@ out:
     return rc;
 }
 
-/* Reap every child within deadline_s; SIGKILL the ones still running after
- * it. Returns how many did not exit with status 0 (killed ones count). */
-static int reap(pid_t *pids, int n, double deadline_s) {
-    int bad = 0;
-    double end = now_s() + deadline_s;
-    for (int i = 0; i < n; i++) {
-        if (pids[i] <= 0) continue;
-        int status = 0;
-        for (;;) {
-            pid_t r = waitpid(pids[i], &status, WNOHANG);
-            if (r == pids[i]) break;
-            if (r < 0 && errno != EINTR) { status = -1; break; }
-            if (now_s() > end) {
-                kill(pids[i], SIGKILL);
-                waitpid(pids[i], &status, 0);
-                status = -1;
-                break;
-            }
-            usleep(2000);
-        }
-        if (status != 0) bad++;
-        pids[i] = 0;
-    }
-    return bad;
-}
 
 static int seg_counter;
 
@@ -292,7 +268,7 @@ static void check_model(const char *label, const xds_model *m, int n_prompt, int
         CHECK_MSG(ok, "%s: start", lab);
         if (ok) attn_run(&ra, comm, lab);
         if (comm) xccl_comm_detach(comm);
-        int bad = reap(pids, t->W + t->n_attn - 1, 30);
+        int bad = tp_reap(pids, t->W + t->n_attn - 1, 30);
         CHECK_MSG(bad == 0, "%s: %d worker / attention processes did not exit cleanly", lab, bad);
         if (seg) xccl_segment_destroy(seg);
         xds_deploy_placement_free(&pl);
@@ -345,7 +321,7 @@ static void check_kill(const xds_model *m) {
     }
     if (comm) xccl_comm_detach(comm); /* the survivor sees rank 0 LEFT and exits with an error */
     double t0 = now_s();
-    int bad = reap(pids, W, 15);
+    int bad = tp_reap(pids, W, 15);
     CHECK_MSG(bad == 1, "the surviving worker should exit with an error (bad=%d)", bad);
     CHECK_MSG(now_s() - t0 < 10, "survivor took %.2f s to leave", now_s() - t0);
     if (seg) xccl_segment_destroy(seg);
@@ -377,7 +353,7 @@ static void check_mismatch(const xds_model *m) {
     }
     xds_deploy_attn_free(a);
     if (comm) xccl_comm_detach(comm);
-    reap(pids, 2, 15); /* they exit with an error once rank 0 leaves */
+    tp_reap(pids, 2, 15); /* they exit with an error once rank 0 leaves */
     if (seg) xccl_segment_destroy(seg);
     xds_deploy_placement_free(&pl);
     xds_deploy_placement_free(&other);

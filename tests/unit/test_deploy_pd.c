@@ -35,6 +35,7 @@
 #include "engine/deploy.h"
 #include "engine/deploy_pd.h"
 #include "model/model.h"
+#include "proc_util.h"
 #include "test.h"
 
 #define ORA XDS_SOURCE_DIR "/tests/data/oracle/"
@@ -91,32 +92,6 @@ out:
     return rc;
 }
 
-static int reap(pid_t *pids, int n, double deadline_s) {
-    int bad = 0;
-    double end = now_s() + deadline_s;
-    for (int i = 0; i < n; i++) {
-        if (pids[i] <= 0) continue;
-        int status = 0;
-        for (;;) {
-            pid_t r = waitpid(pids[i], &status, WNOHANG);
-            if (r == pids[i]) break;
-            if (r < 0 && errno != EINTR) { status = -1; break; }
-            if (now_s() > end) {
-                kill(pids[i], SIGKILL);
-                waitpid(pids[i], &status, 0);
-                status = -1;
-                break;
-            }
-            usleep(2000);
-        }
-        if (status != 0) {
-            bad++;
-            fprintf(stderr, "child %d: wait status %d\n", (int)pids[i], status);
-        }
-        pids[i] = 0;
-    }
-    return bad;
-}
 
 /* The prefill process: submit all prompts, hold until every task is freed. */
 static int prefill_main(const xds_model *m, const char *name, int rank) {
@@ -282,7 +257,7 @@ static void run_topology(const char *label, const xds_model *m, int W) {
         xds_deploy_attn_free(a);
     }
     if (comm) xccl_comm_detach(comm);
-    int bad = reap(pids, W + 1, 30);
+    int bad = tp_reap(pids, W + 1, 30);
     CHECK_MSG(bad == 0, "%s: %d children failed", label, bad);
     xccl_segment_destroy(seg);
     xds_deploy_placement_free(&pl);
