@@ -279,8 +279,10 @@ static int pd_import(void *user, struct xds_kv_cache *kv, int slot, int from, in
     if (to <= from) return 0;
     uint64_t bytes = 0;
     pthread_mutex_lock(&d->cmu);
+    double t0 = now_s();
     xds_status s = xds_pd_pull_range(d->rpc, &r->task, kv, slot, from, to, &bytes);
     if (s == XDS_OK && to == r->task.n_prompt) s = xds_pd_get_logits(d->rpc, &r->task, logits);
+    d->kv_pull_s += now_s() - t0;
     pthread_mutex_unlock(&d->cmu);
     if (s != XDS_OK) {
         fprintf(stderr, "xds serve: request %llu: KV pull failed (%s); computing the prompt here\n",
@@ -1323,7 +1325,9 @@ void serve_deploy_stop(serve_deploy *d) {
                 tot > 0 ? 100.0 * (st.dispatch_s + st.combine_s) / tot : 0.0);
     }
     if (d->prefill > 0 && d->kv_pulled_bytes)
-        fprintf(stderr, "xds serve: KV pulled from prefill instances: %llu bytes\n", d->kv_pulled_bytes);
+        fprintf(stderr, "xds serve: KV pulled from prefill instances: %llu bytes in %.3f s (%.2f GB/s, in the "
+                        "engine thread: part of decode group 0's step time)\n",
+                d->kv_pulled_bytes, d->kv_pull_s, d->kv_pull_s > 0 ? d->kv_pulled_bytes / d->kv_pull_s * 1e-9 : 0.0);
     if (d->frontend_mode)
         fprintf(stderr, "xds serve: front-end (rank %d): %llu requests routed to the decode groups\n",
                 d->fe_self_rank, (unsigned long long)d->next_id);

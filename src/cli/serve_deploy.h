@@ -75,6 +75,7 @@ typedef struct serve_deploy {
     int receiver_started;
     atomic_int receiver_stop;
     unsigned long long kv_pulled_bytes;
+    double kv_pull_s; /* time the engine thread spent pulling it */
     /* decode DP groups (D > 1): group 0 is this process's engine, groups 1..D-1 are
      * `xds worker --role decode` processes at ranks rpc_rank+1.. ; load table in shm */
     char table_name[64];
