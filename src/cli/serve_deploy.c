@@ -85,8 +85,8 @@ const char *serve_deploy_usage(void) {
            "                       from load figures in shared memory; with --experts they share the workers\n"
            "  --prefill P          P prefill-instance processes (KV pulled by the decode group)\n"
            "  --prefill-threads N  compute threads per prefill instance (default 1)\n"
-           "  --frontends F        F front-end processes share the port (SO_REUSEPORT); each picks decode\n"
-           "                       groups from the shared load table (not with --prefill yet)\n"
+           "  --frontends F        F front-end processes share the port (SO_REUSEPORT); each picks prefill\n"
+           "                       instances and decode groups from the tables in shared memory\n"
            "  --expert-threads N   compute threads per expert worker (default 1)\n"
            "  --micro-batches M    1, or 2 (default): two halves of a decode batch ping-pong, one's attention\n"
            "                       overlapping the other's experts\n"
@@ -104,12 +104,15 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
     else if (!strcmp(a, "--frontends")) dst = &d->frontends, lo = 1, hi = 64;
     else if (!strcmp(a, "--expert-threads")) dst = &d->expert_threads, lo = 1, hi = 1024;
     else if (!strcmp(a, "--micro-batches")) dst = &d->micro_batches, lo = 1, hi = XDS_DEPLOY_MAX_MB;
-    else if (!strcmp(a, "--frontend-of") || !strcmp(a, "--load-table") || !strcmp(a, "--group-ranks")) {
+    else if (!strcmp(a, "--frontend-of") || !strcmp(a, "--load-table") || !strcmp(a, "--group-ranks") ||
+             !strcmp(a, "--prefill-ranks") || !strcmp(a, "--pick-table")) {
         if (!v) {
             fprintf(stderr, "xds serve: error: %s needs a value\n", a);
             return -1;
         }
-        *(a[2] == 'f' ? &d->fe_segment : a[2] == 'l' ? &d->fe_table : &d->fe_granks) = v;
+        const char **dstp = a[2] == 'f' ? &d->fe_segment : a[2] == 'l' ? &d->fe_table : a[2] == 'g' ? &d->fe_granks
+                            : a[3] == 'r' ? &d->fe_pranks : &d->fe_pick;
+        *dstp = v;
         d->frontend_mode = 1;
         return 2;
     } else if (!strcmp(a, "--frontend-rank")) dst = &d->fe_self_rank, lo = 0, hi = XCCL_MAX_RANKS - 1;
@@ -362,7 +365,7 @@ static xds_status pd_submit(void *self, const int32_t *prompt, int n, const xds_
     d->reqs = r;
     *req_id = r->id;
     pthread_mutex_lock(&d->cmu);
-    xds_status s = xds_pd_request_send(d->rpc, d->rpc_rank + 1 + best, r->id, prompt, n);
+    xds_status s = xds_pd_request_send(d->rpc, d->prank[best], r->id, prompt, n);
     pthread_mutex_unlock(&d->cmu);
     if (s != XDS_OK) {
         d->at_prefill[best]--;
@@ -459,7 +462,7 @@ static int poll_prefill(serve_deploy *d) {
             xds_pd_task t;
             pthread_mutex_lock(&d->cmu);
             xccl_comm_set_timeout(d->rpc, 1); /* a receive that times out consumes nothing */
-            xds_status s = xds_pd_task_recv(d->rpc, d->rpc_rank + 1 + i, &t);
+            xds_status s = xds_pd_task_recv(d->rpc, d->prank[i], &t);
             xccl_comm_set_timeout(d->rpc, 10000);
             pthread_mutex_unlock(&d->cmu);
             if (s == XDS_OK) {
@@ -507,7 +510,8 @@ static void dp_unlink(serve_deploy *d, serve_dp_req *r) { /* under rmu */
 static xds_finish forward_to_group(serve_deploy *d, serve_pd_req *r, const xds_pd_task *t) {
     int n_tokens = r->n + r->params.max_tokens;
     int g = xds_dp_pick(d->table, n_tokens, d->block_size);
-    if (g <= 0) return XDS_FINISH_STOP;
+    if (g < 0 && !d->engine) return XDS_FINISH_ERROR; /* a front-end with no group serving */
+    if (g <= 0 && d->engine) return XDS_FINISH_STOP;  /* group 0 is this process's engine */
     serve_dp_req *q = calloc(1, sizeof *q);
     if (!q) return XDS_FINISH_ERROR;
     *q = (serve_dp_req){.d = d, .id = r->id, .group = g, .n_tokens = n_tokens, .pd_src = t->src_rank, .cb = r->cb,
@@ -723,7 +727,7 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
     serve_deploy_quiesce(d);
     if (d->attn) xds_deploy_attn_stop(d->attn);
     if (d->rpc && d->started)
-        for (int i = 0; i < d->prefill; i++) xds_pd_stop_send(d->rpc, d->rpc_rank + 1 + i);
+        for (int i = 0; i < d->prefill; i++) xds_pd_stop_send(d->rpc, d->prank[i]);
     if (d->rpc && d->started)
         for (int g = 1; g < d->decode_dp; g++) xds_dp_stop_send(d->rpc, grp_rank(d, g));
     if (!d->started) /* start-up failed: nobody waits for the workers' results */
@@ -810,6 +814,18 @@ xds_status serve_deploy_frontend(serve_deploy *d, const xds_model *m, int max_ct
     prctl(PR_SET_PDEATHSIG, SIGTERM); /* the supervisor gone: drain and exit */
     if (getppid() == 1) return xds_err_set(XDS_ERR_PEER, "the supervisor is gone");
     d->decode_dp = n;
+    d->prefill = 0;
+    for (c = d->fe_pranks; c && *c && d->prefill < SERVE_DEPLOY_MAX_PREFILL;) {
+        char *end = NULL;
+        long r = strtol(c, &end, 10);
+        if (end == c || r < 0 || r >= XCCL_MAX_RANKS || (*end && *end != ',')) break;
+        d->prank[d->prefill++] = (int)r;
+        c = *end ? end + 1 : end;
+    }
+    if ((c && *c) || (d->prefill > 0) != (d->fe_pick != NULL))
+        return xds_err_set(XDS_ERR_INVALID, "front-end mode: bad --prefill-ranks / --pick-table");
+    if (d->prefill > 0) XDS_TRY(xds_pd_pick_table_open(d->fe_pick, &d->pick));
+    d->next_id = (uint64_t)d->fe_self_rank << 48; /* request ids unique across the front-ends */
     d->engine = NULL;
     d->max_ctx = max_ctx;
     d->block_size = block_size;
@@ -838,7 +854,8 @@ xds_status serve_deploy_frontend(serve_deploy *d, const xds_model *m, int max_ct
     pthread_mutex_init(&d->cmu, NULL);
     pthread_mutex_init(&d->rmu, NULL);
     d->mutexes = 1;
-    d->ops = (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
+    d->ops = d->prefill > 0 ? (xds_server_engine_ops){d, pd_submit, pdp_cancel, dp_stats}
+                            : (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
     if (pthread_create(&d->receiver, NULL, dp_receiver_main, d) != 0)
         return xds_err_set(XDS_ERR_INTERNAL, "cannot start the decode-group receiver thread");
     d->receiver_started = 1;
@@ -902,6 +919,9 @@ static xds_status spawn_frontend(serve_deploy *d, int k) {
     args[n++] = "--frontend-rank", args[n++] = rk;
     args[n++] = "--load-table", args[n++] = d->table_name;
     args[n++] = "--group-ranks", args[n++] = gl;
+    char pl[16 * SERVE_DEPLOY_MAX_PREFILL] = "";
+    for (int i = 0; i < d->prefill; i++) snprintf(pl + strlen(pl), sizeof pl - strlen(pl), i ? ",%d" : "%d", d->prank[i]);
+    if (d->prefill > 0) args[n++] = "--prefill-ranks", args[n++] = pl, args[n++] = "--pick-table", args[n++] = d->pick_name;
     args[n] = NULL;
     xds_status s = spawn(d, args, d->fe_rank[k], 'f');
     free(args);
@@ -949,9 +969,6 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         return xds_err_set(XDS_ERR_INVALID, "--decode-dp %d: at most %d groups", d->decode_dp, XDS_DP_MAX_GROUPS);
     if (d->frontends > SERVE_DEPLOY_MAX_FRONTENDS)
         return xds_err_set(XDS_ERR_INVALID, "--frontends %d: at most %d", d->frontends, SERVE_DEPLOY_MAX_FRONTENDS);
-    if (d->frontends > 1 && d->prefill > 0)
-        return xds_err_set(XDS_ERR_UNSUPPORTED, "--frontends %d with --prefill: several front-ends routing to "
-                                                "prefill instances are not supported yet", d->frontends);
     if (d->frontends > 1 && d->port <= 0)
         return xds_err_set(XDS_ERR_INVALID, "--frontends %d needs a fixed --port (the front-ends share it)",
                            d->frontends);
@@ -980,6 +997,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                   (d->decode_dp > 1 ? d->decode_dp - 1 : 0) + (d->decode_dp > 1 && d->experts > 0 ? d->decode_dp - 1 : 0);
     d->grank[0] = -1;
     for (int g = 1; g < d->decode_dp; g++) d->grank[g] = d->rpc_rank + d->prefill + g;
+    for (int i = 0; i < d->prefill; i++) d->prank[i] = d->rpc_rank + 1 + i;
     if (d->frontends > 1) { /* group 0's service rank, then the front-ends */
         d->g0_rank = n_ranks;
         for (int k = 1; k < d->frontends; k++) d->fe_rank[k] = n_ranks + k;
@@ -1042,6 +1060,9 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                         "--max-tok", mtok, "-t", tstr, "-m", (char *)model_path, NULL};
         s = spawn(d, args, r, 'e');
     }
+    char frl[16 * SERVE_DEPLOY_MAX_FRONTENDS]; /* a group's / instance's front-ends: the supervisor's first */
+    snprintf(frl, sizeof frl, "%d", d->rpc_rank);
+    for (int k = 1; k < d->frontends; k++) snprintf(frl + strlen(frl), sizeof frl - strlen(frl), ",%d", d->fe_rank[k]);
     for (int i = 0; i < d->prefill && s == XDS_OK; i++) {
         char sqs[16], pcs[16], pps[16], pts[16];
         const xds_topo_prefill *tp = d->have_topo ? &d->topo.prefill[i] : NULL;
@@ -1053,7 +1074,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         char inst[16];
         snprintf(inst, sizeof inst, "%d", i);
         char *args[] = {"xds", "worker", "--role", "prefill", "--segment", d->seg_name, "--rank", rstr,
-                        "--front", fstr, "-t", pts, "--block-size", bstr, "--pool-tokens", pps,
+                        "--front", frl, "-t", pts, "--block-size", bstr, "--pool-tokens", pps,
                         "--max-seqs", sqs, "--chunk", pcs, "--pick-table", d->pick_name, "--instance", inst,
                         "-m", (char *)model_path, NULL};
         s = spawn(d, args, d->rpc_rank + 1 + i, 'p');
@@ -1064,9 +1085,6 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     snprintf(ctxs, sizeof ctxs, "%d", eo->max_ctx);
     snprintf(kvb, sizeof kvb, "%d", eo->kv_blocks);
     snprintf(thr, sizeof thr, "%d", eo->n_threads);
-    char frl[16 * SERVE_DEPLOY_MAX_FRONTENDS]; /* a decode group's front-ends: the supervisor's first */
-    snprintf(frl, sizeof frl, "%d", d->rpc_rank);
-    for (int k = 1; k < d->frontends; k++) snprintf(frl + strlen(frl), sizeof frl - strlen(frl), ",%d", d->fe_rank[k]);
     for (int g = 1; g < d->decode_dp && s == XDS_OK; g++) {
         snprintf(rstr, sizeof rstr, "%d", grp_rank(d, g));
         snprintf(gs, sizeof gs, "%d", g);
@@ -1330,7 +1348,7 @@ void serve_deploy_stop(serve_deploy *d) {
                 d->kv_pulled_bytes, d->kv_pull_s, d->kv_pull_s > 0 ? d->kv_pulled_bytes / d->kv_pull_s * 1e-9 : 0.0);
     if (d->frontend_mode)
         fprintf(stderr, "xds serve: front-end (rank %d): %llu requests routed to the decode groups\n",
-                d->fe_self_rank, (unsigned long long)d->next_id);
+                d->fe_self_rank, (unsigned long long)(d->next_id & ((1ull << 48) - 1)));
     if (d->table && !d->frontend_mode) {
         fprintf(stderr, "xds serve: requests served per decode DP group:");
         for (int g = 0; g < d->decode_dp; g++)

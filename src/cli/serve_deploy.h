@@ -38,6 +38,7 @@ struct xds_dp_table;
 typedef struct serve_deploy {
     int prefill, decode_dp, experts, frontends, expert_threads, prefill_threads;
     const char *fe_segment, *fe_table, *fe_granks; /* front-end mode: from the supervisor */
+    const char *fe_pranks, *fe_pick;
     int fe_self_rank;
     int micro_batches; /* per decode group with expert workers: 1 or 2 (ping-pong) */
     const char *topology_file;
@@ -68,6 +69,7 @@ typedef struct serve_deploy {
     struct serve_pd_req *reqs;
     uint64_t next_id;
     int at_prefill[SERVE_DEPLOY_MAX_PREFILL]; /* requests sent and not yet returned, per instance */
+    int prank[SERVE_DEPLOY_MAX_PREFILL];      /* rank of each prefill instance */
     xds_engine *engine;
     int max_ctx, n_vocab, block_size, max_batch;
     xds_server_engine_ops ops;

@@ -34,7 +34,7 @@ static void worker_usage(FILE *f) {
     fprintf(f,
             "usage: xds worker --role expert --segment NAME --rank R --worker W --placement P --attn-ranks A,B,..\n"
             "                  --max-tok N -m MODEL [-t THREADS]\n"
-            "       xds worker --role prefill --segment NAME --rank R --front F -m MODEL [-t THREADS]\n"
+            "       xds worker --role prefill --segment NAME --rank R --front F[,F2,..] -m MODEL [-t THREADS]\n"
             "                  [--block-size B] [--pool-tokens N] [--max-seqs S] [--chunk C]\n"
             "                  [--pick-table SHM --instance I]\n"
             "       xds worker --role decode --segment NAME --rank R --front F[,F2,..] --group G --load-table SHM\n"
@@ -76,8 +76,13 @@ static void publish_cache(void *user, const struct xds_prefix_cache *pc) {
 }
 
 /* A prefill instance: serve the front rank's requests until STOP. */
-static int worker_prefill(const char *segment, const char *model_path, long rank, long front, long threads,
+static int worker_prefill(const char *segment, const char *model_path, long rank, const char *front_s, long threads,
                           long block, long pool, long seqs, long chunk, const char *pick_table, long inst) {
+    int fronts[XDS_PD_MAX_FRONTS];
+    int n_fronts = parse_ranks(front_s, fronts, XDS_PD_MAX_FRONTS);
+    long front = n_fronts > 0 ? fronts[0] : -1;
+    for (int i = 1; i < n_fronts; i++)
+        if (fronts[i] == rank) front = -1;
     if (!segment || !model_path || rank < 0 || rank >= XCCL_MAX_RANKS || front < 0 || front >= XCCL_MAX_RANKS ||
         front == rank || threads < 1 || threads > 1024 || block < 1 || block > 4096 || pool < block ||
         pool > (1L << 26) || seqs < 1 || seqs > 4096 || chunk < 1 || chunk > (1 << 20)) {
@@ -119,7 +124,7 @@ static int worker_prefill(const char *segment, const char *model_path, long rank
     s = xds_pd_prefill_create(m, &o, comm, &p);
     /* alive only once the pool exists: the supervisor waits for it before serving */
     if (s == XDS_OK && pp.t) xds_pd_pick_set_alive(pp.t, (int)inst, (int)block, 1);
-    if (s == XDS_OK) s = xds_pd_prefill_serve(p, (int)front);
+    if (s == XDS_OK) s = xds_pd_prefill_serve(p, fronts, n_fronts);
     if (p) {
         uint64_t cached = 0, computed = 0;
         xds_pd_prefill_token_stats(p, &cached, &computed);
@@ -243,7 +248,7 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
 
 int cli_worker(int argc, char **argv) {
     const char *role = NULL, *segment = NULL, *model_path = NULL;
-    long rank = -1, threads = 1, front = -1, block = 16, pool = 8192, seqs = 16, chunk = 256;
+    long rank = -1, threads = 1, block = 16, pool = 8192, seqs = 16, chunk = 256;
     long group = -1, max_batch = 16, step_tokens = 256, ctx = 4096, kv_blocks = 0;
     int prefix_cache = 1;
     const char *table = NULL, *placement = NULL, *attn_ranks = NULL, *expert_ranks = NULL;
@@ -269,11 +274,7 @@ int cli_worker(int argc, char **argv) {
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "--rank")) rank = strtol(v, &end, 10);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(v, &end, 10);
-        else if (!strcmp(a, "--front")) {
-            front_s = v; /* decode groups take a list: the supervisor's front-end first */
-            front = strtol(v, &end, 10);
-            if (*end == ',') end = NULL;
-        }
+        else if (!strcmp(a, "--front")) front_s = v; /* a rank list, the supervisor's front-end first */
         else if (!strcmp(a, "--block-size")) block = strtol(v, &end, 10);
         else if (!strcmp(a, "--pool-tokens")) pool = strtol(v, &end, 10);
         else if (!strcmp(a, "--max-seqs")) seqs = strtol(v, &end, 10);
@@ -312,7 +313,7 @@ int cli_worker(int argc, char **argv) {
         decode_moe dm = {attn_rank, expert_ranks, placement, micro_batches};
         return worker_decode(segment, model_path, rank, front_s, group, table, &eo, &dm);
     }
-    if (role && !strcmp(role, "prefill")) return worker_prefill(segment, model_path, rank, front, threads, block, pool,
+    if (role && !strcmp(role, "prefill")) return worker_prefill(segment, model_path, rank, front_s, threads, block, pool,
                                                                 seqs, chunk, pick_table, inst);
     if (!role || strcmp(role, "expert") != 0) {
         fprintf(stderr, "xds worker: error: --role must be 'expert' or 'prefill' (got '%s')\n", role ? role : "");

@@ -458,12 +458,20 @@ typedef struct pd_queued {
     uint64_t id;
     int32_t *tok;
     int n;
+    int front; /* the front-end rank that sent it: its task goes back there */
 } pd_queued;
 
-xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank) {
+xds_status xds_pd_prefill_serve(xds_pd_prefill *p, const int *fronts, int n_fronts) {
+    if (n_fronts < 1 || n_fronts > XDS_PD_MAX_FRONTS)
+        return xds_err_set(XDS_ERR_INVALID, "deploy pd: %d front-ends (1..%d)", n_fronts, XDS_PD_MAX_FRONTS);
     size_t cap = sizeof(pd_req_hdr) + sizeof(int32_t) * (size_t)(sizeof(((xds_pd_task *)0)->blocks) /
                                                                     sizeof(int32_t)) * p->kv->block_size;
-    char *buf = malloc(cap);
+    /* one posted receive per front-end; a message is handled from `buf`
+     * after the next receive of its front-end was posted */
+    char *buf = malloc(cap), *bufs[XDS_PD_MAX_FRONTS] = {0};
+    xccl_request rq[XDS_PD_MAX_FRONTS];
+    xccl_request *rp[XDS_PD_MAX_FRONTS] = {0};
+    int seen[XDS_PD_MAX_FRONTS] = {0}; /* attached once: a later failed check means it is gone */
     pd_queued *q = calloc(256, sizeof *q);
     int nq = 0;
     xds_status s = XDS_OK;
@@ -471,11 +479,17 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank) {
         free(buf), free(q);
         return xds_err_set(XDS_ERR_NOMEM, "deploy pd: out of memory");
     }
+    for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
+        if (!(bufs[i] = malloc(cap))) s = xds_err_set(XDS_ERR_NOMEM, "deploy pd: out of memory");
+        else if (xccl_irecv(p->comm, fronts[i], bufs[i], cap, &rq[i]) != XCCL_OK) s = xerr(XCCL_ERR_INVALID, "receive");
+        else rp[i] = &rq[i];
+    }
+    if (s != XDS_OK) goto out;
     for (;;) {
         /* submit queued requests in order while the pool has room */
         while (nq > 0) {
             int32_t first;
-            s = xds_pd_prefill_submit(p, q[0].id, q[0].tok, q[0].n, front_rank, &first);
+            s = xds_pd_prefill_submit(p, q[0].id, q[0].tok, q[0].n, q[0].front, &first);
             if (p->o.after_submit) p->o.after_submit(p->o.after_submit_user, p->bm ? p->bm->pc : NULL);
             if (s == XDS_ERR_BUSY && p->n_held > 0) {
                 s = XDS_OK;
@@ -492,7 +506,7 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank) {
                 t.n_prompt = -1;
                 memcpy(msg, hdr, 8);
                 memcpy(msg + 8, &t, offsetof(xds_pd_task, blocks));
-                xccl_status xs = xccl_send(p->comm, front_rank, msg, sizeof msg);
+                xccl_status xs = xccl_send(p->comm, q[0].front, msg, sizeof msg);
                 s = XDS_OK;
                 if (xs != XCCL_OK) s = xerr(xs, "send a failed task");
             }
@@ -501,20 +515,38 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank) {
             nq--;
             if (s != XDS_OK) goto out;
         }
-        size_t len = 0;
+        int fi = -1;
         xccl_comm_set_timeout(p->comm, 200);
-        xccl_status xs = xccl_recv(&len, buf, cap, p->comm, front_rank);
+        xccl_status xs = xccl_waitany(p->comm, rp, n_fronts, &fi);
         xccl_comm_set_timeout(p->comm, p->timeout_ms);
-        if (xs == XCCL_ERR_TIMEOUT) {
-            if (xccl_peer_check(p->comm, front_rank) != XCCL_OK) {
-                s = xds_err_set(XDS_ERR_PEER, "deploy pd: prefill: front rank %d is gone", front_rank);
-                goto out;
+        if (xs == XCCL_ERR_TIMEOUT || xs == XCCL_ERR_PEER) {
+            /* the supervisor's front-end gone is an error; another one that left stops being heard */
+            for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
+                if (!rp[i]) continue;
+                if (xccl_peer_check(p->comm, fronts[i]) == XCCL_OK) {
+                    seen[i] = 1;
+                    continue;
+                }
+                if (i == 0) s = xds_err_set(XDS_ERR_PEER, "deploy pd: prefill: front rank %d is gone", fronts[i]);
+                else if (seen[i]) xccl_cancel(p->comm, &rq[i]), rp[i] = NULL;
             }
+            if (s != XDS_OK) goto out;
             xds_pd_prefill_expire(p);
             continue;
         }
         if (xs != XCCL_OK) {
             s = xerr(xs, "prefill: receive");
+            goto out;
+        }
+        int front_rank = fronts[fi];
+        size_t len = xccl_request_len(&rq[fi]);
+        {
+            char *tmp = buf;
+            buf = bufs[fi];
+            bufs[fi] = tmp;
+        }
+        if (xccl_irecv(p->comm, front_rank, bufs[fi], cap, &rq[fi]) != XCCL_OK) {
+            s = xerr(XCCL_ERR_INVALID, "prefill: receive");
             goto out;
         }
         uint32_t hdr[2] = {0, 0};
@@ -523,7 +555,10 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank) {
             s = xds_err_set(XDS_ERR_PEER, "deploy pd: prefill: malformed message from rank %d", front_rank);
             goto out;
         }
-        if (hdr[1] == PD_STOP) break;
+        if (hdr[1] == PD_STOP) {
+            if (fi == 0) break; /* only the supervisor's front-end stops the instance */
+            continue;
+        }
         if (hdr[1] == PD_FREE && len == sizeof(pd_free_msg)) {
             pd_free_msg m;
             memcpy(&m, buf, sizeof m);
@@ -542,6 +577,7 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank) {
         }
         q[nq].id = h.req_id;
         q[nq].n = h.n;
+        q[nq].front = front_rank;
         q[nq].tok = malloc(sizeof(int32_t) * (size_t)h.n);
         if (!q[nq].tok) {
             s = xds_err_set(XDS_ERR_NOMEM, "deploy pd: out of memory");
@@ -552,6 +588,10 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank) {
     }
 out:
     for (int i = 0; i < nq; i++) free(q[i].tok);
+    for (int i = 0; i < n_fronts; i++) {
+        if (rp[i]) xccl_cancel(p->comm, &rq[i]);
+        free(bufs[i]);
+    }
     free(q);
     free(buf);
     return s;

@@ -116,9 +116,13 @@ xds_status xds_pd_request_send(struct xccl_comm *comm, int prefill_rank, uint64_
                                int n);
 /* Front side: end prefill_rank's serving loop. */
 xds_status xds_pd_stop_send(struct xccl_comm *comm, int prefill_rank);
-/* Prefill instance: serve requests from front_rank (REQ -> chunked prefill ->
- * TASK back; FREE -> release; STOP -> return XDS_OK) until STOP or an error.
- * Requests that find the pool full wait (in order) for FREEs. */
-xds_status xds_pd_prefill_serve(xds_pd_prefill *p, int front_rank);
+#define XDS_PD_MAX_FRONTS 16
+/* Prefill instance: serve requests from the front-end ranks fronts[0..n)
+ * (REQ -> chunked prefill -> TASK back to the sender; FREE -> release; STOP
+ * from fronts[0], the supervisor's, -> return XDS_OK) until STOP or an error.
+ * Request ids must be unique across the front-ends. Requests that find the
+ * pool full wait (in order) for FREEs. A front-end other than fronts[0] that
+ * leaves is no longer heard; fronts[0] gone is an error. */
+xds_status xds_pd_prefill_serve(xds_pd_prefill *p, const int *fronts, int n_fronts);
 
 #endif

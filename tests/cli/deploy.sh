@@ -267,9 +267,9 @@ EOF2
   else bad "topology file: did not come up: $(tail -3 "$TMP/topo.log")"; fi
 fi
 
-# --- two front-ends on one port (SO_REUSEPORT), 2 decode groups sharing 2 expert workers ---
+# --- two front-ends on one port (SO_REUSEPORT), a prefill instance, 2 decode groups sharing 2 expert workers ---
 P=$(free_port)
-"$XDS" serve -m "$MOE" --port "$P" -t 1 --frontends 2 --decode-dp 2 --experts 2 >"$TMP/fe.log" 2>&1 & S=$!; PIDS+=("$S")
+"$XDS" serve -m "$MOE" --port "$P" -t 1 --frontends 2 --prefill 1 --decode-dp 2 --experts 2 >"$TMP/fe.log" 2>&1 & S=$!; PIDS+=("$S")
 if wait_health "$P" "$S"; then
   FE=$(python3 - "$P" <<'EOF2'
 import json, sys, threading, urllib.request, os
@@ -291,9 +291,11 @@ EOF2
   kill -TERM "$S"; wait_exit "$S" 60
   [ -n "$REF" ] && [ "$FE" = "$REF" ] && ok "frontends 2: 12 concurrent requests, greedy completions identical to single process" \
     || bad "frontends 2: ref=$REF got=$FE"
-  grep -Eq "front-end \(rank [0-9]+\): [1-9][0-9]* requests routed" "$TMP/fe.log" \
+  grep -Eq "front-end \(rank [0-9]+\): [1-9][0-9]? requests routed" "$TMP/fe.log" \
     && ok "frontends 2: the second front-end took requests on the shared port" \
     || bad "frontends 2: $(grep 'routed' "$TMP/fe.log")"
+  grep -q "0 transfer tasks still held" "$TMP/fe.log" && grep -Eq "group 0: [1-9][0-9]* group 1: [1-9]" "$TMP/fe.log" \
+    && ok "frontends 2: every transfer task freed, both groups served" || bad "frontends 2: $(grep -E 'held|served per' "$TMP/fe.log")"
   [ "$RC" = 0 ] && [ -z "$(stray "$S")" ] && [ ! -e "/dev/shm/xds-serve-$S" ] && [ ! -e "/dev/shm/xds-serve-$S.topology" ] \
     && ok "frontends 2: SIGTERM -> exit 0, nothing left" || bad "frontends 2: rc=$RC $(tail -4 "$TMP/fe.log")"
 else bad "frontends 2: did not come up: $(tail -5 "$TMP/fe.log")"; fi
@@ -363,7 +365,6 @@ startup_err "worker fails to start" "expert worker 1 exited with status 1 before
   XDS_WORKER_EXE=/bin/false -- -m "$MOE" --experts 2
 startup_err "dense model" "has no MoE layers" X=1 -- -m "$XDS_TEST_MODEL" --experts 2
 startup_err "more workers than experts" "only 4 routed experts" X=1 -- -m "$MOE" --experts 5
-startup_err "several front-ends with prefill instances (not yet)" "not supported yet" X=1 -- -m "$MOE" --prefill 1 --frontends 2 --port 1
 startup_err "several front-ends on port 0" "needs a fixed --port" X=1 -- -m "$MOE" --frontends 2
 startup_err "prefill KV pool that does not fit in memory" "prefill instance 0 exited with status 1 before it became ready" \
   X=1 -- -m "$XDS_TEST_MODEL" --prefill 1 --ctx 2000000

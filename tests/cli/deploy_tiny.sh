@@ -7,8 +7,9 @@
 # and a tokenizer.json in which token i decodes to "<i>" (the completion text
 # spells the generated token ids); prompts are sent as token ids. Topologies: prefill/decode only
 # (--prefill 1), MoE-attention only (--experts 2 / 4), and both with two
-# decode DP groups (--prefill 1 --decode-dp 2 --experts 2 / 4); the dense
-# model: --prefill 1, --decode-dp 2 and both. Usage: bash deploy_tiny.sh xds
+# decode DP groups (--prefill 1 --decode-dp 2 --experts 2 / 4), and all of
+# it behind two front-ends (--frontends 2 --prefill 2 ...); the dense model:
+# --prefill 1, --decode-dp 2 and both. Usage: bash deploy_tiny.sh xds
 set -uo pipefail
 XDS="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 cd "$(dirname "$0")/../.."
@@ -90,7 +91,8 @@ check_model() { # name fixture-dir moe(0/1)
   local tops
   if [ "$moe" = 1 ]; then
     tops=("--prefill 1" "--experts 2" "--experts 4" "--prefill 1 --decode-dp 2 --experts 2"
-          "--prefill 1 --decode-dp 2 --experts 4 --micro-batches 1")
+          "--prefill 1 --decode-dp 2 --experts 4 --micro-batches 1"
+          "--frontends 2 --prefill 2 --decode-dp 2 --experts 2")
   else
     tops=("--prefill 1" "--decode-dp 2" "--prefill 1 --decode-dp 2")
   fi
