@@ -2,15 +2,19 @@
  * bench_moe.c — `xds bench` on MoE models: decode steps at batch B (one
  * token of each of B sequences, each with c->ctx tokens of context already
  * in the paged KV cache), timed one by one, against the step's roofline bound
- *   bound = max(bytes read / measured bandwidth, flops / measured peak)
+ *   bound = max(bytes read / measured bandwidth, flops / measured peaks)
  * where bytes are what the step actually reads: every non-expert matrix
  * (attention incl. MLA's absorbed-K copy and only the V rows of kv_b, dense
  * FFNs, routers, shared experts, the LM head), the routed experts the batch
  * hits (counted by the MoE units, each expert once per layer per step), and
  * the K/V (or MLA latent) rows attended over; flops are 2 per multiply-add of
  * the same matrices for B tokens (routed experts: per routed row) plus the
- * attention dot products. The peak is the int8 dot-product peak when most
- * weights are quantized, else the f32 FMA peak.
+ * attention's (per position and head: q.k over the key width and the weighted
+ * sum over the value width; MLA absorbed: the latent + rope key, then the
+ * latent only). The compute time is the quantized matrices' flops at the
+ * int8 dot-product peak plus the rest (float matrices, attention over the
+ * f32 cache) at the f32 FMA peak: both run on the same vector pipes, and the
+ * f32 work cannot use the int8 dot products.
  * Reported per B: median step time, bytes (and expert share), flops, the bound
  * and sum(bound) / sum(time) over the timed steps; and, as `xds bench` does for
  * shared machines, the same fraction with cpu-equivalent time (process CPU
@@ -89,8 +93,10 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
     const xds_model_config *mc = &m->cfg;
     acc base = {0}, head = {0};
     base_cost(m, &base, &head);
-    int quant = base.qmacs * 2 > base.macs;
-    double peak = (quant ? c->int8 : c->fma) * 1e9, bw = c->bw * 1e9;
+    double p_q = c->int8 * 1e9, p_f = c->fma * 1e9, bw = c->bw * 1e9;
+    int exp_q = 0; /* routed experts quantized (their multiply-adds go to the int8 peak) */
+    for (int l = 0; l < mc->n_layer && !exp_q; l++)
+        if (m->layers[l].moe && mc->moe.n_expert > 0) exp_q = is_q(m->layers[l].moe->experts[0].gate.type);
     int kd, vd;
     xds_model_kv_dims(m, &kd, &vd);
     double exp_all = 0;
@@ -104,11 +110,11 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
     for (int l = 0; l < mc->n_layer; l++) n_moe += m->layers[l].moe != NULL;
     if (!c->json)
         printf("MoE decode (%s, %d routed experts top-%d per MoE layer, %d of %d layers MoE; context %d per "
-               "sequence; peak: %s)\n"
+               "sequence;\n  compute time: quantized matrices at the int8 peak + the rest at the f32 FMA peak)\n"
                "  batch   step ms (med)   tok/s    MB read  (experts hit / all)   GFLOP   bound ms (by)    %% of bound (cpu-equiv)\n",
                xds_arch_name(mc->arch), mc->moe.n_expert, mc->moe.n_expert_used,
                n_moe,
-               mc->n_layer, c->ctx, quant ? "int8" : "f32 fma");
+               mc->n_layer, c->ctx);
     xds_status st = XDS_OK;
     int steps = 4 * c->reps;
     for (int bi = 0; bi < c->n_batches && st == XDS_OK; bi++) {
@@ -118,7 +124,7 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
         xds_model_ctx *ctx = NULL;
         float *logits = NULL;
         int32_t *tok = NULL, *pos = NULL, *seq = NULL, *rows = NULL;
-        double *ts = NULL, *bound = NULL, *bytes = NULL, *flops = NULL, *eb = NULL, cpu_sum = 0;
+        double *ts = NULL, *bound = NULL, *bytes = NULL, *flops = NULL, *eb = NULL, *ctime = NULL, cpu_sum = 0;
         int maxt = B > c->ctx ? B : c->ctx;
         st = xds_model_kv_cache_create(m, B * n_pos + 16 * B, 16, B, &kv);
         if (st == XDS_OK) st = xds_model_ctx_create(m, kv, c->threads, maxt, &ctx);
@@ -126,9 +132,11 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             logits = malloc(sizeof(float) * (size_t)maxt * mc->n_vocab);
             tok = malloc(sizeof(int32_t) * maxt), pos = malloc(sizeof(int32_t) * maxt);
             seq = malloc(sizeof(int32_t) * maxt), rows = malloc(sizeof(int32_t) * maxt);
-            ts = malloc(sizeof(double) * steps * 5);
+            ts = malloc(sizeof(double) * steps * 6);
             if (!logits || !tok || !pos || !seq || !rows || !ts) st = xds_err_set(XDS_ERR_NOMEM, "bench: out of memory");
-            else bound = ts + steps, bytes = ts + 2 * steps, flops = ts + 3 * steps, eb = ts + 4 * steps;
+            else
+                bound = ts + steps, bytes = ts + 2 * steps, flops = ts + 3 * steps, eb = ts + 4 * steps,
+                ctime = ts + 5 * steps;
         }
         uint64_t rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)B;
 #define RND() (rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17, (int32_t)(rng % (uint64_t)mc->n_vocab))
@@ -156,21 +164,25 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             /* attention: every token attends over p + 1 positions in each layer */
             double kvb = (double)B * (p + 1) * mc->n_layer * (kd + vd) * sizeof(float);
             double attn_macs = mc->arch == XDS_ARCH_DEEPSEEK_V3
-                                   ? (double)B * (p + 1) * mc->n_layer * mc->n_head * 2.0 * kd
+                                   ? (double)B * (p + 1) * mc->n_layer * mc->n_head * ((double)kd + mc->mla.kv_lora_rank)
                                    : (double)B * (p + 1) * mc->n_layer * mc->n_head * 2.0 * mc->head_dim;
+            double fq = 2.0 * (B * (base.qmacs + head.qmacs) + (exp_q ? emacs : 0));
+            double ff = 2.0 * (B * (base.macs - base.qmacs + head.macs - head.qmacs) + (exp_q ? 0 : emacs) + attn_macs);
             bytes[it] = base.bytes + head.bytes + (double)ebytes + kvb;
-            flops[it] = 2.0 * (B * (base.macs + head.macs) + emacs + attn_macs);
+            flops[it] = fq + ff;
             eb[it] = (double)ebytes;
-            bound[it] = fmax(bytes[it] / bw, flops[it] / peak);
+            ctime[it] = fq / p_q + ff / p_f;
+            bound[it] = fmax(bytes[it] / bw, ctime[it]);
             ts[it] = dt;
         }
 #undef RND
         if (st == XDS_OK) {
-            double sb = 0, st_ = 0, mb = 0, mf = 0, me = 0;
-            for (int i = 0; i < steps; i++) sb += bound[i], st_ += ts[i], mb += bytes[i], mf += flops[i], me += eb[i];
-            mb /= steps, mf /= steps, me /= steps;
+            double sb = 0, st_ = 0, mb = 0, mf = 0, me = 0, mc_ = 0;
+            for (int i = 0; i < steps; i++)
+                sb += bound[i], st_ += ts[i], mb += bytes[i], mf += flops[i], me += eb[i], mc_ += ctime[i];
+            mb /= steps, mf /= steps, me /= steps, mc_ /= steps;
             double bmean = sb / steps;
-            int by_bw = mb / bw >= mf / peak;
+            int by_bw = mb / bw >= mc_;
             qsort(ts, steps, sizeof(double), cmp_d);
             double med = ts[steps / 2], frac = sb / st_;
             if (c->json)

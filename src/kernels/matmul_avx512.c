@@ -491,6 +491,31 @@ static inline __attribute__((always_inline)) void q8g_transpose(const __m512i *P
 /* Z vectors (u8: + 128) and the 8 scales (block order 0 2 4 6 1 3 5 7) of
  * one group of a Q8_0 row (g points at its first block) holding NB blocks
  * (1..8; only those are read, missing ones are zero weights of scale 0). */
+static const uint16_t q8g_dpos[4] = {0, 34, 17, 51};
+
+/* F1: a full group for the one-token stream, built with fewer instructions
+ * (lane-crossing permutes, whose VPDPBUSD pipes one token leaves idle); the
+ * same Z and scales as the broadcast / scalar construction below. */
+static inline __attribute__((always_inline)) void q8g_wgroup_f1(const uint8_t *g, __m512i *z, __m256 *dw) {
+    const __m512i iq = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    __m512i P[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        P[i] = _mm512_permutex2var_epi64(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(g + 68 * i + 2))),
+                                         iq,
+                                         _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(g + 68 * i + 36))));
+    q8g_transpose(P, z);
+    const __m512i k80 = _mm512_set1_epi8((char)0x80);
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) z[m] = _mm512_xor_si512(z[m], k80);
+    /* scales at bytes 34 j: j = 0 2 1 3 are words 0 34 17 51 of the 128
+     * bytes at g, j = 4 6 5 7 the same words of the 128 at g + 136 */
+    const __m512i iw16 = _mm512_maskz_loadu_epi16(0xf, q8g_dpos);
+    __m512i s0 = _mm512_permutex2var_epi16(_mm512_loadu_si512(g), iw16, _mm512_loadu_si512(g + 64));
+    __m512i s1 = _mm512_permutex2var_epi16(_mm512_loadu_si512(g + 136), iw16, _mm512_loadu_si512(g + 200));
+    *dw = _mm256_cvtph_ps(_mm_unpacklo_epi32(_mm512_castsi512_si128(s0), _mm512_castsi512_si128(s1)));
+}
+
 static inline __attribute__((always_inline)) void q8g_wgroup_n(const int NB, const uint8_t *g, __m512i *z,
                                                                __m256 *dw) {
     __m512i P[4];
@@ -547,30 +572,30 @@ static inline __attribute__((always_inline)) void q8g_wgroup_any(const uint8_t *
 }
 
 /* One (row, token, group): the only float ops of the Q8_0 path. */
-static inline __attribute__((always_inline)) __m256 q8g_step(const __m512i *w, const __m512i *x, __m256i corr,
+static inline __attribute__((always_inline)) __m256 q8g_step(const __m512i *w, const __m512i *x, __m512i ncorr,
                                                              __m256 dw, __m256 dx, __m256 acc) {
-    __m512i d0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], x[0]), w[1], x[1]);
-    __m512i d1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[2], x[2]), w[3], x[3]);
-    __m512i d = _mm512_add_epi32(d0, d1);
-    __m256i i8 = _mm256_sub_epi32(_mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64(d, 1)), corr);
+    /* integer sums are exact: the chain starts from [-128 S | 0] */
+    __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ncorr, w[0], x[0]), w[1], x[1]);
+    d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(d, w[2], x[2]), w[3], x[3]);
+    __m256i i8 = _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64(d, 1));
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(i8), _mm256_mul_ps(dw, dx), acc);
 }
 
 /* Prepared activations of one token: per group 4 Z vectors (256 bytes), then
- * per group dx[8] (f32) and corr[8] = 128 S (int32). */
+ * per group [-128 S[8] | 0[8]] (int32), then per group dx[8] (f32). */
 typedef struct {
     const uint8_t *z;   /* (ng, 256) */
     const float *dx;    /* (ng, 8) */
-    const int32_t *cr;  /* (ng, 8) */
+    const int32_t *cr;  /* (ng, 16) */
 } q8g_x;
 
-static size_t q8g_x_bytes(int64_t ng) { return (size_t)ng * (256 + 64); }
+static size_t q8g_x_bytes(int64_t ng) { return ((size_t)ng * (256 + 64 + 32) + 63) & ~(size_t)63; }
 
 static void q8g_prep_x(const uint8_t *xq, int64_t nb, uint8_t *dst) {
     const int64_t ng = (nb + 7) / 8, np = (nb + 1) / 2;
     const float *ds = xq_ds(xq, nb);
-    float *dx = (float *)(dst + (size_t)ng * 256);
-    int32_t *cr = (int32_t *)(dx + ng * 8);
+    int32_t *cr = (int32_t *)(dst + (size_t)ng * 256);
+    float *dx = (float *)(cr + ng * 16);
     const __m512i dsel = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i ones = _mm512_set1_epi8(1);
     for (int64_t g = 0; g < ng; g++) {
@@ -584,7 +609,7 @@ static void q8g_prep_x(const uint8_t *xq, int64_t nb, uint8_t *dst) {
             s = _mm512_dpbusd_epi32(s, ones, z[m]);
         }
         __m256i S = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
-        _mm256_store_si256((__m256i *)(cr + g * 8), _mm256_slli_epi32(S, 7));
+        _mm512_store_si512(cr + g * 16, _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(S, 7))));
         int64_t nbg = nb - 8 * g < 8 ? nb - 8 * g : 8;
         __m512 dsv = _mm512_maskz_loadu_ps((__mmask16)((1u << (2 * nbg)) - 1), ds + 16 * g);
         _mm256_store_ps(dx + g * 8, _mm512_castps512_ps256(_mm512_permutexvar_ps(dsel, dsv)));
@@ -593,7 +618,7 @@ static void q8g_prep_x(const uint8_t *xq, int64_t nb, uint8_t *dst) {
 
 static inline q8g_x q8g_x_at(const uint8_t *base, int64_t ng, int t) {
     const uint8_t *b = base + (size_t)t * q8g_x_bytes(ng);
-    q8g_x r = {b, (const float *)(b + (size_t)ng * 256), (const int32_t *)(b + (size_t)ng * 256 + (size_t)ng * 32)};
+    q8g_x r = {b, (const float *)(b + (size_t)ng * 320), (const int32_t *)(b + (size_t)ng * 256)};
     return r;
 }
 
@@ -610,7 +635,8 @@ static inline __attribute__((always_inline)) void q8g_wsrc(const int raw, const 
                                                            int64_t ng, int64_t g, __m512i *w, __m256 *dw) {
     if (raw) {
         if (raw == 2) {
-            q8g_wgroup_any(wr, nb, g, w, dw);
+            if (8 * g + 8 <= nb) q8g_wgroup_f1(wr + g * 272, w, dw);
+            else q8g_wgroup_any(wr, nb, g, w, dw);
             return;
         }
         _mm_prefetch((const char *)wr + g * 272 + Q8G_PF, _MM_HINT_T0);
@@ -655,7 +681,7 @@ static inline __attribute__((always_inline)) void q8g_tile(const int R, const in
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const __m512i *xz = (const __m512i *)(X[t].z + g * 256);
-            __m256i cr = _mm256_load_si256((const __m256i *)(X[t].cr + g * 8));
+            __m512i cr = _mm512_load_si512(X[t].cr + g * 16);
             __m256 dx = _mm256_load_ps(X[t].dx + g * 8);
             if (R == 1) {
                 a[0][t] = q8g_step(w[0], xz, cr, dw[0], dx, a[0][t]);
