@@ -493,29 +493,6 @@ static inline __attribute__((always_inline)) void q8g_transpose(const __m512i *P
  * (1..8; only those are read, missing ones are zero weights of scale 0). */
 static const uint16_t q8g_dpos[4] = {0, 34, 17, 51};
 
-/* F1: a full group for the one-token stream, built with fewer instructions
- * (lane-crossing permutes, whose VPDPBUSD pipes one token leaves idle); the
- * same Z and scales as the broadcast / scalar construction below. */
-static inline __attribute__((always_inline)) void q8g_wgroup_f1(const uint8_t *g, __m512i *z, __m256 *dw) {
-    const __m512i iq = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
-    __m512i P[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++)
-        P[i] = _mm512_permutex2var_epi64(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(g + 68 * i + 2))),
-                                         iq,
-                                         _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(g + 68 * i + 36))));
-    q8g_transpose(P, z);
-    const __m512i k80 = _mm512_set1_epi8((char)0x80);
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; m++) z[m] = _mm512_xor_si512(z[m], k80);
-    /* scales at bytes 34 j: j = 0 2 1 3 are words 0 34 17 51 of the 128
-     * bytes at g, j = 4 6 5 7 the same words of the 128 at g + 136 */
-    const __m512i iw16 = _mm512_maskz_loadu_epi16(0xf, q8g_dpos);
-    __m512i s0 = _mm512_permutex2var_epi16(_mm512_loadu_si512(g), iw16, _mm512_loadu_si512(g + 64));
-    __m512i s1 = _mm512_permutex2var_epi16(_mm512_loadu_si512(g + 136), iw16, _mm512_loadu_si512(g + 200));
-    *dw = _mm256_cvtph_ps(_mm_unpacklo_epi32(_mm512_castsi512_si128(s0), _mm512_castsi512_si128(s1)));
-}
-
 static inline __attribute__((always_inline)) void q8g_wgroup_n(const int NB, const uint8_t *g, __m512i *z,
                                                                __m256 *dw) {
     __m512i P[4];
@@ -622,9 +599,6 @@ static inline q8g_x q8g_x_at(const uint8_t *base, int64_t ng, int t) {
     return r;
 }
 
-#ifndef Q8G_T1_NOPF
-#define Q8G_T1_NOPF 1
-#endif
 #ifndef Q8G_PF
 #define Q8G_PF 2048
 #endif
@@ -634,11 +608,6 @@ static inline q8g_x q8g_x_at(const uint8_t *base, int64_t ng, int t) {
 static inline __attribute__((always_inline)) void q8g_wsrc(const int raw, const uint8_t *wr, int64_t nb,
                                                            int64_t ng, int64_t g, __m512i *w, __m256 *dw) {
     if (raw) {
-        if (raw == 2) {
-            if (8 * g + 8 <= nb) q8g_wgroup_f1(wr + g * 272, w, dw);
-            else q8g_wgroup_any(wr, nb, g, w, dw);
-            return;
-        }
         _mm_prefetch((const char *)wr + g * 272 + Q8G_PF, _MM_HINT_T0);
         _mm_prefetch((const char *)wr + g * 272 + Q8G_PF + 64, _MM_HINT_T0);
         _mm_prefetch((const char *)wr + g * 272 + Q8G_PF + 128, _MM_HINT_T0);
@@ -729,15 +698,12 @@ static inline __attribute__((always_inline)) void q8g_tile(const int R, const in
     default: q8g_tile(R, 4, RAW, Q8G_ARGS); break;       \
     }
 
-/* raw: 1 rows transposed as they stream (software prefetch), 2 the same
- * without prefetch (one token: the hardware prefetcher follows the single
- * stream), 0 rows from the repack buffer; R == 2 takes T <= 4 (registers: 8
- * weight, 4 activation, 8 accumulators). */
+/* raw: 1 rows transposed as they stream (software prefetch), 0 rows from the
+ * repack buffer; R == 2 takes T <= 4 (registers: 8 weight, 4 activation, 8
+ * accumulators). */
 static void q8g_tile_call(int R, int T, int raw, const uint8_t *wr, size_t ws, int64_t nb, int64_t g0, int64_t g1,
                           const uint8_t *xp, float *acc, size_t ars, float *y, int64_t ldy) {
-    if (raw == 2) {
-        q8g_tile(1, 1, 2, Q8G_ARGS);
-    } else if (raw) {
+    if (raw) {
         Q8G_T(1, 1)
     } else if (R == 2) {
         Q8G_T4(2, 0)
@@ -756,7 +722,50 @@ static void q8g_tile_call(int R, int T, int raw, const uint8_t *wr, size_t ws, i
 #define Q8G_RB 8 /* rows per block sharing an activation chunk */
 #endif
 
-/* One token: rows streamed one after another, whole rows. 2..8 tokens: blocks
+/* One token, one row: the same integers and float ops as q8g_step, with the
+ * integers computed the way one token streams fastest: each pair of blocks
+ * (activations in their xq pair layout as they are) gives 8 lanes of partial
+ * dots, 4 per block ([b0 x4 | b1 x4], two 256-bit VPDPBUSD), and three
+ * in-lane VPHADDD turn the 4 pairs of a group into [b0 b2 b4 b6 | b1 b3 b5 b7]
+ * whole-block dots, the group's lane order. A partial last group goes
+ * through the transposed path (same integers). */
+static void q8g_row1(const uint8_t *wr, int64_t nb, const uint8_t *xq, const uint8_t *xp, float *y) {
+    const int64_t ng = (nb + 7) / 8, nfull = nb / 8;
+    const q8g_x X = q8g_x_at(xp, ng, 0);
+    const __m256i k80 = _mm256_set1_epi8((char)0x80);
+    const __m512i iw16 = _mm512_maskz_loadu_epi16(0xf, q8g_dpos);
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t g = 0; g < nfull; g++) {
+        const uint8_t *gb = wr + g * 272;
+        __m256i D[4];
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            const uint8_t *b0 = gb + 68 * p + 2;
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)b0), w1 = _mm256_loadu_si256((const __m256i *)(b0 + 34));
+            __m256i lo = _mm256_xor_si256(_mm256_permute2x128_si256(w0, w1, 0x20), k80);
+            __m256i hi = _mm256_xor_si256(_mm256_permute2x128_si256(w0, w1, 0x31), k80);
+            const uint8_t *xr = xq + (4 * g + p) * 64;
+            __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)xr));
+            D[p] = _mm256_dpbusd_epi32(d, hi, _mm256_loadu_si256((const __m256i *)(xr + 32)));
+        }
+        __m256i i8 = _mm256_hadd_epi32(_mm256_hadd_epi32(D[0], D[1]), _mm256_hadd_epi32(D[2], D[3]));
+        i8 = _mm256_add_epi32(i8, _mm256_load_si256((const __m256i *)(X.cr + g * 16)));
+        __m512i s0 = _mm512_permutex2var_epi16(_mm512_loadu_si512(gb), iw16, _mm512_loadu_si512(gb + 64));
+        __m512i s1 = _mm512_permutex2var_epi16(_mm512_loadu_si512(gb + 136), iw16, _mm512_loadu_si512(gb + 200));
+        __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi32(_mm512_castsi512_si128(s0), _mm512_castsi512_si128(s1)));
+        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i8), _mm256_mul_ps(dw, _mm256_load_ps(X.dx + g * 8)), a);
+    }
+    if (nfull < ng) {
+        __m512i w[4];
+        __m256 dw;
+        q8g_wgroup_any(wr, nb, nfull, w, &dw);
+        a = q8g_step(w, (const __m512i *)(X.z + nfull * 256), _mm512_load_si512(X.cr + nfull * 16), dw,
+                     _mm256_load_ps(X.dx + nfull * 8), a);
+    }
+    hsum_rows(1, &a, y);
+}
+
+/* One token: rows streamed one after another (q8g_row1). 2..8 tokens: blocks
  * of Q8G_RB rows streamed chunk by chunk (Q8G_KC groups; the tokens' chunk
  * stays in L1 across the block's rows). More tokens: blocks of Q8G_RB rows
  * transposed once into a buffer, then per chunk, per 4 tokens, pairs of rows
@@ -772,9 +781,7 @@ static void q8g_gemm(const uint8_t *w, size_t w_row_bytes, int64_t n_rows, int64
     XDS_ASSERT(acc);
     const size_t ars = (size_t)8 * n_tok;
     if (n_tok == 1) {
-        for (int64_t r = 0; r < n_rows; r++)
-            q8g_tile_call(1, 1, Q8G_T1_NOPF ? 2 : 1, w + r * w_row_bytes, w_row_bytes, nb, 0, ng, xp, acc, ars, y + r,
-                          ldy);
+        for (int64_t r = 0; r < n_rows; r++) q8g_row1(w + r * w_row_bytes, nb, xq, xp, y + r);
     } else if (n_tok <= 8) {
         for (int64_t r0 = 0; r0 < n_rows; r0 += Q8G_RB) {
             int64_t rb = n_rows - r0 < Q8G_RB ? n_rows - r0 : Q8G_RB;
