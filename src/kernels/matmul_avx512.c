@@ -3,10 +3,11 @@
  * quantization, quantized-weight GEMM with VPDPBUSD, float-weight GEMM with
  * FMA. Compiled with AVX-512 flags; called only after the run-time check.
  *
- * Quantized GEMM (see kern_impl.h for the u/dw/mw formulation and the pair
- * layout). Weights are unpacked two 32-blocks at a time into [lo | hi] halves
- * matching the activations' pair layout (Q4: one AND and one shift of the 32
- * packed bytes; Q8_0: a 128-bit lane shuffle and XOR 0x80); two 256-bit
+ * Quantized GEMM, Q4_0 / Q4_1 (see kern_impl.h for the u/dw/mw formulation
+ * and the pair layout; the Q8_0 unpacking below is no longer reached). Weights
+ * are unpacked two 32-blocks at a time into [lo | hi] halves matching the
+ * activations' pair layout (Q4: one AND and one shift of the 32 packed bytes;
+ * Q8_0: a 128-bit lane shuffle and XOR 0x80); two 256-bit
  * VPDPBUSD accumulate both halves into the same 8 int32 lanes (4 per block),
  * which are converted and scaled by [dw*dx of b0 x4 | of b1 x4].
  *   - one token (decode): rows are walked one after another (one sequential
@@ -18,10 +19,16 @@
  *     row tile's scales are extracted once (prep_scales) and, when several
  *     token tiles reuse it, its unpacked u8 weights are written to an L1
  *     buffer (repack).
+ * Q8_0 weights take their own formulation (q8g_*, below): whole-block
+ * integer dots from groups of 8 blocks transposed in-lane, one float
+ * convert / multiply / FMA per 8 blocks; one-token stream, 2..8-token stream
+ * over row blocks and chunks of groups, 2 x 4 register tile over repacked
+ * rows.
  * Batch invariance: both paths reduce each output in the same fixed order
- * (see qk_tile), so a token's row of y is bit-identical whatever n_tok and
- * wherever the token and the row fall in the tiles. The float GEMM has one
- * FMA chain per output in every tile shape, so it is invariant too.
+ * (see qk_tile; Q8_0: q8g_step), so a token's row of y is bit-identical
+ * whatever n_tok and wherever the token and the row fall in the tiles. The
+ * float GEMM has one FMA chain per output in every tile shape, so it is
+ * invariant too.
  * No gathers: they are slow on Zen 4.
  */
 #include <immintrin.h>
