@@ -788,7 +788,14 @@ static void q8g_gemm(const uint8_t *w, size_t w_row_bytes, int64_t n_rows, int64
     XDS_ASSERT(acc);
     const size_t ars = (size_t)8 * n_tok;
     if (n_tok == 1) {
-        for (int64_t r = 0; r < n_rows; r++) q8g_row1(w + r * w_row_bytes, nb, xq, xp, y + r);
+        /* rows are contiguous and short: prefetch QS_PF bytes ahead of the
+         * stream, one line per 64 bytes of this row (the hardware stream
+         * prefetcher stops at 4 KiB pages; a lone token is DRAM-bound) */
+        for (int64_t r = 0; r < n_rows; r++) {
+            const uint8_t *wr = w + r * w_row_bytes;
+            for (size_t o = 0; o < w_row_bytes; o += 64) _mm_prefetch((const char *)wr + o + QS_PF, _MM_HINT_T0);
+            q8g_row1(wr, nb, xq, xp, y + r);
+        }
     } else if (n_tok <= 8) {
         for (int64_t r0 = 0; r0 < n_rows; r0 += Q8G_RB) {
             int64_t rb = n_rows - r0 < Q8G_RB ? n_rows - r0 : Q8G_RB;
