@@ -3,6 +3,9 @@
  * token of each of B sequences, each with c->ctx tokens of context already
  * in the paged KV cache), timed one by one, against the step's roofline bound
  *   bound = max(bytes read / measured bandwidth, flops / measured peaks)
+ * (the bandwidth: the mean of a probe right before and one right after each
+ * batch's timed steps, both printed — on a shared VM it moves with the
+ * neighbours, and a probe at the start of the run alone misstates it)
  * where bytes are what the step actually reads: every non-expert matrix
  * (attention incl. MLA's absorbed-K copy and only the V rows of kv_b, dense
  * FFNs, routers, shared experts, the LM head), the routed experts the batch
@@ -27,6 +30,7 @@
 #include <time.h>
 
 #include "cli/bench_moe.h"
+#include "kernels/roofline.h"
 #include "model/moe.h"
 
 static double now_s(void) {
@@ -111,7 +115,8 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
     if (!c->json)
         printf("MoE decode (%s, %d routed experts top-%d per MoE layer, %d of %d layers MoE; context %d per "
                "sequence;\n  compute time: quantized matrices at the int8 peak + the rest at the f32 FMA peak)\n"
-               "  batch   step ms (med)   tok/s    MB read  (experts hit / all)   GFLOP   bound ms (by)    %% of bound (cpu-equiv)\n",
+               "  batch   step ms (med)   tok/s    MB read  (experts hit / all)   GFLOP   bound ms (by)    %% of bound (cpu-equiv)"
+               "   bw GB/s before / after\n",
                xds_arch_name(mc->arch), mc->moe.n_expert, mc->moe.n_expert_used,
                n_moe,
                mc->n_layer, c->ctx);
@@ -148,6 +153,9 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             xds_batch b = {c->ctx, tok, pos, seq};
             st = xds_model_forward(ctx, &b, &last, 1, logits);
         }
+        /* this VM's memory bandwidth moves with its neighbours: probe it right
+         * before and right after this batch's timed steps and use the mean */
+        double bw0 = st == XDS_OK ? xds_measure_read_bw(xds_model_ctx_pool(ctx), 0) : 0;
         for (int it = -2; it < steps && st == XDS_OK; it++) {
             int p = c->ctx + it + 2;
             for (int s = 0; s < B; s++) tok[s] = RND(), pos[s] = p, seq[s] = s, rows[s] = s;
@@ -172,30 +180,33 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             flops[it] = fq + ff;
             eb[it] = (double)ebytes;
             ctime[it] = fq / p_q + ff / p_f;
-            bound[it] = fmax(bytes[it] / bw, ctime[it]);
             ts[it] = dt;
         }
 #undef RND
+        double bw1 = st == XDS_OK ? xds_measure_read_bw(xds_model_ctx_pool(ctx), 0) : 0;
+        double bwb = bw0 > 0 && bw1 > 0 ? (bw0 + bw1) / 2 * 1e9 : bw;
+        for (int i = 0; i < steps && st == XDS_OK; i++) bound[i] = fmax(bytes[i] / bwb, ctime[i]);
         if (st == XDS_OK) {
             double sb = 0, st_ = 0, mb = 0, mf = 0, me = 0, mc_ = 0;
             for (int i = 0; i < steps; i++)
                 sb += bound[i], st_ += ts[i], mb += bytes[i], mf += flops[i], me += eb[i], mc_ += ctime[i];
             mb /= steps, mf /= steps, me /= steps, mc_ /= steps;
             double bmean = sb / steps;
-            int by_bw = mb / bw >= mc_;
+            int by_bw = mb / bwb >= mc_;
             qsort(ts, steps, sizeof(double), cmp_d);
             double med = ts[steps / 2], frac = sb / st_;
             if (c->json)
                 printf("{\"bench\":\"xds\",\"kind\":\"moe_decode\",\"model\":\"%s\",\"threads\":%d,\"batch\":%d,"
                        "\"ctx\":%d,\"steps\":%d,\"t_med_s\":%.6f,\"t_min_s\":%.6f,\"bytes\":%.0f,\"expert_bytes\":%.0f,"
                        "\"expert_bytes_all\":%.0f,\"flops\":%.4g,\"bound_s\":%.6f,\"bound_by\":\"%s\","
-                       "\"frac_bound\":%.4f,\"frac_bound_cpu_equiv\":%.4f}\n",
+                       "\"frac_bound\":%.4f,\"frac_bound_cpu_equiv\":%.4f,\"bw_gbs\":[%.2f,%.2f]}\n",
                        c->model, c->threads, B, c->ctx, steps, med, ts[0], mb, me, exp_all, mf, bmean,
-                       by_bw ? "bandwidth" : "compute", frac, sb / cpu_sum);
+                       by_bw ? "bandwidth" : "compute", frac, sb / cpu_sum, bw0, bw1);
             else
-                printf("  %5d   %8.2f        %7.1f  %8.1f  (%7.1f / %7.1f)  %7.2f   %8.2f (%s)   %5.1f%%   %5.1f%%\n", B,
+                printf("  %5d   %8.2f        %7.1f  %8.1f  (%7.1f / %7.1f)  %7.2f   %8.2f (%s)   %5.1f%%   %5.1f%%"
+                       "   %5.1f / %5.1f\n", B,
                        med * 1e3, B / med, mb / 1e6, me / 1e6, exp_all / 1e6, mf / 1e9, bmean * 1e3,
-                       by_bw ? "bw" : "flops", 100 * frac, 100 * sb / cpu_sum);
+                       by_bw ? "bw" : "flops", 100 * frac, 100 * sb / cpu_sum, bw0, bw1);
             fflush(stdout);
         }
         free(logits), free(tok), free(pos), free(seq), free(rows), free(ts);
