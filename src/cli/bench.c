@@ -180,6 +180,7 @@ int cli_bench(int argc, char **argv) {
     xds_model_ctx *ctx = NULL;
     xds_status st = xds_model_load(c.model, &mo, &m);
     int n_ctx = (max_len > c.gen ? max_len : c.gen) + 16;
+    if (st == XDS_OK && moe_only && m->cfg.moe.n_expert > 0) n_ctx = 32, max_len = 16; /* those sections skipped */
     if (st == XDS_OK && n_ctx > m->cfg.max_ctx && m->cfg.max_ctx > 0) {
         st = xds_err_set(XDS_ERR_INVALID, "prompt length %d + 16 exceeds the model context %d",
                          n_ctx - 16, m->cfg.max_ctx);
