@@ -680,8 +680,11 @@ static void *g0_service_main(void *arg) {
     int fronts[SERVE_DEPLOY_MAX_FRONTENDS];
     fronts[0] = d->rpc_rank; /* sends only STOP */
     for (int k = 1; k < d->frontends; k++) fronts[k] = d->fe_rank[k];
+    xds_dp_serve_stats ds = {0};
     xds_status s = xds_dp_group_serve(d->engine, d->g0comm, fronts, d->frontends, d->table, 0, d->block_size,
-                                      d->max_batch, 0);
+                                      d->max_batch, 0, &ds);
+    fprintf(stderr, "xds serve: group 0 service: %llu requests from the other front-ends; KV pulled: %llu bytes in "
+                    "%.3f s\n", (unsigned long long)ds.requests, (unsigned long long)ds.kv_pulled_bytes, ds.kv_pull_s);
     if (s != XDS_OK && !atomic_load(&d->stopping))
         fprintf(stderr, "xds serve: group 0 service for the front-ends: %s\n", xds_err_msg());
     atomic_store(&d->table->g[0].alive, 1); /* still serves the supervisor's front-end */

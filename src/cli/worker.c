@@ -217,7 +217,12 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
     if (s == XDS_OK && xccl_comm_attach(&comm, segment, (int)rank, 5) != XCCL_OK)
         s = xds_err_set(XDS_ERR_IO, "attach to %s: %s", segment, xccl_err_msg());
     if (s == XDS_OK) {
-        s = xds_dp_group_serve(engine, comm, fronts, n_fronts, t, (int)group, eo->kv_block_size, eo->max_batch, 1);
+        xds_dp_serve_stats ds = {0};
+        s = xds_dp_group_serve(engine, comm, fronts, n_fronts, t, (int)group, eo->kv_block_size, eo->max_batch, 1,
+                               &ds);
+        fprintf(stderr, "xds worker (decode group %ld): %llu requests; KV pulled from prefill instances: %llu bytes "
+                        "in %.3f s\n", group, (unsigned long long)ds.requests, (unsigned long long)ds.kv_pulled_bytes,
+                ds.kv_pull_s);
         engine = NULL; /* freed by the serving loop */
         if (s == XDS_OK) rc = 0;
     }

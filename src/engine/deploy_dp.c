@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <xccl.h>
@@ -218,6 +219,7 @@ typedef struct ev_item {
 
 typedef struct grp_loop {
     int primary;         /* the supervisor's front-end: only its loss is an error */
+    xds_dp_serve_stats st; /* kv_* written by the engine thread under cmu */
     pthread_mutex_t mu;
     pthread_mutex_t cmu; /* the comm: serving loop + engine thread (imports) */
     xccl_comm *comm;
@@ -261,8 +263,14 @@ static int grp_import(void *user, struct xds_kv_cache *kv, int slot, int from, i
     if (to == r->task.n_prompt && !logits) to--;
     if (to <= from) return 0;
     pthread_mutex_lock(&L->cmu);
-    xds_status s = xds_pd_pull_range(L->comm, &r->task, kv, slot, from, to, NULL);
+    uint64_t bytes = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    xds_status s = xds_pd_pull_range(L->comm, &r->task, kv, slot, from, to, &bytes);
     if (s == XDS_OK && to == r->task.n_prompt) s = xds_pd_get_logits(L->comm, &r->task, logits);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    L->st.kv_pulled_bytes += bytes;
+    L->st.kv_pull_s += (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     pthread_mutex_unlock(&L->cmu);
     if (s != XDS_OK) {
         XDS_LOGW("deploy dp: request %llu: KV pull failed (%s); computing the prompt here",
@@ -323,7 +331,7 @@ static xds_status flush_events(grp_loop *L, xccl_comm *comm) {
 }
 
 xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fronts, int n_fronts, xds_dp_table *t,
-                              int group, int block_size, int max_batch, int own_engine) {
+                              int group, int block_size, int max_batch, int own_engine, xds_dp_serve_stats *stats) {
     if (n_fronts < 1 || n_fronts > XDS_DP_MAX_FRONTS) {
         if (own_engine) xds_engine_free(engine, 0);
         return xds_err_set(XDS_ERR_INVALID, "deploy dp: %d front-ends (1..%d)", n_fronts, XDS_DP_MAX_FRONTS);
@@ -457,6 +465,7 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
         }
         r->front_id = h.id;
         r->front = front;
+        L.st.requests++;
         r->n_tokens = h.n + h.max_tokens;
         r->L = &L;
         if (imp) {
@@ -516,5 +525,6 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
         free(it);
     }
     pthread_mutex_unlock(&L.mu);
+    if (stats) *stats = L.st;
     return s;
 }

@@ -79,7 +79,14 @@ xds_status xds_dp_event_recv(struct xccl_comm *comm, int rank, void *buf, size_t
  * figures in t->g[group]. own_engine: the engine is freed (remaining requests
  * aborted) before returning; else it is borrowed (another front-end feeds it
  * directly) and only this loop's requests are cancelled and waited for. */
+typedef struct xds_dp_serve_stats {
+    uint64_t requests;         /* requests taken */
+    uint64_t kv_pulled_bytes;  /* prompt KV pulled from prefill instances */
+    double kv_pull_s;          /* time the engine thread spent pulling it */
+} xds_dp_serve_stats;
+/* stats may be NULL; filled on return. */
 xds_status xds_dp_group_serve(xds_engine *engine, struct xccl_comm *comm, const int *fronts, int n_fronts,
-                              xds_dp_table *t, int group, int block_size, int max_batch, int own_engine);
+                              xds_dp_table *t, int group, int block_size, int max_batch, int own_engine,
+                              xds_dp_serve_stats *stats);
 
 #endif
