@@ -28,25 +28,10 @@
 #include "cli/bench_moe.h"
 #include "cli/cli.h"
 #include "kernels/kernels.h"
+#include "cli/bench_util.h"
 #include "kernels/roofline.h"
 #include "model/model.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -227,13 +212,13 @@ int cli_bench(int argc, char **argv) {
         int L = lens[li];
         for (int r = -1; r < c.reps && st == XDS_OK; r++) {
             xds_kv_seq_truncate(kv, 0, 0);
-            double t0 = now_s(), c0 = cpu_s();
+            double t0 = bench_now_s(), c0 = bench_cpu_s();
             st = run_forward(ctx, kv, tok, 0, L, logits);
-            if (r >= 0) ts[r] = now_s() - t0, cs[r] = (cpu_s() - c0) / c.threads;
+            if (r >= 0) ts[r] = bench_now_s() - t0, cs[r] = (bench_cpu_s() - c0) / c.threads;
         }
         if (st != XDS_OK) break;
-        qsort(ts, c.reps, sizeof(double), cmp_d);
-        qsort(cs, c.reps, sizeof(double), cmp_d);
+        qsort(ts, c.reps, sizeof(double), bench_cmp_d);
+        qsort(cs, c.reps, sizeof(double), bench_cmp_d);
         double tmin = ts[0], tmed = ts[c.reps / 2];
         /* FLOPs: 2 per multiply-add of the matrices, attention QK^T and PV over
          * the causal prefix, and the LM head for the one logits row. */
@@ -258,13 +243,13 @@ int cli_bench(int argc, char **argv) {
     /* ---- decode, batch 1, from an empty context ---- */
     for (int r = -1; r < c.reps && st == XDS_OK; r++) {
         xds_kv_seq_truncate(kv, 0, 0);
-        double t0 = now_s(), c0 = cpu_s();
+        double t0 = bench_now_s(), c0 = bench_cpu_s();
         for (int i = 0; i < c.gen && st == XDS_OK; i++) st = run_forward(ctx, kv, tok + i, i, 1, logits);
-        if (r >= 0) ts[r] = now_s() - t0, cs[r] = (cpu_s() - c0) / c.threads;
+        if (r >= 0) ts[r] = bench_now_s() - t0, cs[r] = (bench_cpu_s() - c0) / c.threads;
     }
     if (st == XDS_OK && c.gen > 0) {
-        qsort(ts, c.reps, sizeof(double), cmp_d);
-        qsort(cs, c.reps, sizeof(double), cmp_d);
+        qsort(ts, c.reps, sizeof(double), bench_cmp_d);
+        qsort(cs, c.reps, sizeof(double), bench_cmp_d);
         double cps = c.gen / cs[0];
         double tmin = ts[0], tmed = ts[c.reps / 2];
         /* step i reads K and V of positions 0..i */

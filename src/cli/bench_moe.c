@@ -30,25 +30,10 @@
 #include <time.h>
 
 #include "cli/bench_moe.h"
+#include "cli/bench_util.h"
 #include "kernels/roofline.h"
 #include "model/moe.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static int is_q(xds_dtype t) {
     return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1 || t == XDS_DTYPE_Q4_K ||
@@ -161,9 +146,9 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             for (int s = 0; s < B; s++) tok[s] = RND(), pos[s] = p, seq[s] = s, rows[s] = s;
             xds_batch b = {B, tok, pos, seq};
             xds_model_ctx_expert_stats(ctx, NULL, NULL, 1);
-            double t0 = now_s(), c0 = cpu_s();
+            double t0 = bench_now_s(), c0 = bench_cpu_s();
             st = xds_model_forward(ctx, &b, rows, B, logits);
-            double dt = now_s() - t0, dc = (cpu_s() - c0) / c->threads;
+            double dt = bench_now_s() - t0, dc = (bench_cpu_s() - c0) / c->threads;
             if (it < 0) continue;
             cpu_sum += dc;
             uint64_t ebytes;
@@ -193,7 +178,7 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             mb /= steps, mf /= steps, me /= steps, mc_ /= steps;
             double bmean = sb / steps;
             int by_bw = mb / bwb >= mc_;
-            qsort(ts, steps, sizeof(double), cmp_d);
+            qsort(ts, steps, sizeof(double), bench_cmp_d);
             double med = ts[steps / 2], frac = sb / st_;
             if (c->json)
                 printf("{\"bench\":\"xds\",\"kind\":\"moe_decode\",\"model\":\"%s\",\"threads\":%d,\"batch\":%d,"
