@@ -7,6 +7,7 @@
 #ifndef XDS_TESTS_ORACLE_REF_H
 #define XDS_TESTS_ORACLE_REF_H
 
+#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -234,6 +235,25 @@ static inline void oracle_check_model(const char *dir, const char *name) {
     xds_model_ctx_free(ctx);
     xds_kv_cache_free(kv);
     xds_model_free(m);
+}
+
+/* Runs oracle_check_model on every fixture directory under root (one per
+ * checkpoint; dot entries skipped) and checks there are at least min_n. */
+static inline void oracle_check_all(const char *root, int min_n) {
+    DIR *d = opendir(root);
+    CHECK_MSG(d != NULL, "no fixtures at %s", root);
+    if (!d) return;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char p[512]; /* the fixture files' names are appended to it */
+        snprintf(p, sizeof p, "%s/%s", root, e->d_name);
+        oracle_check_model(p, e->d_name);
+        n++;
+    }
+    closedir(d);
+    CHECK_MSG(n >= min_n, "only %d fixtures under %s", n, root);
 }
 
 static inline int write_file(const char *path, const char *s) {

@@ -35,22 +35,7 @@ static void rmsnorm_ref_check(void) {
 }
 
 
-static void test_tiny_all(void) {
-    DIR *d = opendir(TINY_DIR);
-    CHECK_MSG(d != NULL, "no fixtures at %s", TINY_DIR);
-    if (!d) return;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s", TINY_DIR, e->d_name);
-        oracle_check_model(p, e->d_name);
-        n++;
-    }
-    closedir(d);
-    CHECK_MSG(n >= 5, "only %d tiny fixtures", n);
-}
+static void test_tiny_all(void) { oracle_check_all(TINY_DIR, 5); }
 
 /* ------------------------------------------------------------------------ */
 /* Paged KV cache allocator */

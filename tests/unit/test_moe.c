@@ -35,22 +35,7 @@
 #define MOE_DIR XDS_SOURCE_DIR "/tests/data/oracle/moe"
 
 
-static void test_fixtures(void) {
-    DIR *d = opendir(MOE_DIR);
-    CHECK_MSG(d != NULL, "no fixtures at %s", MOE_DIR);
-    if (!d) return;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s", MOE_DIR, e->d_name);
-        oracle_check_model(p, e->d_name);
-        n++;
-    }
-    closedir(d);
-    CHECK_MSG(n >= 7, "only %d MoE fixtures", n);
-}
+static void test_fixtures(void) { oracle_check_all(MOE_DIR, 7); }
 
 /* ------------------------------------------------------------------------ */
 /* Expert parallelism through the units */
