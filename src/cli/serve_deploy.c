@@ -298,6 +298,18 @@ static int pd_import(void *user, struct xds_kv_cache *kv, int slot, int from, in
     return to - from;
 }
 
+/* The checks every front-end submit makes before taking a request. */
+static xds_status deploy_check_request(const serve_deploy *d, const int32_t *prompt, int n, const xds_gen_params *p,
+                                       xds_gen_cb cb) {
+    if (!prompt || n <= 0) return xds_err_set(XDS_ERR_INVALID, "request: empty prompt");
+    if (!p || !cb || p->max_tokens <= 0) return xds_err_set(XDS_ERR_INVALID, "request: bad parameters");
+    if ((long)n + p->max_tokens > d->max_ctx)
+        return xds_err_set(XDS_ERR_INVALID,
+                           "request: prompt (%d tokens) + max_tokens (%d) exceeds the context of %d tokens", n,
+                           p->max_tokens, d->max_ctx);
+    return XDS_OK;
+}
+
 /* Engine thread: events of an imported request, renamed to the router's id. */
 static void pd_on_event(void *user, const xds_gen_event *ev) {
     serve_pd_req *r = user;
@@ -317,12 +329,8 @@ static void pd_on_event(void *user, const xds_gen_event *ev) {
 static xds_status pd_submit(void *self, const int32_t *prompt, int n, const xds_gen_params *p, xds_gen_cb cb,
                             void *user, uint64_t *req_id) {
     serve_deploy *d = self;
-    if (!prompt || n <= 0) return xds_err_set(XDS_ERR_INVALID, "request: empty prompt");
-    if (!p || !cb || p->max_tokens <= 0) return xds_err_set(XDS_ERR_INVALID, "request: bad parameters");
-    if ((long)n + p->max_tokens > d->max_ctx)
-        return xds_err_set(XDS_ERR_INVALID,
-                           "request: prompt (%d tokens) + max_tokens (%d) exceeds the context of %d tokens", n,
-                           p->max_tokens, d->max_ctx);
+    xds_status cs = deploy_check_request(d, prompt, n, p, cb);
+    if (cs) return cs;
     if (n > (int)(sizeof(((xds_pd_task *)0)->blocks) / sizeof(int32_t)) * d->block_size)
         return xds_err_set(XDS_ERR_INVALID, "request: prompt of %d tokens is longer than a transfer task holds", n);
     for (int i = 0; i < n; i++)
@@ -546,12 +554,8 @@ static void dp_local_event(void *user, const xds_gen_event *ev) { /* group 0: en
 static xds_status dp_submit(void *self, const int32_t *prompt, int n, const xds_gen_params *p, xds_gen_cb cb,
                             void *user, uint64_t *req_id) {
     serve_deploy *d = self;
-    if (!prompt || n <= 0 || !p || !cb || p->max_tokens <= 0)
-        return xds_err_set(XDS_ERR_INVALID, "request: empty prompt or bad parameters");
-    if ((long)n + p->max_tokens > d->max_ctx)
-        return xds_err_set(XDS_ERR_INVALID,
-                           "request: prompt (%d tokens) + max_tokens (%d) exceeds the context of %d tokens", n,
-                           p->max_tokens, d->max_ctx);
+    xds_status cs = deploy_check_request(d, prompt, n, p, cb);
+    if (cs) return cs;
     serve_dp_req *r = calloc(1, sizeof *r);
     if (!r) return xds_err_set(XDS_ERR_NOMEM, "request: out of memory");
     r->d = d;
