@@ -78,7 +78,28 @@ void xds_qgemm_generic(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int
                        int64_t ldy);
 void xds_fgemm_generic(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
                        int64_t n_in, const float *x, int64_t ldx, int n_tok, float *y, int64_t ldy);
+/*
+ * Q8_0_R16 (XDS_DTYPE_Q8_0_R16): Q8_0 weights with 16 rows interleaved, for
+ * VPDPBUSD with the rows in the 16 int32 lanes. A matrix of n_rows (a
+ * multiple of 16) x nb blocks is n_rows / 16 groups, each nb records of
+ * XDS_Q8R_GB bytes (record (g, b) at (g * nb + b) * XDS_Q8R_GB):
+ *   u8  q[8][16][4]   q[k][r][i] = W[16 g + r][32 b + 4 k + i] xor 0x80
+ *   f16 d[16]         the 16 rows' block scales
+ * = 34 bytes per row and block, the size of Q8_0; rows r0 = 16 g start at
+ * r0 * (nb * 34) as in Q8_0. Records are 32-byte aligned when the data is 64-aligned.
+ * The kernels compute rows [row0, row0 + n_rows) of the matrix at w (group
+ * 0; any row range, partial groups computed whole and the extra lanes
+ * dropped): per (row, token) and block b in order,
+ *   I = sum_j W[j] q[j] (exact int32), acc = fma((float)I, d_w * d_x, acc)
+ * from acc = 0; y = acc. The generic and the AVX-512 kernel give the same bits.
+ */
+#define XDS_Q8R_GB 544
+void xds_q8r_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t nb, const uint8_t *xq,
+                          size_t xq_stride, int n_tok, float *y, int64_t ldy);
+
 #if defined(__x86_64__)
+void xds_q8r_gemm_avx512(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t nb, const uint8_t *xq,
+                         size_t xq_stride, int n_tok, float *y, int64_t ldy);
 void xds_act_quant_avx2(const float *x, int64_t nb, uint8_t *dst);
 void xds_qgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_t n_rows,
                     int64_t nb, const uint8_t *xq, size_t xq_stride, int n_tok, float *y,

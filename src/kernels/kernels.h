@@ -47,6 +47,12 @@ void xds_matmul_rows(xds_pool *pool, const xds_tensor *w, int64_t row0, int64_t 
 void xds_matmul_multi(xds_pool *pool, int n, const xds_tensor *const *w, const float *x,
                       float *const *y, int n_tok);
 
+/* Q8_0 rows -> Q8_0_R16 (kern_impl.h): n_rows (a multiple of 16) rows of
+ * n_in values from src to dst (same size; dst 64-byte aligned for the
+ * AVX-512 kernel). Row 16 g starts at the same byte offset in both, so a
+ * range of whole groups can be packed separately (in parallel). */
+void xds_q8r_pack(const void *src, void *dst, int64_t n_rows, int64_t n_in);
+
 /* Row i of an embedding-like tensor (any dtype) dequantized to f32 (ne[0] values). */
 void xds_get_row(const xds_tensor *w, int64_t i, float *dst);
 

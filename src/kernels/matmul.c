@@ -7,6 +7,9 @@
  *     the xq layout of kern_impl.h (pool scratch), then tasks of
  *     (row chunk) x (token chunk) call the level's qgemm;
  *   - float weights (F32/F16/BF16): tasks call the level's fgemm on f32 x;
+ *   - Q8_0_R16 (16 rows interleaved, made at load): the AVX-512 or the
+ *     portable row-group kernel (the AVX2 level uses the portable one); row
+ *     chunks are whole groups of 16 rows;
  *   - Q4_K/Q6_K: every level uses the portable path (dequantize a row with
  *     the scalar reference, f32 dot products) — correct, not fast;
  *   - row chunks are contiguous (streaming reads) and multiples of 4 rows
@@ -109,6 +112,64 @@ void xds_fgemm_generic(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int
             y[t * ldy + r] = fdot_row_generic(type, w + r * w_row_bytes, x + t * ldx, n_in);
 }
 
+/* ---- Q8_0_R16 (layout: kern_impl.h) --------------------------------------- */
+
+void xds_q8r_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t nb, const uint8_t *xq,
+                          size_t xq_stride, int n_tok, float *y, int64_t ldy) {
+    for (int64_t r = row0; r < row0 + n_rows; r++) {
+        const uint8_t *g = w + (size_t)(r / 16) * (size_t)nb * XDS_Q8R_GB;
+        int l = (int)(r % 16);
+        for (int t = 0; t < n_tok; t++) {
+            const uint8_t *xr = xq + t * xq_stride;
+            const int8_t *qs = xq_qs(xr);
+            const float *ds = xq_ds(xr, nb);
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *rec = g + b * XDS_Q8R_GB;
+                int32_t isum = 0;
+                for (int j = 0; j < 32; j++)
+                    isum += ((int)rec[(j / 4) * 64 + l * 4 + (j % 4)] - 128) * qs[xq_qs_index(b, j)];
+                xds_f16 d;
+                memcpy(&d, rec + 512 + 2 * l, 2);
+                acc = fmaf((float)isum, xds_f16_to_f32(d) * ds[2 * b], acc);
+            }
+            y[t * ldy + (r - row0)] = acc;
+        }
+    }
+}
+
+void xds_q8r_pack(const void *src, void *dst, int64_t n_rows, int64_t n_in) {
+    XDS_ASSERT(n_rows % 16 == 0 && n_in % 32 == 0);
+    const int64_t nb = n_in / 32;
+    const size_t rb = (size_t)nb * sizeof(xds_block_q8_0);
+    for (int64_t g = 0; g < n_rows / 16; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *rec = (uint8_t *)dst + ((size_t)g * nb + b) * XDS_Q8R_GB;
+            for (int r = 0; r < 16; r++) {
+                const uint8_t *blk = (const uint8_t *)src + (size_t)(16 * g + r) * rb + b * sizeof(xds_block_q8_0);
+                memcpy(rec + 512 + 2 * r, blk, 2);
+                for (int k = 0; k < 8; k++) {
+                    uint32_t v;
+                    memcpy(&v, blk + 2 + 4 * k, 4);
+                    v ^= 0x80808080u;
+                    memcpy(rec + 64 * k + 4 * r, &v, 4);
+                }
+            }
+        }
+}
+
+static void q8r_get_row(const uint8_t *w, int64_t nb, int64_t i, float *dst) {
+    const uint8_t *g = w + (size_t)(i / 16) * (size_t)nb * XDS_Q8R_GB;
+    int l = (int)(i % 16);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *rec = g + b * XDS_Q8R_GB;
+        xds_f16 d;
+        memcpy(&d, rec + 512 + 2 * l, 2);
+        float df = xds_f16_to_f32(d);
+        for (int j = 0; j < 32; j++) dst[b * 32 + j] = df * (float)(int8_t)(rec[(j / 4) * 64 + l * 4 + (j % 4)] ^ 0x80);
+    }
+}
+
 /* ---- driver -------------------------------------------------------------- */
 
 typedef struct {
@@ -126,6 +187,8 @@ typedef struct {
     int64_t row_chunk; /* rows per task */
     int tok_chunk;     /* tokens per task */
     int n_row_chunks;
+    int64_t row0;      /* Q8_0_R16: first row (w is then the matrix's group 0) */
+    void (*q8r)(const uint8_t *, int64_t, int64_t, int64_t, const uint8_t *, size_t, int, float *, int64_t);
 } mm_ctx;
 
 static void mm_task(void *vctx, int task, int thread) {
@@ -144,6 +207,9 @@ static void mm_task(void *vctx, int task, int thread) {
     case XDS_DTYPE_Q4_1:
         c->kt->qgemm(c->type, w, c->w_row_bytes, r1 - r0, c->nb, c->xq + t0 * c->xq_stride,
                      c->xq_stride, t1 - t0, y, c->ldy);
+        break;
+    case XDS_DTYPE_Q8_0_R16:
+        c->q8r(c->w, c->row0 + r0, r1 - r0, c->nb, c->xq + t0 * c->xq_stride, c->xq_stride, t1 - t0, y, c->ldy);
         break;
     case XDS_DTYPE_F32:
     case XDS_DTYPE_F16:
@@ -181,7 +247,7 @@ static void aq_task(void *vctx, int task, int thread) {
 }
 
 static int is_q8x(xds_dtype t) {
-    return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1;
+    return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1 || t == XDS_DTYPE_Q8_0_R16;
 }
 
 /* Fill c for rows [row0, row1) of w and choose its work split; returns the
@@ -199,6 +265,15 @@ static int mm_plan(mm_ctx *c, const xds_kern_table *kt, int nth, const xds_tenso
     c->type = w->type;
     c->w_row_bytes = xds_dtype_row_bytes(w->type, n_in);
     c->w = (const uint8_t *)w->data + row0 * c->w_row_bytes;
+    if (w->type == XDS_DTYPE_Q8_0_R16) { /* the kernel addresses groups from the matrix start */
+        XDS_ASSERT(total_rows % 16 == 0);
+        c->w = w->data;
+        c->row0 = row0;
+        c->q8r = xds_q8r_gemm_generic;
+#if defined(__x86_64__)
+        if (kt == xds_kern_table_get(XDS_CPU_AVX512)) c->q8r = xds_q8r_gemm_avx512;
+#endif
+    }
     c->n_rows = row1 - row0;
     c->n_in = n_in;
     c->nb = n_in / 32;
@@ -226,6 +301,7 @@ static int mm_plan(mm_ctx *c, const xds_kern_table *kt, int nth, const xds_tenso
     int64_t per = (c->n_rows + want - 1) / want;
     if (n_tok > 1 && per < 16) per = 16;
     per = (per + 3) & ~(int64_t)3;
+    if (w->type == XDS_DTYPE_Q8_0_R16) per = (per + 15) & ~(int64_t)15; /* whole groups */
     c->row_chunk = per;
     c->n_row_chunks = (int)((c->n_rows + per - 1) / per);
     return c->n_row_chunks * n_tok_chunks;
@@ -313,5 +389,9 @@ void xds_matmul(xds_pool *pool, const xds_tensor *w, const float *x, float *y, i
 void xds_get_row(const xds_tensor *w, int64_t i, float *dst) {
     size_t rb = xds_dtype_row_bytes(w->type, w->ne[0]);
     XDS_ASSERT(rb > 0 && i >= 0 && i < xds_tensor_nelem(w) / w->ne[0]);
+    if (w->type == XDS_DTYPE_Q8_0_R16) {
+        q8r_get_row(w->data, w->ne[0] / 32, i, dst);
+        return;
+    }
     xds_dequant_row(w->type, (const uint8_t *)w->data + i * rb, dst, w->ne[0]);
 }

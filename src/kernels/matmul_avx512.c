@@ -986,3 +986,128 @@ void xds_fgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int6
         r0 += R;
     }
 }
+
+/* ---- Q8_0_R16: row-interleaved Q8_0 (see kern_impl.h) ----------------------
+ *
+ * 16 rows in the 16 int32 lanes: per (group, block) the 8 weight vectors are
+ * loaded once and each token adds, per vector q, VPDPBUSD(weights, the
+ * token's 4 activation bytes of quad q broadcast to every lane) — the
+ * activation is an embedded {1to16} memory broadcast, so there is no
+ * shuffle, transpose or horizontal sum. Per (16 rows, token, block):
+ *   I = -128 S_tb + sum_q VPDPBUSD(W_q, x_q)    exact int32
+ *   A = fma(cvt(I), sw_b * dx_tb, A)            16 lanes = 16 rows
+ * and y = A (16 outputs per token stored directly). Every tile shape, the
+ * one-token path and a partial group (lanes outside the requested rows
+ * computed and dropped) run exactly these operations in block order, so
+ * each output is bit-identical whatever n_tok, tile or row range
+ * (batch invariance); the generic C kernel does the same operations in the
+ * same order and so gives the same bits.
+ */
+#ifndef Q8R_TT
+#define Q8R_TT 12 /* tokens per register tile */
+#endif
+#ifndef Q8R_PF
+#define Q8R_PF 2048
+#endif
+
+static inline __attribute__((always_inline)) void q8r_tile(const int T, const uint8_t *g, int64_t nb,
+                                                           const uint8_t *xq, size_t xs, const int32_t *corr,
+                                                           size_t cs, float *y, int64_t ldy, int64_t l0,
+                                                           int64_t l1) {
+    __m512 acc[Q8R_TT];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    const float *ds[Q8R_TT];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) ds[t] = xq_ds(xq + t * xs, nb);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *gb = g + b * XDS_Q8R_GB;
+        if (T <= 2) {
+            _mm_prefetch((const char *)gb + Q8R_PF, _MM_HINT_T0);
+            _mm_prefetch((const char *)gb + Q8R_PF + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)gb + Q8R_PF + 128, _MM_HINT_T0);
+            _mm_prefetch((const char *)gb + Q8R_PF + 192, _MM_HINT_T0);
+            _mm_prefetch((const char *)gb + Q8R_PF + 256, _MM_HINT_T0);
+            _mm_prefetch((const char *)gb + Q8R_PF + 320, _MM_HINT_T0);
+            _mm_prefetch((const char *)gb + Q8R_PF + 384, _MM_HINT_T0);
+            _mm_prefetch((const char *)gb + Q8R_PF + 448, _MM_HINT_T0);
+            _mm_prefetch((const char *)gb + Q8R_PF + 512, _MM_HINT_T0);
+        }
+        __m512i w[8];
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++) w[q] = _mm512_loadu_si512(gb + 64 * q);
+        const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(gb + 512)));
+        const size_t xo = (size_t)(b >> 1) * 64 + (size_t)(b & 1) * 16;
+#pragma GCC unroll 16
+        for (int t = 0; t < T; t++) {
+            const int32_t *xr = (const int32_t *)(xq + t * xs + xo);
+            __m512i a = _mm512_set1_epi32(corr[t * cs + b]);
+            a = _mm512_dpbusd_epi32(a, w[0], _mm512_set1_epi32(xr[0]));
+            a = _mm512_dpbusd_epi32(a, w[1], _mm512_set1_epi32(xr[1]));
+            a = _mm512_dpbusd_epi32(a, w[2], _mm512_set1_epi32(xr[2]));
+            a = _mm512_dpbusd_epi32(a, w[3], _mm512_set1_epi32(xr[3]));
+            a = _mm512_dpbusd_epi32(a, w[4], _mm512_set1_epi32(xr[8]));
+            a = _mm512_dpbusd_epi32(a, w[5], _mm512_set1_epi32(xr[9]));
+            a = _mm512_dpbusd_epi32(a, w[6], _mm512_set1_epi32(xr[10]));
+            a = _mm512_dpbusd_epi32(a, w[7], _mm512_set1_epi32(xr[11]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(sw, _mm512_set1_ps(ds[t][2 * b])), acc[t]);
+        }
+    }
+    if (l0 == 0 && l1 == 16) {
+#pragma GCC unroll 16
+        for (int t = 0; t < T; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);
+    } else {
+        /* y points at output row l0 of the group: lane l goes to y[l - l0] */
+#pragma GCC unroll 16
+        for (int t = 0; t < T; t++) {
+            float tmp[16];
+            _mm512_storeu_ps(tmp, acc[t]);
+            memcpy(y + t * ldy, tmp + l0, (size_t)(l1 - l0) * sizeof(float));
+        }
+    }
+}
+
+static void q8r_tile_call(int T, const uint8_t *g, int64_t nb, const uint8_t *xq, size_t xs, const int32_t *corr,
+                          size_t cs, float *y, int64_t ldy, int64_t l0, int64_t l1) {
+#define Q8R_C(n) \
+    case n: q8r_tile(n, g, nb, xq, xs, corr, cs, y, ldy, l0, l1); break;
+    switch (T) {
+        Q8R_C(1) Q8R_C(2) Q8R_C(3) Q8R_C(4) Q8R_C(5) Q8R_C(6) Q8R_C(7) Q8R_C(8) Q8R_C(9) Q8R_C(10) Q8R_C(11)
+    default: q8r_tile(Q8R_TT, g, nb, xq, xs, corr, cs, y, ldy, l0, l1); break;
+    }
+#undef Q8R_C
+}
+
+void xds_q8r_gemm_avx512(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t nb, const uint8_t *xq,
+                         size_t xq_stride, int n_tok, float *y, int64_t ldy) {
+    /* -128 S per (token, block): the byte sums of the xq pair layout */
+    const size_t cs = (size_t)((nb + 15) & ~15);
+    int32_t *corr = aligned_alloc(64, cs * (size_t)n_tok * sizeof(int32_t));
+    XDS_ASSERT(corr);
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int t = 0; t < n_tok; t++) {
+        const uint8_t *xr = xq + t * xq_stride;
+        for (int64_t p = 0; p < (nb + 1) / 2; p++) {
+            /* lanes 0-3: b0 q[0:16], 4-7: b1 q[0:16], 8-11: b0 q[16:32], 12-15: b1 q[16:32] */
+            __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(xr + p * 64));
+            __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+            __m128i q = _mm_hadd_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            q = _mm_hadd_epi32(q, q); /* [b0 b1 b0 b1] */
+            corr[t * cs + 2 * p] = -128 * _mm_extract_epi32(q, 0);
+            if (2 * p + 1 < nb) corr[t * cs + 2 * p + 1] = -128 * _mm_extract_epi32(q, 1);
+        }
+    }
+    const size_t gbytes = (size_t)nb * XDS_Q8R_GB;
+    for (int64_t r = row0; r < row0 + n_rows;) {
+        int64_t g = r / 16, l0 = r % 16, l1 = row0 + n_rows - g * 16;
+        if (l1 > 16) l1 = 16;
+        const uint8_t *gp = w + g * gbytes;
+        float *yr = y + (r - row0);
+        for (int t0 = 0; t0 < n_tok; t0 += Q8R_TT) {
+            int T = n_tok - t0 < Q8R_TT ? n_tok - t0 : Q8R_TT;
+            q8r_tile_call(T, gp, nb, xq + t0 * xq_stride, xq_stride, corr + t0 * cs, cs, yr + t0 * ldy, ldy, l0, l1);
+        }
+        r = g * 16 + l1;
+    }
+    free(corr);
+}

@@ -13,6 +13,7 @@ static const xds_dtype_traits traits[XDS_DTYPE_COUNT] = {
     [XDS_DTYPE_Q4_1] = {"q4_1", XDS_QK4_1, sizeof(xds_block_q4_1)},
     [XDS_DTYPE_Q4_K] = {"q4_k", XDS_QK_K, sizeof(xds_block_q4_k)},
     [XDS_DTYPE_Q6_K] = {"q6_k", XDS_QK_K, sizeof(xds_block_q6_k)},
+    [XDS_DTYPE_Q8_0_R16] = {"q8_0_r16", XDS_QK8_0, sizeof(xds_block_q8_0)},
 };
 
 const xds_dtype_traits *xds_dtype_info(xds_dtype t) {

@@ -27,6 +27,11 @@ typedef enum xds_dtype {
     XDS_DTYPE_Q4_1,
     XDS_DTYPE_Q4_K,
     XDS_DTYPE_Q6_K,
+    /* Q8_0 with 16 rows interleaved (src/kernels/kern_impl.h): made at load
+     * from Q8_0 matmul weights for the AVX-512 kernels, never in a file;
+     * legal only as a matmul weight (xds_matmul*, xds_get_row), not for
+     * xds_dequant_row / xds_quant_row. Same bytes per row as Q8_0. */
+    XDS_DTYPE_Q8_0_R16,
     XDS_DTYPE_COUNT
 } xds_dtype;
 
