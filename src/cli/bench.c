@@ -51,7 +51,7 @@ static void usage(FILE *f) {
 
 static int mm_is_quant(xds_dtype t) {
     return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1 ||
-           t == XDS_DTYPE_Q4_K || t == XDS_DTYPE_Q6_K;
+           t == XDS_DTYPE_Q4_K || t == XDS_DTYPE_Q6_K || t == XDS_DTYPE_Q8_0_R16;
 }
 
 /* Multiply-adds per token of the dense matrices (all layers, no LM head) and

@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "model/model.h"
+#include "model/repack.h"
 #include "model/moe.h"
 
 const char *xds_arch_name(xds_arch a) {
@@ -444,6 +445,7 @@ xds_status xds_model_load(const char *path, const xds_model_opts *opts, xds_mode
     }
     if (s == XDS_OK) s = config_check(&m->cfg);
     if (s == XDS_OK) s = bind_all(&L);
+    if (s == XDS_OK) s = xds_model_repack(m); /* Q8_0 matmul weights -> Q8_0_R16 (AVX-512) */
     if (s != XDS_OK) {
         xds_model_free(m);
         return s;
@@ -464,6 +466,7 @@ void xds_model_free(xds_model *m) {
     }
     free(m->output_norm);
     free(m->rope_inv_freq);
+    xds_model_repack_free(m);
     xds_weights_close(m->weights);
     free(m);
 }

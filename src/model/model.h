@@ -168,6 +168,8 @@ typedef struct xds_model {
     float rope_attn_factor;    /* multiplies cos/sin (1 unless yarn) */
     float attn_scale;          /* softmax scale, 1/sqrt(head_dim) */
     struct xds_mtp_layer *mtp; /* (cfg.moe.n_mtp) next-token-prediction layers, loaded only */
+    void *repacked;            /* owned anonymous mapping of the Q8_0_R16 copies (model/repack.c), or NULL */
+    size_t repacked_bytes;
 } xds_model;
 
 typedef struct xds_model_opts {

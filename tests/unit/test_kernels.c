@@ -11,7 +11,9 @@
  *     unquantized activations; float types with double sums, ~1e-5 relative;
  *   - xds_get_row and the elementwise ops against double references;
  *   - batch invariance: each token's output row bit-identical whatever
- *     n_tok, tile position, pool size or row range (memcmp).
+ *     n_tok, tile position, pool size or row range (memcmp);
+ *   - Q8_0_R16 (row-interleaved Q8_0): get_row, accuracy, batch invariance
+ *     for 1..70 tokens and group-cutting row ranges, same bits at every level.
  */
 #include <math.h>
 #include <stdint.h>
@@ -511,6 +513,114 @@ static void test_batch_invariance(void) {
     xds_pool_free(pools[1]);
 }
 
+
+/* Q8_0_R16 (16 rows interleaved, made at load from Q8_0): per level,
+ *   - xds_get_row gives the Q8_0 row's values exactly;
+ *   - the product is the Q8_0 weights' (double reference, tight);
+ *   - batch invariance: n_tok = 1..70 (pools of 1 and 3 threads) and row
+ *     ranges that cut groups of 16 give each token's outputs bit-identical
+ *     to one token at a time (memcmp), odd block counts included;
+ *   - every level gives the same bits as the generic kernel (the AVX-512
+ *     kernel does the same operations in the same order);
+ *   - xds_matmul_multi mixing Q8_0_R16 and Q8_0 == separate products. */
+static void test_q8r(void) {
+    int nl = levels_n();
+    xds_pool *pools[2] = {NULL, NULL};
+    XDS_ASSERT(xds_pool_create(3, &pools[1]) == XDS_OK);
+    const int64_t ins[] = {32, 96, 160, 576, 2336}; /* 1, 3, 5, 18, 73 blocks */
+    const int64_t outs[] = {16, 48, 32, 64, 32};
+    for (int s = 0; s < 5; s++) {
+        int64_t n_in = ins[s], n_out = outs[s], nb = n_in / 32;
+        float *wdq = malloc(n_in * n_out * sizeof(float));
+        void *w = make_weights(XDS_DTYPE_Q8_0, n_in, n_out, wdq);
+        size_t nbytes = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, n_in) * n_out;
+        CHECK(xds_dtype_row_bytes(XDS_DTYPE_Q8_0_R16, n_in) * n_out == nbytes);
+        uint8_t *wr = aligned_alloc(64, (nbytes + 63) & ~(size_t)63);
+        xds_q8r_pack(w, wr, n_out, n_in);
+        xds_tensor wt = {.name = "w", .type = XDS_DTYPE_Q8_0_R16, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
+                         .data = wr, .nbytes = nbytes};
+        xds_tensor wq = wt;
+        wq.type = XDS_DTYPE_Q8_0, wq.data = w;
+        float *row = malloc(n_in * sizeof(float));
+        int rows_ok = 1;
+        for (int64_t o = 0; o < n_out; o++) {
+            xds_get_row(&wt, o, row);
+            rows_ok &= memcmp(row, wdq + o * n_in, n_in * sizeof(float)) == 0;
+        }
+        CHECK_MSG(rows_ok, "q8_0_r16 get_row n_in %lld differs from the q8_0 row", (long long)n_in);
+        const int NT = 70;
+        float *x = malloc(NT * n_in * sizeof(float)), *xdq = malloc(n_in * sizeof(float));
+        float *dblk = malloc((nb + 1) * sizeof(float));
+        for (int64_t i = 0; i < NT * n_in; i++) x[i] = rnd_f() * (1 + (i / n_in) % 3);
+        for (int j = 0; j < 32; j++) x[3 * n_in + j] = 0.0f; /* an all-zero block */
+        float *solo = malloc(NT * n_out * sizeof(float)), *solo0 = malloc(NT * n_out * sizeof(float));
+        float *y = malloc(NT * n_out * sizeof(float)), *y2 = malloc(NT * n_out * sizeof(float));
+        for (int l = 0; l < nl; l++) {
+            xds_cpu_level_set((xds_cpu_level)l);
+            for (int tk = 0; tk < NT; tk++) xds_matmul(NULL, &wt, x + tk * n_in, solo + tk * n_out, 1);
+            if (l == 0) {
+                memcpy(solo0, solo, NT * n_out * sizeof(float));
+                int fails = 0;
+                for (int tk = 0; tk < NT; tk++) {
+                    act_quant_model(x + tk * n_in, n_in, xdq, dblk);
+                    for (int64_t o = 0; o < n_out; o++) {
+                        double ref = 0, mag = 0;
+                        for (int64_t i = 0; i < n_in; i++) {
+                            ref += (double)wdq[o * n_in + i] * xdq[i];
+                            mag += fabs((double)wdq[o * n_in + i] * xdq[i]);
+                        }
+                        if (!(fabs(solo[tk * n_out + o] - ref) <= 1e-5 * mag + 1e-6)) fails++;
+                    }
+                }
+                CHECK_MSG(fails == 0, "q8_0_r16 n_in %lld: %d outputs off the double reference", (long long)n_in,
+                          fails);
+            }
+            CHECK_MSG(memcmp(solo, solo0, NT * n_out * sizeof(float)) == 0,
+                      "q8_0_r16 n_in %lld: level %s differs from generic", (long long)n_in,
+                      xds_cpu_level_name((xds_cpu_level)l));
+            int bad = 0, bad_rows = 0;
+            for (int n_tok = 1; n_tok <= NT; n_tok++) {
+                int t0 = (n_tok * 7) % (NT + 1 - n_tok);
+                xds_matmul(pools[n_tok & 1], &wt, x + t0 * n_in, y, n_tok);
+                for (int tk = 0; tk < n_tok; tk++)
+                    if (memcmp(y + tk * n_out, solo + (t0 + tk) * n_out, n_out * sizeof(float))) bad++;
+                if (n_tok % 7 == 1) { /* row ranges cutting groups */
+                    const int64_t rr[][2] = {{1, n_out - 1}, {5, 16}, {16, n_out}, {17, n_out - 3}, {0, 3}};
+                    for (int k = 0; k < 5; k++) {
+                        int64_t r0 = rr[k][0], r1 = rr[k][1], ldy = r1 - r0 + 2;
+                        if (r1 <= r0 || r1 > n_out) continue;
+                        float *yr = malloc(n_tok * ldy * sizeof(float));
+                        for (int64_t i = 0; i < n_tok * ldy; i++) yr[i] = 12345.0f;
+                        xds_matmul_rows(pools[k & 1], &wt, r0, r1, x, yr, ldy, n_tok);
+                        for (int tk = 0; tk < n_tok; tk++) {
+                            if (memcmp(yr + tk * ldy, solo + tk * n_out + r0, (r1 - r0) * sizeof(float))) bad_rows++;
+                            if (yr[tk * ldy + r1 - r0] != 12345.0f || yr[tk * ldy + r1 - r0 + 1] != 12345.0f)
+                                bad_rows++; /* wrote outside [r0, r1) */
+                        }
+                        free(yr);
+                    }
+                }
+            }
+            CHECK_MSG(bad == 0 && bad_rows == 0,
+                      "q8_0_r16 batch invariance level %s n_in %lld: %d matmul rows, %d matmul_rows rows differ",
+                      xds_cpu_level_name((xds_cpu_level)l), (long long)n_in, bad, bad_rows);
+            /* multi: the same input through a Q8_0_R16 and a Q8_0 weight */
+            const xds_tensor *ws[2] = {&wt, &wq};
+            float *ys[2] = {y, y2};
+            xds_matmul_multi(pools[1], 2, ws, x, ys, 9);
+            float *yq = malloc(9 * n_out * sizeof(float));
+            xds_matmul(NULL, &wq, x, yq, 9);
+            CHECK_MSG(memcmp(y, solo, 9 * n_out * sizeof(float)) == 0 && memcmp(y2, yq, 9 * n_out * sizeof(float)) == 0,
+                      "q8_0_r16 matmul_multi level %s n_in %lld differs from separate products",
+                      xds_cpu_level_name((xds_cpu_level)l), (long long)n_in);
+            free(yq);
+        }
+        free(y2), free(y), free(solo0), free(solo), free(dblk), free(xdq), free(x), free(row), free(wr), free(w),
+            free(wdq);
+    }
+    xds_pool_free(pools[1]);
+}
+
 int main(void) {
     /* XDS_CPU is read once, at the first use of the level */
     setenv("XDS_CPU", "generic", 1);
@@ -527,6 +637,7 @@ int main(void) {
     test_matmul_rows();
     test_matmul_multi();
     test_batch_invariance();
+    test_q8r();
     test_ops();
     test_roofline();
     TEST_MAIN_END();

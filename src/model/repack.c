@@ -1,0 +1,256 @@
+/*
+ * repack.c — load-time repacking of Q8_0 matmul weights into Q8_0_R16 (16
+ * rows interleaved, src/kernels/kern_impl.h), the layout the AVX-512 VNNI
+ * kernel reads at ~70% of the int8 peak instead of ~45%.
+ *
+ * Which tensors: the matrices the units use only through xds_matmul /
+ * xds_matmul_rows / xds_matmul_multi / xds_get_row (llama attention and FFN,
+ * MoE router, routed and shared experts — 2-D views, one per expert —, MLA
+ * projections and the absorbed K, the LM head unless it is tied to the token
+ * embedding), of type Q8_0, with a row count that is a multiple of 16. The
+ * token embedding and the MTP layers (loaded, unused) stay as they are.
+ * When: only if the CPU level at load is AVX-512 (the kernel it is for; a
+ * later xds_cpu_level_set to another level runs the portable Q8_0_R16
+ * kernel, same bits) and XDS_REPACK is not "0" (for A/B runs).
+ * Where: one anonymous mapping for all copies, 2 MiB aligned, transparent
+ * huge pages asked for (MADV_HUGEPAGE): the steps stream it faster than
+ * 4 KiB file pages. Each source range in the read-only file mapping is
+ * dropped from the process (MADV_DONTNEED, whole pages inside the range)
+ * once copied, so the file's pages become ordinary reclaimable page cache;
+ * the owned absorbed-K buffer is repacked in place (same size).
+ * Work: whole groups of 16 rows in jobs of ~4 MiB over a pool of the
+ * machine's cores.
+ * Invariant: after the pass every repacked view (type Q8_0_R16) points into
+ * the mapping, with unchanged shape and nbytes; nothing else changes.
+ */
+#include "model/repack.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "base/threadpool.h"
+#include "kernels/kernels.h"
+#include "model/moe.h"
+
+typedef struct {
+    xds_tensor *t; /* a view to repack (several may share one source) */
+    int owned;     /* 1: data is the writable absorbed-K buffer (in place) */
+} rp_ref;
+
+typedef struct {
+    const uint8_t *src; /* Q8_0 source (file mapping or owned buffer) */
+    uint8_t *dst;       /* where the repacked copy goes */
+    int64_t n_rows, n_in;
+    int owned;
+    size_t nbytes;
+} rp_src;
+
+typedef struct {
+    int src;           /* index into rp_src */
+    int64_t g0, g1;    /* groups of 16 rows */
+} rp_job;
+
+typedef struct {
+    rp_src *srcs;
+    rp_job *jobs;
+    long page;
+} rp_ctx;
+
+static int eligible(const xds_tensor *t) {
+    if (t->type != XDS_DTYPE_Q8_0 || !t->data || t->ne[0] <= 0 || t->ne[0] % 32) return 0;
+    if (t->ne[2] != 1 || t->ne[3] != 1) return 0;
+    int64_t rows = t->ne[1];
+    return rows > 0 && rows % 16 == 0 && t->nbytes == xds_dtype_row_bytes(t->type, t->ne[0]) * (size_t)rows;
+}
+
+typedef struct {
+    rp_ref *v;
+    int n, cap;
+} rp_list;
+
+static int add(rp_list *L, xds_tensor *t, int owned) {
+    if (!eligible(t)) return 0;
+    if (L->n == L->cap) {
+        int cap = L->cap ? 2 * L->cap : 256;
+        rp_ref *v = realloc(L->v, sizeof *v * (size_t)cap);
+        if (!v) return -1;
+        L->v = v, L->cap = cap;
+    }
+    L->v[L->n++] = (rp_ref){t, owned};
+    return 0;
+}
+
+static int add_ffn(rp_list *L, xds_ffn_w *f) {
+    return add(L, &f->gate, 0) | add(L, &f->up, 0) | add(L, &f->down, 0);
+}
+
+static int collect(xds_model *m, rp_list *L) {
+    int e = 0;
+    if (m->output.data != m->tok_embd.data) e |= add(L, &m->output, 0);
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        xds_layer_weights *w = &m->layers[l];
+        e |= add(L, &w->wq, 0) | add(L, &w->wk, 0) | add(L, &w->wv, 0) | add(L, &w->wo, 0);
+        e |= add(L, &w->w_gate, 0) | add(L, &w->w_up, 0) | add(L, &w->w_down, 0);
+        if (w->moe) {
+            xds_moe_layer *M = w->moe;
+            e |= add(L, &M->router, 0);
+            for (int x = 0; x < m->cfg.moe.n_expert && M->experts; x++) e |= add_ffn(L, &M->experts[x]);
+            if (M->has_shared) e |= add_ffn(L, &M->shared);
+        }
+        if (w->mla) {
+            xds_mla_layer *A = w->mla;
+            e |= add(L, &A->wq_a, 0) | add(L, &A->wq_b, 0) | add(L, &A->wq, 0) | add(L, &A->wkv_a, 0);
+            e |= add(L, &A->wkv_b, 0) | add(L, &A->wo, 0);
+            e |= add(L, &A->wk_b_t, A->wk_b_t.data == (const void *)A->wk_b_t_data);
+        }
+    }
+    return e;
+}
+
+static int cmp_ref(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t)((const rp_ref *)a)->t->data, y = (uintptr_t)((const rp_ref *)b)->t->data;
+    return x < y ? -1 : x > y;
+}
+
+static void job_task(void *vctx, int task, int thread) {
+    (void)thread;
+    const rp_ctx *c = vctx;
+    const rp_job *j = &c->jobs[task];
+    const rp_src *s = &c->srcs[j->src];
+    size_t rb = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, s->n_in), off = (size_t)j->g0 * 16 * rb,
+           len = (size_t)(j->g1 - j->g0) * 16 * rb;
+    if (s->owned) return; /* in place: done serially after the run */
+    xds_q8r_pack(s->src + off, s->dst + off, (j->g1 - j->g0) * 16, s->n_in);
+    /* the copied source pages (whole pages inside the range) leave the process */
+    uintptr_t a = ((uintptr_t)s->src + off + (uintptr_t)c->page - 1) & ~((uintptr_t)c->page - 1);
+    uintptr_t b = ((uintptr_t)s->src + off + len) & ~((uintptr_t)c->page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+static int repack_enabled(void) {
+    const char *e = getenv("XDS_REPACK");
+    if (e && !strcmp(e, "0")) return 0;
+    return xds_cpu_level_get() == XDS_CPU_AVX512;
+}
+
+xds_status xds_model_repack(xds_model *m) {
+    if (!repack_enabled()) return XDS_OK;
+    rp_list L = {0};
+    if (collect(m, &L)) {
+        free(L.v);
+        return xds_err_set(XDS_ERR_NOMEM, "model: out of memory (repack list)");
+    }
+    if (L.n == 0) {
+        free(L.v);
+        return XDS_OK;
+    }
+    qsort(L.v, (size_t)L.n, sizeof *L.v, cmp_ref);
+    /* distinct sources (views sharing data share the copy) */
+    rp_src *srcs = calloc((size_t)L.n, sizeof *srcs);
+    int *which = calloc((size_t)L.n, sizeof *which);
+    xds_status st = XDS_OK;
+    if (!srcs || !which) {
+        st = xds_err_set(XDS_ERR_NOMEM, "model: out of memory (repack)");
+        goto done;
+    }
+    int ns = 0;
+    size_t total = 0;
+    for (int i = 0; i < L.n; i++) {
+        const xds_tensor *t = L.v[i].t;
+        if (ns > 0 && srcs[ns - 1].src == t->data && srcs[ns - 1].n_in == t->ne[0] && srcs[ns - 1].n_rows == t->ne[1]) {
+            which[i] = ns - 1;
+            continue;
+        }
+        srcs[ns] = (rp_src){t->data, NULL, t->ne[1], t->ne[0], L.v[i].owned, t->nbytes};
+        if (!L.v[i].owned) total += (t->nbytes + 63) & ~(size_t)63;
+        which[i] = ns++;
+    }
+    const size_t huge = (size_t)2 << 20;
+    size_t map_bytes = (total + huge - 1) & ~(huge - 1);
+    uint8_t *base = NULL;
+    if (map_bytes) {
+        void *p = mmap(NULL, map_bytes + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            st = xds_err_set(XDS_ERR_NOMEM, "model: cannot map %zu bytes for the repacked weights", map_bytes);
+            goto done;
+        }
+        /* trim to a 2 MiB-aligned range of map_bytes */
+        uintptr_t a = ((uintptr_t)p + huge - 1) & ~(uintptr_t)(huge - 1);
+        if (a > (uintptr_t)p) munmap(p, a - (uintptr_t)p);
+        uintptr_t end = (uintptr_t)p + map_bytes + huge;
+        if (end > a + map_bytes) munmap((void *)(a + map_bytes), end - (a + map_bytes));
+        base = (uint8_t *)a;
+        madvise(base, map_bytes, MADV_HUGEPAGE);
+    }
+    size_t off = 0;
+    int64_t n_jobs = 0;
+    for (int s = 0; s < ns; s++) {
+        if (!srcs[s].owned) {
+            srcs[s].dst = base + off;
+            off += (srcs[s].nbytes + 63) & ~(size_t)63;
+        }
+        size_t rb = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, srcs[s].n_in);
+        int64_t groups = srcs[s].n_rows / 16, per = (int64_t)((4u << 20) / (16 * rb)) + 1;
+        n_jobs += (groups + per - 1) / per;
+    }
+    rp_job *jobs = malloc(sizeof *jobs * (size_t)n_jobs);
+    if (!jobs) {
+        if (base) munmap(base, map_bytes);
+        st = xds_err_set(XDS_ERR_NOMEM, "model: out of memory (repack jobs)");
+        goto done;
+    }
+    int64_t k = 0;
+    for (int s = 0; s < ns; s++) {
+        size_t rb = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, srcs[s].n_in);
+        int64_t groups = srcs[s].n_rows / 16, per = (int64_t)((4u << 20) / (16 * rb)) + 1;
+        for (int64_t g = 0; g < groups; g += per) jobs[k++] = (rp_job){s, g, g + per < groups ? g + per : groups};
+    }
+    long nproc = sysconf(_SC_NPROCESSORS_ONLN);
+    int nth = nproc < 1 ? 1 : nproc > 64 ? 64 : (int)nproc;
+    xds_pool *pool = NULL;
+    if (nth > 1 && xds_pool_create(nth, &pool) != XDS_OK) pool = NULL;
+    long page = sysconf(_SC_PAGESIZE);
+    rp_ctx c = {srcs, jobs, page > 0 ? page : 4096};
+    if (pool) xds_pool_run(pool, job_task, &c, (int)n_jobs);
+    else
+        for (int64_t j = 0; j < n_jobs; j++) job_task(&c, (int)j, 0);
+    xds_pool_free(pool);
+    free(jobs);
+    /* owned (absorbed K) buffers: in place through a temporary copy */
+    for (int s = 0; s < ns; s++) {
+        if (!srcs[s].owned) continue;
+        uint8_t *tmp = malloc(srcs[s].nbytes);
+        if (!tmp) {
+            st = xds_err_set(XDS_ERR_NOMEM, "model: out of memory (repack of the absorbed K)");
+            break;
+        }
+        xds_q8r_pack(srcs[s].src, tmp, srcs[s].n_rows, srcs[s].n_in);
+        memcpy((void *)srcs[s].src, tmp, srcs[s].nbytes);
+        free(tmp);
+        srcs[s].dst = (uint8_t *)srcs[s].src;
+    }
+    for (int i = 0; i < L.n; i++) {
+        const rp_src *s = &srcs[which[i]];
+        if (!s->dst) continue; /* an owned buffer left unpacked after an error */
+        L.v[i].t->data = s->dst;
+        L.v[i].t->type = XDS_DTYPE_Q8_0_R16;
+    }
+    m->repacked = base;
+    m->repacked_bytes = map_bytes;
+    XDS_LOGD("model: repacked %d Q8_0 matrices (%.2f GB) into q8_0_r16", ns, (double)total / 1e9);
+done:
+    free(which);
+    free(srcs);
+    free(L.v);
+    return st;
+}
+
+void xds_model_repack_free(xds_model *m) {
+    if (m->repacked) munmap(m->repacked, m->repacked_bytes);
+    m->repacked = NULL;
+    m->repacked_bytes = 0;
+}
