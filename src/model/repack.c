@@ -6,9 +6,11 @@
  * Which tensors: the matrices the units use only through xds_matmul /
  * xds_matmul_rows / xds_matmul_multi / xds_get_row (llama attention and FFN,
  * MoE router, routed and shared experts — 2-D views, one per expert —, MLA
- * projections and the absorbed K, the LM head unless it is tied to the token
- * embedding), of type Q8_0, with a row count that is a multiple of 16. The
- * token embedding and the MTP layers (loaded, unused) stay as they are.
+ * projections and the absorbed K, the LM head), of type Q8_0, with a row
+ * count that is a multiple of 16. The token embedding stays as it is unless
+ * the LM head is tied to it (then both views share the repacked copy: the
+ * embedding is read only through xds_get_row, which reads Q8_0_R16 rows
+ * exactly); the MTP layers (loaded, unused) stay as they are.
  * When: only if the CPU level at load is AVX-512 (the kernel it is for; a
  * later xds_cpu_level_set to another level runs the portable Q8_0_R16
  * kernel, same bits) and XDS_REPACK is not "0" (for A/B runs).
@@ -90,7 +92,10 @@ static int add_ffn(rp_list *L, xds_ffn_w *f) {
 
 static int collect(xds_model *m, rp_list *L) {
     int e = 0;
-    if (m->output.data != m->tok_embd.data) e |= add(L, &m->output, 0);
+    e |= add(L, &m->output, 0);
+    /* tied: the LM head is the embedding, read elsewhere only through
+     * xds_get_row (which reads Q8_0_R16 rows exactly) -> one copy for both */
+    if (m->output.data == m->tok_embd.data) e |= add(L, &m->tok_embd, 0);
     for (int l = 0; l < m->cfg.n_layer; l++) {
         xds_layer_weights *w = &m->layers[l];
         e |= add(L, &w->wq, 0) | add(L, &w->wk, 0) | add(L, &w->wv, 0) | add(L, &w->wo, 0);
