@@ -39,7 +39,7 @@ extern "C" {
 #endif
 
 #define XCCL_VERSION_MAJOR 1
-#define XCCL_VERSION_MINOR 0
+#define XCCL_VERSION_MINOR 1
 /* Segment layout version; bump on any change of a shared layout. */
 #define XCCL_VERSION ((XCCL_VERSION_MAJOR << 16) | XCCL_VERSION_MINOR)
 
@@ -182,6 +182,17 @@ xccl_status xccl_waitany(xccl_comm *comm, xccl_request *const *reqs, int n, int 
 xccl_status xccl_cancel(xccl_comm *comm, xccl_request *req);
 /* Length of the message a completed receive matched. */
 size_t xccl_request_len(const xccl_request *req);
+
+/* Counters of this comm's large-message (rendezvous) traffic since attach:
+ * messages completed as sender / receiver, and the chunks of them this rank
+ * copied itself, as sender (pushed into the receiver's buffer) and as
+ * receiver (pulled from the sender). Both sides copy chunks of one message
+ * at once (docs/XCCL.md, "send / recv"). Zero on non-shm transports. */
+typedef struct xccl_p2p_stats {
+    uint64_t rndv_sent, rndv_recv;
+    uint64_t chunks_pushed, chunks_pulled;
+} xccl_p2p_stats;
+void xccl_p2p_stats_get(const xccl_comm *comm, xccl_p2p_stats *out);
 
 xccl_status xccl_send(xccl_comm *comm, int peer, const void *buf, size_t len);
 /* Receive the next message from peer into buf (capacity cap). A larger

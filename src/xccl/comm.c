@@ -29,7 +29,10 @@ xccl_status xccl_segment_validate(const xccl_seg_header *h, uint64_t file_bytes)
 /* Typed, cached accessors of the environment (documented in docs/XCCL.md):
  * XCCL_TIMEOUT_MS (default 10000), XCCL_SPIN_US (default 20), XCCL_RNDV_MIN
  * (default 262144: smallest message sent by rendezvous), XCCL_CMA (default 1:
- * allow process_vm_readv/writev for rendezvous from ordinary memory). */
+ * allow process_vm_readv/writev for rendezvous from ordinary memory),
+ * XCCL_COOP_CHUNK (default 131072: chunk of a cooperative rendezvous),
+ * XCCL_COOP_REGION_LEFT (default 4), XCCL_COOP_PUSH (default 1: the sender
+ * helps copy). */
 static uint64_t env_u64(const char *name, uint64_t def) {
     const char *v = getenv(name);
     if (!v || !*v) return def;
@@ -47,6 +50,12 @@ void xccl_comm_init_common(struct xccl_comm *c, int rank, int size) {
     c->spin_ns = env_u64("XCCL_SPIN_US", 20) * 1000ull;
     c->cma_on = env_u64("XCCL_CMA", 1) != 0;
     c->rndv_min = (size_t)env_u64("XCCL_RNDV_MIN", 262144);
+    c->coop_chunk = (size_t)env_u64("XCCL_COOP_CHUNK", 131072);
+    if (c->coop_chunk < 4096) c->coop_chunk = 4096;
+    c->coop_chunk &= ~(size_t)4095;
+    c->coop_region_left = (uint32_t)env_u64("XCCL_COOP_REGION_LEFT", 4);
+    if (c->coop_region_left < 1) c->coop_region_left = 1;
+    c->coop_push = env_u64("XCCL_COOP_PUSH", 1) != 0;
     for (int i = 0; i < XCCL_MAX_RANKS; i++) {
         c->pidfd[i] = -1;
         c->pidfd_pid[i] = 0;

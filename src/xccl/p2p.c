@@ -138,6 +138,7 @@ xccl_status xccl_wait(xccl_comm *c, xccl_request *req) {
     xccl_status s = xccl_wait_cond(c, req_cond, req, &req->peer_, 1, what);
     if (s && req->state_ == REQ_QUEUED) {
         /* deadline or peer death while queued: drop it; a half-moved message breaks the pair */
+        if ((req->done_ || req->aux_) && c->ops->abort) c->ops->abort(c, req);
         if (req->done_ || req->aux_) c->pair_broken[req->peer_] = 1;
         unlink_req(c, req);
         req->state_ = REQ_FAILED;
@@ -187,6 +188,7 @@ xccl_status xccl_waitany(xccl_comm *c, xccl_request *const *reqs, int n, int *in
 xccl_status xccl_cancel(xccl_comm *c, xccl_request *req) {
     if (req->state_ != REQ_QUEUED) return XCCL_OK;
     int moved = req->done_ || req->aux_;
+    if (moved && c->ops->abort) c->ops->abort(c, req); /* the peer stops touching the buffer */
     if (moved) c->pair_broken[req->peer_] = 1;
     unlink_req(c, req);
     req->state_ = REQ_FAILED;
@@ -195,6 +197,10 @@ xccl_status xccl_cancel(xccl_comm *c, xccl_request *req) {
                                  "xccl cancel: the message with rank %d was half moved; the pair is broken",
                                  req->peer_)
                  : XCCL_OK;
+}
+
+void xccl_p2p_stats_get(const xccl_comm *c, xccl_p2p_stats *out) {
+    if (out) *out = c->p2p_stats;
 }
 
 size_t xccl_request_len(const xccl_request *req) {

@@ -1,6 +1,6 @@
 /*
  * shm.c — the shared-memory transport: per-pair rings of fixed-size slots,
- * plus a single-copy rendezvous for large messages.
+ * plus a cooperative single-copy rendezvous for large messages.
  *
  * Ring src->dst: num_slots slots of slot_bytes (64-B header + payload). The
  * sender owns meta(src,dst,P2P).prod = tail (slots written, monotonic), the
@@ -11,30 +11,55 @@
  * release (credit). A receive whose capacity is smaller than the message
  * fails before consuming anything, leaving the message queued.
  *
- * Rendezvous (messages >= XCCL_RNDV_MIN, default 256 KiB; from ordinary
- * memory only if XCCL_CMA is on): the sender posts one slot flagged RNDV
- * holding {pid, region, address, length, offset} and keeps its request open;
- * the receiver copies straight from the sender's memory — a plain memcpy out
- * of its mapping of the region (zero intermediate copies), else
- * process_vm_readv (one kernel copy, like MPI's CMA path) — then reports the handled rendezvous
- * number and its result in cons_aux[0] / cons_aux[1]. Messages of 1 MiB or
- * more are split so that both cores copy at once: the receiver posts its
- * buffer address (cons_aux[2], then cons_aux[3] = rendezvous number), reads
- * the lower half with process_vm_readv while the sender writes the upper half
- * with process_vm_writev and reports it in prod_aux[1] / prod_aux[2]; the
- * receiver then consumes the slot and answers. If the kernel refuses
- * (no permission), the receiver answers NACK and the sender streams the same
- * message through the ring as continuation chunks; that pair stays on the
- * ring from then on. At most one rendezvous per pair is open (requests of a
- * pair progress in order).
+ * Rendezvous (messages >= XCCL_RNDV_MIN, default 256 KiB, from a registered
+ * region, or from ordinary memory if XCCL_CMA is on): the sender posts one
+ * slot flagged RNDV holding {pid, region, address, length, offset} and keeps
+ * its request open. The message is cut into chunks of XCCL_COOP_CHUNK bytes
+ * (default 128 KiB) and both ranks copy it at once, each on its own core:
+ *
+ *   1. The receiver, at the head of its queue with a large enough buffer,
+ *      initialises meta(src,dst,COOP): claim word prod = {tag, 0}, done word
+ *      cons = {tag, 0} (tag: the rendezvous number, never 0), then publishes
+ *      its buffer address in meta(src,dst,P2P).cons_aux[2] and the rendezvous
+ *      number in cons_aux[3] (release).
+ *   2. Each side claims the next chunk with a CAS on the claim word and
+ *      copies it, then fetch-adds the done word: the receiver pulls (plain
+ *      copy out of its mapping of the sender's region, else
+ *      process_vm_readv), the sender pushes (process_vm_writev into the
+ *      posted buffer). Neither waits for the other; a side that does not
+ *      progress simply claims nothing, so the other one copies every chunk.
+ *      For a region the receiver's copy is ~4x faster than the sender's
+ *      kernel copy, so the sender claims only while at least
+ *      XCCL_COOP_REGION_LEFT chunks are unclaimed (no slow chunk at the end).
+ *   3. Done word = {tag, nchunks}: every byte is in. The receiver consumes
+ *      the slot and answers {rendezvous number, OK} in cons_aux[0..1]; the
+ *      sender's request completes on either the done word or the answer
+ *      (never earlier: its buffer is read until the last chunk is copied).
+ *
+ * Failures: a push the kernel refuses is recorded in prod_aux[0] ({tag,
+ * chunk+1}); the receiver copies that chunk itself and the sender never
+ * pushes to that peer again. A pull the kernel refuses makes the receiver
+ * stop the claims (claim index COOP_ABORT) and answer NACK; the sender then
+ * streams the whole message through the ring as continuation chunks and the
+ * pair stays on the ring. A request dropped while the rendezvous is open
+ * (deadline, cancel) stops the claims the same way and waits (bounded) for
+ * the peer's chunk in flight, so nobody touches its buffer afterwards; a
+ * sender that gives up before the receiver posted its buffer records the
+ * rendezvous number in prod_aux[1], which the receiver checks after
+ * initialising the claim word (store/load on both sides are seq_cst, so one
+ * of them sees the other). A dead peer is reported by the wait that
+ * notices it (xccl_wait_cond), naming it. At most one rendezvous per pair is
+ * open (requests of a pair progress in order).
  */
 #define _GNU_SOURCE
 #include "xccl_internal.h"
 #include "copy.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FLAG_FIRST 1u
@@ -42,17 +67,16 @@
 #define RNDV_OK    1u
 #define RNDV_NACK  2u
 /* request aux_ bits (sender) */
-#define S_FIRST    1u /* first slot posted */
-#define S_RNDV     2u /* rendezvous posted, waiting for the receiver */
-#define S_FALLBACK 4u /* receiver refused: stream through the ring */
-#define S_PUSHED   8u /* split rendezvous: our half is written */
-/* request aux2_ bits (receiver) */
-#define R_SPLIT    1u /* split rendezvous: waiting for the sender's half */
-#define SPLIT_MIN  (1u << 20)
-
-/* Bytes the receiver reads of a split rendezvous of len bytes (the sender
- * writes the rest); both sides compute it the same way. */
-static size_t split_half(uint64_t len) { return (size_t)(len / 2) & ~(size_t)4095; }
+#define S_FIRST    1u  /* first slot posted */
+#define S_RNDV     2u  /* rendezvous posted, waiting for the receiver */
+#define S_FALLBACK 4u  /* receiver refused: stream through the ring */
+#define S_NOPUSH   8u  /* this request pushes no (more) chunks */
+#define S_REGION   16u /* the rendezvous reads a registered region */
+/* request aux2_ bits (receiver; the sender keeps its rendezvous number there) */
+#define R_COOP     1u /* cooperative rendezvous open */
+#define R_TOOK     2u /* we copied the chunk the sender failed */
+#define COOP_IDX   0xffffffffull
+#define COOP_ABORT 0x7fffffffull /* claim index once the claims are stopped */
 
 static int cma_copy(pid_t pid, uint8_t *local, uint64_t remote, size_t len, int write) {
     size_t got = 0;
@@ -76,6 +100,77 @@ typedef struct rndv_desc {
     uint64_t offset;  /* offset in `region` */
 } rndv_desc;
 static_assert(sizeof(rndv_desc) == 32, "rendezvous descriptor layout");
+
+/* --- cooperative chunks -------------------------------------------------- */
+
+static inline uint64_t coop_tag(uint64_t seq) { return seq % 0xffffffffull + 1; } /* 1 .. 2^32-1 */
+static inline uint64_t coop_word(uint64_t tag, uint64_t v) { return tag << 32 | v; }
+static inline uint64_t coop_nchunks(const struct xccl_comm *c, uint64_t len) {
+    return (len + c->coop_chunk - 1) / c->coop_chunk;
+}
+static inline _Atomic uint64_t *aux_atomic(uint64_t *p) { return (_Atomic uint64_t *)p; }
+
+/* Claim the next chunk of rendezvous `tag` (n chunks) if at least min_left
+ * are unclaimed: its index, or -1. */
+static int64_t coop_claim(xccl_meta *k, uint64_t tag, uint64_t n, uint64_t min_left) {
+    uint64_t v = atomic_load_explicit(&k->prod, memory_order_relaxed);
+    for (;;) {
+        uint64_t i = v & COOP_IDX;
+        if (v >> 32 != tag || i >= n || n - i < min_left) return -1;
+        if (atomic_compare_exchange_weak_explicit(&k->prod, &v, v + 1, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return (int64_t)i;
+    }
+}
+
+/* Stop the claims of rendezvous tag: the number of chunks claimed before, or
+ * -1 if the claim word is not (or no longer) this rendezvous'. */
+static int64_t coop_stop(xccl_meta *k, uint64_t tag) {
+    uint64_t v = atomic_load_explicit(&k->prod, memory_order_seq_cst);
+    for (;;) {
+        if (v >> 32 != tag) return -1;
+        if ((v & COOP_IDX) >= COOP_ABORT) return -1;
+        if (atomic_compare_exchange_weak_explicit(&k->prod, &v, coop_word(tag, COOP_ABORT),
+                                                  memory_order_seq_cst, memory_order_seq_cst))
+            return (int64_t)(v & COOP_IDX);
+    }
+}
+
+/* Wait (bounded: 1 s, or until peer is gone) until `claimed` chunks of
+ * rendezvous tag are accounted for: done, or (sender_failed) failed by the
+ * sender. Our own claims are all finished when this runs (one thread), so
+ * this waits for the peer's chunk in flight only. */
+static void coop_drain(struct xccl_comm *c, int p, xccl_meta *k, uint64_t tag, int64_t claimed) {
+    if (claimed <= 0) return;
+    uint64_t t0 = xccl_now_ns();
+    for (;;) {
+        uint64_t d = atomic_load_explicit(&k->cons, memory_order_acquire);
+        uint64_t f = atomic_load_explicit(aux_atomic(&k->prod_aux[0]), memory_order_acquire);
+        uint64_t got = d >> 32 == tag ? (d & COOP_IDX) : 0;
+        got += f >> 32 == tag;
+        if (got >= (uint64_t)claimed) return;
+        if (xccl_now_ns() - t0 > 1000000000ull) return;
+        if (atomic_load(&c->ranks[p].state) != XCCL_RANK_ACTIVE) return;
+        int32_t pid = atomic_load(&c->ranks[p].pid);
+        if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) return;
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Copy chunk i of a rendezvous of len bytes: the receiver pulls (region
+ * mapping or process_vm_readv), the sender pushes (process_vm_writev).
+ * 0 or an errno. */
+static int coop_copy_chunk(struct xccl_comm *c, int p, int push, uint8_t *local, uint64_t remote, int region,
+                           uint64_t i, uint64_t len) {
+    size_t off = (size_t)(i * c->coop_chunk), l = (size_t)(len - off) < c->coop_chunk ? (size_t)(len - off) : c->coop_chunk;
+    if (push) return cma_copy(atomic_load(&c->ranks[p].pid), local + off, remote + off, l, 1);
+    if (region) {
+        xccl_copy(local + off, (const uint8_t *)(uintptr_t)remote + off, l, (size_t)len);
+        return 0;
+    }
+    return cma_copy(atomic_load(&c->ranks[p].pid), local + off, remote + off, l, 0);
+}
 
 static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int *done) {
     int p = req->peer_;
@@ -104,29 +199,51 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
         h->flags = FLAG_FIRST | FLAG_RNDV;
         h->msg_seq = c->send_seq[p];
         memcpy(slot + XCCL_SLOT_HDR, &d, sizeof d);
-        req->aux_ = S_FIRST | S_RNDV;
+        req->aux_ = S_FIRST | S_RNDV | (in_region ? S_REGION : 0u);
+        if (!c->cma_on || !c->coop_push || c->push_off[p]) req->aux_ |= S_NOPUSH;
         req->aux2_ = ++c->rndv_sent[p];
         atomic_store_explicit(&m->prod, tail + 1, memory_order_release);
         xccl_wake(c, p);
         return XCCL_OK;
     }
     if ((req->aux_ & S_RNDV) && !(req->aux_ & S_FALLBACK)) {
-        if (!(req->aux_ & S_PUSHED) &&
-            atomic_load_explicit((_Atomic uint64_t *)&m->cons_aux[3], memory_order_acquire) == req->aux2_) {
-            /* split rendezvous: the receiver reads the first half, we write the rest */
-            size_t half = split_half(req->len_);
-            int err = cma_copy(atomic_load(&c->ranks[p].pid), (uint8_t *)buf + half, m->cons_aux[2] + half,
-                               req->len_ - half, 1);
-            m->prod_aux[2] = err ? RNDV_NACK : RNDV_OK;
-            atomic_store_explicit((_Atomic uint64_t *)&m->prod_aux[1], req->aux2_, memory_order_release);
-            req->aux_ |= S_PUSHED;
-            xccl_wake(c, p);
+        const uint64_t seq = req->aux2_, tag = coop_tag(seq), n = coop_nchunks(c, req->len_);
+        xccl_meta *k = xccl_meta_at(c, c->rank, p, XCCL_CH_COOP);
+        if (!(req->aux_ & S_NOPUSH) &&
+            atomic_load_explicit(aux_atomic(&m->cons_aux[3]), memory_order_acquire) == seq) {
+            /* the receiver's buffer is posted: push chunks into it */
+            uint64_t dst = m->cons_aux[2], left = (req->aux_ & S_REGION) ? c->coop_region_left : 1;
+            int64_t i;
+            while ((i = coop_claim(k, tag, n, left)) >= 0) {
+                int err = coop_copy_chunk(c, p, 1, (uint8_t *)buf, dst, 0, (uint64_t)i, req->len_);
+                if (err) { /* hand the chunk back: the receiver copies it */
+                    atomic_store_explicit(aux_atomic(&k->prod_aux[0]), coop_word(tag, (uint64_t)i + 1),
+                                          memory_order_release);
+                    req->aux_ |= S_NOPUSH;
+                    c->push_off[p] = 1;
+                    xccl_wake(c, p);
+                    if (err == ESRCH)
+                        return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d is gone (rendezvous write)", p);
+                    break;
+                }
+                atomic_fetch_add_explicit(&k->cons, 1, memory_order_release);
+                c->p2p_stats.chunks_pushed++;
+                xccl_wake(c, p);
+            }
         }
-        if (atomic_load_explicit((_Atomic uint64_t *)&m->cons_aux[0], memory_order_acquire) != req->aux2_)
+        /* complete once every chunk is in (done word) or the receiver answered */
+        if (atomic_load_explicit(&k->cons, memory_order_acquire) == coop_word(tag, n)) {
+            req->done_ = req->len_;
+            c->send_seq[p]++;
+            c->p2p_stats.rndv_sent++;
+            *done = 1;
             return XCCL_OK;
+        }
+        if (atomic_load_explicit(aux_atomic(&m->cons_aux[0]), memory_order_acquire) != seq) return XCCL_OK;
         if (m->cons_aux[1] == RNDV_OK) {
             req->done_ = req->len_;
             c->send_seq[p]++;
+            c->p2p_stats.rndv_sent++;
             *done = 1;
             return XCCL_OK;
         }
@@ -168,7 +285,74 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
 /* Answer a rendezvous: result RNDV_OK / RNDV_NACK. */
 static void rndv_answer(struct xccl_comm *c, int p, xccl_meta *m, uint64_t result) {
     m->cons_aux[1] = result;
-    atomic_store_explicit((_Atomic uint64_t *)&m->cons_aux[0], ++c->rndv_seen[p], memory_order_release);
+    atomic_store_explicit(aux_atomic(&m->cons_aux[0]), ++c->rndv_seen[p], memory_order_release);
+}
+
+/* Receiver: copy chunks of the open cooperative rendezvous from p until none
+ * is left to claim. Returns 1 when the whole message is in, 0 if the sender
+ * still copies, or -errno (our pull failed: the claims are stopped) / -EPIPE
+ * (the sender stopped the claims: it gave up on the message). */
+static int coop_recv_step(struct xccl_comm *c, xccl_request *req) {
+    int p = req->peer_;
+    xccl_meta *k = xccl_meta_at(c, p, c->rank, XCCL_CH_COOP);
+    const uint64_t tag = coop_tag(c->rndv_seen[p] + 1), n = coop_nchunks(c, req->msg_len_);
+    uint8_t *buf = req->buf_;
+    int64_t i;
+    while ((i = coop_claim(k, tag, n, 1)) >= 0) {
+        int err = coop_copy_chunk(c, p, 0, buf, c->coop_src[p], c->coop_region[p], (uint64_t)i, req->msg_len_);
+        if (err) {
+            coop_stop(k, tag);
+            return -err;
+        }
+        atomic_fetch_add_explicit(&k->cons, 1, memory_order_release);
+        c->p2p_stats.chunks_pulled++;
+    }
+    uint64_t d = atomic_load_explicit(&k->cons, memory_order_acquire);
+    if (d == coop_word(tag, n)) return 1;
+    uint64_t f = atomic_load_explicit(aux_atomic(&k->prod_aux[0]), memory_order_acquire);
+    if (f >> 32 == tag && !(req->aux2_ & R_TOOK)) { /* the sender handed a chunk back */
+        req->aux2_ |= R_TOOK;
+        int err = coop_copy_chunk(c, p, 0, buf, c->coop_src[p], c->coop_region[p], (f & COOP_IDX) - 1,
+                                  req->msg_len_);
+        if (err) {
+            coop_stop(k, tag);
+            return -err;
+        }
+        d = atomic_fetch_add_explicit(&k->cons, 1, memory_order_acq_rel) + 1;
+        c->p2p_stats.chunks_pulled++;
+        if (d == coop_word(tag, n)) return 1;
+    }
+    uint64_t v = atomic_load_explicit(&k->prod, memory_order_acquire);
+    if (v >> 32 == tag && (v & COOP_IDX) >= COOP_ABORT) return -EPIPE;
+    return 0;
+}
+
+/* Drop an open rendezvous of req (its wait failed or it was cancelled): stop
+ * the claims and wait (bounded) for the peer's chunk in flight, so that
+ * neither side touches req's buffer afterwards. */
+static void shm_abort(struct xccl_comm *c, xccl_request *req) {
+    int p = req->peer_;
+    if (p == c->rank) return;
+    if (req->kind_ == 1) { /* send */
+        if (!(req->aux_ & S_RNDV) || (req->aux_ & S_FALLBACK)) return;
+        xccl_meta *k = xccl_meta_at(c, c->rank, p, XCCL_CH_COOP);
+        uint64_t tag = coop_tag(req->aux2_);
+        /* seq_cst: the receiver initialises the claim word, then reads this */
+        atomic_store_explicit(aux_atomic(&k->prod_aux[1]), req->aux2_, memory_order_seq_cst);
+        coop_drain(c, p, k, tag, coop_stop(k, tag));
+    } else if (req->aux2_ & R_COOP) {
+        xccl_meta *k = xccl_meta_at(c, p, c->rank, XCCL_CH_COOP);
+        uint64_t tag = coop_tag(c->rndv_seen[p] + 1);
+        coop_drain(c, p, k, tag, coop_stop(k, tag));
+        req->aux2_ = 0;
+    }
+}
+
+/* Finish the rendezvous at the ring head: consume its slot, answer. */
+static void rndv_finish(struct xccl_comm *c, int p, xccl_meta *m, uint64_t *head, uint64_t result) {
+    (*head)++;
+    atomic_store_explicit(&m->cons, *head, memory_order_release);
+    rndv_answer(c, p, m, result);
 }
 
 static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int *done) {
@@ -182,33 +366,32 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
     uint8_t *buf = req->buf_;
     int moved = 0;
     xccl_status s = XCCL_OK;
-    if (req->aux2_ & R_SPLIT) { /* split rendezvous: our half is read; wait for the sender's */
-        uint64_t seq = c->rndv_seen[p] + 1;
-        if (atomic_load_explicit((_Atomic uint64_t *)&m->prod_aux[1], memory_order_acquire) != seq)
-            return XCCL_OK;
-        const xccl_slot_hdr *h = (const xccl_slot_hdr *)(ring + (size_t)(head & (nslots - 1)) * sb);
-        rndv_desc d;
-        memcpy(&d, (const uint8_t *)h + XCCL_SLOT_HDR, sizeof d);
-        size_t half = split_half(req->msg_len_);
-        int err = (req->aux2_ >> 8) ? (int)(req->aux2_ >> 8) : 0;
-        if (!err && m->prod_aux[2] != RNDV_OK) /* the sender could not write: read it ourselves */
-            err = cma_copy(d.pid, buf + half, d.addr + half, req->msg_len_ - half, 0);
-        req->aux2_ = 0;
-        head++;
-        atomic_store_explicit(&m->cons, head, memory_order_release);
-        if (!err) {
-            req->done_ = req->msg_len_;
-            rndv_answer(c, p, m, RNDV_OK);
-        } else {
-            rndv_answer(c, p, m, RNDV_NACK); /* the data follows through the ring */
-            if (err == ESRCH) {
-                xccl_wake(c, p);
-                return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d is gone (rendezvous)", p);
-            }
-        }
-        moved = 1;
-    }
     for (;;) {
+        if (req->aux2_ & R_COOP) { /* cooperative rendezvous at the ring head */
+            int r = coop_recv_step(c, req);
+            if (r == 0) break;
+            req->aux2_ = 0;
+            moved = 1;
+            if (r == 1) {
+                req->done_ = req->msg_len_;
+                c->p2p_stats.rndv_recv++;
+                rndv_finish(c, p, m, &head, RNDV_OK);
+                break;
+            }
+            if (r == -ESRCH) {
+                rndv_finish(c, p, m, &head, RNDV_NACK);
+                s = xccl_err_peer(XCCL_ERR_PEER, p, "rank %d is gone (rendezvous read)", p);
+                break;
+            }
+            if (r == -EPIPE) {
+                rndv_finish(c, p, m, &head, RNDV_NACK);
+                s = xccl_err_peer(XCCL_ERR_PEER, p, "rank %d abandoned the message it was sending", p);
+                break;
+            }
+            rndv_finish(c, p, m, &head, RNDV_NACK); /* the data follows through the ring */
+            req->done_ = 0;
+            continue;
+        }
         if (req->aux_ && req->done_ == req->msg_len_) break;
         if (head == tail) {
             tail = atomic_load_explicit(&m->prod, memory_order_acquire);
@@ -236,45 +419,31 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
             if (flags & FLAG_RNDV) {
                 rndv_desc d;
                 memcpy(&d, slot + XCCL_SLOT_HDR, sizeof d);
-                if (chunk != sizeof d || d.len != msg_len ||
+                if (chunk != sizeof d || d.len != msg_len || msg_len == 0 ||
                     d.pid != atomic_load_explicit(&c->ranks[p].pid, memory_order_acquire)) {
                     s = xccl_err_peer(XCCL_ERR_PEER, p, "rank %d sent a bad rendezvous descriptor", p);
                     break;
                 }
-                size_t got = 0;
-                int err = 0;
-                if (d.region) { /* zero-copy: read it where it lies in the sender's region */
-                    uint8_t *src;
-                    if (xccl_region_peer_ptr(&src, c, p, d.region, d.offset, msg_len) == XCCL_OK) {
-                        xccl_copy(buf, src, msg_len, msg_len); /* not glibc's misaligned rep movsb */
-                        got = msg_len;
-                    }
-                }
-                if (got < msg_len && msg_len >= SPLIT_MIN) {
-                    /* split: tell the sender where to write the upper half, read the lower */
-                    uint64_t seq = c->rndv_seen[p] + 1;
-                    m->cons_aux[2] = (uint64_t)(uintptr_t)buf;
-                    atomic_store_explicit((_Atomic uint64_t *)&m->cons_aux[3], seq, memory_order_release);
-                    xccl_wake(c, p);
-                    int e = cma_copy(d.pid, buf, d.addr, split_half(msg_len), 0);
-                    req->aux2_ = R_SPLIT | ((uint64_t)e << 8);
-                    break; /* the slot stays until the sender's half is in */
-                }
-                if (got < msg_len) err = cma_copy(d.pid, buf, d.addr, msg_len, 0), got = err ? 0 : msg_len;
-                head++;
-                atomic_store_explicit(&m->cons, head, memory_order_release);
-                if (got == msg_len) {
-                    req->done_ = msg_len;
-                    rndv_answer(c, p, m, RNDV_OK);
-                } else if (err == ESRCH) {
-                    rndv_answer(c, p, m, RNDV_NACK);
-                    xccl_wake(c, p);
-                    s = xccl_err_peer(XCCL_ERR_PEER, p, "rank %d is gone (rendezvous read)", p);
+                uint8_t *src = NULL;
+                if (d.region && xccl_region_peer_ptr(&src, c, p, d.region, d.offset, msg_len) != XCCL_OK)
+                    src = NULL; /* read it with process_vm_readv instead */
+                c->coop_region[p] = src != NULL;
+                c->coop_src[p] = src ? (uint64_t)(uintptr_t)src : d.addr;
+                /* open the chunks, then post our buffer (release) */
+                const uint64_t seq = c->rndv_seen[p] + 1, tag = coop_tag(seq);
+                xccl_meta *k = xccl_meta_at(c, p, c->rank, XCCL_CH_COOP);
+                atomic_store_explicit(&k->cons, coop_word(tag, 0), memory_order_relaxed);
+                atomic_store_explicit(&k->prod, coop_word(tag, 0), memory_order_seq_cst);
+                if (atomic_load_explicit(aux_atomic(&k->prod_aux[1]), memory_order_seq_cst) == seq) {
+                    coop_stop(k, tag); /* the sender gave up on it before we came */
+                    rndv_finish(c, p, m, &head, RNDV_NACK);
+                    s = xccl_err_peer(XCCL_ERR_PEER, p, "rank %d abandoned the message it was sending", p);
                     break;
-                } else {
-                    rndv_answer(c, p, m, RNDV_NACK); /* the data follows through the ring */
                 }
-                moved = 1;
+                m->cons_aux[2] = (uint64_t)(uintptr_t)buf;
+                atomic_store_explicit(aux_atomic(&m->cons_aux[3]), seq, memory_order_release);
+                xccl_wake(c, p);
+                req->aux2_ = R_COOP;
                 continue;
             }
         }
@@ -307,4 +476,5 @@ const xccl_transport_ops xccl_shm_ops = {
     .sleep = shm_sleep,
     .peer_check = xccl_shm_peer_check,
     .close = shm_close,
+    .abort = shm_abort,
 };

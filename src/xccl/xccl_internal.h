@@ -8,7 +8,7 @@
  * publishes with release ordering and the consumer reads with acquire.
  * Producer and consumer indices of a FIFO sit on different cache lines.
  *
- * Segment = [header 4 KiB][rank table n x 1 KiB][metadata n*n*4 x 128 B]
+ * Segment = [header 4 KiB][rank table n x 1 KiB][metadata n*n*5 x 128 B]
  *           [rings n*n x slots x slot_bytes][collective n x 2 x coll_bytes]
  *           [MoE send n x 2 x send_buf][MoE recv n x 2 x recv_buf]
  * (each area 4 KiB aligned; offsets stored in the header).
@@ -26,11 +26,16 @@
 
 #define XCCL_MAGIC    0x0047455343434358ull /* "XCCSEG\0" little-endian-ish tag */
 #define XCCL_CACHE    64
-#define XCCL_NCHAN    4
+#define XCCL_NCHAN    5
 #define XCCL_CH_P2P   0 /* prod: ring tail (slots written); cons: ring head (slots read) */
 #define XCCL_CH_ONES  1 /* prod: one-sided ops src completed on dst's regions */
 #define XCCL_CH_DISP  2 /* prod: dispatch event published by src for dst; cons: dst acked it */
 #define XCCL_CH_COMB  3 /* prod: combine event published by src (expert rank); cons: dst acked */
+/* cooperative rendezvous src->dst (shm.c): prod = claim word {tag, next chunk}
+ * (claimed by both with CAS), prod_aux[0] = sender's failed chunk {tag, i+1},
+ * prod_aux[1] = rendezvous number the sender abandoned; cons = done word
+ * {tag, chunks copied} (fetch-add by both) */
+#define XCCL_CH_COOP  4
 #define XCCL_PAGE     4096
 #define XCCL_SLOT_HDR 64
 /* rank state while an attach is claiming it (after XCCL_RANK_DEAD) */
@@ -79,7 +84,8 @@ typedef struct xccl_rank_entry {
     _Atomic uint64_t err_seq;      /* group op seq this rank failed (peers fail fast) */
     _Alignas(XCCL_CACHE) _Atomic uint32_t doorbell; /* futex word: bumped to wake owner */
     _Atomic uint32_t sleepers;                      /* owner threads in futex_wait */
-    uint8_t pad1[XCCL_CACHE - 8];
+    _Atomic uint32_t ones_sleepers; /* owner threads in xccl_notify_wait (get/put wake only those) */
+    uint8_t pad1[XCCL_CACHE - 12];
     xccl_region_entry regions[XCCL_MAX_REGIONS]; /* 512 B */
     uint8_t pad2[1024 - 128 - 32 * XCCL_MAX_REGIONS];
 } xccl_rank_entry;
@@ -174,6 +180,9 @@ typedef struct xccl_transport_ops {
     /* XCCL_OK if peer is alive. */
     xccl_status (*peer_check)(struct xccl_comm *c, int peer);
     void (*close)(struct xccl_comm *c);
+    /* A queued request that had started is being dropped (deadline, peer
+     * death, cancel): make sure the peer stops touching its buffer. May be NULL. */
+    void (*abort)(struct xccl_comm *c, xccl_request *req);
 } xccl_transport_ops;
 
 extern const xccl_transport_ops xccl_shm_ops;
@@ -220,6 +229,14 @@ struct xccl_comm {
     int cma_off[XCCL_MAX_RANKS];        /* peer could not read us: ring only */
     size_t rndv_min;                    /* rendezvous threshold (bytes) */
     int cma_on;                         /* process_vm_readv/writev allowed */
+    size_t coop_chunk;                  /* cooperative rendezvous chunk (bytes) */
+    uint32_t coop_region_left;          /* sender helps a region rendezvous only while this many chunks are unclaimed */
+    int coop_push;                      /* 0: the sender never helps (receiver copies alone) */
+    int push_off[XCCL_MAX_RANKS];       /* process_vm_writev to peer failed: never help it again */
+    /* receive side of the open cooperative rendezvous from each peer */
+    uint64_t coop_src[XCCL_MAX_RANKS];  /* local pointer (region) or sender address (CMA) */
+    int coop_region[XCCL_MAX_RANKS];    /* 1: coop_src points into our mapping of the sender's region */
+    xccl_p2p_stats p2p_stats;           /* xccl_p2p_stats_get */
     /* regions */
     xccl_local_region local_regions[XCCL_MAX_REGIONS];
     uint32_t next_region_id;
