@@ -2,7 +2,7 @@
  * xccl_bench.c — xccl-bench: XCCL speed on this host, with memcpy bandwidth
  * measured in the same run.
  *
- *   xccl_bench [--json] [--quick] [--no-pin]
+ *   xccl_bench [--json] [--quick] [--no-pin] [--p2p-only]
  *
  * Ranks are pinned to cpu (rank % ncpu) like mpirun's default core binding
  * (--no-pin leaves placement to the scheduler).
@@ -14,9 +14,14 @@
  *    copy: what one copy of data that is not in this core's cache costs).
  *    The % columns give send/recv and get against both references.
  * 2. send/recv bandwidth, 2 ranks (rank 0 streams `iters` blocking sends,
- *    rank 1 receives, one ack at the end) from plain memory and from a
- *    registered region (zero-copy rendezvous), and get bandwidth from a
- *    registered region of the other rank.
+ *    rank 1 receives, one ack at the end) from plain memory (malloc, 4 KiB
+ *    pages), from plain memory backed by transparent huge pages on both
+ *    sides (mmap + MADV_HUGEPAGE, what GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+ *    gives malloc'd memory), and from a registered region (zero-copy
+ *    rendezvous); get bandwidth from a registered region of the other rank.
+ *    For >= 256 KiB both ranks copy chunks of each message at once
+ *    (cooperative rendezvous, docs/XCCL.md): a transfer uses both cores,
+ *    memcpy one.
  * 3. one-way latency: 8 B / 64 B ping-pong between 2 ranks, half the round trip.
  * 4. MoE layout + dispatch + combine (bf16, top-8, 64 experts spread evenly)
  *    for batch {1,8,32,128,256} x hidden {2048,7168} x ranks {2,4,8}, in
@@ -46,6 +51,7 @@ typedef struct results {
     double memcpy_cold_bw[BENCH_NSIZES][2]; /* same, source and destination flushed before each copy */
     double send_bw[BENCH_NSIZES][2];
     double sendreg_bw[BENCH_NSIZES][2]; /* send from a registered region (zero-copy rendezvous) */
+    double sendthp_bw[BENCH_NSIZES][2]; /* send from / recv into THP-backed plain memory */
     double get_bw[BENCH_NSIZES][2];
     double lat_us[2][2];               /* 8 B, 64 B: min / median one-way */
     double moe_us[2][3][5][2][2];      /* mode x ranks x batch x hidden: min / median */
@@ -126,26 +132,43 @@ static int die(const char *what) {
 
 static int seg_fd;
 
+/* 64 MiB of plain (not shared) memory backed by transparent huge pages where
+ * the kernel has them: 2 MiB-aligned, MADV_HUGEPAGE before the first touch.
+ * Returned 16 bytes past the huge-page boundary, like a malloc'd block. */
+static uint8_t *alloc_thp(size_t n) {
+    size_t hp = 2u << 20;
+    uint8_t *p = mmap(NULL, n + 2 * hp, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    p = (uint8_t *)(((uintptr_t)p + hp - 1) & ~(uintptr_t)(hp - 1));
+#ifdef MADV_HUGEPAGE
+    madvise(p, n + hp, MADV_HUGEPAGE);
+#endif
+    return p + 16;
+}
+
 static int p2p_rank(int rank) {
     xccl_comm *c;
     if (xccl_comm_attach_fd(&c, seg_fd, rank, 0)) return die("attach");
     xccl_comm_set_timeout(c, 60000);
     xccl_group *w = xccl_comm_world(c);
-    uint8_t *buf = malloc(64 << 20), *mcpy = malloc(64 << 20);
+    uint8_t *buf = malloc(64 << 20), *mcpy = malloc(64 << 20), *thp = alloc_thp(64 << 20);
+    if (!buf || !mcpy || !thp) return die("alloc");
     memset(buf, rank + 1, 64 << 20);
     memset(mcpy, 9, 64 << 20);
+    memset(thp, rank + 3, 64 << 20);
     char ack = 0;
     xccl_region sreg = {0};
     if (rank == 0) {
         if (xccl_region_alloc(&sreg, 64 << 20, c)) return die("region");
         memset(sreg.base, 5, 64 << 20);
     }
-    for (int mode = 0; mode < 2; mode++)
+    for (int mode = 0; mode < 3; mode++) /* plain, region, THP-backed plain */
     for (size_t si = 0; si < BENCH_NSIZES; si++) {
         size_t sz = bench_sizes[si];
         int it = iters_for(sz);
         double v[BENCH_REPS];
-        const uint8_t *src = mode && rank == 0 ? (const uint8_t *)sreg.base : buf;
+        uint8_t *mine = mode == 2 ? thp : buf;
+        const uint8_t *src = mode == 1 && rank == 0 ? (const uint8_t *)sreg.base : mine;
         if (mode == 0 && rank == 0) {
             bench_memcpy_cold(si, buf, mcpy);
             bench_memcpy(si, buf, mcpy);
@@ -159,7 +182,7 @@ static int p2p_rank(int rank) {
                 if (xccl_recv(NULL, &ack, 1, c, 1)) return die("recv ack");
             } else {
                 for (int i = 0; i < it; i++)
-                    if (xccl_recv(NULL, buf, sz, c, 0)) return die("recv");
+                    if (xccl_recv(NULL, mine, sz, c, 0)) return die("recv");
                 if (xccl_send(c, 0, &ack, 1)) return die("send ack");
             }
             if (r) v[r - 1] = (bench_now() - t0) / it;
@@ -167,7 +190,7 @@ static int p2p_rank(int rank) {
         if (rank == 0) {
             double mn, med;
             bench_stats(v, BENCH_REPS, &mn, &med);
-            double(*bw)[2] = mode ? R->sendreg_bw : R->send_bw;
+            double(*bw)[2] = mode == 1 ? R->sendreg_bw : mode == 2 ? R->sendthp_bw : R->send_bw;
             bw[si][0] = sz / mn / 1e9;
             bw[si][1] = sz / med / 1e9;
         }
@@ -220,6 +243,7 @@ static int p2p_rank(int rank) {
     if (rank == 1) xccl_region_deregister(c, &reg);
     free(buf);
     free(mcpy);
+    /* thp stays mapped until the rank exits */
     xccl_comm_detach(c);
     return 0;
 }
@@ -311,13 +335,14 @@ static int p2p_wrap(int r, int n, int ni) {
 }
 
 int main(int argc, char **argv) {
-    int json = 0;
+    int json = 0, p2p_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json = 1;
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--no-pin")) pin = 0;
+        else if (!strcmp(argv[i], "--p2p-only")) p2p_only = 1;
         else {
-            fprintf(stderr, "usage: %s [--json] [--quick] [--no-pin]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--json] [--quick] [--no-pin] [--p2p-only]\n", argv[0]);
             return 2;
         }
     }
@@ -334,7 +359,7 @@ int main(int argc, char **argv) {
     xccl_segment_destroy(seg);
 
     int ranks[3] = {2, 4, 8};
-    for (int ni = 0; ni < 3; ni++) {
+    for (int ni = 0; ni < (p2p_only ? 0 : 3); ni++) {
         xccl_config_default(&cfg, (uint32_t)ranks[ni]);
         cfg.moe_max_tokens = BENCH_MAXT;
         cfg.moe_max_hidden = BENCH_MAXH;
@@ -351,11 +376,11 @@ int main(int argc, char **argv) {
         printf("{\n  \"p2p\": [\n");
         for (size_t si = 0; si < BENCH_NSIZES; si++)
             printf("    {\"bytes\": %zu, \"memcpy_gbs\": [%.3f, %.3f], \"memcpy_cold_gbs\": [%.3f, %.3f], "
-                   "\"sendrecv_gbs\": [%.3f, %.3f], "
+                   "\"sendrecv_gbs\": [%.3f, %.3f], \"sendrecv_thp_gbs\": [%.3f, %.3f], "
                    "\"sendrecv_region_gbs\": [%.3f, %.3f], \"get_gbs\": [%.3f, %.3f]}%s\n",
                    bench_sizes[si], R->memcpy_bw[si][0], R->memcpy_bw[si][1], R->memcpy_cold_bw[si][0],
-                   R->memcpy_cold_bw[si][1], R->send_bw[si][0],
-                   R->send_bw[si][1], R->sendreg_bw[si][0], R->sendreg_bw[si][1], R->get_bw[si][0],
+                   R->memcpy_cold_bw[si][1], R->send_bw[si][0], R->send_bw[si][1], R->sendthp_bw[si][0],
+                   R->sendthp_bw[si][1], R->sendreg_bw[si][0], R->sendreg_bw[si][1], R->get_bw[si][0],
                    R->get_bw[si][1], si + 1 < BENCH_NSIZES ? "," : "");
         printf("  ],\n  \"oneway_latency_us\": {\"8\": [%.3f, %.3f], \"64\": [%.3f, %.3f]},\n",
                R->lat_us[0][0], R->lat_us[0][1], R->lat_us[1][0], R->lat_us[1][1]);
@@ -376,18 +401,18 @@ int main(int argc, char **argv) {
         printf("\n  ],\n  \"ok\": %s\n}\n", bad ? "false" : "true");
     } else {
         printf("# xccl-bench (min / median of %d reps; GB/s figures are at the min / median time)\n", BENCH_REPS);
-        printf("%10s %20s %20s %20s %20s %20s %6s %6s %6s %6s %6s %6s\n", "bytes", "memcpy GB/s",
-               "cold memcpy GB/s", "send/recv GB/s", "send(region) GB/s", "get GB/s", "send%", "sreg%", "get%",
-               "sendC%", "sregC%", "getC%");
+        printf("%10s %20s %20s %20s %20s %20s %20s %6s %6s %6s %6s %6s %6s %6s\n", "bytes", "memcpy GB/s",
+               "cold memcpy GB/s", "send/recv GB/s", "send/recv THP GB/s", "send(region) GB/s", "get GB/s", "send%",
+               "sthp%", "sreg%", "get%", "sendC%", "sregC%", "getC%");
         for (size_t si = 0; si < BENCH_NSIZES; si++) {
             double hot = R->memcpy_bw[si][1], cold = R->memcpy_cold_bw[si][1];
-            printf("%10zu %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f "
-                   "%5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%%\n",
+            printf("%10zu %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f "
+                   "%5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%%\n",
                    bench_sizes[si], R->memcpy_bw[si][0], hot, R->memcpy_cold_bw[si][0], cold, R->send_bw[si][0],
-                   R->send_bw[si][1], R->sendreg_bw[si][0], R->sendreg_bw[si][1], R->get_bw[si][0],
-                   R->get_bw[si][1], 100 * R->send_bw[si][1] / hot, 100 * R->sendreg_bw[si][1] / hot,
-                   100 * R->get_bw[si][1] / hot, 100 * R->send_bw[si][1] / cold,
-                   100 * R->sendreg_bw[si][1] / cold, 100 * R->get_bw[si][1] / cold);
+                   R->send_bw[si][1], R->sendthp_bw[si][0], R->sendthp_bw[si][1], R->sendreg_bw[si][0],
+                   R->sendreg_bw[si][1], R->get_bw[si][0], R->get_bw[si][1], 100 * R->send_bw[si][1] / hot,
+                   100 * R->sendthp_bw[si][1] / hot, 100 * R->sendreg_bw[si][1] / hot, 100 * R->get_bw[si][1] / hot,
+                   100 * R->send_bw[si][1] / cold, 100 * R->sendreg_bw[si][1] / cold, 100 * R->get_bw[si][1] / cold);
         }
         printf("one-way latency, 2 ranks: 8 B %.3f / %.3f us, 64 B %.3f / %.3f us\n", R->lat_us[0][0],
                R->lat_us[0][1], R->lat_us[1][0], R->lat_us[1][1]);

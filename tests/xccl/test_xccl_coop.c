@@ -129,7 +129,7 @@ static int traffic(xccl_comm *c, int rank, int phase, size_t chunk) {
 }
 
 /* Phase 2: the sender posts isend and does not progress for 300 ms. */
-static int alone(xccl_comm *c, int rank) {
+static int alone(xccl_comm *c, int rank, size_t chunk) {
     const size_t len = (4u << 20) + 12345;
     xccl_region reg = {0};
     XCHECK(xccl_region_alloc(&reg, len, c));
@@ -164,7 +164,7 @@ static int alone(xccl_comm *c, int rank) {
             CHECK_MSG(wake == 0 || t < wake, "kind %d: receive completed only after the sender woke", kind);
             /* we copied every chunk ourselves */
             uint64_t pulled = sh->alone_after[1].chunks_pulled - sh->alone_before[1].chunks_pulled;
-            CHECK_MSG(pulled == (len + 131071) / 131072, "kind %d: receiver pulled %llu chunks", kind,
+            CHECK_MSG(pulled == (len + chunk - 1) / chunk, "kind %d: receiver pulled %llu chunks", kind,
                       (unsigned long long)pulled);
         }
         XCHECK(xccl_barrier(c, xccl_comm_world(c)));
@@ -222,7 +222,7 @@ static int rank_main(int rank, int n, void *varg) {
     XCHECK(xccl_barrier(c, xccl_comm_world(c)));
     xccl_p2p_stats_get(c, &sh->st[a->phase][rank]);
     if (a->phase == 1) {
-        bad |= alone(c, rank);
+        bad |= alone(c, rank, a->chunk);
         bad |= truncation(c, rank);
     }
     XCHECK(xccl_barrier(c, xccl_comm_world(c)));
