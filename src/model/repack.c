@@ -7,10 +7,10 @@
  * xds_matmul_rows / xds_matmul_multi / xds_get_row (llama attention and FFN,
  * MoE router, routed and shared experts — 2-D views, one per expert —, MLA
  * projections and the absorbed K, the LM head), of type Q8_0, with a row
- * count that is a multiple of 16. The token embedding stays as it is unless
- * the LM head is tied to it (then both views share the repacked copy: the
- * embedding is read only through xds_get_row, which reads Q8_0_R16 rows
- * exactly); the MTP layers (loaded, unused) stay as they are.
+ * count that is a multiple of 16. The token embedding stays as it is (an LM
+ * head tied to it gets a repacked copy of its own, the file pages stay
+ * mapped for the embedding); the MTP layers (loaded, unused) stay as they
+ * are.
  * When: only if the CPU level at load is AVX-512 (the kernel it is for; a
  * later xds_cpu_level_set to another level runs the portable Q8_0_R16
  * kernel, same bits) and XDS_REPACK is not "0" (for A/B runs).
@@ -38,16 +38,19 @@
 #include "kernels/kernels.h"
 #include "model/moe.h"
 
+enum { RP_OWNED = 1, RP_KEEP = 2 };
+
 typedef struct {
     xds_tensor *t; /* a view to repack (several may share one source) */
-    int owned;     /* 1: data is the writable absorbed-K buffer (in place) */
+    int flags;     /* RP_OWNED: data is the writable absorbed-K buffer (in
+                      place); RP_KEEP: the source pages stay mapped */
 } rp_ref;
 
 typedef struct {
     const uint8_t *src; /* Q8_0 source (file mapping or owned buffer) */
     uint8_t *dst;       /* where the repacked copy goes */
     int64_t n_rows, n_in;
-    int owned;
+    int owned, keep;
     size_t nbytes;
 } rp_src;
 
@@ -74,7 +77,7 @@ typedef struct {
     int n, cap;
 } rp_list;
 
-static int add(rp_list *L, xds_tensor *t, int owned) {
+static int add(rp_list *L, xds_tensor *t, int flags) {
     if (!eligible(t)) return 0;
     if (L->n == L->cap) {
         int cap = L->cap ? 2 * L->cap : 256;
@@ -82,7 +85,7 @@ static int add(rp_list *L, xds_tensor *t, int owned) {
         if (!v) return -1;
         L->v = v, L->cap = cap;
     }
-    L->v[L->n++] = (rp_ref){t, owned};
+    L->v[L->n++] = (rp_ref){t, flags};
     return 0;
 }
 
@@ -92,10 +95,9 @@ static int add_ffn(rp_list *L, xds_ffn_w *f) {
 
 static int collect(xds_model *m, rp_list *L) {
     int e = 0;
-    e |= add(L, &m->output, 0);
-    /* tied: the LM head is the embedding, read elsewhere only through
-     * xds_get_row (which reads Q8_0_R16 rows exactly) -> one copy for both */
-    if (m->output.data == m->tok_embd.data) e |= add(L, &m->tok_embd, 0);
+    /* tied: the LM head gets its own copy, the embedding keeps the file's
+     * bytes (and its pages: RP_KEEP) for whoever reads them as Q8_0 */
+    e |= add(L, &m->output, m->output.data == m->tok_embd.data ? RP_KEEP : 0);
     for (int l = 0; l < m->cfg.n_layer; l++) {
         xds_layer_weights *w = &m->layers[l];
         e |= add(L, &w->wq, 0) | add(L, &w->wk, 0) | add(L, &w->wv, 0) | add(L, &w->wo, 0);
@@ -110,7 +112,7 @@ static int collect(xds_model *m, rp_list *L) {
             xds_mla_layer *A = w->mla;
             e |= add(L, &A->wq_a, 0) | add(L, &A->wq_b, 0) | add(L, &A->wq, 0) | add(L, &A->wkv_a, 0);
             e |= add(L, &A->wkv_b, 0) | add(L, &A->wo, 0);
-            e |= add(L, &A->wk_b_t, A->wk_b_t.data == (const void *)A->wk_b_t_data);
+            e |= add(L, &A->wk_b_t, A->wk_b_t.data == (const void *)A->wk_b_t_data ? RP_OWNED : 0);
         }
     }
     return e;
@@ -133,7 +135,7 @@ static void job_task(void *vctx, int task, int thread) {
     /* the copied source pages (whole pages inside the range) leave the process */
     uintptr_t a = ((uintptr_t)s->src + off + (uintptr_t)c->page - 1) & ~((uintptr_t)c->page - 1);
     uintptr_t b = ((uintptr_t)s->src + off + len) & ~((uintptr_t)c->page - 1);
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+    if (b > a && !s->keep) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
 static int repack_enabled(void) {
@@ -166,12 +168,14 @@ xds_status xds_model_repack(xds_model *m) {
     size_t total = 0;
     for (int i = 0; i < L.n; i++) {
         const xds_tensor *t = L.v[i].t;
+        int owned = (L.v[i].flags & RP_OWNED) != 0, keep = (L.v[i].flags & RP_KEEP) != 0;
         if (ns > 0 && srcs[ns - 1].src == t->data && srcs[ns - 1].n_in == t->ne[0] && srcs[ns - 1].n_rows == t->ne[1]) {
             which[i] = ns - 1;
+            srcs[ns - 1].keep |= keep;
             continue;
         }
-        srcs[ns] = (rp_src){t->data, NULL, t->ne[1], t->ne[0], L.v[i].owned, t->nbytes};
-        if (!L.v[i].owned) total += (t->nbytes + 63) & ~(size_t)63;
+        srcs[ns] = (rp_src){t->data, NULL, t->ne[1], t->ne[0], owned, keep, t->nbytes};
+        if (!owned) total += (t->nbytes + 63) & ~(size_t)63;
         which[i] = ns++;
     }
     const size_t huge = (size_t)2 << 20;
