@@ -236,6 +236,7 @@ struct xccl_comm {
     /* receive side of the open cooperative rendezvous from each peer */
     uint64_t coop_src[XCCL_MAX_RANKS];  /* local pointer (region) or sender address (CMA) */
     int coop_region[XCCL_MAX_RANKS];    /* 1: coop_src points into our mapping of the sender's region */
+    size_t coop_rchunk[XCCL_MAX_RANKS]; /* its chunk size (bytes) */
     xccl_p2p_stats p2p_stats;           /* xccl_p2p_stats_get */
     /* regions */
     xccl_local_region local_regions[XCCL_MAX_REGIONS];
