@@ -24,7 +24,9 @@
  *      cons = {tag, 0} (tag: the rendezvous number, never 0), then publishes
  *      its buffer address in meta(src,dst,P2P).cons_aux[2] and the rendezvous
  *      number in cons_aux[3] (release).
- *   2. Each side claims the next chunk with a CAS on the claim word and
+ *   2. Each side claims the next chunk with a CAS on the claim word (the
+ *      receiver from the front, the sender from the back, so each keeps the
+ *      same end of the buffers in its cache message after message) and
  *      copies it, then fetch-adds the done word: the receiver pulls (plain
  *      copy out of its mapping of the sender's region, else
  *      process_vm_readv), the sender pushes (process_vm_writev into the
@@ -41,7 +43,7 @@
  * Failures: a push the kernel refuses is recorded in prod_aux[0] ({tag,
  * chunk+1}); the receiver copies that chunk itself and the sender never
  * pushes to that peer again. A pull the kernel refuses makes the receiver
- * stop the claims (claim index COOP_ABORT) and answer NACK; the sender then
+ * stop the claims (front index COOP_ABORT) and answer NACK; the sender then
  * streams the whole message through the ring as continuation chunks and the
  * pair stays on the ring. A request dropped while the rendezvous is open
  * (deadline, cancel) stops the claims the same way and waits (bounded) for
@@ -78,7 +80,8 @@
 #define R_COOP     1u /* cooperative rendezvous open */
 #define R_TOOK     2u /* we copied the chunk the sender failed */
 #define COOP_IDX   0xffffffffull
-#define COOP_ABORT 0x7fffffffull /* claim index once the claims are stopped */
+#define COOP_ABORT 0xffffull /* front index once the claims are stopped */
+#define COOP_MAXN  0xfff0ull /* chunks per rendezvous at most */
 
 static int cma_copy(pid_t pid, uint8_t *local, uint64_t remote, size_t len, int write) {
     size_t got = 0;
@@ -114,25 +117,37 @@ static inline uint64_t coop_word(uint64_t tag, uint64_t v) { return tag << 32 | 
  * quarter of the message, at least XCCL_COOP_CHUNK, at most 4 MiB (measured:
  * 128 KiB calls of THP-backed memory reach ~80% of two half-message calls). */
 static inline size_t coop_chunk_len(const struct xccl_comm *c, uint64_t len, int region) {
-    if (region) return c->coop_chunk;
-    size_t q = (size_t)((len / 4 + 4095) & ~(uint64_t)4095);
-    if (q < c->coop_chunk) q = c->coop_chunk;
-    if (q > ((size_t)4 << 20)) q = (size_t)4 << 20;
-    return q;
+    size_t q = c->coop_chunk;
+    if (!region) {
+        q = (size_t)((len / 4 + 4095) & ~(uint64_t)4095);
+        if (q < c->coop_chunk) q = c->coop_chunk;
+        if (q > ((size_t)4 << 20)) q = (size_t)4 << 20;
+    }
+    size_t lim = (size_t)((len / COOP_MAXN + 4096) & ~(uint64_t)4095); /* n fits the claim word */
+    return q < lim ? lim : q;
 }
 static inline uint64_t coop_nchunks(uint64_t len, size_t chunk) { return (len + chunk - 1) / chunk; }
 static inline _Atomic uint64_t *aux_atomic(uint64_t *p) { return (_Atomic uint64_t *)p; }
 
-/* Claim the next chunk of rendezvous `tag` (n chunks) if at least min_left
- * are unclaimed: its index, or -1. */
-static int64_t coop_claim(xccl_meta *k, uint64_t tag, uint64_t n, uint64_t min_left) {
+/* Claim word: tag << 32 | back << 16 | front — chunks claimed from the
+ * front (by the receiver: 0, 1, ...) and from the back (by the sender:
+ * n-1, n-2, ...). Each side keeps working on the same end of the buffers
+ * message after message (their cache lines stay with its core); they meet
+ * wherever the faster one got to. front = COOP_ABORT: claims stopped. */
+#define COOP_FRONT(v) ((v) & 0xffffu)
+#define COOP_BACK(v)  (((v) >> 16) & 0xffffu)
+
+/* Claim the next chunk of rendezvous `tag` (n chunks) from the front
+ * (back = 0) or the back (back = 1) if at least min_left are unclaimed: its
+ * index, or -1. */
+static int64_t coop_claim(xccl_meta *k, uint64_t tag, uint64_t n, uint64_t min_left, int back) {
     uint64_t v = atomic_load_explicit(&k->prod, memory_order_relaxed);
     for (;;) {
-        uint64_t i = v & COOP_IDX;
-        if (v >> 32 != tag || i >= n || n - i < min_left) return -1;
-        if (atomic_compare_exchange_weak_explicit(&k->prod, &v, v + 1, memory_order_acq_rel,
-                                                  memory_order_relaxed))
-            return (int64_t)i;
+        uint64_t f = COOP_FRONT(v), b = COOP_BACK(v);
+        if (v >> 32 != tag || f == COOP_ABORT || f + b >= n || n - (f + b) < min_left) return -1;
+        uint64_t nv = back ? v + (1ull << 16) : v + 1;
+        if (atomic_compare_exchange_weak_explicit(&k->prod, &v, nv, memory_order_acq_rel, memory_order_relaxed))
+            return (int64_t)(back ? n - 1 - b : f);
     }
 }
 
@@ -141,11 +156,10 @@ static int64_t coop_claim(xccl_meta *k, uint64_t tag, uint64_t n, uint64_t min_l
 static int64_t coop_stop(xccl_meta *k, uint64_t tag) {
     uint64_t v = atomic_load_explicit(&k->prod, memory_order_seq_cst);
     for (;;) {
-        if (v >> 32 != tag) return -1;
-        if ((v & COOP_IDX) >= COOP_ABORT) return -1;
-        if (atomic_compare_exchange_weak_explicit(&k->prod, &v, coop_word(tag, COOP_ABORT),
-                                                  memory_order_seq_cst, memory_order_seq_cst))
-            return (int64_t)(v & COOP_IDX);
+        if (v >> 32 != tag || COOP_FRONT(v) == COOP_ABORT) return -1;
+        uint64_t nv = (v & ~0xffffull) | COOP_ABORT;
+        if (atomic_compare_exchange_weak_explicit(&k->prod, &v, nv, memory_order_seq_cst, memory_order_seq_cst))
+            return (int64_t)(COOP_FRONT(v) + COOP_BACK(v));
     }
 }
 
@@ -228,7 +242,7 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
             /* the receiver's buffer is posted: push chunks into it */
             uint64_t dst = m->cons_aux[2], left = (req->aux_ & S_REGION) ? c->coop_region_left : 1;
             int64_t i;
-            while ((i = coop_claim(k, tag, n, left)) >= 0) {
+            while ((i = coop_claim(k, tag, n, left, 1)) >= 0) {
                 int err = coop_copy_chunk(c, p, 1, (uint8_t *)buf, dst, 0, (uint64_t)i, req->len_, chunk);
                 if (err) { /* hand the chunk back: the receiver copies it */
                     atomic_store_explicit(aux_atomic(&k->prod_aux[0]), coop_word(tag, (uint64_t)i + 1),
@@ -313,7 +327,7 @@ static int coop_recv_step(struct xccl_comm *c, xccl_request *req) {
     const uint64_t tag = coop_tag(c->rndv_seen[p] + 1), n = coop_nchunks(req->msg_len_, chunk);
     uint8_t *buf = req->buf_;
     int64_t i;
-    while ((i = coop_claim(k, tag, n, 1)) >= 0) {
+    while ((i = coop_claim(k, tag, n, 1, 0)) >= 0) {
         int err = coop_copy_chunk(c, p, 0, buf, c->coop_src[p], c->coop_region[p], (uint64_t)i, req->msg_len_,
                                   chunk);
         if (err) {
@@ -339,7 +353,7 @@ static int coop_recv_step(struct xccl_comm *c, xccl_request *req) {
         if (d == coop_word(tag, n)) return 1;
     }
     uint64_t v = atomic_load_explicit(&k->prod, memory_order_acquire);
-    if (v >> 32 == tag && (v & COOP_IDX) >= COOP_ABORT) return -EPIPE;
+    if (v >> 32 == tag && COOP_FRONT(v) == COOP_ABORT) return -EPIPE;
     return 0;
 }
 

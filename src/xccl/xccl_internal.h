@@ -31,7 +31,7 @@
 #define XCCL_CH_ONES  1 /* prod: one-sided ops src completed on dst's regions */
 #define XCCL_CH_DISP  2 /* prod: dispatch event published by src for dst; cons: dst acked it */
 #define XCCL_CH_COMB  3 /* prod: combine event published by src (expert rank); cons: dst acked */
-/* cooperative rendezvous src->dst (shm.c): prod = claim word {tag, next chunk}
+/* cooperative rendezvous src->dst (shm.c): prod = claim word {tag, back, front}
  * (claimed by both with CAS), prod_aux[0] = sender's failed chunk {tag, i+1},
  * prod_aux[1] = rendezvous number the sender abandoned; cons = done word
  * {tag, chunks copied} (fetch-add by both) */
