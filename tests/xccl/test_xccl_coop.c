@@ -68,10 +68,10 @@ static size_t msg_size(int src, int m, uint64_t phase) {
 }
 
 /* Chunk size of a rendezvous (docs/XCCL.md): a region uses XCCL_COOP_CHUNK,
- * ordinary memory a quarter of the message, XCCL_COOP_CHUNK .. 4 MiB. */
+ * ordinary memory half the message, XCCL_COOP_CHUNK .. 4 MiB. */
 static size_t chunk_for(size_t len, int region, size_t chunk) {
     if (region) return chunk;
-    size_t q = (len / 4 + 4095) & ~(size_t)4095;
+    size_t q = (len / 2 + 4095) & ~(size_t)4095;
     return q < chunk ? chunk : q > ((size_t)4 << 20) ? (size_t)4 << 20 : q;
 }
 
