@@ -94,10 +94,13 @@ void xds_fgemm_generic(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int
  * from acc = 0; y = acc. The generic and the AVX-512 kernel give the same bits.
  */
 #define XDS_Q8R_GB 544
+/* xds_q8r_pack per level (the same bytes) */
+void xds_q8r_pack_generic(const void *src, void *dst, int64_t n_rows, int64_t n_in);
 void xds_q8r_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t nb, const uint8_t *xq,
                           size_t xq_stride, int n_tok, float *y, int64_t ldy);
 
 #if defined(__x86_64__)
+void xds_q8r_pack_avx512(const void *src, void *dst, int64_t n_rows, int64_t n_in);
 void xds_q8r_gemm_avx512(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t nb, const uint8_t *xq,
                          size_t xq_stride, int n_tok, float *y, int64_t ldy);
 void xds_act_quant_avx2(const float *x, int64_t nb, uint8_t *dst);

@@ -140,6 +140,16 @@ void xds_q8r_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_
 
 void xds_q8r_pack(const void *src, void *dst, int64_t n_rows, int64_t n_in) {
     XDS_ASSERT(n_rows % 16 == 0 && n_in % 32 == 0);
+#if defined(__x86_64__)
+    if (xds_cpu_level_get() == XDS_CPU_AVX512) {
+        xds_q8r_pack_avx512(src, dst, n_rows, n_in);
+        return;
+    }
+#endif
+    xds_q8r_pack_generic(src, dst, n_rows, n_in);
+}
+
+void xds_q8r_pack_generic(const void *src, void *dst, int64_t n_rows, int64_t n_in) {
     const int64_t nb = n_in / 32;
     const size_t rb = (size_t)nb * sizeof(xds_block_q8_0);
     for (int64_t g = 0; g < n_rows / 16; g++)

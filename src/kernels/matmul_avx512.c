@@ -1116,3 +1116,26 @@ void xds_q8r_gemm_avx512(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t
     }
     free(corr);
 }
+
+/* Q8_0 -> Q8_0_R16 (the same bytes as xds_q8r_pack_generic): per record the
+ * 16 rows' 4-byte quads k gathered into vector k (load time only). */
+void xds_q8r_pack_avx512(const void *src, void *dst, int64_t n_rows, int64_t n_in) {
+    const int64_t nb = n_in / 32;
+    const size_t rb = (size_t)nb * 34;
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)rb));
+    const __m512i k80 = _mm512_set1_epi8((char)0x80);
+    for (int64_t g = 0; g < n_rows / 16; g++) {
+        const uint8_t *s0 = (const uint8_t *)src + (size_t)g * 16 * rb;
+        uint8_t *d = (uint8_t *)dst + (size_t)g * nb * XDS_Q8R_GB;
+        for (int64_t b = 0; b < nb; b++, d += XDS_Q8R_GB) {
+            const uint8_t *blk = s0 + b * 34;
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++)
+                _mm512_storeu_si512(d + 64 * k, _mm512_xor_si512(_mm512_i32gather_epi32(idx, blk + 2 + 4 * k, 1), k80));
+            /* the f16 scales: the low halves of 16 gathered dwords (the
+             * last row's dword ends inside its block: bytes d, q0, q1) */
+            _mm256_storeu_si256((__m256i *)(d + 512), _mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, blk, 1)));
+        }
+    }
+}

@@ -536,7 +536,13 @@ static void test_q8r(void) {
         size_t nbytes = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, n_in) * n_out;
         CHECK(xds_dtype_row_bytes(XDS_DTYPE_Q8_0_R16, n_in) * n_out == nbytes);
         uint8_t *wr = aligned_alloc(64, (nbytes + 63) & ~(size_t)63);
-        xds_q8r_pack(w, wr, n_out, n_in);
+        xds_q8r_pack_generic(w, wr, n_out, n_in);
+        if (nl > XDS_CPU_AVX512) { /* the AVX-512 packer writes the same bytes */
+            uint8_t *w2 = aligned_alloc(64, (nbytes + 63) & ~(size_t)63);
+            xds_q8r_pack_avx512(w, w2, n_out, n_in);
+            CHECK_MSG(memcmp(w2, wr, nbytes) == 0, "q8_0_r16 pack n_in %lld: avx512 != generic", (long long)n_in);
+            free(w2);
+        }
         xds_tensor wt = {.name = "w", .type = XDS_DTYPE_Q8_0_R16, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
                          .data = wr, .nbytes = nbytes};
         xds_tensor wq = wt;
