@@ -32,13 +32,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define NMSG      48
-#define MAXSZ     (3u << 20)
-#define RNDV_MIN  262144u
-#define BIG_KILL  ((size_t)128 << 20)
+#define NMSG     48
+#define MAXSZ    (3u << 20)
+#define RNDV_MIN 262144u
+#define BIG_KILL ((size_t)128 << 20)
 
 typedef struct shared {
-    xccl_p2p_stats st[2][2]; /* [phase][rank] at the end of phase 1 */
+    xccl_p2p_stats st[2][2];      /* [phase][rank] at the end of phase 1 */
     uint64_t expect_chunks[2][2]; /* [phase][direction s->d]: sum of ceil(len/chunk) */
     uint64_t expect_rndv[2][2];
     _Atomic int cma_write_ok;
@@ -59,11 +59,18 @@ static volatile uint64_t probe_word = 0x1234567890abcdefull;
 static size_t msg_size(int src, int m, uint64_t phase) {
     uint64_t s = tu_seed(src, m, 77 + phase);
     switch (tu_range(&s, 0, 5)) {
-    case 0: return (size_t)tu_range(&s, 0, 65536);
-    case 1: return RNDV_MIN - 1 + (size_t)tu_range(&s, 0, 2); /* at the threshold */
-    case 2: return (size_t)tu_range(&s, 1, 8) * 16384 + (size_t)tu_range(&s, 0, 2) - 1 + RNDV_MIN; /* chunk edges */
-    case 3: return (size_t)tu_range(&s, 1, 24) * 131072 + (size_t)tu_range(&s, 0, 2) - 1; /* default chunk edges */
-    default: return (size_t)tu_range(&s, 0, (int)MAXSZ);
+    case 0:
+        return (size_t)tu_range(&s, 0, 65536);
+    case 1:
+        return RNDV_MIN - 1 + (size_t)tu_range(&s, 0, 2); /* at the threshold */
+    case 2:
+        return (size_t)tu_range(&s, 1, 8) * 16384 + (size_t)tu_range(&s, 0, 2) - 1 +
+               RNDV_MIN; /* chunk edges */
+    case 3:
+        return (size_t)tu_range(&s, 1, 24) * 131072 + (size_t)tu_range(&s, 0, 2) -
+               1; /* default chunk edges */
+    default:
+        return (size_t)tu_range(&s, 0, (int)MAXSZ);
     }
 }
 
@@ -101,10 +108,12 @@ static int traffic(xccl_comm *c, int rank, int phase, size_t chunk) {
             int sending = (step == 0) == (rank == 0);
             if (sending) {
                 size_t len = msg_size(rank, m, (uint64_t)phase);
-                uint8_t *src = (from_region(rank, m) ? (uint8_t *)reg.base : plain) + offset_of(rank, m, 0);
+                uint8_t *src =
+                    (from_region(rank, m) ? (uint8_t *)reg.base : plain) + offset_of(rank, m, 0);
                 tu_fill(src, len, tu_seed(rank, m, 100 + (uint64_t)phase));
                 xccl_status s = xccl_send(c, peer, src, len);
-                CHECK_MSG(s == XCCL_OK, "phase %d rank %d send %d (%zu B): %s", phase, rank, m, len, xccl_err_msg());
+                CHECK_MSG(s == XCCL_OK, "phase %d rank %d send %d (%zu B): %s", phase, rank, m, len,
+                          xccl_err_msg());
                 if (s) return 1;
             } else {
                 size_t len = msg_size(peer, m, (uint64_t)phase);
@@ -112,18 +121,23 @@ static int traffic(xccl_comm *c, int rank, int phase, size_t chunk) {
                 memset(rbuf, 0xA5, MAXSZ + 8192);
                 size_t got = 0;
                 xccl_status s = xccl_recv(&got, rbuf + off, cap, c, peer);
-                CHECK_MSG(s == XCCL_OK, "phase %d rank %d recv %d: %s", phase, rank, m, xccl_err_msg());
+                CHECK_MSG(s == XCCL_OK, "phase %d rank %d recv %d: %s", phase, rank, m,
+                          xccl_err_msg());
                 if (s) return 1;
-                CHECK_MSG(got == len, "phase %d rank %d recv %d: %zu bytes, expected %zu", phase, rank, m, got, len);
+                CHECK_MSG(got == len, "phase %d rank %d recv %d: %zu bytes, expected %zu", phase,
+                          rank, m, got, len);
                 uint8_t *want = malloc(len + 1);
                 tu_fill(want, len, tu_seed(peer, m, 100 + (uint64_t)phase));
                 int same = memcmp(rbuf + off, want, len) == 0;
                 free(want);
-                CHECK_MSG(same, "phase %d rank %d recv %d (%zu B): data differs", phase, rank, m, len);
+                CHECK_MSG(same, "phase %d rank %d recv %d (%zu B): data differs", phase, rank, m,
+                          len);
                 int guard = 1;
                 for (size_t i = 0; i < off; i++) guard &= rbuf[i] == 0xA5;
-                for (size_t i = off + len; i < off + len + 4096 && i < MAXSZ + 8192; i++) guard &= rbuf[i] == 0xA5;
-                CHECK_MSG(guard, "phase %d rank %d recv %d: bytes outside the message were written", phase, rank, m);
+                for (size_t i = off + len; i < off + len + 4096 && i < MAXSZ + 8192; i++)
+                    guard &= rbuf[i] == 0xA5;
+                CHECK_MSG(guard, "phase %d rank %d recv %d: bytes outside the message were written",
+                          phase, rank, m);
                 bad |= !same || !guard;
                 if (len >= RNDV_MIN) {
                     size_t ck = chunk_for(len, from_region(peer, m), chunk);
@@ -142,7 +156,7 @@ static int traffic(xccl_comm *c, int rank, int phase, size_t chunk) {
 /* Streaming: 6 messages of 8 MiB back to back (the receiver reposts at once,
  * verifying only at the end), so both sides are inside their calls while the
  * message moves: both must have copied chunks. */
-#define NSTREAM 6
+#define NSTREAM    6
 #define STREAM_LEN ((size_t)8 << 20)
 static int streaming(xccl_comm *c, int rank) {
     xccl_region reg = {0};
@@ -170,7 +184,8 @@ static int streaming(xccl_comm *c, int rank) {
         uint8_t *want = malloc(STREAM_LEN);
         for (int m = 0; m < NSTREAM; m++) {
             tu_fill(want, STREAM_LEN, tu_seed(9, m, 1));
-            CHECK_MSG(memcmp(b + m * STREAM_LEN, want, STREAM_LEN) == 0, "stream message %d differs", m);
+            CHECK_MSG(memcmp(b + m * STREAM_LEN, want, STREAM_LEN) == 0,
+                      "stream message %d differs", m);
         }
         free(want);
         sh->stream_pulled = after.chunks_pulled - before.chunks_pulled;
@@ -211,11 +226,13 @@ static int alone(xccl_comm *c, int rank, size_t chunk) {
             xccl_p2p_stats_get(c, &sh->alone_after[1]);
             uint8_t *want = malloc(len);
             tu_fill(want, len, tu_seed(5, kind, 0));
-            CHECK_MSG(got == len && memcmp(rbuf + 3, want, len) == 0, "kind %d: data differs", kind);
+            CHECK_MSG(got == len && memcmp(rbuf + 3, want, len) == 0, "kind %d: data differs",
+                      kind);
             free(want);
             /* the sender is still asleep: we completed alone */
             uint64_t wake = atomic_load(&sh->sender_wake_ns);
-            CHECK_MSG(wake == 0 || t < wake, "kind %d: receive completed only after the sender woke", kind);
+            CHECK_MSG(wake == 0 || t < wake,
+                      "kind %d: receive completed only after the sender woke", kind);
             /* we copied every chunk ourselves */
             uint64_t pulled = sh->alone_after[1].chunks_pulled - sh->alone_before[1].chunks_pulled;
             size_t ck = chunk_for(len, kind, chunk);
@@ -306,7 +323,8 @@ static int kill_main(int rank, int n, void *varg) {
         snprintf(sh->err_msg, sizeof sh->err_msg, "%s", xccl_err_msg());
     }
     atomic_store(&sh->finished[rank], 1);
-    if (rank == victim) for (;;) pause(); /* killed by the parent */
+    if (rank == victim)
+        for (;;) pause(); /* killed by the parent */
     free(b);
     xccl_comm_detach(c);
     return 0;
@@ -323,7 +341,8 @@ static void kill_case(int victim) {
     pid_t pids[2];
     tu_spawn(2, kill_main, &victim, pids);
     uint64_t t0 = tu_now_ns();
-    while (!(atomic_load(&sh->in_call[0]) && atomic_load(&sh->in_call[1])) && tu_now_ns() - t0 < 20000000000ull)
+    while (!(atomic_load(&sh->in_call[0]) && atomic_load(&sh->in_call[1])) &&
+           tu_now_ns() - t0 < 20000000000ull)
         usleep(100);
     usleep(2000);
     int early = atomic_load(&sh->finished[victim]);
@@ -331,15 +350,19 @@ static void kill_case(int victim) {
     kill(pids[victim], SIGKILL);
     int st[2];
     tu_wait_ranks(2, pids, 30, st);
-    CHECK_MSG(!early, "victim %d finished the 128 MiB transfer within 2 ms (not mid-transfer)", victim);
+    CHECK_MSG(!early, "victim %d finished the 128 MiB transfer within 2 ms (not mid-transfer)",
+              victim);
     int surv = 1 - victim;
     CHECK_MSG(WIFEXITED(st[surv]) && WEXITSTATUS(st[surv]) == 0, "survivor rank %d failed", surv);
     CHECK_MSG(sh->err_code == XCCL_ERR_PEER, "victim %d: survivor got %s (%s)", victim,
               xccl_status_str((xccl_status)sh->err_code), sh->err_msg);
-    CHECK_MSG(sh->err_rank == victim, "victim %d: error names rank %d (%s)", victim, sh->err_rank, sh->err_msg);
+    CHECK_MSG(sh->err_rank == victim, "victim %d: error names rank %d (%s)", victim, sh->err_rank,
+              sh->err_msg);
     double ms = (double)(sh->err_ns - sh->kill_ns) / 1e6;
-    CHECK_MSG(sh->err_ns > sh->kill_ns && ms < 1000, "victim %d: error %.1f ms after the kill", victim, ms);
-    printf("rank %d killed mid-transfer: rank %d reports it after %.2f ms: %s\n", victim, surv, ms, sh->err_msg);
+    CHECK_MSG(sh->err_ns > sh->kill_ns && ms < 1000, "victim %d: error %.1f ms after the kill",
+              victim, ms);
+    printf("rank %d killed mid-transfer: rank %d reports it after %.2f ms: %s\n", victim, surv, ms,
+           sh->err_msg);
     xccl_segment_destroy(seg);
 }
 
@@ -367,13 +390,14 @@ int main(void) {
             int d = 1 - s;
             uint64_t copied = sh->st[phase][s].chunks_pushed + sh->st[phase][d].chunks_pulled;
             CHECK_MSG(copied == sh->expect_chunks[phase][s],
-                      "phase %d %d->%d: %llu chunks pushed + %llu pulled, expected %llu in all", phase, s, d,
-                      (unsigned long long)sh->st[phase][s].chunks_pushed,
+                      "phase %d %d->%d: %llu chunks pushed + %llu pulled, expected %llu in all",
+                      phase, s, d, (unsigned long long)sh->st[phase][s].chunks_pushed,
                       (unsigned long long)sh->st[phase][d].chunks_pulled,
                       (unsigned long long)sh->expect_chunks[phase][s]);
             CHECK(sh->st[phase][s].rndv_sent == sh->expect_rndv[phase][s]);
             CHECK(sh->st[phase][d].rndv_recv == sh->expect_rndv[phase][s]);
-            printf("phase %d (chunk %zu) %d->%d: %llu rendezvous, %llu chunks pushed by the sender, %llu pulled by "
+            printf("phase %d (chunk %zu) %d->%d: %llu rendezvous, %llu chunks pushed by the "
+                   "sender, %llu pulled by "
                    "the receiver\n",
                    phase, chunks[phase], s, d, (unsigned long long)sh->expect_rndv[phase][s],
                    (unsigned long long)sh->st[phase][s].chunks_pushed,
@@ -382,11 +406,14 @@ int main(void) {
         if (!atomic_load(&sh->cma_write_ok) && phase == 0)
             printf("note: process_vm_writev refused here; the receivers copied alone\n");
         if (phase == 1) {
-            printf("streaming %d x %zu MiB: %llu chunks pushed by the sender, %llu pulled by the receiver\n", NSTREAM,
-                   STREAM_LEN >> 20, (unsigned long long)sh->stream_pushed, (unsigned long long)sh->stream_pulled);
+            printf("streaming %d x %zu MiB: %llu chunks pushed by the sender, %llu pulled by the "
+                   "receiver\n",
+                   NSTREAM, STREAM_LEN >> 20, (unsigned long long)sh->stream_pushed,
+                   (unsigned long long)sh->stream_pulled);
             CHECK(sh->stream_pulled > 0);
             if (atomic_load(&sh->cma_write_ok))
-                CHECK_MSG(sh->stream_pushed > 0, "streaming: the sender copied no chunk (pulled %llu)",
+                CHECK_MSG(sh->stream_pushed > 0,
+                          "streaming: the sender copied no chunk (pulled %llu)",
                           (unsigned long long)sh->stream_pulled);
         }
         if (phase == 0) {
