@@ -16,8 +16,8 @@
  * 2. send/recv bandwidth, 2 ranks (rank 0 streams `iters` blocking sends,
  *    rank 1 receives, one ack at the end) from plain memory (malloc, 4 KiB
  *    pages), from plain memory backed by transparent huge pages on both
- *    sides (mmap + MADV_HUGEPAGE, what GLIBC_TUNABLES=glibc.malloc.hugetlb=1
- *    gives malloc'd memory), and from a registered region (zero-copy
+ *    sides (2 MiB-aligned mmap + MADV_HUGEPAGE before the first touch), and
+ *    from a registered region (zero-copy
  *    rendezvous); get bandwidth from a registered region of the other rank.
  *    For >= 256 KiB both ranks copy chunks of each message at once
  *    (cooperative rendezvous, docs/XCCL.md): a transfer uses both cores,
