@@ -165,9 +165,9 @@ static int64_t coop_stop(xccl_meta *k, uint64_t tag) {
 }
 
 /* Wait (bounded: 1 s, or until peer is gone) until `claimed` chunks of
- * rendezvous tag are accounted for: done, or (sender_failed) failed by the
- * sender. Our own claims are all finished when this runs (one thread), so
- * this waits for the peer's chunk in flight only. */
+ * rendezvous tag are accounted for: done, or handed back by the sender
+ * (prod_aux[0]). Our own claims are all finished when this runs (one
+ * thread), so this waits for the peer's chunk in flight only. */
 static void coop_drain(struct xccl_comm *c, int p, xccl_meta *k, uint64_t tag, int64_t claimed) {
     if (claimed <= 0) return;
     uint64_t t0 = xccl_now_ns();
