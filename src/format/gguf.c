@@ -179,7 +179,7 @@ static xds_status cur_bytes(cursor *c, size_t n, const char *what, const uint8_t
 }
 
 static xds_status cur_u32(cursor *c, const char *what, uint32_t *v) {
-    const uint8_t *p;
+    const uint8_t *p = NULL;
     XDS_TRY(cur_bytes(c, 4, what, &p));
     *v = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
     return XDS_OK;
@@ -192,7 +192,7 @@ static uint64_t rd_u64(const uint8_t *p) {
 }
 
 static xds_status cur_u64(cursor *c, const char *what, uint64_t *v) {
-    const uint8_t *p;
+    const uint8_t *p = NULL;
     XDS_TRY(cur_bytes(c, 8, what, &p));
     *v = rd_u64(p);
     return XDS_OK;
@@ -706,13 +706,13 @@ static xds_status kv_to_u64(const xds_gguf *g, const gguf_kv *kv, uint64_t *out)
 }
 
 xds_status xds_gguf_get_u64(const xds_gguf *g, const char *key, uint64_t *out) {
-    const gguf_kv *kv;
+    const gguf_kv *kv = NULL;
     XDS_TRY(lookup(g, key, &kv));
     return kv_to_u64(g, kv, out);
 }
 
 xds_status xds_gguf_get_u32(const xds_gguf *g, const char *key, uint32_t *out) {
-    const gguf_kv *kv;
+    const gguf_kv *kv = NULL;
     uint64_t v;
     XDS_TRY(lookup(g, key, &kv));
     XDS_TRY(kv_to_u64(g, kv, &v));
@@ -724,7 +724,7 @@ xds_status xds_gguf_get_u32(const xds_gguf *g, const char *key, uint32_t *out) {
 }
 
 xds_status xds_gguf_get_i64(const xds_gguf *g, const char *key, int64_t *out) {
-    const gguf_kv *kv;
+    const gguf_kv *kv = NULL;
     int neg;
     uint64_t mag;
     XDS_TRY(lookup(g, key, &kv));
@@ -737,7 +737,7 @@ xds_status xds_gguf_get_i64(const xds_gguf *g, const char *key, int64_t *out) {
 }
 
 xds_status xds_gguf_get_f64(const xds_gguf *g, const char *key, double *out) {
-    const gguf_kv *kv;
+    const gguf_kv *kv = NULL;
     int neg;
     uint64_t mag;
     XDS_TRY(lookup(g, key, &kv));
@@ -767,7 +767,7 @@ xds_status xds_gguf_get_f32(const xds_gguf *g, const char *key, float *out) {
 }
 
 xds_status xds_gguf_get_bool(const xds_gguf *g, const char *key, int *out) {
-    const gguf_kv *kv;
+    const gguf_kv *kv = NULL;
     XDS_TRY(lookup(g, key, &kv));
     if (kv->type != XDS_GGUF_BOOL) return wrong_type(g, kv, "bool");
     *out = kv->data[0] != 0;
@@ -775,7 +775,7 @@ xds_status xds_gguf_get_bool(const xds_gguf *g, const char *key, int *out) {
 }
 
 xds_status xds_gguf_get_str(const xds_gguf *g, const char *key, const char **s, uint64_t *len) {
-    const gguf_kv *kv;
+    const gguf_kv *kv = NULL;
     XDS_TRY(lookup(g, key, &kv));
     if (kv->type != XDS_GGUF_STRING) return wrong_type(g, kv, "string");
     *s = (const char *)kv->data;
@@ -785,7 +785,7 @@ xds_status xds_gguf_get_str(const xds_gguf *g, const char *key, const char **s, 
 
 xds_status xds_gguf_get_arr(const xds_gguf *g, const char *key, xds_gguf_type *elem_type,
                             uint64_t *n, const void **data) {
-    const gguf_kv *kv;
+    const gguf_kv *kv = NULL;
     XDS_TRY(lookup(g, key, &kv));
     if (kv->type != XDS_GGUF_ARRAY) return wrong_type(g, kv, "array");
     *elem_type = kv->elem;
@@ -796,7 +796,7 @@ xds_status xds_gguf_get_arr(const xds_gguf *g, const char *key, xds_gguf_type *e
 
 xds_status xds_gguf_get_arr_str(const xds_gguf *g, const char *key, uint64_t i, const char **s,
                                 uint64_t *len) {
-    const gguf_kv *kv;
+    const gguf_kv *kv = NULL;
     XDS_TRY(lookup(g, key, &kv));
     if (kv->type != XDS_GGUF_ARRAY || kv->elem != XDS_GGUF_STRING)
         return wrong_type(g, kv, "array of strings");
