@@ -77,13 +77,14 @@ int cli_upcycle(int argc, char **argv) {
 /* `xds bench-model`: random-weight MoE checkpoints with real layer shapes.   */
 
 static void usage_bm(FILE *f) {
-    fprintf(f, "usage: xds bench-model --preset qwen3-30b-a3b|deepseek-v3 [-o OUT.gguf] [--layers N]\n"
+    fprintf(f, "usage: xds bench-model --preset qwen3-30b-a3b|deepseek-v3|qwen3-tiny [-o OUT.gguf] [--layers N]\n"
                "                       [--experts N] [--type q8_0|q4_0|q4_1|f16|bf16] [--seed N]\n"
                "\n"
                "Write a random-weight GGUF with the layer shapes of a real MoE release, quantized like\n"
                "the released GGUFs (default q8_0), with fewer layers (and, for deepseek-v3, fewer\n"
                "experts) so it fits a 24 GiB machine: qwen3-30b-a3b 12 of 48 layers (all 128\n"
-               "experts), deepseek-v3 4 of 61 layers (1 dense + 3 MoE) with 32 of 256 experts.\n"
+               "experts), deepseek-v3 4 of 61 layers (1 dense + 3 MoE) with 32 of 256 experts;\n"
+               "qwen3-tiny: the qwen3moe layout at test sizes (2 layers, 8 experts, hidden 256).\n"
                "Default OUT: ~/.cache/xds/bench/<preset>-<layers>L-<experts>E-<type>.gguf\n"
                "(an existing file is kept). For `xds bench -m OUT.gguf`.\n");
 }

@@ -190,7 +190,11 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
     xds_deploy_attn *attn = NULL;
     xds_deploy_placement pl = {0};
     int rc = 1;
-    xds_status s = xds_model_load(model_path, NULL, &m);
+    /* with remote experts this group runs every unit but the routed experts:
+     * it repacks only those (the expert workers repack theirs) */
+    xds_model_opts mo = {.no_repack = n_w > 0};
+    xds_status s = xds_model_load(model_path, &mo, &m);
+    if (s == XDS_OK && n_w > 0) s = xds_model_repack_units(m, 1, NULL);
     if (s == XDS_OK) {
         if (xds_weights_is_gguf(m->weights)) s = xds_tokenizer_load_gguf(xds_weights_gguf(m->weights), &tok);
         else {
@@ -337,13 +341,15 @@ int cli_worker(int argc, char **argv) {
     if (getppid() == 1) return 1; /* the supervisor is already gone */
 
     xds_model *m = NULL;
-    xds_status s = xds_model_load(model_path, NULL, &m);
+    xds_model_opts mo = {.no_repack = 1}; /* only this worker's experts, below */
+    xds_status s = xds_model_load(model_path, &mo, &m);
     if (s != XDS_OK) {
         fprintf(stderr, "xds worker (expert %ld): error: %s\n", worker, xds_err_msg());
         return 1;
     }
     xds_deploy_placement pl = {0};
     s = xds_deploy_placement_parse(placement, m->cfg.moe.n_expert, &pl);
+    if (s == XDS_OK) s = xds_deploy_repack_worker(m, &pl, (int)worker);
     if (s != XDS_OK) {
         fprintf(stderr, "xds worker (expert %ld): error: %s\n", worker, xds_err_msg());
         xds_model_free(m);

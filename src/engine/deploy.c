@@ -633,6 +633,18 @@ typedef struct src_state {
     int sending[XDS_DEPLOY_MAX_MB];
 } src_state;
 
+xds_status xds_deploy_repack_worker(xds_model *m, const xds_deploy_placement *pl, int worker) {
+    if (pl->n_expert != m->cfg.moe.n_expert || worker < 0 || worker >= pl->n_workers)
+        return xds_err_set(XDS_ERR_INVALID, "deploy: worker %d is not in the placement (%d workers, %d experts)",
+                           worker, pl->n_workers, pl->n_expert);
+    uint8_t *mine = calloc((size_t)pl->n_expert, 1);
+    if (!mine) return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory (expert list)");
+    for (int i = 0; i < pl->n_local[worker]; i++) mine[pl->slot_expert[worker * pl->max_local + i]] = 1;
+    xds_status s = xds_model_repack_units(m, 0, mine);
+    free(mine);
+    return s;
+}
+
 xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, const xds_deploy_placement *pl, int worker,
                                  const int *attn_ranks, int n_attn, int max_tok, int n_threads,
                                  xds_deploy_expert_stats *stats) {

@@ -139,6 +139,11 @@ typedef struct xds_deploy_expert_stats {
     uint64_t msgs, rows;
 } xds_deploy_expert_stats;
 
+/* Repack (xds_model_repack_units) only the routed experts that `worker`
+ * holds in pl: an expert worker's weights, and nothing it does not run. For
+ * a model loaded with no_repack. */
+xds_status xds_deploy_repack_worker(xds_model *m, const xds_deploy_placement *pl, int worker);
+
 /* The loop of placement worker `worker` serving attn_ranks[0..n_attn) until
  * every one has said STOP (XDS_OK) or on an error naming the peer. max_tok:
  * the largest batch an attention rank sends. n_threads: compute threads.

@@ -120,16 +120,20 @@ static xds_status add(gen *G, const char *name, xds_dtype type, int nd, int64_t 
 #define EXPS(name, in, out, n) XDS_TRY(add(G, name, G->wtype, 3, in, out, n, 0, 0, 0.02f))
 #define NORM(name, n) XDS_TRY(add(G, name, XDS_DTYPE_F32, 1, n, 1, 1, 1, 0, 0))
 
-static xds_status gen_qwen3(gen *G, int L, int NE) {
-    const int H = 2048, NH = 32, NKV = 4, HD = 128, FF = 768, V = 151936, K = 8;
+/* tiny: the qwen3moe layout at test sizes (every matrix's rows a multiple
+ * of 16, so all of them take the repacked layout on AVX-512). */
+static xds_status gen_qwen3(gen *G, int L, int NE, int tiny) {
+    const int H = tiny ? 256 : 2048, NH = tiny ? 8 : 32, NKV = tiny ? 2 : 4, HD = tiny ? 32 : 128,
+              FF = tiny ? 96 : 768, V = tiny ? 256 : 151936, K = tiny ? 2 : 8;
     xds_gguf_writer *w = G->w;
     char nb[128];
     XDS_TRY(xds_gguf_writer_kv_str(w, "general.architecture", "qwen3moe"));
-    XDS_TRY(xds_gguf_writer_kv_str(w, "general.name", "xds-bench qwen3-30b-a3b shapes (random weights)"));
+    XDS_TRY(xds_gguf_writer_kv_str(w, "general.name", tiny ? "xds-bench qwen3moe tiny (random weights)"
+                                                           : "xds-bench qwen3-30b-a3b shapes (random weights)"));
     XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.block_count", L));
     XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.context_length", 40960));
     XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.embedding_length", H));
-    XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.feed_forward_length", 6144));
+    XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.feed_forward_length", tiny ? 512 : 6144));
     XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.attention.head_count", NH));
     XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.attention.head_count_kv", NKV));
     XDS_TRY(xds_gguf_writer_kv_u32(w, "qwen3moe.attention.key_length", HD));
@@ -239,25 +243,26 @@ static xds_status gen_deepseek(gen *G, int L, int NE) {
 
 xds_status xds_model_bench_write(const char *preset, const char *out, int n_layer, int n_expert, xds_dtype type,
                                  uint64_t seed) {
-    int ds;
+    int ds = 0, tiny = 0;
     if (!strcmp(preset, "qwen3-30b-a3b")) ds = 0;
     else if (!strcmp(preset, "deepseek-v3")) ds = 1;
+    else if (!strcmp(preset, "qwen3-tiny")) tiny = 1;
     else
-        return xds_err_set(XDS_ERR_INVALID, "bench model: unknown preset '%.64s' (qwen3-30b-a3b, deepseek-v3)",
-                           preset);
+        return xds_err_set(XDS_ERR_INVALID,
+                           "bench model: unknown preset '%.64s' (qwen3-30b-a3b, deepseek-v3, qwen3-tiny)", preset);
     if (type != XDS_DTYPE_Q8_0 && type != XDS_DTYPE_Q4_0 && type != XDS_DTYPE_Q4_1 && type != XDS_DTYPE_F16 &&
         type != XDS_DTYPE_BF16)
         return xds_err_set(XDS_ERR_INVALID, "bench model: weight type %s not offered (q8_0, q4_0, q4_1, f16, bf16)",
                            xds_dtype_name(type));
-    if (n_layer <= 0) n_layer = ds ? 4 : 12;
-    if (n_expert <= 0) n_expert = ds ? 32 : 128;
+    if (n_layer <= 0) n_layer = tiny ? 2 : ds ? 4 : 12;
+    if (n_expert <= 0) n_expert = tiny ? 8 : ds ? 32 : 128;
     if (n_layer > 256 || n_expert > 512)
         return xds_err_set(XDS_ERR_INVALID, "bench model: %d layers / %d experts too many", n_layer, n_expert);
     gen G = {.seed = seed, .wtype = type, .cap = 32 + 24 * n_layer};
     G.specs = calloc(G.cap, sizeof *G.specs);
     if (!G.specs) return xds_err_set(XDS_ERR_NOMEM, "bench model: out of memory");
     xds_status s = xds_gguf_writer_create(&G.w);
-    if (s == XDS_OK) s = ds ? gen_deepseek(&G, n_layer, n_expert) : gen_qwen3(&G, n_layer, n_expert);
+    if (s == XDS_OK) s = ds ? gen_deepseek(&G, n_layer, n_expert) : gen_qwen3(&G, n_layer, n_expert, tiny);
     if (s == XDS_OK) s = xds_gguf_writer_write(G.w, out);
     xds_gguf_writer_free(G.w);
     free(G.specs);

@@ -445,7 +445,8 @@ xds_status xds_model_load(const char *path, const xds_model_opts *opts, xds_mode
     }
     if (s == XDS_OK) s = config_check(&m->cfg);
     if (s == XDS_OK) s = bind_all(&L);
-    if (s == XDS_OK) s = xds_model_repack(m); /* Q8_0 matmul weights -> Q8_0_R16 (AVX-512) */
+    if (s == XDS_OK && !(opts && opts->no_repack))
+        s = xds_model_repack(m); /* Q8_0 matmul weights -> Q8_0_R16 (AVX-512) */
     if (s != XDS_OK) {
         xds_model_free(m);
         return s;

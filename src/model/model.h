@@ -179,6 +179,10 @@ typedef struct xds_model_opts {
     /* 1: read every weight page once while loading so the first forward pass
      * does not pay page faults (and progress is meaningful). */
     int prefault;
+    /* 1: leave every weight in the file's layout; the caller may then call
+     * xds_model_repack_units once for the units it runs (a deployment's
+     * expert worker or attention rank). 0: repack the whole model. */
+    int no_repack;
 } xds_model_opts;
 
 /* Load a GGUF file or Hugging Face directory. opts may be NULL.
@@ -187,6 +191,15 @@ typedef struct xds_model_opts {
  * shape disagrees with the config, plus the format readers' errors. */
 xds_status xds_model_load(const char *path, const xds_model_opts *opts, xds_model **out);
 void xds_model_free(xds_model *m);
+
+/* Repack (model/repack.c: Q8_0 -> Q8_0_R16 in one anonymous huge-page
+ * mapping; a no-op unless the CPU level is AVX-512 and XDS_REPACK != "0")
+ * only the weights of the units this process runs, so that the processes of
+ * one deployment on one host do not each hold a copy of the whole model.
+ * dense: the non-routed weights (attention, dense FFN, router, shared
+ * experts, LM head); experts: a flag per routed expert (cfg.moe.n_expert),
+ * NULL = none. For a model loaded with no_repack; at most once per model. */
+xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *experts);
 
 /* Bytes of weights one decode step reads (all matrices + the LM head). */
 size_t xds_model_weight_bytes(const xds_model *m);

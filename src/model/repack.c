@@ -93,19 +93,24 @@ static int add_ffn(rp_list *L, xds_ffn_w *f) {
     return add(L, &f->gate, 0) | add(L, &f->up, 0) | add(L, &f->down, 0);
 }
 
-static int collect(xds_model *m, rp_list *L) {
+/* dense: every weight but the routed experts; experts: flags per routed
+ * expert (cfg.moe.n_expert), NULL = none of them. */
+static int collect(xds_model *m, rp_list *L, int dense, const uint8_t *experts) {
     int e = 0;
     /* tied: the LM head gets its own copy, the embedding keeps the file's
      * bytes (and its pages: RP_KEEP) for whoever reads them as Q8_0 */
-    e |= add(L, &m->output, m->output.data == m->tok_embd.data ? RP_KEEP : 0);
+    if (dense) e |= add(L, &m->output, m->output.data == m->tok_embd.data ? RP_KEEP : 0);
     for (int l = 0; l < m->cfg.n_layer; l++) {
         xds_layer_weights *w = &m->layers[l];
+        if (w->moe && experts && w->moe->experts)
+            for (int x = 0; x < m->cfg.moe.n_expert; x++)
+                if (experts[x]) e |= add_ffn(L, &w->moe->experts[x]);
+        if (!dense) continue;
         e |= add(L, &w->wq, 0) | add(L, &w->wk, 0) | add(L, &w->wv, 0) | add(L, &w->wo, 0);
         e |= add(L, &w->w_gate, 0) | add(L, &w->w_up, 0) | add(L, &w->w_down, 0);
         if (w->moe) {
             xds_moe_layer *M = w->moe;
             e |= add(L, &M->router, 0);
-            for (int x = 0; x < m->cfg.moe.n_expert && M->experts; x++) e |= add_ffn(L, &M->experts[x]);
             if (M->has_shared) e |= add_ffn(L, &M->shared);
         }
         if (w->mla) {
@@ -145,9 +150,21 @@ static int repack_enabled(void) {
 }
 
 xds_status xds_model_repack(xds_model *m) {
+    int n = m->cfg.moe.n_expert > 0 ? m->cfg.moe.n_expert : 1;
+    uint8_t *all = malloc((size_t)n);
+    if (!all) return xds_err_set(XDS_ERR_NOMEM, "model: out of memory (repack list)");
+    memset(all, 1, (size_t)n);
+    xds_status s = xds_model_repack_units(m, 1, all);
+    free(all);
+    return s;
+}
+
+xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *experts) {
     if (!repack_enabled()) return XDS_OK;
+    if (m->repacked)
+        return xds_err_set(XDS_ERR_INVALID, "model: weights already repacked (repack_units is called once)");
     rp_list L = {0};
-    if (collect(m, &L)) {
+    if (collect(m, &L, dense, experts)) {
         free(L.v);
         return xds_err_set(XDS_ERR_NOMEM, "model: out of memory (repack list)");
     }

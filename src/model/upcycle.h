@@ -19,7 +19,8 @@ xds_status xds_model_upcycle(const char *in, const char *out, int n_expert, int 
 
 /* Random-weight MoE benchmark checkpoint with real layer shapes, as a GGUF
  * at `out` (llama.cpp qwen3moe / deepseek2 layout; see bench_model.c).
- * preset: "qwen3-30b-a3b" or "deepseek-v3"; n_layer / n_expert <= 0 take the
+ * preset: "qwen3-30b-a3b", "deepseek-v3" or "qwen3-tiny" (the qwen3moe layout
+ * at test sizes, hidden 256, 256 tokens); n_layer / n_expert <= 0 take the
  * preset's reduced defaults; type: q8_0 (as the released GGUFs), q4_0, q4_1,
  * f16 or bf16 for the matrices. */
 xds_status xds_model_bench_write(const char *preset, const char *out, int n_layer, int n_expert, xds_dtype type,

@@ -33,6 +33,7 @@
 
 #include "engine/deploy.h"
 #include "model/model.h"
+#include "model/moe.h"
 #include "model/upcycle.h"
 #include "proc_util.h"
 #include "test.h"
@@ -133,6 +134,11 @@ static xds_status make_placement(const xds_model *m, const topo *t, xds_deploy_p
 
 /* Start the workers (and attention ranks 1..) of t on a fresh segment; rank
  * 0 attaches here. Attention rank a > 0 runs child_fn(a) in its process. */
+/* When set, each forked expert worker loads this file itself with no_repack
+ * and repacks only its own experts (xds_deploy_repack_worker), as `xds
+ * worker --role expert` does, instead of using the parent's model. */
+static const char *g_worker_path;
+
 static int start(const xds_model *m, const topo *t, const xds_deploy_placement *pl, int max_tok, char *name,
                  size_t name_cap, xccl_segment **seg, xccl_comm **comm, pid_t *pids,
                  int (*child_fn)(const char *name, int rank, void *arg), void *arg) {
@@ -155,8 +161,30 @@ static int start(const xds_model *m, const topo *t, const xds_deploy_placement *
         if (p == 0) {
             xccl_comm *c = NULL;
             if (xccl_comm_attach(&c, name, t->n_attn + w, 2) != XCCL_OK) _exit(3);
+            const xds_model *wm = m;
+            xds_model *own = NULL;
+            if (g_worker_path) {
+                xds_model_opts mo = {.no_repack = 1};
+                if (xds_model_load(g_worker_path, &mo, &own) != XDS_OK ||
+                    xds_deploy_repack_worker(own, pl, w) != XDS_OK) {
+                    fprintf(stderr, "expert worker %d: %s\n", w, xds_err_msg());
+                    _exit(5);
+                }
+                if (own->repacked) /* exactly this worker's experts took the repacked layout */
+                    for (int e = 0; e < pl->n_expert; e++) {
+                        int held = 0;
+                        for (int i = 0; i < pl->n_local[w]; i++) held |= pl->slot_expert[w * pl->max_local + i] == e;
+                        xds_dtype want = held ? XDS_DTYPE_Q8_0_R16 : XDS_DTYPE_Q8_0;
+                        if (own->layers[0].moe->experts[e].gate.type != want) {
+                            fprintf(stderr, "expert worker %d: expert %d has type %s\n", w, e,
+                                    xds_dtype_name(own->layers[0].moe->experts[e].gate.type));
+                            _exit(6);
+                        }
+                    }
+                wm = own;
+            }
             xds_deploy_expert_stats es;
-            xds_status s = xds_deploy_expert_run(m, c, pl, w, aranks, t->n_attn, max_tok, 1, &es);
+            xds_status s = xds_deploy_expert_run(wm, c, pl, w, aranks, t->n_attn, max_tok, 1, &es);
             if (s != XDS_OK) fprintf(stderr, "expert worker %d: %s\n", w, xds_err_msg());
             xccl_comm_detach(c);
             _exit(s == XDS_OK ? 0 : 4);
@@ -242,7 +270,10 @@ static int attn_child(const char *name, int rank, void *arg) {
  * as moe_experts and return unweighted outputs that the attention rank sums
  * exactly as moe_experts does (double, k order), so the logits are
  * bit-identical (0). */
-static void check_model(const char *label, const xds_model *m, int n_prompt, int n_gen, double tol) {
+/* m: the colocated reference; m_attn (NULL = m): the model the attention
+ * ranks use. */
+static void check_model(const char *label, const xds_model *m, const xds_model *m_attn, int n_prompt, int n_gen,
+                        double tol) {
     int V = m->cfg.n_vocab;
     int32_t ref[N_SEQ * 32];
     float *lref = malloc(sizeof(float) * N_SEQ * V);
@@ -263,7 +294,7 @@ static void check_model(const char *label, const xds_model *m, int n_prompt, int
         xccl_segment *seg = NULL;
         xccl_comm *comm = NULL;
         pid_t pids[MAX_W + MAX_A] = {0};
-        run_arg ra = {m, t, &pl, n_prompt, n_gen, ref, lref, tol};
+        run_arg ra = {m_attn ? m_attn : m, t, &pl, n_prompt, n_gen, ref, lref, tol};
         int ok = start(m, t, &pl, N_SEQ * n_prompt, name, sizeof name, &seg, &comm, pids, attn_child, &ra) == 0;
         CHECK_MSG(ok, "%s: start", lab);
         if (ok) attn_run(&ra, comm, lab);
@@ -403,6 +434,45 @@ static void check_errors(const xds_model *dense, const xds_model *moe) {
     xds_deploy_placement_free(&pl);
 }
 
+/* A Q8_0 MoE (qwen3moe layout, every matrix repackable): the reference
+ * repacks the whole model; the deployment's attention rank repacks only the
+ * non-routed weights and each expert worker only its own experts. On AVX-512
+ * the repacked and the file layout round differently, so a unit left
+ * unrepacked (or repacked where the reference is not) shows as a logit
+ * delta; the logits must be bit-identical. */
+static void check_scoped_repack(void) {
+    char dir[] = "/tmp/xds-test-deploy-XXXXXX", path[256];
+    if (!mkdtemp(dir)) return;
+    snprintf(path, sizeof path, "%s/qwen3-tiny-q8_0.gguf", dir);
+    xds_status s = xds_model_bench_write("qwen3-tiny", path, 2, 8, XDS_DTYPE_Q8_0, 11);
+    CHECK_MSG(s == XDS_OK, "bench model: %s", xds_err_msg());
+    xds_model *m = NULL, *ma = NULL;
+    xds_model_opts mo = {.no_repack = 1};
+    if (s == XDS_OK) CHECK(xds_model_load(path, NULL, &m) == XDS_OK);
+    if (s == XDS_OK) CHECK(xds_model_load(path, &mo, &ma) == XDS_OK);
+    if (m && ma) {
+        CHECK(xds_model_repack_units(ma, 1, NULL) == XDS_OK);
+        if (ma->repacked) CHECK_MSG(xds_model_repack_units(ma, 1, NULL) != XDS_OK, "a second repack must be refused");
+        const xds_moe_layer *full = m->layers[0].moe, *attn = ma->layers[0].moe;
+        CHECK(full && attn);
+        if (m->repacked) { /* AVX-512: the reference is repacked, the attention rank not its experts */
+            CHECK(full && full->experts[0].gate.type == XDS_DTYPE_Q8_0_R16);
+            CHECK(attn && attn->experts[0].gate.type == XDS_DTYPE_Q8_0);
+            CHECK(ma->layers[0].wq.type == XDS_DTYPE_Q8_0_R16);
+            CHECK(ma->repacked && ma->repacked_bytes > 0);
+        } else {
+            printf("note: weights not repacked here (CPU level or XDS_REPACK=0); the check runs unrepacked\n");
+        }
+        g_worker_path = path;
+        check_model("qwen3-tiny q8_0, repacked per process", m, ma, 5, 8, 0);
+        g_worker_path = NULL;
+    }
+    if (ma) xds_model_free(ma);
+    if (m) xds_model_free(m);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const char *fixtures[][2] = {
@@ -417,7 +487,7 @@ int main(void) {
         xds_status s = xds_model_load(fixtures[i][1], NULL, &m);
         CHECK_MSG(s == XDS_OK, "load %s: %s", fixtures[i][1], xds_err_msg());
         if (!m) continue;
-        check_model(fixtures[i][0], m, 5, 8, 0);
+        check_model(fixtures[i][0], m, NULL, 5, 8, 0);
         if (i == 0) {
             if (dense) check_errors(dense, m);
             check_kill(m);
@@ -426,6 +496,7 @@ int main(void) {
         xds_model_free(m);
     }
     if (dense) xds_model_free(dense);
+    check_scoped_repack();
 
     const char *smol = test_model_path();
 #if defined(__SANITIZE_ADDRESS__)
@@ -446,7 +517,7 @@ int main(void) {
                 CHECK_MSG(s == XDS_OK, "load upcycled: %s", xds_err_msg());
             }
             if (m) {
-                check_model("smollm2-upcycled-e4k2", m, 6, 5, 0);
+                check_model("smollm2-upcycled-e4k2", m, NULL, 6, 5, 0);
                 xds_model_free(m);
             }
             unlink(path);
