@@ -97,20 +97,6 @@ static char *serve_default_name(const char *path) {
     return s;
 }
 
-
-/* Group 0 of a deployment runs every unit, or (with expert workers) every
- * unit but the routed experts: it repacks only those weights. */
-static xds_status serve_repack(xds_model *m, int routed) {
-    if (!routed) return xds_model_repack_units(m, 1, NULL);
-    int n = m->cfg.moe.n_expert > 0 ? m->cfg.moe.n_expert : 1;
-    uint8_t *all = malloc((size_t)n);
-    if (!all) return xds_err_set(XDS_ERR_NOMEM, "out of memory (repack)");
-    memset(all, 1, (size_t)n);
-    xds_status s = xds_model_repack_units(m, 1, all);
-    free(all);
-    return s;
-}
-
 int cli_serve(int argc, char **argv) {
     const char *model_path = NULL, *served = NULL, *api_key = getenv("XDS_API_KEY");
     xds_server_opts so = xds_server_opts_default();
@@ -261,7 +247,9 @@ int cli_serve(int argc, char **argv) {
         fprintf(stderr, "xds serve: error: deployment: %s\n", xds_err_msg());
         goto out;
     }
-    if (dep.enabled && (st = serve_repack(model, dep.experts == 0)) != XDS_OK) {
+    /* group 0 runs every unit, or with expert workers all but the routed experts */
+    if (dep.enabled && (st = dep.experts == 0 ? xds_model_repack(model) : xds_model_repack_units(model, 1, NULL)) !=
+                           XDS_OK) {
         fprintf(stderr, "xds serve: error: %s\n", xds_err_msg());
         goto out;
     }

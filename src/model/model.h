@@ -200,6 +200,8 @@ void xds_model_free(xds_model *m);
  * experts, LM head); experts: a flag per routed expert (cfg.moe.n_expert),
  * NULL = none. For a model loaded with no_repack; at most once per model. */
 xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *experts);
+/* The same for every unit (what xds_model_load does without no_repack). */
+xds_status xds_model_repack(xds_model *m);
 
 /* Bytes of weights one decode step reads (all matrices + the LM head). */
 size_t xds_model_weight_bytes(const xds_model *m);

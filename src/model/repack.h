@@ -7,11 +7,8 @@
 
 #include "model/model.h"
 
-/* Repack every eligible weight of a loaded model (see repack.c); a no-op
- * unless the CPU level is AVX-512 and XDS_REPACK is not "0". The copies live
- * in one anonymous mapping recorded in m (freed by xds_model_repack_free).
- * Same as xds_model_repack_units(m, 1, every expert). */
-xds_status xds_model_repack(xds_model *m);
+/* xds_model_repack and xds_model_repack_units are declared in model.h. The
+ * copies live in one anonymous mapping recorded in m (freed here). */
 void xds_model_repack_free(xds_model *m);
 
 #endif
