@@ -1006,11 +1006,15 @@ void xds_fgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int6
 #ifndef Q8R_TT
 #define Q8R_TT 12 /* tokens per register tile */
 #endif
-/* software prefetch Q8R_PF bytes ahead into L2, every tile shape: the
- * hardware prefetchers stop at 4 KiB pages and one core keeps too few L1
- * misses in flight; measured (7168 x 8192 from DRAM, one core): 8 tokens
- * 144 GOP/s without, 150-226 with 2-4 KiB into L1, 290-312 with 16 KiB
- * into L2 */
+/* software prefetch Q8R_PF bytes ahead into L2 for tiles of 2 or more
+ * tokens: the hardware prefetchers stop at 4 KiB pages and one core keeps
+ * too few L1 misses in flight; measured (7168 x 8192 from DRAM, one core):
+ * 8 tokens 144 GOP/s without, 150-226 with 2-4 KiB into L1, 290-312 with
+ * 16 KiB into L2. One token: the 9 prefetches per block cost more than they
+ * bring (in cache 143 -> 189 GOP/s without them; whole MoE decode steps at
+ * batch 1 12-20% faster: Qwen3 shapes 29.2-37.6 -> 24.6-26.8 ms, DeepSeek
+ * shapes 84.9-93.5 -> 74.0-75.8 ms), so the weights in huge pages are left
+ * to the hardware prefetchers. */
 #ifndef Q8R_PF
 #define Q8R_PF 16384
 #endif
@@ -1033,7 +1037,7 @@ static inline __attribute__((always_inline)) void q8r_tile(const int T, const ui
     for (int t = 0; t < T; t++) ds[t] = xq_ds(xq + t * xs, nb);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *gb = g + b * XDS_Q8R_GB;
-        if (Q8R_PFT)
+        if (Q8R_PFT && T > 1) /* one token: the prefetches cost more than they bring (see above) */
 #pragma GCC unroll 9
             for (int k = 0; k < 9; k++) _mm_prefetch((const char *)gb + Q8R_PF + 64 * k, Q8R_HINT);
         __m512i w[8];
