@@ -677,6 +677,22 @@ static void *dp_receiver_main(void *arg) {
     return NULL;
 }
 
+/* A front-end's request path (front-end k >= 1, or group 0's own server when
+ * several groups exist): the locks, the engine ops and the thread that
+ * receives the decode groups' events. */
+static xds_status serve_front_ops(serve_deploy *d, const xds_server_engine_ops **ops) {
+    pthread_mutex_init(&d->cmu, NULL);
+    pthread_mutex_init(&d->rmu, NULL);
+    d->mutexes = 1;
+    d->ops = d->prefill > 0 ? (xds_server_engine_ops){d, pd_submit, pdp_cancel, dp_stats}
+                            : (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
+    if (pthread_create(&d->receiver, NULL, dp_receiver_main, d) != 0)
+        return xds_err_set(XDS_ERR_INTERNAL, "cannot start the decode-group receiver thread");
+    d->receiver_started = 1;
+    *ops = &d->ops;
+    return XDS_OK;
+}
+
 /* Group 0 (this process's engine) for the other front-ends: their requests
  * arrive at rank g0_rank; the supervisor's front-end calls the engine itself. */
 static void *g0_service_main(void *arg) {
@@ -858,16 +874,7 @@ xds_status serve_deploy_frontend(serve_deploy *d, const xds_model *m, int max_ct
         usleep(20 * 1000);
     }
     if (!d->topology_json) return xds_err_set(XDS_ERR_TIMEOUT, "no topology from the supervisor within 120 s");
-    pthread_mutex_init(&d->cmu, NULL);
-    pthread_mutex_init(&d->rmu, NULL);
-    d->mutexes = 1;
-    d->ops = d->prefill > 0 ? (xds_server_engine_ops){d, pd_submit, pdp_cancel, dp_stats}
-                            : (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
-    if (pthread_create(&d->receiver, NULL, dp_receiver_main, d) != 0)
-        return xds_err_set(XDS_ERR_INTERNAL, "cannot start the decode-group receiver thread");
-    d->receiver_started = 1;
-    *ops = &d->ops;
-    return XDS_OK;
+    return serve_front_ops(d, ops);
 }
 
 void serve_deploy_quiesce(serve_deploy *d) {
@@ -1296,15 +1303,7 @@ xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_
         atomic_store(&d->table->g[0].kv_blocks, es.kv_blocks_total);
         atomic_store(&d->table->g[0].max_batch, d->max_batch);
         atomic_store(&d->table->g[0].alive, 1);
-        pthread_mutex_init(&d->cmu, NULL);
-        pthread_mutex_init(&d->rmu, NULL);
-        d->mutexes = 1;
-        d->ops = d->prefill > 0 ? (xds_server_engine_ops){d, pd_submit, pdp_cancel, dp_stats}
-                                : (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
-        if (pthread_create(&d->receiver, NULL, dp_receiver_main, d) != 0)
-            return xds_err_set(XDS_ERR_INTERNAL, "cannot start the decode-group receiver thread");
-        d->receiver_started = 1;
-        *ops = &d->ops;
+        XDS_TRY(serve_front_ops(d, ops));
         if (d->frontends > 1) {
             if (pthread_create(&d->g0thread, NULL, g0_service_main, d) != 0)
                 return xds_err_set(XDS_ERR_INTERNAL, "cannot start the group-0 service thread");
