@@ -977,6 +977,21 @@ static xds_status apply_topology(serve_deploy *d, const xds_model *m, xds_engine
     return XDS_OK;
 }
 
+/* Wait until child `child` (a prefill instance or decode group) marks itself
+ * live in shared memory; an error if it exits first or `end` passes. */
+static xds_status wait_live(serve_deploy *d, atomic_llong *alive, int child, const char *what, int idx, double end) {
+    while (!atomic_load(alive)) {
+        if (reap_one(d, child, 0)) {
+            char how[96];
+            describe_exit(how, sizeof how, d->status[child]);
+            return xds_err_set(XDS_ERR_PEER, "%s %d %s before it became ready", what, idx, how);
+        }
+        if (now_s() > end) return xds_err_set(XDS_ERR_TIMEOUT, "%s %d did not start serving within 120 s", what, idx);
+        usleep(5000);
+    }
+    return XDS_OK;
+}
+
 xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_path, xds_engine_opts *eo) {
     if (d->topology_file) XDS_TRY(apply_topology(d, m, eo));
     if (d->decode_dp > XDS_DP_MAX_GROUPS)
@@ -1150,35 +1165,11 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
             usleep(5000);
         }
     }
-    for (int i = 0; i < d->prefill; i++) /* attached; serving once its pool exists (its record is live) */
-        while (!atomic_load(&d->pick->inst[i].alive)) {
-            if (reap_one(d, d->experts + i, 0)) {
-                char how[96];
-                describe_exit(how, sizeof how, d->status[d->experts + i]);
-                s = xds_err_set(XDS_ERR_PEER, "prefill instance %d %s before it became ready", i, how);
-                goto fail;
-            }
-            if (now_s() > end) {
-                s = xds_err_set(XDS_ERR_TIMEOUT, "prefill instance %d did not start serving within 120 s", i);
-                goto fail;
-            }
-            usleep(5000);
-        }
-    for (int g = 1; g < d->decode_dp; g++) /* attached; serving once its load record is live */
-        while (!atomic_load(&d->table->g[g].alive)) {
-            int i = d->experts + d->prefill + g - 1;
-            if (reap_one(d, i, 0)) {
-                char how[96];
-                describe_exit(how, sizeof how, d->status[i]);
-                s = xds_err_set(XDS_ERR_PEER, "decode group %d %s before it became ready", g, how);
-                goto fail;
-            }
-            if (now_s() > end) {
-                s = xds_err_set(XDS_ERR_TIMEOUT, "decode group %d did not start serving within 120 s", g);
-                goto fail;
-            }
-            usleep(5000);
-        }
+    for (int i = 0; i < d->prefill && s == XDS_OK; i++) /* attached; serving once its pool exists */
+        s = wait_live(d, &d->pick->inst[i].alive, d->experts + i, "prefill instance", i, end);
+    for (int g = 1; g < d->decode_dp && s == XDS_OK; g++) /* attached; serving once its load record is live */
+        s = wait_live(d, &d->table->g[g].alive, d->experts + d->prefill + g - 1, "decode group", g, end);
+    if (s != XDS_OK) goto fail;
     if (d->experts > 0) {
         int wr[SERVE_DEPLOY_MAX_WORKERS];
         for (int w = 0; w < d->experts; w++) wr[w] = 1 + w;
