@@ -17,15 +17,26 @@
  * rows; the weighted sum of cached latents c then goes through Wv_h. RoPE
  * uses interleaved pairs (rope_interleave, the default) or halves.
  *
+ * All heads of a token attend over the same cached rows (MQA in latent
+ * space). On AVX-512 one pool task takes a token and a chunk of
+ * XDS_MLA_HEAD_CHUNK heads (mla_avx512.c: register tiles of 4 heads x 4 keys
+ * for the scores, 4 heads x 64 floats for the values, so each row is read once
+ * per tile rather than once per head); elsewhere one task per (token, head)
+ * runs the portable xds_attn_head_ref. Scratch: S->scores holds
+ * XDS_MLA_HEAD_CHUNK rows of max_pos floats per thread.
+ *
  * Invariants: the units never allocate; the cache rows of the batch's tokens
  * are written before any token attends (tokens of one sequence in one batch
- * see each other causally).
+ * see each other causally); a (token, head)'s attention output is
+ * bit-identical whatever the batch, the head chunk, or the thread (the head
+ * chunking is fixed by the head count; mla_attn.h).
  */
 #include <math.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
 #include "model/attn.h"
+#include "model/mla_attn.h"
 #include "model/moe.h"
 
 static float mla_scale(const xds_model *m) {
@@ -60,23 +71,42 @@ typedef struct {
     xds_moe_scratch *S;
     xds_kv_cache *kv;
     const xds_batch *b;
-    int layer, H, Lw;
+    int layer, H, Lw, R;
+    int n_chunk; /* head chunks per token (AVX-512 path), 0: one task per head */
     float scale;
 } mla_job;
 
-/* One (token, head): attends with the absorbed query over the cached [c | kr]
- * rows; the output (weighted sum of rows) overwrites the query in place (the
- * reference kernel finishes reading q before writing out). */
-static void mla_task(void *arg, int task, int thread) {
-    mla_job *J = arg;
-    xds_kv_cache *kv = J->kv;
-    int t = task / J->H, h = task % J->H;
+static xds_attn_src mla_src(const mla_job *J, int t) {
+    const xds_kv_cache *kv = J->kv;
     size_t layer_off = (size_t)J->layer * kv->n_blocks * kv->block_size * kv->k_dim;
     xds_attn_src src = {kv->k + layer_off, kv->k + layer_off, kv->seqs[J->b->seq[t]].blocks,
                         kv->block_size, kv->k_dim, 0, J->Lw};
+    return src;
+}
+
+/* Portable path, one (token, head): attends with the absorbed query over the
+ * cached [c | kr] rows; the output (weighted sum of rows) overwrites the
+ * query in place (the reference kernel finishes reading q before writing out). */
+static void mla_task(void *arg, int task, int thread) {
+    mla_job *J = arg;
+    int t = task / J->H, h = task % J->H;
+    xds_attn_src src = mla_src(J, t);
     float *q = J->S->qcat + ((size_t)t * J->H + h) * J->Lw;
-    float *sc = J->S->scores + (size_t)thread * J->S->max_pos;
+    float *sc = J->S->scores + (size_t)thread * XDS_MLA_HEAD_CHUNK * J->S->max_pos;
     xds_attn_head_ref(&src, q, J->b->pos[t] + 1, J->scale, sc, q);
+}
+
+/* AVX-512 path, one (token, chunk of XDS_MLA_HEAD_CHUNK heads): the chunk's
+ * heads share every cached row read (mla_avx512.c); outputs overwrite the
+ * queries' first R floats in place (the kernel reads all of q first). */
+static void mla_chunk_task(void *arg, int task, int thread) {
+    mla_job *J = arg;
+    int t = task / J->n_chunk, h0 = (task % J->n_chunk) * XDS_MLA_HEAD_CHUNK;
+    int G = J->H - h0 < XDS_MLA_HEAD_CHUNK ? J->H - h0 : XDS_MLA_HEAD_CHUNK;
+    xds_attn_src src = mla_src(J, t);
+    float *q = J->S->qcat + ((size_t)t * J->H + h0) * J->Lw;
+    float *sc = J->S->scores + (size_t)thread * XDS_MLA_HEAD_CHUNK * J->S->max_pos;
+    xds_mla_attn_heads_avx512(&src, q, J->Lw, G, J->b->pos[t] + 1, J->R, J->scale, sc, J->S->max_pos, q, J->Lw);
 }
 
 typedef struct {
@@ -158,8 +188,15 @@ void xds_mla_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, float 
         for (int t = 0; t < T; t++)
             for (int h = 0; h < H; h++) memset(S->qcat + ((size_t)t * H + h) * Lw, 0, sizeof(float) * R);
     else xds_pool_run(pool, absorb_task, &HJ, H);
-    mla_job J = {S, kv, b, layer, H, Lw, mla_scale(m)};
-    xds_pool_run(pool, mla_task, &J, T * H);
+    /* attention: per (token, head chunk) on AVX-512, else per (token, head);
+     * the chunking never changes a head's bits (mla_attn.h) */
+    mla_job J = {S, kv, b, layer, H, Lw, R, 0, mla_scale(m)};
+    if (xds_cpu_level_get() == XDS_CPU_AVX512) {
+        J.n_chunk = (H + XDS_MLA_HEAD_CHUNK - 1) / XDS_MLA_HEAD_CHUNK;
+        xds_pool_run(pool, mla_chunk_task, &J, T * J.n_chunk);
+    } else {
+        xds_pool_run(pool, mla_task, &J, T * H);
+    }
     /* values: att[t][h] = Wv_h . (weighted latent), one task per head */
     xds_pool_run(pool, value_task, &HJ, H);
     xds_matmul(pool, &a->wo, S->att, S->proj, T);

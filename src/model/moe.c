@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "model/mla_attn.h"
 #include "model/moe.h"
 
 static int imax(int a, int b) { return a > b ? a : b; }
@@ -78,7 +79,7 @@ xds_status xds_moe_scratch_create(const xds_model *m, const xds_kv_cache *kv, in
         AL(s->att, T * H * a->v_dim);
         AL(s->proj, T * E);
         AL(s->rope, T * (c->rope_dim + 2));
-        AL(s->scores, (size_t)n_threads * s->max_pos);
+        AL(s->scores, (size_t)n_threads * XDS_MLA_HEAD_CHUNK * s->max_pos); /* mla.c: a head chunk per thread */
     }
 #undef AL
     if (!ok) {

@@ -102,7 +102,7 @@ typedef struct xds_moe_scratch {
     float *att;       /* (max_tok, n_head * v_dim) */
     float *proj;      /* (max_tok, n_embd) */
     float *rope;      /* (max_tok, rope_dim) cos/sin pairs */
-    float *scores;    /* (n_threads, max_pos) */
+    float *scores;    /* (n_threads, XDS_MLA_HEAD_CHUNK, max_pos) */
 } xds_moe_scratch;
 xds_status xds_moe_scratch_create(const xds_model *m, const xds_kv_cache *kv, int n_threads, int max_tok,
                                   xds_moe_scratch **out);
