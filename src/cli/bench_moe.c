@@ -97,14 +97,16 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             }
     int n_moe = 0;
     for (int l = 0; l < mc->n_layer; l++) n_moe += m->layers[l].moe != NULL;
-    if (!c->json)
+    double huge = xds_model_repack_huge_share(m);
+    if (!c->json) {
         printf("MoE decode (%s, %d routed experts top-%d per MoE layer, %d of %d layers MoE; context %d per "
-               "sequence;\n  compute time: quantized matrices at the int8 peak + the rest at the f32 FMA peak)\n"
-               "  batch   step ms (med)   tok/s    MB read  (experts hit / all)   GFLOP   bound ms (by)    %% of bound (cpu-equiv)"
-               "   bw GB/s before / after\n",
-               xds_arch_name(mc->arch), mc->moe.n_expert, mc->moe.n_expert_used,
-               n_moe,
-               mc->n_layer, c->ctx);
+               "sequence;\n  compute time: quantized matrices at the int8 peak + the rest at the f32 FMA peak;\n"
+               "  bound per step by the faster of the bandwidth probes right before and after it)\n",
+               xds_arch_name(mc->arch), mc->moe.n_expert, mc->moe.n_expert_used, n_moe, mc->n_layer, c->ctx);
+        if (huge >= 0) printf("  repacked weights in huge pages: %.0f%% of their resident memory\n", 100 * huge);
+        printf("  batch   step ms (med)   tok/s    MB read  (experts hit / all)   GFLOP   bound ms (by)    %% of bound "
+               "(cpu-equiv)   bw GB/s min / max\n");
+    }
     xds_status st = XDS_OK;
     int steps = 4 * c->reps;
     for (int bi = 0; bi < c->n_batches && st == XDS_OK; bi++) {
@@ -138,10 +140,14 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             xds_batch b = {c->ctx, tok, pos, seq};
             st = xds_model_forward(ctx, &b, &last, 1, logits);
         }
-        /* this VM's memory bandwidth moves with its neighbours: probe it right
-         * before and right after this batch's timed steps and use the mean */
-        double bw0 = st == XDS_OK ? xds_measure_read_bw(xds_model_ctx_pool(ctx), 0) : 0;
+        /* this VM's memory bandwidth moves with its neighbours (35 <-> 65 GB/s
+         * within a minute): probe it between every two timed steps and bound
+         * each step by the faster of the probes right before and after it
+         * (a step never gets the benefit of a slow probe) */
+        double *bwp = malloc(sizeof(double) * (steps + 1));
+        if (!bwp && st == XDS_OK) st = xds_err_set(XDS_ERR_NOMEM, "bench: out of memory");
         for (int it = -2; it < steps && st == XDS_OK; it++) {
+            if (it >= 0) bwp[it] = xds_measure_read_bw(xds_model_ctx_pool(ctx), 0) * 1e9;
             int p = c->ctx + it + 2;
             for (int s = 0; s < B; s++) tok[s] = RND(), pos[s] = p, seq[s] = s, rows[s] = s;
             xds_batch b = {B, tok, pos, seq};
@@ -168,25 +174,38 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
             ts[it] = dt;
         }
 #undef RND
-        double bw1 = st == XDS_OK ? xds_measure_read_bw(xds_model_ctx_pool(ctx), 0) : 0;
-        double bwb = bw0 > 0 && bw1 > 0 ? (bw0 + bw1) / 2 * 1e9 : bw;
-        for (int i = 0; i < steps && st == XDS_OK; i++) bound[i] = fmax(bytes[i] / bwb, ctime[i]);
+        double bw0 = 0, bw1 = 0; /* slowest and fastest probe */
         if (st == XDS_OK) {
-            double sb = 0, st_ = 0, mb = 0, mf = 0, me = 0, mc_ = 0;
-            for (int i = 0; i < steps; i++)
+            bwp[steps] = xds_measure_read_bw(xds_model_ctx_pool(ctx), 0) * 1e9;
+            bw0 = bw1 = bwp[0];
+            for (int i = 0; i < steps; i++) {
+                double b = fmax(bwp[i], bwp[i + 1]);
+                if (b <= 0) b = bw;
+                bound[i] = fmax(bytes[i] / b, ctime[i]);
+                bw0 = fmin(bw0, bwp[i + 1]), bw1 = fmax(bw1, bwp[i + 1]);
+            }
+            bw0 /= 1e9, bw1 /= 1e9;
+        }
+        free(bwp);
+        if (st == XDS_OK) {
+            double sb = 0, st_ = 0, mb = 0, mf = 0, me = 0, mc_ = 0, nbw = 0;
+            for (int i = 0; i < steps; i++) {
                 sb += bound[i], st_ += ts[i], mb += bytes[i], mf += flops[i], me += eb[i], mc_ += ctime[i];
+                nbw += bound[i] > ctime[i];
+            }
             mb /= steps, mf /= steps, me /= steps, mc_ /= steps;
             double bmean = sb / steps;
-            int by_bw = mb / bwb >= mc_;
+            int by_bw = 2 * nbw >= steps; /* most steps bandwidth-bound */
             qsort(ts, steps, sizeof(double), bench_cmp_d);
             double med = ts[steps / 2], frac = sb / st_;
             if (c->json)
                 printf("{\"bench\":\"xds\",\"kind\":\"moe_decode\",\"model\":\"%s\",\"threads\":%d,\"batch\":%d,"
                        "\"ctx\":%d,\"steps\":%d,\"t_med_s\":%.6f,\"t_min_s\":%.6f,\"bytes\":%.0f,\"expert_bytes\":%.0f,"
                        "\"expert_bytes_all\":%.0f,\"flops\":%.4g,\"bound_s\":%.6f,\"bound_by\":\"%s\","
-                       "\"frac_bound\":%.4f,\"frac_bound_cpu_equiv\":%.4f,\"bw_gbs\":[%.2f,%.2f]}\n",
+                       "\"frac_bound\":%.4f,\"frac_bound_cpu_equiv\":%.4f,\"bw_gbs_min_max\":[%.2f,%.2f],"
+                       "\"huge_share\":%.3f}\n",
                        c->model, c->threads, B, c->ctx, steps, med, ts[0], mb, me, exp_all, mf, bmean,
-                       by_bw ? "bandwidth" : "compute", frac, sb / cpu_sum, bw0, bw1);
+                       by_bw ? "bandwidth" : "compute", frac, sb / cpu_sum, bw0, bw1, huge);
             else
                 printf("  %5d   %8.2f        %7.1f  %8.1f  (%7.1f / %7.1f)  %7.2f   %8.2f (%s)   %5.1f%%   %5.1f%%"
                        "   %5.1f / %5.1f\n", B,

@@ -202,6 +202,10 @@ void xds_model_free(xds_model *m);
 xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *experts);
 /* The same for every unit (what xds_model_load does without no_repack). */
 xds_status xds_model_repack(xds_model *m);
+/* Share of the repacked copies' resident memory in huge pages (from
+ * /proc/self/smaps; for benchmarks), or -1 if nothing is repacked or the
+ * file is unreadable. */
+double xds_model_repack_huge_share(const xds_model *m);
 
 /* Bytes of weights one decode step reads (all matrices + the LM head). */
 size_t xds_model_weight_bytes(const xds_model *m);

@@ -28,6 +28,7 @@
 #include "model/repack.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -37,6 +38,10 @@
 #include "base/threadpool.h"
 #include "kernels/kernels.h"
 #include "model/moe.h"
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25 /* Linux >= 6.1; older kernels answer EINVAL */
+#endif
 
 enum { RP_OWNED = 1, RP_KEEP = 2 };
 
@@ -246,6 +251,12 @@ xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *expert
         for (int64_t j = 0; j < n_jobs; j++) job_task(&c, (int)j, 0);
     xds_pool_free(pool);
     free(jobs);
+    /* MADV_HUGEPAGE is only advice: with memory short at fault time (page
+     * cache full of model files) ranges fall back to 4 KiB pages, seen at a
+     * third of an 6.8 GB copy, where the hardware prefetchers stop at every
+     * 4 KiB page. Collapse them now (direct reclaim and compaction); a
+     * refusal (old kernel, no memory) leaves them as they are. */
+    if (base) madvise(base, map_bytes, MADV_COLLAPSE);
     /* owned (absorbed K) buffers: in place through a temporary copy */
     for (int s = 0; s < ns; s++) {
         if (!srcs[s].owned) continue;
@@ -273,6 +284,28 @@ done:
     free(srcs);
     free(L.v);
     return st;
+}
+
+double xds_model_repack_huge_share(const xds_model *m) {
+    if (!m->repacked) return -1;
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    uintptr_t lo = (uintptr_t)m->repacked, hi = lo + m->repacked_bytes;
+    char line[512];
+    double rss = 0, huge = 0;
+    int in = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long a, b, kb;
+        if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = a < hi && b > lo; /* a mapping header line; the copies may be split into several */
+        } else if (in && sscanf(line, "Rss: %lu kB", &kb) == 1) {
+            rss += kb;
+        } else if (in && sscanf(line, "AnonHugePages: %lu kB", &kb) == 1) {
+            huge += kb;
+        }
+    }
+    fclose(f);
+    return rss > 0 ? huge / rss : -1;
 }
 
 void xds_model_repack_free(xds_model *m) {

@@ -2,7 +2,8 @@
 # bench_moe.sh — `xds bench --moe-only --json` on the tiny qwen3_moe fixture:
 # one JSON line per batch size with the step time, the bytes read (the hit
 # experts no more than all of them), a bound and its kind, and the bandwidth
-# probes around the batch. Checks the report's shape and consistency, never
+# probes between its steps (slowest, fastest) and the huge-page share of
+# the repacked weights. Checks the report's shape and consistency, never
 # a speed. Usage: bash tests/cli/bench_moe.sh path/to/xds
 set -uo pipefail
 XDS="$1"
@@ -21,7 +22,8 @@ checks = [
     ("positive step times and bounds", all(l["t_med_s"] > 0 and l["bound_s"] > 0 for l in moe)),
     ("hit experts <= all experts <= bytes", all(0 < l["expert_bytes"] <= l["expert_bytes_all"] and l["expert_bytes"] <= l["bytes"] for l in moe)),
     ("bound kind named", all(l["bound_by"] in ("bandwidth", "compute") for l in moe)),
-    ("two bandwidth probes per batch", all(len(l["bw_gbs"]) == 2 and min(l["bw_gbs"]) > 0 for l in moe)),
+    ("bandwidth probes: 0 < min <= max", all(len(l["bw_gbs_min_max"]) == 2 and 0 < l["bw_gbs_min_max"][0] <= l["bw_gbs_min_max"][1] for l in moe)),
+    ("huge-page share a fraction (or -1: nothing repacked)", all(l["huge_share"] == -1 or 0 <= l["huge_share"] <= 1 for l in moe)),
     ("more tokens read at least as many expert bytes", len(moe) == 2 and moe[1]["expert_bytes"] >= moe[0]["expert_bytes"]),
 ]
 bad = 0
