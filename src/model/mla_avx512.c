@@ -30,6 +30,7 @@
 #include "model/mla_attn.h"
 
 #define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 4")
 
 /* The sums of the 16 lanes of a, b, c, d (lanes 0..3 of the result), each by
  * the fixed tree ((l_i + l_i+8) + (l_i+4 + l_i+12)) for i < 4, then
@@ -53,25 +54,34 @@ INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
 INLINE void score_tile(const float *const *q, const float *const *k, int NH, int NK, int nc, __mmask16 tm,
                        float scale, float *const *s) {
     __m512 acc[4][4];
+    UNROLL
     for (int h = 0; h < 4; h++)
+        UNROLL
         for (int j = 0; j < 4; j++) acc[h][j] = _mm512_setzero_ps();
     for (int c = 0; c < nc; c++) {
         __m512 kv[4];
+        UNROLL
         for (int j = 0; j < NK; j++) kv[j] = _mm512_loadu_ps(k[j] + 16 * c);
+        UNROLL
         for (int h = 0; h < NH; h++) {
             __m512 qv = _mm512_loadu_ps(q[h] + 16 * c);
+            UNROLL
             for (int j = 0; j < NK; j++) acc[h][j] = _mm512_fmadd_ps(qv, kv[j], acc[h][j]);
         }
     }
     if (tm) {
         __m512 kv[4];
+        UNROLL
         for (int j = 0; j < NK; j++) kv[j] = _mm512_maskz_loadu_ps(tm, k[j] + 16 * nc);
+        UNROLL
         for (int h = 0; h < NH; h++) {
             __m512 qv = _mm512_maskz_loadu_ps(tm, q[h] + 16 * nc);
+            UNROLL
             for (int j = 0; j < NK; j++) acc[h][j] = _mm512_fmadd_ps(qv, kv[j], acc[h][j]);
         }
     }
     const __m128 vs = _mm_set1_ps(scale);
+    UNROLL
     for (int h = 0; h < NH; h++) {
         __m128 d4 = _mm_mul_ps(hsum4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vs);
         if (NK == 4) {
@@ -79,6 +89,7 @@ INLINE void score_tile(const float *const *q, const float *const *k, int NH, int
         } else {
             float t[4];
             _mm_storeu_ps(t, d4);
+            UNROLL
             for (int j = 0; j < NK; j++) s[h][j] = t[j];
         }
     }
@@ -90,7 +101,9 @@ INLINE void value_tile(const xds_attn_src *s, int n, int d0, const float *const 
                        const __mmask16 *m, float *const *out) {
     const int B = s->B, kvd = s->kvd;
     __m512 acc[4][4];
+    UNROLL
     for (int h = 0; h < 4; h++)
+        UNROLL
         for (int c = 0; c < 4; c++) acc[h][c] = _mm512_setzero_ps();
     for (int p0 = 0, bi = 0; p0 < n; p0 += B, bi++) {
         const float *kb = s->k + (size_t)s->blocks[bi] * B * kvd + s->off + d0;
@@ -98,14 +111,19 @@ INLINE void value_tile(const xds_attn_src *s, int n, int d0, const float *const 
         for (int j = 0; j < cnt; j++) {
             const float *r = kb + (size_t)j * kvd;
             __m512 rv[4];
+            UNROLL
             for (int c = 0; c < NC; c++) rv[c] = _mm512_maskz_loadu_ps(m[c], r + 16 * c);
+            UNROLL
             for (int h = 0; h < NH; h++) {
                 __m512 pv = _mm512_set1_ps(p[h][p0 + j]);
+                UNROLL
                 for (int c = 0; c < NC; c++) acc[h][c] = _mm512_fmadd_ps(pv, rv[c], acc[h][c]);
             }
         }
     }
+    UNROLL
     for (int h = 0; h < NH; h++)
+        UNROLL
         for (int c = 0; c < NC; c++) _mm512_mask_storeu_ps(out[h] + d0 + 16 * c, m[c], acc[h][c]);
 }
 
