@@ -8,6 +8,7 @@
 #define XDS_TEST_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,18 @@ static int test_passed_, test_failed_;
         printf("%d passed, %d failed\n", test_passed_, test_failed_);        \
         return test_failed_ ? 1 : 0;                                         \
     } while (0)
+
+/* Test data: xorshift64, state per test program (test_rng_seed to change it). */
+static uint64_t test_rng_ = 0x9e3779b97f4a7c15ull;
+static inline void test_rng_seed(uint64_t s) { test_rng_ = s; }
+static inline uint32_t rnd_u32(void) {
+    test_rng_ ^= test_rng_ << 13;
+    test_rng_ ^= test_rng_ >> 7;
+    test_rng_ ^= test_rng_ << 17;
+    return (uint32_t)(test_rng_ >> 16);
+}
+/* uniform in [-1, 1) */
+static inline float rnd_f(void) { return (float)((rnd_u32() & 0xffffff) / 16777216.0 * 2.0 - 1.0); }
 
 /* Path of the default real model (set by scripts/test.sh), or NULL. */
 static inline const char *test_model_path(void) {

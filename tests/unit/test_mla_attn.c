@@ -24,15 +24,6 @@
 #include "model/mla_attn.h"
 #include "test.h"
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd_u32(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 16);
-}
-static float rnd_f(void) { return (float)((rnd_u32() & 0xffffff) / 16777216.0 * 2.0 - 1.0); }
-
 typedef struct {
     int R, rd, off, B, ldq_extra;
 } shape;
