@@ -115,6 +115,44 @@ typedef struct {
     int T, H, nope, vd, qk, R, Lw;
 } head_job;
 
+typedef struct {
+    const xds_model *m;
+    const xds_mla_layer *a;
+    xds_moe_scratch *S;
+    xds_kv_cache *kv;
+    const xds_batch *b;
+    int layer;
+} rope_job;
+
+/* Token t: its RoPE table, the normed latent and rotated rope key (kva row
+ * t) written to the cache, every head's rope query part rotated and copied
+ * into qcat[t][h][R:]. Tokens touch disjoint rows (cache rows included). */
+static void rope_task(void *arg, int t, int thread) {
+    (void)thread;
+    rope_job *J = arg;
+    const xds_model *m = J->m;
+    const xds_model_config *c = &m->cfg;
+    xds_moe_scratch *S = J->S;
+    int H = c->n_head, R = c->mla.kv_lora_rank, rd = c->rope_dim, nope = c->mla.nope_dim, qk = c->head_dim;
+    int Lw = R + rd, half = rd / 2;
+    float *cs = S->rope + (size_t)t * rd;
+    float p = (float)J->b->pos[t];
+    for (int i = 0; i < half; i++) {
+        float ang = p * m->rope_inv_freq[i];
+        cs[2 * i] = cosf(ang) * m->rope_attn_factor;
+        cs[2 * i + 1] = sinf(ang) * m->rope_attn_factor;
+    }
+    float *row = S->kva + (size_t)t * Lw;
+    xds_rmsnorm(row, row, J->a->kv_a_norm, R, c->rms_eps);
+    rope_rot(m, row + R, cs);
+    memcpy(xds_kv_k(J->kv, J->layer, J->b->seq[t], J->b->pos[t]), row, sizeof(float) * Lw);
+    for (int h = 0; h < H; h++) {
+        float *qh = S->q + ((size_t)t * H + h) * qk;
+        rope_rot(m, qh + nope, cs);
+        memcpy(S->qcat + ((size_t)t * H + h) * Lw + R, qh + nope, sizeof(float) * rd);
+    }
+}
+
 /* Head h's absorbed query for every token (serial matmul on this thread's
  * gather buffer): qcat[t][h][0:R] = Wk_h^T q_nope[t][h]. */
 static void absorb_task(void *arg, int h, int thread) {
@@ -151,37 +189,23 @@ void xds_mla_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, float 
     XDS_ASSERT(kv && T <= S->max_tok && kv->k_dim == Lw);
     float *xn = S->proj;
     for (int t = 0; t < T; t++) xds_rmsnorm(xn + (size_t)t * E, x + (size_t)t * E, w->attn_norm, E, c->rms_eps);
-    /* queries */
+    /* the first query projection and the latent + rope key share the normed
+     * input: one quantization, one pool run */
+    {
+        const xds_tensor *ws[2] = {c->mla.q_lora_rank > 0 ? &a->wq_a : &a->wq, &a->wkv_a};
+        float *ys[2] = {c->mla.q_lora_rank > 0 ? S->qa : S->q, S->kva};
+        xds_matmul_multi(pool, 2, ws, xn, ys, T);
+    }
     if (c->mla.q_lora_rank > 0) {
         int QR = c->mla.q_lora_rank;
-        xds_matmul(pool, &a->wq_a, xn, S->qa, T);
         for (int t = 0; t < T; t++)
             xds_rmsnorm(S->qa + (size_t)t * QR, S->qa + (size_t)t * QR, a->q_a_norm, QR, c->rms_eps);
         xds_matmul(pool, &a->wq_b, S->qa, S->q, T);
-    } else {
-        xds_matmul(pool, &a->wq, xn, S->q, T);
     }
-    /* latent + rope key -> cache */
-    xds_matmul(pool, &a->wkv_a, xn, S->qa, T);
-    int half = rd / 2;
-    for (int t = 0; t < T; t++) {
-        float *cs = S->rope + (size_t)t * rd;
-        float p = (float)b->pos[t];
-        for (int i = 0; i < half; i++) {
-            float ang = p * m->rope_inv_freq[i];
-            cs[2 * i] = cosf(ang) * m->rope_attn_factor;
-            cs[2 * i + 1] = sinf(ang) * m->rope_attn_factor;
-        }
-        float *row = S->qa + (size_t)t * Lw;
-        xds_rmsnorm(row, row, a->kv_a_norm, R, c->rms_eps);
-        rope_rot(m, row + R, cs);
-        memcpy(xds_kv_k(kv, layer, b->seq[t], b->pos[t]), row, sizeof(float) * Lw);
-        for (int h = 0; h < H; h++) {
-            float *qh = S->q + ((size_t)t * H + h) * qk;
-            rope_rot(m, qh + nope, cs);
-            memcpy(S->qcat + ((size_t)t * H + h) * Lw + R, qh + nope, sizeof(float) * rd);
-        }
-    }
+    /* per token: RoPE, the latent + rope key into the cache, the rope part
+     * of every head's query into qcat */
+    rope_job RJ = {m, a, S, kv, b, layer};
+    xds_pool_run(pool, rope_task, &RJ, T);
     /* absorbed query: qcat[t][h][0:R] = Wk_h^T q_nope[t][h], one task per head */
     head_job HJ = {a, S, T, H, nope, vd, qk, R, Lw};
     if (nope == 0)

@@ -73,6 +73,7 @@ xds_status xds_moe_scratch_create(const xds_model *m, const xds_kv_cache *kv, in
         size_t H = c->n_head, L = (size_t)a->kv_lora_rank + c->rope_dim;
         AL(s->q, T * H * c->head_dim);
         AL(s->qa, T * imax(a->q_lora_rank, (int)L));
+        AL(s->kva, T * L);
         AL(s->qcat, T * H * L);
         s->tmp_w = imax(imax(a->nope_dim, a->kv_lora_rank), 1);
         AL(s->tmp, (size_t)n_threads * T * s->tmp_w);
@@ -109,6 +110,7 @@ void xds_moe_scratch_free(xds_moe_scratch *s) {
     free(s->accd);
     free(s->q);
     free(s->qa);
+    free(s->kva);
     free(s->qcat);
     free(s->tmp);
     free(s->att);

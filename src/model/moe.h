@@ -96,6 +96,7 @@ typedef struct xds_moe_scratch {
     /* MLA (mla.c) */
     float *q;         /* (max_tok, n_head * head_dim) */
     float *qa;        /* (max_tok, max(q_lora_rank, kv_lora + rope)) */
+    float *kva;       /* (max_tok, kv_lora + rope) latent + rope key of the batch's tokens */
     float *qcat;      /* (max_tok, n_head, kv_lora + rope) absorbed query / attention output */
     float *tmp;       /* (n_threads, max_tok, tmp_w) per-thread per-head gather */
     int tmp_w;        /* max(nope, kv_lora) */
