@@ -1023,7 +1023,7 @@ void xds_fgemm_avx512(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int6
  * DRAM on two cores (7168-wide rows, a 1 GiB matrix) while a plain read
  * loop gave 56 GB/s, 2 and 3 tokens went from 42 GB/s (16 KiB ahead, T1)
  * to 53 GB/s (4 KiB, T0); 4-8 tokens with their chains lose with T0 (24-34
- * against 40-47 GB/s), so they keep the L2 prefetch. */
+ * against 40-45 GB/s), so they keep the L2 prefetch. */
 #ifndef Q8R_IL
 #define Q8R_IL 4
 #endif
