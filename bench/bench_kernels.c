@@ -20,25 +20,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/roofline.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static uint64_t rng = 88172645463325252ull;
-static float rnd_f(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) / 16777216.0 * 2.0 - 1.0);
-}
+#include "bench_util.h"
 
 /* A weight tensor of random values (quantized by the reference quantizer). */
 static xds_tensor make_w(xds_dtype t, int64_t n_in, int64_t n_out) {

@@ -15,22 +15,9 @@
 
 #include "kernels/kern_impl.h"
 #include "kernels/kernels.h"
+#include "bench_util.h"
 
 double xds_roof_int8_avx512(int64_t iters, int *sink);
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rng = 88172645463325252ull;
-static float rnd_f(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) / 16777216.0 * 2.0 - 1.0);
-}
 
 /* best of 5 timings of `reps` calls */
 #define TIME_BEST(expr, reps, out)                        \

@@ -28,6 +28,7 @@
 
 #include "kernels/kern_impl.h"
 #include "kernels/kernels.h"
+#include "bench_util.h"
 
 #define MAX_THREADS 8
 #define MAX_ROUNDS 64
@@ -56,12 +57,6 @@ typedef struct {
     ctx_t *c;
     int id;
 } arg_t;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* the plain read loop: n 64-byte lines with 4 independent sums (the bench
  * is built without ISA flags; this function alone is AVX-512) */
@@ -118,11 +113,6 @@ static double pass(ctx_t *c, int kernel, int T, int half, int64_t n_groups) {
         if (c->t1[i] > t1) t1 = c->t1[i];
     }
     return (double)c->ng * c->gbytes / (t1 - t0) * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 static double median(double *v, int n) {
