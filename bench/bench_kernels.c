@@ -80,12 +80,12 @@ static void bench_matvec(const bench_env *e, xds_pool *pool, xds_dtype t, int64_
     int reps = e->reps < 5 ? 5 : e->reps;
     double *ts = malloc(reps * sizeof(double));
     for (int r = -1; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         for (int c = 0; c < copies; c++) xds_matmul(pool, &w[c], x, y, 1);
-        double dt = (now_s() - t0) / copies;
+        double dt = (bench_now_s() - t0) / copies;
         if (r >= 0) ts[r] = dt;
     }
-    qsort(ts, reps, sizeof(double), cmp_d);
+    qsort(ts, reps, sizeof(double), bench_cmp_d);
     report(e, "matvec", xds_dtype_name(t), n_in, n_out, 1, ts[0], ts[reps / 2], (double)one,
            2.0 * n_in * n_out);
     for (int c = 0; c < copies; c++) free((void *)w[c].data);
@@ -100,11 +100,11 @@ static void bench_matmul(const bench_env *e, xds_pool *pool, xds_dtype t, int64_
     int reps = e->reps < 5 ? 5 : e->reps;
     double *ts = malloc(reps * sizeof(double));
     for (int r = -1; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         xds_matmul(pool, &w, x, y, n_tok);
-        if (r >= 0) ts[r] = now_s() - t0;
+        if (r >= 0) ts[r] = bench_now_s() - t0;
     }
-    qsort(ts, reps, sizeof(double), cmp_d);
+    qsort(ts, reps, sizeof(double), bench_cmp_d);
     report(e, "matmul", xds_dtype_name(t), n_in, n_out, n_tok, ts[0], ts[reps / 2],
            (double)w.nbytes, 2.0 * n_in * n_out * n_tok);
     free((void *)w.data), free(x), free(y), free(ts);
@@ -129,13 +129,13 @@ static void bench_decode_step(const bench_env *e, xds_pool *pool, int n_tok) {
     int reps = e->reps < 5 ? 5 : e->reps;
     double *ts = malloc(reps * sizeof(double));
     for (int r = -1; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         for (int l = 0; l < L; l++)
             for (int k = 0; k < 7; k++) xds_matmul(pool, &w[l][k], x, y, n_tok);
         xds_matmul(pool, &head, x, y, n_tok);
-        if (r >= 0) ts[r] = now_s() - t0;
+        if (r >= 0) ts[r] = bench_now_s() - t0;
     }
-    qsort(ts, reps, sizeof(double), cmp_d);
+    qsort(ts, reps, sizeof(double), bench_cmp_d);
     double flops = 0;
     for (int k = 0; k < 7; k++) flops += 2.0 * shapes[k][0] * shapes[k][1] * L;
     flops = (flops + 2.0 * 576 * 49152) * n_tok;

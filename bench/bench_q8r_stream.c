@@ -84,7 +84,7 @@ static void *worker(void *p) {
         pthread_barrier_wait(&c->go);
         if (c->quit) break;
         int64_t per = c->ng / c->n_thr, g0 = c->g0 + per * a->id, g1 = a->id == c->n_thr - 1 ? c->g0 + c->ng : g0 + per;
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (c->kernel) {
             for (int64_t g = g0; g < g1; g += GROUPS_PER_CALL) {
                 int64_t n = g1 - g < GROUPS_PER_CALL ? g1 - g : GROUPS_PER_CALL;
@@ -94,7 +94,7 @@ static void *worker(void *p) {
             c->sink[a->id] = read_sum(c->w + g0 * c->gbytes, (size_t)(g1 - g0) * c->gbytes / 64);
         }
         c->t0[a->id] = t0;
-        c->t1[a->id] = now_s();
+        c->t1[a->id] = bench_now_s();
         pthread_barrier_wait(&c->done);
     }
     free(y);
@@ -116,7 +116,7 @@ static double pass(ctx_t *c, int kernel, int T, int half, int64_t n_groups) {
 }
 
 static double median(double *v, int n) {
-    qsort(v, n, sizeof(double), cmp_d);
+    qsort(v, n, sizeof(double), bench_cmp_d);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 

@@ -1,24 +1,14 @@
 /*
- * bench_util.h — small helpers shared by the bench programs: a monotonic
- * clock, a double comparator for qsort, and xorshift64 test data (the
+ * bench_util.h — helpers shared by the bench programs: the CLI benchmarks'
+ * clocks and comparator (cli/bench_util.h), and xorshift64 test data (the
  * generator and seed the benchmarks' figures were measured with).
  */
 #ifndef XDS_BENCH_UTIL_H
 #define XDS_BENCH_UTIL_H
 
 #include <stdint.h>
-#include <time.h>
 
-static inline double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static inline int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
+#include "cli/bench_util.h" /* bench_now_s, bench_cpu_s, bench_cmp_d */
 
 static uint64_t bench_rng_ = 88172645463325252ull;
 /* uniform in [-1, 1) */
