@@ -14,7 +14,11 @@
  * Q8_0/Q4_0/Q4_1/F16/BF16); routing obeys its contract (top-k distinct,
  * eligible groups only, weights normalized/scaled); MTP weights are loaded.
  * GGUF: fixtures exported to llama.cpp's qwen3moe / deepseek2 layout load
- * and give the same logits. Bad input: inconsistent config fields, a missing expert tensor, a shape
+ * and give the same logits; and files written by the gguf Python package with
+ * llama.cpp's converter naming and keys (tests/data/oracle/moe_gguf, made by
+ * tools/gen_moe_gguf.py: split attn_k_b / attn_v_b, key_length_mla, f32 / f16 /
+ * gguf-quantized q8_0) load with config.json's configuration and match
+ * transformers (f32) and our same-type export (f16, q8_0: bit-identical). Bad input: inconsistent config fields, a missing expert tensor, a shape
  * that does not match: clear errors naming the field / tensor.
  */
 #define _GNU_SOURCE
