@@ -398,6 +398,8 @@ static const char *gguf_name(const char *hf, char *out, size_t cap) {
     return NULL;
 }
 
+static int export_skip_gating; /* 1: leave deepseek2.expert_gating_func out (bad-input test) */
+
 /* qtype: F32 (bytes as they are) or another type every matrix is converted to;
  * llama_types: as llama.cpp's converter does, the router stays f32 and a
  * matrix whose rows are not whole qtype blocks falls back to f16. */
@@ -437,7 +439,7 @@ static int export_gguf(const xds_model *m, const char *out, xds_dtype qtype, int
         KU("expert_group_count", c->moe.n_group);
         KU("expert_group_used_count", c->moe.topk_group);
         KF("expert_weights_scale", c->moe.routed_scale);
-        KU("expert_gating_func", 2);
+        if (!export_skip_gating) KU("expert_gating_func", 2);
         snprintf(k, sizeof k, "%s.expert_weights_norm", P);
         CHECK(xds_gguf_writer_kv_bool(w, k, c->moe.norm_topk_prob) == XDS_OK);
         if (c->mla.q_lora_rank) KU("attention.q_lora_rank", c->mla.q_lora_rank);
@@ -694,6 +696,34 @@ static void test_llamacpp_gguf(const char *name, const char *outtype, double tol
     xds_model_free(hf);
 }
 
+/* A deepseek2 GGUF without expert_gating_func is softmax-gated to llama.cpp
+ * (DeepSeek-V2 files): an unsupported-type error naming the key, not a model
+ * silently routed with sigmoid. */
+static void test_gguf_no_gating(void) {
+    xds_model *hf = NULL, *gg = NULL;
+    CHECK(xds_model_load(MOE_DIR "/ds_noqlora_odd", NULL, &hf) == XDS_OK);
+    if (!hf) return;
+    char tmpl[] = "/tmp/xds_test_moe_gating_XXXXXX", path[1100];
+    char *td = mkdtemp(tmpl);
+    CHECK(td != NULL);
+    if (td) {
+        snprintf(path, sizeof path, "%s/model.gguf", td);
+        export_skip_gating = 1;
+        int ok = export_gguf(hf, path, XDS_DTYPE_F32, 0);
+        export_skip_gating = 0;
+        if (ok) {
+            xds_status s = xds_model_load(path, NULL, &gg);
+            printf("bad input (no expert_gating_func): %s\n", xds_err_msg());
+            CHECK_MSG(s == XDS_ERR_UNSUPPORTED && strstr(xds_err_msg(), "expert_gating_func"), "got %d: %s", s,
+                      xds_err_msg());
+            xds_model_free(gg);
+        }
+        unlink(path);
+        rmdir(td);
+    }
+    xds_model_free(hf);
+}
+
 int main(void) {
     test_fixtures();
     test_expert_parallel("qwen3moe_gqa_sparse", 3);
@@ -715,6 +745,7 @@ int main(void) {
     test_llamacpp_gguf("ds_noqlora_odd", "f32", TOL_REL);
     test_llamacpp_gguf("ds_qlora_yarn_groups", "f16", 1e-2);
     test_llamacpp_gguf("qwen3moe_all_moe", "q8_0", 0.2); /* Q8_0 flips near-tie routes of this random model */
+    test_gguf_no_gating();
     test_bad_input();
     TEST_MAIN_END();
 }
