@@ -64,6 +64,7 @@ static void base_cost(const xds_model *m, acc *a, acc *head) {
             mat(a, &x->wq_a, 1), mat(a, &x->wq_b, 1), mat(a, &x->wq, 1), mat(a, &x->wkv_a, 1);
             mat(a, &x->wk_b_t, 1), mat(a, &x->wo, 1);
             mat(a, &x->wkv_b, (double)c->mla.v_dim / (c->mla.nope_dim + c->mla.v_dim));
+            mat(a, &x->wv_b, 1); /* llama.cpp's split attn_v_b (then wkv_b is absent) */
         } else {
             mat(a, &w->wq, 1), mat(a, &w->wk, 1), mat(a, &w->wv, 1), mat(a, &w->wo, 1);
         }

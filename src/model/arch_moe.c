@@ -15,6 +15,12 @@
  *              full decoder block, i < num_nextn_predict_layers
  * GGUF (llama.cpp's Mixtral-as-llama layout, e.g. `xds upcycle` output):
  *   blk.N.ffn_gate_inp.weight (router), blk.N.ffn_{gate,up,down}_exps.weight (3-D, one slice per expert).
+ * GGUF qwen3moe / deepseek2 (llama.cpp's convert_hf_to_gguf.py names and keys): the same expert tensors,
+ *   exp_probs_b.bias, *_shexp; deepseek2 MLA either as blk.N.attn_kv_b (older converters; key_length =
+ *   nope + rope, value_length = v_dim) or, as the converter writes it since MLA absorption, split into
+ *   blk.N.attn_k_b (ne = nope, kv_lora, n_head) + attn_v_b (ne = kv_lora, v_dim, n_head) with
+ *   key_length_mla / value_length_mla holding the per-head dims (key_length / value_length then describe
+ *   the latent MQA cache: kv_lora + rope / kv_lora).
  *
  * Invariants: config fields are checked for consistency before any tensor is
  * bound (errors name the field); every tensor's shape is checked against the
@@ -417,8 +423,23 @@ static xds_status bind_mla(binder *B, int l, xds_layer_weights *w) {
     }
     XDS_TRY(mat(B, HF("kv_a_proj_with_mqa"), E, R + c->rope_dim, &t->wkv_a));
     XDS_TRY(vec(B, HF("kv_a_layernorm"), R, &t->kv_a_norm));
-    XDS_TRY(mat(B, HF("kv_b_proj"), R, H * (nope + a->v_dim), &t->wkv_b));
     XDS_TRY(mat(B, HF("o_proj"), H * a->v_dim, E, &t->wo));
+    if (B->gguf && xds_weights_find(B->m->weights, NM("blk.%d.attn_k_b.weight", l))) {
+        /* llama.cpp's converter splits kv_b_proj per head into k_b (transposed:
+         * ne = (nope, kv_lora, n_head), i.e. exactly the absorbed-K layout) and
+         * v_b (ne = (kv_lora, v_dim, n_head)); used in place, as 2-D views */
+        const xds_tensor *tk, *tv;
+        XDS_TRY(get3(B, NM("blk.%d.attn_k_b.weight", l), nope, R, H, &tk));
+        XDS_TRY(get3(B, NM("blk.%d.attn_v_b.weight", l), R, a->v_dim, H, &tv));
+        t->wk_b_t = *tk;
+        t->wv_b = *tv;
+        t->wk_b_t.ne[1] = H * R;
+        t->wv_b.ne[1] = H * a->v_dim;
+        t->wk_b_t.ne[2] = t->wv_b.ne[2] = 1;
+        t->wk_b_t.n_dims = t->wv_b.n_dims = 2;
+        return XDS_OK;
+    }
+    XDS_TRY(mat(B, HF("kv_b_proj"), R, H * (nope + a->v_dim), &t->wkv_b));
 #undef HF
     /* Absorbed K: wk_b_t row (h, c) = W_kv_b[h*(nope+v) + d][c] over d < nope. */
     if (nope > 0) {
@@ -585,6 +606,7 @@ size_t xds_arch_weight_bytes(const xds_model *m) {
         if (w->mla) {
             const xds_mla_layer *a = w->mla;
             n += a->wq_a.nbytes + a->wq_b.nbytes + a->wq.nbytes + a->wkv_a.nbytes + a->wkv_b.nbytes + a->wo.nbytes;
+            if (!a->wkv_b.data) n += a->wk_b_t.nbytes + a->wv_b.nbytes; /* llama.cpp's split k_b / v_b */
         }
     }
     return n;
@@ -642,7 +664,8 @@ xds_status xds_arch_config_from_gguf_arch(const xds_gguf *g, const char *arch, x
     e->n_group = e->topk_group = 1;
     e->routed_scale = 1.0f;
     e->sparse_step = 1;
-    e->norm_topk_prob = 1;
+    e->norm_topk_prob = !ds; /* llama.cpp: qwen3moe always renormalizes; deepseek2 only with
+                                expert_weights_norm = true (absent: false) */
     int id;
     XDS_TRY(gk_u32(g, "tokenizer.ggml", "bos_token_id", 0, -1, &id));
     c->bos_id = id;
@@ -660,10 +683,12 @@ xds_status xds_arch_config_from_gguf_arch(const xds_gguf *g, const char *arch, x
         xds_mla_config *a = &c->mla;
         e->scoring = XDS_MOE_SIGMOID;
         int gating, norm, kl;
-        XDS_TRY(gk_u32(g, P, "expert_gating_func", 0, 2, &gating));
+        /* absent: llama.cpp reads softmax (DeepSeek-V2 files made before the key existed) */
+        XDS_TRY(gk_u32(g, P, "expert_gating_func", 0, 0, &gating));
         if (gating != 2)
-            return xds_err_set(XDS_ERR_UNSUPPORTED, "model: GGUF deepseek2.expert_gating_func %d (sigmoid = 2 only)",
-                               gating);
+            return xds_err_set(XDS_ERR_UNSUPPORTED,
+                               "model: GGUF deepseek2.expert_gating_func %d%s (sigmoid = 2 only)", gating,
+                               gating == 0 ? " (absent: llama.cpp reads softmax)" : "");
         XDS_TRY(gk_u32(g, P, "expert_shared_count", 0, 0, &e->n_shared));
         XDS_TRY(gk_u32(g, P, "leading_dense_block_count", 0, 0, &e->first_dense));
         XDS_TRY(gk_u32(g, P, "expert_group_count", 0, 1, &e->n_group));
@@ -677,8 +702,16 @@ xds_status xds_arch_config_from_gguf_arch(const xds_gguf *g, const char *arch, x
         XDS_TRY(gk_u32(g, P, "attention.q_lora_rank", 0, 0, &a->q_lora_rank));
         XDS_TRY(gk_u32(g, P, "attention.kv_lora_rank", 1, 0, &a->kv_lora_rank));
         XDS_TRY(gk_u32(g, P, "rope.dimension_count", 1, 0, &c->rope_dim));
-        XDS_TRY(gk_u32(g, P, "attention.key_length", 1, 0, &kl));
-        XDS_TRY(gk_u32(g, P, "attention.value_length", 1, 0, &a->v_dim));
+        /* per-head dims: key_length_mla / value_length_mla where the converter wrote them (then
+         * key_length / value_length are the latent cache's kv_lora + rope / kv_lora), else the
+         * older files' key_length / value_length */
+        int kl_mla, vl_mla;
+        XDS_TRY(gk_u32(g, P, "attention.key_length_mla", 0, 0, &kl_mla));
+        XDS_TRY(gk_u32(g, P, "attention.value_length_mla", 0, 0, &vl_mla));
+        if (kl_mla > 0) kl = kl_mla;
+        else XDS_TRY(gk_u32(g, P, "attention.key_length", 1, 0, &kl));
+        if (vl_mla > 0) a->v_dim = vl_mla;
+        else XDS_TRY(gk_u32(g, P, "attention.value_length", 1, 0, &a->v_dim));
         a->nope_dim = kl - c->rope_dim;
         c->head_dim = kl;
         c->n_head_kv = c->n_head;
@@ -690,6 +723,8 @@ xds_status xds_arch_config_from_gguf_arch(const xds_gguf *g, const char *arch, x
             r->type = XDS_ROPE_SCALING_YARN;
             XDS_TRY(gk_f32(g, P, "rope.scaling.factor", 1.0f, &r->factor));
             XDS_TRY(gk_u32(g, P, "rope.scaling.original_context_length", 0, c->max_ctx, &r->original_max_pos));
+            XDS_TRY(gk_f32(g, P, "rope.scaling.yarn_beta_fast", 32.0f, &r->beta_fast));
+            XDS_TRY(gk_f32(g, P, "rope.scaling.yarn_beta_slow", 1.0f, &r->beta_slow));
             float lm;
             XDS_TRY(gk_f32(g, P, "rope.scaling.yarn_log_multiplier", 0.0f, &lm));
             r->mscale = r->mscale_all_dim = lm / 0.1f; /* converter writes 0.1 * mscale_all_dim */

@@ -198,6 +198,7 @@ static xds_status gen_deepseek(gen *G, int L, int NE) {
     KU("deepseek2.expert_shared_count", 1);
     KF("deepseek2.expert_weights_scale", 2.5f);
     KU("deepseek2.expert_gating_func", 2);
+    XDS_TRY(xds_gguf_writer_kv_bool(w, "deepseek2.expert_weights_norm", 1)); /* DeepSeek-V3: norm_topk_prob */
     KU("deepseek2.expert_group_count", NG);
     KU("deepseek2.expert_group_used_count", topk_group);
     KU("deepseek2.rope.dimension_count", ROPE);

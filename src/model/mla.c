@@ -172,8 +172,9 @@ static void value_task(void *arg, int h, int thread) {
     int T = J->T, H = J->H;
     float *tmp = S->tmp + (size_t)thread * S->max_tok * S->tmp_w;
     for (int t = 0; t < T; t++) memcpy(tmp + (size_t)t * J->R, S->qcat + ((size_t)t * H + h) * J->Lw, sizeof(float) * J->R);
-    int64_t r0 = (int64_t)h * (J->nope + J->vd) + J->nope;
-    xds_matmul_rows(NULL, &J->a->wkv_b, r0, r0 + J->vd, tmp, S->att + (size_t)h * J->vd, (int64_t)H * J->vd, T);
+    const xds_tensor *wv = J->a->wv_b.data ? &J->a->wv_b : &J->a->wkv_b;
+    int64_t r0 = J->a->wv_b.data ? (int64_t)h * J->vd : (int64_t)h * (J->nope + J->vd) + J->nope;
+    xds_matmul_rows(NULL, wv, r0, r0 + J->vd, tmp, S->att + (size_t)h * J->vd, (int64_t)H * J->vd, T);
 }
 
 void xds_mla_attention(xds_model_ctx *ctx, int layer, const xds_batch *b, float *x) {

@@ -36,10 +36,14 @@ typedef struct xds_mla_layer {
     xds_tensor wq;       /* ne = (n_embd, n_head * head_dim); q_lora_rank == 0 only */
     xds_tensor wkv_a;    /* ne = (n_embd, kv_lora_rank + rope_dim) */
     float *kv_a_norm;    /* (kv_lora_rank) owned */
-    xds_tensor wkv_b;    /* ne = (kv_lora_rank, n_head * (nope_dim + v_dim)) */
-    xds_tensor wk_b_t;   /* owned (absorbed K; f32 or wkv_b's type): ne = (nope_dim, n_head * kv_lora_rank),
-                            row h*kv_lora_rank + c = column c of head h's K-nope block of wkv_b */
-    float *wk_b_t_data;  /* owner of wk_b_t.data (f32, or wkv_b's quantized type) */
+    xds_tensor wkv_b;    /* ne = (kv_lora_rank, n_head * (nope_dim + v_dim)); absent (data NULL) when the
+                            file has llama.cpp's split attn_k_b / attn_v_b instead */
+    xds_tensor wv_b;     /* split files only: attn_v_b as ne = (kv_lora_rank, n_head * v_dim), head h's
+                            V rows h*v_dim.. (else data NULL: V rows are wkv_b's h*(nope+v)+nope..) */
+    xds_tensor wk_b_t;   /* absorbed K: ne = (nope_dim, n_head * kv_lora_rank), row h*kv_lora_rank + c =
+                            column c of head h's K-nope block of wkv_b; owned (f32 or wkv_b's type) when
+                            made from wkv_b, the file's attn_k_b (same layout) otherwise */
+    float *wk_b_t_data;  /* owner of wk_b_t.data (f32, or wkv_b's quantized type); NULL for attn_k_b */
     xds_tensor wo;       /* ne = (n_head * v_dim, n_embd) */
 } xds_mla_layer;
 

@@ -121,7 +121,7 @@ static int collect(xds_model *m, rp_list *L, int dense, const uint8_t *experts) 
         if (w->mla) {
             xds_mla_layer *A = w->mla;
             e |= add(L, &A->wq_a, 0) | add(L, &A->wq_b, 0) | add(L, &A->wq, 0) | add(L, &A->wkv_a, 0);
-            e |= add(L, &A->wkv_b, 0) | add(L, &A->wo, 0);
+            e |= add(L, &A->wkv_b, 0) | add(L, &A->wv_b, 0) | add(L, &A->wo, 0);
             e |= add(L, &A->wk_b_t, A->wk_b_t.data == (const void *)A->wk_b_t_data ? RP_OWNED : 0);
         }
     }

@@ -14,7 +14,11 @@
  * Q8_0/Q4_0/Q4_1/F16/BF16); routing obeys its contract (top-k distinct,
  * eligible groups only, weights normalized/scaled); MTP weights are loaded.
  * GGUF: fixtures exported to llama.cpp's qwen3moe / deepseek2 layout load
- * and give the same logits. Bad input: inconsistent config fields, a missing expert tensor, a shape
+ * and give the same logits; and files written by the gguf Python package with
+ * llama.cpp's converter naming and keys (tests/data/oracle/moe_gguf, made by
+ * tools/gen_moe_gguf.py: split attn_k_b / attn_v_b, key_length_mla, f32 / f16 /
+ * gguf-quantized q8_0) load with config.json's configuration and match
+ * transformers (f32) and our same-type export (f16, q8_0: bit-identical). Bad input: inconsistent config fields, a missing expert tensor, a shape
  * that does not match: clear errors naming the field / tensor.
  */
 #define _GNU_SOURCE
@@ -394,8 +398,12 @@ static const char *gguf_name(const char *hf, char *out, size_t cap) {
     return NULL;
 }
 
-/* qtype: F32 (bytes as they are) or another type every matrix is converted to. */
-static int export_gguf(const xds_model *m, const char *out, xds_dtype qtype) {
+static int export_skip_gating; /* 1: leave deepseek2.expert_gating_func out (bad-input test) */
+
+/* qtype: F32 (bytes as they are) or another type every matrix is converted to;
+ * llama_types: as llama.cpp's converter does, the router stays f32 and a
+ * matrix whose rows are not whole qtype blocks falls back to f16. */
+static int export_gguf(const xds_model *m, const char *out, xds_dtype qtype, int llama_types) {
     const xds_model_config *c = &m->cfg;
     int ds = c->arch == XDS_ARCH_DEEPSEEK_V3;
     const char *P = ds ? "deepseek2" : "qwen3moe";
@@ -431,7 +439,7 @@ static int export_gguf(const xds_model *m, const char *out, xds_dtype qtype) {
         KU("expert_group_count", c->moe.n_group);
         KU("expert_group_used_count", c->moe.topk_group);
         KF("expert_weights_scale", c->moe.routed_scale);
-        KU("expert_gating_func", 2);
+        if (!export_skip_gating) KU("expert_gating_func", 2);
         snprintf(k, sizeof k, "%s.expert_weights_norm", P);
         CHECK(xds_gguf_writer_kv_bool(w, k, c->moe.norm_topk_prob) == XDS_OK);
         if (c->mla.q_lora_rank) KU("attention.q_lora_rank", c->mla.q_lora_rank);
@@ -460,6 +468,7 @@ static int export_gguf(const xds_model *m, const char *out, xds_dtype qtype) {
             n > 0 && !t->name[n]) {
             if (e != 0 || l >= c->n_layer) continue;
             xds_dtype ty = qtype == XDS_DTYPE_F32 ? t->type : qtype;
+            if (llama_types && !xds_dtype_row_bytes(ty, t->ne[0])) ty = XDS_DTYPE_F16;
             size_t one = xds_dtype_row_bytes(ty, t->ne[0]) * t->ne[1];
             uint8_t *buf = malloc(one * c->moe.n_expert);
             for (int x = 0; x < c->moe.n_expert; x++) {
@@ -484,9 +493,10 @@ static int export_gguf(const xds_model *m, const char *out, xds_dtype qtype) {
         CHECK_MSG(g != NULL, "no GGUF name for %s", t->name);
         if (!g) continue;
         xds_tensor q = *t;
-        if (qtype != XDS_DTYPE_F32 && t->n_dims >= 2) {
+        if (qtype != XDS_DTYPE_F32 && t->n_dims >= 2 && !(llama_types && strstr(g, ".ffn_gate_inp."))) {
             void *conv;
-            q = requant(t, qtype, &conv);
+            xds_dtype ty = llama_types && !xds_dtype_row_bytes(qtype, t->ne[0]) ? XDS_DTYPE_F16 : qtype;
+            q = requant(t, ty, &conv);
             owned[n_owned++] = conv;
         }
         CHECK(xds_gguf_writer_tensor(w, g, q.type, q.n_dims, q.ne, q.data, q.nbytes, 1, NULL, NULL) == XDS_OK);
@@ -510,7 +520,7 @@ static void test_gguf_same(const char *name, xds_dtype qtype) {
     char *td = mkdtemp(tmpl);
     CHECK(td != NULL);
     snprintf(path, sizeof path, "%s/model.gguf", td ? td : "/tmp");
-    if (td && export_gguf(hf, path, qtype)) {
+    if (td && export_gguf(hf, path, qtype, 0)) {
         xds_status s = xds_model_load(path, NULL, &gg);
         CHECK_MSG(s == XDS_OK, "%s GGUF: %s", name, xds_err_msg());
     }
@@ -557,6 +567,163 @@ static void test_gguf_same(const char *name, xds_dtype qtype) {
     xds_model_free(hf);
 }
 
+/* ------------------------------------------------------------------------ */
+/* GGUF files written by the gguf package with llama.cpp's converter naming   */
+/* (tools/gen_moe_gguf.py: GGUFWriter, gguf.get_tensor_name_map, the keys of  */
+/* convert_hf_to_gguf.py incl. deepseek2's split attn_k_b / attn_v_b and       */
+/* key_length_mla), not our writer: same config as the HF directory, logits   */
+/* against transformers along prefill + decode.                                */
+
+#define MOE_GGUF_DIR XDS_SOURCE_DIR "/tests/data/oracle/moe_gguf"
+
+/* Teacher-forced logits of a reference case: the prompt, then one reference token at a time. */
+static void run_forced(const xds_model *m, const ref_case *r, float *out) {
+    xds_kv_cache *kv;
+    xds_model_ctx *ctx;
+    CHECK(xds_model_kv_cache_create(m, 128, 4, 1, &kv) == XDS_OK);
+    CHECK(xds_model_ctx_create(m, kv, 2, 64, &ctx) == XDS_OK);
+    int V = m->cfg.n_vocab;
+    CHECK(run_chunk(ctx, kv, 0, r->tokens, 0, r->n_prompt, out, V) == XDS_OK);
+    for (int t = r->n_prompt; t < r->n_tok; t++) CHECK(run_chunk(ctx, kv, 0, r->tokens, t, t + 1, out, V) == XDS_OK);
+    xds_model_ctx_free(ctx);
+    xds_kv_cache_free(kv);
+}
+
+/* tol: max |delta| / logit scale vs transformers. f32 files: also vs the HF
+ * directory (1e-6) with greedy tokens equal. f16 / q8_0 files: also vs the
+ * HF directory exported by our writer with the converter's type choices and
+ * our quantizer (byte-identical to gguf's, test_quant_ref): 1e-6, so the
+ * comparison sees the loader, not the quantization error. */
+static void test_llamacpp_gguf(const char *name, const char *outtype, double tol) {
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/%s", MOE_DIR, name);
+    snprintf(path, sizeof path, "%s/%s.%s.gguf", MOE_GGUF_DIR, name, outtype);
+    xds_model *hf = NULL, *gg = NULL;
+    CHECK_MSG(xds_model_load(dir, NULL, &hf) == XDS_OK, "%s", xds_err_msg());
+    xds_status s = xds_model_load(path, NULL, &gg);
+    CHECK_MSG(s == XDS_OK, "%s: %s", path, xds_err_msg());
+    if (!hf || !gg) {
+        xds_model_free(hf), xds_model_free(gg);
+        return;
+    }
+    const xds_model_config *a = &hf->cfg, *b = &gg->cfg;
+    int ds = a->arch == XDS_ARCH_DEEPSEEK_V3;
+    CHECK_MSG(b->arch == a->arch && b->n_layer == a->n_layer && b->n_embd == a->n_embd && b->n_head == a->n_head &&
+                  b->n_head_kv == a->n_head_kv && b->head_dim == a->head_dim && b->rope_dim == a->rope_dim &&
+                  b->n_vocab == a->n_vocab && b->n_ff == a->n_ff && b->rope_mode == a->rope_mode &&
+                  b->rope_theta == a->rope_theta,
+              "%s: GGUF config differs from config.json's (head_dim %d vs %d, n_head_kv %d vs %d)", path, b->head_dim,
+              a->head_dim, b->n_head_kv, a->n_head_kv);
+    CHECK_MSG(b->moe.n_expert == a->moe.n_expert && b->moe.n_expert_used == a->moe.n_expert_used &&
+                  b->moe.n_ff_exp == a->moe.n_ff_exp && b->moe.n_shared == a->moe.n_shared &&
+                  b->moe.first_dense == a->moe.first_dense && b->moe.n_group == a->moe.n_group &&
+                  b->moe.topk_group == a->moe.topk_group && b->moe.norm_topk_prob == a->moe.norm_topk_prob &&
+                  b->moe.scoring == a->moe.scoring && fabsf(b->moe.routed_scale - a->moe.routed_scale) < 1e-6f,
+              "%s: MoE config differs (norm_topk_prob %d vs %d, n_group %d vs %d)", path, b->moe.norm_topk_prob,
+              a->moe.norm_topk_prob, b->moe.n_group, a->moe.n_group);
+    if (ds) {
+        CHECK_MSG(b->mla.q_lora_rank == a->mla.q_lora_rank && b->mla.kv_lora_rank == a->mla.kv_lora_rank &&
+                      b->mla.nope_dim == a->mla.nope_dim && b->mla.v_dim == a->mla.v_dim,
+                  "%s: MLA dims differ (nope %d vs %d, v %d vs %d)", path, b->mla.nope_dim, a->mla.nope_dim,
+                  b->mla.v_dim, a->mla.v_dim);
+        CHECK_MSG(b->rope_scaling.type == a->rope_scaling.type, "%s: rope scaling type differs", path);
+        if (a->rope_scaling.type == XDS_ROPE_SCALING_YARN)
+            CHECK_MSG(fabsf(b->rope_scaling.factor - a->rope_scaling.factor) < 1e-6f &&
+                          fabsf(b->rope_scaling.mscale - a->rope_scaling.mscale) < 1e-5f &&
+                          fabsf(b->rope_scaling.mscale_all_dim - a->rope_scaling.mscale_all_dim) < 1e-5f &&
+                          b->rope_scaling.beta_fast == a->rope_scaling.beta_fast &&
+                          b->rope_scaling.beta_slow == a->rope_scaling.beta_slow &&
+                          b->rope_scaling.original_max_pos == a->rope_scaling.original_max_pos,
+                      "%s: yarn parameters differ", path);
+        /* the split k_b / v_b were bound, not a kv_b */
+        int l = b->n_layer - 1;
+        CHECK(gg->layers[l].mla && !gg->layers[l].mla->wkv_b.data && gg->layers[l].mla->wv_b.data &&
+              !gg->layers[l].mla->wk_b_t_data);
+    }
+    xds_model *own = NULL;
+    char tmpl[] = "/tmp/xds_test_moe_llgguf_XXXXXX", own_path[1100] = "";
+    char *td = NULL;
+    if (strcmp(outtype, "f32")) {
+        xds_dtype qt = !strcmp(outtype, "f16") ? XDS_DTYPE_F16 : XDS_DTYPE_Q8_0;
+        td = mkdtemp(tmpl);
+        CHECK(td != NULL);
+        if (td) snprintf(own_path, sizeof own_path, "%s/model.gguf", td);
+        if (td && export_gguf(hf, own_path, qt, 1))
+            CHECK_MSG(xds_model_load(own_path, NULL, &own) == XDS_OK, "%s: %s", own_path, xds_err_msg());
+        if (!own) {
+            xds_model_free(gg), xds_model_free(hf);
+            return;
+        }
+    }
+    int V = a->n_vocab;
+    ref_case rc[2];
+    int nc = load_ref(dir, V, rc, 2);
+    CHECK(nc == 2);
+    for (int ci = 0; ci < nc; ci++) {
+        const ref_case *r = &rc[ci];
+        size_t nl = (size_t)r->n_tok * V;
+        float *out[2];
+        for (int k = 0; k < 2; k++) {
+            const xds_model *m = k ? gg : hf;
+            xds_kv_cache *kv;
+            xds_model_ctx *ctx;
+            CHECK(xds_model_kv_cache_create(m, 128, 4, 1, &kv) == XDS_OK);
+            CHECK(xds_model_ctx_create(m, kv, 2, 64, &ctx) == XDS_OK);
+            out[k] = calloc(nl, sizeof(float));
+            char what[1200];
+            snprintf(what, sizeof what, "%s case %d", k ? path : dir, ci);
+            if (!strcmp(outtype, "f32")) {
+                int whole[1] = {r->n_prompt};
+                run_path(ctx, kv, 0, r, whole, 1, out[k], V, what); /* greedy tokens checked */
+            }
+            xds_model_ctx_free(ctx);
+            xds_kv_cache_free(kv);
+            if (strcmp(outtype, "f32")) run_forced(k ? gg : (own ? own : hf), r, out[k]);
+        }
+        double scale = max_abs(r->logits, nl);
+        double e_ref = rel_err(out[1], r->logits, (int)nl, scale), e_hf = rel_err(out[1], out[0], (int)nl, scale);
+        printf("%s (llama.cpp naming, gguf writer, %s) case %d: vs transformers %.2e, vs the HF directory%s %.2e\n",
+               name, outtype, ci, e_ref, own ? " as our same-type GGUF" : "", e_hf);
+        CHECK_MSG(e_ref <= tol, "%s case %d: logits differ from transformers by %.3g (tol %.3g)", path, ci, e_ref, tol);
+        CHECK_MSG(e_hf <= 1e-6, "%s case %d: logits differ from the HF directory's%s by %.3g", path, ci,
+                  own ? " (same types, our writer)" : "", e_hf);
+        free(out[0]), free(out[1]);
+    }
+    for (int i = 0; i < nc; i++) free(rc[i].tokens), free(rc[i].logits);
+    xds_model_free(own);
+    if (td) unlink(own_path), rmdir(td);
+    xds_model_free(gg);
+    xds_model_free(hf);
+}
+
+/* A deepseek2 GGUF without expert_gating_func is softmax-gated to llama.cpp
+ * (DeepSeek-V2 files): an unsupported-type error naming the key, not a model
+ * silently routed with sigmoid. */
+static void test_gguf_no_gating(void) {
+    xds_model *hf = NULL, *gg = NULL;
+    CHECK(xds_model_load(MOE_DIR "/ds_noqlora_odd", NULL, &hf) == XDS_OK);
+    if (!hf) return;
+    char tmpl[] = "/tmp/xds_test_moe_gating_XXXXXX", path[1100];
+    char *td = mkdtemp(tmpl);
+    CHECK(td != NULL);
+    if (td) {
+        snprintf(path, sizeof path, "%s/model.gguf", td);
+        export_skip_gating = 1;
+        int ok = export_gguf(hf, path, XDS_DTYPE_F32, 0);
+        export_skip_gating = 0;
+        if (ok) {
+            xds_status s = xds_model_load(path, NULL, &gg);
+            printf("bad input (no expert_gating_func): %s\n", xds_err_msg());
+            CHECK_MSG(s == XDS_ERR_UNSUPPORTED && strstr(xds_err_msg(), "expert_gating_func"), "got %d: %s", s,
+                      xds_err_msg());
+            xds_model_free(gg);
+        }
+        unlink(path);
+        rmdir(td);
+    }
+    xds_model_free(hf);
+}
+
 int main(void) {
     test_fixtures();
     test_expert_parallel("qwen3moe_gqa_sparse", 3);
@@ -575,6 +742,10 @@ int main(void) {
     test_gguf_same("ds_noqlora_yarn_g2", XDS_DTYPE_F32);
     test_gguf_same("ds_qlora_yarn_groups", XDS_DTYPE_F16);
     test_gguf_same("qwen3moe_all_moe", XDS_DTYPE_F16);
+    test_llamacpp_gguf("ds_noqlora_odd", "f32", TOL_REL);
+    test_llamacpp_gguf("ds_qlora_yarn_groups", "f16", 1e-2);
+    test_llamacpp_gguf("qwen3moe_all_moe", "q8_0", 0.2); /* Q8_0 flips near-tie routes of this random model */
+    test_gguf_no_gating();
     test_bad_input();
     TEST_MAIN_END();
 }
