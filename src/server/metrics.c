@@ -1,6 +1,7 @@
 /*
- * metrics.c — the Prometheus registry of metrics.h. Series live in a small
- * array per family (label sets are few: status codes, endpoints); lookups
+ * metrics.c — the Prometheus registry of metrics.h and the reliability
+ * counters built on it (xds_metrics_fault_*). Series live in a small array
+ * per family (label sets are few: status codes, endpoints, roles); lookups
  * are linear. Everything is guarded by the registry mutex.
  */
 #include "server/metrics.h"
