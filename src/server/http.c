@@ -79,10 +79,11 @@ typedef enum srv_route {
     ROUTE_COMPLETIONS,
     ROUTE_CHAT,
     ROUTE_TOPOLOGY, /* GET /v1/topology: opts.topology_json of a disaggregated deployment */
+    ROUTE_LIVE,     /* GET /health/live: 503 only while the engine loop is stalled */
 } srv_route;
 
 static const char *route_name[] = {"other", "/health", "/v1/models", "/metrics", "/v1/completions",
-                                   "/v1/chat/completions", "/v1/topology"};
+                                   "/v1/chat/completions", "/v1/topology", "/health/live"};
 
 /* What a connection is doing, for the reaper's deadlines. */
 typedef enum srv_conn_state {
@@ -762,7 +763,16 @@ static srv_result srv_handle_health(srv_req *q, struct MHD_Connection *c) {
     xds_engine_stats st;
     srv_engine_stats(s, &st);
     char why[512];
-    xds_health h = srv_health_eval(s, q->conn, &st, why, sizeof why);
+    xds_health h = XDS_HEALTH_READY;
+    if (q->route == ROUTE_LIVE) { /* liveness: only what a restart would cure */
+        if (st.stall_s > s->o.stall_timeout_s) {
+            h = XDS_HEALTH_UNAVAILABLE;
+            snprintf(why, sizeof why, "the engine loop has made no progress for %.1f s (%d running, %d waiting; limit %.1f s)",
+                     st.stall_s, st.n_running, st.n_waiting, s->o.stall_timeout_s);
+        }
+    } else {
+        h = srv_health_eval(s, q->conn, &st, why, sizeof why);
+    }
     static const char *name[] = {"ok", "degraded", "unavailable"};
     json_t *o = h == XDS_HEALTH_READY ? json_pack("{ss}", "status", name[h])
                                       : json_pack("{ssss}", "status", name[h], "reason", why);
@@ -811,6 +821,7 @@ static int srv_auth_ok(xds_server *s, struct MHD_Connection *c) {
 
 static srv_route srv_route_of(const char *url) {
     if (!strcmp(url, "/health")) return ROUTE_HEALTH;
+    if (!strcmp(url, "/health/live")) return ROUTE_LIVE;
     if (!strcmp(url, "/v1/models")) return ROUTE_MODELS;
     if (!strcmp(url, "/metrics")) return ROUTE_METRICS;
     if (!strcmp(url, "/v1/completions")) return ROUTE_COMPLETIONS;
@@ -844,7 +855,8 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
 
         q->route = srv_route_of(url);
         srv_conn_rx(s, q->conn);
-        if (!srv_conn_take_slot(s, q->conn) && q->route != ROUTE_HEALTH && q->route != ROUTE_METRICS) {
+        if (!srv_conn_take_slot(s, q->conn) && q->route != ROUTE_HEALTH && q->route != ROUTE_LIVE &&
+            q->route != ROUTE_METRICS) {
             /* beyond the slots: answer 503 once whatever body comes is drained */
             q->refuse = 1;
             return MHD_YES;
@@ -857,6 +869,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
             snprintf(msg, sizeof msg, "no route for %.64s %.128s", method, url);
             return srv_fail(q, c, 404, NULL, "not_found", msg);
         case ROUTE_HEALTH:
+        case ROUTE_LIVE:
         case ROUTE_MODELS:
         case ROUTE_METRICS:
         case ROUTE_TOPOLOGY:
@@ -864,7 +877,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
                 snprintf(msg, sizeof msg, "method %.64s not allowed on %s (use GET)", method, url);
                 return srv_fail(q, c, 405, NULL, "method_not_allowed", msg);
             }
-            if (q->route == ROUTE_HEALTH) return srv_handle_health(q, c);
+            if (q->route == ROUTE_HEALTH || q->route == ROUTE_LIVE) return srv_handle_health(q, c);
             if (q->route == ROUTE_METRICS) return srv_handle_metrics(q, c);
             if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
             if (q->route == ROUTE_TOPOLOGY) {

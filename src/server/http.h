@@ -35,7 +35,10 @@
  * progress for stall_timeout_s while it has work (xds_engine_stats.stall_s:
  * a liveness probe), the request queue is full, or every connection slot is
  * taken. A deployment that reports degraded gives 200
- * {"status":"degraded","reason":...}.
+ * {"status":"degraded","reason":...}. That is readiness; GET /health/live
+ * (a liveness probe: restart me) answers 503 only for the engine stall, so
+ * a server that is merely full is not restarted. Both are answered on
+ * connections beyond the slots.
  *
  * Shutdown: xds_server_quiesce stops accepting, xds_server_wait_idle waits
  * for in-flight requests, xds_server_abort_all cancels what is left,

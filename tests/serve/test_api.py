@@ -618,6 +618,8 @@ def test_overload_and_stall():
         th.start()
         j = _wait_health(port, 503, "no progress")  # the first step sleeps 2.5 s > --stall-timeout 1
         assert j["status"] == "unavailable", j
+        st, _, d = raw("GET", "/health/live", port=port, timeout=10)  # a liveness probe sees it too
+        assert st == 503 and b"no progress" in d, (st, d)
         th.join(60)
         assert res.get("text"), res  # 2.5 s without a byte > --idle-timeout 2: not cut
         _wait_health(port, 200, "")
@@ -627,6 +629,7 @@ def test_overload_and_stall():
         for _ in range(300):
             socks.append(socket.create_connection(("127.0.0.1", port), timeout=30))
         _wait_health(port, 503, "connection slots")
+        assert raw("GET", "/health/live", port=port, timeout=2)[0] == 200  # full is not dead: no restart
         st, hd, d = raw("POST", "/v1/completions", json.dumps(dict(model=MODEL, prompt="hi", max_tokens=2)),
                         port=port, timeout=2)  # answered, not dropped: 2 s is a hang check
         e = check_error_body(d, st, 503)

@@ -10,9 +10,10 @@
  * are closed after the idle timeout and a normal request then succeeds; a
  * client dribbling its headers or its body is dropped; a stream or a
  * non-streaming request waiting on the engine longer than the idle timeout
- * is not cut; /health follows the deployment's state
+ * is not cut; /health (readiness) follows the deployment's state
  * (xds_server_set_health), an engine stall, a full queue; XDS_ERR_UNAVAILABLE
- * from submit and XDS_FINISH_UNAVAILABLE map to 503; the fault metrics of
+ * from submit and XDS_FINISH_UNAVAILABLE map to 503; /health/live only the
+ * stall; the fault metrics of
  * metrics.h and the whole /metrics text are valid Prometheus exposition.
  *
  * Every wait has a deadline that fails the check instead of hanging; no
@@ -400,6 +401,8 @@ static void test_connection_limit(xds_server *srv, int max_conn) {
         usleep(20 * 1000);
     }
     CHECK_MSG(st == 503 && strstr(body_of(resp), "connection slots"), "health when full: %d %s", st, resp);
+    st = http_req("GET", "/health/live", NULL, resp, sizeof resp, 5); /* full is not dead */
+    CHECK_MSG(st == 200 && !strcmp(body_of(resp), "{\"status\":\"ok\"}"), "live when full: %d %s", st, resp);
 
     /* a new client is answered, not dropped: within 2 s (a hang check) */
     st = http_req("POST", "/v1/completions", COMPLETION, resp, sizeof resp, 2);
@@ -488,6 +491,7 @@ static void test_health_and_unavailable(xds_server *srv) {
     CHECK_MSG(st == 503 && strstr(body_of(resp), "\"status\":\"unavailable\"") &&
                   strstr(body_of(resp), "decode group 1 restarting"),
               "unavailable: %d %s", st, body_of(resp));
+    CHECK(http_req("GET", "/health/live", NULL, resp, sizeof resp, 5) == 200);
     st = http_req("POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"ab\"}]}", resp,
                   sizeof resp, 5);
     CHECK_MSG(st == 503 && strcasestr(resp, "\r\nRetry-After: 1\r\n") &&
@@ -504,11 +508,14 @@ static void test_health_and_unavailable(xds_server *srv) {
     fake_set_stats(0, 8, 6.0); /* the engine loop stuck for 6 s > stall_timeout 5 s */
     st = http_req("GET", "/health", NULL, resp, sizeof resp, 5);
     CHECK_MSG(st == 503 && strstr(body_of(resp), "no progress for 6.0 s"), "stall: %d %s", st, body_of(resp));
+    st = http_req("GET", "/health/live", NULL, resp, sizeof resp, 5);
+    CHECK_MSG(st == 503 && strstr(body_of(resp), "no progress for 6.0 s"), "live, stalled: %d %s", st, body_of(resp));
     fake_set_stats(0, 8, 4.0); /* slow, under the limit */
     CHECK(http_req("GET", "/health", NULL, resp, sizeof resp, 5) == 200);
     fake_set_stats(8, 8, 0); /* queue full */
     st = http_req("GET", "/health", NULL, resp, sizeof resp, 5);
     CHECK_MSG(st == 503 && strstr(body_of(resp), "queue is full (8 waiting, limit 8)"), "queue: %d %s", st, body_of(resp));
+    CHECK(http_req("GET", "/health/live", NULL, resp, sizeof resp, 5) == 200);
     fake_set_stats(0, 0, 0);
     CHECK(http_req("GET", "/health", NULL, resp, sizeof resp, 5) == 200);
 
