@@ -88,7 +88,7 @@ static const char *route_name[] = {"other", "/health", "/v1/models", "/metrics",
 /* What a connection is doing, for the reaper's deadlines. */
 typedef enum srv_conn_state {
     CONN_READING = 0, /* waiting for request headers: min(idle, read) timeout from `since` */
-    CONN_RECEIVING,   /* headers in, body arriving: read_timeout_s from `since`, idle_timeout_s from last_rx */
+    CONN_RECEIVING,   /* headers in, body arriving: read_timeout_s from `since` (the headers), idle_timeout_s from last_rx */
     CONN_BUSY,        /* request in, waiting for the engine: no deadline */
     CONN_WRITING,     /* a buffered response queued: idle_timeout_s from `since` */
     CONN_STREAMING,   /* SSE: idle_timeout_s without MHD asking for more data */
@@ -1049,13 +1049,17 @@ static void srv_on_connection(void *cls, struct MHD_Connection *c, void **socket
     }
 }
 
-/* Request bytes arrived: READING -> RECEIVING (its deadline still counts
- * from when the wait began), and the body's idle clock restarts. */
+/* Request bytes arrived: READING -> RECEIVING when the headers are in (the
+ * body then has read_timeout_s from now, so time a keep-alive connection sat
+ * idle before is not held against it), and the body's idle clock restarts. */
 static void srv_conn_rx(xds_server *s, srv_conn *c) {
     if (!c) return;
     double t = now_s();
     pthread_mutex_lock(&s->conn_mu);
-    if (c->state == CONN_READING) c->state = CONN_RECEIVING;
+    if (c->state == CONN_READING) {
+        c->state = CONN_RECEIVING;
+        c->since = t;
+    }
     c->last_rx = t;
     pthread_mutex_unlock(&s->conn_mu);
 }

@@ -2,8 +2,8 @@
  * http.h — the HTTP front-end of `xds serve`: an OpenAI-compatible API over
  * one engine (a DP group), on libmicrohttpd.
  *
- * Threading: libmicrohttpd runs one thread per connection (bounded by
- * max_connections) behind an internal accept thread; a request handler
+ * Threading: libmicrohttpd runs one thread per connection (bounded by the
+ * hard cap below) behind an internal accept thread; a request handler
  * tokenizes, submits to the engine and then blocks on the request's
  * mutex/condvar until the engine thread's callback has queued text (stream)
  * or finished (non-stream). Engine callbacks only copy and signal.
@@ -17,28 +17,31 @@
  * an OpenAI-style error (GET /metrics and /health are still answered), then
  * the connection is closed; such a connection must send its request within
  * 2 s. (MHD's own limit closes excess connections without a word, so the
- * slots are ours.) Deadlines are kept by a reaper thread (MHD's own
- * inactivity timeout is off, as it would count time spent waiting for the
- * engine): a connection waiting for a request (opened and silent, idle
- * keep-alive, or still sending headers: these look the same from here) is
- * shut down after min(idle_timeout_s, read_timeout_s); one sending a body
- * after read_timeout_s in all or idle_timeout_s without a byte; a response
- * the client does not take for idle_timeout_s is dropped. So a client
- * dribbling one byte a second cannot hold a thread forever. While the
- * engine works there is no deadline (a stream waiting for its first token is
- * never cut); a non-streaming handler polls the socket and cancels if the
- * client hangs up, a stream sends an SSE comment every 10 s without output.
+ * slots are ours; beyond the hard cap that still happens, until connections
+ * beyond the slots time out.)
+ *
+ * Deadlines are kept by a reaper thread (MHD's own inactivity timeout is
+ * off, as it would count time spent waiting for the engine): a connection
+ * waiting for a request (opened and silent, idle keep-alive, or still
+ * sending headers: these look the same from here) is shut down after
+ * min(idle_timeout_s, read_timeout_s); one sending a body read_timeout_s
+ * after its headers, or after idle_timeout_s without a byte; a response the
+ * client does not take for idle_timeout_s is dropped. So a client dribbling
+ * one byte a second cannot hold a thread forever. While the engine works
+ * there is no deadline (a stream waiting for its first token is never cut);
+ * a non-streaming handler polls the socket and cancels if the client hangs
+ * up, a stream sends an SSE comment every 10 s without output.
  *
  * Health: GET /health answers 200 {"status":"ok"} only while a new request
  * can be served, else 503 {"status":"unavailable","reason":...}: the
- * deployment layer said unavailable (xds_server_set_health), the server is draining, the engine loop has made no
- * progress for stall_timeout_s while it has work (xds_engine_stats.stall_s:
- * a liveness probe), the request queue is full, or every connection slot is
- * taken. A deployment that reports degraded gives 200
- * {"status":"degraded","reason":...}. That is readiness; GET /health/live
- * (a liveness probe: restart me) answers 503 only for the engine stall, so
- * a server that is merely full is not restarted. Both are answered on
- * connections beyond the slots.
+ * deployment layer said unavailable (xds_server_set_health), the server is
+ * draining, the engine loop has made no progress for stall_timeout_s while
+ * it has work (xds_engine_stats.stall_s), the request queue is full, or
+ * every connection slot is taken. A deployment that reports degraded gives
+ * 200 {"status":"degraded","reason":...}. That is readiness; GET
+ * /health/live (a liveness probe: restart me) answers 503 only for the
+ * engine stall, so a server that is merely full is not restarted. Both are
+ * answered on connections beyond the slots.
  *
  * Shutdown: xds_server_quiesce stops accepting, xds_server_wait_idle waits
  * for in-flight requests, xds_server_abort_all cancels what is left,
