@@ -235,7 +235,7 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
     e->progress = mono_s();
     const char *stall = getenv(XDS_ENGINE_TEST_STALL_ENV);
     if (stall && atoi(stall) > 0) {
-        e->test_stall_ms = atoi(stall);
+        e->test_stall_ms = atoi(stall) < 600000 ? atoi(stall) : 600000; /* at most 10 min */
         XDS_LOGW("engine: test hook %s=%d: the first step of every request sleeps %d ms", XDS_ENGINE_TEST_STALL_ENV,
                  e->test_stall_ms, e->test_stall_ms);
     }
