@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "base/log.h"
 #include "base/status.h"
@@ -34,7 +35,9 @@ static void serve_usage(FILE *f) {
             "usage: xds serve -m MODEL [options]\n"
             "\n"
             "Serve MODEL (GGUF file or Hugging Face directory) over an OpenAI-compatible API:\n"
-            "POST /v1/completions, POST /v1/chat/completions, GET /v1/models, /health, /metrics.\n"
+            "POST /v1/completions, POST /v1/chat/completions, GET /v1/models, /health (503 unless a new\n"
+            "request can be served: readiness), /health/live (503 only if the engine loop is stuck:\n"
+            "liveness), /metrics.\n"
             "\n"
             "options:\n"
             "  -m, --model PATH            model to serve (required)\n"
@@ -50,10 +53,14 @@ static void serve_usage(FILE *f) {
             "  --kv-block-size N           tokens per KV block\n"
             "  --max-queue N               waiting requests beyond which the server answers 429\n"
             "  --no-prefix-cache           disable prefix caching\n"
-            "  --max-connections N         open connections at once (default 256)\n"
-            "  --idle-timeout S            drop a response the client stops reading for S seconds (default 30)\n"
-            "  --read-timeout S            a request must arrive completely within S seconds; also the\n"
-            "                              keep-alive idle limit (default 30)\n"
+            "  --max-connections N         connections served at once; a request on one beyond gets 503\n"
+            "                              with Retry-After (default 256)\n"
+            "  --idle-timeout S            close a connection idle for S seconds: no request (silent or\n"
+            "                              keep-alive), no body byte, or a response not read (default 30);\n"
+            "                              never while a request waits for the engine\n"
+            "  --read-timeout S            a request must arrive completely within S seconds (default 30)\n"
+            "  --stall-timeout S           /health answers 503 once the engine loop has made no progress\n"
+            "                              for S seconds while it has work (default 30)\n"
             "  --max-body BYTES            request body limit, 413 beyond (default 8388608)\n"
             "  --shutdown-timeout S        on SIGTERM, wait this long for in-flight requests (default 60)\n");
     fprintf(f, "\n%s", serve_deploy_usage());
@@ -168,6 +175,9 @@ int cli_serve(int argc, char **argv) {
         } else if (OPT("--read-timeout")) {
             NEED_INT(1, 86400);
             so.read_timeout_s = (int)v;
+        } else if (OPT("--stall-timeout")) {
+            NEED_INT(1, 86400);
+            so.stall_timeout_s = (double)v;
         } else if (OPT("--max-body")) {
             NEED_INT(1024, 1L << 32);
             so.max_body_bytes = (size_t)v;
@@ -203,6 +213,12 @@ int cli_serve(int argc, char **argv) {
     sigaddset(&sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* one descriptor per connection: allow what the hard limit allows */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 
     xds_model *model = NULL;
     xds_tokenizer *tok = NULL;

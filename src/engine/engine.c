@@ -15,12 +15,19 @@
  * no lock held. Invariants: every accepted request gets exactly one final
  * event (finish != NONE) and no event after it; a request's sequence, sampler
  * and output state are freed right after its final event.
+ *
+ * Liveness: `progress` (monotonic, under mu) is stamped each time the loop
+ * takes its inbox or finishes a step, and by submit / cancel when they hand
+ * work to an idle loop; stats_get reports how long ago that was while work
+ * is pending (xds_engine_stats.stall_s), so a step that never returns shows
+ * as a growing stall rather than as a healthy, busy engine.
  */
 #include "engine/engine.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -39,6 +46,7 @@ typedef struct eng_req {
     void *user;
     xds_kv_import_fn import; /* disaggregated prefill: fills prompt KV instead of computing it (may be NULL) */
     void *import_user;
+    int test_stalled;        /* the XDS_TEST_STALL_ENGINE_MS hook has slept for it */
     struct eng_req *next, *prev; /* inbox (next only), then the live list */
 } eng_req;
 
@@ -82,7 +90,21 @@ struct xds_engine {
     int stop, drain;
     uint64_t next_id;
     xds_engine_stats st;
+    double progress;    /* monotonic s: the loop last made progress (see the file comment) */
+
+    int test_stall_ms;  /* XDS_TEST_STALL_ENGINE_MS (engine.h), 0: off */
 };
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Work pending for the loop (under mu; st is what the loop last published). */
+static int has_work_locked(const xds_engine *e) {
+    return e->inbox_head || e->n_cancels || e->st.n_running || e->st.n_waiting;
+}
 
 xds_engine_opts xds_engine_opts_default(void) {
     xds_engine_opts o;
@@ -209,6 +231,14 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
         goto err;
     }
     e->st.kv_blocks_total = o.kv_blocks;
+    e->st.max_queue = o.max_queue;
+    e->progress = mono_s();
+    const char *stall = getenv(XDS_ENGINE_TEST_STALL_ENV);
+    if (stall && atoi(stall) > 0) {
+        e->test_stall_ms = atoi(stall) < 600000 ? atoi(stall) : 600000; /* at most 10 min */
+        XDS_LOGW("engine: test hook %s=%d: the first step of every request sleeps %d ms", XDS_ENGINE_TEST_STALL_ENV,
+                 e->test_stall_ms, e->test_stall_ms);
+    }
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
@@ -333,6 +363,7 @@ xds_status xds_engine_submit_import(xds_engine *e, const int32_t *prompt, int n_
         req_free(r);
         return xds_err_set(XDS_ERR_BUSY, "engine: %d requests waiting (limit %d)", q, o->max_queue);
     }
+    if (!has_work_locked(e)) e->progress = mono_s(); /* an idle loop's stamp is old: count from now */
     r->id = e->next_id++;
     r->seq->id = r->id;
     if (e->inbox_tail) e->inbox_tail->next = r;
@@ -360,6 +391,7 @@ void xds_engine_cancel(xds_engine *e, uint64_t req_id) {
         e->cancels = c;
         e->cap_cancels = cap;
     }
+    if (!has_work_locked(e)) e->progress = mono_s();
     e->cancels[e->n_cancels++] = req_id;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
@@ -369,6 +401,8 @@ void xds_engine_stats_get(xds_engine *e, xds_engine_stats *out) {
     pthread_mutex_lock(&e->mu);
     *out = e->st;
     out->n_waiting += e->n_inbox;
+    out->stall_s = has_work_locked(e) ? mono_s() - e->progress : 0.0;
+    if (out->stall_s < 0) out->stall_s = 0;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -416,6 +450,14 @@ static void step(xds_engine *e) {
             e->row_item[n_rows] = it;
             n_rows++;
         }
+    }
+    if (e->test_stall_ms > 0) {
+        int stall = 0;
+        for (int i = 0; i < plan.n_items; i++) {
+            eng_req *r = plan.items[i].seq->user;
+            if (!r->test_stalled) stall = r->test_stalled = 1;
+        }
+        if (stall) usleep((useconds_t)e->test_stall_ms * 1000);
     }
     if (s == XDS_OK && T > 0) {
         xds_batch b = {T, e->b_tok, e->b_pos, e->b_seq};
@@ -491,6 +533,7 @@ static void *engine_main(void *arg) {
         while (!e->stop && !e->inbox_head && !e->n_cancels && !e->sched->n_running &&
                !e->sched->n_waiting)
             pthread_cond_wait(&e->cv, &e->mu);
+        e->progress = mono_s();
         eng_req *in = e->inbox_head;
         e->inbox_head = e->inbox_tail = NULL;
         e->n_inbox = 0;
@@ -537,6 +580,7 @@ static void *engine_main(void *arg) {
 
         pthread_mutex_lock(&e->mu);
         publish_stats(e);
+        e->progress = mono_s();
         if (done && !e->inbox_head) break;
     }
     pthread_mutex_unlock(&e->mu);

@@ -56,6 +56,9 @@ typedef enum xds_finish {
     XDS_FINISH_LENGTH,   /* max_tokens or context reached */
     XDS_FINISH_ABORT,    /* cancelled */
     XDS_FINISH_ERROR,
+    XDS_FINISH_UNAVAILABLE, /* a router (xds_server_engine_ops) gave up: no capacity left to
+                             * finish it; the HTTP server answers 503 + Retry-After (the engine
+                             * itself never ends a request so) */
 } xds_finish;
 
 typedef struct xds_gen_params {
@@ -121,8 +124,21 @@ typedef struct xds_engine_stats {
     uint64_t prefix_queries, prefix_hits; /* in tokens */
     uint64_t n_prompt_tokens, n_gen_tokens, n_steps;
     uint64_t n_preemptions;  /* sequences preempted (freed, recomputed later) */
+    int max_queue;           /* the queue limit (n_waiting >= max_queue: submit says BUSY); 0: unknown */
+    /* Liveness: seconds since the step loop last made progress (finished a
+     * step or took its inbox) while it had work (requests queued, running or
+     * to cancel); 0 while idle. A loop that is stuck (a forward that does not
+     * return) shows as a growing value. */
+    double stall_s;
 } xds_engine_stats;
 
 void xds_engine_stats_get(xds_engine *e, xds_engine_stats *out);
+
+/* Test hook (read once at xds_engine_create): with the environment variable
+ * XDS_TEST_STALL_ENGINE_MS=N (N > 0), the step loop sleeps N ms in the first
+ * step of every request, before its forward pass, so tests can watch a
+ * stalled engine (stall_s above, the server's /health) and its recovery. A
+ * warning is logged when it is set. */
+#define XDS_ENGINE_TEST_STALL_ENV "XDS_TEST_STALL_ENGINE_MS"
 
 #endif

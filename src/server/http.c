@@ -19,6 +19,13 @@
  * can be freed; the per-connection srv_conn lives from MHD's STARTED to its
  * CLOSED notification, which comes before MHD closes the socket, so the
  * reaper never shuts down a recycled descriptor.
+ *
+ * Connection slots: STARTED gives a connection a slot while fewer than
+ * max_connections hold one (n_slotted), else marks it overflow; an overflow
+ * connection takes a slot freed before its request arrives, or its request
+ * is answered 503 + Retry-After + Connection: close (a POST after its body
+ * was read and discarded, so the close does not reset the answer away).
+ * MHD's own limit is the hard cap above the slots.
  */
 #define _GNU_SOURCE
 #include "server/http.h"
@@ -34,9 +41,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "base/log.h"
 #include "server/metrics.h"
@@ -50,6 +60,7 @@ typedef enum MHD_Result srv_result;
 #endif
 
 #define SRV_SSE_KEEPALIVE_S 10 /* SSE comment after this long without output */
+#define SRV_OVERFLOW_WAIT_S 2  /* a connection beyond the slots must send its request within this */
 
 static double now_s(void) {
     struct timespec ts;
@@ -68,14 +79,16 @@ typedef enum srv_route {
     ROUTE_COMPLETIONS,
     ROUTE_CHAT,
     ROUTE_TOPOLOGY, /* GET /v1/topology: opts.topology_json of a disaggregated deployment */
+    ROUTE_LIVE,     /* GET /health/live: 503 only while the engine loop is stalled */
 } srv_route;
 
 static const char *route_name[] = {"other", "/health", "/v1/models", "/metrics", "/v1/completions",
-                                   "/v1/chat/completions", "/v1/topology"};
+                                   "/v1/chat/completions", "/v1/topology", "/health/live"};
 
 /* What a connection is doing, for the reaper's deadlines. */
 typedef enum srv_conn_state {
-    CONN_READING = 0, /* waiting for a complete request: read_timeout_s from `since` */
+    CONN_READING = 0, /* waiting for request headers: min(idle, read) timeout from `since` */
+    CONN_RECEIVING,   /* headers in, body arriving: read_timeout_s from `since` (the headers), idle_timeout_s from last_rx */
     CONN_BUSY,        /* request in, waiting for the engine: no deadline */
     CONN_WRITING,     /* a buffered response queued: idle_timeout_s from `since` */
     CONN_STREAMING,   /* SSE: idle_timeout_s without MHD asking for more data */
@@ -88,11 +101,16 @@ typedef struct srv_conn {
     double since;      /* when the current state began */
     int in_reader;     /* STREAMING: our content reader is running (waiting on the engine) */
     double last_pull;  /* STREAMING: when the content reader last returned data */
+    double last_rx;    /* RECEIVING: when the last body piece arrived */
+    int slotted;       /* holds one of the max_connections slots */
+    int overflow;      /* beyond the slots: its request gets 503 */
     int killed;
     struct srv_conn *prev, *next;
 } srv_conn;
 
 static void srv_conn_set(xds_server *s, srv_conn *c, srv_conn_state st);
+static void srv_conn_rx(xds_server *s, srv_conn *c);
+static int srv_conn_take_slot(xds_server *s, srv_conn *c);
 
 typedef struct srv_req srv_req;
 
@@ -117,14 +135,21 @@ struct xds_server {
 
     pthread_mutex_t conn_mu;
     srv_conn *conns;
+    int n_slotted, n_overflow; /* connections holding a slot / beyond them (conn_mu) */
+    int hard_limit;            /* MHD's connection limit */
+
+    pthread_mutex_t health_mu;
+    xds_health health;         /* set by the deployment (xds_server_set_health) */
+    char health_reason[256];
     pthread_t reaper;
     int reaper_started;
     atomic_int stopping;
 
     xds_metrics *metrics;
+    int own_metrics;           /* metrics is ours to free (opts.metrics was NULL) */
     xds_metric *m_requests, *m_prompt_tok, *m_gen_tok, *m_ttft, *m_tpot, *m_e2e, *m_finished;
     xds_metric *m_waiting, *m_running, *m_kv_used, *m_kv_free, *m_prefix_rate, *m_prefix_q, *m_prefix_h;
-    xds_metric *m_inflight, *m_timeouts;
+    xds_metric *m_inflight, *m_closed, *m_refused, *m_conns, *m_conn_limit, *m_ready, *m_stall;
 };
 
 static void srv_engine_cancel(xds_server *s, uint64_t req_id) {
@@ -144,6 +169,7 @@ struct srv_req {
     size_t body_len, body_cap;
     int too_large;
     int status;                  /* HTTP status queued, 0 before */
+    int refuse;                  /* overflow POST: answer 503 once the body is drained */
     srv_conn *conn;
 
     /* request */
@@ -202,6 +228,8 @@ xds_server_opts xds_server_opts_default(void) {
                          .max_connections = 256,
                          .idle_timeout_s = 30,
                          .read_timeout_s = 30,
+                         .stall_timeout_s = 30,
+                         .retry_after_s = 1,
                          .max_body_bytes = 8u << 20,
                          .header_limit = 64u << 10};
     return o;
@@ -210,9 +238,18 @@ xds_server_opts xds_server_opts_default(void) {
 /* ------------------------------------------------------------------------ */
 /* Responses                                                                 */
 
-static void srv_add_common_headers(xds_server *s, struct MHD_Response *r, const char *ctype) {
+static int srv_conn_overflow(xds_server *s, srv_conn *c) {
+    if (!c) return 0;
+    pthread_mutex_lock(&s->conn_mu);
+    int o = c->overflow;
+    pthread_mutex_unlock(&s->conn_mu);
+    return o;
+}
+
+static void srv_add_common_headers(xds_server *s, srv_conn *conn, struct MHD_Response *r, const char *ctype) {
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-    if (atomic_load(&s->quiescing)) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (atomic_load(&s->quiescing) || srv_conn_overflow(s, conn))
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
 }
 
 /* Queue body (malloc'd; ownership taken) with status. */
@@ -230,10 +267,15 @@ static srv_result srv_send(srv_req *q, struct MHD_Connection *c, int status, con
         free(body);
         return MHD_NO;
     }
-    srv_add_common_headers(q->srv, r, ctype);
+    srv_add_common_headers(q->srv, q->conn, r, ctype);
     srv_conn_set(q->srv, q->conn, CONN_WRITING);
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (status == 429) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == 503) {
+        char ra[16];
+        snprintf(ra, sizeof ra, "%d", q->srv->o.retry_after_s);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
     if (status == 405)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
                                 q->route == ROUTE_COMPLETIONS || q->route == ROUTE_CHAT ? "POST" : "GET, HEAD");
@@ -379,10 +421,13 @@ static int srv_stream_fill(srv_req *q) {
         start = end;
     }
     if (!fin) return 0;
-    if (finish == XDS_FINISH_ERROR || finish == XDS_FINISH_ABORT) {
+    if (finish == XDS_FINISH_ERROR || finish == XDS_FINISH_ABORT || finish == XDS_FINISH_UNAVAILABLE) {
         xds_oai_error e;
-        xds_oai_error_set(&e, 500, NULL, NULL, "%s",
-                          finish == XDS_FINISH_ERROR ? "the engine failed while generating" : "request aborted");
+        if (finish == XDS_FINISH_UNAVAILABLE)
+            xds_oai_error_set(&e, 503, NULL, "service_unavailable", "no capacity left to finish the request; retry later");
+        else
+            xds_oai_error_set(&e, 500, NULL, NULL, "%s",
+                              finish == XDS_FINISH_ERROR ? "the engine failed while generating" : "request aborted");
         if (srv_out_append(q, xds_oai_sse_error(&e, NULL))) return -1;
     } else {
         if (chat && !q->sent_role) {
@@ -517,6 +562,18 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
     xds_oai_error e;
     xds_oai_request r;
     q->kind = q->route == ROUTE_CHAT ? XDS_OAI_CHAT : XDS_OAI_COMPLETION;
+    {
+        char why[256];
+        pthread_mutex_lock(&s->health_mu);
+        int unavailable = s->health == XDS_HEALTH_UNAVAILABLE;
+        snprintf(why, sizeof why, "%s", s->health_reason);
+        pthread_mutex_unlock(&s->health_mu);
+        if (unavailable) {
+            xds_oai_error_set(&e, 503, NULL, "service_unavailable", "the service is unavailable%s%s; retry later",
+                              *why ? ": " : "", why);
+            return srv_send_error(q, c, &e);
+        }
+    }
     if (xds_oai_request_parse(q->kind, q->body ? q->body : "", q->body_len, &r, &e) != XDS_OK)
         return srv_send_error(q, c, &e);
     if (r.model && strcmp(r.model, s->model_name) != 0) {
@@ -588,6 +645,10 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
         pthread_mutex_unlock(&q->mu);
         if (st == XDS_ERR_BUSY)
             return srv_fail(q, c, 429, NULL, "server_busy", "the server is busy (request queue full); retry later");
+        if (st == XDS_ERR_UNAVAILABLE) {
+            xds_oai_error_set(&e, 503, NULL, "service_unavailable", "no capacity left: %s; retry later", xds_err_msg());
+            return srv_send_error(q, c, &e);
+        }
         xds_oai_error_set(&e, st == XDS_ERR_INVALID ? 400 : 500, NULL, NULL, "%s", xds_err_msg());
         return srv_send_error(q, c, &e);
     }
@@ -606,7 +667,7 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
         q->refs++; /* the response's reference */
         pthread_mutex_unlock(&q->mu);
         srv_conn_set(s, q->conn, CONN_STREAMING);
-        srv_add_common_headers(s, resp, "text/event-stream");
+        srv_add_common_headers(s, q->conn, resp, "text/event-stream");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
         MHD_add_response_header(resp, "X-Accel-Buffering", "no");
         q->status = 200;
@@ -639,6 +700,8 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
     xds_finish fin = q->finish;
     int n_prompt = q->n_prompt, n_gen = q->n_gen;
     pthread_mutex_unlock(&q->mu);
+    if (fin == XDS_FINISH_UNAVAILABLE)
+        return srv_fail(q, c, 503, NULL, "service_unavailable", "no capacity left to finish the request; retry later");
     if (fin == XDS_FINISH_ERROR || fin == XDS_FINISH_ABORT)
         return srv_fail(q, c, 500, NULL, NULL,
                         fin == XDS_FINISH_ERROR ? "the engine failed while generating" : "request aborted");
@@ -651,12 +714,84 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
 /* ------------------------------------------------------------------------ */
 /* Other routes                                                              */
 
+static void srv_engine_stats(xds_server *s, xds_engine_stats *st) {
+    memset(st, 0, sizeof *st);
+    if (s->o.engine_ops) s->o.engine_ops->stats(s->o.engine_ops->self, st);
+    else xds_engine_stats_get(s->engine, st);
+}
+
+/* Can a new request be served now? READY / DEGRADED (serving) or
+ * UNAVAILABLE, with a one-line reason for the last two. self: the asking
+ * connection (its own slot is not counted against the limit). */
+static xds_health srv_health_eval(xds_server *s, srv_conn *self, const xds_engine_stats *st, char *why, size_t n) {
+    char dep[256];
+    why[0] = 0;
+    pthread_mutex_lock(&s->health_mu);
+    xds_health h = s->health;
+    snprintf(dep, sizeof dep, "%s", s->health_reason);
+    pthread_mutex_unlock(&s->health_mu);
+    if (h == XDS_HEALTH_UNAVAILABLE) {
+        snprintf(why, n, "%s", *dep ? dep : "the deployment reports no capacity");
+        return h;
+    }
+    if (atomic_load(&s->quiescing)) {
+        snprintf(why, n, "shutting down: finishing in-flight requests");
+        return XDS_HEALTH_UNAVAILABLE;
+    }
+    if (st->stall_s > s->o.stall_timeout_s) {
+        snprintf(why, n, "the engine loop has made no progress for %.1f s (%d running, %d waiting; limit %.1f s)",
+                 st->stall_s, st->n_running, st->n_waiting, s->o.stall_timeout_s);
+        return XDS_HEALTH_UNAVAILABLE;
+    }
+    if (st->max_queue > 0 && st->n_waiting >= st->max_queue) {
+        snprintf(why, n, "the request queue is full (%d waiting, limit %d)", st->n_waiting, st->max_queue);
+        return XDS_HEALTH_UNAVAILABLE;
+    }
+    pthread_mutex_lock(&s->conn_mu);
+    int others = s->n_slotted - (self && self->slotted);
+    pthread_mutex_unlock(&s->conn_mu);
+    if (others >= s->o.max_connections) {
+        snprintf(why, n, "all %d connection slots are taken", s->o.max_connections);
+        return XDS_HEALTH_UNAVAILABLE;
+    }
+    if (h == XDS_HEALTH_DEGRADED) snprintf(why, n, "%s", *dep ? dep : "serving with reduced capacity");
+    return h;
+}
+
+static srv_result srv_handle_health(srv_req *q, struct MHD_Connection *c) {
+    xds_server *s = q->srv;
+    xds_engine_stats st;
+    srv_engine_stats(s, &st);
+    char why[512];
+    xds_health h = XDS_HEALTH_READY;
+    if (q->route == ROUTE_LIVE) { /* liveness: only what a restart would cure */
+        if (st.stall_s > s->o.stall_timeout_s) {
+            h = XDS_HEALTH_UNAVAILABLE;
+            snprintf(why, sizeof why, "the engine loop has made no progress for %.1f s (%d running, %d waiting; limit %.1f s)",
+                     st.stall_s, st.n_running, st.n_waiting, s->o.stall_timeout_s);
+        }
+    } else {
+        h = srv_health_eval(s, q->conn, &st, why, sizeof why);
+    }
+    static const char *name[] = {"ok", "degraded", "unavailable"};
+    json_t *o = h == XDS_HEALTH_READY ? json_pack("{ss}", "status", name[h])
+                                      : json_pack("{ssss}", "status", name[h], "reason", why);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return srv_send(q, c, h == XDS_HEALTH_UNAVAILABLE ? 503 : 200, "application/json", body, body ? strlen(body) : 0);
+}
+
 static srv_result srv_handle_metrics(srv_req *q, struct MHD_Connection *c) {
     xds_server *s = q->srv;
     xds_engine_stats st;
-    memset(&st, 0, sizeof st);
-    if (s->o.engine_ops) s->o.engine_ops->stats(s->o.engine_ops->self, &st);
-    else xds_engine_stats_get(s->engine, &st);
+    srv_engine_stats(s, &st);
+    char why[512];
+    xds_metric_set(s->m_ready, NULL, srv_health_eval(s, q->conn, &st, why, sizeof why) != XDS_HEALTH_UNAVAILABLE);
+    xds_metric_set(s->m_stall, NULL, st.stall_s);
+    pthread_mutex_lock(&s->conn_mu);
+    xds_metric_set(s->m_conns, NULL, s->n_slotted + s->n_overflow);
+    pthread_mutex_unlock(&s->conn_mu);
+    xds_metric_set(s->m_conn_limit, NULL, s->o.max_connections);
     xds_metric_set(s->m_waiting, NULL, st.n_waiting);
     xds_metric_set(s->m_running, NULL, st.n_running);
     xds_metric_set(s->m_kv_used, NULL, st.kv_blocks_used);
@@ -686,6 +821,7 @@ static int srv_auth_ok(xds_server *s, struct MHD_Connection *c) {
 
 static srv_route srv_route_of(const char *url) {
     if (!strcmp(url, "/health")) return ROUTE_HEALTH;
+    if (!strcmp(url, "/health/live")) return ROUTE_LIVE;
     if (!strcmp(url, "/v1/models")) return ROUTE_MODELS;
     if (!strcmp(url, "/metrics")) return ROUTE_METRICS;
     if (!strcmp(url, "/v1/completions")) return ROUTE_COMPLETIONS;
@@ -718,6 +854,13 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
         pthread_mutex_unlock(&s->mu);
 
         q->route = srv_route_of(url);
+        srv_conn_rx(s, q->conn);
+        if (!srv_conn_take_slot(s, q->conn) && q->route != ROUTE_HEALTH && q->route != ROUTE_LIVE &&
+            q->route != ROUTE_METRICS) {
+            /* beyond the slots: answer 503 once whatever body comes is drained */
+            q->refuse = 1;
+            return MHD_YES;
+        }
         int is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
         int is_post = !strcmp(method, "POST");
         char msg[256];
@@ -726,6 +869,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
             snprintf(msg, sizeof msg, "no route for %.64s %.128s", method, url);
             return srv_fail(q, c, 404, NULL, "not_found", msg);
         case ROUTE_HEALTH:
+        case ROUTE_LIVE:
         case ROUTE_MODELS:
         case ROUTE_METRICS:
         case ROUTE_TOPOLOGY:
@@ -733,7 +877,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
                 snprintf(msg, sizeof msg, "method %.64s not allowed on %s (use GET)", method, url);
                 return srv_fail(q, c, 405, NULL, "method_not_allowed", msg);
             }
-            if (q->route == ROUTE_HEALTH) return srv_send(q, c, 200, "application/json", strdup("{\"status\":\"ok\"}"), 15);
+            if (q->route == ROUTE_HEALTH || q->route == ROUTE_LIVE) return srv_handle_health(q, c);
             if (q->route == ROUTE_METRICS) return srv_handle_metrics(q, c);
             if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
             if (q->route == ROUTE_TOPOLOGY) {
@@ -769,7 +913,8 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
     if (*upload_data_size) { /* a piece of the body */
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (q->status) return MHD_YES; /* response already queued: drain */
+        srv_conn_rx(s, q->conn);
+        if (q->status || q->refuse) return MHD_YES; /* response already queued / refused: drain */
         if (q->too_large || q->body_len + n > s->o.max_body_bytes) {
             q->too_large = 1;
             return MHD_YES;
@@ -788,6 +933,12 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
         return MHD_YES;
     }
     if (q->status) return MHD_YES; /* answered on the first call */
+    if (q->refuse) {
+        char msg[160];
+        xds_metric_add(s->m_refused, NULL, 1);
+        snprintf(msg, sizeof msg, "the server is at its limit of %d connections; retry later", s->o.max_connections);
+        return srv_fail(q, c, 503, NULL, "server_overloaded", msg);
+    }
     /* the whole request is in */
     srv_conn_set(s, q->conn, CONN_BUSY);
     if (q->too_large) {
@@ -839,9 +990,9 @@ static void srv_on_completed(void *cls, struct MHD_Connection *c, void **con_cls
         }
         static const char *fin_lbl[] = {"finished_reason=\"none\"", "finished_reason=\"stop\"",
                                         "finished_reason=\"length\"", "finished_reason=\"abort\"",
-                                        "finished_reason=\"error\""};
+                                        "finished_reason=\"error\"", "finished_reason=\"unavailable\""};
         if (!ok_fin) fin2 = XDS_FINISH_ABORT; /* cancelled here: the client went away */
-        xds_metric_add(s->m_finished, fin2 >= 0 && fin2 <= XDS_FINISH_ERROR ? fin_lbl[fin2] : fin_lbl[0], 1);
+        xds_metric_add(s->m_finished, fin2 >= 0 && fin2 <= XDS_FINISH_UNAVAILABLE ? fin_lbl[fin2] : fin_lbl[0], 1);
     }
     if (q->status) {
         char lbl[96];
@@ -866,12 +1017,23 @@ static void srv_on_connection(void *cls, struct MHD_Connection *c, void **socket
         sc->fd = ci ? ci->connect_fd : -1;
         sc->state = CONN_READING;
         sc->since = now_s();
+        int first_overflow = 0;
         pthread_mutex_lock(&s->conn_mu);
+        if (s->n_slotted < s->o.max_connections) {
+            sc->slotted = 1;
+            s->n_slotted++;
+        } else {
+            sc->overflow = 1;
+            first_overflow = s->n_overflow++ == 0;
+        }
         sc->next = s->conns;
         if (s->conns) s->conns->prev = sc;
         s->conns = sc;
         pthread_mutex_unlock(&s->conn_mu);
         *socket_context = sc;
+        if (first_overflow)
+            XDS_LOGW("serve: all %d connection slots are taken; answering 503 to requests beyond them",
+                     s->o.max_connections);
     } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
         srv_conn *sc = *socket_context;
         if (!sc) return;
@@ -879,10 +1041,42 @@ static void srv_on_connection(void *cls, struct MHD_Connection *c, void **socket
         if (sc->prev) sc->prev->next = sc->next;
         else s->conns = sc->next;
         if (sc->next) sc->next->prev = sc->prev;
+        if (sc->slotted) s->n_slotted--;
+        if (sc->overflow) s->n_overflow--;
         pthread_mutex_unlock(&s->conn_mu);
         free(sc);
         *socket_context = NULL;
     }
+}
+
+/* Request bytes arrived: READING -> RECEIVING when the headers are in (the
+ * body then has read_timeout_s from now, so time a keep-alive connection sat
+ * idle before is not held against it), and the body's idle clock restarts. */
+static void srv_conn_rx(xds_server *s, srv_conn *c) {
+    if (!c) return;
+    double t = now_s();
+    pthread_mutex_lock(&s->conn_mu);
+    if (c->state == CONN_READING) {
+        c->state = CONN_RECEIVING;
+        c->since = t;
+    }
+    c->last_rx = t;
+    pthread_mutex_unlock(&s->conn_mu);
+}
+
+/* 1 if c holds a slot (an overflow connection takes one freed meanwhile). */
+static int srv_conn_take_slot(xds_server *s, srv_conn *c) {
+    if (!c) return 1;
+    pthread_mutex_lock(&s->conn_mu);
+    if (c->overflow && s->n_slotted < s->o.max_connections) {
+        c->overflow = 0;
+        s->n_overflow--;
+        c->slotted = 1;
+        s->n_slotted++;
+    }
+    int ok = c->slotted;
+    pthread_mutex_unlock(&s->conn_mu);
+    return ok;
 }
 
 static void srv_conn_set(xds_server *s, srv_conn *c, srv_conn_state st) {
@@ -905,28 +1099,36 @@ static void *srv_reaper_main(void *arg) {
     while (!atomic_load(&s->stopping)) {
         usleep(200 * 1000);
         double t = now_s();
-        int killed = 0;
+        double idle = s->o.idle_timeout_s, rd = s->o.read_timeout_s;
+        double wait = idle < rd ? idle : rd;
+        int killed[3] = {0, 0, 0}; /* idle, slow request, slow reader */
         pthread_mutex_lock(&s->conn_mu);
         for (srv_conn *sc = s->conns; sc; sc = sc->next) {
             if (sc->killed || sc->fd < 0) continue;
-            int expired = 0;
+            int why = -1;
+            double w = sc->overflow && wait > SRV_OVERFLOW_WAIT_S ? SRV_OVERFLOW_WAIT_S : wait;
+            double r = sc->overflow && rd > SRV_OVERFLOW_WAIT_S ? SRV_OVERFLOW_WAIT_S : rd;
+            double i = sc->overflow && idle > SRV_OVERFLOW_WAIT_S ? SRV_OVERFLOW_WAIT_S : idle;
             switch (sc->state) {
-            case CONN_READING: expired = t - sc->since > s->o.read_timeout_s; break;
+            case CONN_READING: if (t - sc->since > w) why = 0; break;
+            case CONN_RECEIVING: if (t - sc->since > r || t - sc->last_rx > i) why = 1; break;
             case CONN_BUSY: break;
-            case CONN_WRITING: expired = t - sc->since > s->o.idle_timeout_s; break;
-            case CONN_STREAMING: expired = !sc->in_reader && t - sc->last_pull > s->o.idle_timeout_s; break;
+            case CONN_WRITING: if (t - sc->since > idle) why = 2; break;
+            case CONN_STREAMING: if (!sc->in_reader && t - sc->last_pull > idle) why = 2; break;
             }
-            if (expired) {
+            if (why >= 0) {
                 shutdown(sc->fd, SHUT_RDWR);
                 sc->killed = 1;
-                killed++;
+                killed[why]++;
             }
         }
         pthread_mutex_unlock(&s->conn_mu);
-        if (killed) {
-            xds_metric_add(s->m_timeouts, NULL, killed);
-            XDS_LOGI("serve: closed %d connection(s) past their read/write deadline", killed);
-        }
+        static const char *lbl[] = {"reason=\"idle\"", "reason=\"slow_request\"", "reason=\"slow_reader\""};
+        for (int k = 0; k < 3; k++)
+            if (killed[k]) xds_metric_add(s->m_closed, lbl[k], killed[k]);
+        if (killed[0] + killed[1] + killed[2])
+            XDS_LOGI("serve: closed %d idle, %d slow-request and %d slow-reader connection(s)", killed[0], killed[1],
+                     killed[2]);
     }
     return NULL;
 }
@@ -950,7 +1152,8 @@ static int srv_metrics_init(xds_server *s) {
     static const double tpot[] = {0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
                                   0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5};
     static const double e2e[] = {0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0};
-    xds_metrics *m = s->metrics = xds_metrics_create();
+    xds_metrics *m = s->metrics = s->o.metrics ? s->o.metrics : xds_metrics_create();
+    s->own_metrics = !s->o.metrics;
     if (!m) return -1;
     s->m_requests = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_http_requests_total", "HTTP requests by endpoint and status code", NULL, 0);
     s->m_prompt_tok = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_prompt_tokens_total", "Prompt tokens of finished requests", NULL, 0);
@@ -967,10 +1170,20 @@ static int srv_metrics_init(xds_server *s) {
     s->m_prefix_h = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_prefix_cache_hits_total", "Prompt tokens served from the prefix cache", NULL, 0);
     s->m_prefix_rate = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_prefix_cache_hit_rate", "Prefix cache hits / queries (tokens, since start)", NULL, 0);
     s->m_inflight = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_http_requests_in_flight", "HTTP requests being received or answered", NULL, 0);
-    s->m_timeouts = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_http_read_timeouts_total", "Connections closed for not sending a request in time", NULL, 0);
+    s->m_closed = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_http_connections_closed_total", "Connections closed by the server's deadlines: idle (no request in time), slow_request (request not complete in time), slow_reader (response not taken)", NULL, 0);
+    s->m_refused = xds_metrics_add(m, XDS_METRIC_COUNTER, "xds_http_connections_refused_total", "Requests answered 503 because every connection slot was taken", NULL, 0);
+    s->m_conns = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_http_connections_open", "Open client connections (slots and beyond)", NULL, 0);
+    s->m_conn_limit = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_http_connection_limit", "Connection slots (--max-connections)", NULL, 0);
+    s->m_ready = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_health_ready", "1 while /health says a new request can be served", NULL, 0);
+    s->m_stall = xds_metrics_add(m, XDS_METRIC_GAUGE, "xds_engine_stall_seconds", "Seconds the engine loop has been without progress while it has work", NULL, 0);
+    if (!s->m_closed || !s->m_refused || xds_metrics_fault_register(m) != 0) return -1;
+    xds_metric_add(s->m_closed, "reason=\"idle\"", 0);
+    xds_metric_add(s->m_closed, "reason=\"slow_request\"", 0);
+    xds_metric_add(s->m_closed, "reason=\"slow_reader\"", 0);
+    xds_metric_add(s->m_refused, NULL, 0);
     return s->m_requests && s->m_prompt_tok && s->m_gen_tok && s->m_finished && s->m_ttft && s->m_tpot && s->m_e2e &&
                    s->m_waiting && s->m_running && s->m_kv_used && s->m_kv_free && s->m_prefix_q && s->m_prefix_h &&
-                   s->m_prefix_rate && s->m_inflight && s->m_timeouts
+                   s->m_prefix_rate && s->m_inflight && s->m_conns && s->m_conn_limit && s->m_ready && s->m_stall
                ? 0
                : -1;
 }
@@ -980,8 +1193,9 @@ static void srv_free(xds_server *s) {
         atomic_store(&s->stopping, 1);
         pthread_join(s->reaper, NULL);
     }
-    xds_metrics_free(s->metrics);
+    if (s->own_metrics) xds_metrics_free(s->metrics);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->health_mu);
     pthread_cond_destroy(&s->idle_cv);
     pthread_mutex_destroy(&s->conn_mu);
     free(s->model_name);
@@ -999,6 +1213,7 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->idle_cv, NULL);
     pthread_mutex_init(&s->conn_mu, NULL);
+    pthread_mutex_init(&s->health_mu, NULL);
     s->engine = engine;
     s->tok = tok;
     s->n_vocab = xds_tokenizer_n_vocab(tok);
@@ -1011,6 +1226,23 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
     if (s->o.max_connections <= 0) s->o.max_connections = 256;
     if (s->o.idle_timeout_s <= 0) s->o.idle_timeout_s = 30;
     if (s->o.read_timeout_s <= 0) s->o.read_timeout_s = 30;
+    if (!(s->o.stall_timeout_s > 0)) s->o.stall_timeout_s = 30;
+    if (s->o.retry_after_s <= 0) s->o.retry_after_s = 1;
+    /* MHD accepts up to the hard cap; the slots above it are ours (http.h) */
+    {
+        long soft = s->o.max_connections, hard = soft + (soft > 64 ? soft : 64);
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (long)rl.rlim_cur - 64 < hard) {
+            long room = (long)rl.rlim_cur - 64;
+            hard = room > 1 ? room : 1;
+            if (soft >= hard) {
+                XDS_LOGW("serve: open-file limit %ld allows %ld connections: --max-connections %ld lowered to %ld, "
+                         "connections beyond are closed unanswered", (long)rl.rlim_cur, hard, soft, hard > 1 ? hard - 1 : 1);
+                s->o.max_connections = (int)(hard > 1 ? hard - 1 : 1);
+            }
+        }
+        s->hard_limit = (int)hard;
+    }
     if (s->o.max_body_bytes == 0) s->o.max_body_bytes = 8u << 20;
     if (s->o.header_limit < 8192) s->o.header_limit = 64u << 10;
     if (!s->model_name || (opts->api_key && *opts->api_key && !s->api_key) || srv_metrics_init(s) != 0) {
@@ -1046,7 +1278,7 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)opts->port, NULL, NULL, srv_on_request, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->o.max_connections,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->hard_limit,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)0, /* deadlines: srv_reaper_main */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->o.header_limit,
         MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, s,
@@ -1081,6 +1313,22 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
 }
 
 int xds_server_port(const xds_server *s) { return s->port; }
+
+void xds_server_set_health(xds_server *s, xds_health h, const char *reason) {
+    if (!s) return;
+    if (h != XDS_HEALTH_READY && h != XDS_HEALTH_DEGRADED) h = XDS_HEALTH_UNAVAILABLE;
+    pthread_mutex_lock(&s->health_mu);
+    xds_health was = s->health;
+    s->health = h;
+    snprintf(s->health_reason, sizeof s->health_reason, "%s", reason ? reason : "");
+    pthread_mutex_unlock(&s->health_mu);
+    if (was != h) {
+        static const char *name[] = {"ready", "degraded", "unavailable"};
+        XDS_LOGI("serve: health %s%s%s", name[h], reason && *reason ? ": " : "", reason ? reason : "");
+    }
+}
+
+xds_metrics *xds_server_metrics(xds_server *s) { return s ? s->metrics : NULL; }
 
 void xds_server_quiesce(xds_server *s) {
     if (atomic_exchange(&s->quiescing, 1)) return;

@@ -1,6 +1,7 @@
 /*
- * metrics.c — the Prometheus registry of metrics.h. Series live in a small
- * array per family (label sets are few: status codes, endpoints); lookups
+ * metrics.c — the Prometheus registry of metrics.h and the reliability
+ * counters built on it (xds_metrics_fault_*). Series live in a small array
+ * per family (label sets are few: status codes, endpoints, roles); lookups
  * are linear. Everything is guarded by the registry mutex.
  */
 #include "server/metrics.h"
@@ -168,6 +169,87 @@ double xds_metric_get(xds_metric *f, const char *labels) {
             v = f->type == XDS_METRIC_HISTOGRAM ? f->series[i].count : f->series[i].value;
     pthread_mutex_unlock(&f->reg->mu);
     return v;
+}
+
+xds_metric *xds_metrics_find(xds_metrics *m, const char *name) {
+    if (!m || !name) return NULL;
+    xds_metric *f = NULL;
+    pthread_mutex_lock(&m->mu);
+    for (int i = 0; i < m->n_fams && !f; i++)
+        if (!strcmp(m->fams[i]->name, name)) f = m->fams[i];
+    pthread_mutex_unlock(&m->mu);
+    return f;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reliability counters                                                      */
+
+#define FAULT_DETECTED "xds_fault_failures_detected_total"
+#define FAULT_FAILOVERS "xds_fault_failovers_total"
+#define FAULT_REPLAYED "xds_fault_requests_replayed_total"
+#define FAULT_RESTARTS "xds_fault_restarts_total"
+#define FAULT_RECOVERY "xds_fault_recovery_seconds"
+
+/* A label value safe to print unescaped: [a-z0-9_]{1,32}, else "other". */
+static const char *fault_label_value(const char *v) {
+    if (!v || !*v || strlen(v) > 32) return "other";
+    for (const char *p = v; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')) return "other";
+    return v;
+}
+
+int xds_metrics_fault_register(xds_metrics *m) {
+    static const double rec[] = {0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0};
+    static const char *roles[] = {"frontend", "prefill", "decode", "expert", "supervisor"};
+    if (!m) return -1;
+    if (xds_metrics_find(m, FAULT_DETECTED)) return 0;
+    xds_metric *d = xds_metrics_add(m, XDS_METRIC_COUNTER, FAULT_DETECTED,
+                                    "Processes found dead or hung, by role and cause", NULL, 0);
+    xds_metric *f = xds_metrics_add(m, XDS_METRIC_COUNTER, FAULT_FAILOVERS,
+                                    "Failovers: a failed process's work moved to another, by role", NULL, 0);
+    xds_metric *r = xds_metrics_add(m, XDS_METRIC_COUNTER, FAULT_REPLAYED,
+                                    "Requests re-run on another process after a failure", NULL, 0);
+    xds_metric *s = xds_metrics_add(m, XDS_METRIC_COUNTER, FAULT_RESTARTS, "Processes restarted, by role", NULL, 0);
+    xds_metric *h = xds_metrics_add(m, XDS_METRIC_HISTOGRAM, FAULT_RECOVERY,
+                                    "Seconds from detecting a failure to full capacity, by role", rec,
+                                    (int)(sizeof rec / sizeof *rec));
+    if (!d || !f || !r || !s || !h) return -1;
+    xds_metric_add(r, NULL, 0);
+    char lbl[96];
+    for (size_t i = 0; i < sizeof roles / sizeof *roles; i++) {
+        snprintf(lbl, sizeof lbl, "role=\"%s\",cause=\"exit\"", roles[i]);
+        xds_metric_add(d, lbl, 0);
+        snprintf(lbl, sizeof lbl, "role=\"%s\",cause=\"hang\"", roles[i]);
+        xds_metric_add(d, lbl, 0);
+        snprintf(lbl, sizeof lbl, "role=\"%s\"", roles[i]);
+        xds_metric_add(f, lbl, 0);
+        xds_metric_add(s, lbl, 0);
+    }
+    return 0;
+}
+
+static void fault_count(xds_metrics *m, const char *fam, const char *role, const char *cause, double v) {
+    xds_metric *f = xds_metrics_find(m, fam);
+    if (!f) return;
+    char lbl[96];
+    if (cause)
+        snprintf(lbl, sizeof lbl, "role=\"%s\",cause=\"%s\"", fault_label_value(role), fault_label_value(cause));
+    else
+        snprintf(lbl, sizeof lbl, "role=\"%s\"", fault_label_value(role));
+    if (f->type == XDS_METRIC_HISTOGRAM) xds_metric_observe(f, lbl, v);
+    else xds_metric_add(f, lbl, v);
+}
+
+void xds_metrics_fault_detected(xds_metrics *m, const char *role, const char *cause) {
+    fault_count(m, FAULT_DETECTED, role, cause, 1);
+}
+void xds_metrics_fault_failover(xds_metrics *m, const char *role) { fault_count(m, FAULT_FAILOVERS, role, NULL, 1); }
+void xds_metrics_fault_replayed(xds_metrics *m, int n_requests) {
+    if (n_requests > 0) xds_metric_add(xds_metrics_find(m, FAULT_REPLAYED), NULL, n_requests);
+}
+void xds_metrics_fault_restart(xds_metrics *m, const char *role) { fault_count(m, FAULT_RESTARTS, role, NULL, 1); }
+void xds_metrics_fault_recovered(xds_metrics *m, const char *role, double seconds) {
+    if (seconds >= 0) fault_count(m, FAULT_RECOVERY, role, NULL, seconds);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -36,7 +36,33 @@ void xds_metric_observe(xds_metric *f, const char *labels, double v);
 /* Current value of a counter/gauge series, or the count of a histogram series (0 if absent). */
 double xds_metric_get(xds_metric *f, const char *labels);
 
+/* The family registered under name, or NULL. */
+xds_metric *xds_metrics_find(xds_metrics *m, const char *name);
+
 /* Render every family; malloc'd, NUL-terminated; *len set. NULL on OOM. */
 char *xds_metrics_render(xds_metrics *m, size_t *len);
+
+/* ---- Reliability (fault tolerance) counters -------------------------------
+ * For the deployment layer's supervisor, router and membership code. The
+ * families (all exported from registration on, so a scrape sees 0 before the
+ * first fault):
+ *   xds_fault_failures_detected_total{role,cause}  a process found dead or hung
+ *   xds_fault_failovers_total{role}                its work moved to another process
+ *   xds_fault_requests_replayed_total              requests re-run elsewhere (re-prefill)
+ *   xds_fault_restarts_total{role}                 processes restarted
+ *   xds_fault_recovery_seconds{role}               detection to full capacity (histogram)
+ * role and cause are label values: [a-z0-9_] only, at most 32 characters
+ * (e.g. role "expert", "decode", "prefill", "frontend", "supervisor"; cause
+ * "exit", "hang", "link"); anything else is counted as "other", so the
+ * exposition stays valid. The five roles above are pre-created with causes
+ * "exit" and "hang". Register once before concurrent use (the HTTP server
+ * registers them on its registry: xds_server_metrics); the update functions
+ * are thread-safe and do nothing on a registry without them. */
+int xds_metrics_fault_register(xds_metrics *m); /* 0, or -1 on allocation failure; idempotent */
+void xds_metrics_fault_detected(xds_metrics *m, const char *role, const char *cause);
+void xds_metrics_fault_failover(xds_metrics *m, const char *role);
+void xds_metrics_fault_replayed(xds_metrics *m, int n_requests);
+void xds_metrics_fault_restart(xds_metrics *m, const char *role);
+void xds_metrics_fault_recovered(xds_metrics *m, const char *role, double seconds);
 
 #endif

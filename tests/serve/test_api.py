@@ -115,7 +115,7 @@ def answers_like_transformers(text):
 
 def test_health_and_models():
     st, _, data = raw("GET", "/health")
-    assert st == 200, st
+    assert st == 200 and json.loads(data) == {"status": "ok"}, (st, data)
     models = client.models.list()
     ids = [m.id for m in models.data]
     assert ids == [MODEL], ids
@@ -468,11 +468,12 @@ def free_port():
     return p
 
 
-def start_server(*args):
+def start_server(*args, env=None):
     port = free_port()
     p = subprocess.Popen([XDS_BIN, "serve", "-m", XDS_MODEL, "--port", str(port), "-t", "2",
                           "--served-model-name", MODEL, *args],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, **(env or {})))
     deadline = time.time() + 60
     while time.time() < deadline:
         if p.poll() is not None:
@@ -575,6 +576,84 @@ def test_sigterm_finishes_inflight():
         pass
 
 
+def _health(port):
+    st, _, d = raw("GET", "/health", port=port, timeout=10)
+    return st, json.loads(d)
+
+
+def _wait_health(port, want, reason_part, deadline_s=20):
+    end = time.time() + deadline_s
+    while True:
+        st, j = _health(port)
+        if st == want and reason_part in j.get("reason", ""):
+            return j
+        assert time.time() < end, f"/health never {want} with {reason_part!r}: {st} {j}"
+        time.sleep(0.05)
+
+
+def test_overload_and_stall():
+    """Degrade, never lock out (issue 13): a stalled engine makes /health 503
+    and it recovers, a stream waiting on it longer than --idle-timeout is not
+    cut; 300 idle connections (beyond the default 256 slots) leave a new
+    client a prompt 503 with Retry-After, the idle ones are closed after
+    --idle-timeout, then requests succeed again."""
+    if not XDS_BIN or not XDS_MODEL:
+        raise SkipTest("XDS_BIN / XDS_TEST_MODEL not set")
+    p, port = start_server("--idle-timeout", "2", "--stall-timeout", "1",
+                           env={"XDS_TEST_STALL_ENGINE_MS": "2500"})
+    socks = []
+    try:
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
+        res = {}
+
+        def stream():
+            try:
+                res["text"] = "".join(ch.choices[0].text for ch in c.completions.create(
+                    model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0, stream=True,
+                    extra_body={"ignore_eos": True}))
+            except Exception as ex:  # noqa: BLE001
+                res["e"] = ex
+
+        th = threading.Thread(target=stream)
+        th.start()
+        j = _wait_health(port, 503, "no progress")  # the first step sleeps 2.5 s > --stall-timeout 1
+        assert j["status"] == "unavailable", j
+        st, _, d = raw("GET", "/health/live", port=port, timeout=10)  # a liveness probe sees it too
+        assert st == 503 and b"no progress" in d, (st, d)
+        th.join(60)
+        assert res.get("text"), res  # 2.5 s without a byte > --idle-timeout 2: not cut
+        _wait_health(port, 200, "")
+        m = metrics_at(port)
+        assert m["xds_engine_stall_seconds"] == 0 and m["xds_health_ready"] == 1, m
+
+        for _ in range(300):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        _wait_health(port, 503, "connection slots")
+        assert raw("GET", "/health/live", port=port, timeout=2)[0] == 200  # full is not dead: no restart
+        st, hd, d = raw("POST", "/v1/completions", json.dumps(dict(model=MODEL, prompt="hi", max_tokens=2)),
+                        port=port, timeout=2)  # answered, not dropped: 2 s is a hang check
+        e = check_error_body(d, st, 503)
+        assert hd.get("retry-after") == "1" and e["code"] == "server_overloaded", (hd, e)
+        end = time.time() + 30
+        for s in socks:  # --idle-timeout 2: every idle connection is closed by the server
+            s.settimeout(max(0.1, end - time.time()))
+            try:
+                assert s.recv(16) == b"", "data on an idle connection"
+            except ConnectionResetError:
+                pass
+        r = c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, temperature=0)
+        assert r.choices[0].text and r.usage.completion_tokens == 2, r
+        m = metrics_at(port)
+        assert m["xds_http_connections_refused_total"] >= 1, m
+        assert m['xds_http_connections_closed_total{reason="idle"}'] >= 300, m
+        assert m['xds_http_requests_total{endpoint="/v1/completions",code="503"}'] >= 1, m
+    finally:
+        for s in socks:
+            s.close()
+        p.terminate()
+        p.wait(30)
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -586,7 +665,7 @@ TESTS = [test_health_and_models, test_chat, test_completion, test_stream_equals_
          test_stream_equals_nonstream_completion, test_raw_sse_framing, test_stop_sequences,
          test_usage_and_length, test_seed_reproducible, test_concurrent_greedy_matches_alone, test_bad_inputs,
          test_slow_client, test_client_disconnect_cancels, test_metrics, test_still_healthy,
-         test_api_key_and_busy, test_sigterm_finishes_inflight]
+         test_api_key_and_busy, test_sigterm_finishes_inflight, test_overload_and_stall]
 
 
 def main():

@@ -8,7 +8,8 @@
  * that sequences are preempted and recomputed, with prefix-cache hits) give
  * exactly the tokens each gives alone. Control: cancellation (running and
  * waiting) frees every block, a full queue says XDS_ERR_BUSY, bad requests
- * say XDS_ERR_INVALID, shutdown drains or aborts. Output processing (stop
+ * say XDS_ERR_INVALID, shutdown drains or aborts, a stuck loop shows as a
+ * growing stall_s. Output processing (stop
  * strings, EOG, length) is tested on synthetic text and token streams.
  *
  * Synchronization: events are recorded under one mutex and waiters sleep on
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/engine.h"
 #include "engine/output.h"
@@ -367,6 +369,57 @@ static void test_cancel(xds_model *m) {
     CHECK(memcmp(c[2].toks, ref_toks[2], sizeof(int32_t) * GEN) == 0 && c[2].finish == XDS_FINISH_LENGTH);
     xds_engine_free(e, 1);
     CHECK(c[2].n_final == 1);
+}
+
+/* Liveness (xds_engine_stats.stall_s): 0 while idle however long, growing
+ * while the loop is stuck with work (a callback that blocks the engine
+ * thread stands for a forward pass that does not return), 0 again once
+ * idle; the XDS_TEST_STALL_ENGINE_MS hook stalls the first step of each
+ * request the same way without changing its tokens. */
+static void test_liveness(xds_model *m) {
+    xds_engine_opts o = base_opts();
+    xds_engine *e;
+    CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+    xds_engine_stats st;
+    usleep(300 * 1000);
+    xds_engine_stats_get(e, &st);
+    CHECK_MSG(st.stall_s == 0 && st.max_queue == o.max_queue, "idle: stall %.3f s, max_queue %d", st.stall_s,
+              st.max_queue);
+    coll c;
+    memset(&c, 0, sizeof c);
+    c.gate_at = 1;
+    xds_gen_params p = greedy(GEN);
+    uint64_t id;
+    CHECK(xds_engine_submit(e, prompts[0], plen[0], &p, on_event, &c, &id) == XDS_OK);
+    if (wait_gated(&c)) {
+        usleep(300 * 1000); /* the loop is blocked in the callback all this time */
+        xds_engine_stats_get(e, &st);
+        CHECK_MSG(st.stall_s >= 0.3 && st.n_running == 1, "stuck loop: stall %.3f s, %d running", st.stall_s,
+                  st.n_running);
+        open_gate(&c);
+    }
+    wait_final(&c, 1);
+    xds_engine_stats_get(e, &st);
+    CHECK_MSG(st.stall_s == 0, "idle after the request: stall %.3f s", st.stall_s);
+    xds_engine_free(e, 1);
+
+    setenv(XDS_ENGINE_TEST_STALL_ENV, "400", 1);
+    CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+    unsetenv(XDS_ENGINE_TEST_STALL_ENV);
+    memset(&c, 0, sizeof c);
+    CHECK(xds_engine_submit(e, prompts[0], plen[0], &p, on_event, &c, &id) == XDS_OK);
+    double seen = 0;
+    for (int i = 0; i < 500 && seen < 0.2; i++) { /* the hook sleeps 400 ms in the first step */
+        xds_engine_stats_get(e, &st);
+        if (st.stall_s > seen) seen = st.stall_s;
+        usleep(20 * 1000);
+    }
+    CHECK_MSG(seen >= 0.2, "stall hook: largest stall seen %.3f s", seen);
+    wait_final(&c, 1);
+    CHECK(c.finish == XDS_FINISH_LENGTH && c.n_tok == GEN && memcmp(c.toks, ref_toks[0], sizeof(int32_t) * GEN) == 0);
+    xds_engine_stats_get(e, &st);
+    CHECK(st.stall_s == 0);
+    xds_engine_free(e, 1);
 }
 
 static void test_admission(xds_model *m) {
@@ -901,6 +954,7 @@ int main(void) {
     test_prefix_cache(m);
     test_cancel(m);
     test_admission(m);
+    test_liveness(m);
     test_shutdown(m);
     test_concurrent_clients(m);
     xds_model_free(m);
