@@ -1117,15 +1117,15 @@ static void *srv_reaper_main(void *arg) {
             case CONN_STREAMING: if (!sc->in_reader && t - sc->last_pull > idle) why = 2; break;
             }
             if (why >= 0) {
+                /* counted before the client can see the close (lock order conn_mu -> metrics) */
+                static const char *lbl[] = {"reason=\"idle\"", "reason=\"slow_request\"", "reason=\"slow_reader\""};
+                xds_metric_add(s->m_closed, lbl[why], 1);
                 shutdown(sc->fd, SHUT_RDWR);
                 sc->killed = 1;
                 killed[why]++;
             }
         }
         pthread_mutex_unlock(&s->conn_mu);
-        static const char *lbl[] = {"reason=\"idle\"", "reason=\"slow_request\"", "reason=\"slow_reader\""};
-        for (int k = 0; k < 3; k++)
-            if (killed[k]) xds_metric_add(s->m_closed, lbl[k], killed[k]);
         if (killed[0] + killed[1] + killed[2])
             XDS_LOGI("serve: closed %d idle, %d slow-request and %d slow-reader connection(s)", killed[0], killed[1],
                      killed[2]);
