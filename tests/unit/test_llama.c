@@ -214,6 +214,6 @@ int main(void) {
         test_smollm2(mp, 0);
         test_smollm2(mp, 1);
     }
-    else printf("SKIP smollm2: XDS_TEST_MODEL not set\n");
+    else TEST_SKIP("smollm2 oracle: XDS_TEST_MODEL not set");
     TEST_MAIN_END();
 }
