@@ -40,6 +40,7 @@ trap 'rm -f "$TOTALS"' EXIT
 # a failing stage ends the run (after the summary)
 run_ctest() {
   local stage=$1 dir=$2 rc=0; shift 2
+  rm -f "$dir/ctest-junit.xml" # no stale counts if ctest dies before writing it
   env "$@" ctest --test-dir "$dir" --output-on-failure -j"$J" "${ONLY[@]}" --output-junit "$PWD/$dir/ctest-junit.xml" \
     --test-output-size-passed 1048576 --test-output-size-failed 1048576 || rc=$?
   python3 scripts/test_summary.py stage "$TOTALS" "$stage" "$dir/ctest-junit.xml"
