@@ -21,7 +21,10 @@ Developer tool (CI never runs it; it needs torch + transformers + gguf):
     tokens, up to EOS, no clean-up of spaces: what `xds generate -n 32` prints), and the top-20 logits
     (ids + values) at the last prompt position and after every generated token. Prompts are taken from
     SMOL_PROMPTS in order, keeping only those whose greedy margin stays >= SMOL_MIN_MARGIN over 32 steps
-    (see the comment there for why).
+    (see the comment there for why). Also "text_cases": SMOL_TEXT_PROMPTS, ordinary text (prose, a chat
+    question, code) kept whatever their margins, each with transformers' greedy continuation of
+    SMOL_TEXT_STEPS tokens (fed to our model as is, so near ties cannot make the sequences differ) and
+    the top-20 logits at every step: the test checks the logits there to the quantized tolerance.
 Both record the transformers / torch versions.
 """
 import hashlib
@@ -156,6 +159,15 @@ SMOL_PROMPTS = [
     ["What is the tallest mountain in the world?"],
     "The capital of France is",
 ]
+# Ordinary text, kept whatever the margins: checked on logits only (teacher-forced), not greedy identity.
+SMOL_TEXT_PROMPTS = [
+    "The history of the Roman Empire began when",
+    "Photosynthesis is the process by which green plants",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    ["Why is the sky blue? Answer in two sentences."],
+    "def is_prime(n):\n    \"\"\"Return True if n is a prime number.\"\"\"\n",
+]
+SMOL_TEXT_STEPS = 16
 SMOL_N = 4
 SMOL_MIN_MARGIN = 0.5
 SMOL_STEPS = 40
@@ -169,20 +181,22 @@ def do_smollm2(gguf_path):
     sha = hashlib.sha256(open(gguf_path, "rb").read()).hexdigest()
     tok = AutoTokenizer.from_pretrained(d, gguf_file=fn)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=fn, dtype=torch.float32).eval()
-    prompts = [p if isinstance(p, str) else tok.apply_chat_template(
-        [{"role": "user", "content": u} for u in p], tokenize=False, add_generation_prompt=True)
-        for p in SMOL_PROMPTS]
     eos = model.config.eos_token_id
     out = {"versions": versions(), "model_sha256": sha, "steps": SMOL_STEPS, "top_k": SMOL_TOPK,
            "eos_token_id": eos, "cases": []}
-    for text, spec in zip(prompts, SMOL_PROMPTS):
+    def render(p):
+        return p if isinstance(p, str) else tok.apply_chat_template(
+            [{"role": "user", "content": u} for u in p], tokenize=False, add_generation_prompt=True)
+
+    def run(text, steps):
+        """Prompt ids, greedy continuation, per-step margins, top-k logits at every step."""
         ids = tok(text, add_special_tokens=False)["input_ids"]
         toks = list(ids)
         with torch.no_grad():
             past = None
             inp = torch.tensor([toks])
             gen, margins = [], []
-            for _ in range(SMOL_STEPS):
+            for _ in range(steps):
                 o = model(inp, past_key_values=past, use_cache=True)
                 past = o.past_key_values
                 lg = o.logits[0, -1].double()
@@ -198,6 +212,11 @@ def do_smollm2(gguf_path):
         for r in range(len(ids) - 1, len(toks) - 1):
             v, i = torch.topk(full[r], SMOL_TOPK)
             top.append({"pos": r, "ids": [int(x) for x in i], "logits": [round(float(x), 5) for x in v]})
+        return ids, gen, margins, top
+
+    prompts = [render(p) for p in SMOL_PROMPTS]
+    for text, spec in zip(prompts, SMOL_PROMPTS):
+        ids, gen, margins, top = run(text, SMOL_STEPS)
         if min(margins[:32]) < SMOL_MIN_MARGIN:
             print("skip", repr(text[:40]), "min margin", round(min(margins[:32]), 4))
             continue
@@ -208,6 +227,14 @@ def do_smollm2(gguf_path):
         print(repr(text[:40]), "->", repr(tok.decode(gen[:32])), "min margin", round(min(margins[:32]), 4))
         if len(out["cases"]) == SMOL_N:
             break
+    out["text_steps"] = SMOL_TEXT_STEPS
+    out["text_cases"] = []
+    for spec in SMOL_TEXT_PROMPTS:
+        text = render(spec)
+        ids, gen, margins, top = run(text, SMOL_TEXT_STEPS)
+        out["text_cases"].append({"text": text, "chat": None if isinstance(spec, str) else spec, "ids": ids,
+                                  "tokens": gen, "greedy_margins": [round(m, 5) for m in margins], "top": top})
+        print("text", repr(text[:40]), "->", repr(tok.decode(gen)), "min margin", round(min(margins), 4))
     with open(os.path.join(OUT, "smollm2.json"), "w") as f:
         json.dump(out, f, indent=None, separators=(",", ":"))
 

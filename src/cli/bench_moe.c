@@ -3,9 +3,11 @@
  * token of each of B sequences, each with c->ctx tokens of context already
  * in the paged KV cache), timed one by one, against the step's roofline bound
  *   bound = max(bytes read / measured bandwidth, flops / measured peaks)
- * (the bandwidth: the mean of a probe right before and one right after each
- * batch's timed steps, both printed — on a shared VM it moves with the
- * neighbours, and a probe at the start of the run alone misstates it)
+ * (the bandwidth: a read-bandwidth probe runs before each timed step and one
+ * after the last, and each step is bounded with the faster of the probes right
+ * before and after it — on a shared VM the bandwidth moves with the
+ * neighbours, and a probe at the start of the run alone misstates it; the
+ * slowest and fastest probe of each batch size are printed)
  * where bytes are what the step actually reads: every non-expert matrix
  * (attention incl. MLA's absorbed-K copy and only the V rows of kv_b, dense
  * FFNs, routers, shared experts, the LM head), the routed experts the batch

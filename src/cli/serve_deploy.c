@@ -35,7 +35,7 @@
  * that traffic, after the groups' ranks): a worker serves the groups' streams
  * in arrival order (engine/deploy.h).
  *
- * Not yet supported (refused with a clear error): --frontends > 1.
+ * --frontends F > 1: F front-end processes share the port (SO_REUSEPORT).
  */
 #define _GNU_SOURCE
 #include "cli/serve_deploy.h"

@@ -6,6 +6,7 @@
 # Then `inspect` on the real model (when XDS_TEST_MODEL is set) must succeed.
 # Usage: bash tests/cli/bad_model.sh path/to/xds
 set -u
+. "$(dirname "$0")/../skip.sh"
 XDS=${1:?usage: bad_model.sh path/to/xds}
 T=$(mktemp -d /tmp/xds_bad_model_XXXXXX)
 trap 'rm -rf "$T"' EXIT
@@ -141,7 +142,7 @@ if [ -n "${XDS_TEST_MODEL:-}" ]; then
     bad "inspect on the real model: $(cat "$T/err")"
   fi
 else
-  echo "XDS_TEST_MODEL not set: skipping the real-model checks"
+  skip_input "real-model inspect checks: XDS_TEST_MODEL not set" || fail=$((fail + 1))
 fi
 
 echo "$pass passed, $fail failed"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deploy.sh — `xds serve --experts E` as a real multi-process deployment
 # (supervisor + `xds worker --role expert` processes over an XCCL segment),
-# with SmolLM2 upcycled to 4 experts (XDS_TEST_MODEL; skipped when unset);
+# with SmolLM2 upcycled to 4 experts (XDS_TEST_MODEL; skipped when unset, a failure under CI=true);
 # also --prefill (disaggregated prefill/decode), --decode-dp 2, and 2 decode
 # groups sharing the expert workers (with and without a prefill instance).
 #   - greedy completions over the API identical to the single-process server;
@@ -12,6 +12,7 @@
 #   - a SIGKILLed expert worker stops the deployment (exit 1, nothing left).
 # Every wait has a deadline. Usage: bash tests/cli/deploy.sh path/to/xds
 set -uo pipefail
+. "$(dirname "$0")/../skip.sh"
 XDS="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 cd "$(dirname "$0")/../.."
 passed=0
@@ -20,8 +21,8 @@ ok() { passed=$((passed + 1)); echo "ok   $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 
 if [ -z "${XDS_TEST_MODEL:-}" ]; then
-  echo "skip: XDS_TEST_MODEL is not set (scripts/test.sh sets it); deployment tests not run"
-  echo "0 passed, 0 failed"; exit 0
+  skip_input "deployment tests: XDS_TEST_MODEL is not set (scripts/test.sh sets it)" || { echo "0 passed, 1 failed"; exit 1; }
+  echo "0 passed, 0 failed, 1 skipped"; exit 77
 fi
 
 # Under sanitizers (XDS_SANITIZED=1, scripts/test.sh) the model runs ~10x slower:

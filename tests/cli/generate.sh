@@ -3,8 +3,10 @@
 # Greedy output must equal transformers' continuation recorded by tools/oracle.py
 # (tests/data/oracle/smollm2.json), same seed -> same text, different seed -> different
 # text, bad input -> one error line and exit 1, chat over piped stdin answers.
-# Tests that need the real model skip (with a message) when XDS_TEST_MODEL is unset.
+# Tests that need the real model skip (with a message) when XDS_TEST_MODEL is unset
+# (a failure under CI=true: tests/skip.sh).
 set -u
+. "$(dirname "$0")/../skip.sh"
 XDS=${1:?usage: generate.sh path/to/xds}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 FIX=$ROOT/tests/data/oracle/smollm2.json
@@ -32,7 +34,7 @@ expect_error "chat missing model" "no-such" "$XDS" chat -m "$tmp/no-such.gguf" <
 
 M=${XDS_TEST_MODEL:-}
 if [ -z "$M" ]; then
-  echo "SKIP: XDS_TEST_MODEL not set; real-model generate/chat tests skipped"
+  skip_input "real-model generate/chat tests: XDS_TEST_MODEL not set" || fail=$((fail + 1))
   echo "$pass passed, $fail failed"; [ $fail -eq 0 ]; exit
 fi
 

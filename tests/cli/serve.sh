@@ -8,6 +8,7 @@
 # ~/.cache/xds/venv-test), created with `pip install openai` when missing.
 # Prints "N passed, N failed" last; exit status 1 on any failure.
 set -uo pipefail
+. "$(dirname "$0")/../skip.sh"
 XDS="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 cd "$(dirname "$0")/../.."
 
@@ -36,7 +37,7 @@ sys.exit(0 if (j["completed"], j["errors"], j["total_output_tokens"], j["total_i
 done
 
 if [ -z "${XDS_TEST_MODEL:-}" ]; then
-  echo "skip: XDS_TEST_MODEL is not set (scripts/test.sh sets it); live server tests not run"
+  skip_input "live server tests: XDS_TEST_MODEL is not set (scripts/test.sh sets it)" || failed=$((failed + 1))
   echo "$passed passed, $failed failed"
   [ "$failed" = 0 ]; exit
 fi
@@ -79,8 +80,8 @@ XDS_SERVE_URL="http://127.0.0.1:$PORT" XDS_SERVE_MODEL="$NAME" XDS_BIN="$XDS" \
   "$PY" tests/serve/test_api.py | tee "$LOG.py"
 summary=$(tail -1 "$LOG.py")
 rm -f "$LOG.py"
-p=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
-f=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
+p=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed\(, [0-9]* skipped\)\{0,1\}$/\1/p')
+f=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed\(, [0-9]* skipped\)\{0,1\}$/\2/p')
 if [ -z "$p" ]; then p=0; f=1; echo "FAIL python tests did not finish"; fi
 passed=$((passed + p)); failed=$((failed + f))
 

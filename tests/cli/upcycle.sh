@@ -7,6 +7,7 @@
 # the rows routed to it equals the dense product row for row; see
 # tests/unit/test_upcycle.c), and `xds inspect` shows its expert tensors. Usage: bash tests/cli/upcycle.sh path/to/xds
 set -u
+. "$(dirname "$0")/../skip.sh"
 XDS=${1:?usage: upcycle.sh path/to/xds}
 T=$(mktemp -d /tmp/xds_upcycle_cli_XXXXXX)
 trap 'rm -rf "$T"' EXIT
@@ -44,7 +45,7 @@ if [ -n "${XDS_TEST_MODEL:-}" ]; then
     if [ -s "$T/dense" ] && cmp -s "$T/dense" "$T/moe"; then ok; else bad "greedy text differs for '$p': dense '$(cat "$T/dense")' vs moe '$(cat "$T/moe")' $(cat "$T/e2")"; fi
   done
 else
-  echo "SKIP real-model upcycle: XDS_TEST_MODEL not set"
+  skip_input "real-model upcycle: XDS_TEST_MODEL not set" || fail=$((fail + 1))
 fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -30,7 +30,7 @@
 /* Per-head vs group attention on random K/V (paged, shuffled blocks). */
 static void test_attn_paths(void) {
     if (xds_cpu_level_get() < XDS_CPU_AVX2) {
-        printf("SKIP attention paths: no AVX2 at the default level\n");
+        TEST_SKIP("attention paths: no AVX2 at the default level (CPU or XDS_CPU)");
         return;
     }
     const int hds[] = {16, 24, 64, 128}, Gs[] = {1, 3, 4, 8};
@@ -176,6 +176,6 @@ int main(void) {
     check_dir(XDS_SOURCE_DIR "/tests/data/oracle/moe", 12);
     const char *mp = getenv("XDS_TEST_MODEL");
     if (mp && *mp) check_model(mp, "SmolLM2", getenv("XDS_SANITIZED") ? 4 : 10);
-    else printf("SKIP SmolLM2: XDS_TEST_MODEL not set\n");
+    else TEST_SKIP("SmolLM2: XDS_TEST_MODEL not set");
     TEST_MAIN_END();
 }

@@ -501,10 +501,12 @@ int main(void) {
     const char *smol = test_model_path();
 #if defined(__SANITIZE_ADDRESS__)
     smol = NULL; /* same code paths as the tiny models; the release build runs SmolLM2 */
-    printf("SKIP upcycled SmolLM2 under AddressSanitizer (too slow for CI; the release build runs it)\n");
+    TEST_SKIP_BUILD("upcycled SmolLM2 under AddressSanitizer (too slow; the release build runs it)");
 #endif
     if (!smol) {
-        printf("SKIP upcycled SmolLM2: XDS_TEST_MODEL is not set\n");
+#if !defined(__SANITIZE_ADDRESS__)
+        TEST_SKIP("upcycled SmolLM2: XDS_TEST_MODEL is not set");
+#endif
     } else {
         char dir[] = "/tmp/xds-test-deploy-XXXXXX", path[256];
         if (mkdtemp(dir)) {

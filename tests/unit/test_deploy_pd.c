@@ -307,10 +307,13 @@ int main(void) {
     const char *smol = test_model_path();
 #if defined(__SANITIZE_ADDRESS__)
     smol = NULL; /* the same code paths run on the tiny models above; SmolLM2 in the release build */
-    printf("SKIP SmolLM2 under AddressSanitizer (too slow for CI; the release build runs it)\n");
+    TEST_SKIP_BUILD("SmolLM2 under AddressSanitizer (too slow; the release build runs it)");
 #endif
-    if (!smol) printf("SKIP SmolLM2: XDS_TEST_MODEL is not set or sanitizer build\n");
-    else {
+    if (!smol) {
+#if !defined(__SANITIZE_ADDRESS__)
+        TEST_SKIP("SmolLM2: XDS_TEST_MODEL is not set");
+#endif
+    } else {
         xds_model *m = NULL;
         CHECK_MSG(xds_model_load(smol, NULL, &m) == XDS_OK, "load %s: %s", smol, xds_err_msg());
         if (m) run_topology("smollm2", m, 0);

@@ -806,7 +806,7 @@ typedef struct real_req {
 static void test_real_model(void) {
     const char *path = test_model_path();
     if (!path) {
-        printf("skip: XDS_TEST_MODEL not set, SmolLM2 tests skipped\n");
+        TEST_SKIP("SmolLM2 engine tests: XDS_TEST_MODEL not set");
         return;
     }
     int sanitized = getenv("XDS_SANITIZED") != NULL;

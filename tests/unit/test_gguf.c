@@ -613,7 +613,7 @@ static void test_bad(void) {
 static void test_real_model(void) {
     const char *path = test_model_path();
     if (!path) {
-        printf("XDS_TEST_MODEL not set: skipping the real-model checks\n");
+        TEST_SKIP("real-model GGUF checks: XDS_TEST_MODEL not set");
         return;
     }
     xds_gguf *g = NULL;

@@ -9,8 +9,9 @@
  * in two chunks, then a 2-token chunk, then single tokens, (C) two sequences
  * batched together in every step, which must also equal path A's logits.
  * SmolLM2 Q4_1 (XDS_TEST_MODEL): greedy tokens identical to transformers'
- * dequantized reference for >= 32 steps on every prompt, top-20 logits within
- * SMOL_TOL. Bad input: unsupported architecture, missing tensor, wrong shape,
+ * dequantized reference for >= 32 steps on every counting prompt, top-20
+ * logits within SMOL_TOL there and, teacher-forced, on ordinary text (prose, a
+ * chat question, code: tokens the counting prompts never use). Bad input: unsupported architecture, missing tensor, wrong shape,
  * each with a clear error naming the field / tensor.
  */
 #include <dirent.h>
@@ -84,8 +85,11 @@ static void test_bad_input(void) {
  * a small error. With the weights dequantized to f32 on our side too
  * (test_smollm2 f32=1 below) the same pass matches transformers to ~1e-6 of
  * the logit scale, so the remaining difference is that quantization alone.
- * Measured max |delta| on the committed prompts (logits of scale ~30): 0.87
- * (XDS_CPU=generic), 0.78 (avx2), 0.78 (avx512); on natural-text prompts
+ * Measured max |delta| on the committed counting prompts (logits of scale
+ * ~30): 0.87 (XDS_CPU=generic), 0.78-0.92 (avx2), 0.74-0.78 (avx512); on the
+ * committed ordinary-text prompts ("text_cases", 5 x 16 teacher-forced steps,
+ * AMD EPYC Zen 4): 0.60 (generic), 0.70 (avx2), 0.74 (avx512), and 8.7e-7 of
+ * the scale with f32 weights; on other natural-text prompts
  * tried while building the fixture up to 1.9, and an exact Q8_0
  * fake-quantization of the activations around f32 matmuls gives 0.6-1.15 on
  * those: this is the size of the effect, not a kernel bug. Bound 2.0 (> 2x the
@@ -187,6 +191,62 @@ static void test_smollm2(const char *path, int f32) {
         printf("smollm2%s case %zu: %d/%d greedy tokens identical\n", f32 ? " (f32)" : "", ci, match, ng);
         CHECK_MSG(match >= (f32 ? ng : 32), "smollm2 case %zu: greedy diverges at step %d", ci, match);
     }
+    /* ordinary text (prose, a chat question, code; "text_cases"): greedy
+     * margins there go down to ~0.07, so the sequence is teacher-forced
+     * (transformers' tokens fed whatever our argmax) and only the logits are
+     * checked, at every step, to the same tolerance */
+    json_t *tcs = json_object_get(j, "text_cases");
+    CHECK_MSG(json_array_size(tcs) >= 5, "smollm2.json: %zu text cases (want >= 5)", json_array_size(tcs));
+    double tworst = 0, tscale = 0;
+    int tsteps = 0;
+    for (size_t ci = 0; ci < json_array_size(tcs); ci++) {
+        if (sanitized && ci >= 1) break;
+        json_t *c = json_array_get(tcs, ci);
+        json_t *ids = json_object_get(c, "ids"), *fed = json_object_get(c, "tokens"), *top = json_object_get(c, "top");
+        int np = (int)json_array_size(ids), ng = (int)json_array_size(fed);
+        if (f32 && ng > SMOL_F32_STEPS) ng = SMOL_F32_STEPS;
+        if (sanitized && ng > 4) ng = 4;
+        CHECK_MSG(np > 0 && np <= 200 && (int)json_array_size(top) >= ng, "text case %zu: %d prompt ids", ci, np);
+        if (np <= 0 || np > 200) continue;
+        int32_t toks[256], pos[256], sq[256];
+        for (int i = 0; i < np; i++) toks[i] = (int32_t)json_integer_value(json_array_get(ids, i)), pos[i] = i, sq[i] = 0;
+        xds_kv_seq_truncate(kv, 0, 0);
+        CHECK(xds_kv_seq_reserve(kv, 0, np + ng) == XDS_OK);
+        int32_t last = np - 1;
+        xds_batch b = {np, toks, pos, sq};
+        CHECK(xds_model_forward(ctx, &b, &last, 1, lg) == XDS_OK);
+        double cw = 0;
+        for (int st = 0; st < ng; st++) {
+            json_t *row = json_array_get(top, st);
+            json_t *rid = json_object_get(row, "ids"), *rlg = json_object_get(row, "logits");
+            CHECK(json_array_size(rid) == 20 && json_array_size(rlg) == 20);
+            for (size_t k = 0; k < json_array_size(rid); k++) {
+                int id = (int)json_integer_value(json_array_get(rid, k));
+                double ref = json_number_value(json_array_get(rlg, k));
+                if (id < 0 || id >= V) continue;
+                cw = fmax(cw, fabs(lg[id] - ref));
+                tscale = fmax(tscale, fabs(ref));
+            }
+            tsteps++;
+            int32_t want = (int32_t)json_integer_value(json_array_get(fed, st));
+            int32_t p = np + st, sqz = 0, r0 = 0;
+            xds_batch b1 = {1, &want, &p, &sqz};
+            CHECK(xds_model_forward(ctx, &b1, &r0, 1, lg) == XDS_OK);
+        }
+        printf("smollm2%s text case %zu: %d steps, max |delta| of top-20 logits %.4f\n", f32 ? " (f32)" : "", ci,
+               ng, cw);
+        tworst = fmax(tworst, cw);
+    }
+    if (f32) {
+        printf("smollm2 (weights dequantized to f32) text prompts: %d steps, max |delta| / max |ref| = %.2e\n",
+               tsteps, tworst / tscale);
+        CHECK_MSG(tscale > 0 && tworst / tscale <= SMOL_TOL_F32_REL, "smollm2 f32 text logits differ by %.3g relative",
+                  tworst / tscale);
+    } else {
+        printf("smollm2 text prompts: %d steps, max |delta| of top-20 logits = %.4f (bound %.2f)\n", tsteps, tworst,
+               SMOL_TOL);
+        CHECK_MSG(tsteps > 0 && tworst <= SMOL_TOL, "smollm2 text-prompt logits differ by %.4f", tworst);
+    }
     if (f32) {
         printf("smollm2 (weights dequantized to f32): max |delta| / max |ref| of top-20 logits = %.2e\n",
                worst / scale);
@@ -214,6 +274,6 @@ int main(void) {
         test_smollm2(mp, 0);
         test_smollm2(mp, 1);
     }
-    else printf("SKIP smollm2: XDS_TEST_MODEL not set\n");
+    else TEST_SKIP("smollm2 oracle: XDS_TEST_MODEL not set");
     TEST_MAIN_END();
 }

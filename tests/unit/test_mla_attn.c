@@ -135,7 +135,7 @@ static void check_shape(const shape *sh) {
 
 int main(void) {
     if (xds_cpu_level_get() < XDS_CPU_AVX512) {
-        printf("SKIP test_mla_attn: the AVX-512 level is not available (CPU or XDS_CPU)\n");
+        TEST_SKIP("test_mla_attn: the AVX-512 level is not available (CPU or XDS_CPU)");
         TEST_MAIN_END();
     }
     const shape shapes[] = {

@@ -151,7 +151,7 @@ int main(void) {
     const char *mp = test_model_path();
     CHECK(xds_model_upcycle("/nonexistent.gguf", "/tmp/x.gguf", 4, 2, 1) != XDS_OK);
     if (!mp) {
-        printf("SKIP upcycle: XDS_TEST_MODEL not set\n");
+        TEST_SKIP("upcycle of the real model: XDS_TEST_MODEL not set");
         TEST_MAIN_END();
     }
     CHECK(xds_model_upcycle(mp, "/tmp/never.gguf", 2, 3, 1) == XDS_ERR_INVALID && strstr(xds_err_msg(), "k (3)"));

@@ -1,15 +1,18 @@
 /*
  * test_xccl_coll.c — barrier, allgather, allreduce (f32, bf16) among real
- * processes, for 1..5 ranks, random sizes that span several collective
- * buffers (4 KiB buffers), and a subgroup {0, 2, ...} with its own epoch
- * while the other ranks stay idle. Results are checked byte-exact against
+ * processes, for 1..5 ranks (the barrier lets no rank through before all
+ * arrived: a shared counter every rank bumps first is complete after it),
+ * random sizes that span several collective buffers (4 KiB buffers), and a
+ * subgroup {0, 2, ...} with its own epoch while the other ranks stay idle. Results are checked byte-exact against
  * sums computed locally in member order with f32 accumulation.
  */
 #include "xccl_testutil.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 
 static int seg_fd;
+static _Atomic int *barrier_ctr; /* MAP_SHARED: one counter for all ranks */
 
 static void gen(void *buf, size_t count, xccl_dtype dt, uint64_t seed) {
     uint64_t s = seed;
@@ -76,12 +79,19 @@ static int rank_main(int rank, int n, void *arg) {
     xccl_group *w = xccl_comm_world(c);
     int all[8];
     for (int i = 0; i < n; i++) all[i] = i;
-    /* barrier really synchronises: each rank bumps a shared counter, then after
-     * the barrier everyone must see n */
-    static _Atomic int *ctr;
-    (void)ctr;
+    /* barrier really synchronises: before barrier `it` each rank bumps a
+     * counter shared by all ranks (one rank a little late, so that a barrier
+     * letting anyone through early is caught); after it every rank must see
+     * all n increments of this round and at most n - 1 of the next one (this
+     * rank has not made its own yet) */
     for (int it = 0; it < 12; it++) {
+        if (rank == it % n) usleep(20000);
+        atomic_fetch_add(barrier_ctr, 1);
         XCHECK(xccl_barrier(c, w));
+        int seen = atomic_load(barrier_ctr);
+        CHECK_MSG(seen >= (it + 1) * n && seen < (it + 2) * n,
+                  "barrier %d of %d ranks: rank %d passed with the counter at %d (want [%d, %d))", it, n, rank, seen,
+                  (it + 1) * n, (it + 2) * n);
         check_allgather(c, w, all, n, it);
         check_allreduce(c, w, all, n, it);
     }
@@ -125,9 +135,14 @@ int main(void) {
         cfg.coll_bytes = 4096;
         xccl_segment *seg = tu_segment(&cfg);
         seg_fd = xccl_segment_fd(seg);
+        barrier_ctr = mmap(NULL, sizeof *barrier_ctr, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        CHECK(barrier_ctr != MAP_FAILED);
+        if (barrier_ctr == MAP_FAILED) return 1;
+        atomic_store(barrier_ctr, 0);
         int failed = tu_run_ranks(n, rank_main, NULL, 60);
         CHECK_MSG(failed == 0, "%d of %d ranks failed", failed, n);
         xccl_segment_destroy(seg);
+        munmap((void *)barrier_ctr, sizeof *barrier_ctr);
     }
     TEST_MAIN_END();
 }
