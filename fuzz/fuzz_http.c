@@ -135,6 +135,8 @@ static void *stub_main(void *arg) {
 
 /* ---- server ------------------------------------------------------------- */
 
+#define MAX_BODY 4096 /* the server's body limit: larger ones get 413 */
+
 static int port;
 
 static void setup(void) {
@@ -163,7 +165,7 @@ static void setup(void) {
     o.api_key = "k3y";
     o.model_name = "fuzz-model";
     o.max_ctx = 48;
-    o.max_body_bytes = 4096;
+    o.max_body_bytes = MAX_BODY;
     o.topology_json = "{\"decode\": 1}";
     o.engine_ops = &ops;
     o.read_timeout_s = 5;
@@ -293,7 +295,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 send_all(fd, body, blen);
             }
         }
-        expect = 1;
+        /* a Content-Length over the limit is answered (413) and the
+         * connection closed before the body is read: the reset that follows
+         * may discard the answer on our side */
+        expect = chunked || blen <= MAX_BODY;
     }
     shutdown(fd, SHUT_WR);
     size_t n = read_all(fd, answer, sizeof answer);
