@@ -66,8 +66,11 @@ fi
 
 if has_stage fuzz; then # (body not indented)
 echo "== fuzz targets (brief)"
+# Each target runs over its seeds; its log must show coverage (a final cov:
+# figure above 0) and covered functions under src/ (-print_coverage), i.e. the
+# code under test is instrumented, not only the harness.
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DXDS_FUZZ=ON >/dev/null
-cmake --build build-fuzz -j"$J"
+cmake --build build-fuzz -j"$J" --target fuzz_all
 nfuzz=0
 for f in build-fuzz/fuzz_*; do
   [ -x "$f" ] || continue
@@ -77,12 +80,21 @@ for f in build-fuzz/fuzz_*; do
   mkdir -p "build-fuzz/corpus-$name"
   args=("build-fuzz/corpus-$name")
   [ -d "$corpus" ] && args+=("$corpus")
+  [ -f "fuzz/${name#fuzz_}.dict" ] && args=(-dict="fuzz/${name#fuzz_}.dict" "${args[@]}")
   echo "-- $name (${XDS_FUZZ_SECONDS:-20}s)"
-  "$f" -max_total_time="${XDS_FUZZ_SECONDS:-20}" -max_len=65536 "${args[@]}" 2>build-fuzz/$name.log \
-    || { tail -50 build-fuzz/$name.log; echo "fuzz target $name failed"
-         python3 scripts/test_summary.py add "$TOTALS" fuzz $((nfuzz - 1)) 1
-         python3 scripts/test_summary.py total "$TOTALS" || true; exit 1; }
-  grep -E "^Done|#[0-9]+.*DONE" build-fuzz/$name.log | tail -1 || true
+  fail_fuzz() { echo "$1"; python3 scripts/test_summary.py add "$TOTALS" fuzz $((nfuzz - 1)) 1
+               python3 scripts/test_summary.py total "$TOTALS" || true; exit 1; }
+  "$f" -max_total_time="${XDS_FUZZ_SECONDS:-20}" -max_len=65536 -print_coverage=1 "${args[@]}" \
+    2>build-fuzz/$name.log || { tail -50 build-fuzz/$name.log; fail_fuzz "fuzz target $name failed"; }
+  last=$(grep -E '^#[0-9]+' build-fuzz/$name.log | grep -E 'cov: [0-9]+' | tail -1 || true)
+  cov=$(sed -nE 's/.*cov: ([0-9]+) ft: ([0-9]+).*/\1/p' <<<"$last")
+  ft=$(sed -nE 's/.*cov: ([0-9]+) ft: ([0-9]+).*/\2/p' <<<"$last")
+  execs=$(sed -nE 's/^#([0-9]+).*/\1/p' <<<"$last")
+  src_funcs=$( (grep '^COVERED_FUNC: ' build-fuzz/$name.log || true) | grep -cF " $PWD/src/" || true)
+  echo "   cov: ${cov:-missing} ft: ${ft:-missing} after ${execs:-?} runs; ${src_funcs} functions of src/ covered"
+  if [ -z "$cov" ] || [ "$cov" -eq 0 ] || [ "$src_funcs" -eq 0 ]; then
+    fail_fuzz "fuzz target $name shows no coverage of the code under test (is src/ built with -fsanitize=fuzzer-no-link?)"
+  fi
 done
 python3 scripts/test_summary.py add "$TOTALS" fuzz "$nfuzz" 0
 fi

@@ -27,6 +27,7 @@
  * config (errors name the tensor); on failure everything bound so far is
  * released by xds_arch_free_layers (called from xds_model_free).
  */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +63,10 @@ static xds_status jnum(const json_t *o, const char *key, float def, float *out) 
         return XDS_OK;
     }
     if (!json_is_number(v)) return xds_err_set(XDS_ERR_FORMAT, "model: config.json: field '%s' is not a number", key);
-    *out = (float)json_number_value(v);
+    double d = json_number_value(v);
+    if (!(fabs(d) <= FLT_MAX)) /* a float cannot hold it (the conversion would be undefined) */
+        return xds_err_set(XDS_ERR_FORMAT, "model: config.json: field '%s' = %g is out of range", key, d);
+    *out = (float)d;
     return XDS_OK;
 }
 

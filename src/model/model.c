@@ -12,6 +12,7 @@
  * model.h documents and a row size valid for its dtype; nothing is retained
  * on failure.
  */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,7 +146,10 @@ static xds_status js_num(const json_t *o, const char *key, float def, float *out
     }
     if (!json_is_number(v))
         return xds_err_set(XDS_ERR_FORMAT, "model: config.json: field '%s' is not a number", key);
-    *out = (float)json_number_value(v);
+    double d = json_number_value(v);
+    if (!(fabs(d) <= FLT_MAX)) /* a float cannot hold it (the conversion would be undefined) */
+        return xds_err_set(XDS_ERR_FORMAT, "model: config.json: field '%s' = %g is out of range", key, d);
+    *out = (float)d;
     return XDS_OK;
 }
 
@@ -180,6 +184,14 @@ static xds_status rope_from_json(const json_t *rp, xds_model_config *c) {
         return xds_err_set(XDS_ERR_FORMAT, "model: config.json: rope scaling factor must be positive");
     if (r->type == XDS_ROPE_SCALING_LLAMA3 && !(r->high_freq_factor > r->low_freq_factor))
         return xds_err_set(XDS_ERR_FORMAT, "model: config.json: llama3 rope needs high_freq_factor > low_freq_factor");
+    /* llama3 and yarn divide by these (rope_init): zero or negative gives NaN frequencies */
+    if (r->type == XDS_ROPE_SCALING_LLAMA3 && !(r->low_freq_factor > 0))
+        return xds_err_set(XDS_ERR_FORMAT, "model: config.json: llama3 rope needs low_freq_factor > 0");
+    if ((r->type == XDS_ROPE_SCALING_LLAMA3 || r->type == XDS_ROPE_SCALING_YARN) && r->original_max_pos <= 0)
+        return xds_err_set(XDS_ERR_FORMAT, "model: config.json: rope original_max_position_embeddings %d must be positive",
+                           r->original_max_pos);
+    if (r->type == XDS_ROPE_SCALING_YARN && !(r->beta_fast > 0 && r->beta_slow > 0))
+        return xds_err_set(XDS_ERR_FORMAT, "model: config.json: yarn rope needs beta_fast and beta_slow > 0");
     return XDS_OK;
 }
 
@@ -219,6 +231,8 @@ static xds_status config_from_json(const json_t *j, xds_model_config *c) {
         XDS_TRY(js_num(rp, "partial_rotary_factor", prf, &p2));
         prf = p2;
     }
+    if (!(prf > 0 && prf <= 1))
+        return xds_err_set(XDS_ERR_FORMAT, "model: config.json: partial_rotary_factor %g must be in (0, 1]", (double)prf);
     c->rope_dim = (int)(c->head_dim * prf);
     c->tied_embd = js_bool(j, "tie_word_embeddings", 0);
     int id;
@@ -249,7 +263,17 @@ static xds_status config_check(const xds_model_config *c) {
     BAD(c->rope_dim < 0 || c->rope_dim > c->head_dim || c->rope_dim % 2, "rope dim %d invalid for head dim %d",
         c->rope_dim, c->head_dim);
     BAD(c->n_vocab <= 0 || c->n_vocab > (1 << 24), "vocabulary size %d out of range", c->n_vocab);
-    BAD(!(c->rms_eps > 0) || !(c->rope_theta > 0), "rms eps / rope theta must be positive");
+    BAD(!(c->rms_eps > 0) || !(c->rope_theta > 0) || !isfinite(c->rms_eps) || !isfinite(c->rope_theta),
+        "rms eps / rope theta must be positive and finite");
+    /* rope_init divides by these (config.json names them in rope_from_json; GGUF values land here) */
+    const xds_rope_scaling *r = &c->rope_scaling;
+    BAD(r->type != XDS_ROPE_SCALING_NONE && !(r->factor > 0 && isfinite(r->factor)),
+        "rope scaling factor must be positive and finite");
+    BAD((r->type == XDS_ROPE_SCALING_LLAMA3 || r->type == XDS_ROPE_SCALING_YARN) && r->original_max_pos <= 0,
+        "rope scaling original context length %d must be positive", r->original_max_pos);
+    BAD(r->type == XDS_ROPE_SCALING_YARN && !(r->beta_fast > 0 && r->beta_slow > 0 && isfinite(r->beta_fast) &&
+                                             isfinite(r->beta_slow)),
+        "yarn rope beta_fast / beta_slow must be positive and finite");
     BAD(c->max_ctx <= 0, "context length %d invalid", c->max_ctx);
 #undef BAD
     return XDS_OK;

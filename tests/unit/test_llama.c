@@ -70,6 +70,24 @@ static void test_bad_input(void) {
     expect_load_error(base, "tie_word_embeddings", json_false(), XDS_ERR_NOT_FOUND, "lm_head.weight");
     expect_load_error(base, "num_key_value_heads", json_integer(3), XDS_ERR_FORMAT, "kv head");
     expect_load_error(base, "hidden_size", json_string("big"), XDS_ERR_FORMAT, "hidden_size");
+    /* found by fuzz_hf_config: a factor converted to int (rope dim) or to
+     * float out of range was undefined behaviour, not an error */
+    expect_load_error(base, "partial_rotary_factor", json_real(1e30), XDS_ERR_FORMAT, "partial_rotary_factor");
+    expect_load_error(base, "partial_rotary_factor", json_real(0.0), XDS_ERR_FORMAT, "partial_rotary_factor");
+    expect_load_error(base, "rope_theta", json_real(1e300), XDS_ERR_FORMAT, "rope_theta");
+    expect_load_error(base, "rms_norm_eps", json_real(-1e300), XDS_ERR_FORMAT, "rms_norm_eps");
+    /* yarn / llama3 divide by these: zero or negative gave NaN frequencies */
+    expect_load_error(base, "rope_parameters",
+                      json_pack("{s:s, s:f, s:i}", "rope_type", "yarn", "factor", 2.0,
+                                "original_max_position_embeddings", -1),
+                      XDS_ERR_FORMAT, "original_max_position_embeddings");
+    expect_load_error(base, "rope_parameters",
+                      json_pack("{s:s, s:f, s:f}", "rope_type", "yarn", "factor", 2.0, "beta_slow", 0.0),
+                      XDS_ERR_FORMAT, "beta");
+    expect_load_error(base, "rope_parameters",
+                      json_pack("{s:s, s:f, s:f, s:f}", "rope_type", "llama3", "factor", 8.0, "low_freq_factor", 0.0,
+                                "high_freq_factor", 4.0),
+                      XDS_ERR_FORMAT, "low_freq_factor");
     xds_model *m = NULL;
     CHECK(xds_model_load("/nonexistent/model.gguf", NULL, &m) != XDS_OK);
     CHECK(strlen(xds_err_msg()) > 0);
