@@ -17,20 +17,24 @@
 #include "model/upcycle.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: xds upcycle -m DENSE.gguf -o OUT.gguf [-E EXPERTS] [-k TOPK] [--seed N]\n"
+    fprintf(f, "usage: xds upcycle -m DENSE.gguf -o OUT.gguf [-E EXPERTS] [-k TOPK] [--seed N] [--perturb S]\n"
                "\n"
                "Turn a dense llama GGUF into an exact mixture of experts: each FFN becomes EXPERTS\n"
                "identical experts (default 8), with a random router and top-TOPK (default 2) routing\n"
-               "with normalized weights, so the output equals the dense model's for any routing.\n");
+               "with normalized weights, so the output equals the dense model's for any routing.\n"
+               "--perturb S (0 <= S < 1, default 0): scale expert e's down projection by\n"
+               "1 + S (2e / (EXPERTS - 1) - 1), from 1 - S to 1 + S, so that the output depends on\n"
+               "which experts each token is routed to (recorded as xds.upcycle.down_scale).\n");
 }
 
 int cli_upcycle(int argc, char **argv) {
     const char *in = NULL, *out = NULL;
     int E = 8, k = 2;
     unsigned long long seed = 1;
+    float perturb = 0;
     static const struct option lo[] = {{"model", 1, 0, 'm'}, {"output", 1, 0, 'o'}, {"experts", 1, 0, 'E'},
-                                       {"topk", 1, 0, 'k'},  {"seed", 1, 0, 's'},   {"help", 0, 0, 'h'},
-                                       {0, 0, 0, 0}};
+                                       {"topk", 1, 0, 'k'},  {"seed", 1, 0, 's'},   {"perturb", 1, 0, 'P'},
+                                       {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:o:E:k:h", lo, NULL)) != -1) {
@@ -56,6 +60,15 @@ int cli_upcycle(int argc, char **argv) {
                 return 2;
             }
             break;
+        case 'P': {
+            double v = strtod(optarg, &end);
+            if (end == optarg || *end || !(v >= 0 && v < 1)) {
+                fprintf(stderr, "xds upcycle: error: --perturb %s: expected a number in [0, 1)\n", optarg);
+                return 2;
+            }
+            perturb = (float)v;
+            break;
+        }
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -64,12 +77,15 @@ int cli_upcycle(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    xds_status s = xds_model_upcycle(in, out, E, k, seed);
+    xds_status s = xds_model_upcycle_perturbed(in, out, E, k, seed, perturb);
     if (s != XDS_OK) {
         fprintf(stderr, "xds upcycle: error: %s\n", xds_err_msg());
         return 1;
     }
-    printf("wrote %s: %d experts per layer (identical copies), top-%d\n", out, E, k);
+    if (perturb > 0)
+        printf("wrote %s: %d experts per layer (down projections scaled by 1 -/+ %g), top-%d\n", out, E, perturb, k);
+    else
+        printf("wrote %s: %d experts per layer (identical copies), top-%d\n", out, E, k);
     return 0;
 }
 

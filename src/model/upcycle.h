@@ -16,6 +16,13 @@
  * top-n_used routing with normalized weights. Greedy output equals the dense
  * model's for any routing. */
 xds_status xds_model_upcycle(const char *in, const char *out, int n_expert, int n_used, uint64_t seed);
+/* The same with expert e's down projection scaled by
+ * s_e = 1 + perturb (2e / (n_expert - 1) - 1), perturb in [0, 1) (0: the exact
+ * upcycle above): the output then depends on the routing (deployment tests
+ * use it to see a token sent to the wrong expert). The scales are recorded in
+ * the file (xds.upcycle.down_scale, xds.upcycle.perturb); see upcycle.c. */
+xds_status xds_model_upcycle_perturbed(const char *in, const char *out, int n_expert, int n_used, uint64_t seed,
+                                       float perturb);
 
 /* Random-weight MoE benchmark checkpoint with real layer shapes, as a GGUF
  * at `out` (llama.cpp qwen3moe / deepseek2 layout; see bench_model.c).

@@ -4,7 +4,14 @@
 # with SmolLM2 upcycled to 4 experts (XDS_TEST_MODEL; skipped when unset, a failure under CI=true);
 # also --prefill (disaggregated prefill/decode), --decode-dp 2, and 2 decode
 # groups sharing the expert workers (with and without a prefill instance).
-#   - greedy completions over the API identical to the single-process server;
+# The MoE is a perturbed upcycle (`xds upcycle --perturb 0.5`: expert e's
+# down projection scaled by 0.5 .. 1.5), so a token routed to the wrong
+# expert changes the text; one deployment also runs on the exact upcycle
+# (identical experts), whose text must equal the dense model's.
+#   - greedy completions over the API identical to the single-process server:
+#     6 real prompts of 5 to ~190 tokens (chunked prefill at 48 tokens per
+#     step, several 16-token KV blocks), 12 tokens each; the reference sends
+#     them one at a time, every deployment all at once (concurrent requests);
 #   - GET /v1/topology lists every rank with a live pid and every expert once;
 #   - SIGTERM stops everything: exit 0, no worker left, shm segment removed;
 #   - start-up errors (dense model, unsupported flags, a worker that fails to
@@ -27,7 +34,9 @@ fi
 
 # Under sanitizers (XDS_SANITIZED=1, scripts/test.sh) the model runs ~10x slower:
 # shorter completions, and the E=4 / prefill+experts cases are left to the release run.
-if [ "${XDS_SANITIZED:-0}" = 1 ]; then NTOK=4; NPROMPT=2; ESET="2"; FULL=0; else NTOK=12; NPROMPT=3; ESET="2 4"; FULL=1; fi
+if [ "${XDS_SANITIZED:-0}" = 1 ]; then NTOK=4; NPROMPT=2; ESET="2"; FULL=0; else NTOK=12; NPROMPT=6; ESET="2 4"; FULL=1; fi
+# every server of the equivalence cases: 48-token steps, so the long prompts are prefilled in chunks
+STEP=(--max-step-tokens 48)
 export NTOK NPROMPT
 TMP="$(mktemp -d /tmp/xds-deploy-test.XXXXXX)"
 PIDS=()
@@ -56,37 +65,85 @@ wait_exit() { # pid seconds -> sets RC
   while kill -0 "$1" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
   if kill -0 "$1" 2>/dev/null; then kill -9 "$1"; wait "$1" 2>/dev/null; RC=124; else wait "$1"; RC=$?; fi
 }
-complete() { # port -> greedy texts of a few prompts, one JSON line
-  python3 - "$1" <<'EOF'
-import json, sys, urllib.request
-out = []
-import os
-for p in ["The capital of France is", "Write a haiku about the sea.", "1, 2, 3, 4,"][:int(os.environ["NPROMPT"])]:
-    req = urllib.request.Request("http://127.0.0.1:%s/v1/completions" % sys.argv[1],
-        data=json.dumps({"prompt": p, "max_tokens": int(os.environ["NTOK"]), "temperature": 0}).encode(),
-        headers={"Content-Type": "application/json"})
-    out.append(json.loads(urllib.request.urlopen(req, timeout=60).read())["choices"][0]["text"])
+# Real prompts of several lengths (the first two, one short and one long, are the sanitizer run's).
+python3 - "$TMP/prompts.json" <<'EOF'
+import json, sys
+prompts = [
+    "The capital of France is",
+    "Once upon a time, in a small village at the edge of a great forest, there lived an old woodcutter and his "
+    "wife. Every morning he walked into the forest with his axe, and every evening he came home with a bundle of "
+    "wood on his back. One winter the snow fell so deep that the paths disappeared, and the woodcutter could not "
+    "find his way home. He wandered among the silent trees until he saw a light shining between the branches. "
+    "His feet were cold and his stomach was empty, but he kept walking towards it, step by step, through the "
+    "snow. When he came closer, he saw",
+    "Write a haiku about the sea.",
+    "Explain in simple words why the sky is blue during the day and red or orange at sunset, as you would to a "
+    "curious ten year old child.",
+    "def merge_sort(items):\n    \"\"\"Sort a list of numbers and return a new list.\"\"\"\n"
+    "    if len(items) <= 1:\n        return list(items)\n    middle = len(items) // 2\n"
+    "    left = merge_sort(items[:middle])\n    right = merge_sort(items[middle:])\n    result = []\n"
+    "    i = j = 0\n    while i < len(left) and j < len(right):\n        if left[i] <= right[j]:\n"
+    "            result.append(left[i])\n            i += 1\n        else:\n            result.append(right[j])\n"
+    "            j += 1\n    result.extend(left[i:])\n    result.extend(right[j:])\n    return result\n\n\n"
+    "def binary_search(items, target):\n    \"\"\"Return the index of target in the sorted list items, or -1.\"\"\"\n",
+    "The history of the printing press begins in the fifteenth century. Before it, books were copied by hand, "
+    "which made them rare and expensive; a single Bible could take a scribe more than a year. Around 1440 "
+    "Johannes Gutenberg, a goldsmith from Mainz, combined movable metal type, an oil-based ink and a wooden "
+    "press adapted from those used to make wine. Within fifty years printing shops had spread to more than two "
+    "hundred cities across Europe, and millions of books had been printed. The consequences were enormous: "
+    "ideas travelled faster than ever before, scholars could compare the same text in different cities, and "
+    "literacy slowly grew among ordinary people. Historians still debate which changes followed most directly "
+    "from the press. In summary, the three most important effects of the printing press were",
+]
+json.dump(prompts, open(sys.argv[1], "w"))
+EOF
+export PROMPTS="$TMP/prompts.json"
+complete() { # port [seq] -> [[text, prompt_tokens], ...] of the prompts (one JSON line); all sent at once unless seq
+  python3 - "$1" "${2:-par}" <<'EOF'
+import json, os, sys, threading, urllib.request
+port, mode = sys.argv[1], sys.argv[2]
+prompts = json.load(open(os.environ["PROMPTS"]))[:int(os.environ["NPROMPT"])]
+out = [None] * len(prompts)
+def one(i):
+    req = urllib.request.Request("http://127.0.0.1:%s/v1/completions" % port,
+        data=json.dumps({"prompt": prompts[i], "max_tokens": int(os.environ["NTOK"]), "temperature": 0,
+                         "ignore_eos": True}).encode(),
+        headers={"Content-Type": "application/json", "Connection": "close"})
+    j = json.loads(urllib.request.urlopen(req, timeout=120).read())
+    out[i] = [j["choices"][0]["text"], j["usage"]["prompt_tokens"]]
+if mode == "seq":
+    for i in range(len(prompts)): one(i)
+else:
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    [t.start() for t in ts]; [t.join() for t in ts]
 print(json.dumps(out))
 EOF
 }
 
-MOE="$TMP/smol-e4.gguf"
-if ! "$XDS" upcycle -m "$XDS_TEST_MODEL" -o "$MOE" -E 4 -k 2 >/dev/null 2>&1; then
+MOE="$TMP/smol-e4p.gguf" MOEX="$TMP/smol-e4.gguf"
+if ! "$XDS" upcycle -m "$XDS_TEST_MODEL" -o "$MOE" -E 4 -k 2 --perturb 0.5 >/dev/null 2>&1 \
+   || ! "$XDS" upcycle -m "$XDS_TEST_MODEL" -o "$MOEX" -E 4 -k 2 >/dev/null 2>&1; then
   bad "upcycle SmolLM2 to 4 experts"; echo "$passed passed, $failed failed"; exit 1
 fi
 
-# --- reference: single-process server ---
+# --- reference: single-process server, one request at a time ---
 PORT=$(free_port)
-"$XDS" serve -m "$MOE" --port "$PORT" -t 1 >"$TMP/ref.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
+"$XDS" serve -m "$MOE" --port "$PORT" -t 1 "${STEP[@]}" >"$TMP/ref.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
 REF=""
-if wait_health "$PORT" "$SRV"; then REF=$(complete "$PORT"); fi
+if wait_health "$PORT" "$SRV"; then REF=$(complete "$PORT" seq); fi
 kill -TERM "$SRV"; wait_exit "$SRV" 30
 [ -n "$REF" ] && ok "single-process reference answers" || bad "single-process reference: $(tail -3 "$TMP/ref.log")"
+echo "$REF" | python3 -c '
+import json, os, sys
+r = json.load(sys.stdin); n = [p for _, p in r]
+assert len(r) == int(os.environ["NPROMPT"]) and max(n) > 100 and min(n) < 16, n
+print("     prompt tokens:", n)' && ok "reference: prompts of several lengths, one beyond 100 tokens" \
+  || bad "reference prompts: $REF"
 
 # --- deployments with 2 and 4 expert workers ---
 for E in $ESET; do
   PORT=$(free_port)
-  "$XDS" serve -m "$MOE" --port "$PORT" -t 1 --experts "$E" >"$TMP/dep$E.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
+  "$XDS" serve -m "$MOE" --port "$PORT" -t 1 "${STEP[@]}" --experts "$E" >"$TMP/dep$E.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
   if ! wait_health "$PORT" "$SRV"; then bad "E=$E: deployment did not come up: $(tail -5 "$TMP/dep$E.log")"; continue; fi
   grep -q "topology: rank $E pid" "$TMP/dep$E.log" && ok "E=$E: topology printed at start" || bad "E=$E: no topology lines"
   if python3 - "$PORT" "$E" "$SRV" <<'EOF'
@@ -105,7 +162,7 @@ assert sorted(held) == list(range(4)), held
 EOF
   then ok "E=$E: GET /v1/topology (live pids, every expert placed once)"; else bad "E=$E: /v1/topology"; fi
   GOT=$(complete "$PORT")
-  if [ -n "$REF" ] && [ "$GOT" = "$REF" ]; then ok "E=$E: greedy completions identical to single process"
+  if [ -n "$REF" ] && [ "$GOT" = "$REF" ]; then ok "E=$E: $NPROMPT concurrent greedy completions identical to single process"
   else bad "E=$E: completions differ: ref=$REF got=$GOT"; fi
   kill -TERM "$SRV"; wait_exit "$SRV" 30
   [ "$RC" = 0 ] && ok "E=$E: SIGTERM -> exit 0" || bad "E=$E: exit status $RC after SIGTERM: $(tail -3 "$TMP/dep$E.log")"
@@ -116,13 +173,16 @@ done
 # --- disaggregated prefill/decode: alone (dense SmolLM2 and its MoE) and with expert workers ---
 REFD=""
 PORT=$(free_port)
-"$XDS" serve -m "$XDS_TEST_MODEL" --port "$PORT" -t 1 >"$TMP/refd.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
-if wait_health "$PORT" "$SRV"; then REFD=$(complete "$PORT"); fi
+"$XDS" serve -m "$XDS_TEST_MODEL" --port "$PORT" -t 1 "${STEP[@]}" >"$TMP/refd.log" 2>&1 & SRV=$!; PIDS+=("$SRV")
+if wait_health "$PORT" "$SRV"; then REFD=$(complete "$PORT" seq); fi
 kill -TERM "$SRV"; wait_exit "$SRV" 30
+# (the perturbation shows in the text: not checked on the sanitizer run's 2 x 4 tokens)
+[ -n "$REFD" ] && { [ "$FULL" = 0 ] || [ "$REFD" != "$REF" ]; } && ok "dense reference answers (and differs from the perturbed MoE's)" \
+  || bad "dense reference: $REFD (perturbed MoE: $REF)"
 pd_case() { # label, model, reference, serve args...
   local label="$1" model="$2" want="$3"; shift 3
   local P; P=$(free_port)
-  "$XDS" serve -m "$model" --port "$P" -t 1 "$@" >"$TMP/pd.log" 2>&1 & local S=$!; PIDS+=("$S")
+  "$XDS" serve -m "$model" --port "$P" -t 1 "${STEP[@]}" "$@" >"$TMP/pd.log" 2>&1 & local S=$!; PIDS+=("$S")
   if ! wait_health "$P" "$S"; then bad "$label: did not come up: $(tail -5 "$TMP/pd.log")"; return; fi
   local GOT; GOT=$(complete "$P")
   python3 - "$P" <<'EOF2' && ok "$label: /v1/topology lists the prefill instances" || bad "$label: topology"
@@ -141,6 +201,7 @@ EOF2
     || bad "$label: rc=$RC left: $(stray "$S")"
 }
 pd_case "prefill 1 (dense)" "$XDS_TEST_MODEL" "$REFD" --prefill 1
+[ "$FULL" = 1 ] && pd_case "prefill 1 + experts 2 (exact upcycle, identical experts: the dense text)" "$MOEX" "$REFD" --prefill 1 --experts 2
 [ "$FULL" = 1 ] && pd_case "prefill 2 + experts 2 (MoE)" "$MOE" "$REF" --prefill 2 --experts 2
 pd_case "prefill 1 + decode-dp 2 (dense)" "$XDS_TEST_MODEL" "$REFD" --prefill 1 --decode-dp 2
 grep -Eq "group 0: [1-9][0-9]* group 1: [1-9]" "$TMP/pd.log" && grep -q "0 transfer tasks still held" "$TMP/pd.log" \
@@ -193,7 +254,7 @@ fi
 
 # --- two decode DP groups (group 1 its own process), picked from the shared load table ---
 P=$(free_port)
-"$XDS" serve -m "$XDS_TEST_MODEL" --port "$P" -t 1 --decode-dp 2 >"$TMP/dp.log" 2>&1 & S=$!; PIDS+=("$S")
+"$XDS" serve -m "$XDS_TEST_MODEL" --port "$P" -t 1 "${STEP[@]}" --decode-dp 2 >"$TMP/dp.log" 2>&1 & S=$!; PIDS+=("$S")
 if wait_health "$P" "$S"; then
   GOT=$(complete "$P")
   [ -n "$REFD" ] && [ "$GOT" = "$REFD" ] && ok "decode-dp 2: greedy completions identical to single process" \
@@ -213,7 +274,7 @@ fi
 dp_moe_case() { # label, serve args...
   local label="$1"; shift
   local P; P=$(free_port)
-  "$XDS" serve -m "$MOE" --port "$P" -t 1 "$@" >"$TMP/dpm.log" 2>&1 & local S=$!; PIDS+=("$S")
+  "$XDS" serve -m "$MOE" --port "$P" -t 1 "${STEP[@]}" "$@" >"$TMP/dpm.log" 2>&1 & local S=$!; PIDS+=("$S")
   if ! wait_health "$P" "$S"; then bad "$label: did not come up: $(tail -5 "$TMP/dpm.log")"; return; fi
   local GOT; GOT=$(complete "$P")
   python3 - "$P" <<'EOF2' && ok "$label: /v1/topology: 2 decode groups, each expert placed once" || bad "$label: topology"
@@ -246,7 +307,7 @@ cat >"$TMP/topo.json" <<'EOF2'
 EOF2
 if [ "$FULL" = 1 ]; then
   P=$(free_port)
-  "$XDS" serve -m "$MOE" --port "$P" -t 1 --topology "$TMP/topo.json" >"$TMP/topo.log" 2>&1 & S=$!; PIDS+=("$S")
+  "$XDS" serve -m "$MOE" --port "$P" -t 1 "${STEP[@]}" --topology "$TMP/topo.json" >"$TMP/topo.log" 2>&1 & S=$!; PIDS+=("$S")
   if wait_health "$P" "$S"; then
     GOT=$(complete "$P")
     python3 - "$P" <<'EOF2' && ok "topology file: /v1/topology has its placement and settings" || bad "topology file: /v1/topology"
@@ -270,19 +331,21 @@ fi
 
 # --- two front-ends on one port (SO_REUSEPORT), a prefill instance, 2 decode groups sharing 2 expert workers ---
 P=$(free_port)
-"$XDS" serve -m "$MOE" --port "$P" -t 1 --frontends 2 --prefill 1 --decode-dp 2 --experts 2 >"$TMP/fe.log" 2>&1 & S=$!; PIDS+=("$S")
+"$XDS" serve -m "$MOE" --port "$P" -t 1 "${STEP[@]}" --frontends 2 --prefill 1 --decode-dp 2 --experts 2 >"$TMP/fe.log" 2>&1 & S=$!; PIDS+=("$S")
 if wait_health "$P" "$S"; then
   FE=$(python3 - "$P" <<'EOF2'
 import json, sys, threading, urllib.request, os
 port = sys.argv[1]
-prompts = ["The capital of France is", "Write a haiku about the sea.", "1, 2, 3, 4,"][:int(os.environ["NPROMPT"])]
+prompts = json.load(open(os.environ["PROMPTS"]))[:int(os.environ["NPROMPT"])]
 res = {}
 def one(i):
     p = prompts[i % len(prompts)]
     req = urllib.request.Request("http://127.0.0.1:%s/v1/completions" % port,
-        data=json.dumps({"prompt": p, "max_tokens": int(os.environ["NTOK"]), "temperature": 0}).encode(),
+        data=json.dumps({"prompt": p, "max_tokens": int(os.environ["NTOK"]), "temperature": 0,
+                         "ignore_eos": True}).encode(),
         headers={"Content-Type": "application/json", "Connection": "close"})
-    res[i] = json.loads(urllib.request.urlopen(req, timeout=120).read())["choices"][0]["text"]
+    j = json.loads(urllib.request.urlopen(req, timeout=120).read())
+    res[i] = [j["choices"][0]["text"], j["usage"]["prompt_tokens"]]
 ts = [threading.Thread(target=one, args=(i,)) for i in range(12)]
 [t.start() for t in ts]; [t.join() for t in ts]
 ok = all(res[i] == res[i % len(prompts)] for i in range(12)) and len(res) == 12

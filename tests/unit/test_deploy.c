@@ -10,7 +10,12 @@
  * with a message when unset), in each topology: 1 attention rank + 2 workers
  * (one micro-batch), + 4 workers (two micro-batches, ping-pong), 2 attention
  * ranks sharing 2 workers, and 3 workers where every expert has a replica
- * (tokens rotate across replicas).
+ * (tokens rotate across replicas). SmolLM2 runs twice: the exact upcycle
+ * (identical experts: blind to routing) and a perturbed one (`xds upcycle
+ * --perturb`: each expert's down projection scaled differently, so a token
+ * computed by the wrong expert changes the logits). Control: workers whose
+ * experts 0 and 1 are swapped must give different logits on the perturbed
+ * file, so the comparison there can see a wrong expert.
  *
  * Faults: an expert worker SIGKILLed between passes makes the next pass fail
  * with XDS_ERR_PEER naming its rank within a few seconds, never a hang; the
@@ -138,6 +143,9 @@ static xds_status make_placement(const xds_model *m, const topo *t, xds_deploy_p
  * and repacks only its own experts (xds_deploy_repack_worker), as `xds
  * worker --role expert` does, instead of using the parent's model. */
 static const char *g_worker_path;
+/* When set, each forked expert worker swaps experts 0 and 1 of every MoE
+ * layer in its (copy-on-write) model: a worker computing the wrong expert. */
+static int g_swap_experts;
 
 static int start(const xds_model *m, const topo *t, const xds_deploy_placement *pl, int max_tok, char *name,
                  size_t name_cap, xccl_segment **seg, xccl_comm **comm, pid_t *pids,
@@ -183,6 +191,16 @@ static int start(const xds_model *m, const topo *t, const xds_deploy_placement *
                     }
                 wm = own;
             }
+            if (g_swap_experts) {
+                xds_model *sw = (xds_model *)wm; /* this process's private copy (fork) */
+                for (int l = 0; l < sw->cfg.n_layer; l++) {
+                    xds_moe_layer *ml = sw->layers[l].moe;
+                    if (!ml || sw->cfg.moe.n_expert < 2) continue;
+                    xds_ffn_w tmp = ml->experts[0];
+                    ml->experts[0] = ml->experts[1];
+                    ml->experts[1] = tmp;
+                }
+            }
             xds_deploy_expert_stats es;
             xds_status s = xds_deploy_expert_run(wm, c, pl, w, aranks, t->n_attn, max_tok, 1, &es);
             if (s != XDS_OK) fprintf(stderr, "expert worker %d: %s\n", w, xds_err_msg());
@@ -211,6 +229,7 @@ typedef struct run_arg {
     const int32_t *ref;
     const float *lref;
     double tol;
+    int expect_wrong; /* the workers compute wrong experts (g_swap_experts): logits must differ */
 } run_arg;
 
 /* One attention rank's run: greedy through the deployment, compared with the
@@ -232,12 +251,23 @@ static int attn_run(const run_arg *ra, xccl_comm *comm, const char *label) {
     int r = greedy(m, a, ra->n_prompt, ra->n_gen, got, lgot, -1, 0);
     CHECK_MSG(r == 0, "%s: disaggregated run failed at step %d: %s", label, r, xds_err_msg());
     int same = !memcmp(ra->ref, got, sizeof(int32_t) * N_SEQ * ra->n_gen);
-    CHECK_MSG(same, "%s: greedy tokens differ from the colocated engine", label);
     double worst = 0;
     for (int i = 0; i < N_SEQ * V; i++) {
         double d = fabs((double)ra->lref[i] - lgot[i]);
         if (d > worst) worst = d;
     }
+    if (ra->expect_wrong) {
+        printf("%s: workers with experts 0 and 1 swapped: greedy tokens %s, max |logit delta| %.3g\n", label,
+               same ? "identical" : "different", worst);
+        CHECK_MSG(r == 0 && worst > 0, "%s: workers computing the wrong experts went unseen (logits identical)",
+                  label);
+        xds_deploy_attn_stop(a);
+        xds_deploy_attn_free(a);
+        free(lgot);
+        fflush(stdout);
+        return !(r == 0 && worst > 0);
+    }
+    CHECK_MSG(same, "%s: greedy tokens differ from the colocated engine", label);
     xds_deploy_stats ds;
     xds_deploy_attn_stats(a, &ds);
     printf("%s: %d x %d greedy tokens %s; max |logit delta| %.3g; %.2f s; %llu passes (%llu split in 2); "
@@ -272,8 +302,8 @@ static int attn_child(const char *name, int rank, void *arg) {
  * bit-identical (0). */
 /* m: the colocated reference; m_attn (NULL = m): the model the attention
  * ranks use. */
-static void check_model(const char *label, const xds_model *m, const xds_model *m_attn, int n_prompt, int n_gen,
-                        double tol) {
+static void check_model_ex(const char *label, const xds_model *m, const xds_model *m_attn, int n_prompt, int n_gen,
+                           double tol, int expect_wrong) {
     int V = m->cfg.n_vocab;
     int32_t ref[N_SEQ * 32];
     float *lref = malloc(sizeof(float) * N_SEQ * V);
@@ -294,7 +324,8 @@ static void check_model(const char *label, const xds_model *m, const xds_model *
         xccl_segment *seg = NULL;
         xccl_comm *comm = NULL;
         pid_t pids[MAX_W + MAX_A] = {0};
-        run_arg ra = {m_attn ? m_attn : m, t, &pl, n_prompt, n_gen, ref, lref, tol};
+        if (expect_wrong && ti > 0) break; /* the control: one topology is enough */
+        run_arg ra = {m_attn ? m_attn : m, t, &pl, n_prompt, n_gen, ref, lref, tol, expect_wrong};
         int ok = start(m, t, &pl, N_SEQ * n_prompt, name, sizeof name, &seg, &comm, pids, attn_child, &ra) == 0;
         CHECK_MSG(ok, "%s: start", lab);
         if (ok) attn_run(&ra, comm, lab);
@@ -306,6 +337,19 @@ static void check_model(const char *label, const xds_model *m, const xds_model *
         fflush(stdout);
     }
     free(lref);
+}
+
+static void check_model(const char *label, const xds_model *m, const xds_model *m_attn, int n_prompt, int n_gen,
+                        double tol) {
+    check_model_ex(label, m, m_attn, n_prompt, n_gen, tol, 0);
+}
+
+/* The control: workers that swap experts 0 and 1 (1 attention rank + 2
+ * workers: worker 0 holds both). */
+static void check_swapped(const char *label, const xds_model *m, int n_prompt, int n_gen) {
+    g_swap_experts = 1;
+    check_model_ex(label, m, NULL, n_prompt, n_gen, 0, 1);
+    g_swap_experts = 0;
 }
 
 /* A worker SIGKILLed between passes: the next pass fails naming it, fast. */
@@ -510,19 +554,24 @@ int main(void) {
     } else {
         char dir[] = "/tmp/xds-test-deploy-XXXXXX", path[256];
         if (mkdtemp(dir)) {
-            snprintf(path, sizeof path, "%s/smol-moe4.gguf", dir);
-            xds_status s = xds_model_upcycle(smol, path, 4, 2, 5);
-            CHECK_MSG(s == XDS_OK, "upcycle: %s", xds_err_msg());
-            xds_model *m = NULL;
-            if (s == XDS_OK) {
-                s = xds_model_load(path, NULL, &m);
-                CHECK_MSG(s == XDS_OK, "load upcycled: %s", xds_err_msg());
+            /* exact upcycle (identical experts), then perturbed (0.5: scales 0.5, 0.83, 1.17, 1.5) */
+            for (int pi = 0; pi < 2; pi++) {
+                snprintf(path, sizeof path, "%s/smol-moe4-%d.gguf", dir, pi);
+                xds_status s = xds_model_upcycle_perturbed(smol, path, 4, 2, 5, pi ? 0.5f : 0.0f);
+                CHECK_MSG(s == XDS_OK, "upcycle: %s", xds_err_msg());
+                xds_model *m = NULL;
+                if (s == XDS_OK) {
+                    s = xds_model_load(path, NULL, &m);
+                    CHECK_MSG(s == XDS_OK, "load upcycled: %s", xds_err_msg());
+                }
+                if (m) {
+                    const char *lab = pi ? "smollm2-upcycled-e4k2-perturbed" : "smollm2-upcycled-e4k2";
+                    check_model(lab, m, NULL, 6, 5, 0);
+                    if (pi) check_swapped(lab, m, 6, 5);
+                    xds_model_free(m);
+                }
+                unlink(path);
             }
-            if (m) {
-                check_model("smollm2-upcycled-e4k2", m, NULL, 6, 5, 0);
-                xds_model_free(m);
-            }
-            unlink(path);
             rmdir(dir);
         }
     }

@@ -11,11 +11,18 @@
  * requests at once, so the second pull must first be refused (XDS_ERR_BUSY,
  * back-pressure: the prefill side still holds the blocks) and succeed after
  * the first request finished. Greedy tokens (the prefill's first token and
- * the decode side's continuation) must equal the colocated model loop (the
- * fourth request repeats the first prompt and is served from the prefill
- * instance's prefix cache: only its last token is computed), for
+ * the decode side's continuation) must equal the colocated model loop, and
+ * so must the logits of every step, bit for bit: the prefill side's logits of
+ * the last prompt token (read with xds_pd_get_logits) and every decode step's.
+ * Bit-identical is the design (docs/ARCHITECTURE.md): the kernels are batch-
+ * invariant, so KV rows computed in 8-token chunks equal the one-pass ones,
+ * and expert workers return rows the attention side sums as the colocated
+ * MoE does. (The fourth request repeats the first prompt and is served from
+ * the prefill instance's prefix cache: only its last token is computed), for
  * tiny llama (GQA), qwen3_moe (GQA), deepseek_v3 (MLA latent KV) and SmolLM2
- * (XDS_TEST_MODEL, skipped when unset). The prefill process checks that
+ * (XDS_TEST_MODEL, skipped when unset): dense, and upcycled to 4 experts with
+ * the perturbed upcycle (model/upcycle.h: experts differ, so a routing error
+ * shows) behind 2 expert workers. The prefill process checks that
  * every block came back to its pool once freed. Every child is reaped with a
  * deadline; segment names are unique.
  */
@@ -35,6 +42,7 @@
 #include "engine/deploy.h"
 #include "engine/deploy_pd.h"
 #include "model/model.h"
+#include "model/upcycle.h"
 #include "proc_util.h"
 #include "test.h"
 
@@ -63,8 +71,9 @@ static int argmax(const float *v, int n) {
     return b;
 }
 
-/* Colocated greedy: whole prompt in one pass, then N_GEN - 1 decode steps. */
-static int reference(const xds_model *m, const int32_t *prompt, int n, int32_t *out) {
+/* Colocated greedy: whole prompt in one pass, then N_GEN - 1 decode steps;
+ * every step's logits -> lout[N_GEN][n_vocab]. */
+static int reference(const xds_model *m, const int32_t *prompt, int n, int32_t *out, float *lout) {
     xds_kv_cache *kv = NULL;
     xds_model_ctx *ctx = NULL;
     int V = m->cfg.n_vocab, rc = -1;
@@ -78,11 +87,13 @@ static int reference(const xds_model *m, const int32_t *prompt, int n, int32_t *
     int32_t row = n - 1;
     if (xds_model_forward(ctx, &b, &row, 1, lg)) goto out;
     out[0] = argmax(lg, V);
+    memcpy(lout, lg, sizeof(float) * V);
     for (int g = 1; g < N_GEN; g++) {
         int32_t t = out[g - 1], p = n + g - 1, r0 = 0;
         xds_batch d = {1, &t, &p, seq};
         if (xds_model_forward(ctx, &d, &r0, 1, lg)) goto out;
         out[g] = argmax(lg, V);
+        memcpy(lout + (size_t)g * V, lg, sizeof(float) * V);
     }
     rc = 0;
 out:
@@ -144,9 +155,10 @@ static int prefill_main(const xds_model *m, const char *name, int rank) {
     return rc;
 }
 
-/* Decode n_gen - 1 tokens after the first for the pulled sequence in slot 0. */
+/* Decode n_gen - 1 tokens after the first for the pulled sequence in slot 0;
+ * step g's logits -> lout[g] (g >= 1). */
 static int decode_rest(const xds_model *m, xds_deploy_attn *a, xds_model_ctx *ctx, xds_kv_cache *kv, int n,
-                       int32_t first, int32_t *out) {
+                       int32_t first, int32_t *out, float *lout) {
     int V = m->cfg.n_vocab;
     float *lg = malloc(sizeof(float) * V);
     out[0] = first;
@@ -157,7 +169,7 @@ static int decode_rest(const xds_model *m, xds_deploy_attn *a, xds_model_ctx *ct
         xds_batch d = {1, &t, &p, &s0};
         xds_status st = a ? xds_deploy_forward(a, ctx, &d, &r0, 1, lg) : xds_model_forward(ctx, &d, &r0, 1, lg);
         if (st != XDS_OK) rc = -1;
-        else out[g] = argmax(lg, V);
+        else out[g] = argmax(lg, V), memcpy(lout + (size_t)g * V, lg, sizeof(float) * V);
     }
     free(lg);
     return rc;
@@ -166,10 +178,14 @@ static int decode_rest(const xds_model *m, xds_deploy_attn *a, xds_model_ctx *ct
 static void run_topology(const char *label, const xds_model *m, int W) {
     int V = m->cfg.n_vocab;
     int32_t ref[N_REQ][N_GEN], prompt[64];
+    float *lref = malloc(sizeof(float) * N_REQ * N_GEN * V), *lgot = malloc(sizeof(float) * N_GEN * V);
     for (int r = 0; r < N_REQ; r++) {
         make_prompt(r, prompt_len[r], V, prompt);
-        CHECK_MSG(reference(m, prompt, prompt_len[r], ref[r]) == 0, "%s: reference: %s", label, xds_err_msg());
+        CHECK_MSG(reference(m, prompt, prompt_len[r], ref[r], lref + (size_t)r * N_GEN * V) == 0, "%s: reference: %s",
+                  label, xds_err_msg());
     }
+    double worst = 0; /* max |logit delta| over every request and step */
+    int logit_steps = 0;
     int n_ranks = 1 + W + 1, pre_rank = 1 + W;
     xccl_config cfg;
     xds_deploy_xccl_config(n_ranks, &cfg);
@@ -228,6 +244,9 @@ static void run_topology(const char *label, const xds_model *m, int W) {
     double pull_s = 0;
     int busy_seen = 0;
     for (int r = 0; r < N_REQ && ok; r++) {
+        /* the prefill side's logits of the last prompt token: read while the task holds them */
+        xds_status sl = xds_pd_get_logits(comm, &t[r], lgot);
+        CHECK_MSG(sl == XDS_OK && t[r].n_vocab == V, "%s: logits of request %d: %s", label, r, xds_err_msg());
         double t0 = now_s();
         xds_status s = xds_pd_pull(comm, &t[r], kv, 0, &bytes);
         pull_s += now_s() - t0;
@@ -240,16 +259,28 @@ static void run_topology(const char *label, const xds_model *m, int W) {
             busy_seen = s2 == XDS_ERR_BUSY && kv->seqs[1].n_blocks == 0;
         }
         int32_t got[N_GEN];
-        CHECK_MSG(decode_rest(m, a, ctx, kv, prompt_len[r], t[r].first_token, got) == 0, "%s: decode %d: %s", label,
-                  r, xds_err_msg());
+        int dr = sl == XDS_OK ? decode_rest(m, a, ctx, kv, prompt_len[r], t[r].first_token, got, lgot) : -1;
+        CHECK_MSG(dr == 0, "%s: decode %d: %s", label, r, xds_err_msg());
         CHECK_MSG(!memcmp(got, ref[r], sizeof got), "%s: request %d: greedy tokens differ from colocated", label, r);
+        for (int g = 0; g < N_GEN && dr == 0; g++) {
+            const float *a0 = lref + ((size_t)r * N_GEN + g) * V, *b0 = lgot + (size_t)g * V;
+            double w = 0;
+            for (int v = 0; v < V; v++) w = fmax(w, fabs((double)a0[v] - b0[v]));
+            CHECK_MSG(w == 0, "%s: request %d step %d (%s): logits differ from colocated by %.3g", label, r, g,
+                      g ? "decode" : "prefill side", w);
+            worst = fmax(worst, w);
+            logit_steps++;
+        }
         xds_kv_seq_truncate(kv, 0, 0);
     }
     CHECK_MSG(busy_seen, "%s: a pull beyond the free decode blocks must say XDS_ERR_BUSY (back-pressure)", label);
-    printf("%s (%s KV, %d expert workers): %d requests x %d tokens identical to colocated; pulled %llu bytes "
-           "in %.3f ms\n",
-           label, m->cfg.mla.kv_lora_rank ? "MLA latent" : "GQA", W, N_REQ, N_GEN, (unsigned long long)bytes,
-           pull_s * 1e3);
+    CHECK_MSG(logit_steps == N_REQ * N_GEN, "%s: logits compared at %d of %d steps", label, logit_steps,
+              N_REQ * N_GEN);
+    printf("%s (%s KV, %d expert workers): %d requests x %d tokens identical to colocated, logits of all %d steps "
+           "max |delta| %.3g; pulled %llu bytes in %.3f ms\n",
+           label, m->cfg.mla.kv_lora_rank ? "MLA latent" : "GQA", W, N_REQ, N_GEN, logit_steps, worst,
+           (unsigned long long)bytes, pull_s * 1e3);
+    free(lref), free(lgot);
     if (ctx) xds_model_ctx_free(ctx);
     xds_kv_cache_free(kv);
     if (a) {
@@ -318,6 +349,18 @@ int main(void) {
         CHECK_MSG(xds_model_load(smol, NULL, &m) == XDS_OK, "load %s: %s", smol, xds_err_msg());
         if (m) run_topology("smollm2", m, 0);
         xds_model_free(m);
+        m = NULL;
+        char dir[] = "/tmp/xds-test-pd-XXXXXX", path[300];
+        if (mkdtemp(dir)) {
+            snprintf(path, sizeof path, "%s/smol-e4p.gguf", dir);
+            xds_status s = xds_model_upcycle_perturbed(smol, path, 4, 2, 3, 0.5f);
+            CHECK_MSG(s == XDS_OK, "upcycle: %s", xds_err_msg());
+            if (s == XDS_OK) CHECK_MSG(xds_model_load(path, NULL, &m) == XDS_OK, "load %s: %s", path, xds_err_msg());
+            if (m) run_topology("smollm2-upcycled-perturbed+experts", m, 2);
+            xds_model_free(m);
+            unlink(path);
+            rmdir(dir);
+        }
     }
     TEST_MAIN_END();
 }
