@@ -69,7 +69,8 @@ stop_all() {
   for p in "${all[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   PIDS=()
 }
-trap stop_all EXIT INT TERM
+trap stop_all EXIT
+trap 'exit 130' INT TERM
 
 # CPU ticks (user + system) of a process and its children so far
 ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0; }
