@@ -7,12 +7,19 @@
  * Ranks are pinned to cpu (rank % ncpu) like mpirun's default core binding
  * (--no-pin leaves placement to the scheduler).
  *
- * 1. memcpy bandwidth, 8 B .. 64 MiB (rank 0, measured right before the
- *    send/recv figures of each size), twice: hot buffers (the same copy
- *    repeated: at 1-4 MiB an L2/L3-resident copy) and cold (source and
- *    destination flushed from the caches with clflush before each timed
- *    copy: what one copy of data that is not in this core's cache costs).
- *    The % columns give send/recv and get against both references.
+ * 1. memcpy bandwidth, 8 B .. 64 MiB (measured right before the send/recv
+ *    figures of each size): hot buffers (the same copy repeated: at 1-4 MiB
+ *    an L2/L3-resident copy) on one core (rank 0) and on two cores at once
+ *    (both ranks, pinned as for the transfers, each copying its half of the
+ *    size between its own buffers; bandwidth = size / time until both are
+ *    done); and cold on one core (source and destination flushed from the
+ *    caches with clflush before each timed copy: what one copy of data that
+ *    is not in this core's cache costs). A send/recv keeps both ranks' cores
+ *    busy (the ring: sender copies in, receiver copies out; from 256 KiB the
+ *    cooperative rendezvous: both copy chunks), so its bound is the two-core
+ *    memcpy (% columns send%, sthp%, sreg%); a get is one copy by the caller
+ *    alone, so its bound is the one-core memcpy (get%). The C columns compare
+ *    with the one-core cold copy (a reference, not a bound).
  * 2. send/recv bandwidth, 2 ranks (rank 0 streams `iters` blocking sends,
  *    rank 1 receives, one ack at the end) from plain memory (malloc, 4 KiB
  *    pages), from plain memory backed by transparent huge pages on both
@@ -21,7 +28,7 @@
  *    rendezvous); get bandwidth from a registered region of the other rank.
  *    For >= 256 KiB both ranks copy chunks of each message at once
  *    (cooperative rendezvous, docs/XCCL.md): a transfer uses both cores,
- *    memcpy one.
+ *    like the two-core memcpy it is compared with.
  * 3. one-way latency: 8 B / 64 B ping-pong between 2 ranks, half the round trip.
  * 4. MoE layout + dispatch + combine (bf16, top-8, 64 experts spread evenly)
  *    for batch {1,8,32,128,256} x hidden {2048,7168} x ranks {2,4,8}, in
@@ -49,6 +56,7 @@
 typedef struct results {
     double memcpy_bw[BENCH_NSIZES][2]; /* GB/s at min time / at median time */
     double memcpy_cold_bw[BENCH_NSIZES][2]; /* same, source and destination flushed before each copy */
+    double memcpy2_bw[BENCH_NSIZES][2]; /* hot, both ranks' cores at once, each copying half the size */
     double send_bw[BENCH_NSIZES][2];
     double sendreg_bw[BENCH_NSIZES][2]; /* send from a registered region (zero-copy rendezvous) */
     double sendthp_bw[BENCH_NSIZES][2]; /* send from / recv into THP-backed plain memory */
@@ -130,6 +138,34 @@ static int die(const char *what) {
     return 1;
 }
 
+/* Hot memcpy on two cores at once: each of the 2 ranks (pinned like the
+ * transfers) copies its half of the size (rank 1 the odd byte) `it` times
+ * between its own buffers; one barrier before and one after the loop (like
+ * the send loop's start barrier and final ack). Rank 0 keeps
+ * size / (time from the first barrier to the last). */
+static int bench_memcpy2(size_t si, uint8_t *a, uint8_t *b, int rank, xccl_comm *c, xccl_group *w) {
+    size_t sz = bench_sizes[si], h = sz / 2, off = rank ? h : 0, n = rank ? sz - h : h;
+    int it = iters_for(sz);
+    double v[BENCH_REPS];
+    for (int r = 0; r < BENCH_REPS + 1; r++) {
+        if (xccl_barrier(c, w)) return die("barrier");
+        double t0 = bench_now();
+        for (int i = 0; i < it; i++) {
+            memcpy(b + off, a + off, n);
+            __asm__ __volatile__("" ::"r"(b) : "memory");
+        }
+        if (xccl_barrier(c, w)) return die("barrier");
+        if (r) v[r - 1] = (bench_now() - t0) / it;
+    }
+    if (rank == 0) {
+        double mn, med;
+        bench_stats(v, BENCH_REPS, &mn, &med);
+        R->memcpy2_bw[si][0] = sz / mn / 1e9;
+        R->memcpy2_bw[si][1] = sz / med / 1e9;
+    }
+    return 0;
+}
+
 static int seg_fd;
 
 /* 64 MiB of plain (not shared) memory backed by transparent huge pages where
@@ -173,6 +209,7 @@ static int p2p_rank(int rank) {
             bench_memcpy_cold(si, buf, mcpy);
             bench_memcpy(si, buf, mcpy);
         }
+        if (mode == 0 && bench_memcpy2(si, buf, mcpy, rank, c, w)) return 1;
         for (int r = 0; r < BENCH_REPS + 1; r++) {
             if (xccl_barrier(c, w)) return die("barrier");
             double t0 = bench_now();
@@ -375,10 +412,12 @@ int main(int argc, char **argv) {
     if (json) {
         printf("{\n  \"p2p\": [\n");
         for (size_t si = 0; si < BENCH_NSIZES; si++)
-            printf("    {\"bytes\": %zu, \"memcpy_gbs\": [%.3f, %.3f], \"memcpy_cold_gbs\": [%.3f, %.3f], "
+            printf("    {\"bytes\": %zu, \"memcpy_gbs\": [%.3f, %.3f], \"memcpy_2core_gbs\": [%.3f, %.3f], "
+                   "\"memcpy_cold_gbs\": [%.3f, %.3f], "
                    "\"sendrecv_gbs\": [%.3f, %.3f], \"sendrecv_thp_gbs\": [%.3f, %.3f], "
                    "\"sendrecv_region_gbs\": [%.3f, %.3f], \"get_gbs\": [%.3f, %.3f]}%s\n",
-                   bench_sizes[si], R->memcpy_bw[si][0], R->memcpy_bw[si][1], R->memcpy_cold_bw[si][0],
+                   bench_sizes[si], R->memcpy_bw[si][0], R->memcpy_bw[si][1], R->memcpy2_bw[si][0],
+                   R->memcpy2_bw[si][1], R->memcpy_cold_bw[si][0],
                    R->memcpy_cold_bw[si][1], R->send_bw[si][0], R->send_bw[si][1], R->sendthp_bw[si][0],
                    R->sendthp_bw[si][1], R->sendreg_bw[si][0], R->sendreg_bw[si][1], R->get_bw[si][0],
                    R->get_bw[si][1], si + 1 < BENCH_NSIZES ? "," : "");
@@ -401,17 +440,20 @@ int main(int argc, char **argv) {
         printf("\n  ],\n  \"ok\": %s\n}\n", bad ? "false" : "true");
     } else {
         printf("# xccl-bench (min / median of %d reps; GB/s figures are at the min / median time)\n", BENCH_REPS);
-        printf("%10s %20s %20s %20s %20s %20s %20s %6s %6s %6s %6s %6s %6s %6s\n", "bytes", "memcpy GB/s",
-               "cold memcpy GB/s", "send/recv GB/s", "send/recv THP GB/s", "send(region) GB/s", "get GB/s", "send%",
+        printf("# send%% sthp%% sreg%%: of the hot memcpy on 2 cores (a send/recv keeps both busy); get%%: of the\n"
+               "# hot memcpy on 1 core (the caller copies alone); ...C%%: of the cold memcpy on 1 core\n");
+        printf("%10s %20s %20s %20s %20s %20s %20s %20s %6s %6s %6s %6s %6s %6s %6s\n", "bytes", "memcpy GB/s",
+               "memcpy 2 cores GB/s", "cold memcpy GB/s", "send/recv GB/s", "send/recv THP GB/s", "send(region) GB/s", "get GB/s", "send%",
                "sthp%", "sreg%", "get%", "sendC%", "sregC%", "getC%");
         for (size_t si = 0; si < BENCH_NSIZES; si++) {
-            double hot = R->memcpy_bw[si][1], cold = R->memcpy_cold_bw[si][1];
+            double hot = R->memcpy_bw[si][1], hot2 = R->memcpy2_bw[si][1], cold = R->memcpy_cold_bw[si][1];
             printf("%10zu %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f %9.2f / %-8.2f "
-                   "%5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%%\n",
-                   bench_sizes[si], R->memcpy_bw[si][0], hot, R->memcpy_cold_bw[si][0], cold, R->send_bw[si][0],
+                   "%9.2f / %-8.2f %5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%% %5.0f%%\n",
+                   bench_sizes[si], R->memcpy_bw[si][0], hot, R->memcpy2_bw[si][0], hot2, R->memcpy_cold_bw[si][0],
+                   cold, R->send_bw[si][0],
                    R->send_bw[si][1], R->sendthp_bw[si][0], R->sendthp_bw[si][1], R->sendreg_bw[si][0],
-                   R->sendreg_bw[si][1], R->get_bw[si][0], R->get_bw[si][1], 100 * R->send_bw[si][1] / hot,
-                   100 * R->sendthp_bw[si][1] / hot, 100 * R->sendreg_bw[si][1] / hot, 100 * R->get_bw[si][1] / hot,
+                   R->sendreg_bw[si][1], R->get_bw[si][0], R->get_bw[si][1], 100 * R->send_bw[si][1] / hot2,
+                   100 * R->sendthp_bw[si][1] / hot2, 100 * R->sendreg_bw[si][1] / hot2, 100 * R->get_bw[si][1] / hot,
                    100 * R->send_bw[si][1] / cold, 100 * R->sendreg_bw[si][1] / cold, 100 * R->get_bw[si][1] / cold);
         }
         printf("one-way latency, 2 ranks: 8 B %.3f / %.3f us, 64 B %.3f / %.3f us\n", R->lat_us[0][0],

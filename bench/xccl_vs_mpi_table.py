@@ -7,10 +7,12 @@ Reads <builddir>/bench-xccl.json and bench-mpi-{2,4,8}.json (medians), or
 with runs = R > 1 the files bench-xccl-{1..R}.json and bench-mpi-{n}-{1..R}.json
 of R alternating runs, and then prints per cell the best median over the
 runs on each side (OpenMPI's Alltoallv times on this VM are bimodal, moving
-4x between runs, so the best of several is the fair peer): send/recv, get and
-MPI_Send/Recv against the hot memcpy at >= 256 KiB (the memcpy and the
-transfers of one cell come from the same run), one-way latency, and
-dispatch + combine against MPI_Alltoallv.
+4x between runs, so the best of several is the fair peer): at >= 256 KiB
+send/recv (XCCL's and MPI's) against the hot memcpy on two cores (a send/recv
+has both ranks' cores; XCCL's copies on both) and get against the hot memcpy
+on one core (the caller copies alone) -- the memcpy and the transfers of one
+cell come from the same run --, one-way latency, and dispatch + combine
+against MPI_Alltoallv.
 """
 import json
 import os
@@ -48,15 +50,17 @@ mp2 = {}
 for m in mpis[2]:
     for r in m["p2p"]:
         mp2[r["bytes"]] = max(mp2.get(r["bytes"], 0.0), r["sendrecv_gbs"][1])
-print("| bytes | hot memcpy GB/s | send/recv (malloc) | send/recv (THP) | send (region) | get | MPI Send/Recv (malloc) |")
-print("|---|---|---|---|---|---|---|")
+print("| bytes | hot memcpy GB/s, 1 core | 2 cores | send/recv (malloc) | send/recv (THP) | send (region) "
+      "| get (% of 1 core) | MPI Send/Recv (malloc) |")
+print("|---|---|---|---|---|---|---|---|")
 for r in x["p2p"]:
     if r["bytes"] < 262144:
         continue
-    mc = r["memcpy_gbs"][1]
-    cells = [r["sendrecv_gbs"][1], r["sendrecv_thp_gbs"][1], r["sendrecv_region_gbs"][1], r["get_gbs"][1],
-             mp2.get(r["bytes"], 0.0)]
-    print(f"| {r['bytes']} | {mc:.1f} | " + " | ".join(f"{v:.1f} ({100 * v / mc:.0f}%)" for v in cells) + " |")
+    mc, mc2 = r["memcpy_gbs"][1], r["memcpy_2core_gbs"][1]
+    two = [r["sendrecv_gbs"][1], r["sendrecv_thp_gbs"][1], r["sendrecv_region_gbs"][1]]
+    g, mp = r["get_gbs"][1], mp2.get(r["bytes"], 0.0)
+    print(f"| {r['bytes']} | {mc:.1f} | {mc2:.1f} | " + " | ".join(f"{v:.1f} ({100 * v / mc2:.0f}%)" for v in two)
+          + f" | {g:.1f} ({100 * g / mc:.0f}%) | {mp:.1f} ({100 * mp / mc2:.0f}%) |")
 lat = x["oneway_latency_us"]
 print(f"\none-way latency us (min / median): XCCL 8 B {lat['8'][0]} / {lat['8'][1]}, 64 B {lat['64'][0]} / "
       f"{lat['64'][1]}; MPI 8 B {mpi[2]['oneway_latency_us_8']}, 64 B {mpi[2]['oneway_latency_us_64']}\n")

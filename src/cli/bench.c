@@ -7,7 +7,9 @@
  *     matrix-matrix batch: tokens/s and FLOP/s as a fraction of the peaks;
  *   - decode at batch 1 (--gen tokens from an empty context, like llama-bench
  *     tg): tokens/s, bytes read per token (weights of one step + the K/V read,
- *     averaged over the run), bandwidth bound = bw / bytes, and the fraction.
+ *     averaged over the run; for MoE only the routed experts the steps hit, as
+ *     counted by the MoE units, not all of them), bandwidth bound = bw / bytes,
+ *     and the fraction.
  * Every figure is min / median over --reps repetitions after one warm-up.
  * Besides wall time, each result gives a "cpu-equivalent" rate: process CPU
  * time / threads. During a run every pool thread either works or spins (the
@@ -241,6 +243,11 @@ int cli_bench(int argc, char **argv) {
     }
 
     /* ---- decode, batch 1, from an empty context ---- */
+    /* bytes per step: the non-expert matrices, plus for MoE the routed experts
+     * the steps actually hit (counted by the MoE units over every step run,
+     * warm-up included), not all experts */
+    double nonexp = xds_bench_nonexpert_bytes(m), exp_all = xds_bench_expert_bytes_all(m);
+    xds_model_ctx_expert_stats(ctx, NULL, NULL, 1);
     for (int r = -1; r < c.reps && st == XDS_OK; r++) {
         xds_kv_seq_truncate(kv, 0, 0);
         double t0 = bench_now_s(), c0 = bench_cpu_s();
@@ -254,7 +261,11 @@ int cli_bench(int argc, char **argv) {
         double tmin = ts[0], tmed = ts[c.reps / 2];
         /* step i reads K and V of positions 0..i */
         double kv_bytes = (double)m->cfg.n_layer * (k_dim + v_dim) * sizeof(float) * (c.gen + 1) / 2.0;
-        double bytes = wbytes + kv_bytes;
+        uint64_t ehit = 0;
+        xds_model_ctx_expert_stats(ctx, &ehit, NULL, 1);
+        double exp_tok = (double)ehit / ((double)(c.reps + 1) * c.gen);
+        double wtok = nonexp + exp_tok; /* weights read per token */
+        double bytes = wtok + kv_bytes;
         double bound = c.bw * 1e9 / bytes;
         double tps = c.gen / tmin, tps_med = c.gen / tmed;
         if (c.json)
@@ -262,15 +273,21 @@ int cli_bench(int argc, char **argv) {
                    "\"n_gen\":%d,\"reps\":%d,\"t_min_s\":%.6f,\"t_med_s\":%.6f,\"tok_s_max\":%.2f,"
                    "\"tok_s_med\":%.2f,\"bytes_per_tok\":%.0f,\"weight_bytes\":%.0f,\"kv_bytes_per_tok\":%.0f,"
                    "\"bw_gbps\":%.3f,\"bound_tok_s\":%.2f,\"frac_bound\":%.4f,\"frac_bound_med\":%.4f,"
-                   "\"cpu_equiv_tok_s_max\":%.2f,\"cpu_equiv_frac_bound\":%.4f}\n",
-                   c.model, c.threads, c.gen, c.reps, tmin, tmed, tps, tps_med, bytes, wbytes, kv_bytes,
-                   c.bw, bound, tps / bound, tps_med / bound, cps, cps / bound);
-        else
+                   "\"cpu_equiv_tok_s_max\":%.2f,\"cpu_equiv_frac_bound\":%.4f,\"n_expert\":%d,"
+                   "\"n_expert_used\":%d,\"expert_bytes_per_tok\":%.0f,\"expert_bytes_all\":%.0f}\n",
+                   c.model, c.threads, c.gen, c.reps, tmin, tmed, tps, tps_med, bytes, wtok, kv_bytes,
+                   c.bw, bound, tps / bound, tps_med / bound, cps, cps / bound, m->cfg.moe.n_expert,
+                   m->cfg.moe.n_expert_used, exp_tok, exp_all);
+        else {
             printf("decode  %4d tokens: %8.1f tok/s (median %8.1f); %.1f MB read per token "
                    "(weights %.1f + KV %.2f); bound %.1f tok/s at %.2f GB/s -> %.1f%% of bound (median %.1f%%); "
                    "cpu-equivalent %.1f tok/s = %.1f%%\n",
-                   c.gen, tps, tps_med, bytes / 1e6, wbytes / 1e6, kv_bytes / 1e6, bound, c.bw,
+                   c.gen, tps, tps_med, bytes / 1e6, wtok / 1e6, kv_bytes / 1e6, bound, c.bw,
                    100 * tps / bound, 100 * tps_med / bound, cps, 100 * cps / bound);
+            if (exp_all > 0)
+                printf("        weights per token include the routed experts hit: %.1f MB of %.1f MB\n",
+                       exp_tok / 1e6, exp_all / 1e6);
+        }
     }
     if (st == XDS_OK && m->cfg.moe.n_expert > 0) {
         xds_bench_moe_cfg mc = {c.model, c.threads, c.reps, c.json, c.bw, c.fma, c.int8, moe_b, n_moe_b, moe_ctx};

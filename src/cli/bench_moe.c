@@ -81,6 +81,23 @@ static void base_cost(const xds_model *m, acc *a, acc *head) {
     mat(head, &m->output, 1);
 }
 
+double xds_bench_nonexpert_bytes(const xds_model *m) {
+    acc base = {0}, head = {0};
+    base_cost(m, &base, &head);
+    return base.bytes + head.bytes;
+}
+
+double xds_bench_expert_bytes_all(const xds_model *m) {
+    double n = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        if (m->layers[l].moe)
+            for (int e = 0; e < m->cfg.moe.n_expert; e++) {
+                const xds_ffn_w *f = &m->layers[l].moe->experts[e];
+                n += f->gate.nbytes + f->up.nbytes + f->down.nbytes;
+            }
+    return n;
+}
+
 xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
     const xds_model_config *mc = &m->cfg;
     acc base = {0}, head = {0};
@@ -91,13 +108,7 @@ xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c) {
         if (m->layers[l].moe && mc->moe.n_expert > 0) exp_q = is_q(m->layers[l].moe->experts[0].gate.type);
     int kd, vd;
     xds_model_kv_dims(m, &kd, &vd);
-    double exp_all = 0;
-    for (int l = 0; l < mc->n_layer; l++)
-        if (m->layers[l].moe)
-            for (int e = 0; e < mc->moe.n_expert; e++) {
-                const xds_ffn_w *f = &m->layers[l].moe->experts[e];
-                exp_all += f->gate.nbytes + f->up.nbytes + f->down.nbytes;
-            }
+    double exp_all = xds_bench_expert_bytes_all(m);
     int n_moe = 0;
     for (int l = 0; l < mc->n_layer; l++) n_moe += m->layers[l].moe != NULL;
     double huge = xds_model_repack_huge_share(m);

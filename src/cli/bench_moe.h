@@ -16,6 +16,15 @@ typedef struct xds_bench_moe_cfg {
     int ctx;               /* tokens of context each sequence has before the timed steps */
 } xds_bench_moe_cfg;
 
+/* Bytes one decode step reads besides the routed experts and the KV cache:
+ * every non-expert matrix as the step reads it (attention, MLA's absorbed-K
+ * copy and only kv_b's V rows, dense FFNs, routers, shared experts, the LM
+ * head). For a dense model: all its matrices. */
+double xds_bench_nonexpert_bytes(const xds_model *m);
+
+/* Bytes of all routed experts of all MoE layers (0 for a dense model). */
+double xds_bench_expert_bytes_all(const xds_model *m);
+
 /* Prints one line (or JSON object) per batch size; returns the status. */
 xds_status xds_bench_moe(const xds_model *m, const xds_bench_moe_cfg *c);
 

@@ -265,9 +265,13 @@ fail:
     return rc;
 }
 
-static xds_status parse_json_buf(const char *buf, size_t len, const char *src, json_t **out) {
+/* flags: JSON_DECODE_INT_AS_REAL for tokenizer_config.json, which transformers
+ * writes with "model_max_length": 1000000000000000019884624838656 (int(1e30),
+ * beyond int64) and from which only strings, booleans and token objects are
+ * read; tokenizer.json keeps exact integers (token ids). */
+static xds_status parse_json_buf(const char *buf, size_t len, const char *src, size_t flags, json_t **out) {
     json_error_t err;
-    json_t *j = json_loadb(buf, len, JSON_ALLOW_NUL, &err);
+    json_t *j = json_loadb(buf, len, JSON_ALLOW_NUL | flags, &err);
     if (!j) return xds_err_set(XDS_ERR_FORMAT, "%s: JSON error at line %d column %d: %s", src, err.line, err.column, err.text);
     *out = j;
     return XDS_OK;
@@ -276,8 +280,8 @@ static xds_status parse_json_buf(const char *buf, size_t len, const char *src, j
 xds_status xds_tokenizer_load_json_mem(const char *json, size_t len, const char *config, size_t config_len,
                                        xds_tokenizer **out) {
     json_t *root = NULL, *cfg = NULL;
-    XDS_TRY(parse_json_buf(json, len, "tokenizer.json", &root));
-    xds_status rc = config ? parse_json_buf(config, config_len, "tokenizer_config.json", &cfg) : XDS_OK;
+    XDS_TRY(parse_json_buf(json, len, "tokenizer.json", 0, &root));
+    xds_status rc = config ? parse_json_buf(config, config_len, "tokenizer_config.json", JSON_DECODE_INT_AS_REAL, &cfg) : XDS_OK;
     if (!rc) rc = load_json_root(root, cfg, "tokenizer.json", "tokenizer_config.json", out);
     json_decref(root);
     json_decref(cfg);
@@ -315,8 +319,8 @@ xds_status xds_tokenizer_load_json(const char *tokenizer_json, const char *token
     json_t *root = NULL, *cfg = NULL;
     xds_status rc = read_file(tokenizer_json, &buf, &len);
     if (!rc && tokenizer_config_json) rc = read_file(tokenizer_config_json, &cbuf, &clen);
-    if (!rc) rc = parse_json_buf(buf, len, tokenizer_json, &root);
-    if (!rc && cbuf) rc = parse_json_buf(cbuf, clen, tokenizer_config_json, &cfg);
+    if (!rc) rc = parse_json_buf(buf, len, tokenizer_json, 0, &root);
+    if (!rc && cbuf) rc = parse_json_buf(cbuf, clen, tokenizer_config_json, JSON_DECODE_INT_AS_REAL, &cfg);
     free(buf);
     free(cbuf);
     if (!rc) rc = load_json_root(root, cfg, tokenizer_json, tokenizer_config_json ? tokenizer_config_json : "", out);

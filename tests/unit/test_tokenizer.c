@@ -358,6 +358,16 @@ static void check_bad_json(void) {
         CHECK(xds_chat_render(t, &m, 1, 1, &out) == XDS_ERR_UNSUPPORTED && out == NULL);
         xds_tokenizer_free(t);
     }
+    /* tokenizer_config.json as transformers writes it: model_max_length is
+     * int(1e30), beyond int64 (the file of any tokenizer saved without a limit) */
+    const char *cfg_big = "{\"eos_token\": \"<eos>\", \"model_max_length\": 1000000000000000019884624838656}";
+    t = NULL;
+    CHECK_MSG(xds_tokenizer_load_json_mem(tiny, strlen(tiny), cfg_big, strlen(cfg_big), &t) == XDS_OK,
+              "config with int(1e30): %s", xds_err_msg());
+    if (t) {
+        CHECK(xds_tokenizer_eos(t) == 6);
+        xds_tokenizer_free(t);
+    }
 }
 
 
