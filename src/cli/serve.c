@@ -22,7 +22,7 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "cli/cli.h"
-#include "cli/serve_deploy.h"
+#include "deploy/supervisor.h"
 #include "engine/engine.h"
 #include "format/weights.h"
 #include "model/model.h"
@@ -102,7 +102,7 @@ int cli_serve(int argc, char **argv) {
     xds_server_opts so = xds_server_opts_default();
     xds_engine_opts eo = xds_engine_opts_default();
     long ctx = 0, shutdown_timeout = 60, v;
-    serve_deploy dep; /* disaggregated deployment (cli/serve_deploy.c); unused without its flags */
+    serve_deploy dep; /* disaggregated deployment (deploy/supervisor.c); unused without its flags */
     serve_deploy_init(&dep);
     int dep_n;
     for (int i = 1; i < argc; i++) {

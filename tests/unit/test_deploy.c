@@ -1,6 +1,6 @@
 /*
  * test_deploy.c — disaggregated MoE-attention in real processes
- * (engine/deploy.h): the test process is an attention rank; it forks the
+ * (deploy/expert.h): the test process is an attention rank; it forks the
  * expert-worker processes (and, for the shared-workers case, a second
  * attention rank, as two decode DP groups are) that attach to a real XCCL
  * segment (unique shm name). Greedy tokens of three sequences decoded
@@ -31,7 +31,7 @@
 
 #include <xccl.h>
 
-#include "engine/deploy.h"
+#include "deploy/expert.h"
 #include "model/model.h"
 #include "model/moe.h"
 #include "model/upcycle.h"

@@ -1,10 +1,10 @@
 /*
  * worker.c — `xds worker --role ROLE ...`: one process of a disaggregated
- * deployment, started by the `xds serve` supervisor (cli/serve_deploy.c).
+ * deployment, started by the `xds serve` supervisor (deploy/supervisor.c).
  *
  * Roles: `expert` — attach to the deployment's XCCL segment as rank R, load
  * the model (mmap: the weights are shared with the other processes through
- * the page cache), then run the expert loop of engine/deploy.h until the
+ * the page cache), then run the expert loop of deploy/expert.h until the
  * attention rank says STOP (exit 0) or fails (exit 1 with one error line).
  * Exit status 2: bad invocation. The worker never outlives its supervisor:
  * it asks the kernel for SIGTERM when its parent dies, and its XCCL waits
@@ -21,10 +21,10 @@
 #include <xccl.h>
 
 #include "cli/cli.h"
-#include "engine/deploy.h"
-#include "engine/deploy_pd.h"
-#include "engine/deploy_dp.h"
-#include "engine/pd_pick.h"
+#include "deploy/expert.h"
+#include "deploy/pd.h"
+#include "deploy/dp.h"
+#include "deploy/pd_pick.h"
 #include "format/weights.h"
 #include "tokenizer/tokenizer.h"
 #include <limits.h>

@@ -1,5 +1,5 @@
 /*
- * deploy_pd.c — disaggregated prefill / decode (deploy_pd.h).
+ * pd.c — disaggregated prefill / decode (pd.h).
  *
  * The prefill pool is an xds_kv_cache whose K and V arrays are swapped for
  * one registered XCCL region (K at offset 0, V after it) right after
@@ -11,7 +11,7 @@
  * sides) — one liveness check and one completion notification per pull.
  */
 #define _GNU_SOURCE
-#include "engine/deploy_pd.h"
+#include "deploy/pd.h"
 
 #include <stddef.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /*
- * serve_deploy.h — the supervisor part of `xds serve`: with --experts E (and
+ * supervisor.h — the supervisor part of `xds serve`: with --experts E (and
  * --decode-dp / --prefill / --frontends / --topology) the serve process
- * becomes the supervisor of a disaggregated deployment (engine/deploy.h):
+ * becomes the supervisor of a disaggregated deployment (deploy/expert.h):
  * it sizes and creates the XCCL segment, starts E `xds worker --role expert`
  * processes, waits until every one is ready, runs the front-end and the
  * decode DP group (attention rank 0) itself, prints the topology and serves
@@ -18,8 +18,8 @@
 
 #include "base/status.h"
 #include "engine/engine.h"
-#include "engine/deploy.h"
-#include "engine/topology.h"
+#include "deploy/expert.h"
+#include "deploy/topology.h"
 #include "server/http.h"
 
 struct xds_model;

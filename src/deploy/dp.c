@@ -1,5 +1,5 @@
 /*
- * deploy_dp.c — DP groups behind a front-end (deploy_dp.h): the load table,
+ * dp.c — DP groups behind a front-end (dp.h): the load table,
  * the pick policy, the REQ/CANCEL/EVENT/STOP messages and a group's serving
  * loop.
  *
@@ -9,7 +9,7 @@
  * final EVENT to the front-end, also when the engine refuses it.
  */
 #define _GNU_SOURCE
-#include "engine/deploy_dp.h"
+#include "deploy/dp.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 /*
- * serve_deploy.c — supervisor of a disaggregated deployment (serve_deploy.h).
+ * supervisor.c — supervisor of a disaggregated deployment (supervisor.h).
  *
  * Process tree: the `xds serve` process (front-end + decode DP group 0 =
  * XCCL rank 0, and rank E+1 for prefill traffic when P > 0), E children
@@ -24,7 +24,7 @@
  * Decode DP groups (D > 1, decentralized scheduling): group 0 is this
  * process's engine, groups 1..D-1 are `xds worker --role decode` processes,
  * each with its own engine; every group publishes its load in a shared table
- * (engine/deploy_dp.h) from which the front-end picks a group per request.
+ * (deploy/dp.h) from which the front-end picks a group per request.
  *
  * With both --prefill and --decode-dp, the group is picked when the KV is
  * ready; a remote group imports it itself and reports FREED, which the
@@ -33,12 +33,12 @@
  * With --experts and --decode-dp D > 1, every decode group is an attention
  * rank of the same expert workers (group g > 0 attaches a second rank for
  * that traffic, after the groups' ranks): a worker serves the groups' streams
- * in arrival order (engine/deploy.h).
+ * in arrival order (deploy/expert.h).
  *
  * Not yet supported (refused with a clear error): --frontends > 1.
  */
 #define _GNU_SOURCE
-#include "cli/serve_deploy.h"
+#include "deploy/supervisor.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -54,10 +54,10 @@
 
 #include <xccl.h>
 
-#include "engine/deploy.h"
-#include "engine/deploy_pd.h"
-#include "engine/deploy_dp.h"
-#include "engine/pd_pick.h"
+#include "deploy/expert.h"
+#include "deploy/pd.h"
+#include "deploy/dp.h"
+#include "deploy/pd_pick.h"
 #include "model/model.h"
 
 static double now_s(void) {
@@ -356,7 +356,7 @@ static xds_status pd_submit(void *self, const int32_t *prompt, int n, const xds_
     r->params.stop = (const char *const *)r->stop;
     pthread_mutex_lock(&d->rmu);
     /* the prefill instance where this prompt's KV is expected first: its
-     * uncached tokens plus the work queued there (engine/pd_pick.h) */
+     * uncached tokens plus the work queued there (deploy/pd_pick.h) */
     xds_pd_choice pc;
     int best = xds_pd_pick(d->pick, prompt, n, d->block_size, &pc);
     if (best < 0) {

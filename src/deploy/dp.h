@@ -1,5 +1,5 @@
 /*
- * deploy_dp.h — several decode DP groups behind a front-end, with
+ * dp.h — several decode DP groups behind a front-end, with
  * decentralized scheduling (DESIGN §3.3, issue 6 item 4).
  *
  * Each DP group is self-contained (its own engine: scheduler, KV cache,
@@ -25,7 +25,7 @@
 
 #include "base/status.h"
 #include "engine/engine.h"
-#include "engine/deploy_pd.h"
+#include "deploy/pd.h"
 
 struct xccl_comm;
 

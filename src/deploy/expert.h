@@ -1,5 +1,5 @@
 /*
- * deploy.h — disaggregated MoE-attention across processes over XCCL
+ * expert.h — disaggregated MoE-attention across processes over XCCL
  * (DESIGN §3.3, issue 6): the attention-side executor a decode DP group uses
  * instead of xds_model_forward, and the loop an expert worker process runs.
  *

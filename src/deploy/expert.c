@@ -1,5 +1,5 @@
 /*
- * deploy.c — disaggregated MoE-attention (deploy.h): expert placement, the
+ * expert.c — disaggregated MoE-attention (expert.h): expert placement, the
  * attention-side executor (micro-batch ping-pong) and the expert-worker loop,
  * over per-pair XCCL streams.
  *
@@ -18,7 +18,7 @@
  * further passes (the supervisor then stops the deployment).
  */
 #define _GNU_SOURCE
-#include "engine/deploy.h"
+#include "deploy/expert.h"
 
 #include <stdio.h>
 #include <stdlib.h>
