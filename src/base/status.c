@@ -19,6 +19,7 @@ const char *xds_status_str(xds_status s) {
     case XDS_ERR_PEER: return "peer failure";
     case XDS_ERR_INTERNAL: return "internal error";
     case XDS_ERR_BUSY: return "busy";
+    case XDS_ERR_UNAVAILABLE: return "unavailable";
     }
     return "unknown status";
 }

@@ -26,6 +26,7 @@ typedef enum xds_status {
     XDS_ERR_PEER,        /* a peer process died or misbehaved */
     XDS_ERR_INTERNAL,
     XDS_ERR_BUSY,        /* queue full: try again later (HTTP 429) */
+    XDS_ERR_UNAVAILABLE, /* no capacity left to serve it (a deployment that shrank): HTTP 503 + Retry-After */
 } xds_status;
 
 /* Human-readable name of a status ("format error", ...). */

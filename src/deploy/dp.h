@@ -38,6 +38,7 @@ typedef struct xds_dp_load {
     atomic_llong max_batch;
     atomic_llong served;                 /* requests finished */
     atomic_llong alive;                  /* 1 while the group serves */
+    atomic_llong removed;                /* set by the supervisor: left out for good (crash loop) */
 } xds_dp_load;
 
 typedef struct xds_dp_table {
@@ -52,6 +53,8 @@ xds_status xds_dp_table_open(const char *name, xds_dp_table **out);
 void xds_dp_table_close(xds_dp_table *t);
 /* The group for a request of n_prompt + max_tokens tokens (block_size tokens per block). */
 int xds_dp_pick(xds_dp_table *t, int n_tokens, int block_size);
+/* The same, never a group g with bit g of skip set (-1: none is left). */
+int xds_dp_pick_skip(xds_dp_table *t, int n_tokens, int block_size, uint64_t skip);
 /* Account a request of n_tokens on group g (+1) or its end (-1). */
 void xds_dp_account(xds_dp_table *t, int g, int n_tokens, int block_size, int sign);
 

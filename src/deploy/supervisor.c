@@ -1,41 +1,33 @@
 /*
- * supervisor.c — supervisor of a disaggregated deployment (supervisor.h).
+ * supervisor.c — the supervisor of a disaggregated deployment and the
+ * front-end's request router (supervisor.h).
  *
- * Process tree: the `xds serve` process (front-end + decode DP group 0 =
- * XCCL rank 0, and rank E+1 for prefill traffic when P > 0), E children
- * `xds worker --role expert` (ranks 1..E) and P children `xds worker --role
- * prefill` (ranks E+2..E+1+P), each exec'ed from /proc/self/exe with
- * PR_SET_PDEATHSIG so none outlives the supervisor. Start-up: segment (sized by xds_deploy_xccl_config) -> attach
- * rank 0 -> fork/exec workers -> wait until each has attached (a child that
- * exits first, SIGTERM/SIGINT pending, or a 120 s deadline abort the start)
- * -> READY handshake (xds_deploy_attn_create). While serving, a monitor thread
- * reaps children; an unexpected exit marks the deployment failed and raises
- * SIGTERM in the supervisor, whose shutdown path then stops the rest.
+ * Ranks of the XCCL segment: 0 the supervisor (it only watches and sends
+ * STOP), 1..E expert workers, then F front-ends, P prefill instances, D
+ * decode groups, and with expert workers each group's attention rank. Every
+ * child is exec'ed from /proc/self/exe with its command line kept for a
+ * restart, in its own process group, without a parent-death signal.
+ * Start-up: port claim (/dev/shm/xds-port-PORT) -> segment, load table, pick
+ * table -> children -> wait until each serves (a child that exits first,
+ * SIGTERM/SIGINT pending, or a 120 s deadline abort the start and stop
+ * everything) -> topology file -> monitor thread.
  *
- * Prefill/decode (P > 0): the HTTP server calls the router here instead of
- * the engine. A request goes to the prefill instance with the fewest
- * requests in flight (REQ); its transfer task comes back to rank E+1 (a
- * receiver thread polls the instances); the request then enters the engine
- * with xds_engine_submit_import, whose import callback pulls the prompt KV
- * (one-sided gets) when the engine has admitted it — i.e. when the decode
- * group has free blocks — and then sends FREE. Until then the blocks stay
- * on the prefill side (back-pressure).
+ * The monitor (every 50 ms): a child that exited unexpectedly has its
+ * shared-memory records cleared (no new work goes there) and is restarted
+ * after 0.25 s, doubling per recent exit up to 8 s; --restart-max exits
+ * within --restart-window seconds leave it out. A live child whose XCCL
+ * heartbeat is stale or that is stopped (SIGSTOP) becomes suspect; suspect
+ * for --hang-timeout seconds, it is killed (and so restarted). A restarted
+ * child re-attaches at its rank and is live again once it serves. One log
+ * line per event names the process, its role and rank. With no front-end or
+ * no decode group left the deployment stops (exit 1).
  *
- * Decode DP groups (D > 1, decentralized scheduling): group 0 is this
- * process's engine, groups 1..D-1 are `xds worker --role decode` processes,
- * each with its own engine; every group publishes its load in a shared table
- * (deploy/dp.h) from which the front-end picks a group per request.
- *
- * With both --prefill and --decode-dp, the group is picked when the KV is
- * ready; a remote group imports it itself and reports FREED, which the
- * front-end forwards to the prefill instance.
- *
- * With --experts and --decode-dp D > 1, every decode group is an attention
- * rank of the same expert workers (group g > 0 attaches a second rank for
- * that traffic, after the groups' ranks): a worker serves the groups' streams
- * in arrival order (deploy/expert.h).
- *
- * Not yet supported (refused with a clear error): --frontends > 1.
+ * Front-end side (serve_deploy_frontend, in each front-end process): a
+ * request goes to the prefill instance picked from the pick table
+ * (deploy/pd_pick.h), whose transfer task comes back here; the decode group
+ * is then picked from the load table (deploy/dp.h) and imports the KV
+ * itself, reporting FREED, which is forwarded to the prefill instance.
+ * Without prefill instances the request goes straight to a decode group.
  */
 #define _GNU_SOURCE
 #include "deploy/supervisor.h"
@@ -46,14 +38,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <xccl.h>
 
+#include "base/log.h"
 #include "deploy/expert.h"
 #include "deploy/pd.h"
 #include "deploy/dp.h"
@@ -76,12 +71,16 @@ void serve_deploy_init(serve_deploy *d) {
     atomic_init(&d->stopping, 0);
     atomic_init(&d->failed, 0);
     atomic_init(&d->signalled, 0);
+    d->hang_s = 2.0;
+    d->crash_n = 3;
+    d->crash_window_s = 30.0;
+    d->drain_s = 60.0;
 }
 
 const char *serve_deploy_usage(void) {
-    return "Disaggregated deployment (this process: supervisor, front-end, decode DP group):\n"
+    return "Disaggregated deployment (this process: its supervisor; every role runs in a child process):\n"
            "  --experts E          E expert-worker processes hold the routed experts (MoE models)\n"
-           "  --decode-dp D        D decode DP groups (group 0 here, 1..D-1 as processes), picked per request\n"
+           "  --decode-dp D        D decode DP groups (each a process), picked per request\n"
            "                       from load figures in shared memory; with --experts they share the workers\n"
            "  --prefill P          P prefill-instance processes (KV pulled by the decode group)\n"
            "  --prefill-threads N  compute threads per prefill instance (default 1)\n"
@@ -91,7 +90,11 @@ const char *serve_deploy_usage(void) {
            "  --micro-batches M    1, or 2 (default): two halves of a decode batch ping-pong, one's attention\n"
            "                       overlapping the other's experts\n"
            "  --topology FILE      a JSON topology: per-process settings, explicit expert placement\n"
-           "                       with replicas (docs/ARCHITECTURE.md); replaces the count flags\n";
+           "                       with replicas (docs/ARCHITECTURE.md); replaces the count flags\n"
+           "  --restart-max N      a process that exits N times (default 3) within --restart-window S\n"
+           "                       (default 30) seconds is left out; before that it is restarted with back-off\n"
+           "  --hang-timeout S     a process suspect (no heartbeat, or stopped) for S seconds (default 2) is\n"
+           "                       killed and restarted\n";
 }
 
 int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
@@ -104,6 +107,18 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
     else if (!strcmp(a, "--frontends")) dst = &d->frontends, lo = 1, hi = 64;
     else if (!strcmp(a, "--expert-threads")) dst = &d->expert_threads, lo = 1, hi = 1024;
     else if (!strcmp(a, "--micro-batches")) dst = &d->micro_batches, lo = 1, hi = XDS_DEPLOY_MAX_MB;
+    else if (!strcmp(a, "--restart-max")) dst = &d->crash_n, lo = 1, hi = SERVE_DEPLOY_CRASH_N;
+    else if (!strcmp(a, "--restart-window") || !strcmp(a, "--hang-timeout")) {
+        char *end = NULL;
+        double x = v ? strtod(v, &end) : 0;
+        if (!v || !*v || *end || !(x >= 0.1 && x <= 86400)) {
+            fprintf(stderr, "xds serve: error: %s wants seconds in 0.1..86400, got '%s'\n", a, v ? v : "");
+            return -1;
+        }
+        if (a[2] == 'r') d->crash_window_s = x;
+        else d->hang_s = x;
+        return 2;
+    }
     else if (!strcmp(a, "--frontend-of") || !strcmp(a, "--load-table") || !strcmp(a, "--group-ranks") ||
              !strcmp(a, "--prefill-ranks") || !strcmp(a, "--pick-table")) {
         if (!v) {
@@ -132,7 +147,8 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
         return -1;
     }
     *dst = (int)x;
-    if (dst != &d->expert_threads && dst != &d->prefill_threads && dst != &d->micro_batches && dst != &d->fe_self_rank)
+    if (dst != &d->expert_threads && dst != &d->prefill_threads && dst != &d->micro_batches && dst != &d->fe_self_rank &&
+        dst != &d->crash_n)
         d->enabled = 1;
     return 2;
 }
@@ -169,133 +185,101 @@ static const char *child_role(const serve_deploy *d, int i) {
     }
 }
 
-/* Rank that takes decode group g's requests: group g >= 1's process (after
- * the prefill instances); for group 0 the supervisor's service rank (only
- * front-ends other than the supervisor send there). */
-static int grp_rank(const serve_deploy *d, int g) {
-    return d->grank[g];
-}
-
-/* Requests go through the load table: several groups or several front-ends. */
-static int dp_mode(const serve_deploy *d) {
-    return d->decode_dp > 1 || d->frontends > 1 || d->frontend_mode;
-}
-
-/* Attention rank of decode group g (its traffic with the expert workers):
- * 0 for group 0, else a second rank of group g's process after all groups. */
+/* Attention rank of decode group g (its traffic with the expert workers): a
+ * second rank of group g's process, after every group's request rank. */
 static int grp_attn_rank(const serve_deploy *d, int g) {
-    return g == 0 ? 0 : d->rpc_rank + d->prefill + d->decode_dp - 1 + g;
+    return d->experts + 1 + d->frontends + d->prefill + d->decode_dp + g;
 }
 
-/* Expert worker r, prefill instance i, or decode group g of child i. */
+/* Expert worker rank r, front-end k, prefill instance i, or decode group g of child i. */
 static int child_number(const serve_deploy *d, int i) {
     int r = d->rank_of[i];
     switch (d->kind_of[i]) {
     case 'e': return r;
-    case 'p': return r - d->rpc_rank - 1;
-    case 'd': return r - d->rpc_rank - d->prefill;
-    default:
-        for (int k = 1; k < d->frontends; k++)
-            if (d->fe_rank[k] == r) return k;
-        return -1;
+    case 'p': return r - d->prank[0];
+    case 'd': return r - d->grank[0];
+    default: return r - d->fe_rank[0];
     }
 }
 
-static void *monitor_main(void *arg) {
-    serve_deploy *d = arg;
-    while (!atomic_load(&d->stopping)) {
-        for (int i = 0; i < d->n_pids; i++) {
-            pid_t pid = d->pids[i];
-            if (pid <= 0 || !reap_one(d, i, 0) || atomic_load(&d->stopping)) continue;
-            if (d->kind_of[i] == 'f' && atomic_load(&d->signalled) && WIFEXITED(d->status[i]) &&
-                WEXITSTATUS(d->status[i]) == 0)
-                continue; /* a front-end that drained after our signal */
-            char how[96];
-            describe_exit(how, sizeof how, d->status[i]);
-            fprintf(stderr, "xds serve: error: %s %d (rank %d, pid %d) %s; stopping the deployment\n",
-                    child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, how);
-            if (!atomic_exchange(&d->failed, 1) && !atomic_load(&d->signalled)) kill(getpid(), SIGTERM);
-        }
-        usleep(50 * 1000);
-    }
-    return NULL;
-}
+/* ---- the front-end's request router ------------------------------------------------ */
 
-/* ---- prefill/decode router ------------------------------------------------ */
+/* A request of this front-end. It is at a prefill instance (AT_PREFILL: its
+ * prompt is being computed there, the transfer task comes back here), in a
+ * decode group (IN_GROUP), or PENDING: its group or prefill instance died (or
+ * none was free when its KV was ready) and it waits for a group to take it.
+ * A pending request is re-submitted as prompt + the tokens generated so far
+ * with max_tokens reduced by as many (re-prefill): greedy decoding then
+ * continues with exactly the tokens the lost group would have produced, and
+ * the client's stream goes on where it stopped. */
+enum { FE_AT_PREFILL = 0, FE_IN_GROUP, FE_PENDING };
 
-typedef struct serve_pd_req {
+typedef struct serve_req {
     serve_deploy *d;
-    uint64_t id;
-    int32_t *prompt;
-    int n;
-    xds_gen_params params;
-    char **stop;        /* owned copies of params.stop */
+    uint64_t id;              /* the HTTP server's id */
+    uint64_t wire;            /* the id of its current submission to a prefill instance or group: messages
+                               * of an earlier one (a lost group's, a cancelled import's) are ignored */
+    int32_t *toks;            /* the prompt, then every token generated so far */
+    int n_prompt, n_gen, n_cached;
+    xds_gen_params params;    /* as asked (max_tokens of the whole request) */
+    char **stop;              /* owned copies of params.stop */
     xds_gen_cb cb;
     void *user;
-    int pi;             /* prefill instance index */
-    long long pick_work; /* its work as accounted in the pick table */
-    int state;          /* 0: at prefill, 1: in the engine */
-    int cancelled;      /* cancelled while at prefill (ABORT already delivered) */
-    int freed;          /* FREE sent */
-    uint64_t eng_id;
-    xds_pd_task task;
-    struct serve_pd_req *next;
-} serve_pd_req;
+    int where;                /* FE_* */
+    int pi;                   /* AT_PREFILL: the instance */
+    long long pick_work;      /* its work as accounted in the pick table */
+    int group;                /* IN_GROUP: the decode group */
+    int cancelled;            /* cancelled while at prefill (ABORT already delivered) */
+    xds_pd_task task;         /* task_valid: the prompt KV held by a prefill instance */
+    int task_valid, freed;    /* freed: FREE sent (or the group reported pulling it) */
+    double pending_since;
+    int failovers;            /* re-submissions to another group */
+    struct serve_req *next;
+} serve_req;
 
-static void pd_req_free(serve_pd_req *r) {
+static double now_s(void);
+
+static void req_free(serve_req *r) {
     if (!r) return;
     for (int i = 0; r->stop && i < r->params.n_stop; i++) free(r->stop[i]);
     free(r->stop);
-    free(r->prompt);
+    free(r->toks);
     free(r);
 }
 
-static void pd_unlink(serve_deploy *d, serve_pd_req *r) { /* under rmu */
-    for (serve_pd_req **pp = &d->reqs; *pp; pp = &(*pp)->next)
+static void req_unlink(serve_deploy *d, serve_req *r) { /* under rmu */
+    for (serve_req **pp = &d->reqs; *pp; pp = &(*pp)->next)
         if (*pp == r) {
             *pp = r->next;
             return;
         }
 }
 
-static void pd_final(serve_pd_req *r, xds_finish fin) {
-    xds_gen_event ev = {.req_id = r->id, .text = "", .text_len = 0, .token = -1, .finish = fin, .n_prompt = r->n};
+static serve_req *req_find(serve_deploy *d, uint64_t id) { /* under rmu */
+    for (serve_req *x = d->reqs; x; x = x->next)
+        if (x->id == id) return x;
+    return NULL;
+}
+
+static serve_req *req_find_wire(serve_deploy *d, uint64_t wire) { /* under rmu */
+    for (serve_req *x = d->reqs; x; x = x->next)
+        if (x->wire == wire) return x;
+    return NULL;
+}
+
+static void req_final(serve_req *r, xds_finish fin) {
+    xds_gen_event ev = {.req_id = r->id, .text = "", .text_len = 0, .token = -1, .finish = fin,
+                        .n_prompt = r->n_prompt, .n_cached = r->n_cached, .n_gen = r->n_gen};
     r->cb(r->user, &ev);
 }
 
-static void pd_send_free(serve_pd_req *r) { /* tell the prefill instance (once) */
-    serve_deploy *d = r->d;
-    if (r->freed) return;
+/* FREE the prompt KV at its prefill instance (once). */
+static void req_send_free(serve_deploy *d, serve_req *r) {
+    if (!r->task_valid || r->freed) return;
     r->freed = 1;
     pthread_mutex_lock(&d->cmu);
-    if (xds_pd_task_free(d->rpc, &r->task) != XDS_OK) fprintf(stderr, "xds serve: %s\n", xds_err_msg());
+    if (xds_pd_task_free(d->rpc, &r->task) != XDS_OK) XDS_LOGW("front-end: %s", xds_err_msg());
     pthread_mutex_unlock(&d->cmu);
-}
-
-/* Engine thread: pull prompt positions [from, to) when the engine has placed
- * them, and the last prompt token's logits when the engine samples there. */
-static int pd_import(void *user, struct xds_kv_cache *kv, int slot, int from, int to, float *logits) {
-    serve_pd_req *r = user;
-    serve_deploy *d = r->d;
-    if (r->freed) return 0; /* already pulled and freed (a recompute after preemption): compute */
-    if (to == r->task.n_prompt && !logits) to--; /* the engine computes the last token itself */
-    if (to <= from) return 0;
-    uint64_t bytes = 0;
-    pthread_mutex_lock(&d->cmu);
-    double t0 = now_s();
-    xds_status s = xds_pd_pull_range(d->rpc, &r->task, kv, slot, from, to, &bytes);
-    if (s == XDS_OK && to == r->task.n_prompt) s = xds_pd_get_logits(d->rpc, &r->task, logits);
-    d->kv_pull_s += now_s() - t0;
-    pthread_mutex_unlock(&d->cmu);
-    if (s != XDS_OK) {
-        fprintf(stderr, "xds serve: request %llu: KV pull failed (%s); computing the prompt here\n",
-                (unsigned long long)r->id, xds_err_msg());
-        pd_send_free(r);
-        return 0;
-    }
-    d->kv_pulled_bytes += bytes;
-    if (to >= r->task.n_prompt - 1) pd_send_free(r);
-    return to - from;
 }
 
 /* The checks every front-end submit makes before taking a request. */
@@ -307,517 +291,413 @@ static xds_status deploy_check_request(const serve_deploy *d, const int32_t *pro
         return xds_err_set(XDS_ERR_INVALID,
                            "request: prompt (%d tokens) + max_tokens (%d) exceeds the context of %d tokens", n,
                            p->max_tokens, d->max_ctx);
-    return XDS_OK;
-}
-
-/* Engine thread: events of an imported request, renamed to the router's id. */
-static void pd_on_event(void *user, const xds_gen_event *ev) {
-    serve_pd_req *r = user;
-    serve_deploy *d = r->d;
-    xds_gen_event e2 = *ev;
-    e2.req_id = r->id;
-    r->cb(r->user, &e2);
-    if (ev->finish == XDS_FINISH_NONE) return;
-    if (!r->freed) pd_send_free(r); /* finished before its KV was pulled */
-    if (d->table) xds_dp_account(d->table, 0, r->n + r->params.max_tokens, d->block_size, -1);
-    pthread_mutex_lock(&d->rmu);
-    pd_unlink(d, r);
-    pthread_mutex_unlock(&d->rmu);
-    pd_req_free(r);
-}
-
-static xds_status pd_submit(void *self, const int32_t *prompt, int n, const xds_gen_params *p, xds_gen_cb cb,
-                            void *user, uint64_t *req_id) {
-    serve_deploy *d = self;
-    xds_status cs = deploy_check_request(d, prompt, n, p, cb);
-    if (cs) return cs;
-    if (n > (int)(sizeof(((xds_pd_task *)0)->blocks) / sizeof(int32_t)) * d->block_size)
-        return xds_err_set(XDS_ERR_INVALID, "request: prompt of %d tokens is longer than a transfer task holds", n);
     for (int i = 0; i < n; i++)
         if (prompt[i] < 0 || prompt[i] >= d->n_vocab)
             return xds_err_set(XDS_ERR_INVALID, "request: prompt token %d: id %d outside the vocabulary [0, %d)", i,
                                prompt[i], d->n_vocab);
-    serve_pd_req *r = calloc(1, sizeof *r);
+    return XDS_OK;
+}
+
+static void group_down(serve_deploy *d, int g, const char *why) { /* under rmu */
+    if (d->gdown[g]) return;
+    d->gdown[g] = 1;
+    int n = 0;
+    double now = now_s();
+    for (serve_req *r = d->reqs; r; r = r->next)
+        if (r->where == FE_IN_GROUP && r->group == g) {
+            r->where = FE_PENDING;
+            r->pending_since = now;
+            n++;
+        }
+    fprintf(stderr, "xds serve: front-end (rank %d, pid %d): decode group %d (rank %d) lost (%s); %d requests "
+                    "continue on another group\n", d->fe_self_rank, (int)getpid(), g, d->grank[g], why, n);
+}
+
+/* Under rmu: send r to a decode group (prompt + tokens so far); 0 when a
+ * group took it, -1 when none can (r stays as it was). */
+static int req_place(serve_deploy *d, serve_req *r) {
+    uint64_t skip = 0;
+    for (int g = 0; g < d->decode_dp; g++)
+        if (d->gdown[g]) skip |= 1ull << g;
+    int n = r->n_prompt + r->n_gen;
+    xds_gen_params p = r->params;
+    p.max_tokens = r->params.max_tokens - r->n_gen;
+    for (int tries = 0; tries < d->decode_dp; tries++) {
+        int g = xds_dp_pick_skip(d->table, n + p.max_tokens, d->block_size, skip);
+        if (g < 0) return -1;
+        /* the prompt KV at a prefill instance is imported only by the first group */
+        int imp = r->task_valid && !r->freed && r->n_gen == 0 && r->failovers == 0 && r->where != FE_PENDING;
+        uint64_t wire = ++d->next_id;
+        pthread_mutex_lock(&d->cmu);
+        xds_status s = imp ? xds_dp_req_send_import(d->rpc, d->grank[g], wire, r->toks, n, &p, &r->task)
+                           : xds_dp_req_send(d->rpc, d->grank[g], wire, r->toks, n, &p);
+        pthread_mutex_unlock(&d->cmu);
+        if (s == XDS_OK) {
+            if (!imp) req_send_free(d, r); /* the group computes the prompt itself */
+            if (r->where == FE_PENDING) {
+                r->failovers++;
+                fprintf(stderr, "xds serve: front-end (rank %d): request %llu continues on decode group %d after %d "
+                                "tokens (%.2f s)\n", d->fe_self_rank, (unsigned long long)r->id, g,
+                        r->n_gen, now_s() - r->pending_since);
+            }
+            r->where = FE_IN_GROUP;
+            r->group = g;
+            r->wire = wire;
+            return 0;
+        }
+        group_down(d, g, xds_err_msg());
+        skip |= 1ull << g;
+    }
+    return -1;
+}
+
+static xds_status fe_submit(void *self, const int32_t *prompt, int n, const xds_gen_params *p, xds_gen_cb cb,
+                            void *user, uint64_t *req_id) {
+    serve_deploy *d = self;
+    xds_status cs = deploy_check_request(d, prompt, n, p, cb);
+    if (cs) return cs;
+    if (d->prefill > 0 && n > (int)(sizeof(((xds_pd_task *)0)->blocks) / sizeof(int32_t)) * d->block_size)
+        return xds_err_set(XDS_ERR_INVALID, "request: prompt of %d tokens is longer than a transfer task holds", n);
+    serve_req *r = calloc(1, sizeof *r);
     if (!r) return xds_err_set(XDS_ERR_NOMEM, "request: out of memory");
     r->d = d;
-    r->n = n;
+    r->n_prompt = n;
     r->params = *p;
     r->cb = cb;
     r->user = user;
-    r->prompt = malloc(sizeof(int32_t) * (size_t)n);
+    r->toks = malloc(sizeof(int32_t) * ((size_t)n + (size_t)p->max_tokens));
     r->stop = p->n_stop > 0 ? calloc((size_t)p->n_stop, sizeof(char *)) : NULL;
-    int oom = !r->prompt || (p->n_stop > 0 && !r->stop);
+    int oom = !r->toks || (p->n_stop > 0 && !r->stop);
     for (int i = 0; !oom && i < p->n_stop; i++) oom = !(r->stop[i] = strdup(p->stop[i]));
     if (oom) {
-        pd_req_free(r);
+        req_free(r);
         return xds_err_set(XDS_ERR_NOMEM, "request: out of memory");
     }
-    memcpy(r->prompt, prompt, sizeof(int32_t) * (size_t)n);
+    memcpy(r->toks, prompt, sizeof(int32_t) * (size_t)n);
     r->params.stop = (const char *const *)r->stop;
     pthread_mutex_lock(&d->rmu);
-    /* the prefill instance where this prompt's KV is expected first: its
-     * uncached tokens plus the work queued there (deploy/pd_pick.h) */
-    xds_pd_choice pc;
-    int best = xds_pd_pick(d->pick, prompt, n, d->block_size, &pc);
-    if (best < 0) {
-        pthread_mutex_unlock(&d->rmu);
-        pd_req_free(r);
-        return xds_err_set(XDS_ERR_BUSY, "no prefill instance is alive");
-    }
-    r->pi = best;
-    r->pick_work = pc.work;
-    xds_pd_pick_account(d->pick, best, pc.work, +1);
     r->id = ++d->next_id;
-    d->at_prefill[best]++;
-    r->next = d->reqs;
-    d->reqs = r;
     *req_id = r->id;
-    pthread_mutex_lock(&d->cmu);
-    xds_status s = xds_pd_request_send(d->rpc, d->prank[best], r->id, prompt, n);
-    pthread_mutex_unlock(&d->cmu);
-    if (s != XDS_OK) {
-        d->at_prefill[best]--;
-        xds_pd_pick_account(d->pick, best, r->pick_work, -1);
-        pd_unlink(d, r);
+    r->next = d->reqs; /* linked first: the final event may come at once */
+    d->reqs = r;
+    int best = -1;
+    if (d->prefill > 0) {
+        /* the prefill instance where this prompt's KV is expected first: its
+         * uncached tokens plus the work queued there (deploy/pd_pick.h) */
+        xds_pd_choice pc;
+        best = xds_pd_pick(d->pick, prompt, n, d->block_size, &pc);
+        if (best >= 0 && d->pdown[best]) best = -1;
+        if (best >= 0) {
+            r->where = FE_AT_PREFILL;
+            r->pi = best;
+            r->pick_work = pc.work;
+            xds_pd_pick_account(d->pick, best, pc.work, +1);
+            d->at_prefill[best]++;
+            pthread_mutex_lock(&d->cmu);
+            r->wire = ++d->next_id;
+            xds_status s = xds_pd_request_send(d->rpc, d->prank[best], r->wire, prompt, n);
+            pthread_mutex_unlock(&d->cmu);
+            if (s != XDS_OK) {
+                fprintf(stderr, "xds serve: front-end (rank %d): prefill instance %d: %s; the decode group computes the "
+                                "prompt\n", d->fe_self_rank, best, xds_err_msg());
+                d->at_prefill[best]--;
+                xds_pd_pick_account(d->pick, best, r->pick_work, -1);
+                d->pdown[best] = 1;
+                best = -1;
+            }
+        }
+    }
+    if (best < 0 && req_place(d, r) != 0) { /* no prefill instance: straight to a decode group */
+        req_unlink(d, r);
         pthread_mutex_unlock(&d->rmu);
-        pd_req_free(r);
-        return xds_err_set(XDS_ERR_BUSY, "prefill instance %d: %s", best, xds_err_msg());
+        req_free(r);
+        return xds_err_set(XDS_ERR_UNAVAILABLE, "no decode DP group is serving (the deployment is recovering); "
+                                                "retry later");
     }
     pthread_mutex_unlock(&d->rmu);
     return XDS_OK;
 }
 
-static void pd_cancel(void *self, uint64_t id) {
+static void fe_cancel(void *self, uint64_t id) {
     serve_deploy *d = self;
-    serve_pd_req *r = NULL;
     pthread_mutex_lock(&d->rmu);
-    for (serve_pd_req *x = d->reqs; x; x = x->next)
-        if (x->id == id) r = x;
+    serve_req *r = req_find(d, id), *drop = NULL;
     int abort_now = 0;
-    if (r && r->state == 1) xds_engine_cancel(d->engine, r->eng_id);
-    else if (r && !r->cancelled) r->cancelled = abort_now = 1;
+    if (r && r->where == FE_IN_GROUP) {
+        pthread_mutex_lock(&d->cmu);
+        xds_dp_cancel_send(d->rpc, d->grank[r->group], r->wire); /* its final (ABORT) event follows */
+        pthread_mutex_unlock(&d->cmu);
+    } else if (r && r->where == FE_AT_PREFILL && !r->cancelled) {
+        r->cancelled = abort_now = 1; /* the task is freed when it arrives */
+    } else if (r && r->where == FE_PENDING) {
+        req_unlink(d, r);
+        req_send_free(d, r);
+        drop = r;
+        abort_now = 1;
+    }
     pthread_mutex_unlock(&d->rmu);
-    if (abort_now) pd_final(r, XDS_FINISH_ABORT); /* the task is freed when it arrives */
+    if (abort_now) req_final(r, XDS_FINISH_ABORT);
+    req_free(drop);
 }
 
-static void pd_stats(void *self, xds_engine_stats *out) {
+static void fe_stats(void *self, xds_engine_stats *out) {
     serve_deploy *d = self;
-    xds_engine_stats_get(d->engine, out);
+    memset(out, 0, sizeof *out);
     pthread_mutex_lock(&d->rmu);
     for (int i = 0; i < d->prefill; i++) out->n_waiting += d->at_prefill[i];
+    for (serve_req *r = d->reqs; r; r = r->next) out->n_waiting += r->where == FE_PENDING;
     pthread_mutex_unlock(&d->rmu);
+    for (int g = 0; g < d->decode_dp; g++) {
+        out->n_running += (int)atomic_load(&d->table->g[g].in_flight);
+        out->kv_blocks_total += (int)atomic_load(&d->table->g[g].kv_blocks);
+    }
 }
 
-static xds_finish forward_to_group(serve_deploy *d, serve_pd_req *r, const xds_pd_task *t);
-
-/* A transfer task arrived: the request enters the engine (or is failed / freed). */
-static void pd_task_arrived(serve_deploy *d, int pi, const xds_pd_task *t) {
-    /* (fin: what to deliver if the request does not enter an engine) */
+/* A transfer task arrived: the request goes to a decode group (or is freed). */
+static void task_arrived(serve_deploy *d, int pi, const xds_pd_task *t) {
     pthread_mutex_lock(&d->rmu);
-    serve_pd_req *r = NULL;
-    for (serve_pd_req *x = d->reqs; x; x = x->next)
-        if (x->id == t->req_id && x->state == 0) r = x;
+    serve_req *r = req_find_wire(d, t->req_id);
+    if (r && r->where != FE_AT_PREFILL) r = NULL;
     d->at_prefill[pi]--;
     if (r) xds_pd_pick_account(d->pick, pi, r->pick_work, -1);
     if (!r) {
         pthread_mutex_unlock(&d->rmu);
-        fprintf(stderr, "xds serve: transfer task for unknown request %llu\n", (unsigned long long)t->req_id);
+        if (t->n_prompt != -1) { /* its request moved on (failover) or is gone: release the KV */
+            pthread_mutex_lock(&d->cmu);
+            xds_pd_task_free(d->rpc, t);
+            pthread_mutex_unlock(&d->cmu);
+        }
         return;
     }
-    r->task = *t;
-    xds_finish fin = XDS_FINISH_NONE;
-    if (t->n_prompt == -1) {
-        r->freed = 1;
-        fin = r->cancelled ? XDS_FINISH_NONE : XDS_FINISH_ERROR;
-    } else if (r->cancelled) {
-        fin = XDS_FINISH_NONE;
-    } else {
-        /* several decode groups: pick one now that the KV is ready */
-        fin = d->table ? forward_to_group(d, r, t) : XDS_FINISH_STOP;
-        if (fin == XDS_FINISH_NONE) {
-            pd_unlink(d, r); /* now a decode group's request */
-            pthread_mutex_unlock(&d->rmu);
-            pd_req_free(r);
-            return;
-        }
-        if (fin == XDS_FINISH_STOP) { /* this process's engine takes it */
-            fin = XDS_FINISH_NONE;
-            r->state = 1;
-            if (d->table) xds_dp_account(d->table, 0, r->n + r->params.max_tokens, d->block_size, +1);
-            xds_status s = xds_engine_submit_import(d->engine, r->prompt, r->n, &r->params, pd_on_event, r, pd_import,
-                                                    r, &r->eng_id);
-            if (s == XDS_OK) {
-                pthread_mutex_unlock(&d->rmu);
-                return;
-            }
-            fprintf(stderr, "xds serve: request %llu: %s\n", (unsigned long long)r->id, xds_err_msg());
-            r->state = 0;
-            if (d->table) xds_dp_account(d->table, 0, r->n + r->params.max_tokens, d->block_size, -1);
-            fin = XDS_FINISH_ERROR;
-        }
+    if (t->n_prompt != -1) r->task = *t, r->task_valid = 1;
+    if (r->cancelled) { /* ABORT already delivered */
+        req_unlink(d, r);
+        req_send_free(d, r);
+        pthread_mutex_unlock(&d->rmu);
+        req_free(r);
+        return;
     }
-    pd_unlink(d, r);
+    if (t->n_prompt == -1) { /* the instance could not compute it: a decode group will */
+        r->where = FE_PENDING;
+        r->pending_since = now_s();
+    } else if (req_place(d, r) != 0) {
+        r->where = FE_PENDING; /* no group now: one takes it when it is back */
+        r->pending_since = now_s();
+    }
     pthread_mutex_unlock(&d->rmu);
-    if (t->n_prompt != -1) pd_send_free(r);
-    if (fin != XDS_FINISH_NONE) pd_final(r, fin);
-    pd_req_free(r);
+}
+
+static void prefill_down(serve_deploy *d, int pi, const char *why) { /* under rmu */
+    if (d->pdown[pi]) return;
+    d->pdown[pi] = 1;
+    int n = 0;
+    double now = now_s();
+    for (serve_req *r = d->reqs; r; r = r->next) {
+        if (r->where == FE_AT_PREFILL && r->pi == pi) {
+            d->at_prefill[pi]--;
+            xds_pd_pick_account(d->pick, pi, r->pick_work, -1);
+            r->where = FE_PENDING;
+            r->pending_since = now;
+            n++;
+        } else if (r->where == FE_IN_GROUP && r->task_valid && !r->freed && r->task.src_rank == d->prank[pi]) {
+            /* its group has not pulled the prompt KV yet, and the instance that
+             * held it is gone (a restarted one at its rank holds other data):
+             * cancel that import; the request is submitted again, computed there */
+            pthread_mutex_lock(&d->cmu);
+            xds_dp_cancel_send(d->rpc, d->grank[r->group], r->wire);
+            pthread_mutex_unlock(&d->cmu);
+            r->where = FE_PENDING;
+            r->pending_since = now;
+            n++;
+        }
+        if (r->task_valid && r->task.src_rank == d->prank[pi]) r->task_valid = 0; /* nothing to FREE there */
+    }
+    fprintf(stderr, "xds serve: front-end (rank %d, pid %d): prefill instance %d (rank %d) lost (%s); %d requests "
+                    "re-routed to the decode groups\n", d->fe_self_rank, (int)getpid(), pi, d->prank[pi], why, n);
 }
 
 /* One round over the prefill instances; 1 if a task arrived. */
 static int poll_prefill(serve_deploy *d) {
     int got = 0;
     for (int i = 0; i < d->prefill; i++) {
-            xds_pd_task t;
-            pthread_mutex_lock(&d->cmu);
-            xccl_comm_set_timeout(d->rpc, 1); /* a receive that times out consumes nothing */
-            xds_status s = xds_pd_task_recv(d->rpc, d->prank[i], &t);
-            xccl_comm_set_timeout(d->rpc, 10000);
-            pthread_mutex_unlock(&d->cmu);
-            if (s == XDS_OK) {
-                got = 1;
-                pd_task_arrived(d, i, &t);
-            } else if (s != XDS_ERR_TIMEOUT && !atomic_load(&d->stopping)) {
-                fprintf(stderr, "xds serve: prefill instance %d: %s\n", i, xds_err_msg());
-                usleep(50 * 1000);
-            }
+        if (d->pdown[i]) continue;
+        xds_pd_task t;
+        pthread_mutex_lock(&d->cmu);
+        xccl_comm_set_timeout(d->rpc, 1); /* a receive that times out consumes nothing */
+        xds_status s = xds_pd_task_recv(d->rpc, d->prank[i], &t);
+        xccl_comm_set_timeout(d->rpc, 10000);
+        pthread_mutex_unlock(&d->cmu);
+        if (s == XDS_OK) {
+            got = 1;
+            task_arrived(d, i, &t);
+        } else if (s != XDS_ERR_TIMEOUT && !atomic_load(&d->receiver_stop)) {
+            pthread_mutex_lock(&d->rmu);
+            prefill_down(d, i, xds_err_msg());
+            pthread_mutex_unlock(&d->rmu);
+        }
     }
     return got;
 }
 
-static void *receiver_main(void *arg) {
-    serve_deploy *d = arg;
-    while (!atomic_load(&d->receiver_stop))
-        if (!poll_prefill(d)) usleep(200);
-    return NULL;
-}
-
-/* ---- decode DP groups (front-end side) --------------------------------------- */
-
-typedef struct serve_dp_req {
-    serve_deploy *d;
-    uint64_t id, eng_id;
-    int group, n_tokens;
-    int pd_src; /* > 0: the prefill instance rank holding its prompt KV (FREED is forwarded there) */
-    xds_gen_cb cb;
-    void *user;
-    struct serve_dp_req *next;
-} serve_dp_req;
-
-static void dp_unlink(serve_deploy *d, serve_dp_req *r) { /* under rmu */
-    for (serve_dp_req **pp = &d->dreqs; *pp; pp = &(*pp)->next)
-        if (*pp == r) {
-            *pp = r->next;
-            return;
+/* Lost groups and instances that serve again (restarted: they re-attached at
+ * their rank and marked themselves alive) are used again. */
+static void check_back(serve_deploy *d) {
+    for (int g = 0; g < d->decode_dp; g++)
+        if (d->gdown[g] && atomic_load(&d->table->g[g].alive) && xccl_peer_check(d->rpc, d->grank[g]) == XCCL_OK) {
+            d->gdown[g] = 0;
+            fprintf(stderr, "xds serve: front-end (rank %d): decode group %d (rank %d) is back\n",
+                    d->fe_self_rank, g, d->grank[g]);
+        }
+    for (int i = 0; i < d->prefill; i++)
+        if (d->pdown[i] && atomic_load(&d->pick->inst[i].alive) && xccl_peer_check(d->rpc, d->prank[i]) == XCCL_OK) {
+            d->pdown[i] = 0;
+            fprintf(stderr, "xds serve: front-end (rank %d): prefill instance %d (rank %d) is back\n",
+                    d->fe_self_rank, i, d->prank[i]);
         }
 }
 
-/* Under rmu: with several decode groups, the group for an imported request
- * is picked when its KV is ready. XDS_FINISH_NONE: sent to group g > 0 (the
- * caller drops r); XDS_FINISH_STOP: group 0 (this engine) takes it;
- * XDS_FINISH_ERROR: sending failed. */
-static xds_finish forward_to_group(serve_deploy *d, serve_pd_req *r, const xds_pd_task *t) {
-    int n_tokens = r->n + r->params.max_tokens;
-    int g = xds_dp_pick(d->table, n_tokens, d->block_size);
-    if (g < 0 && !d->engine) return XDS_FINISH_ERROR; /* a front-end with no group serving */
-    if (g <= 0 && d->engine) return XDS_FINISH_STOP;  /* group 0 is this process's engine */
-    serve_dp_req *q = calloc(1, sizeof *q);
-    if (!q) return XDS_FINISH_ERROR;
-    *q = (serve_dp_req){.d = d, .id = r->id, .group = g, .n_tokens = n_tokens, .pd_src = t->src_rank, .cb = r->cb,
-                        .user = r->user, .next = d->dreqs};
-    d->dreqs = q;
-    pthread_mutex_lock(&d->cmu);
-    xds_status s = xds_dp_req_send_import(d->rpc, grp_rank(d, g), r->id, r->prompt, r->n, &r->params, t);
-    pthread_mutex_unlock(&d->cmu);
-    if (s != XDS_OK) {
-        fprintf(stderr, "xds serve: request %llu to decode group %d: %s\n", (unsigned long long)r->id, g, xds_err_msg());
-        d->dreqs = q->next;
-        free(q);
-        return XDS_FINISH_ERROR;
-    }
-    return XDS_FINISH_NONE;
+/* Every decode group was left out (crash loops): nothing will take a request. */
+static int all_removed(serve_deploy *d) {
+    for (int g = 0; g < d->decode_dp; g++)
+        if (!atomic_load(&d->table->g[g].removed)) return 0;
+    return 1;
 }
 
-static void dp_local_event(void *user, const xds_gen_event *ev) { /* group 0: engine thread */
-    serve_dp_req *r = user;
-    serve_deploy *d = r->d;
-    xds_gen_event e2 = *ev;
-    e2.req_id = r->id;
-    r->cb(r->user, &e2);
-    if (ev->finish == XDS_FINISH_NONE) return;
-    xds_dp_account(d->table, 0, r->n_tokens, d->block_size, -1);
-    pthread_mutex_lock(&d->rmu);
-    dp_unlink(d, r);
-    pthread_mutex_unlock(&d->rmu);
-    free(r);
-}
+#define FE_PENDING_MAX_S 60.0 /* a request no group took for this long ends with an error */
 
-static xds_status dp_submit(void *self, const int32_t *prompt, int n, const xds_gen_params *p, xds_gen_cb cb,
-                            void *user, uint64_t *req_id) {
-    serve_deploy *d = self;
-    xds_status cs = deploy_check_request(d, prompt, n, p, cb);
-    if (cs) return cs;
-    serve_dp_req *r = calloc(1, sizeof *r);
-    if (!r) return xds_err_set(XDS_ERR_NOMEM, "request: out of memory");
-    r->d = d;
-    r->cb = cb;
-    r->user = user;
-    r->n_tokens = n + p->max_tokens;
-    int g = xds_dp_pick(d->table, r->n_tokens, d->block_size);
-    if (g < 0) {
-        free(r);
-        return xds_err_set(XDS_ERR_BUSY, "no decode DP group is serving");
-    }
-    r->group = g;
+/* Pending requests to a group; those waiting too long end (never a hang). */
+static void place_pending(serve_deploy *d) {
+    serve_req *failed = NULL;
+    double now = now_s();
     pthread_mutex_lock(&d->rmu);
-    r->id = ++d->next_id;
-    *req_id = r->id;
-    xds_status s;
-    if (g == 0 && d->engine) {
-        xds_dp_account(d->table, 0, r->n_tokens, d->block_size, +1);
-        r->next = d->dreqs; /* linked first: the final event may come at once */
-        d->dreqs = r;
-        s = xds_engine_submit(d->engine, prompt, n, p, dp_local_event, r, &r->eng_id);
-        if (s != XDS_OK) {
-            dp_unlink(d, r);
-            xds_dp_account(d->table, 0, r->n_tokens, d->block_size, -1);
+    for (serve_req **pp = &d->reqs; *pp;) {
+        serve_req *r = *pp;
+        if (r->where != FE_PENDING) {
+            pp = &r->next;
+            continue;
         }
-    } else {
-        r->next = d->dreqs;
-        d->dreqs = r;
-        pthread_mutex_lock(&d->cmu);
-        s = xds_dp_req_send(d->rpc, grp_rank(d, g), r->id, prompt, n, p);
-        pthread_mutex_unlock(&d->cmu);
-        if (s != XDS_OK) dp_unlink(d, r);
-    }
-    pthread_mutex_unlock(&d->rmu);
-    if (s != XDS_OK) free(r);
-    return s;
-}
-
-static void dp_cancel(void *self, uint64_t id) {
-    serve_deploy *d = self;
-    pthread_mutex_lock(&d->rmu);
-    for (serve_dp_req *r = d->dreqs; r; r = r->next)
-        if (r->id == id) {
-            if (r->group == 0 && d->engine) xds_engine_cancel(d->engine, r->eng_id);
-            else {
-                pthread_mutex_lock(&d->cmu);
-                xds_dp_cancel_send(d->rpc, grp_rank(d, r->group), id);
-                pthread_mutex_unlock(&d->cmu);
+        if (r->n_gen >= r->params.max_tokens || req_place(d, r) == 0) {
+            if (r->where == FE_PENDING) { /* every token was out already: only the final event was lost */
+                *pp = r->next;
+                r->next = failed;
+                failed = r;
+                r->cancelled = 2;
+                continue;
             }
-            break;
+        } else if (now - r->pending_since > FE_PENDING_MAX_S || all_removed(d)) {
+            fprintf(stderr, "xds serve: front-end (rank %d): request %llu: no decode group %s; failing it\n",
+                    d->fe_self_rank, (unsigned long long)r->id, all_removed(d) ? "is left" : "took it within 60 s");
+            *pp = r->next;
+            r->next = failed;
+            failed = r;
+            continue;
         }
+        pp = &r->next;
+    }
+    for (serve_req *r = failed; r; r = r->next) req_send_free(d, r);
     pthread_mutex_unlock(&d->rmu);
-}
-
-static void pdp_cancel(void *self, uint64_t id) { /* at a prefill instance, or in a decode group */
-    pd_cancel(self, id);
-    dp_cancel(self, id);
-}
-
-static void dp_stats(void *self, xds_engine_stats *out) {
-    serve_deploy *d = self;
-    if (d->engine) xds_engine_stats_get(d->engine, out);
-    else memset(out, 0, sizeof *out);
-    pthread_mutex_lock(&d->rmu);
-    for (int i = 0; i < d->prefill; i++) out->n_waiting += d->at_prefill[i];
-    pthread_mutex_unlock(&d->rmu);
-    for (int g = d->engine ? 1 : 0; g < d->decode_dp; g++) {
-        out->n_running += (int)atomic_load(&d->table->g[g].in_flight);
-        out->kv_blocks_total += (int)atomic_load(&d->table->g[g].kv_blocks);
+    while (failed) {
+        serve_req *r = failed;
+        failed = r->next;
+        req_final(r, r->cancelled == 2 ? XDS_FINISH_LENGTH : XDS_FINISH_ERROR);
+        req_free(r);
     }
 }
 
-static int poll_prefill(serve_deploy *d);
-
-static void *dp_receiver_main(void *arg) {
+static void *fe_receiver_main(void *arg) {
     serve_deploy *d = arg;
     char *buf = malloc(XDS_DP_EVENT_MAX);
+    double next_check = 0;
     while (buf && !atomic_load(&d->receiver_stop)) {
         int got = d->prefill > 0 ? poll_prefill(d) : 0;
-        for (int g = d->engine ? 1 : 0; g < d->decode_dp; g++) {
+        for (int g = 0; g < d->decode_dp; g++) {
+            if (d->gdown[g]) continue;
             xds_gen_event ev;
             int freed = 0;
             pthread_mutex_lock(&d->cmu);
             xccl_comm_set_timeout(d->rpc, 1); /* a receive that times out consumes nothing */
-            xds_status s = xds_dp_event_recv(d->rpc, grp_rank(d, g), buf, XDS_DP_EVENT_MAX, &ev, &freed);
+            xds_status s = xds_dp_event_recv(d->rpc, d->grank[g], buf, XDS_DP_EVENT_MAX, &ev, &freed);
             xccl_comm_set_timeout(d->rpc, 10000);
             pthread_mutex_unlock(&d->cmu);
             if (s == XDS_ERR_TIMEOUT) continue;
             if (s != XDS_OK) {
-                if (!atomic_load(&d->stopping)) fprintf(stderr, "xds serve: decode group %d: %s\n", g, xds_err_msg());
-                usleep(50 * 1000);
+                if (atomic_load(&d->receiver_stop)) break;
+                pthread_mutex_lock(&d->rmu);
+                group_down(d, g, xds_err_msg());
+                pthread_mutex_unlock(&d->rmu);
                 continue;
             }
             got = 1;
-            serve_dp_req *r = NULL;
             pthread_mutex_lock(&d->rmu);
-            for (serve_dp_req *x = d->dreqs; x; x = x->next)
-                if (x->id == ev.req_id && x->group == g) r = x;
+            serve_req *r = req_find_wire(d, ev.req_id);
+            if (r && (r->where != FE_IN_GROUP || r->group != g)) r = NULL;
             if (freed) { /* group g pulled the KV: the prefill instance may free it */
-                int src = r ? r->pd_src : 0;
-                pthread_mutex_unlock(&d->rmu);
-                if (src > 0) {
-                    xds_pd_task t = {.req_id = ev.req_id, .src_rank = src};
+                if (r && r->task_valid && !r->freed) {
+                    r->freed = 1;
                     pthread_mutex_lock(&d->cmu);
-                    if (xds_pd_task_free(d->rpc, &t) != XDS_OK) fprintf(stderr, "xds serve: %s\n", xds_err_msg());
+                    if (xds_pd_task_free(d->rpc, &r->task) != XDS_OK) XDS_LOGW("front-end: %s", xds_err_msg());
                     pthread_mutex_unlock(&d->cmu);
                 }
+                pthread_mutex_unlock(&d->rmu);
                 continue;
             }
-            if (r && ev.finish != XDS_FINISH_NONE) dp_unlink(d, r);
+            if (!r) {
+                pthread_mutex_unlock(&d->rmu);
+                continue;
+            }
+            xds_gen_event e2 = ev;
+            e2.req_id = r->id;
+            if (ev.token >= 0 && r->n_gen < r->params.max_tokens) r->toks[r->n_prompt + r->n_gen++] = ev.token;
+            if (r->failovers == 0) r->n_cached = ev.n_cached;
+            e2.n_prompt = r->n_prompt; /* the group's prompt grew by the tokens before a failover */
+            e2.n_gen = r->n_gen;
+            e2.n_cached = r->n_cached;
+            if (ev.finish != XDS_FINISH_NONE) req_unlink(d, r);
             pthread_mutex_unlock(&d->rmu);
-            if (!r) continue;
-            r->cb(r->user, &ev);
-            if (ev.finish != XDS_FINISH_NONE) free(r);
+            r->cb(r->user, &e2);
+            if (ev.finish != XDS_FINISH_NONE) req_free(r);
         }
+        double now = now_s();
+        if (now >= next_check) {
+            check_back(d);
+            next_check = now + 0.05;
+        }
+        place_pending(d);
         if (!got) usleep(200);
     }
     free(buf);
     return NULL;
 }
 
-/* A front-end's request path (front-end k >= 1, or group 0's own server when
- * several groups exist): the locks, the engine ops and the thread that
- * receives the decode groups' events. */
+/* A front-end's request path: the locks, the engine ops and the thread that
+ * receives the prefill instances' tasks and the decode groups' events. */
 static xds_status serve_front_ops(serve_deploy *d, const xds_server_engine_ops **ops) {
     pthread_mutex_init(&d->cmu, NULL);
     pthread_mutex_init(&d->rmu, NULL);
     d->mutexes = 1;
-    d->ops = d->prefill > 0 ? (xds_server_engine_ops){d, pd_submit, pdp_cancel, dp_stats}
-                            : (xds_server_engine_ops){d, dp_submit, dp_cancel, dp_stats};
-    if (pthread_create(&d->receiver, NULL, dp_receiver_main, d) != 0)
-        return xds_err_set(XDS_ERR_INTERNAL, "cannot start the decode-group receiver thread");
+    d->ops = (xds_server_engine_ops){d, fe_submit, fe_cancel, fe_stats};
+    if (pthread_create(&d->receiver, NULL, fe_receiver_main, d) != 0)
+        return xds_err_set(XDS_ERR_INTERNAL, "cannot start the front-end's receiver thread");
     d->receiver_started = 1;
     *ops = &d->ops;
     return XDS_OK;
 }
 
-/* Group 0 (this process's engine) for the other front-ends: their requests
- * arrive at rank g0_rank; the supervisor's front-end calls the engine itself. */
-static void *g0_service_main(void *arg) {
-    serve_deploy *d = arg;
-    int fronts[SERVE_DEPLOY_MAX_FRONTENDS];
-    fronts[0] = d->rpc_rank; /* sends only STOP */
-    for (int k = 1; k < d->frontends; k++) fronts[k] = d->fe_rank[k];
-    xds_dp_serve_stats ds = {0};
-    xds_status s = xds_dp_group_serve(d->engine, d->g0comm, fronts, d->frontends, d->table, 0, d->block_size,
-                                      d->max_batch, 0, &ds);
-    fprintf(stderr, "xds serve: group 0 service: %llu requests from the other front-ends; KV pulled: %llu bytes in "
-                    "%.3f s\n", (unsigned long long)ds.requests, (unsigned long long)ds.kv_pulled_bytes, ds.kv_pull_s);
-    if (s != XDS_OK && !atomic_load(&d->stopping))
-        fprintf(stderr, "xds serve: group 0 service for the front-ends: %s\n", xds_err_msg());
-    atomic_store(&d->table->g[0].alive, 1); /* still serves the supervisor's front-end */
-    return NULL;
-}
+/* ---- front-end mode ------------------------------------------------------------ */
 
-/* Front-ends k >= 1 finish their requests and exit (they got SIGTERM with
- * the supervisor's signal, or now), then group 0's service thread stops. */
-static void stop_frontends(serve_deploy *d, double deadline_s) {
-    if (!atomic_load(&d->signalled)) /* else serve_deploy_signalled sent it (a second one quits at once) */
-        for (int i = 0; i < d->n_pids; i++)
-            if (d->kind_of[i] == 'f' && d->pids[i] > 0) kill(d->pids[i], SIGTERM);
-    double end = now_s() + deadline_s;
-    for (int i = 0; i < d->n_pids; i++) {
-        if (d->kind_of[i] != 'f') continue;
-        while (d->pids[i] > 0 && now_s() < end) {
-            if (!d->monitor_started) reap_one(d, i, 0);
-            usleep(10 * 1000);
-        }
-        if (d->pids[i] > 0 && !d->monitor_started) {
-            kill(d->pids[i], SIGKILL);
-            reap_one(d, i, 1);
-        }
-    }
-    if (d->g0_started) {
-        pthread_mutex_lock(&d->cmu);
-        if (xds_dp_stop_send(d->rpc, d->g0_rank) != XDS_OK)
-            fprintf(stderr, "xds serve: stop the group-0 service: %s\n", xds_err_msg());
-        pthread_mutex_unlock(&d->cmu);
-        pthread_join(d->g0thread, NULL);
-        d->g0_started = 0;
-    }
-}
-
-/* ---- start / stop ----------------------------------------------------------- */
-
-static void stop_workers(serve_deploy *d, double deadline_s) {
-    atomic_store(&d->stopping, 1);
-    if (d->monitor_started) {
-        pthread_join(d->monitor, NULL);
-        d->monitor_started = 0;
-    }
-    serve_deploy_quiesce(d);
-    if (d->attn) xds_deploy_attn_stop(d->attn);
-    if (d->rpc && d->started)
-        for (int i = 0; i < d->prefill; i++) xds_pd_stop_send(d->rpc, d->prank[i]);
-    if (d->rpc && d->started)
-        for (int g = 1; g < d->decode_dp; g++) xds_dp_stop_send(d->rpc, grp_rank(d, g));
-    if (!d->started) /* start-up failed: nobody waits for the workers' results */
-        for (int i = 0; i < d->n_pids; i++)
-            if (d->pids[i] > 0) kill(d->pids[i], SIGTERM);
-    /* the attention side's buffers are registered with rank 0's comm */
-    xds_deploy_attn_free(d->attn);
-    d->attn = NULL;
-    /* detaching makes any worker still in an XCCL wait on us fail at once */
-    if (d->comm) {
-        xccl_comm_detach(d->comm);
-        d->comm = NULL;
-    }
-    if (d->rpc) {
-        xccl_comm_detach(d->rpc);
-        d->rpc = NULL;
-    }
-    if (d->g0comm) {
-        xccl_comm_detach(d->g0comm);
-        d->g0comm = NULL;
-    }
-    double end = now_s() + deadline_s;
-    for (int i = 0; i < d->n_pids; i++) {
-        while (!reap_one(d, i, 0)) {
-            if (now_s() > end) {
-                fprintf(stderr, "xds serve: %s at rank %d (pid %d) did not stop; killing it\n", child_role(d, i),
-                        d->rank_of[i], (int)d->pids[i]);
-                kill(d->pids[i], SIGKILL);
-                reap_one(d, i, 1);
-                break;
-            }
-            usleep(5000);
-        }
-    }
-}
-
-/* For the quit-at-once handler only (a signal handler has no argument):
- * paths and pids copied when the first signal arrives. */
-static char quit_paths[4][96];
-static pid_t quit_pids[SERVE_DEPLOY_MAX_WORKERS];
-static volatile sig_atomic_t quit_n;
-
-static void quit_now(int sig) {
-    (void)sig;
-    for (int i = 0; i < 4; i++)
-        if (quit_paths[i][0]) unlink(quit_paths[i]);
-    for (int i = 0; i < quit_n; i++)
-        if (quit_pids[i] > 0) kill(quit_pids[i], SIGKILL);
-    _exit(130);
-}
-
-void serve_deploy_signalled(serve_deploy *d) {
-    atomic_store(&d->signalled, 1);
-    if (!d->seg) return;
-    for (int i = 0; i < d->n_pids; i++) /* the other front-ends drain alongside this one */
-        if (d->kind_of[i] == 'f' && d->pids[i] > 0) kill(d->pids[i], SIGTERM);
-    snprintf(quit_paths[0], sizeof quit_paths[0], "/dev/shm%s", d->seg_name);
-    if (d->table_name[0]) snprintf(quit_paths[1], sizeof quit_paths[1], "/dev/shm%s", d->table_name);
-    if (d->pick_name[0]) snprintf(quit_paths[2], sizeof quit_paths[2], "/dev/shm%s", d->pick_name);
-    if (d->frontends > 1) snprintf(quit_paths[3], sizeof quit_paths[3], "/dev/shm%s.topology", d->seg_name);
-    for (int i = 0; i < d->n_pids; i++) quit_pids[i] = d->pids[i];
-    quit_n = d->n_pids;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = quit_now;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+/* GET /v1/topology of a front-end: the supervisor rewrites the file whenever a
+ * process changes state, so each request reads it again (NULL: not there). */
+static char *frontend_topology(void *user) {
+    serve_deploy *d = user;
+    char path[96];
+    snprintf(path, sizeof path, "/dev/shm%s.topology", d->fe_segment);
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    char *buf = malloc(1 << 20);
+    size_t len = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (buf) buf[len] = 0;
+    return buf;
 }
 
 xds_status serve_deploy_frontend(serve_deploy *d, const xds_model *m, int max_ctx, int block_size,
@@ -834,8 +714,7 @@ xds_status serve_deploy_frontend(serve_deploy *d, const xds_model *m, int max_ct
     if (!d->fe_segment || !d->fe_table || n < 1 || (c && *c))
         return xds_err_set(XDS_ERR_INVALID, "front-end mode needs --frontend-of SEG, --frontend-rank R, "
                                             "--load-table T and --group-ranks G0,G1,..");
-    prctl(PR_SET_PDEATHSIG, SIGTERM); /* the supervisor gone: drain and exit */
-    if (getppid() == 1) return xds_err_set(XDS_ERR_PEER, "the supervisor is gone");
+    /* no PR_SET_PDEATHSIG: a front-end keeps serving when the supervisor dies */
     d->decode_dp = n;
     d->prefill = 0;
     for (c = d->fe_pranks; c && *c && d->prefill < SERVE_DEPLOY_MAX_PREFILL;) {
@@ -857,28 +736,14 @@ xds_status serve_deploy_frontend(serve_deploy *d, const xds_model *m, int max_ct
     if (xccl_comm_attach(&d->rpc, d->fe_segment, d->fe_self_rank, 7) != XCCL_OK)
         return xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->fe_segment, d->fe_self_rank,
                            xccl_err_msg());
-    /* GET /v1/topology: the supervisor writes it once every process is up */
-    char path[96];
-    snprintf(path, sizeof path, "/dev/shm%s.topology", d->fe_segment);
-    for (int i = 0; i < 120 * 50; i++) {
-        FILE *f = fopen(path, "r");
-        if (f) {
-            char *buf = malloc(1 << 20);
-            size_t len = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-            fclose(f);
-            if (buf) buf[len] = 0;
-            d->topology_json = buf;
-            break;
-        }
-        if (getppid() == 1) return xds_err_set(XDS_ERR_PEER, "the supervisor is gone");
-        usleep(20 * 1000);
-    }
-    if (!d->topology_json) return xds_err_set(XDS_ERR_TIMEOUT, "no topology from the supervisor within 120 s");
     return serve_front_ops(d, ops);
 }
 
+char *serve_deploy_topology_get(void *user) {
+    return frontend_topology(user);
+}
+
 void serve_deploy_quiesce(serve_deploy *d) {
-    if (d->frontends > 1 && !d->frontend_mode) stop_frontends(d, 90.0);
     if (d->receiver_started) {
         atomic_store(&d->receiver_stop, 1);
         pthread_join(d->receiver, NULL);
@@ -886,32 +751,84 @@ void serve_deploy_quiesce(serve_deploy *d) {
     }
 }
 
-static xds_status spawn(serve_deploy *d, char *const *args, int rank, char kind) {
+/* ---- supervisor: children ---------------------------------------------------------- */
+
+/* For the quit-at-once handler only (a signal handler has no argument):
+ * paths and pids copied when the first signal arrives. */
+static char quit_paths[5][96];
+static pid_t quit_pids[SERVE_DEPLOY_MAX_WORKERS];
+static volatile sig_atomic_t quit_n;
+
+static const char *state_name(int st) {
+    switch (st) {
+    case SERVE_CHILD_LIVE: return "live";
+    case SERVE_CHILD_SUSPECT: return "suspect";
+    case SERVE_CHILD_RESTARTING: return "restarting";
+    case SERVE_CHILD_REMOVED: return "removed";
+    default: return "starting";
+    }
+}
+
+static char **args_dup(char *const *args) {
+    int n = 0;
+    while (args[n]) n++;
+    char **a = calloc((size_t)n + 1, sizeof *a);
+    for (int i = 0; a && i < n; i++)
+        if (!(a[i] = strdup(args[i]))) {
+            while (i-- > 0) free(a[i]);
+            free(a);
+            return NULL;
+        }
+    return a;
+}
+
+static void args_free(char **a) {
+    for (int i = 0; a && a[i]; i++) free(a[i]);
+    free(a);
+}
+
+/* fork/exec child i from its saved command line. The child runs in its own
+ * process group (a terminal's Ctrl-C reaches the supervisor only, which
+ * stops the children in order) and has no parent-death signal: it keeps
+ * serving if the supervisor dies. */
+static xds_status spawn_at(serve_deploy *d, int i) {
+    fflush(NULL);
     pid_t pid = fork();
-    if (pid < 0) return xds_err_set(XDS_ERR_IO, "fork for rank %d: %s", rank, strerror(errno));
+    if (pid < 0) return xds_err_set(XDS_ERR_IO, "fork for rank %d: %s", d->rank_of[i], strerror(errno));
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        setpgid(0, 0); /* a terminal's Ctrl-C reaches the supervisor only; it stops the workers in order */
+        setpgid(0, 0);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL); /* serve blocks SIGTERM/SIGINT for sigwait */
         const char *exe = getenv("XDS_WORKER_EXE"); /* tests: a worker that fails to start */
-        execv(exe && *exe ? exe : "/proc/self/exe", args);
+        execv(exe && *exe ? exe : "/proc/self/exe", d->args_of[i]);
         fprintf(stderr, "xds serve: error: exec worker: %s\n", strerror(errno));
         _exit(127);
     }
-    d->rank_of[d->n_pids] = rank;
-    d->kind_of[d->n_pids] = kind;
-    d->pids[d->n_pids++] = pid;
+    d->pids[i] = pid;
+    d->status[i] = 0;
     return XDS_OK;
 }
 
-/* Front-end k >= 1: this serve command again (its HTTP and model options),
- * without the deployment flags, in front-end mode. */
+static xds_status spawn(serve_deploy *d, char *const *args, int rank, char kind) {
+    if (d->n_pids >= SERVE_DEPLOY_MAX_WORKERS)
+        return xds_err_set(XDS_ERR_INVALID, "too many processes (at most %d)", SERVE_DEPLOY_MAX_WORKERS);
+    int i = d->n_pids;
+    if (!(d->args_of[i] = args_dup(args))) return xds_err_set(XDS_ERR_NOMEM, "out of memory");
+    d->rank_of[i] = rank;
+    d->kind_of[i] = kind;
+    d->state_of[i] = SERVE_CHILD_STARTING;
+    d->n_pids++;
+    return spawn_at(d, i);
+}
+
+/* Front-end k: this serve command again (its HTTP and model options), without
+ * the deployment flags, in front-end mode, on the deployment's port. */
 static xds_status spawn_frontend(serve_deploy *d, int k) {
     static const char *const skip[] = {"--experts", "--decode-dp", "--prefill", "--prefill-threads", "--frontends",
-                                       "--expert-threads", "--micro-batches", "--topology", "-t", "--threads", NULL};
-    char **args = calloc((size_t)d->argc + 16, sizeof(char *));
+                                       "--expert-threads", "--micro-batches", "--topology", "-t", "--threads",
+                                       "--port", "--restart-max", "--restart-window", "--hang-timeout", NULL};
+    char **args = calloc((size_t)d->argc + 20, sizeof(char *));
     if (!args) return xds_err_set(XDS_ERR_NOMEM, "out of memory");
     int n = 0;
     args[n++] = "xds";
@@ -925,10 +842,11 @@ static xds_status spawn_frontend(serve_deploy *d, int k) {
         }
         args[n++] = d->argv[i];
     }
-    char rk[16], gl[16 * XDS_DP_MAX_GROUPS] = "";
+    char rk[16], port[16], gl[16 * XDS_DP_MAX_GROUPS] = "";
     snprintf(rk, sizeof rk, "%d", d->fe_rank[k]);
-    for (int g = 0; g < d->decode_dp; g++)
-        snprintf(gl + strlen(gl), sizeof gl - strlen(gl), g ? ",%d" : "%d", g == 0 ? d->g0_rank : d->grank[g]);
+    snprintf(port, sizeof port, "%d", d->port);
+    for (int g = 0; g < d->decode_dp; g++) snprintf(gl + strlen(gl), sizeof gl - strlen(gl), g ? ",%d" : "%d", d->grank[g]);
+    args[n++] = "--port", args[n++] = port;
     args[n++] = "--frontend-of", args[n++] = d->seg_name;
     args[n++] = "--frontend-rank", args[n++] = rk;
     args[n++] = "--load-table", args[n++] = d->table_name;
@@ -947,8 +865,7 @@ static int or_default(int v, int dflt) {
     return v > 0 ? v : dflt;
 }
 
-/* --topology FILE: the counts, the placement and group 0's settings (eo);
- * the other processes' settings are read from d->topo when they start. */
+/* --topology FILE: the counts, the placement and the decode groups' settings. */
 static xds_status apply_topology(serve_deploy *d, const xds_model *m, xds_engine_opts *eo) {
     int n_expert = m->cfg.moe.n_expert > 0 ? m->cfg.moe.n_expert : 0;
     XDS_TRY(xds_topology_load(d->topology_file, n_expert, &d->topo));
@@ -960,9 +877,6 @@ static xds_status apply_topology(serve_deploy *d, const xds_model *m, xds_engine
     if (d->experts > SERVE_DEPLOY_MAX_WORKERS || d->prefill > SERVE_DEPLOY_MAX_PREFILL)
         return xds_err_set(XDS_ERR_INVALID, "%s: too many processes", d->topology_file);
     eo->kv_block_size = or_default(d->topo.block_size, eo->kv_block_size);
-    eo->n_threads = or_default(d->topo.decode[0].threads, eo->n_threads);
-    eo->max_batch = or_default(d->topo.decode[0].max_batch, eo->max_batch);
-    eo->kv_blocks = or_default(d->topo.decode[0].kv_blocks, eo->kv_blocks);
     if (d->experts > 0) {
         const int *lists[XDS_TOPO_MAX_EXPERT_WORKERS];
         int n_lists[XDS_TOPO_MAX_EXPERT_WORKERS];
@@ -977,20 +891,452 @@ static xds_status apply_topology(serve_deploy *d, const xds_model *m, xds_engine
     return XDS_OK;
 }
 
-/* Wait until child `child` (a prefill instance or decode group) marks itself
- * live in shared memory; an error if it exits first or `end` passes. */
-static xds_status wait_live(serve_deploy *d, atomic_llong *alive, int child, const char *what, int idx, double end) {
-    while (!atomic_load(alive)) {
-        if (reap_one(d, child, 0)) {
-            char how[96];
-            describe_exit(how, sizeof how, d->status[child]);
-            return xds_err_set(XDS_ERR_PEER, "%s %d %s before it became ready", what, idx, how);
+/* Child i (a prefill instance or decode group) serves: its record in shared
+ * memory says so. Front-ends and expert workers: attached is ready. */
+static int child_serving(serve_deploy *d, int i) {
+    if (xccl_peer_check(d->comm, d->rank_of[i]) != XCCL_OK) return 0;
+    if (d->kind_of[i] == 'p') return (int)atomic_load(&d->pick->inst[child_number(d, i)].alive);
+    if (d->kind_of[i] == 'd') return (int)atomic_load(&d->table->g[child_number(d, i)].alive);
+    return 1;
+}
+
+/* 'T' in /proc/PID/stat: stopped (SIGSTOP) or traced. */
+static int pid_stopped(pid_t pid) {
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && (p[2] == 'T' || p[2] == 't');
+}
+
+/* The topology as JSON: every process with its role, pid, state and restart
+ * count; written to /dev/shm<segment>.topology (the front-ends serve it). */
+static xds_status write_topology(serve_deploy *d, int print) {
+    json_t *root = json_object(), *ranks = json_array();
+    json_object_set_new(root, "mode", json_string(d->experts > 0 && d->prefill > 0 ? "prefill-decode+moe-attention"
+                                                  : d->experts > 0                   ? "moe-attention"
+                                                  : d->prefill > 0                   ? "prefill-decode"
+                                                                                     : "dp-groups"));
+    json_object_set_new(root, "segment", json_string(d->seg_name));
+    json_object_set_new(root, "segment_bytes", json_integer((json_int_t)d->seg_bytes));
+    json_object_set_new(root, "port", json_integer(d->port));
+    json_object_set_new(root, "prefill", json_integer(d->prefill));
+    json_object_set_new(root, "decode_dp", json_integer(d->decode_dp));
+    json_object_set_new(root, "experts", json_integer(d->experts));
+    json_object_set_new(root, "frontends", json_integer(d->frontends));
+    json_object_set_new(root, "dense_ffn", json_string("attention"));
+    json_object_set_new(root, "shared_experts", json_string("attention"));
+    json_t *shm = json_array();
+    json_array_append_new(shm, json_string(d->seg_name));
+    if (d->table_name[0]) json_array_append_new(shm, json_string(d->table_name));
+    if (d->pick_name[0]) json_array_append_new(shm, json_string(d->pick_name));
+    json_object_set_new(root, "shm", shm);
+    json_t *r0 = json_object();
+    json_object_set_new(r0, "rank", json_integer(0));
+    json_object_set_new(r0, "role", json_string("supervisor"));
+    json_object_set_new(r0, "pid", json_integer((json_int_t)getpid()));
+    json_object_set_new(r0, "state", json_string("live"));
+    json_object_set_new(r0, "restarts", json_integer(0));
+    json_array_append_new(ranks, r0);
+    if (print)
+        printf("xds serve: topology: segment %s (%llu bytes); rank 0 pid %d: supervisor (runs no model)\n", d->seg_name,
+               d->seg_bytes, (int)getpid());
+    for (int i = 0; i < d->n_pids; i++) {
+        int r = d->rank_of[i], k = child_number(d, i);
+        json_t *o = json_object();
+        json_object_set_new(o, "rank", json_integer(r));
+        json_object_set_new(o, "pid", json_integer((json_int_t)d->pids[i]));
+        json_object_set_new(o, "state", json_string(state_name(d->state_of[i])));
+        json_object_set_new(o, "restarts", json_integer(d->restarts[i]));
+        if (d->kind_of[i] == 'f') {
+            json_object_set_new(o, "role", json_string("frontend"));
+            json_object_set_new(o, "frontend", json_integer(k));
+            if (print)
+                printf("xds serve: topology: rank %d pid %d: front-end %d (port %d, SO_REUSEPORT)\n", r,
+                       (int)d->pids[i], k, d->port);
+        } else if (d->kind_of[i] == 'd') {
+            json_object_set_new(o, "role", json_string("decode"));
+            json_object_set_new(o, "dp_group", json_integer(k));
+            if (d->experts > 0) json_object_set_new(o, "attn_rank", json_integer(grp_attn_rank(d, k)));
+            json_object_set_new(o, "kv_blocks", json_integer(atomic_load(&d->table->g[k].kv_blocks)));
+            if (print) {
+                char arbuf[16];
+                printf("xds serve: topology: rank %d pid %d: decode DP group %d (own engine; KV %lld blocks%s%s)\n", r,
+                       (int)d->pids[i], k, (long long)atomic_load(&d->table->g[k].kv_blocks),
+                       d->experts > 0 ? "; MoE layers on the expert workers through rank " : "",
+                       d->experts > 0 ? (snprintf(arbuf, sizeof arbuf, "%d", grp_attn_rank(d, k)), arbuf) : "");
+            }
+        } else if (d->kind_of[i] == 'p') {
+            json_object_set_new(o, "role", json_string("prefill"));
+            json_object_set_new(o, "instance", json_integer(k));
+            if (print) printf("xds serve: topology: rank %d pid %d: prefill instance %d\n", r, (int)d->pids[i], k);
+        } else {
+            json_t *ex = json_array();
+            json_object_set_new(o, "role", json_string("expert"));
+            int w = r - 1;
+            char list[256] = "";
+            for (int j = 0; j < d->placement.n_local[w]; j++) {
+                int e = d->placement.slot_expert[w * d->placement.max_local + j];
+                json_array_append_new(ex, json_integer(e));
+                size_t used = strlen(list);
+                if (used < sizeof list - 16) snprintf(list + used, sizeof list - used, j ? ",%d" : "%d", e);
+                else if (used < sizeof list - 4) strcat(list, ",...");
+            }
+            if (print)
+                printf("xds serve: topology: rank %d pid %d: expert worker %d, %d routed experts of %d: %s\n", r,
+                       (int)d->pids[i], w, d->placement.n_local[w], d->n_expert, list[0] ? list : "(none)");
+            json_object_set_new(o, "experts", ex);
         }
-        if (now_s() > end) return xds_err_set(XDS_ERR_TIMEOUT, "%s %d did not start serving within 120 s", what, idx);
-        usleep(5000);
+        json_array_append_new(ranks, o);
     }
+    json_object_set_new(root, "ranks", ranks);
+    char *txt = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    if (!txt) return xds_err_set(XDS_ERR_NOMEM, "topology: out of memory");
+    if (print) fflush(stdout);
+    char path[96], tmp[112];
+    snprintf(path, sizeof path, "/dev/shm%s.topology", d->seg_name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    int ok = f && fputs(txt, f) >= 0;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        free(txt);
+        return xds_err_set(XDS_ERR_IO, "cannot write %s", path);
+    }
+    free(d->topology_json);
+    d->topology_json = txt;
     return XDS_OK;
 }
+
+/* Child i is gone for good or for now: its shared-memory records stop
+ * attracting work (they were written by it; nobody else will clear them). */
+static void child_gone(serve_deploy *d, int i) {
+    int k = child_number(d, i);
+    if (d->kind_of[i] == 'd' && d->table) {
+        atomic_store(&d->table->g[k].alive, 0);
+        atomic_store(&d->table->g[k].in_flight, 0);
+        atomic_store(&d->table->g[k].load_blocks, 0);
+    } else if (d->kind_of[i] == 'p' && d->pick) {
+        atomic_store(&d->pick->inst[k].alive, 0);
+    }
+}
+
+static int live_of_kind(const serve_deploy *d, char kind) {
+    int n = 0;
+    for (int i = 0; i < d->n_pids; i++) n += d->kind_of[i] == kind && d->state_of[i] != SERVE_CHILD_REMOVED;
+    return n;
+}
+
+/* An unexpected exit of child i (reaped, status in d->status[i]): restart it
+ * after a back-off, or leave it out when it keeps crashing. */
+static void child_crashed(serve_deploy *d, int i, pid_t pid) {
+    double now = now_s();
+    char how[96];
+    describe_exit(how, sizeof how, d->status[i]);
+    child_gone(d, i);
+    int n = 0;
+    for (int j = 0; j < SERVE_DEPLOY_CRASH_N; j++) n += d->crash_t[i][j] > 0 && now - d->crash_t[i][j] < d->crash_window_s;
+    memmove(&d->crash_t[i][1], &d->crash_t[i][0], sizeof(double) * (SERVE_DEPLOY_CRASH_N - 1));
+    d->crash_t[i][0] = now;
+    n++;
+    if (d->recycle[i]) { /* stopped on purpose (below): not a crash of its own */
+        d->recycle[i] = 0;
+        n = 0;
+        d->crash_t[i][0] = 0;
+    }
+    if (n >= d->crash_n) {
+        d->state_of[i] = SERVE_CHILD_REMOVED;
+        if (d->kind_of[i] == 'd') atomic_store(&d->table->g[child_number(d, i)].removed, 1);
+        fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) %s: %d exits within %.0f s; left out, the deployment "
+                        "shrinks\n", child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, how, n,
+                d->crash_window_s);
+    } else {
+        double delay = 0.25;
+        for (int j = 1; j < n && delay < 8.0; j++) delay *= 2;
+        d->state_of[i] = SERVE_CHILD_RESTARTING;
+        d->restart_at[i] = now + delay;
+        d->since[i] = now;
+        fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) %s; restarting it in %.2f s (restart %d)\n",
+                child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, how, delay, d->restarts[i] + 1);
+    }
+    if (d->kind_of[i] == 'e' && d->state_of[i] != SERVE_CHILD_REMOVED) {
+        /* The attention side of every decode group and the other expert
+         * workers hold per-pair state with the lost worker (its READY
+         * handshake, message sequence): restart the MoE side as a whole.
+         * The groups' requests continue elsewhere or wait (re-prefill). */
+        int k = 0;
+        for (int j = 0; j < d->n_pids; j++)
+            if (j != i && (d->kind_of[j] == 'd' || d->kind_of[j] == 'e') && d->pids[j] > 0 &&
+                d->state_of[j] != SERVE_CHILD_REMOVED) {
+                d->recycle[j] = 1;
+                kill(d->pids[j], SIGKILL);
+                k++;
+            }
+        fprintf(stderr, "xds serve: expert worker %d lost: restarting the MoE side with it (%d processes: the decode "
+                        "groups and the other expert workers)\n", child_number(d, i), k);
+    }
+    if (live_of_kind(d, 'f') == 0) {
+        fprintf(stderr, "xds serve: error: no front-end is left; stopping the deployment\n");
+        if (!atomic_exchange(&d->failed, 1) && !atomic_load(&d->signalled)) kill(getpid(), SIGTERM);
+    } else if (live_of_kind(d, 'd') == 0 && d->kind_of[i] == 'd') {
+        fprintf(stderr, "xds serve: error: no decode group is left: the front-ends answer 503 until the deployment "
+                        "is restarted\n");
+    }
+}
+
+static void *monitor_main(void *arg) {
+    serve_deploy *d = arg;
+    while (!atomic_load(&d->stopping)) {
+        int changed = 0;
+        double now = now_s();
+        for (int i = 0; i < d->n_pids && !atomic_load(&d->stopping); i++) {
+            pid_t pid = d->pids[i];
+            int st = d->state_of[i];
+            if (st == SERVE_CHILD_REMOVED) continue;
+            if (pid > 0 && reap_one(d, i, 0)) {
+                /* while the front-ends drain (SIGTERM), their exits are expected; the
+                 * others are still restarted so that the streams in recovery finish */
+                if (atomic_load(&d->stopping) || (d->kind_of[i] == 'f' && atomic_load(&d->signalled))) continue;
+                child_crashed(d, i, pid);
+                changed = 1;
+                continue;
+            }
+            if (pid <= 0) { /* restarting: its back-off ends */
+                if (st == SERVE_CHILD_RESTARTING && now >= d->restart_at[i]) {
+                    if (spawn_at(d, i) == XDS_OK) {
+                        d->restarts[i]++;
+                        if (quit_n > i) quit_pids[i] = d->pids[i]; /* the quit-at-once handler's copy */
+                        fprintf(stderr, "xds serve: %s %d (rank %d): restarted as pid %d\n", child_role(d, i),
+                                child_number(d, i), d->rank_of[i], (int)d->pids[i]);
+                    } else {
+                        fprintf(stderr, "xds serve: %s %d: restart failed: %s\n", child_role(d, i),
+                                child_number(d, i), xds_err_msg());
+                        d->restart_at[i] = now + 1.0;
+                    }
+                    changed = 1;
+                }
+                continue;
+            }
+            /* running: ready, live, or hung */
+            int serving = child_serving(d, i);
+            if ((st == SERVE_CHILD_RESTARTING || st == SERVE_CHILD_STARTING) && serving) {
+                d->state_of[i] = SERVE_CHILD_LIVE;
+                if (st == SERVE_CHILD_RESTARTING)
+                    fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) rejoined after %.2f s\n", child_role(d, i),
+                            child_number(d, i), d->rank_of[i], (int)pid, now - d->since[i]);
+                changed = 1;
+            } else if (st == SERVE_CHILD_LIVE && (!serving || pid_stopped(pid))) {
+                d->state_of[i] = SERVE_CHILD_SUSPECT;
+                d->since[i] = now;
+                fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) is suspect: %s\n", child_role(d, i),
+                        child_number(d, i), d->rank_of[i], (int)pid, serving ? "stopped" : "no heartbeat");
+                changed = 1;
+            } else if (st == SERVE_CHILD_SUSPECT) {
+                if (serving && !pid_stopped(pid)) {
+                    d->state_of[i] = SERVE_CHILD_LIVE;
+                    fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) is live again\n", child_role(d, i),
+                            child_number(d, i), d->rank_of[i], (int)pid);
+                    changed = 1;
+                } else if (now - d->since[i] >= d->hang_s) {
+                    fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) hung for %.1f s; killing it\n",
+                            child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, now - d->since[i]);
+                    kill(pid, SIGKILL); /* reaped (and restarted) on a later round */
+                    d->since[i] = now + 3600;
+                }
+            }
+        }
+        if (changed && write_topology(d, 0) != XDS_OK) fprintf(stderr, "xds serve: %s\n", xds_err_msg());
+        usleep(50 * 1000);
+    }
+    return NULL;
+}
+
+/* ---- supervisor: stop -------------------------------------------------------------- */
+
+/* Reap children of kind (0: all) until `end`, then SIGKILL what is left. */
+static void reap_kind(serve_deploy *d, char kind, double end) {
+    for (int i = 0; i < d->n_pids; i++) {
+        if (kind && d->kind_of[i] != kind) continue;
+        while (!reap_one(d, i, 0)) {
+            if (now_s() > end) {
+                fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) did not stop; killing it\n", child_role(d, i),
+                        child_number(d, i), d->rank_of[i], (int)d->pids[i]);
+                kill(d->pids[i], SIGKILL);
+                reap_one(d, i, 1);
+                break;
+            }
+            usleep(5000);
+        }
+    }
+}
+
+static void stop_workers(serve_deploy *d, double deadline_s) {
+    /* 1. the front-ends finish their streams and exit (SIGTERM: drain); the
+     * monitor meanwhile restarts any other child that dies */
+    atomic_store(&d->signalled, 1);
+    for (int i = 0; i < d->n_pids; i++)
+        if (d->kind_of[i] == 'f' && d->pids[i] > 0) kill(d->pids[i], SIGTERM);
+    double end = now_s() + (d->started ? d->drain_s + 10.0 : deadline_s);
+    for (int i = 0; i < d->n_pids; i++)
+        while (d->kind_of[i] == 'f' && d->pids[i] > 0 && now_s() < end) {
+            if (!d->monitor_started) reap_one(d, i, 0);
+            usleep(5000);
+        }
+    atomic_store(&d->stopping, 1);
+    if (d->monitor_started) {
+        pthread_join(d->monitor, NULL);
+        d->monitor_started = 0;
+    }
+    reap_kind(d, 'f', now_s());
+    /* 2. prefill instances and decode groups: STOP from rank 0 (a group then
+     * stops its attention traffic, which ends the expert workers) */
+    for (int i = 0; i < d->n_pids; i++) {
+        if (d->pids[i] <= 0 || (d->kind_of[i] != 'p' && d->kind_of[i] != 'd')) continue;
+        xds_status s = XDS_ERR_PEER;
+        if (d->comm && d->state_of[i] != SERVE_CHILD_STARTING && xccl_peer_check(d->comm, d->rank_of[i]) == XCCL_OK)
+            s = d->kind_of[i] == 'p' ? xds_pd_stop_send(d->comm, d->rank_of[i]) : xds_dp_stop_send(d->comm, d->rank_of[i]);
+        if (s != XDS_OK) kill(d->pids[i], SIGTERM); /* not serving yet (or not answering) */
+    }
+    reap_kind(d, 'p', now_s() + deadline_s);
+    reap_kind(d, 'd', now_s() + deadline_s);
+    /* 3. expert workers end when every attention rank said STOP; one still
+     * waiting for a group that never came is told directly */
+    double end_e = now_s() + (d->started ? 2.0 : 0.0);
+    for (int i = 0; i < d->n_pids; i++)
+        while (d->kind_of[i] == 'e' && !reap_one(d, i, 0) && now_s() < end_e) usleep(5000);
+    for (int i = 0; i < d->n_pids; i++)
+        if (d->pids[i] > 0) kill(d->pids[i], SIGTERM);
+    reap_kind(d, 0, now_s() + deadline_s);
+    if (d->comm) {
+        xccl_comm_detach(d->comm);
+        d->comm = NULL;
+    }
+}
+
+
+static void quit_now(int sig) {
+    (void)sig;
+    for (int i = 0; i < 5; i++)
+        if (quit_paths[i][0]) unlink(quit_paths[i]);
+    for (int i = 0; i < quit_n; i++)
+        if (quit_pids[i] > 0) kill(quit_pids[i], SIGKILL);
+    _exit(130);
+}
+
+void serve_deploy_signalled(serve_deploy *d) {
+    atomic_store(&d->signalled, 1);
+    if (!d->seg) return;
+    snprintf(quit_paths[0], sizeof quit_paths[0], "/dev/shm%s", d->seg_name);
+    if (d->table_name[0]) snprintf(quit_paths[1], sizeof quit_paths[1], "/dev/shm%s", d->table_name);
+    if (d->pick_name[0]) snprintf(quit_paths[2], sizeof quit_paths[2], "/dev/shm%s", d->pick_name);
+    snprintf(quit_paths[3], sizeof quit_paths[3], "/dev/shm%s.topology", d->seg_name);
+    if (d->port_lock[0]) snprintf(quit_paths[4], sizeof quit_paths[4], "%s", d->port_lock);
+    for (int i = 0; i < d->n_pids; i++) quit_pids[i] = d->pids[i];
+    quit_n = d->n_pids;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = quit_now;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* ---- supervisor: the port's owner ------------------------------------------------- */
+
+/* Is pid alive and one of deployment seg's processes (its command line names
+ * the segment), or its supervisor (any pid given as sup)? */
+static int pid_in_deployment(pid_t pid, const char *seg, int sup) {
+    if (pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH)) return 0;
+    if (sup) return 1;
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    for (size_t i = 0; i < n; i++)
+        if (!buf[i]) buf[i] = ' ';
+    buf[n] = 0;
+    return strstr(buf, seg) != NULL;
+}
+
+/* /dev/shm/xds-port-PORT names the deployment serving the port (its
+ * supervisor, segment, shared-memory names and processes). A deployment
+ * still running there (even without its supervisor) is refused with a clear
+ * message; one that crashed is cleaned up (its shared memory removed). */
+static xds_status claim_port(serve_deploy *d) {
+    char lock[96]; /* d->port_lock once ours (it is removed at stop) */
+    snprintf(lock, sizeof lock, "/dev/shm/xds-port-%d", d->port);
+    json_error_t je;
+    json_t *j = json_load_file(lock, 0, &je);
+    if (j) {
+        int sup = (int)json_integer_value(json_object_get(j, "supervisor"));
+        const char *seg = json_string_value(json_object_get(j, "segment"));
+        char topo[128];
+        snprintf(topo, sizeof topo, "/dev/shm%s.topology", seg ? seg : "/none");
+        json_t *t = json_load_file(topo, 0, &je);
+        json_t *ranks = t ? json_object_get(t, "ranks") : NULL;
+        char live[256] = "";
+        int n_live = 0;
+        if (pid_in_deployment(sup, "", 1)) n_live++, snprintf(live, sizeof live, "%d (supervisor)", sup);
+        for (size_t i = 0; seg && i < json_array_size(ranks); i++) {
+            int pid = (int)json_integer_value(json_object_get(json_array_get(ranks, i), "pid"));
+            if (pid == sup || !pid_in_deployment(pid, seg, 0)) continue;
+            size_t u = strlen(live);
+            if (u < sizeof live - 16) snprintf(live + u, sizeof live - u, "%s%d", n_live ? " " : "", pid);
+            n_live++;
+        }
+        if (n_live > 0) {
+            xds_status s = xds_err_set(XDS_ERR_BUSY,
+                                       "port %d is already served by deployment %s (supervisor pid %d%s); its "
+                                       "processes still running: %s. Stop them first (kill -TERM), or use another "
+                                       "--port", d->port, seg ? seg : "?", sup,
+                                       pid_in_deployment(sup, "", 1) ? "" : ", gone", live);
+            json_decref(t);
+            json_decref(j);
+            return s;
+        }
+        /* a crashed deployment: remove what it left in /dev/shm */
+        json_t *shm = t ? json_object_get(t, "shm") : NULL;
+        fprintf(stderr, "xds serve: removing the shared memory of a crashed deployment on port %d (supervisor pid %d):",
+                d->port, sup);
+        for (size_t i = 0; i < json_array_size(shm); i++) {
+            const char *nm = json_string_value(json_array_get(shm, i));
+            if (nm && !strncmp(nm, "/xds-", 5) && shm_unlink(nm) == 0) fprintf(stderr, " %s", nm);
+        }
+        if (seg && !strncmp(seg, "/xds-", 5)) {
+            if (shm_unlink(seg) == 0) fprintf(stderr, " %s", seg);
+            unlink(topo);
+        }
+        fprintf(stderr, "\n");
+        json_decref(t);
+        json_decref(j);
+        unlink(lock);
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "supervisor", json_integer(getpid()));
+    json_object_set_new(o, "segment", json_string(d->seg_name));
+    char tmp[128];
+    snprintf(tmp, sizeof tmp, "%s.%d", lock, (int)getpid());
+    int ok = json_dump_file(o, tmp, JSON_COMPACT) == 0;
+    json_decref(o);
+    /* link(): fails if another supervisor claimed the port meanwhile */
+    if (!ok || link(tmp, lock) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return xds_err_set(XDS_ERR_BUSY, "cannot claim port %d (/dev/shm/xds-port-%d): %s", d->port, d->port,
+                           ok ? strerror(e) : "write failed");
+    }
+    unlink(tmp);
+    snprintf(d->port_lock, sizeof d->port_lock, "%s", lock);
+    return XDS_OK;
+}
+
+/* ---- supervisor: start ------------------------------------------------------------- */
 
 xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_path, xds_engine_opts *eo) {
     if (d->topology_file) XDS_TRY(apply_topology(d, m, eo));
@@ -1010,8 +1356,10 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                            n_expert);
     d->n_expert = n_expert;
     int max_tok = eo->max_step_tokens > eo->max_batch ? eo->max_step_tokens : eo->max_batch;
-    for (int g = 1; d->have_topo && g < d->decode_dp; g++)
-        if (d->topo.decode[g].max_batch > max_tok) max_tok = d->topo.decode[g].max_batch;
+    for (int g = 0; d->have_topo && g < d->decode_dp; g++) {
+        int mb = or_default(d->topo.decode[g].max_batch, eo->max_batch);
+        if (mb > max_tok) max_tok = mb;
+    }
     if (d->experts > 0) {
         if (n_expert <= 0)
             return xds_err_set(XDS_ERR_INVALID, "--experts %d: the model (%s) has no MoE layers to place on expert "
@@ -1021,65 +1369,62 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         if (!(d->placement_text = xds_deploy_placement_format(&d->placement)))
             return xds_err_set(XDS_ERR_NOMEM, "out of memory (placement)");
     }
-    d->rpc_rank = d->experts + 1;
-    int n_ranks = d->experts + 1 + (d->prefill > 0 || dp_mode(d) ? 1 + d->prefill : 0) +
-                  (d->decode_dp > 1 ? d->decode_dp - 1 : 0) + (d->decode_dp > 1 && d->experts > 0 ? d->decode_dp - 1 : 0);
-    d->grank[0] = -1;
-    for (int g = 1; g < d->decode_dp; g++) d->grank[g] = d->rpc_rank + d->prefill + g;
-    for (int i = 0; i < d->prefill; i++) d->prank[i] = d->rpc_rank + 1 + i;
-    if (d->frontends > 1) { /* group 0's service rank, then the front-ends */
-        d->g0_rank = n_ranks;
-        for (int k = 1; k < d->frontends; k++) d->fe_rank[k] = n_ranks + k;
-        n_ranks += d->frontends;
+    if (d->port <= 0) { /* the front-ends share one port: pick a free one now */
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t al = sizeof a;
+        if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &al) != 0) {
+            if (fd >= 0) close(fd);
+            return xds_err_set(XDS_ERR_IO, "no free port for the front-ends: %s", strerror(errno));
+        }
+        d->port = ntohs(a.sin_port);
+        close(fd);
     }
-    if (n_ranks > XCCL_MAX_RANKS)
+    /* ranks: 0 supervisor, 1..E expert workers, then the front-ends, the
+     * prefill instances, the decode groups, and (with expert workers) each
+     * group's attention rank */
+    int E = d->experts, F = d->frontends, P = d->prefill, D = d->decode_dp;
+    for (int k = 0; k < F; k++) d->fe_rank[k] = E + 1 + k;
+    for (int i = 0; i < P; i++) d->prank[i] = E + 1 + F + i;
+    for (int g = 0; g < D; g++) d->grank[g] = E + 1 + F + P + g;
+    d->rpc_rank = E + 1; /* the first front-end's rank */
+    int n_ranks = E + 1 + F + P + D + (E > 0 ? D : 0);
+    if (n_ranks > XCCL_MAX_RANKS || E + F + P + D > SERVE_DEPLOY_MAX_WORKERS)
         return xds_err_set(XDS_ERR_INVALID, "the deployment needs %d XCCL ranks, at most %d fit a segment", n_ranks,
-                           XCCL_MAX_RANKS);
+                           XCCL_MAX_RANKS < SERVE_DEPLOY_MAX_WORKERS + 1 ? XCCL_MAX_RANKS : SERVE_DEPLOY_MAX_WORKERS + 1);
     xccl_config cfg;
     xds_deploy_xccl_config(n_ranks, &cfg);
     d->seg_bytes = (unsigned long long)xccl_config_segment_bytes(&cfg);
     snprintf(d->seg_name, sizeof d->seg_name, "/xds-serve-%d", (int)getpid());
-    if (xccl_segment_create(&d->seg, d->seg_name, &cfg) != XCCL_OK)
-        return xds_err_set(XDS_ERR_IO, "XCCL segment %s (%llu bytes): %s", d->seg_name, d->seg_bytes, xccl_err_msg());
+    XDS_TRY(claim_port(d));
     xds_status s = XDS_OK;
+    if (xccl_segment_create(&d->seg, d->seg_name, &cfg) != XCCL_OK) {
+        s = xds_err_set(XDS_ERR_IO, "XCCL segment %s (%llu bytes): %s", d->seg_name, d->seg_bytes, xccl_err_msg());
+        goto fail;
+    }
     if (xccl_comm_attach(&d->comm, d->seg_name, 0, 1) != XCCL_OK) {
         s = xds_err_set(XDS_ERR_IO, "attach to %s as rank 0: %s", d->seg_name, xccl_err_msg());
         goto fail;
     }
-    if (dp_mode(d)) {
-        snprintf(d->table_name, sizeof d->table_name, "/xds-load-%d", (int)getpid());
-        shm_unlink(d->table_name);
-        if ((s = xds_dp_table_create(d->table_name, d->decode_dp, &d->table)) != XDS_OK) goto fail;
-    }
-    if (d->prefill > 0) {
+    snprintf(d->table_name, sizeof d->table_name, "/xds-load-%d", (int)getpid());
+    shm_unlink(d->table_name);
+    if ((s = xds_dp_table_create(d->table_name, D, &d->table)) != XDS_OK) goto fail;
+    if (P > 0) {
         snprintf(d->pick_name, sizeof d->pick_name, "/xds-pick-%d", (int)getpid());
         shm_unlink(d->pick_name);
-        if ((s = xds_pd_pick_table_create(d->pick_name, d->prefill, &d->pick)) != XDS_OK) goto fail;
+        if ((s = xds_pd_pick_table_create(d->pick_name, P, &d->pick)) != XDS_OK) goto fail;
     }
-    if (d->frontends > 1 && xccl_comm_attach(&d->g0comm, d->seg_name, d->g0_rank, 5) != XCCL_OK) {
-        s = xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->seg_name, d->g0_rank, xccl_err_msg());
-        goto fail;
-    }
-    if ((d->prefill > 0 || dp_mode(d)) && xccl_comm_attach(&d->rpc, d->seg_name, d->rpc_rank, 4) != XCCL_OK) {
-        s = xds_err_set(XDS_ERR_IO, "attach to %s as rank %d: %s", d->seg_name, d->rpc_rank, xccl_err_msg());
-        goto fail;
-    }
-    char wstr[16], tstr[16], rstr[16], fstr[16], bstr[16], pstr[16], cstr[16], ptstr[16], mtok[16], nmb[16];
+    if ((s = write_topology(d, 0)) != XDS_OK) goto fail; /* the shm names, for a later clean-up */
+    char wstr[16], tstr[16], rstr[16], bstr[16], pstr[16], mtok[16], nmb[16];
     char aranks[16 * XDS_DEPLOY_MAX_ATTN] = "", wranks[8 * (SERVE_DEPLOY_MAX_WORKERS + 1)] = "";
-    snprintf(tstr, sizeof tstr, "%d", d->expert_threads);
-    snprintf(ptstr, sizeof ptstr, "%d", d->prefill_threads);
-    snprintf(fstr, sizeof fstr, "%d", d->rpc_rank);
     snprintf(bstr, sizeof bstr, "%d", eo->kv_block_size);
     snprintf(pstr, sizeof pstr, "%d", eo->max_ctx > 0 ? 4 * eo->max_ctx : 16384);
-    snprintf(cstr, sizeof cstr, "%d", eo->max_step_tokens);
     snprintf(mtok, sizeof mtok, "%d", max_tok);
     snprintf(nmb, sizeof nmb, "%d", d->micro_batches);
-    for (int g = 0; g < d->decode_dp; g++)
+    for (int g = 0; g < D; g++)
         snprintf(aranks + strlen(aranks), sizeof aranks - strlen(aranks), g ? ",%d" : "%d", grp_attn_rank(d, g));
-    for (int w = 0; w < d->experts; w++)
-        snprintf(wranks + strlen(wranks), sizeof wranks - strlen(wranks), w ? ",%d" : "%d", 1 + w);
-    fflush(NULL);
-    for (int r = 1; r <= d->experts && s == XDS_OK; r++) {
+    for (int w = 0; w < E; w++) snprintf(wranks + strlen(wranks), sizeof wranks - strlen(wranks), w ? ",%d" : "%d", 1 + w);
+    for (int r = 1; r <= E && s == XDS_OK; r++) {
         snprintf(rstr, sizeof rstr, "%d", r);
         snprintf(wstr, sizeof wstr, "%d", r - 1);
         snprintf(tstr, sizeof tstr, "%d",
@@ -1089,62 +1434,56 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                         "--max-tok", mtok, "-t", tstr, "-m", (char *)model_path, NULL};
         s = spawn(d, args, r, 'e');
     }
-    char frl[16 * SERVE_DEPLOY_MAX_FRONTENDS]; /* a group's / instance's front-ends: the supervisor's first */
-    snprintf(frl, sizeof frl, "%d", d->rpc_rank);
-    for (int k = 1; k < d->frontends; k++) snprintf(frl + strlen(frl), sizeof frl - strlen(frl), ",%d", d->fe_rank[k]);
-    for (int i = 0; i < d->prefill && s == XDS_OK; i++) {
-        char sqs[16], pcs[16], pps[16], pts[16];
+    /* a group's / instance's senders: rank 0 (STOP only), then the front-ends */
+    char frl[16 * (SERVE_DEPLOY_MAX_FRONTENDS + 1)] = "0";
+    for (int k = 0; k < F; k++) snprintf(frl + strlen(frl), sizeof frl - strlen(frl), ",%d", d->fe_rank[k]);
+    for (int i = 0; i < P && s == XDS_OK; i++) {
+        char sqs[16], pcs[16], pps[16], pts[16], inst[16];
         const xds_topo_prefill *tp = d->have_topo ? &d->topo.prefill[i] : NULL;
-        snprintf(rstr, sizeof rstr, "%d", d->rpc_rank + 1 + i);
+        snprintf(rstr, sizeof rstr, "%d", d->prank[i]);
         snprintf(pts, sizeof pts, "%d", or_default(tp ? tp->threads : 0, d->prefill_threads));
         snprintf(pps, sizeof pps, "%d", or_default(tp ? tp->kv_tokens : 0, atoi(pstr)));
         snprintf(sqs, sizeof sqs, "%d", or_default(tp ? tp->max_seqs : 0, 16));
         snprintf(pcs, sizeof pcs, "%d", or_default(tp ? tp->chunk : 0, eo->max_step_tokens));
-        char inst[16];
         snprintf(inst, sizeof inst, "%d", i);
         char *args[] = {"xds", "worker", "--role", "prefill", "--segment", d->seg_name, "--rank", rstr,
                         "--front", frl, "-t", pts, "--block-size", bstr, "--pool-tokens", pps,
                         "--max-seqs", sqs, "--chunk", pcs, "--pick-table", d->pick_name, "--instance", inst,
                         "-m", (char *)model_path, NULL};
-        s = spawn(d, args, d->rpc_rank + 1 + i, 'p');
+        s = spawn(d, args, d->prank[i], 'p');
     }
-    char mbs[16], mst[16], ctxs[16], kvb[16], thr[16], gs[16];
-    snprintf(mbs, sizeof mbs, "%d", eo->max_batch);
+    char mbs[16], mst[16], ctxs[16], kvb[16], thr[16], gs[16], arstr[16];
     snprintf(mst, sizeof mst, "%d", eo->max_step_tokens);
     snprintf(ctxs, sizeof ctxs, "%d", eo->max_ctx);
-    snprintf(kvb, sizeof kvb, "%d", eo->kv_blocks);
-    snprintf(thr, sizeof thr, "%d", eo->n_threads);
-    for (int g = 1; g < d->decode_dp && s == XDS_OK; g++) {
-        snprintf(rstr, sizeof rstr, "%d", grp_rank(d, g));
+    for (int g = 0; g < D && s == XDS_OK; g++) {
+        snprintf(rstr, sizeof rstr, "%d", d->grank[g]);
         snprintf(gs, sizeof gs, "%d", g);
         const xds_topo_decode *td = d->have_topo ? &d->topo.decode[g] : NULL;
         snprintf(thr, sizeof thr, "%d", or_default(td ? td->threads : 0, eo->n_threads));
         snprintf(mbs, sizeof mbs, "%d", or_default(td ? td->max_batch : 0, eo->max_batch));
         snprintf(kvb, sizeof kvb, "%d", td && td->kv_blocks > 0 ? td->kv_blocks : eo->kv_blocks);
-        char *args[] = {"xds", "worker", "--role", "decode", "--segment", d->seg_name, "--rank", rstr, "--front", frl,
-                        "--group", gs, "--load-table", d->table_name, "-t", thr, "--max-batch", mbs,
-                        "--max-step-tokens", mst, "--ctx", ctxs, "--block-size", bstr, "--kv-blocks", kvb,
-                        "-m", (char *)model_path, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                        NULL, NULL};
+        char *args[40] = {"xds", "worker", "--role", "decode", "--segment", d->seg_name, "--rank", rstr, "--front", frl,
+                          "--group", gs, "--load-table", d->table_name, "-t", thr, "--max-batch", mbs,
+                          "--max-step-tokens", mst, "--ctx", ctxs, "--block-size", bstr, "--kv-blocks", kvb,
+                          "-m", (char *)model_path};
         int na = 28;
-        char arstr[16];
-        if (d->experts > 0) {
+        if (E > 0) {
             snprintf(arstr, sizeof arstr, "%d", grp_attn_rank(d, g));
             args[na++] = "--attn-rank", args[na++] = arstr, args[na++] = "--expert-ranks", args[na++] = wranks;
             args[na++] = "--placement", args[na++] = d->placement_text, args[na++] = "--micro-batches";
             args[na++] = nmb;
         }
         if (!eo->enable_prefix_cache) args[na++] = "--no-prefix-cache";
-        s = spawn(d, args, grp_rank(d, g), 'd');
+        args[na] = NULL;
+        s = spawn(d, args, d->grank[g], 'd');
     }
-    for (int k = 1; k < d->frontends && s == XDS_OK; k++) s = spawn_frontend(d, k);
     if (s != XDS_OK) goto fail;
-    /* wait until every child has attached (they load the model first) */
+    /* wait until every child serves (they load the model first); the
+     * front-ends start last, so the port answers once all of it serves */
     double end = now_s() + 120.0;
+    int n_back = d->n_pids; /* the children behind the front-ends */
     for (int i = 0; i < d->n_pids; i++) {
-        int r = d->rank_of[i];
-        xccl_comm *probe = d->comm;
-        while (xccl_peer_check(probe, r) != XCCL_OK) {
+        while (!child_serving(d, i)) {
             if (reap_one(d, i, 0)) {
                 char how[96];
                 describe_exit(how, sizeof how, d->status[i]);
@@ -1159,31 +1498,25 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                 goto fail;
             }
             if (now_s() > end) {
-                s = xds_err_set(XDS_ERR_TIMEOUT, "%s at rank %d did not attach within 120 s", child_role(d, i), r);
+                s = xds_err_set(XDS_ERR_TIMEOUT, "%s at rank %d did not start serving within 120 s", child_role(d, i),
+                                d->rank_of[i]);
                 goto fail;
             }
             usleep(5000);
         }
-    }
-    for (int i = 0; i < d->prefill && s == XDS_OK; i++) /* attached; serving once its pool exists */
-        s = wait_live(d, &d->pick->inst[i].alive, d->experts + i, "prefill instance", i, end);
-    for (int g = 1; g < d->decode_dp && s == XDS_OK; g++) /* attached; serving once its load record is live */
-        s = wait_live(d, &d->table->g[g].alive, d->experts + d->prefill + g - 1, "decode group", g, end);
-    if (s != XDS_OK) goto fail;
-    if (d->experts > 0) {
-        int wr[SERVE_DEPLOY_MAX_WORKERS];
-        for (int w = 0; w < d->experts; w++) wr[w] = 1 + w;
-        s = xds_deploy_attn_create(m, d->comm, wr, &d->placement, max_tok, d->micro_batches, &d->attn);
-        if (s != XDS_OK) goto fail;
-        eo->forward = xds_deploy_forward_cb;
-        eo->forward_user = d->attn;
+        d->state_of[i] = SERVE_CHILD_LIVE;
+        if (i == n_back - 1) { /* every other child serves: now the front-ends */
+            for (int k = 0; k < F && s == XDS_OK; k++) s = spawn_frontend(d, k);
+            if (s != XDS_OK) goto fail;
+        }
     }
     d->block_size = eo->kv_block_size;
     d->max_batch = eo->max_batch;
     d->max_ctx = eo->max_ctx;
     d->n_vocab = m->cfg.n_vocab;
-    if (pthread_create(&d->monitor, NULL, monitor_main, d) == 0) d->monitor_started = 1;
+    if ((s = write_topology(d, 1)) != XDS_OK) goto fail;
     d->started = 1;
+    if (pthread_create(&d->monitor, NULL, monitor_main, d) == 0) d->monitor_started = 1;
     return XDS_OK;
 fail:
     {
@@ -1195,123 +1528,14 @@ fail:
     }
 }
 
-xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_server_engine_ops **ops) {
-    xds_engine_stats es;
-    xds_engine_stats_get(engine, &es);
-    json_t *root = json_object(), *ranks = json_array();
-    json_object_set_new(root, "mode", json_string(dp_mode(d)                            ? "dp-groups"
-                                                  : d->experts > 0 && d->prefill > 0 ? "prefill-decode+moe-attention"
-                                                  : d->experts > 0                   ? "moe-attention"
-                                                                                     : "prefill-decode"));
-    json_object_set_new(root, "segment", json_string(d->seg_name));
-    json_object_set_new(root, "segment_bytes", json_integer((json_int_t)d->seg_bytes));
-    json_object_set_new(root, "prefill", json_integer(d->prefill));
-    json_object_set_new(root, "decode_dp", json_integer(d->decode_dp));
-    json_object_set_new(root, "experts", json_integer(d->experts));
-    json_object_set_new(root, "frontends", json_integer(d->frontends));
-    json_object_set_new(root, "dense_ffn", json_string("attention"));
-    json_object_set_new(root, "shared_experts", json_string("attention"));
-    json_t *r0 = json_object();
-    json_object_set_new(r0, "rank", json_integer(0));
-    json_object_set_new(r0, "role", json_string("frontend+decode"));
-    json_object_set_new(r0, "dp_group", json_integer(0));
-    json_object_set_new(r0, "pid", json_integer((json_int_t)getpid()));
-    json_object_set_new(r0, "kv_blocks", json_integer(es.kv_blocks_total));
-    if (d->prefill > 0) json_object_set_new(r0, "prefill_rank", json_integer(d->rpc_rank));
-    json_array_append_new(ranks, r0);
-    printf("xds serve: topology: segment %s (%llu bytes); rank 0 pid %d: front-end + decode DP group 0 "
-           "(attention, routing, shared experts, dense FFN; KV %d blocks)\n",
-           d->seg_name, d->seg_bytes, (int)getpid(), es.kv_blocks_total);
-    char arbuf[16];
-    for (int i = 0; i < d->n_pids; i++) {
-        int r = d->rank_of[i];
-        json_t *o = json_object();
-        json_object_set_new(o, "rank", json_integer(r));
-        json_object_set_new(o, "pid", json_integer((json_int_t)d->pids[i]));
-        if (d->kind_of[i] == 'f') {
-            json_object_set_new(o, "role", json_string("frontend"));
-            json_object_set_new(o, "frontend", json_integer(child_number(d, i)));
-            printf("xds serve: topology: rank %d pid %d: front-end %d (same port, SO_REUSEPORT)\n", r, (int)d->pids[i],
-                   child_number(d, i));
-            json_array_append_new(ranks, o);
-            continue;
-        }
-        if (d->kind_of[i] == 'd') {
-            int g = r - d->rpc_rank - d->prefill;
-            json_object_set_new(o, "role", json_string("decode"));
-            json_object_set_new(o, "dp_group", json_integer(g));
-            if (d->experts > 0) json_object_set_new(o, "attn_rank", json_integer(grp_attn_rank(d, g)));
-            json_object_set_new(o, "kv_blocks", json_integer(atomic_load(&d->table->g[g].kv_blocks)));
-            printf("xds serve: topology: rank %d pid %d: decode DP group %d (own engine; KV %lld blocks%s%s)\n", r,
-                   (int)d->pids[i], g, (long long)atomic_load(&d->table->g[g].kv_blocks),
-                   d->experts > 0 ? "; MoE layers on the expert workers through rank " : "",
-                   d->experts > 0 ? (snprintf(arbuf, sizeof arbuf, "%d", grp_attn_rank(d, g)), arbuf) : "");
-            json_array_append_new(ranks, o);
-            continue;
-        }
-        if (d->kind_of[i] == 'p') {
-            json_object_set_new(o, "role", json_string("prefill"));
-            json_object_set_new(o, "instance", json_integer(r - d->rpc_rank - 1));
-            printf("xds serve: topology: rank %d pid %d: prefill instance %d\n", r, (int)d->pids[i],
-                   r - d->rpc_rank - 1);
-            json_array_append_new(ranks, o);
-            continue;
-        }
-        json_t *ex = json_array();
-        json_object_set_new(o, "role", json_string("expert"));
-        int w = r - 1;
-        char list[256] = "";
-        for (int k = 0; k < d->placement.n_local[w]; k++) {
-            int e = d->placement.slot_expert[w * d->placement.max_local + k];
-            json_array_append_new(ex, json_integer(e));
-            size_t used = strlen(list);
-            if (used < sizeof list - 16) snprintf(list + used, sizeof list - used, k ? ",%d" : "%d", e);
-            else if (used < sizeof list - 4) strcat(list, ",...");
-        }
-        printf("xds serve: topology: rank %d pid %d: expert worker %d, %d routed experts of %d: %s\n", r,
-               (int)d->pids[i], w, d->placement.n_local[w], d->n_expert, list[0] ? list : "(none)");
-        json_object_set_new(o, "experts", ex);
-        json_array_append_new(ranks, o);
+int serve_deploy_run(serve_deploy *d, const sigset_t *sigs) {
+    int sig = 0;
+    while (sigwait(sigs, &sig) != 0) {
     }
-    json_object_set_new(root, "ranks", ranks);
-    free(d->topology_json);
-    d->topology_json = json_dumps(root, JSON_COMPACT);
-    json_decref(root);
-    if (!d->topology_json) return xds_err_set(XDS_ERR_NOMEM, "topology: out of memory");
-    fflush(stdout);
-    if (d->frontends > 1) { /* the other front-ends serve it too: a file they read at start */
-        char path[96], tmp[112];
-        snprintf(path, sizeof path, "/dev/shm%s.topology", d->seg_name);
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        FILE *f = fopen(tmp, "w");
-        int ok = f && fputs(d->topology_json, f) >= 0;
-        if (f && fclose(f) != 0) ok = 0;
-        if (!ok || rename(tmp, path) != 0) return xds_err_set(XDS_ERR_IO, "cannot write %s", path);
-    }
-    *ops = NULL;
-    if (dp_mode(d)) {
-        d->engine = engine;
-        atomic_store(&d->table->g[0].kv_blocks, es.kv_blocks_total);
-        atomic_store(&d->table->g[0].max_batch, d->max_batch);
-        atomic_store(&d->table->g[0].alive, 1);
-        XDS_TRY(serve_front_ops(d, ops));
-        if (d->frontends > 1) {
-            if (pthread_create(&d->g0thread, NULL, g0_service_main, d) != 0)
-                return xds_err_set(XDS_ERR_INTERNAL, "cannot start the group-0 service thread");
-            d->g0_started = 1;
-        }
-    } else if (d->prefill > 0) {
-        d->engine = engine;
-        pthread_mutex_init(&d->cmu, NULL);
-        pthread_mutex_init(&d->rmu, NULL);
-        d->mutexes = 1;
-        d->ops = (xds_server_engine_ops){d, pd_submit, pd_cancel, pd_stats};
-        if (pthread_create(&d->receiver, NULL, receiver_main, d) != 0)
-            return xds_err_set(XDS_ERR_INTERNAL, "cannot start the prefill receiver thread");
-        d->receiver_started = 1;
-        *ops = &d->ops;
-    }
-    return XDS_OK;
+    if (!atomic_load(&d->failed))
+        fprintf(stderr, "xds serve: %s received; the front-ends finish their streams (send it again to quit at once)\n",
+                sig == SIGINT ? "SIGINT" : "SIGTERM");
+    return sig;
 }
 
 static void free_config(serve_deploy *d) {
@@ -1325,57 +1549,42 @@ static void free_config(serve_deploy *d) {
 }
 
 void serve_deploy_stop(serve_deploy *d) {
-    if (!d->seg && !d->n_pids && !d->comm && !d->rpc) {
-        free_config(d);
-        return;
-    }
-    if (d->attn) {
-        xds_deploy_stats st;
-        xds_deploy_attn_stats(d->attn, &st);
-        double tot = st.attn_s + st.dispatch_s + st.combine_s;
-        fprintf(stderr,
-                "xds serve: decode group 0 (rank 0): %llu passes, %llu tokens; attention+routing+shared+head %.3f s, "
-                "dispatch %.3f s, combine (incl. waiting for experts) %.3f s; dispatch+combine %.0f%% of pass time\n",
-                (unsigned long long)st.steps, (unsigned long long)st.tokens, st.attn_s, st.dispatch_s, st.combine_s,
-                tot > 0 ? 100.0 * (st.dispatch_s + st.combine_s) / tot : 0.0);
-    }
-    if (d->prefill > 0 && d->kv_pulled_bytes)
-        fprintf(stderr, "xds serve: KV pulled from prefill instances: %llu bytes in %.3f s (%.2f GB/s, in the "
-                        "engine thread: part of decode group 0's step time)\n",
-                d->kv_pulled_bytes, d->kv_pull_s, d->kv_pull_s > 0 ? d->kv_pulled_bytes / d->kv_pull_s * 1e-9 : 0.0);
-    if (d->frontend_mode)
+    if (d->frontend_mode) { /* a front-end: its request path only */
+        serve_deploy_quiesce(d);
         fprintf(stderr, "xds serve: front-end (rank %d): %llu requests routed to the decode groups\n",
                 d->fe_self_rank, (unsigned long long)(d->next_id & ((1ull << 48) - 1)));
-    if (d->table && !d->frontend_mode) {
+    }
+    if (d->seg || d->n_pids) stop_workers(d, 10.0);
+    if (d->seg && d->table) { /* the groups' final counts */
         fprintf(stderr, "xds serve: requests served per decode DP group:");
         for (int g = 0; g < d->decode_dp; g++)
             fprintf(stderr, " group %d: %lld", g, (long long)atomic_load(&d->table->g[g].served));
         fprintf(stderr, "\n");
     }
-    stop_workers(d, 10.0);
-    xds_deploy_attn_free(d->attn);
-    d->attn = NULL;
+    for (int i = 0; i < d->n_pids; i++) {
+        args_free(d->args_of[i]);
+        d->args_of[i] = NULL;
+    }
     d->n_pids = 0;
+    if (d->rpc) {
+        xccl_comm_detach(d->rpc);
+        d->rpc = NULL;
+    }
     /* requests still at a prefill instance (the HTTP server is stopped by now) */
     while (d->reqs) {
-        serve_pd_req *r = d->reqs;
+        serve_req *r = d->reqs;
         d->reqs = r->next;
-        pd_req_free(r);
-    }
-    while (d->dreqs) {
-        serve_dp_req *r = d->dreqs;
-        d->dreqs = r->next;
-        free(r);
+        req_free(r);
     }
     if (d->table) {
         xds_dp_table_close(d->table);
         d->table = NULL;
-        shm_unlink(d->table_name);
+        if (d->seg) shm_unlink(d->table_name);
     }
     if (d->pick) {
         xds_pd_pick_table_close(d->pick);
         d->pick = NULL;
-        shm_unlink(d->pick_name);
+        if (d->seg) shm_unlink(d->pick_name);
     }
     if (d->mutexes) {
         pthread_mutex_destroy(&d->cmu);
@@ -1383,19 +1592,15 @@ void serve_deploy_stop(serve_deploy *d) {
         d->mutexes = 0;
     }
     if (d->seg) {
-        if (d->frontends > 1) {
-            char path[96];
-            snprintf(path, sizeof path, "/dev/shm%s.topology", d->seg_name);
-            unlink(path);
-        }
+        char path[96];
+        snprintf(path, sizeof path, "/dev/shm%s.topology", d->seg_name);
+        unlink(path);
         xccl_segment_destroy(d->seg);
         d->seg = NULL;
     }
-    free(d->topology_json);
-    d->topology_json = NULL;
-    xds_deploy_placement_free(&d->placement);
-    free(d->placement_text);
-    d->placement_text = NULL;
-    if (d->have_topo) xds_topology_free(&d->topo);
-    d->have_topo = 0;
+    if (d->port_lock[0]) {
+        unlink(d->port_lock);
+        d->port_lock[0] = 0;
+    }
+    free_config(d);
 }

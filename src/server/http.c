@@ -233,7 +233,7 @@ static srv_result srv_send(srv_req *q, struct MHD_Connection *c, int status, con
     srv_add_common_headers(q->srv, r, ctype);
     srv_conn_set(q->srv, q->conn, CONN_WRITING);
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    if (status == 429) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == 429 || status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, status == 503 ? "2" : "1");
     if (status == 405)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
                                 q->route == ROUTE_COMPLETIONS || q->route == ROUTE_CHAT ? "POST" : "GET, HEAD");
@@ -588,6 +588,8 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
         pthread_mutex_unlock(&q->mu);
         if (st == XDS_ERR_BUSY)
             return srv_fail(q, c, 429, NULL, "server_busy", "the server is busy (request queue full); retry later");
+        if (st == XDS_ERR_UNAVAILABLE)
+            return srv_fail(q, c, 503, NULL, "unavailable", xds_err_msg());
         xds_oai_error_set(&e, st == XDS_ERR_INVALID ? 400 : 500, NULL, NULL, "%s", xds_err_msg());
         return srv_send_error(q, c, &e);
     }
@@ -737,6 +739,11 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
             if (q->route == ROUTE_METRICS) return srv_handle_metrics(q, c);
             if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
             if (q->route == ROUTE_TOPOLOGY) {
+                if (s->o.topology_fn) {
+                    char *t = s->o.topology_fn(s->o.topology_user);
+                    if (!t) return srv_fail(q, c, 503, NULL, "unavailable", "the deployment's topology is not available");
+                    return srv_send(q, c, 200, "application/json", t, strlen(t));
+                }
                 if (!s->o.topology_json)
                     return srv_fail(q, c, 404, NULL, "not_found", "no topology: this server is a single-process engine");
                 return srv_send(q, c, 200, "application/json", strdup(s->o.topology_json),
