@@ -127,12 +127,16 @@ int xccl_comm_size(const xccl_comm *comm);
 const char *xccl_comm_transport(const xccl_comm *comm); /* "shm" or "tcp" */
 /* Deadline of every blocking call (default 10000 ms, or XCCL_TIMEOUT_MS). */
 void xccl_comm_set_timeout(xccl_comm *comm, uint32_t timeout_ms);
+uint32_t xccl_comm_get_timeout(const xccl_comm *comm);
 
 /* Peer states in the rank table. */
 enum { XCCL_RANK_FREE = 0, XCCL_RANK_ACTIVE = 1, XCCL_RANK_LEFT = 2, XCCL_RANK_DEAD = 3 };
 /* Check a peer now: XCCL_OK if alive; XCCL_ERR_PEER naming it if it died,
  * left or hung. A FREE (never attached) peer is XCCL_ERR_PEER too. */
 xccl_status xccl_peer_check(xccl_comm *comm, int peer);
+/* The peer's state in the rank table now (XCCL_RANK_*; an attach under way
+ * reads FREE; XCCL_RANK_FREE on a non-shm transport). */
+uint32_t xccl_peer_state(const xccl_comm *comm, int peer);
 
 /* ------------------------------------------------------------------------ */
 /* Failover: incarnations, rejoin, heartbeats that mean progress.            */

@@ -215,6 +215,12 @@ int xccl_comm_rank(const xccl_comm *c) { return c->rank; }
 int xccl_comm_size(const xccl_comm *c) { return c->size; }
 const char *xccl_comm_transport(const xccl_comm *c) { return c->ops->name; }
 void xccl_comm_set_timeout(xccl_comm *c, uint32_t ms) { c->timeout_ns = (uint64_t)ms * 1000000ull; }
+uint32_t xccl_comm_get_timeout(const xccl_comm *c) { return (uint32_t)(c->timeout_ns / 1000000ull); }
+uint32_t xccl_peer_state(const xccl_comm *c, int peer) {
+    if (!c || !c->ranks || peer < 0 || peer >= c->size) return XCCL_RANK_FREE;
+    uint32_t st = xccl_sinc_state(atomic_load_explicit(&c->ranks[peer].sinc, memory_order_acquire));
+    return st == XCCL_RANK_CLAIMING ? XCCL_RANK_FREE : st;
+}
 
 /* --- groups -------------------------------------------------------------- */
 
