@@ -328,6 +328,8 @@ typedef struct fo_shared {
     _Atomic int pid[MAX_W];    /* the slot's current worker process */
     _Atomic int starts[MAX_W]; /* worker processes started in the slot */
     _Atomic int no_restart;
+    _Atomic int apid, astarts; /* attention rank 1's process (check_attn_restart) */
+    _Atomic int arc;           /* its last incarnation's result: 0 identical */
 } fo_shared;
 static fo_shared *fo;
 
@@ -487,6 +489,121 @@ static void check_failover(const xds_model *m, fo_case *fc) {
     fflush(stdout);
 }
 
+/* Attention rank 1 under a restarting supervisor: its first incarnation
+ * decodes over and over until it is killed; the restarted one runs once and
+ * compares with the reference. */
+static int attn_slot(const run_arg *ra, const char *name) {
+    for (;;) {
+        fflush(NULL);
+        pid_t p = fork();
+        if (p == 0) {
+            xccl_comm *c = NULL;
+            if (xccl_comm_attach(&c, name, 1, 1) != XCCL_OK) _exit(3);
+            int rc = 0;
+            if (atomic_load(&fo->astarts) == 1) {
+                int wr[2] = {2, 3};
+                xds_deploy_attn *a = NULL;
+                if (xds_deploy_attn_create(ra->m, c, wr, ra->pl, N_SEQ * ra->n_prompt, 2, &a) != XDS_OK) _exit(5);
+                int32_t got[N_SEQ * 32];
+                for (;;)
+                    if (greedy(ra->m, a, ra->n_prompt, ra->n_gen, got, NULL, NULL, NULL) != 0) _exit(6);
+            }
+            rc = attn_run(ra, c, "attention rank 1, restarted");
+            xccl_comm_detach(c);
+            _exit(rc ? 5 : (test_failed_ ? 6 : 0));
+        }
+        atomic_store(&fo->apid, p);
+        atomic_fetch_add(&fo->astarts, 1);
+        int st = 0;
+        while (waitpid(p, &st, 0) < 0 && errno == EINTR) {
+        }
+        if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) || atomic_load(&fo->astarts) > 2) {
+            atomic_store(&fo->arc, WIFEXITED(st) ? WEXITSTATUS(st) : 9);
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 9;
+        }
+    }
+}
+
+static void kill_attn1(int step, void *arg) {
+    (void)arg;
+    if (step == 2) kill(atomic_load(&fo->apid), SIGKILL);
+}
+
+/* An attention rank (a decode DP group) killed mid-decode and restarted: the
+ * expert workers serve rank 0 meanwhile, take the restart back (it attaches
+ * as a new incarnation; they say READY again), and never exit; both ranks'
+ * greedy tokens and logits equal the colocated run. */
+static void check_attn_restart(const xds_model *m) {
+    int V = m->cfg.n_vocab, n_prompt = 4, n_gen = 8, W = 2, max_tok = N_SEQ * n_prompt;
+    int32_t ref[N_SEQ * 8], got[N_SEQ * 8];
+    float *lref = malloc(sizeof(float) * N_SEQ * V), *lgot = malloc(sizeof(float) * N_SEQ * V);
+    CHECK(greedy(m, NULL, n_prompt, n_gen, ref, lref, NULL, NULL) == 0);
+    memset(fo, 0, sizeof *fo);
+    topo t = {"attention restart", 2, W, 2, 0};
+    xds_deploy_placement pl = {0};
+    CHECK(make_placement(m, &t, &pl) == XDS_OK);
+    run_arg ra = {m, &t, &pl, n_prompt, n_gen, ref, lref, 0};
+    char name[96];
+    snprintf(name, sizeof name, "/xds-test-deploy-t13x-%d-%d", (int)getpid(), seg_counter++);
+    xccl_config cfg;
+    xds_deploy_xccl_config(2 + W, &cfg);
+    cfg.heartbeat_timeout_ms = 20000;
+    xccl_segment *seg = NULL;
+    xccl_comm *comm = NULL;
+    pid_t sup[MAX_W + 1] = {0};
+    CHECK_MSG(xccl_segment_create(&seg, name, &cfg) == XCCL_OK, "segment: %s", xccl_err_msg());
+    fflush(NULL);
+    for (int w = 0; w < W && seg; w++) {
+        sup[w] = fork();
+        if (sup[w] == 0) _exit(slot_supervisor(m, 2, &pl, w, name, max_tok));
+    }
+    if (seg) {
+        sup[W] = fork();
+        if (sup[W] == 0) _exit(attn_slot(&ra, name));
+    }
+    if (seg) CHECK_MSG(xccl_comm_attach(&comm, name, 0, 1) == XCCL_OK, "attach: %s", xccl_err_msg());
+    int wr[2] = {2, 3};
+    xds_deploy_attn *a = NULL;
+    if (comm) CHECK_MSG(xds_deploy_attn_create(m, comm, wr, &pl, max_tok, 2, &a) == XDS_OK, "%s", xds_err_msg());
+    if (a) {
+        int r = greedy(m, a, n_prompt, n_gen, got, lgot, kill_attn1, NULL);
+        CHECK_MSG(r == 0, "attention rank 0: decoding failed at step %d: %s", r, xds_err_msg());
+        CHECK_MSG(r == 0 && !memcmp(ref, got, sizeof ref) && !memcmp(lref, lgot, sizeof(float) * N_SEQ * V),
+                  "attention rank 0: tokens or logits differ while rank 1 was killed and restarted");
+        xds_deploy_stats ds;
+        xds_deploy_attn_stats(a, &ds);
+        CHECK_MSG(ds.failovers == 0, "attention rank 0: %llu expert failovers (no worker failed)",
+                  (unsigned long long)ds.failovers);
+        /* rank 1's restart finishes its own run before rank 0 stops */
+        double t0 = now_s();
+        while (atomic_load(&fo->astarts) < 2 && now_s() - t0 < 30) usleep(2000);
+        pid_t ap = sup[W];
+        int bad1 = tp_reap(&ap, 1, 60);
+        sup[W] = 0;
+        CHECK_MSG(bad1 == 0 && atomic_load(&fo->astarts) == 2 && atomic_load(&fo->arc) == 0,
+                  "attention rank 1: %d incarnations, the restarted one returned %d", atomic_load(&fo->astarts),
+                  atomic_load(&fo->arc));
+        printf("attention rank 1 killed mid-decode and restarted: rank 0 and the restart identical to the colocated "
+               "run; expert worker processes started: %d, %d\n", atomic_load(&fo->starts[0]),
+               atomic_load(&fo->starts[1]));
+        CHECK_MSG(atomic_load(&fo->starts[0]) == 1 && atomic_load(&fo->starts[1]) == 1,
+                  "the expert workers should survive an attention rank's death (started %d, %d)",
+                  atomic_load(&fo->starts[0]), atomic_load(&fo->starts[1]));
+        atomic_store(&fo->no_restart, 1);
+        xds_deploy_attn_stop(a);
+        xds_deploy_attn_free(a);
+    }
+    atomic_store(&fo->no_restart, 1);
+    if (comm) xccl_comm_detach(comm);
+    int bad = tp_reap(sup, W, 30);
+    CHECK_MSG(bad == 0, "attention restart: %d expert-worker slots did not end cleanly", bad);
+    if (sup[W]) tp_reap(&sup[W], 1, 10);
+    if (seg) xccl_segment_destroy(seg);
+    xds_deploy_placement_free(&pl);
+    free(lref), free(lgot);
+    fflush(stdout);
+}
+
 static void check_failovers(const xds_model *m) {
     fo = mmap(NULL, sizeof *fo, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (fo == MAP_FAILED) return;
@@ -496,6 +613,7 @@ static void check_failovers(const xds_model *m) {
         {"SIGSTOP of a replicated worker in flight: a hang", 1, 1, 1500, {0}, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_failover(m, &cases[i]);
+    check_attn_restart(m);
     munmap(fo, sizeof *fo);
 }
 
