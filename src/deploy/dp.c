@@ -278,6 +278,10 @@ static int grp_import(void *user, struct xds_kv_cache *kv, int slot, int from, i
     if (s != XDS_OK) {
         XDS_LOGW("deploy dp: request %llu: KV pull failed (%s); computing the prompt here",
                  (unsigned long long)r->front_id, xds_err_msg());
+        /* a prefill instance that died: accept its restart for the next imports */
+        pthread_mutex_lock(&L->cmu);
+        (void)xccl_peer_reset(L->comm, r->task.src_rank);
+        pthread_mutex_unlock(&L->cmu);
         queue_freed(r);
         return 0;
     }
@@ -350,6 +354,7 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
     xccl_request rq[XDS_DP_MAX_FRONTS];
     xccl_request *rp[XDS_DP_MAX_FRONTS] = {0};
     int seen[XDS_DP_MAX_FRONTS] = {0}; /* attached once: a later failed check means it is gone */
+    unsigned retry[XDS_DP_MAX_FRONTS] = {0};
     xds_status s = buf ? XDS_OK : xds_err_set(XDS_ERR_NOMEM, "deploy dp: out of memory");
     for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
         bufs[i] = malloc(cap);
@@ -384,9 +389,14 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
                 int ok = xccl_peer_check(comm, fronts[i]) == XCCL_OK;
                 alive += ok;
                 if (!rp[i]) {
-                    if (ok && seen[i]) { /* back: listen again */
+                    /* back (a restarted front-end re-attached at its rank: accept
+                     * the new incarnation), at most every 50 ms: listen again */
+                    if (seen[i] && ++retry[i] % 50 == 0 && xccl_peer_state(comm, fronts[i]) == XCCL_RANK_ACTIVE) {
                         pthread_mutex_lock(&L.cmu);
-                        if (xccl_irecv(comm, fronts[i], bufs[i], cap, &rq[i]) == XCCL_OK) rp[i] = &rq[i];
+                        xccl_status rs = xccl_peer_reset(comm, fronts[i]);
+                        if ((rs == XCCL_OK || (rs == XCCL_ERR_INVALID && xccl_peer_check(comm, fronts[i]) == XCCL_OK)) &&
+                            xccl_irecv(comm, fronts[i], bufs[i], cap, &rq[i]) == XCCL_OK)
+                            rp[i] = &rq[i];
                         pthread_mutex_unlock(&L.cmu);
                         if (rp[i]) XDS_LOGI("deploy dp: group %d: rank %d is back", group, fronts[i]);
                     }

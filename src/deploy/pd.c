@@ -527,8 +527,13 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, const int *fronts, int n_fron
             for (int i = 0; i < n_fronts; i++) {
                 int ok = xccl_peer_check(p->comm, fronts[i]) == XCCL_OK;
                 alive += ok;
-                if (!rp[i]) {
-                    if (ok && seen[i] && xccl_irecv(p->comm, fronts[i], bufs[i], cap, &rq[i]) == XCCL_OK) rp[i] = &rq[i];
+                if (!rp[i]) { /* a restarted front-end: accept its new incarnation, listen again */
+                    if (seen[i] && xccl_peer_state(p->comm, fronts[i]) == XCCL_RANK_ACTIVE) {
+                        xccl_status rs = xccl_peer_reset(p->comm, fronts[i]);
+                        if ((rs == XCCL_OK || (rs == XCCL_ERR_INVALID && ok)) &&
+                            xccl_irecv(p->comm, fronts[i], bufs[i], cap, &rq[i]) == XCCL_OK)
+                            rp[i] = &rq[i];
+                    }
                     continue;
                 }
                 if (ok) seen[i] = 1;

@@ -541,15 +541,25 @@ static int poll_prefill(serve_deploy *d) {
 
 /* Lost groups and instances that serve again (restarted: they re-attached at
  * their rank and marked themselves alive) are used again. */
+/* Accept the incarnation of rank now serving: 1 when this comm talks to it. */
+static int peer_back(serve_deploy *d, int rank) {
+    if (xccl_peer_state(d->rpc, rank) != XCCL_RANK_ACTIVE) return 0;
+    pthread_mutex_lock(&d->cmu);
+    xccl_status rs = xccl_peer_reset(d->rpc, rank); /* XCCL_ERR_INVALID: still the one we knew */
+    int ok = rs == XCCL_OK || (rs == XCCL_ERR_INVALID && xccl_peer_check(d->rpc, rank) == XCCL_OK);
+    pthread_mutex_unlock(&d->cmu);
+    return ok;
+}
+
 static void check_back(serve_deploy *d) {
     for (int g = 0; g < d->decode_dp; g++)
-        if (d->gdown[g] && atomic_load(&d->table->g[g].alive) && xccl_peer_check(d->rpc, d->grank[g]) == XCCL_OK) {
+        if (d->gdown[g] && atomic_load(&d->table->g[g].alive) && peer_back(d, d->grank[g])) {
             d->gdown[g] = 0;
             fprintf(stderr, "xds serve: front-end (rank %d): decode group %d (rank %d) is back\n",
                     d->fe_self_rank, g, d->grank[g]);
         }
     for (int i = 0; i < d->prefill; i++)
-        if (d->pdown[i] && atomic_load(&d->pick->inst[i].alive) && xccl_peer_check(d->rpc, d->prank[i]) == XCCL_OK) {
+        if (d->pdown[i] && atomic_load(&d->pick->inst[i].alive) && peer_back(d, d->prank[i])) {
             d->pdown[i] = 0;
             fprintf(stderr, "xds serve: front-end (rank %d): prefill instance %d (rank %d) is back\n",
                     d->fe_self_rank, i, d->prank[i]);
@@ -894,7 +904,10 @@ static xds_status apply_topology(serve_deploy *d, const xds_model *m, xds_engine
 /* Child i (a prefill instance or decode group) serves: its record in shared
  * memory says so. Front-ends and expert workers: attached is ready. */
 static int child_serving(serve_deploy *d, int i) {
-    if (xccl_peer_check(d->comm, d->rank_of[i]) != XCCL_OK) return 0;
+    xccl_rank_info ri;
+    if (xccl_segment_rank_info(d->seg, d->rank_of[i], &ri) != XCCL_OK || ri.state != XCCL_RANK_ACTIVE ||
+        ri.pid != (int32_t)d->pids[i] || ri.hung)
+        return 0;
     if (d->kind_of[i] == 'p') return (int)atomic_load(&d->pick->inst[child_number(d, i)].alive);
     if (d->kind_of[i] == 'd') return (int)atomic_load(&d->table->g[child_number(d, i)].alive);
     return 1;
@@ -1044,11 +1057,6 @@ static void child_crashed(serve_deploy *d, int i, pid_t pid) {
     memmove(&d->crash_t[i][1], &d->crash_t[i][0], sizeof(double) * (SERVE_DEPLOY_CRASH_N - 1));
     d->crash_t[i][0] = now;
     n++;
-    if (d->recycle[i]) { /* stopped on purpose (below): not a crash of its own */
-        d->recycle[i] = 0;
-        n = 0;
-        d->crash_t[i][0] = 0;
-    }
     if (n >= d->crash_n) {
         d->state_of[i] = SERVE_CHILD_REMOVED;
         if (d->kind_of[i] == 'd') atomic_store(&d->table->g[child_number(d, i)].removed, 1);
@@ -1063,22 +1071,6 @@ static void child_crashed(serve_deploy *d, int i, pid_t pid) {
         d->since[i] = now;
         fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) %s; restarting it in %.2f s (restart %d)\n",
                 child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, how, delay, d->restarts[i] + 1);
-    }
-    if (d->kind_of[i] == 'e' && d->state_of[i] != SERVE_CHILD_REMOVED) {
-        /* The attention side of every decode group and the other expert
-         * workers hold per-pair state with the lost worker (its READY
-         * handshake, message sequence): restart the MoE side as a whole.
-         * The groups' requests continue elsewhere or wait (re-prefill). */
-        int k = 0;
-        for (int j = 0; j < d->n_pids; j++)
-            if (j != i && (d->kind_of[j] == 'd' || d->kind_of[j] == 'e') && d->pids[j] > 0 &&
-                d->state_of[j] != SERVE_CHILD_REMOVED) {
-                d->recycle[j] = 1;
-                kill(d->pids[j], SIGKILL);
-                k++;
-            }
-        fprintf(stderr, "xds serve: expert worker %d lost: restarting the MoE side with it (%d processes: the decode "
-                        "groups and the other expert workers)\n", child_number(d, i), k);
     }
     if (live_of_kind(d, 'f') == 0) {
         fprintf(stderr, "xds serve: error: no front-end is left; stopping the deployment\n");
@@ -1145,6 +1137,8 @@ static void *monitor_main(void *arg) {
                 } else if (now - d->since[i] >= d->hang_s) {
                     fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) hung for %.1f s; killing it\n",
                             child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, now - d->since[i]);
+                    /* its peers' waits on it fail at once, then the rank can be rejoined */
+                    xccl_segment_declare_dead(d->seg, d->rank_of[i], 0);
                     kill(pid, SIGKILL); /* reaped (and restarted) on a later round */
                     d->since[i] = now + 3600;
                 }
@@ -1198,6 +1192,7 @@ static void stop_workers(serve_deploy *d, double deadline_s) {
     for (int i = 0; i < d->n_pids; i++) {
         if (d->pids[i] <= 0 || (d->kind_of[i] != 'p' && d->kind_of[i] != 'd')) continue;
         xds_status s = XDS_ERR_PEER;
+        if (d->comm) (void)xccl_peer_reset(d->comm, d->rank_of[i]); /* a restarted child: talk to its incarnation */
         if (d->comm && d->state_of[i] != SERVE_CHILD_STARTING && xccl_peer_check(d->comm, d->rank_of[i]) == XCCL_OK)
             s = d->kind_of[i] == 'p' ? xds_pd_stop_send(d->comm, d->rank_of[i]) : xds_dp_stop_send(d->comm, d->rank_of[i]);
         if (s != XDS_OK) kill(d->pids[i], SIGTERM); /* not serving yet (or not answering) */

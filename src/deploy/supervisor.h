@@ -78,7 +78,6 @@ typedef struct serve_deploy {
     double crash_t[SERVE_DEPLOY_MAX_WORKERS][SERVE_DEPLOY_CRASH_N]; /* its last crash times (ring) */
     double restart_at[SERVE_DEPLOY_MAX_WORKERS]; /* restarting: when to start it again */
     double since[SERVE_DEPLOY_MAX_WORKERS];      /* suspect / restarting since */
-    int recycle[SERVE_DEPLOY_MAX_WORKERS];       /* killed on purpose (restart of the MoE side) */
     int n_pids;
     double hang_s;         /* a child whose heartbeat is missing this long is killed and restarted */
     int crash_n;           /* crash_n exits within crash_window_s: left out (the deployment shrinks) */
