@@ -1,6 +1,6 @@
 /*
  * deploy_kv.c — KV transfer bandwidth of disaggregated prefill/decode
- * (engine/deploy_pd.h) against memcpy of the same bytes, in one run.
+ * (deploy/pd.h) against memcpy of the same bytes, in one run.
  *
  * A forked prefill process runs a real prefill of a PLEN-token prompt into
  * its registered KV pool and registers the transfer task; this process (the
@@ -42,7 +42,7 @@
 
 #include <xccl.h>
 
-#include "engine/deploy_pd.h"
+#include "deploy/pd.h"
 #include "model/model.h"
 #include "xccl/copy.h"
 #include "xccl/xccl_internal.h" /* xccl_region_peer_ptr: the old pull's copy, for reference */

@@ -1,6 +1,6 @@
 /*
  * fuzz_topology.c — libFuzzer target for the deployment topology file
- * (engine/topology.h): the first byte is the model's routed expert count
+ * (deploy/topology.h): the first byte is the model's routed expert count
  * (0: not MoE), the rest the JSON text. A failure must leave one non-empty
  * message line naming the file; a success must satisfy every invariant the
  * header promises, and its placement must name each (worker, slot) once and
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/topology.h"
+#include "deploy/topology.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;

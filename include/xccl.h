@@ -39,7 +39,7 @@ extern "C" {
 #endif
 
 #define XCCL_VERSION_MAJOR 1
-#define XCCL_VERSION_MINOR 1
+#define XCCL_VERSION_MINOR 2
 /* Segment layout version; bump on any change of a shared layout. */
 #define XCCL_VERSION ((XCCL_VERSION_MAJOR << 16) | XCCL_VERSION_MINOR)
 
@@ -111,9 +111,12 @@ xccl_status xccl_fd_recv(int sock, int *fd_out);
 typedef struct xccl_comm xccl_comm;
 
 /* Attach to a segment by shm name or by fd (the fd is dup'ed). Marks the
- * rank ACTIVE in the rank table with this pid and role and starts its
- * heartbeat. Fails on a version mismatch, a corrupt header, a rank out of
- * range, or a rank already held by a live process. */
+ * rank ACTIVE in the rank table with this pid and role, bumps the rank's
+ * incarnation and starts its heartbeat. A rank whose previous holder died
+ * (pid gone, a zombie included) or was declared dead and no longer runs can
+ * be attached again: a rejoin (see "Failover" below). Fails on a version
+ * mismatch, a corrupt header, a rank out of range, or a rank held by a
+ * process that still runs. */
 xccl_status xccl_comm_attach(xccl_comm **out, const char *name, int rank, uint32_t role);
 xccl_status xccl_comm_attach_fd(xccl_comm **out, int fd, int rank, uint32_t role);
 /* Mark the rank LEFT (peers waiting on it fail at once), unmap, free. */
@@ -124,12 +127,83 @@ int xccl_comm_size(const xccl_comm *comm);
 const char *xccl_comm_transport(const xccl_comm *comm); /* "shm" or "tcp" */
 /* Deadline of every blocking call (default 10000 ms, or XCCL_TIMEOUT_MS). */
 void xccl_comm_set_timeout(xccl_comm *comm, uint32_t timeout_ms);
+uint32_t xccl_comm_get_timeout(const xccl_comm *comm);
 
 /* Peer states in the rank table. */
 enum { XCCL_RANK_FREE = 0, XCCL_RANK_ACTIVE = 1, XCCL_RANK_LEFT = 2, XCCL_RANK_DEAD = 3 };
 /* Check a peer now: XCCL_OK if alive; XCCL_ERR_PEER naming it if it died,
  * left or hung. A FREE (never attached) peer is XCCL_ERR_PEER too. */
 xccl_status xccl_peer_check(xccl_comm *comm, int peer);
+/* The peer's state in the rank table now (XCCL_RANK_*; an attach under way
+ * reads FREE; XCCL_RANK_FREE on a non-shm transport). */
+uint32_t xccl_peer_state(const xccl_comm *comm, int peer);
+
+/* ------------------------------------------------------------------------ */
+/* Failover: incarnations, rejoin, heartbeats that mean progress.            */
+/*                                                                           */
+/* Every attach of a rank is a new incarnation (1, 2, ...), recorded in the  */
+/* rank table. A comm talks to one incarnation of each peer: the one it      */
+/* found at first contact. Once that one is over (it died, left, was         */
+/* declared dead, or a restarted process attached the rank), every           */
+/* operation with the peer fails with XCCL_ERR_PEER naming it, and messages  */
+/* of an old incarnation are never delivered: each ring slot carries the     */
+/* sender's incarnation and the receiver incarnation it was addressed to,    */
+/* and the receiver drops a slot from an earlier incarnation of the sender   */
+/* or addressed to an earlier incarnation of itself. The survivor accepts    */
+/* the newcomer with xccl_peer_reset(). Rendezvous numbers are ring          */
+/* positions, so no per-pair counter needs to agree across incarnations.     */
+/* Groups: form a new one (larger epoch) that includes the newcomer. A       */
+/* process that learns it was declared dead (any call fails with             */
+/* XCCL_ERR_PEER naming its own rank) must detach and exit.                 */
+
+/* This comm's incarnation; the incarnation of peer this comm talks to (0:
+ * none seen yet). */
+uint32_t xccl_comm_incarnation(const xccl_comm *comm);
+uint32_t xccl_peer_incarnation(const xccl_comm *comm, int peer);
+/* Accept a new incarnation of peer: fail every pending request with it
+ * (XCCL_ERR_PEER; an open rendezvous is stopped first), forget its region
+ * mappings and the buffers it was reading, clear the broken-pair mark, and
+ * talk to the incarnation now holding the rank. XCCL_OK once a newer
+ * incarnation is ACTIVE; XCCL_ERR_PEER (after dropping the old state) while
+ * none has attached yet: call again; XCCL_ERR_INVALID, changing nothing, if
+ * the known incarnation still runs (alive or hung: declare it dead first).
+ * shm transport only. */
+xccl_status xccl_peer_reset(xccl_comm *comm, int peer);
+/* Declare the incarnation of peer this comm talks to dead (after a hang):
+ * peers waiting on it fail at once, and the process itself fails its next
+ * XCCL call. It keeps the rank until it no longer runs (kill it); then the
+ * rank can be rejoined. */
+xccl_status xccl_peer_declare_dead(xccl_comm *comm, int peer);
+
+/* Heartbeats that mean progress (opt-in, per comm). With progress mode on,
+ * the heartbeat thread stops beating for this rank; the heartbeat is the
+ * time the application's loop last called xccl_comm_progress() (or sat in
+ * an XCCL wait, which is bounded). A loop that stops (hung, spinning, or the
+ * process SIGSTOPped) shows as a stale heartbeat, reported as "hung" by
+ * peers heartbeat_timeout_ms later (xccl_config). The loop must call
+ * xccl_comm_progress more often than that, also inside long computations.
+ * xccl_comm_progress is cheap (a clock read and a store) and returns
+ * XCCL_ERR_PEER naming this rank if it was declared dead or replaced. */
+void xccl_comm_set_progress_mode(xccl_comm *comm, int on);
+xccl_status xccl_comm_progress(xccl_comm *comm);
+
+/* A supervisor's view of a rank, from the segment it created (no attach). */
+typedef struct xccl_rank_info {
+    uint32_t state;            /* XCCL_RANK_* (an attach under way reads FREE) */
+    uint32_t incarnation;      /* 0: never attached */
+    uint32_t role;
+    int32_t pid;
+    uint64_t heartbeat_age_ms; /* since the last beat */
+    int progress_mode;         /* the heartbeat means loop progress */
+    int hung;                  /* ACTIVE with a heartbeat older than heartbeat_timeout_ms */
+    int pid_gone;              /* ACTIVE or DEAD, and its process no longer runs */
+} xccl_rank_info;
+xccl_status xccl_segment_rank_info(const xccl_segment *seg, int rank, xccl_rank_info *out);
+/* Declare incarnation `incarnation` of rank (0: whichever holds it now)
+ * dead, if it is still ACTIVE; wakes every rank so that their waits on it
+ * fail at once. XCCL_ERR_PEER if that incarnation no longer holds the rank
+ * as ACTIVE. */
+xccl_status xccl_segment_declare_dead(xccl_segment *seg, int rank, uint32_t incarnation);
 
 /* ------------------------------------------------------------------------ */
 /* TCP transport: the same send/recv/collective/dispatch API over sockets.   */

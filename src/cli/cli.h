@@ -14,6 +14,5 @@ int cli_serve(int argc, char **argv);
 int cli_bench_serve(int argc, char **argv);
 int cli_upcycle(int argc, char **argv);
 int cli_bench_model(int argc, char **argv);
-int cli_worker(int argc, char **argv);
 
 #endif

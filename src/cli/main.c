@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "deploy/worker.h"
 
 typedef struct {
     const char *name;
@@ -18,7 +19,7 @@ static const cli_cmd cmds[] = {
     {"serve", cli_serve, "OpenAI-compatible HTTP server (continuous batching engine)"},
     {"bench-serve", cli_bench_serve, "load generator for any OpenAI-compatible server"},
     {"upcycle", cli_upcycle, "turn a dense llama GGUF into an exact mixture of experts"},
-    {"worker", cli_worker, "internal: one process of a disaggregated deployment (started by serve)"},
+    {"worker", xds_deploy_worker_main, "internal: one process of a disaggregated deployment (started by serve)"},
     {"bench-model", cli_bench_model, "write a random-weight MoE benchmark model with real layer shapes"},
 };
 

@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,7 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "cli/cli.h"
-#include "cli/serve_deploy.h"
+#include "deploy/supervisor.h"
 #include "engine/engine.h"
 #include "format/weights.h"
 #include "model/model.h"
@@ -109,7 +110,7 @@ int cli_serve(int argc, char **argv) {
     xds_server_opts so = xds_server_opts_default();
     xds_engine_opts eo = xds_engine_opts_default();
     long ctx = 0, shutdown_timeout = 60, v;
-    serve_deploy dep; /* disaggregated deployment (cli/serve_deploy.c); unused without its flags */
+    serve_deploy dep; /* disaggregated deployment (deploy/supervisor.c); unused without its flags */
     serve_deploy_init(&dep);
     int dep_n;
     for (int i = 1; i < argc; i++) {
@@ -246,40 +247,43 @@ int cli_serve(int argc, char **argv) {
         fprintf(stderr, "xds serve: warning: --ctx %ld is beyond the model's trained context %d\n", ctx, model_ctx);
     }
     eo.max_ctx = (int)ctx;
-    dep.argc = argc, dep.argv = argv, dep.port = so.port;
-    if (dep.frontend_mode) { /* front-end k >= 1 of a deployment: no engine of its own */
-        if (dep.enabled) {
-            fprintf(stderr, "xds serve: error: front-end mode takes no deployment flags\n");
+    dep.argc = argc, dep.argv = argv, dep.port = so.port, dep.drain_s = (double)shutdown_timeout;
+    if (dep.enabled && dep.frontend_mode) {
+        fprintf(stderr, "xds serve: error: front-end mode takes no deployment flags\n");
+        goto out;
+    }
+    if (dep.enabled) { /* the supervisor: every role runs in a child; this process runs no model */
+        if ((st = serve_deploy_start(&dep, model, model_path, &eo)) != XDS_OK) {
+            fprintf(stderr, "xds serve: error: deployment: %s\n", xds_err_msg());
             goto out;
         }
+        xds_tokenizer_free(tok), tok = NULL;
+        xds_model_free(model), model = NULL;
+        printf("xds serve: deployment listening on http://%s%s%s:%d (supervisor pid %d, runs no model)\n",
+               strchr(so.host, ':') ? "[" : "", so.host, strchr(so.host, ':') ? "]" : "", dep.port, (int)getpid());
+        fflush(stdout);
+        serve_deploy_run(&dep, &sigs);
+        /* a second signal quits at once (the handler removes the shared memory and kills the children) */
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        serve_deploy_signalled(&dep);
+        pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
+        serve_deploy_stop(&dep);
+        rc = 0;
+        goto out;
+    }
+    if (dep.frontend_mode) { /* front-end of a deployment: no engine of its own */
         if ((st = serve_deploy_frontend(&dep, model, (int)ctx, eo.kv_block_size, &so.engine_ops)) != XDS_OK) {
             fprintf(stderr, "xds serve: error: front-end: %s\n", xds_err_msg());
             goto out;
         }
-        so.topology_json = dep.topology_json;
+        so.topology_fn = serve_deploy_topology_get;
+        so.topology_user = &dep;
         so.reuse_port = 1;
-    }
-    if (dep.enabled && (st = serve_deploy_start(&dep, model, model_path, &eo)) != XDS_OK) {
-        fprintf(stderr, "xds serve: error: deployment: %s\n", xds_err_msg());
-        goto out;
-    }
-    /* group 0 runs every unit, or with expert workers all but the routed experts */
-    if (dep.enabled && (st = dep.experts == 0 ? xds_model_repack(model) : xds_model_repack_units(model, 1, NULL)) !=
-                           XDS_OK) {
-        fprintf(stderr, "xds serve: error: %s\n", xds_err_msg());
-        goto out;
     }
     if (!dep.frontend_mode && (st = xds_engine_create(model, tok, &eo, &engine)) != XDS_OK) {
         fprintf(stderr, "xds serve: error: engine: %s\n", xds_err_msg());
         goto out;
-    }
-    if (dep.enabled && dep.frontends > 1) so.reuse_port = 1;
-    if (dep.enabled) {
-        if ((st = serve_deploy_topology(&dep, engine, &so.engine_ops)) != XDS_OK) {
-            fprintf(stderr, "xds serve: error: %s\n", xds_err_msg());
-            goto out;
-        }
-        so.topology_json = dep.topology_json;
     }
     name = served ? strdup(served) : serve_default_name(model_path);
     if (!name) {
@@ -308,7 +312,6 @@ int cli_serve(int argc, char **argv) {
      * a deployment's handler also removes its shared memory and workers. */
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    if (dep.enabled) serve_deploy_signalled(&dep);
     pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
     xds_server_quiesce(srv);
     if (!xds_server_wait_idle(srv, (double)shutdown_timeout)) {
@@ -323,9 +326,9 @@ out:
     if (srv) xds_server_stop(srv);
     serve_deploy_quiesce(&dep); /* no new requests from prefill instances into the engine */
     if (engine) xds_engine_free(engine, 1);
-    serve_deploy_stop(&dep); /* after the engine: its thread used rank 0 */
+    serve_deploy_stop(&dep);
     if (atomic_load(&dep.failed)) {
-        fprintf(stderr, "xds serve: error: a worker process died; the deployment was stopped\n");
+        fprintf(stderr, "xds serve: error: the deployment lost every process of a role; it was stopped\n");
         rc = 1;
     }
     if (tok) xds_tokenizer_free(tok);

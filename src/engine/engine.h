@@ -35,7 +35,7 @@ typedef struct xds_engine_opts {
     int max_ctx;           /* max prompt + output tokens per sequence */
     int enable_prefix_cache;
     /* Executor override (NULL: xds_model_forward on the engine's context).
-     * A disaggregated deployment passes engine/deploy.h's attention-side
+     * A disaggregated deployment passes deploy/expert.h's attention-side
      * executor (xds_deploy_forward_cb, user = the xds_deploy_attn). Called on
      * the engine thread only, with xds_model_forward's arguments. */
     xds_status (*forward)(void *user, struct xds_model_ctx *ctx, const struct xds_batch *b,
@@ -99,7 +99,7 @@ void xds_engine_free(xds_engine *e, int drain);
 xds_status xds_engine_submit(xds_engine *e, const int32_t *prompt, int n_prompt,
                              const xds_gen_params *params, xds_gen_cb cb, void *user,
                              uint64_t *req_id);
-/* Disaggregated prefill (engine/deploy_pd.h): a request whose prompt KV was
+/* Disaggregated prefill (deploy/pd.h): a request whose prompt KV was
  * computed elsewhere. Before a step feeds prompt positions [from, to) of it
  * (to <= n_prompt), the engine thread calls import with the KV cache and the
  * sequence's slot, whose block table already covers them; it returns how many

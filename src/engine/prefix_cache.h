@@ -61,7 +61,7 @@ int xds_prefix_cache_n_evictable(const xds_prefix_cache *pc);
 int xds_prefix_cache_n_cached(const xds_prefix_cache *pc);
 /* The chain hashes of the cached blocks (in block id order), up to cap of
  * them; returns the count written. For summaries published to other
- * processes (engine/pd_pick.h). */
+ * processes (deploy/pd_pick.h). */
 int xds_prefix_cache_hashes(const xds_prefix_cache *pc, uint64_t *out, int cap);
 /* The LRU list from least to most recent, up to cap ids; returns the count
  * written (for tests and debugging). */

@@ -881,6 +881,11 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
             if (q->route == ROUTE_METRICS) return srv_handle_metrics(q, c);
             if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
             if (q->route == ROUTE_TOPOLOGY) {
+                if (s->o.topology_fn) {
+                    char *t = s->o.topology_fn(s->o.topology_user);
+                    if (!t) return srv_fail(q, c, 503, NULL, "unavailable", "the deployment's topology is not available");
+                    return srv_send(q, c, 200, "application/json", t, strlen(t));
+                }
                 if (!s->o.topology_json)
                     return srv_fail(q, c, 404, NULL, "not_found", "no topology: this server is a single-process engine");
                 return srv_send(q, c, 200, "application/json", strdup(s->o.topology_json),

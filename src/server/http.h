@@ -99,6 +99,8 @@ typedef struct xds_server_opts {
     size_t max_body_bytes;   /* larger request bodies get 413 */
     size_t header_limit;     /* per-connection memory for headers (MHD pool) */
     const char *topology_json; /* GET /v1/topology body (borrowed; NULL: 404, single process) */
+    char *(*topology_fn)(void *user); /* or: a fresh body per request (malloc'ed; NULL: 503) */
+    void *topology_user;
     const xds_server_engine_ops *engine_ops; /* borrowed; NULL: the engine is called directly */
     int reuse_port;          /* SO_REUSEPORT: several processes serve one port (a deployment's front-ends) */
 } xds_server_opts;

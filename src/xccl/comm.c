@@ -2,10 +2,13 @@
  * comm.c — attach to / detach from a segment, the rank table, groups.
  *
  * Attach validates the header before trusting any field, then claims the
- * rank: pid, role and a first heartbeat are written before state becomes
- * ACTIVE (release). A failed attach unmaps and closes everything and leaves
- * the rank table untouched. Detach marks the rank LEFT so that peers waiting
- * on it fail at once instead of at their deadline.
+ * rank with one CAS of its {incarnation, state} word to {incarnation + 1,
+ * CLAIMING} (a rank that is FREE, LEFT, DEAD, or ACTIVE with its process
+ * gone: a rejoin); pid, role and a first heartbeat are written before the
+ * word becomes {incarnation + 1, ACTIVE} (release). A failed attach unmaps
+ * and closes everything and restores the word. Detach marks the rank LEFT
+ * (only while this incarnation still holds it) so that peers waiting on it
+ * fail at once instead of at their deadline.
  *
  * Groups carry an epoch; the sequence numbers of their collectives and
  * dispatches are (epoch << 40 | counter), so a new group formed by survivors
@@ -111,30 +114,39 @@ static xccl_status attach_fd_owned(xccl_comm **out, int fd, int rank, uint32_t r
     c->ranks = (xccl_rank_entry *)(base + h->off_ranks);
     c->meta = (xccl_meta *)(base + h->off_meta);
 
-    /* claim the rank */
+    /* claim the rank: FREE, LEFT, DEAD, or ACTIVE with a dead pid (nobody
+     * noticed yet). A previous holder that still runs (declared dead while
+     * hung and not yet killed) keeps it: it could still write into the
+     * rings. A zombie (killed, not yet reaped) counts as gone. */
     xccl_rank_entry *e = &c->ranks[rank];
-    uint32_t prev = atomic_load(&e->state);
-    if (prev == XCCL_RANK_ACTIVE) {
+    uint64_t prev = atomic_load(&e->sinc);
+    uint32_t pst = xccl_sinc_state(prev), pinc = xccl_sinc_inc(prev);
+    if (pst == XCCL_RANK_ACTIVE || pst == XCCL_RANK_DEAD) {
         int32_t pid = atomic_load(&e->pid);
-        if (pid > 0 && (kill(pid, 0) == 0 || errno != ESRCH)) {
-            s = xccl_err(XCCL_ERR_INVALID, "xccl attach %s: rank %d is held by live pid %d", what,
-                         rank, (int)pid);
+        if (pid > 0 && !xccl_pid_gone(pid)) {
+            s = xccl_err(XCCL_ERR_INVALID, "xccl attach %s: rank %d is held by %s pid %d (incarnation %u)%s", what,
+                         rank, pst == XCCL_RANK_ACTIVE ? "live" : "the dead-declared but still running", (int)pid,
+                         pinc, pst == XCCL_RANK_DEAD ? ": kill it first" : "");
             goto err_free;
         }
     }
-    if (prev == XCCL_RANK_CLAIMING || !atomic_compare_exchange_strong(&e->state, &prev, XCCL_RANK_CLAIMING)) {
+    if (pst == XCCL_RANK_CLAIMING ||
+        !atomic_compare_exchange_strong(&e->sinc, &prev, xccl_sinc(pinc + 1, XCCL_RANK_CLAIMING))) {
         s = xccl_err(XCCL_ERR_INVALID, "xccl attach %s: rank %d is being claimed concurrently", what,
                      rank);
         goto err_free;
     }
+    c->my_inc = pinc + 1;
+    c->peer_inc[rank] = c->my_inc;
     e->role = role;
     atomic_store(&e->pid, (int32_t)getpid());
     atomic_store(&e->heartbeat_ns, xccl_now_ns());
-    atomic_fetch_add(&e->attach_gen, 1);
+    atomic_store(&e->progress_mode, 0);
+    atomic_store(&e->err_seq, 0);
     for (int i = 0; i < XCCL_MAX_REGIONS; i++) atomic_store(&e->regions[i].id, 0);
     s = xccl_heartbeat_start(c);
     if (s) goto err_release;
-    atomic_store_explicit(&e->state, XCCL_RANK_ACTIVE, memory_order_release);
+    atomic_store_explicit(&e->sinc, xccl_sinc(c->my_inc, XCCL_RANK_ACTIVE), memory_order_release);
     for (int r = 0; r < c->size; r++)
         if (r != rank) xccl_wake(c, r);
     *out = c;
@@ -142,7 +154,7 @@ static xccl_status attach_fd_owned(xccl_comm **out, int fd, int rank, uint32_t r
 
 err_release:
     atomic_store(&e->pid, 0);
-    atomic_store(&e->state, prev);
+    atomic_store(&e->sinc, prev); /* the table as it was, incarnation included */
 err_free:
     free(c);
 err_unmap:
@@ -176,10 +188,16 @@ void xccl_comm_detach(xccl_comm *c) {
     if (c->base) {
         xccl_heartbeat_stop(c);
         xccl_rank_entry *e = &c->ranks[c->rank];
-        for (int i = 0; i < XCCL_MAX_REGIONS; i++) atomic_store(&e->regions[i].id, 0);
-        atomic_store_explicit(&e->state, XCCL_RANK_LEFT, memory_order_release);
-        for (int r = 0; r < c->size; r++)
-            if (r != c->rank) xccl_wake(c, r);
+        /* only while the entry is still this incarnation's (ACTIVE, or
+         * declared DEAD): a later holder's entry is left alone */
+        uint64_t w = atomic_load(&e->sinc);
+        if (xccl_sinc_inc(w) == c->my_inc) {
+            for (int i = 0; i < XCCL_MAX_REGIONS; i++) atomic_store(&e->regions[i].id, 0);
+            if (xccl_sinc_state(w) == XCCL_RANK_ACTIVE || xccl_sinc_state(w) == XCCL_RANK_DEAD)
+                atomic_compare_exchange_strong(&e->sinc, &w, xccl_sinc(c->my_inc, XCCL_RANK_LEFT));
+            for (int r = 0; r < c->size; r++)
+                if (r != c->rank) xccl_wake(c, r);
+        }
         munmap(c->base, c->bytes);
     }
     if (c->fd >= 0) close(c->fd);
@@ -197,6 +215,12 @@ int xccl_comm_rank(const xccl_comm *c) { return c->rank; }
 int xccl_comm_size(const xccl_comm *c) { return c->size; }
 const char *xccl_comm_transport(const xccl_comm *c) { return c->ops->name; }
 void xccl_comm_set_timeout(xccl_comm *c, uint32_t ms) { c->timeout_ns = (uint64_t)ms * 1000000ull; }
+uint32_t xccl_comm_get_timeout(const xccl_comm *c) { return (uint32_t)(c->timeout_ns / 1000000ull); }
+uint32_t xccl_peer_state(const xccl_comm *c, int peer) {
+    if (!c || !c->ranks || peer < 0 || peer >= c->size) return XCCL_RANK_FREE;
+    uint32_t st = xccl_sinc_state(atomic_load_explicit(&c->ranks[peer].sinc, memory_order_acquire));
+    return st == XCCL_RANK_CLAIMING ? XCCL_RANK_FREE : st;
+}
 
 /* --- groups -------------------------------------------------------------- */
 

@@ -33,6 +33,8 @@ static xccl_status need_shm(xccl_comm *c, const char *op) {
 xccl_status xccl_region_register_fd(xccl_region *out, int fd, size_t bytes, void *base, xccl_comm *c) {
     xccl_status s = need_shm(c, "region_register");
     if (s) return s;
+    s = xccl_self_check(c);
+    if (s) return s;
     if (bytes == 0) return xccl_err(XCCL_ERR_INVALID, "xccl region_register: zero-sized region");
     int slot = -1;
     for (int i = 0; i < XCCL_MAX_REGIONS; i++)
@@ -89,11 +91,16 @@ xccl_status xccl_region_alloc(xccl_region *out, size_t bytes, xccl_comm *c) {
     return s;
 }
 
+/* 1 while this comm's incarnation still owns its rank entry. */
+static int own_entry(xccl_comm *c) {
+    return c->ranks && xccl_sinc_inc(atomic_load(&c->ranks[c->rank].sinc)) == c->my_inc;
+}
+
 void xccl_region_deregister(xccl_comm *c, xccl_region *region) {
     for (int i = 0; i < XCCL_MAX_REGIONS; i++) {
         xccl_local_region *lr = &c->local_regions[i];
         if (!lr->id || lr->id != region->id) continue;
-        atomic_store_explicit(&c->ranks[c->rank].regions[i].id, 0, memory_order_release);
+        if (own_entry(c)) atomic_store_explicit(&c->ranks[c->rank].regions[i].id, 0, memory_order_release);
         if (lr->mapped_by_us) munmap(lr->base, lr->bytes);
         close(lr->fd);
         memset(lr, 0, sizeof *lr);
@@ -105,7 +112,7 @@ void xccl_regions_release(struct xccl_comm *c) {
     for (int i = 0; i < XCCL_MAX_REGIONS; i++) {
         xccl_local_region *lr = &c->local_regions[i];
         if (!lr->id) continue;
-        if (c->ranks) atomic_store(&c->ranks[c->rank].regions[i].id, 0);
+        if (own_entry(c)) atomic_store(&c->ranks[c->rank].regions[i].id, 0);
         if (lr->mapped_by_us) munmap(lr->base, lr->bytes);
         close(lr->fd);
         memset(lr, 0, sizeof *lr);
@@ -116,6 +123,14 @@ void xccl_regions_release(struct xccl_comm *c) {
             if (pr->gen && pr->base) munmap(pr->base, pr->bytes);
             memset(pr, 0, sizeof *pr);
         }
+}
+
+void xccl_regions_forget_peer(struct xccl_comm *c, int p) {
+    for (int i = 0; i < XCCL_MAX_REGIONS; i++) {
+        xccl_peer_region *pr = &c->peer_regions[p][i];
+        if (pr->gen && pr->base) munmap(pr->base, pr->bytes);
+        memset(pr, 0, sizeof *pr);
+    }
 }
 
 /* Find (mapping if needed) peer's region id: its mapping and size. */
@@ -152,7 +167,11 @@ static xccl_status region_map(uint8_t **base, size_t *size, xccl_comm *c, int pe
             if (pr->base) munmap(pr->base, pr->bytes);
             memset(pr, 0, sizeof *pr);
             char path[64];
-            snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)atomic_load(&pe->pid), fd);
+            int32_t pid = xccl_peer_pid(c, peer);
+            if (pid <= 0 || atomic_load_explicit(&e->id, memory_order_acquire) != id)
+                return xccl_err_peer(XCCL_ERR_PEER, peer, "xccl %s: rank %d restarted or dropped region %u", op,
+                                     peer, id);
+            snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)pid, fd);
             int d = open(path, O_RDWR | O_CLOEXEC);
             if (d < 0)
                 return xccl_err_peer(XCCL_ERR_IO, peer, "xccl %s: open %s (rank %d region %u): %s", op,

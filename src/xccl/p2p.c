@@ -12,6 +12,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { REQ_IDLE = 0, REQ_QUEUED = 1, REQ_DONE = 2, REQ_FAILED = 3 };
 enum { KIND_SEND = 1, KIND_RECV = 2 };
@@ -26,6 +27,9 @@ static xccl_status post(xccl_comm *c, int peer, void *buf, size_t len, xccl_requ
     if (c->pair_broken[peer])
         return xccl_err_peer(XCCL_ERR_PEER, peer, "xccl: pair with rank %d is broken by an earlier failure",
                              peer);
+    xccl_status s = xccl_self_check(c);
+    if (!s) s = xccl_inc_check(c, peer);
+    if (s) return s; /* an operation with an incarnation that is over */
     memset(req, 0, sizeof *req);
     req->buf_ = buf;
     req->len_ = len;
@@ -221,5 +225,97 @@ xccl_status xccl_recv(size_t *len_out, void *buf, size_t cap, xccl_comm *c, int 
     s = xccl_wait(c, &req);
     if (s) return s;
     if (len_out) *len_out = req.msg_len_;
+    return XCCL_OK;
+}
+
+/* --- rejoin ---------------------------------------------------------------- */
+
+static void fail_queue(xccl_comm *c, xccl_request **head, xccl_request **tail) {
+    while (*head) {
+        xccl_request *r = *head;
+        if ((r->done_ || r->aux_ || r->aux2_) && c->ops->abort) c->ops->abort(c, r);
+        *head = r->next_;
+        r->next_ = NULL;
+        r->state_ = REQ_FAILED;
+        r->status_ = XCCL_ERR_PEER;
+    }
+    *tail = NULL;
+}
+
+xccl_status xccl_peer_reset(xccl_comm *c, int peer) {
+    if (!c || peer < 0 || peer >= c->size)
+        return xccl_err(XCCL_ERR_INVALID, "xccl peer_reset: peer %d out of range", peer);
+    if (peer == c->rank) return xccl_err(XCCL_ERR_INVALID, "xccl peer_reset: rank %d is this rank", peer);
+    if (c->ops != &xccl_shm_ops)
+        return xccl_err(XCCL_ERR_INVALID, "xccl peer_reset: rejoin needs the shm transport");
+    xccl_status s = xccl_self_check(c);
+    if (s) return s;
+    xccl_rank_entry *e = &c->ranks[peer];
+    (void)xccl_inc_check(c, peer); /* a peer never talked to: adopt its holder first */
+    uint64_t w = atomic_load_explicit(&e->sinc, memory_order_acquire);
+    uint32_t inc = xccl_sinc_inc(w), st = xccl_sinc_state(w);
+    if (inc == c->peer_inc[peer] && st == XCCL_RANK_ACTIVE) {
+        /* the incarnation we know still holds the rank: only if it is
+         * really gone (pid) may we drop the pair */
+        s = xccl_shm_peer_check(c, peer);
+        w = atomic_load_explicit(&e->sinc, memory_order_acquire);
+        if (xccl_sinc_inc(w) == inc && xccl_sinc_state(w) == XCCL_RANK_ACTIVE)
+            return xccl_err_peer(XCCL_ERR_INVALID, peer,
+                                 "xccl peer_reset: rank %d (incarnation %u) %s: it has not restarted and was not "
+                                 "declared dead (xccl_peer_declare_dead)", peer, inc,
+                                 s ? "is hung" : "is alive");
+        inc = xccl_sinc_inc(w);
+        st = xccl_sinc_state(w);
+    }
+    /* drop everything of the old incarnation on this side */
+    fail_queue(c, &c->sq_head[peer], &c->sq_tail[peer]);
+    fail_queue(c, &c->rq_head[peer], &c->rq_tail[peer]);
+    c->pair_broken[peer] = 0;
+    c->cma_off[peer] = 0;
+    c->push_off[peer] = 0;
+    c->send_seq[peer] = 0;
+    c->coop_seq[peer] = 0;
+    c->coop_src[peer] = 0;
+    c->coop_region[peer] = 0;
+    c->coop_rchunk[peer] = 0;
+    xccl_regions_forget_peer(c, peer);
+    for (int b = 0; b < 2; b++) { /* buffers it read count as released */
+        c->moe_send_mask[b] &= ~(1ull << peer);
+        c->moe_recv_mask[b] &= ~(1ull << peer);
+        c->coll_buf_mask[b] &= ~(1ull << peer);
+    }
+    if (c->pidfd[peer] >= 0) close(c->pidfd[peer]);
+    c->pidfd[peer] = -1;
+    c->pidfd_pid[peer] = 0;
+    if (st == XCCL_RANK_ACTIVE && inc != c->peer_inc[peer]) {
+        c->peer_inc[peer] = inc; /* the newcomer */
+        return XCCL_OK;
+    }
+    static const char *const names[] = {"free", "active", "left", "dead", "being claimed"};
+    return xccl_err_peer(XCCL_ERR_PEER, peer, "xccl peer_reset: rank %d has not rejoined yet (%s, incarnation %u)",
+                         peer, st < 5 ? names[st] : "?", inc);
+}
+
+uint32_t xccl_peer_incarnation(const xccl_comm *c, int peer) {
+    if (!c || !c->ranks || peer < 0 || peer >= c->size) return 0;
+    return c->peer_inc[peer];
+}
+
+uint32_t xccl_comm_incarnation(const xccl_comm *c) {
+    return c ? c->my_inc : 0;
+}
+
+xccl_status xccl_peer_declare_dead(xccl_comm *c, int peer) {
+    if (!c || peer < 0 || peer >= c->size || peer == c->rank)
+        return xccl_err(XCCL_ERR_INVALID, "xccl peer_declare_dead: bad peer %d", peer);
+    if (c->ops != &xccl_shm_ops)
+        return xccl_err(XCCL_ERR_INVALID, "xccl peer_declare_dead: needs the shm transport");
+    xccl_rank_entry *e = &c->ranks[peer];
+    uint32_t inc = c->peer_inc[peer];
+    if (!inc) inc = xccl_sinc_inc(atomic_load(&e->sinc));
+    uint64_t want = xccl_sinc(inc, XCCL_RANK_ACTIVE);
+    atomic_compare_exchange_strong(&e->sinc, &want, xccl_sinc(inc, XCCL_RANK_DEAD));
+    for (int r = 0; r < c->size; r++)
+        if (r != c->rank) xccl_wake(c, r);
     return XCCL_OK;
 }

@@ -300,3 +300,47 @@ xccl_status xccl_fd_recv(int sock, int *fd_out) {
     *fd_out = fd;
     return XCCL_OK;
 }
+
+/* --- supervisor view of the rank table ------------------------------------ */
+
+static xccl_rank_entry *seg_rank(const xccl_segment *seg, int rank) {
+    const xccl_seg_header *h = seg->base;
+    if (rank < 0 || (uint32_t)rank >= h->num_ranks) return NULL;
+    return (xccl_rank_entry *)((uint8_t *)seg->base + h->off_ranks) + rank;
+}
+
+xccl_status xccl_segment_rank_info(const xccl_segment *seg, int rank, xccl_rank_info *out) {
+    xccl_rank_entry *e = seg ? seg_rank(seg, rank) : NULL;
+    if (!e || !out) return xccl_err(XCCL_ERR_INVALID, "xccl rank_info: rank %d out of range", rank);
+    xccl_rank_info r = {0};
+    int32_t pid = atomic_load(&e->pid);
+    uint64_t w = atomic_load(&e->sinc), hb = atomic_load(&e->heartbeat_ns), now = xccl_now_ns();
+    r.state = xccl_sinc_state(w);
+    if (r.state == XCCL_RANK_CLAIMING) r.state = XCCL_RANK_FREE; /* an attach under way: not up yet */
+    r.incarnation = xccl_sinc_inc(w);
+    r.role = e->role;
+    r.pid = pid;
+    r.progress_mode = (int)atomic_load(&e->progress_mode);
+    r.heartbeat_age_ms = hb && now > hb ? (now - hb) / 1000000ull : 0;
+    const xccl_seg_header *h = seg->base;
+    r.hung = r.state == XCCL_RANK_ACTIVE && r.heartbeat_age_ms > h->heartbeat_timeout_ms;
+    r.pid_gone = (r.state == XCCL_RANK_ACTIVE || r.state == XCCL_RANK_DEAD) && xccl_pid_gone(pid);
+    *out = r;
+    return XCCL_OK;
+}
+
+xccl_status xccl_segment_declare_dead(xccl_segment *seg, int rank, uint32_t incarnation) {
+    xccl_rank_entry *e = seg ? seg_rank(seg, rank) : NULL;
+    if (!e) return xccl_err(XCCL_ERR_INVALID, "xccl declare_dead: rank %d out of range", rank);
+    uint64_t w = atomic_load(&e->sinc);
+    if (!incarnation) incarnation = xccl_sinc_inc(w);
+    if (xccl_sinc_inc(w) != incarnation || xccl_sinc_state(w) != XCCL_RANK_ACTIVE)
+        return xccl_err_peer(XCCL_ERR_PEER, rank,
+                             "xccl declare_dead: rank %d incarnation %u does not hold it (incarnation %u, state %u)",
+                             rank, incarnation, xccl_sinc_inc(w), xccl_sinc_state(w));
+    if (!atomic_compare_exchange_strong(&e->sinc, &w, xccl_sinc(incarnation, XCCL_RANK_DEAD)))
+        return xccl_err_peer(XCCL_ERR_PEER, rank, "xccl declare_dead: rank %d changed state meanwhile", rank);
+    const xccl_seg_header *h = seg->base;
+    for (uint32_t r = 0; r < h->num_ranks; r++) xccl_wake_entry(seg_rank(seg, (int)r));
+    return XCCL_OK;
+}

@@ -54,6 +54,18 @@
  * of them sees the other). A dead peer is reported by the wait that
  * notices it (xccl_wait_cond), naming it. At most one rendezvous per pair is
  * open (requests of a pair progress in order).
+ *
+ * Incarnations: every slot carries the sender's incarnation and the receiver
+ * incarnation it was addressed to (0 before the sender saw any holder). The
+ * receiver drops, at a message boundary, a slot from an earlier incarnation
+ * of the sender or addressed to an earlier incarnation of itself (consuming
+ * it, so the ring indices, which live in the segment, simply continue across
+ * incarnations), and fails on a slot of a later sender incarnation (the
+ * peer restarted: xccl_peer_reset first). The rendezvous number is the RNDV
+ * slot's ring position + 1, known to both sides and never repeated, so the
+ * COOP words and answers of an old incarnation never match a new one. Kernel
+ * copies use the pid of the incarnation the comm talks to (xccl_peer_pid),
+ * never a later holder's.
  */
 #define _GNU_SOURCE
 #include "xccl_internal.h"
@@ -178,7 +190,8 @@ static void coop_drain(struct xccl_comm *c, int p, xccl_meta *k, uint64_t tag, i
         got += f >> 32 == tag;
         if (got >= (uint64_t)claimed) return;
         if (xccl_now_ns() - t0 > 1000000000ull) return;
-        if (atomic_load(&c->ranks[p].state) != XCCL_RANK_ACTIVE) return;
+        uint64_t w = atomic_load(&c->ranks[p].sinc);
+        if (xccl_sinc_state(w) != XCCL_RANK_ACTIVE || xccl_sinc_inc(w) != c->peer_inc[p]) return;
         int32_t pid = atomic_load(&c->ranks[p].pid);
         if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) return;
         struct timespec ts = {0, 20000};
@@ -192,12 +205,14 @@ static void coop_drain(struct xccl_comm *c, int p, xccl_meta *k, uint64_t tag, i
 static int coop_copy_chunk(struct xccl_comm *c, int p, int push, uint8_t *local, uint64_t remote, int region,
                            uint64_t i, uint64_t len, size_t chunk) {
     size_t off = (size_t)(i * chunk), l = (size_t)(len - off) < chunk ? (size_t)(len - off) : chunk;
-    if (push) return cma_copy(atomic_load(&c->ranks[p].pid), local + off, remote + off, l, 1);
-    if (region) {
+    if (region && !push) {
         xccl_copy(local + off, (const uint8_t *)(uintptr_t)remote + off, l, (size_t)len);
         return 0;
     }
-    return cma_copy(atomic_load(&c->ranks[p].pid), local + off, remote + off, l, 0);
+    /* never a kernel copy into / out of a later holder of the rank */
+    int32_t pid = xccl_peer_pid(c, p);
+    if (pid <= 0) return ESRCH;
+    return cma_copy(pid, local + off, remote + off, l, push);
 }
 
 static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int *done) {
@@ -206,9 +221,13 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
     uint8_t *ring = xccl_ring_at(c, c->rank, p);
     const uint32_t nslots = c->hdr->num_slots, sb = c->hdr->slot_bytes;
     const size_t payload = sb - XCCL_SLOT_HDR;
+    xccl_status cs = xccl_self_check(c);
+    if (!cs) cs = xccl_inc_check(c, p);
+    if (cs) return cs;
     uint64_t tail = atomic_load_explicit(&m->prod, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&m->cons, memory_order_acquire);
     const uint8_t *buf = req->buf_;
+    const uint32_t src_inc = c->my_inc, dst_inc = c->peer_inc[p];
 
     uint32_t rid = 0;
     size_t roff = 0;
@@ -226,10 +245,14 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
         h->chunk_len = sizeof d;
         h->flags = FLAG_FIRST | FLAG_RNDV;
         h->msg_seq = c->send_seq[p];
+        h->src_inc = src_inc;
+        h->dst_inc = dst_inc;
         memcpy(slot + XCCL_SLOT_HDR, &d, sizeof d);
         req->aux_ = S_FIRST | S_RNDV | (in_region ? S_REGION : 0u);
         if (!c->cma_on || !c->coop_push || c->push_off[p]) req->aux_ |= S_NOPUSH;
-        req->aux2_ = ++c->rndv_sent[p];
+        /* the rendezvous number is the slot's ring position + 1: both sides
+         * know it, and it never repeats across incarnations of either */
+        req->aux2_ = tail + 1;
         atomic_store_explicit(&m->prod, tail + 1, memory_order_release);
         xccl_wake(c, p);
         return XCCL_OK;
@@ -295,6 +318,8 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
         h->chunk_len = (uint32_t)chunk;
         h->flags = (req->aux_ & S_FIRST) ? 0u : FLAG_FIRST;
         h->msg_seq = c->send_seq[p];
+        h->src_inc = src_inc;
+        h->dst_inc = dst_inc;
         if (chunk) xccl_copy(slot + XCCL_SLOT_HDR, buf + req->done_, chunk, chunk);
         req->done_ += chunk;
         req->aux_ |= S_FIRST;
@@ -311,10 +336,10 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
     return XCCL_OK;
 }
 
-/* Answer a rendezvous: result RNDV_OK / RNDV_NACK. */
+/* Answer the rendezvous open from p: result RNDV_OK / RNDV_NACK. */
 static void rndv_answer(struct xccl_comm *c, int p, xccl_meta *m, uint64_t result) {
     m->cons_aux[1] = result;
-    atomic_store_explicit(aux_atomic(&m->cons_aux[0]), ++c->rndv_seen[p], memory_order_release);
+    atomic_store_explicit(aux_atomic(&m->cons_aux[0]), c->coop_seq[p], memory_order_release);
 }
 
 /* Receiver: copy chunks of the open cooperative rendezvous from p until none
@@ -325,7 +350,7 @@ static int coop_recv_step(struct xccl_comm *c, xccl_request *req) {
     int p = req->peer_;
     xccl_meta *k = xccl_meta_at(c, p, c->rank, XCCL_CH_COOP);
     const size_t chunk = c->coop_rchunk[p];
-    const uint64_t tag = coop_tag(c->rndv_seen[p] + 1), n = coop_nchunks(req->msg_len_, chunk);
+    const uint64_t tag = coop_tag(c->coop_seq[p]), n = coop_nchunks(req->msg_len_, chunk);
     uint8_t *buf = req->buf_;
     int64_t i;
     while ((i = coop_claim(k, tag, n, 1, 0)) >= 0) {
@@ -373,7 +398,7 @@ static void shm_abort(struct xccl_comm *c, xccl_request *req) {
         coop_drain(c, p, k, tag, coop_stop(k, tag));
     } else if (req->aux2_ & R_COOP) {
         xccl_meta *k = xccl_meta_at(c, p, c->rank, XCCL_CH_COOP);
-        uint64_t tag = coop_tag(c->rndv_seen[p] + 1);
+        uint64_t tag = coop_tag(c->coop_seq[p]);
         coop_drain(c, p, k, tag, coop_stop(k, tag));
         req->aux2_ = 0;
     }
@@ -392,11 +417,14 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
     uint8_t *ring = xccl_ring_at(c, p, c->rank);
     const uint32_t nslots = c->hdr->num_slots, sb = c->hdr->slot_bytes;
     const size_t payload = sb - XCCL_SLOT_HDR;
+    xccl_status s = xccl_inc_check(c, p);
+    if (s) return s;
+    if (p != c->rank && !c->peer_inc[p] && !(req->aux2_ & R_COOP))
+        return XCCL_OK; /* no holder of p adopted yet (first one still attaching): wait */
     uint64_t head = atomic_load_explicit(&m->cons, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&m->prod, memory_order_acquire);
     uint8_t *buf = req->buf_;
     int moved = 0;
-    xccl_status s = XCCL_OK;
     for (;;) {
         if (req->aux2_ & R_COOP) { /* cooperative rendezvous at the ring head */
             int r = coop_recv_step(c, req);
@@ -432,6 +460,25 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
         const xccl_slot_hdr *h = (const xccl_slot_hdr *)slot;
         uint64_t msg_len = h->msg_len, off = h->offset;
         uint32_t chunk = h->chunk_len, flags = h->flags;
+        /* incarnation tags: a slot from an earlier incarnation of p, or
+         * addressed to an earlier incarnation of this rank, is dropped; one
+         * from a later incarnation of p means p restarted under us */
+        int stale = (h->dst_inc && h->dst_inc != c->my_inc) || h->src_inc < c->peer_inc[p];
+        if (!stale && h->src_inc != c->peer_inc[p]) {
+            s = xccl_err_peer(XCCL_ERR_PEER, p, "rank %d restarted (incarnation %u, this rank talked to %u): call "
+                              "xccl_peer_reset", p, h->src_inc, c->peer_inc[p]);
+            break;
+        }
+        if (stale) {
+            if (req->aux_) {
+                s = xccl_err_peer(XCCL_ERR_PEER, p, "ring from rank %d: a stale slot inside a message", p);
+                break;
+            }
+            head++;
+            atomic_store_explicit(&m->cons, head, memory_order_release);
+            moved = 1;
+            continue;
+        }
         if (!req->aux_) {
             if (!(flags & FLAG_FIRST) || off != 0) {
                 s = xccl_err_peer(XCCL_ERR_PEER, p, "ring from rank %d out of sync (chunk at %llu)", p,
@@ -462,7 +509,8 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
                 c->coop_rchunk[p] = coop_chunk_len(c, msg_len, d.region != 0);
                 c->coop_src[p] = src ? (uint64_t)(uintptr_t)src : d.addr;
                 /* open the chunks, then post our buffer (release) */
-                const uint64_t seq = c->rndv_seen[p] + 1, tag = coop_tag(seq);
+                const uint64_t seq = head + 1, tag = coop_tag(seq); /* ring position + 1 */
+                c->coop_seq[p] = seq;
                 xccl_meta *k = xccl_meta_at(c, p, c->rank, XCCL_CH_COOP);
                 atomic_store_explicit(&k->cons, coop_word(tag, 0), memory_order_relaxed);
                 atomic_store_explicit(&k->prod, coop_word(tag, 0), memory_order_seq_cst);

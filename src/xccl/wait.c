@@ -9,10 +9,19 @@
  * the doorbell and wakes it. Either the waiter sees the data or the producer
  * sees the sleeper.
  *
- * Liveness: the cheap state field is read on every wake-up; the pidfd poll
- * (or kill(pid,0) where pidfds are missing) and the heartbeat age are checked
- * every XCCL_LIVENESS_NS while sleeping, so a dead peer is reported within a
- * few milliseconds of its death.
+ * Liveness: the cheap state word {incarnation, state} is read on every
+ * wake-up; the pidfd poll (or kill(pid,0) where pidfds are missing) and the
+ * heartbeat age are checked every XCCL_LIVENESS_NS while sleeping, so a dead
+ * peer is reported within a few milliseconds of its death. A peer whose
+ * incarnation differs from the one this comm talks to has restarted: an error
+ * until xccl_peer_reset accepts it. A detector marks only the incarnation it
+ * checked DEAD (one CAS on the word), never a newcomer. The waiting rank also
+ * checks its own word (declared dead: fail) and, in progress mode, beats.
+ *
+ * Heartbeats: a thread per comm stores the time every heartbeat_ms; in
+ * progress mode it stops, and the application's xccl_comm_progress (and
+ * XCCL's own bounded waits) store it instead, so the heartbeat age is the
+ * age of the loop's last progress.
  */
 #define _GNU_SOURCE
 #include "xccl_internal.h"
@@ -22,6 +31,7 @@
 #include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdio.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -44,9 +54,7 @@ static void futex_wake(_Atomic uint32_t *w) {
     syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-void xccl_wake(struct xccl_comm *c, int r) {
-    if (!c->ranks) return;
-    xccl_rank_entry *e = &c->ranks[r];
+void xccl_wake_entry(xccl_rank_entry *e) {
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&e->sleepers, memory_order_relaxed)) {
         atomic_fetch_add_explicit(&e->doorbell, 1, memory_order_seq_cst);
@@ -54,26 +62,87 @@ void xccl_wake(struct xccl_comm *c, int r) {
     }
 }
 
+void xccl_wake(struct xccl_comm *c, int r) {
+    if (!c->ranks) return;
+    xccl_wake_entry(&c->ranks[r]);
+}
+
 void xccl_wake_group(struct xccl_comm *c, const struct xccl_group *g) {
     for (int i = 0; i < g->n; i++)
         if (g->ranks[i] != c->rank) xccl_wake(c, g->ranks[i]);
 }
 
-static xccl_status peer_dead(struct xccl_comm *c, int p, const char *why) {
+int xccl_pid_gone(int32_t pid) {
+    if (pid <= 0) return 1;
+    if (kill(pid, 0) != 0) return errno == ESRCH;
+    /* a zombie (killed, not yet reaped) runs no more */
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X');
+}
+
+xccl_status xccl_self_check(struct xccl_comm *c) {
+    if (!c->ranks) return XCCL_OK;
+    uint64_t w = atomic_load_explicit(&c->ranks[c->rank].sinc, memory_order_acquire);
+    if (xccl_sinc_inc(w) == c->my_inc && xccl_sinc_state(w) == XCCL_RANK_ACTIVE) return XCCL_OK;
+    if (xccl_sinc_inc(w) != c->my_inc)
+        return xccl_err_peer(XCCL_ERR_PEER, c->rank,
+                             "rank %d (this process, incarnation %u) was replaced by incarnation %u", c->rank,
+                             c->my_inc, xccl_sinc_inc(w));
+    return xccl_err_peer(XCCL_ERR_PEER, c->rank, "rank %d (this process, incarnation %u) was declared dead",
+                         c->rank, c->my_inc);
+}
+
+/* Adopt or compare p's incarnation, given a read of its sinc word. */
+static xccl_status inc_match(struct xccl_comm *c, int p, uint64_t w) {
+    uint32_t inc = xccl_sinc_inc(w);
+    if (inc == c->peer_inc[p]) return XCCL_OK;
+    if (c->peer_inc[p] == 0) { /* first contact: adopt the holder we find (not one still claiming) */
+        if (inc && xccl_sinc_state(w) != XCCL_RANK_CLAIMING) c->peer_inc[p] = inc;
+        return XCCL_OK;
+    }
+    return xccl_err_peer(XCCL_ERR_PEER, p,
+                         "rank %d restarted (incarnation %u, this rank talked to %u): call xccl_peer_reset", p, inc,
+                         c->peer_inc[p]);
+}
+
+xccl_status xccl_inc_check(struct xccl_comm *c, int p) {
+    if (!c->ranks || p == c->rank) return XCCL_OK;
+    return inc_match(c, p, atomic_load_explicit(&c->ranks[p].sinc, memory_order_acquire));
+}
+
+int32_t xccl_peer_pid(struct xccl_comm *c, int p) {
+    int32_t pid = atomic_load_explicit(&c->ranks[p].pid, memory_order_seq_cst);
+    /* a newcomer CASes sinc (new incarnation) before it stores its pid */
+    uint64_t w = atomic_load_explicit(&c->ranks[p].sinc, memory_order_seq_cst);
+    if (c->peer_inc[p] && xccl_sinc_inc(w) != c->peer_inc[p]) return -1;
+    return pid;
+}
+
+/* Mark incarnation `w` of p DEAD (only that one: a CAS on the pair). */
+static xccl_status peer_dead(struct xccl_comm *c, int p, uint64_t w, int32_t pid, const char *why) {
     xccl_rank_entry *e = &c->ranks[p];
-    uint32_t st = XCCL_RANK_ACTIVE;
-    atomic_compare_exchange_strong(&e->state, &st, XCCL_RANK_DEAD);
+    uint64_t want = xccl_sinc(xccl_sinc_inc(w), XCCL_RANK_ACTIVE);
+    atomic_compare_exchange_strong(&e->sinc, &want, xccl_sinc(xccl_sinc_inc(w), XCCL_RANK_DEAD));
     /* wake everyone so that their waits re-check the table at once */
     for (int r = 0; r < c->size; r++)
         if (r != c->rank && r != p) xccl_wake(c, r);
-    return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d (pid %d) %s", p,
-                         (int)atomic_load(&e->pid), why);
+    return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d (pid %d) %s", p, (int)pid, why);
 }
 
-/* Cheap check: the rank table state only. allow_free: a never-attached
+/* Cheap check: the rank table word only. allow_free: a never-attached
  * peer is "not yet", not an error. */
 static xccl_status state_check(struct xccl_comm *c, int p, int allow_free) {
-    uint32_t st = atomic_load_explicit(&c->ranks[p].state, memory_order_acquire);
+    uint64_t w = atomic_load_explicit(&c->ranks[p].sinc, memory_order_acquire);
+    xccl_status s = inc_match(c, p, w);
+    if (s) return s;
+    uint32_t st = xccl_sinc_state(w);
     switch (st) {
     case XCCL_RANK_ACTIVE: return XCCL_OK;
     case XCCL_RANK_LEFT: return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d left the segment", p);
@@ -90,8 +159,10 @@ static xccl_status full_check(struct xccl_comm *c, int p, int allow_free) {
     xccl_status s = state_check(c, p, allow_free);
     if (s) return s;
     xccl_rank_entry *e = &c->ranks[p];
-    if (atomic_load_explicit(&e->state, memory_order_acquire) != XCCL_RANK_ACTIVE) return XCCL_OK;
-    int32_t pid = atomic_load_explicit(&e->pid, memory_order_acquire);
+    int32_t pid = atomic_load_explicit(&e->pid, memory_order_seq_cst);
+    uint64_t w = atomic_load_explicit(&e->sinc, memory_order_seq_cst);
+    if (xccl_sinc_state(w) != XCCL_RANK_ACTIVE) return XCCL_OK;
+    if (xccl_sinc_inc(w) != c->peer_inc[p]) return inc_match(c, p, w);
     if (pid <= 0) return XCCL_OK;
     if (c->pidfd_pid[p] != pid) {
         if (c->pidfd[p] >= 0) close(c->pidfd[p]);
@@ -99,19 +170,21 @@ static xccl_status full_check(struct xccl_comm *c, int p, int allow_free) {
         c->pidfd_pid[p] = pid;
         int fd = (int)syscall(SYS_pidfd_open, pid, 0);
         if (fd >= 0) c->pidfd[p] = fd;
-        else if (errno == ESRCH) return peer_dead(c, p, "is gone");
+        else if (errno == ESRCH) return peer_dead(c, p, w, pid, "is gone");
     }
     if (c->pidfd[p] >= 0) {
         struct pollfd pfd = {.fd = c->pidfd[p], .events = POLLIN};
-        if (poll(&pfd, 1, 0) > 0) return peer_dead(c, p, "exited or was killed");
+        if (poll(&pfd, 1, 0) > 0) return peer_dead(c, p, w, pid, "exited or was killed");
     } else if (kill(pid, 0) != 0 && errno == ESRCH) {
-        return peer_dead(c, p, "is gone");
+        return peer_dead(c, p, w, pid, "is gone");
     }
     uint64_t hb = atomic_load_explicit(&e->heartbeat_ns, memory_order_acquire);
     uint64_t now = xccl_now_ns(), lim = (uint64_t)c->hdr->heartbeat_timeout_ms * 1000000ull;
     if (hb && now > hb && now - hb > lim) {
-        return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d (pid %d) is hung: heartbeat %llu ms old", p,
-                             (int)pid, (unsigned long long)((now - hb) / 1000000ull));
+        int pm = atomic_load_explicit(&e->progress_mode, memory_order_relaxed) != 0;
+        return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d (pid %d) is hung: %s %llu ms old", p, (int)pid,
+                             pm ? "its loop's last progress is" : "heartbeat",
+                             (unsigned long long)((now - hb) / 1000000ull));
     }
     return XCCL_OK;
 }
@@ -152,6 +225,14 @@ xccl_status xccl_wait_cond(struct xccl_comm *c, xccl_cond_fn cond, void *arg, co
     for (;;) {
         now = xccl_now_ns();
         int full = now >= next_full;
+        if (full && shm) {
+            xccl_status s = xccl_self_check(c);
+            if (s) {
+                xccl_err_prefix("%s", what);
+                return s;
+            }
+            xccl_beat(c); /* a loop waiting inside XCCL is alive: its waits are bounded */
+        }
         for (int i = 0; i < npeers; i++) {
             int p = peers[i];
             if (p == c->rank) continue;
@@ -191,6 +272,10 @@ xccl_status xccl_wait_cond(struct xccl_comm *c, xccl_cond_fn cond, void *arg, co
 
 /* --- heartbeat ----------------------------------------------------------- */
 
+/* The heartbeat thread beats every heartbeat_ms while this incarnation
+ * holds the rank. In progress mode it leaves heartbeat_ns to the
+ * application's loop (xccl_comm_progress, XCCL's waits), so the beat means
+ * "the loop made progress", and a hung loop shows as a stale beat. */
 static void *heartbeat_main(void *arg) {
     struct xccl_comm *c = arg;
     xccl_rank_entry *e = &c->ranks[c->rank];
@@ -198,10 +283,36 @@ static void *heartbeat_main(void *arg) {
     struct timespec ts = {.tv_sec = (time_t)(period / 1000000000ull),
                           .tv_nsec = (long)(period % 1000000000ull)};
     while (!atomic_load_explicit(&c->hb_stop, memory_order_acquire)) {
-        atomic_store_explicit(&e->heartbeat_ns, xccl_now_ns(), memory_order_release);
+        uint64_t w = atomic_load_explicit(&e->sinc, memory_order_acquire);
+        if (xccl_sinc_inc(w) != c->my_inc) break; /* a later holder owns the entry */
+        if (!atomic_load_explicit(&e->progress_mode, memory_order_relaxed))
+            atomic_store_explicit(&e->heartbeat_ns, xccl_now_ns(), memory_order_release);
         nanosleep(&ts, NULL);
     }
     return NULL;
+}
+
+void xccl_beat(struct xccl_comm *c) {
+    if (!c->progress_mode || !c->ranks) return;
+    xccl_rank_entry *e = &c->ranks[c->rank];
+    if (xccl_sinc_inc(atomic_load_explicit(&e->sinc, memory_order_relaxed)) != c->my_inc) return;
+    atomic_store_explicit(&e->heartbeat_ns, xccl_now_ns(), memory_order_release);
+}
+
+xccl_status xccl_comm_progress(xccl_comm *c) {
+    if (!c || !c->ranks) return XCCL_OK;
+    xccl_status s = xccl_self_check(c);
+    if (s) return s;
+    xccl_beat(c);
+    return XCCL_OK;
+}
+
+void xccl_comm_set_progress_mode(xccl_comm *c, int on) {
+    if (!c || !c->ranks) return;
+    xccl_rank_entry *e = &c->ranks[c->rank];
+    c->progress_mode = on != 0;
+    atomic_store_explicit(&e->heartbeat_ns, xccl_now_ns(), memory_order_release);
+    atomic_store_explicit(&e->progress_mode, (uint32_t)c->progress_mode, memory_order_release);
 }
 
 xccl_status xccl_heartbeat_start(struct xccl_comm *c) {
@@ -235,8 +346,10 @@ static int readers_cond(struct xccl_comm *c, void *varg) {
         if (atomic_load_explicit(a->ack(c, r, a->arg), memory_order_acquire) >= a->seq) continue;
         if (xccl_group_index(a->g, r) >= 0) return 0;
         /* a reader outside the current group: dead or gone readers read no more */
-        uint32_t st = atomic_load_explicit(&c->ranks[r].state, memory_order_acquire);
+        uint64_t w = atomic_load_explicit(&c->ranks[r].sinc, memory_order_acquire);
+        uint32_t st = xccl_sinc_state(w);
         if (st == XCCL_RANK_DEAD || st == XCCL_RANK_LEFT) continue;
+        if (c->peer_inc[r] && xccl_sinc_inc(w) != c->peer_inc[r]) continue; /* that reader is gone */
         if (full_check(c, r, 0) != XCCL_OK) continue;
         return 0;
     }

@@ -40,6 +40,9 @@
 #define XCCL_SLOT_HDR 64
 /* rank state while an attach is claiming it (after XCCL_RANK_DEAD) */
 #define XCCL_RANK_CLAIMING 4
+static inline uint32_t xccl_sinc_state(uint64_t w) { return (uint32_t)w; }
+static inline uint32_t xccl_sinc_inc(uint64_t w) { return (uint32_t)(w >> 32); }
+static inline uint64_t xccl_sinc(uint32_t inc, uint32_t state) { return (uint64_t)inc << 32 | state; }
 
 /* Segment header: 4096 B at offset 0. Everything up to `checksum` is covered
  * by an FNV-1a-64 checksum; `ready` is set (release) after full init. */
@@ -70,18 +73,25 @@ typedef struct xccl_region_entry {
 } xccl_region_entry;
 static_assert(sizeof(xccl_region_entry) == 32, "region entry layout");
 
-/* Rank table entry: 1 KiB per rank. Line 0 is written by the owner only; line
- * 1 (doorbell) by anyone who wants to wake the owner. */
+/* Rank table entry: 1 KiB per rank. Line 0 is written by the owner only
+ * (except `sinc`, which detectors and supervisors CAS to DEAD); line 1
+ * (doorbell) by anyone who wants to wake the owner.
+ *
+ * `sinc` = incarnation << 32 | state: the incarnation bumps on every attach
+ * (1 = the rank's first holder), so a transition (ACTIVE -> DEAD by a
+ * detector, DEAD -> CLAIMING by a newcomer) is one CAS on the pair and can
+ * never hit a later holder of the rank by mistake. */
 typedef struct xccl_rank_entry {
-    _Atomic uint32_t state;        /* XCCL_RANK_* */
+    _Atomic uint64_t sinc;         /* XCCL_RANK_* (low 32 bits) | incarnation << 32 */
     uint32_t role;                 /* application-defined */
     _Atomic int32_t pid;           /* owner pid while ACTIVE */
-    _Atomic uint32_t attach_gen;   /* bumps on every attach */
     _Atomic uint64_t heartbeat_ns; /* CLOCK_MONOTONIC of the last beat */
     _Atomic uint64_t coll_pub;     /* collective seq whose input is in my area */
     _Atomic uint64_t coll_red;     /* collective seq whose reduced chunk is in my area */
     _Atomic uint64_t coll_done;    /* collective seq I finished reading */
     _Atomic uint64_t err_seq;      /* group op seq this rank failed (peers fail fast) */
+    _Atomic uint32_t progress_mode; /* 1: heartbeat_ns = the application loop's last progress */
+    uint32_t pad0;
     _Alignas(XCCL_CACHE) _Atomic uint32_t doorbell; /* futex word: bumped to wake owner */
     _Atomic uint32_t sleepers;                      /* owner threads in futex_wait */
     _Atomic uint32_t ones_sleepers; /* owner threads in xccl_notify_wait (get/put wake only those) */
@@ -90,6 +100,7 @@ typedef struct xccl_rank_entry {
     uint8_t pad2[1024 - 128 - 32 * XCCL_MAX_REGIONS];
 } xccl_rank_entry;
 static_assert(sizeof(xccl_rank_entry) == 1024, "rank entry is 1 KiB");
+static_assert(offsetof(xccl_rank_entry, progress_mode) == 56, "line 0 of the rank entry is 64 bytes");
 static_assert(offsetof(xccl_rank_entry, doorbell) == 64, "doorbell on its own line");
 
 /* Metadata record per (src, dst, channel): producer line / consumer line. */
@@ -108,7 +119,9 @@ typedef struct xccl_slot_hdr {
     uint32_t chunk_len; /* bytes of payload in this slot */
     uint32_t flags;     /* bit0: first chunk */
     uint64_t msg_seq;   /* per-pair message number */
-    uint8_t pad[32];
+    uint32_t src_inc;   /* sender's incarnation */
+    uint32_t dst_inc;   /* receiver incarnation the sender addressed (0: none known yet) */
+    uint8_t pad[24];
 } xccl_slot_hdr;
 static_assert(sizeof(xccl_slot_hdr) == XCCL_SLOT_HDR, "slot header is one line");
 
@@ -224,8 +237,12 @@ struct xccl_comm {
     xccl_request *rq_head[XCCL_MAX_RANKS], *rq_tail[XCCL_MAX_RANKS];
     uint64_t send_seq[XCCL_MAX_RANKS];
     int pair_broken[XCCL_MAX_RANKS];
-    uint64_t rndv_sent[XCCL_MAX_RANKS]; /* rendezvous messages posted to peer */
-    uint64_t rndv_seen[XCCL_MAX_RANKS]; /* rendezvous messages handled from peer */
+    /* incarnations: mine, and the one of each peer this comm talks to (0:
+     * none seen yet; adopted at first contact, replaced by xccl_peer_reset) */
+    uint32_t my_inc;
+    uint32_t peer_inc[XCCL_MAX_RANKS];
+    int progress_mode;                  /* xccl_comm_set_progress_mode */
+    uint64_t coop_seq[XCCL_MAX_RANKS];  /* rendezvous number (ring position + 1) of the open one from peer */
     int cma_off[XCCL_MAX_RANKS];        /* peer could not read us: ring only */
     size_t rndv_min;                    /* rendezvous threshold (bytes) */
     int cma_on;                         /* process_vm_readv/writev allowed */
@@ -297,6 +314,26 @@ static inline uint64_t xccl_seq(uint32_t epoch, uint64_t counter) {
 
 /* Wake rank r if it sleeps (call after publishing with release). */
 void xccl_wake(struct xccl_comm *c, int r);
+/* The same on a rank entry (segment-side callers without a comm). */
+void xccl_wake_entry(xccl_rank_entry *e);
+
+/* Incarnations (wait.c). xccl_inc_check: XCCL_OK if peer p is still the
+ * incarnation this comm accepted (adopting the current one if none was
+ * accepted yet), else XCCL_ERR_PEER "restarted" naming it. xccl_self_check:
+ * XCCL_ERR_PEER if this rank was declared dead or taken over by a later
+ * incarnation (the process must stop using the comm). xccl_peer_pid: pid
+ * of p's accepted incarnation, or -1 if p has moved on (read before the
+ * incarnation check, so a pid of a later holder is never returned). */
+xccl_status xccl_inc_check(struct xccl_comm *c, int p);
+xccl_status xccl_self_check(struct xccl_comm *c);
+int32_t xccl_peer_pid(struct xccl_comm *c, int p);
+/* 1 if pid no longer runs (gone, or a zombie). */
+int xccl_pid_gone(int32_t pid);
+/* Progress mode: publish "the loop is alive" now (xccl_comm_progress and
+ * XCCL's own waits). */
+void xccl_beat(struct xccl_comm *c);
+/* Unmap this comm's mappings of peer p's regions (onesided.c). */
+void xccl_regions_forget_peer(struct xccl_comm *c, int p);
 void xccl_wake_group(struct xccl_comm *c, const struct xccl_group *g);
 
 /* Condition for xccl_wait_cond: returns 1 when satisfied, 0 not yet, or a

@@ -19,8 +19,11 @@ ok() { passed=$((passed + 1)); echo "ok   $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 TMP="$(mktemp -d /tmp/xds-deploy-tiny.XXXXXX)"
 PIDS=()
-cleanup() {
+cleanup() { # supervisors, then their children (they outlive a killed supervisor by design)
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do
+    for c in $(pgrep -f -- "--segment /xds-serve-$p( |$)|--frontend-of /xds-serve-$p( |$)"); do kill -9 "$c" 2>/dev/null; done
+  done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -38,7 +41,7 @@ json.dump({"version": "1.0", "added_tokens": [], "normalizer": None, "pre_tokeni
 EOF
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-stray() { pgrep -f -- "--segment /xds-serve-$1( |$)" || true; }
+stray() { pgrep -f -- "--segment /xds-serve-$1( |$)|--frontend-of /xds-serve-$1( |$)" || true; }
 wait_health() { # port pid
   for _ in $(seq 1 300); do
     curl -sf "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return 0

@@ -43,8 +43,8 @@
 
 #include <xccl.h>
 
-#include "engine/deploy.h"
-#include "engine/deploy_dp.h"
+#include "deploy/expert.h"
+#include "deploy/dp.h"
 #include "engine/engine.h"
 #include "model/model.h"
 #include "proc_util.h"

@@ -1,7 +1,7 @@
 /*
  * test_deploy_pd.c — disaggregated prefill / decode in real processes
- * (engine/deploy_pd.h), alone and combined with disaggregated MoE-attention
- * (engine/deploy.h).
+ * (deploy/pd.h), alone and combined with disaggregated MoE-attention
+ * (deploy/expert.h).
  *
  * The test process is the decode rank 0; a forked prefill process (the last
  * rank) runs chunked prefill of three prompts into its registered KV pool and
@@ -39,8 +39,8 @@
 
 #include <xccl.h>
 
-#include "engine/deploy.h"
-#include "engine/deploy_pd.h"
+#include "deploy/expert.h"
+#include "deploy/pd.h"
 #include "model/model.h"
 #include "model/upcycle.h"
 #include "proc_util.h"

@@ -1,5 +1,5 @@
 /*
- * test_pd_pick.c — the prefill-instance pick (engine/pd_pick.h):
+ * test_pd_pick.c — the prefill-instance pick (deploy/pd_pick.h):
  *  - the picker's block hashes are the prefix cache's: prompts run through
  *    the real scheduler + block manager + prefix cache, the summary synced
  *    from that cache, and the picker's expected cached tokens equal what the
@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "engine/kv_block.h"
-#include "engine/pd_pick.h"
+#include "deploy/pd_pick.h"
 #include "engine/prefix_cache.h"
 #include "engine/scheduler.h"
 #include "test.h"

@@ -1,5 +1,5 @@
 /*
- * test_topology.c — the deployment topology (engine/topology.h): the JSON
+ * test_topology.c — the deployment topology (deploy/topology.h): the JSON
  * file's good forms (lists, count forms, replicas, defaults), the flag form
  * (contiguous blocks of ceil(n_expert / E), as --experts), the placement
  * tables, and one test per validation error checking the status, the
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/topology.h"
+#include "deploy/topology.h"
 #include "test.h"
 
 /* --experts E's rule: contiguous blocks of ceil(n_expert / E) experts. */

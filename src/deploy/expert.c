@@ -1,5 +1,5 @@
 /*
- * deploy.c — disaggregated MoE-attention (deploy.h): expert placement, the
+ * expert.c — disaggregated MoE-attention (expert.h): expert placement, the
  * attention-side executor (micro-batch ping-pong) and the expert-worker loop,
  * over per-pair XCCL streams.
  *
@@ -9,16 +9,32 @@
  * order. The worker's reply carries its output rows in the same order.
  *
  * Invariants: an attention rank has at most one outstanding message per
- * (micro-batch, worker) and finishes a micro-batch's MoE layer before it
- * sends that micro-batch's next one, so a worker's output buffer for
- * (source, micro-batch) is free again (its send completed) by the time the
- * next message for it arrives. Every wait has a deadline: an idle worker
- * re-checks the liveness of its sources each time the XCCL deadline passes.
- * A failed pass leaves streams out of step, so the attention side refuses
- * further passes (the supervisor then stops the deployment).
+ * (micro-batch, worker) — or, after a failover, a second one that the
+ * worker reads only after this rank took its first reply — and finishes a
+ * micro-batch's MoE layer before it sends that micro-batch's next one, so a
+ * worker's output buffer for (source, micro-batch) is free again (its send
+ * completed) by the time the next message for it arrives. Every wait has a
+ * deadline: an idle worker re-checks the liveness of its sources each time
+ * the XCCL deadline passes.
+ *
+ * Failover (issue 13): a worker whose wait fails (dead: pidfd, at once;
+ * hung: stale progress heartbeat, 1.5 s; restarted: new XCCL incarnation)
+ * is left out and declared dead, and every (t, j) of the layer in flight
+ * whose reply it owed is re-sent to the next live replica of its expert in
+ * rotation order, or — when it was the only holder — after a bounded wait
+ * (rejoin_s) for its restart; a restart is taken back between passes once
+ * xccl_peer_reset accepted its new incarnation and it said READY with the
+ * same experts. Replicas compute bit-identical rows and the combine sums in
+ * k order whichever worker answered, so the logits equal the fault-free
+ * run's. Each reply slot remembers the incarnation it was sent to, so news
+ * about an old incarnation never marks a restarted worker failed. The worker
+ * loop likewise survives an attention rank's failure: it serves the others
+ * and says READY again to the restarted rank. Only what failover cannot
+ * cure (no holder back within rejoin_s, a malformed reply, this rank
+ * declared dead) fails a pass; then the attention side refuses further ones.
  */
 #define _GNU_SOURCE
-#include "engine/deploy.h"
+#include "deploy/expert.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -219,10 +235,28 @@ void xds_deploy_xccl_config(int n_ranks, xccl_config *cfg) {
     cfg->slot_bytes = 32768;
     cfg->num_slots = 8;
     cfg->coll_bytes = 4096;
-    cfg->heartbeat_timeout_ms = 30000; /* a long prefill chunk must not look like a hang */
+    /* issue 13's bounds: a death is seen at once (pidfd), a hang within
+     * 1.5 s + one beat (< 2 s). Loops in progress mode (the expert workers)
+     * call xccl_comm_progress between experts, so a long batch is not a hang.
+     * XDS_HANG_MS overrides (e.g. for sanitizer builds on a loaded host). */
+    const char *v = getenv("XDS_HANG_MS");
+    long ms = v ? atol(v) : 0;
+    cfg->heartbeat_timeout_ms = ms >= 100 && ms <= 600000 ? (uint32_t)ms : 1500;
 }
 
 /* ---- attention side ------------------------------------------------------- */
+
+/* A re-sent part of an MoE layer (failover): the rows of (t, j) whose
+ * worker failed, sent to another replica of their expert or to the
+ * restarted worker. Own buffers in ordinary memory: a rare path. */
+typedef struct sup_slot {
+    int worker, rows;
+    int st;                /* 0 in flight, 1 reply taken, 2 failed */
+    uint32_t inc;          /* the worker's incarnation it was sent to */
+    uint8_t *send, *recv;
+    size_t send_cap, recv_cap;
+    xccl_request sreq, rreq;
+} sup_slot;
 
 typedef struct mb_state {
     int t0, n;             /* token range of the batch */
@@ -239,6 +273,10 @@ typedef struct mb_state {
     size_t *woff;          /* (n_workers) message offset in the send region */
     uint8_t **rbuf;        /* (n_workers) reply buffers */
     xccl_request *sreq, *rreq; /* (n_workers) */
+    int *pst;              /* (n_workers) 0 in flight, 1 reply taken, 2 failed */
+    uint32_t *pinc;        /* (n_workers) the worker's incarnation the message went to */
+    sup_slot *sup;         /* re-sent parts of this layer: route_w = n_workers + index */
+    int n_sup, cap_sup;
 } mb_state;
 
 struct xds_deploy_attn {
@@ -257,7 +295,14 @@ struct xds_deploy_attn {
     int reg_ok;
     mb_state mb[XDS_DEPLOY_MAX_MB];
     uint64_t step;
-    int broken; /* a failed pass leaves the streams out of step: refuse further passes */
+    int broken; /* a pass failed beyond failover (no live replica and no rejoin, malformed reply) */
+    /* failover: a worker that failed is left out (and declared dead) until
+     * its restarted process has been accepted (xccl_peer_reset) and said READY */
+    int wdead[XDS_DEPLOY_MAX_WORKERS];
+    msg_hdr wready_buf[XDS_DEPLOY_MAX_WORKERS];
+    xccl_request wready[XDS_DEPLOY_MAX_WORKERS];
+    int wready_posted[XDS_DEPLOY_MAX_WORKERS];
+    double rejoin_s; /* how long a layer waits for a restart of the only holders of an expert */
     xds_deploy_stats st;
 };
 
@@ -266,6 +311,11 @@ static void mb_cancel(xds_deploy_attn *a, mb_state *s) {
         xccl_cancel(a->comm, &s->sreq[w]);
         xccl_cancel(a->comm, &s->rreq[w]);
     }
+    for (int k = 0; k < s->n_sup; k++) {
+        xccl_cancel(a->comm, &s->sup[k].sreq);
+        xccl_cancel(a->comm, &s->sup[k].rreq);
+    }
+    s->n_sup = 0;
     s->pending = 0;
 }
 
@@ -275,11 +325,15 @@ void xds_deploy_attn_free(xds_deploy_attn *a) {
         mb_state *s = &a->mb[i];
         mb_cancel(a, s);
         free(s->xn), free(s->sh), free(s->ids), free(s->w), free(s->route_w), free(s->route_row);
-        free(s->rows), free(s->woff), free(s->sreq), free(s->rreq);
+        free(s->rows), free(s->woff), free(s->sreq), free(s->rreq), free(s->pst), free(s->pinc);
+        for (int k = 0; k < s->cap_sup; k++) free(s->sup[k].send), free(s->sup[k].recv);
+        free(s->sup);
         if (s->rbuf)
             for (int w = 0; w < a->n_workers; w++) free(s->rbuf[w]);
         free(s->rbuf);
     }
+    for (int w = 0; w < a->n_workers; w++)
+        if (a->wready_posted[w]) xccl_cancel(a->comm, &a->wready[w]);
     if (a->reg_ok) xccl_region_deregister(a->comm, &a->reg);
     free(a->x), free(a->cnt), free(a->fill), free(a->acc);
     xds_deploy_placement_free(&a->own);
@@ -325,6 +379,8 @@ xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, const int
     a->n_mb = micro_batches;
     a->K = c->moe.n_expert_used;
     a->E = c->n_embd;
+    const char *rj = getenv("XDS_EXPERT_REJOIN_S");
+    a->rejoin_s = rj && atof(rj) > 0 ? atof(rj) : 30.0;
     size_t E = (size_t)a->E, K = (size_t)a->K, T = (size_t)max_tok, W = (size_t)a->n_workers;
     for (int w = 0; w < a->n_workers; w++) {
         a->wrank[w] = worker_ranks[w];
@@ -353,9 +409,11 @@ xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, const int
         s->sreq = calloc(W, sizeof(xccl_request));
         s->rreq = calloc(W, sizeof(xccl_request));
         s->rbuf = calloc(W, sizeof(uint8_t *));
+        s->pst = calloc(W, sizeof(int));
+        s->pinc = calloc(W, sizeof(uint32_t));
         s->send_off = (size_t)i * area;
         ok = s->xn && s->sh && s->ids && s->w && s->route_w && s->route_row && s->rows && s->woff && s->sreq &&
-             s->rreq && s->rbuf;
+             s->rreq && s->rbuf && s->pst && s->pinc;
         for (int w = 0; w < a->n_workers && ok; w++) ok = (s->rbuf[w] = malloc(a->rcap[w])) != NULL;
     }
     if (!ok) {
@@ -403,18 +461,145 @@ void xds_deploy_attn_stop(xds_deploy_attn *a) {
     if (!a) return;
     msg_hdr h = {.magic = MSG_MAGIC, .cmd = CMD_STOP, .seq = a->step};
     for (int w = 0; w < a->n_workers; w++) /* each worker on its own: a dead one does not stop the rest */
-        if (xccl_send(a->comm, a->wrank[w], &h, sizeof h) != XCCL_OK)
+        if (!a->wdead[w] && xccl_send(a->comm, a->wrank[w], &h, sizeof h) != XCCL_OK)
             XDS_LOGW("deploy: stop message to rank %d: %s", a->wrank[w], xccl_err_msg());
+}
+
+void xds_deploy_attn_set_rejoin_timeout(xds_deploy_attn *a, double seconds) {
+    if (a && seconds > 0) a->rejoin_s = seconds;
+}
+
+int xds_deploy_attn_worker_alive(const xds_deploy_attn *a, int w) {
+    return a && w >= 0 && w < a->n_workers && !a->wdead[w];
+}
+
+static void poll_rejoin(xds_deploy_attn *a);
+
+int xds_deploy_attn_poll(xds_deploy_attn *a) {
+    if (!a) return 0;
+    poll_rejoin(a);
+    int out = 0;
+    for (int w = 0; w < a->n_workers; w++) out += a->wdead[w];
+    return out;
+}
+
+/* ---- failover ------------------------------------------------------------- */
+
+/* Worker w failed (died, hung, or its stream broke): leave it out, declare
+ * it dead (a hung process must not come back as itself: it fails its next
+ * XCCL call and exits, and its supervisor restarts it), and drop what is in
+ * flight with it; the rows it had are re-sent by moe_finish. */
+static void worker_failed(xds_deploy_attn *a, int w, uint32_t inc, const char *why) {
+    if (a->wdead[w] || inc != xccl_peer_incarnation(a->comm, a->wrank[w])) return; /* news of an old incarnation */
+    a->wdead[w] = 1;
+    a->wready_posted[w] = 0;
+    a->st.failovers++;
+    xccl_peer_declare_dead(a->comm, a->wrank[w]);
+    XDS_LOGW("deploy: expert worker %d (rank %d) failed: %s; its rows go to other replicas or to its restart", w,
+             a->wrank[w], why);
+    for (int i = 0; i < a->n_mb; i++) {
+        mb_state *s = &a->mb[i];
+        if (!s->sreq) continue;
+        xccl_cancel(a->comm, &s->sreq[w]);
+        xccl_cancel(a->comm, &s->rreq[w]);
+        for (int k = 0; k < s->n_sup; k++)
+            if (s->sup[k].worker == w) {
+                xccl_cancel(a->comm, &s->sup[k].sreq);
+                xccl_cancel(a->comm, &s->sup[k].rreq);
+            }
+    }
+}
+
+/* Take back failed workers whose restarted process has attached (a new
+ * incarnation, accepted with xccl_peer_reset) and said READY with the same
+ * experts. Never blocks. */
+static void poll_rejoin(xds_deploy_attn *a) {
+    for (int w = 0; w < a->n_workers; w++) {
+        if (!a->wdead[w]) continue;
+        if (!a->wready_posted[w]) {
+            if (xccl_peer_reset(a->comm, a->wrank[w]) != XCCL_OK) continue; /* not back yet */
+            if (xccl_irecv(a->comm, a->wrank[w], &a->wready_buf[w], sizeof(msg_hdr), &a->wready[w]) != XCCL_OK)
+                continue;
+            a->wready_posted[w] = 1;
+        }
+        int done = 0;
+        xccl_status xs = xccl_test(a->comm, &a->wready[w], &done);
+        if (!done) continue;
+        a->wready_posted[w] = 0;
+        if (xs != XCCL_OK) continue; /* the newcomer failed as well: reset again later */
+        const msg_hdr *h = &a->wready_buf[w];
+        if (xccl_request_len(&a->wready[w]) != sizeof *h || h->magic != MSG_MAGIC || h->cmd != CMD_READY ||
+            h->n_slots != a->pl->n_local[w] || h->check != placement_check(a->pl, w)) {
+            XDS_LOGW("deploy: restarted expert worker %d (rank %d) sent no READY for its experts: left out", w,
+                     a->wrank[w]);
+            xccl_peer_declare_dead(a->comm, a->wrank[w]);
+            continue;
+        }
+        a->wdead[w] = 0;
+        a->st.rejoins++;
+        XDS_LOGI("deploy: expert worker %d (rank %d, incarnation %u) rejoined", w, a->wrank[w],
+                 xccl_peer_incarnation(a->comm, a->wrank[w]));
+    }
 }
 
 /* Worker and local slot of the replica that takes (token t, expert e): t
  * counts batch position plus pass number, so replicas share the tokens of
- * one batch and, over passes, the single token of a one-sequence batch. */
-static inline void route_to(const xds_deploy_placement *pl, int e, int t, int *w, int *slot) {
-    int r = pl->n_rep[e] > 1 ? t % pl->n_rep[e] : 0;
-    int packed = pl->rep[e * pl->max_rep + r];
-    *w = packed / pl->max_local;
-    *slot = packed % pl->max_local;
+ * one batch and, over passes, the single token of a one-sequence batch. A
+ * failed replica's turn goes to the next live one. -1 if none is live. */
+static inline int route_to(const xds_deploy_attn *a, int e, int t, int *w, int *slot) {
+    const xds_deploy_placement *pl = a->pl;
+    int n = pl->n_rep[e], r0 = n > 1 ? t % n : 0;
+    for (int i = 0; i < n; i++) {
+        int packed = pl->rep[e * pl->max_rep + (r0 + i) % n];
+        if (a->wdead[packed / pl->max_local]) continue;
+        *w = packed / pl->max_local;
+        *slot = packed % pl->max_local;
+        return 0;
+    }
+    return -1;
+}
+
+/* Wait (bounded by rejoin_s) until some worker holding expert e is live
+ * again: the only holders failed, so the layer waits for a restart. */
+static xds_status wait_expert(xds_deploy_attn *a, int e) {
+    const xds_deploy_placement *pl = a->pl;
+    int w0 = pl->rep[e * pl->max_rep] / pl->max_local, w = 0, sl = 0;
+    double t0 = now_s(), end = t0 + a->rejoin_s;
+    XDS_LOGW("deploy: expert %d has no live worker: waiting up to %.0f s for rank %d to restart", e, a->rejoin_s,
+             a->wrank[w0]);
+    for (;;) {
+        poll_rejoin(a);
+        if (route_to(a, e, 0, &w, &sl) == 0) {
+            a->st.rejoin_wait_s += now_s() - t0;
+            return XDS_OK;
+        }
+        if (now_s() > end)
+            return xds_err_set(XDS_ERR_PEER,
+                               "deploy: expert %d has no live worker: rank %d failed and did not rejoin within %.0f s",
+                               e, a->wrank[w0], a->rejoin_s);
+        xccl_comm_progress(a->comm);
+        usleep(1000);
+    }
+}
+
+/* Make sure every expert micro-batch i routes to (over the failed reply
+ * slots, when failed_only) has a live replica, waiting for restarts. */
+static xds_status ensure_routable(xds_deploy_attn *a, mb_state *s, int failed_only);
+
+static int slot_failed(const xds_deploy_attn *a, const mb_state *s, int r) {
+    return r >= a->n_workers ? s->sup[r - a->n_workers].st == 2 : s->pst[r] == 2;
+}
+
+static xds_status ensure_routable(xds_deploy_attn *a, mb_state *s, int failed_only) {
+    int K = a->K, w = 0, sl = 0;
+    for (int t = 0; t < s->n; t++)
+        for (int j = 0; j < K; j++) {
+            int e = s->ids[t * K + j];
+            if (e < 0 || e >= a->pl->n_expert) continue;
+            if (failed_only && (s->route_w[t * K + j] < 0 || !slot_failed(a, s, s->route_w[t * K + j]))) continue;
+            if (route_to(a, e, 0, &w, &sl) != 0) XDS_TRY(wait_expert(a, e));
+        }
+    return XDS_OK;
 }
 
 /* Route micro-batch i's rows of layer l and send them to the workers; the
@@ -428,12 +613,14 @@ static xds_status moe_start(xds_deploy_attn *a, xds_model_ctx *ctx, int i, int l
     xds_model_ffn_norm(ctx, l, x, n, s->xn);
     xds_model_moe_route(ctx, l, s->xn, n, s->ids, s->w);
     double t1 = now_s();
+    s->n_sup = 0;
+    XDS_TRY(ensure_routable(a, s, 0));
     memset(a->cnt, 0, sizeof(int32_t) * (size_t)W * ML);
     for (int t = 0; t < n; t++)
         for (int j = 0; j < K; j++) {
-            int e = s->ids[t * K + j], w, sl;
+            int e = s->ids[t * K + j], w = 0, sl = 0;
             if (e < 0 || e >= pl->n_expert) continue;
-            route_to(pl, e, (int)(a->step % 65521) + s->t0 + t, &w, &sl);
+            route_to(a, e, (int)(a->step % 65521) + s->t0 + t, &w, &sl);
             a->cnt[w * ML + sl]++;
         }
     /* message of worker w: header, counts, rows grouped by slot */
@@ -447,16 +634,17 @@ static xds_status moe_start(xds_deploy_attn *a, xds_model_ctx *ctx, int i, int l
         }
         s->rows[w] = rows;
         s->woff[w] = off;
+        s->pst[w] = 0;
         if (rows > 0) off += align64(rows_off(pl->n_local[w]) + sizeof(float) * (size_t)rows * E);
     }
     for (int t = 0; t < n; t++)
         for (int j = 0; j < K; j++) {
-            int e = s->ids[t * K + j], w, sl;
+            int e = s->ids[t * K + j], w = 0, sl = 0;
             if (e < 0 || e >= pl->n_expert) {
                 s->route_w[t * K + j] = -1;
                 continue;
             }
-            route_to(pl, e, (int)(a->step % 65521) + s->t0 + t, &w, &sl);
+            route_to(a, e, (int)(a->step % 65521) + s->t0 + t, &w, &sl);
             int row = a->fill[w * ML + sl]++;
             s->route_w[t * K + j] = w;
             s->route_row[t * K + j] = row;
@@ -472,11 +660,16 @@ static xds_status moe_start(xds_deploy_attn *a, xds_model_ctx *ctx, int i, int l
         int32_t *counts = (int32_t *)(msg + sizeof h);
         for (int sl = 0; sl < pl->n_local[w]; sl++) counts[sl] = a->cnt[w * ML + sl];
         size_t len = rows_off(pl->n_local[w]) + sizeof(float) * (size_t)s->rows[w] * E;
+        s->pinc[w] = xccl_peer_incarnation(a->comm, a->wrank[w]);
         xccl_status xs = xccl_irecv(a->comm, a->wrank[w], s->rbuf[w], a->rcap[w], &s->rreq[w]);
         if (xs == XCCL_OK) xs = xccl_isend(a->comm, a->wrank[w], msg, len, &s->sreq[w]);
-        if (xs != XCCL_OK) {
-            mb_cancel(a, s);
-            return xerr(xs, "dispatch to an expert worker");
+        if (xs != XCCL_OK) { /* the worker failed since the last look: moe_finish re-sends its rows */
+            if (xccl_err_rank() == xccl_comm_rank(a->comm)) {
+                mb_cancel(a, s);
+                return xerr(xs, "dispatch to an expert worker");
+            }
+            worker_failed(a, w, s->pinc[w], xccl_err_msg());
+            s->pst[w] = 2;
         }
     }
     s->pending = 1;
@@ -489,28 +682,158 @@ static xds_status moe_start(xds_deploy_attn *a, xds_model_ctx *ctx, int i, int l
     return XDS_OK;
 }
 
-/* Wait for micro-batch i's expert rows and add the MoE output to its x. */
+/* Re-send the rows of micro-batch i whose reply slot failed to live
+ * replicas (or restarted workers): one new message per target worker,
+ * a second one for this (layer, micro-batch) if it already had one — the
+ * worker takes it after its first reply (which this rank has taken). */
+static xds_status resend(xds_deploy_attn *a, int i) {
+    mb_state *s = &a->mb[i];
+    const xds_deploy_placement *pl = a->pl;
+    int n = s->n, K = a->K, E = a->E, W = a->n_workers, ML = pl->max_local;
+    XDS_TRY(ensure_routable(a, s, 1));
+    memset(a->cnt, 0, sizeof(int32_t) * (size_t)W * ML);
+    int any = 0;
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < K; j++) {
+            int r = s->route_w[t * K + j], w = 0, sl = 0;
+            if (r < 0 || !slot_failed(a, s, r)) continue;
+            route_to(a, s->ids[t * K + j], (int)(a->step % 65521) + s->t0 + t, &w, &sl);
+            a->cnt[w * ML + sl]++;
+            any = 1;
+        }
+    if (!any) return XDS_OK;
+    int first_new = s->n_sup, sup_of[XDS_DEPLOY_MAX_WORKERS];
+    for (int w = 0; w < W; w++) {
+        int rows = 0;
+        for (int sl = 0; sl < ML; sl++) {
+            a->fill[w * ML + sl] = rows;
+            rows += a->cnt[w * ML + sl];
+        }
+        sup_of[w] = -1;
+        if (!rows) continue;
+        if (s->n_sup == s->cap_sup) {
+            int cap = s->cap_sup ? 2 * s->cap_sup : 4;
+            sup_slot *ns = realloc(s->sup, sizeof *ns * (size_t)cap);
+            if (!ns) return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory (failover)");
+            memset(ns + s->cap_sup, 0, sizeof *ns * (size_t)(cap - s->cap_sup));
+            s->sup = ns, s->cap_sup = cap;
+        }
+        sup_slot *q = &s->sup[s->n_sup];
+        size_t scap = rows_off(pl->n_local[w]) + sizeof(float) * (size_t)rows * E;
+        size_t rcap = sizeof(msg_hdr) + sizeof(float) * (size_t)rows * E;
+        if (q->send_cap < scap) {
+            free(q->send);
+            q->send_cap = (q->send = malloc(scap)) ? scap : 0;
+        }
+        if (q->recv_cap < rcap) {
+            free(q->recv);
+            q->recv_cap = (q->recv = malloc(rcap)) ? rcap : 0;
+        }
+        if (!q->send || !q->recv) return xds_err_set(XDS_ERR_NOMEM, "deploy: out of memory (failover)");
+        q->worker = w, q->rows = rows, q->st = 0;
+        sup_of[w] = s->n_sup++;
+    }
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < K; j++) {
+            int r = s->route_w[t * K + j], w = 0, sl = 0;
+            if (r < 0 || !slot_failed(a, s, r)) continue;
+            route_to(a, s->ids[t * K + j], (int)(a->step % 65521) + s->t0 + t, &w, &sl);
+            sup_slot *q = &s->sup[sup_of[w]];
+            int row = a->fill[w * ML + sl]++;
+            s->route_w[t * K + j] = W + sup_of[w];
+            s->route_row[t * K + j] = row;
+            memcpy((float *)(q->send + rows_off(pl->n_local[w])) + (size_t)row * E, s->xn + (size_t)t * E,
+                   sizeof(float) * E);
+        }
+    for (int k = first_new; k < s->n_sup; k++) {
+        sup_slot *q = &s->sup[k];
+        int w = q->worker;
+        msg_hdr h = {.magic = MSG_MAGIC, .cmd = CMD_MOE, .layer = s->layer, .mb = i, .n_rows = q->rows,
+                     .n_slots = pl->n_local[w], .seq = a->step};
+        memcpy(q->send, &h, sizeof h);
+        int32_t *counts = (int32_t *)(q->send + sizeof h);
+        for (int sl = 0; sl < pl->n_local[w]; sl++) counts[sl] = a->cnt[w * ML + sl];
+        size_t len = rows_off(pl->n_local[w]) + sizeof(float) * (size_t)q->rows * E;
+        q->inc = xccl_peer_incarnation(a->comm, a->wrank[w]);
+        xccl_status xs = xccl_irecv(a->comm, a->wrank[w], q->recv, q->recv_cap, &q->rreq);
+        if (xs == XCCL_OK) xs = xccl_isend(a->comm, a->wrank[w], q->send, len, &q->sreq);
+        a->st.rows_resent += (uint64_t)q->rows;
+        if (xs != XCCL_OK) {
+            if (xccl_err_rank() == xccl_comm_rank(a->comm)) return xerr(xs, "re-sending rows to an expert worker");
+            worker_failed(a, w, q->inc, xccl_err_msg());
+            q->st = 2;
+        }
+    }
+    return XDS_OK;
+}
+
+/* Wait for one reply (primary slot w < n_workers, else a re-sent part):
+ * 1 taken, 0 the worker failed (then marked failed), or an error that
+ * failover cannot cure (this rank was declared dead, a malformed reply). */
+static int take_reply(xds_deploy_attn *a, int i, int r, xds_status *err) {
+    mb_state *s = &a->mb[i];
+    int W = a->n_workers, w = r < W ? r : s->sup[r - W].worker;
+    int rows = r < W ? s->rows[r] : s->sup[r - W].rows;
+    xccl_request *rq = r < W ? &s->rreq[r] : &s->sup[r - W].rreq, *sq = r < W ? &s->sreq[r] : &s->sup[r - W].sreq;
+    const uint8_t *buf = r < W ? s->rbuf[r] : s->sup[r - W].recv;
+    int *st = r < W ? &s->pst[r] : &s->sup[r - W].st;
+    uint32_t inc = r < W ? s->pinc[r] : s->sup[r - W].inc;
+    if (a->wdead[w] || inc != xccl_peer_incarnation(a->comm, a->wrank[w])) {
+        *st = 2; /* its worker failed meanwhile (the requests were cancelled; it may be back already): re-send */
+        return 0;
+    }
+    xccl_status xs = xccl_wait(a->comm, rq);
+    if (xs == XCCL_OK) xs = xccl_wait(a->comm, sq);
+    if (xs != XCCL_OK) {
+        if (xccl_err_rank() == xccl_comm_rank(a->comm)) {
+            *err = xerr(xs, "expert outputs");
+            return -1;
+        }
+        worker_failed(a, w, inc, xccl_err_msg());
+        *st = 2;
+        return 0;
+    }
+    size_t want = sizeof(msg_hdr) + sizeof(float) * (size_t)rows * a->E;
+    msg_hdr h;
+    memcpy(&h, buf, sizeof h);
+    if (xccl_request_len(rq) != want || h.magic != MSG_MAGIC || h.cmd != CMD_OUT || h.layer != s->layer ||
+        h.mb != i || h.n_rows != rows || h.seq != a->step) {
+        *err = xds_err_set(XDS_ERR_PEER, "deploy: rank %d returned a malformed reply for layer %d (%zu bytes, want %zu)",
+                           a->wrank[w], s->layer, xccl_request_len(rq), want);
+        return -1;
+    }
+    *st = 1;
+    return 1;
+}
+
+/* Wait for micro-batch i's expert rows and add the MoE output to its x. A
+ * worker that fails meanwhile has its rows re-sent (resend) until every
+ * (t, j) has a reply; replicas compute bit-identical rows, so the sum is the
+ * fault-free one. */
 static xds_status moe_finish(xds_deploy_attn *a, int i) {
     mb_state *s = &a->mb[i];
     const xds_moe_config *mc = &a->m->cfg.moe;
-    int n = s->n, K = a->K, E = a->E, l = s->layer;
+    int n = s->n, K = a->K, E = a->E, l = s->layer, W = a->n_workers;
     double t0 = now_s();
-    for (int w = 0; w < a->n_workers; w++) {
-        if (s->rows[w] == 0) continue;
-        xccl_status xs = xccl_wait(a->comm, &s->rreq[w]);
-        if (xs == XCCL_OK) xs = xccl_wait(a->comm, &s->sreq[w]);
-        if (xs != XCCL_OK) {
-            mb_cancel(a, s);
-            return xerr(xs, "expert outputs");
+    for (;;) {
+        int failed = 0;
+        xds_status err = XDS_OK;
+        for (int r = 0; r < W + s->n_sup; r++) {
+            int pending = r < W ? s->rows[r] > 0 && s->pst[r] == 0 : s->sup[r - W].st == 0;
+            if (pending && take_reply(a, i, r, &err) < 0) {
+                mb_cancel(a, s);
+                return err;
+            }
+            failed |= slot_failed(a, s, r) && (r < W ? s->rows[r] > 0 : 1);
         }
-        size_t want = sizeof(msg_hdr) + sizeof(float) * (size_t)s->rows[w] * E;
-        msg_hdr h;
-        memcpy(&h, s->rbuf[w], sizeof h);
-        if (xccl_request_len(&s->rreq[w]) != want || h.magic != MSG_MAGIC || h.cmd != CMD_OUT || h.layer != l ||
-            h.mb != i || h.n_rows != s->rows[w] || h.seq != a->step) {
+        if (!failed) break;
+        int referenced = 0; /* does any (t, j) still point at a failed slot? */
+        for (int q = 0; q < n * K && !referenced; q++) referenced = s->route_w[q] >= 0 && slot_failed(a, s, s->route_w[q]);
+        if (!referenced) break;
+        xds_status rs = resend(a, i);
+        if (rs != XDS_OK) {
             mb_cancel(a, s);
-            return xds_err_set(XDS_ERR_PEER, "deploy: rank %d returned a malformed reply for layer %d (%zu bytes, want %zu)",
-                               a->wrank[w], l, xccl_request_len(&s->rreq[w]), want);
+            return rs;
         }
     }
     s->pending = 0;
@@ -531,9 +854,10 @@ static xds_status moe_finish(xds_deploy_attn *a, int i) {
         memset(acc, 0, sizeof(double) * E);
         int any = 0;
         for (int j = 0; j < K; j++) {
-            int w = s->route_w[t * K + j];
-            if (w < 0) continue;
-            const float *yr = (const float *)(s->rbuf[w] + sizeof(msg_hdr)) + (size_t)s->route_row[t * K + j] * E;
+            int r = s->route_w[t * K + j];
+            if (r < 0) continue;
+            const uint8_t *rb = r < W ? s->rbuf[r] : s->sup[r - W].recv;
+            const float *yr = (const float *)(rb + sizeof(msg_hdr)) + (size_t)s->route_row[t * K + j] * E;
             double wj = wt[j] * f;
             for (int d = 0; d < E; d++) acc[d] += wj * yr[d];
             any = 1;
@@ -565,6 +889,11 @@ xds_status xds_deploy_forward(xds_deploy_attn *a, xds_model_ctx *ctx, const xds_
                               const int32_t *logit_rows, int n_rows, float *logits) {
     if (a->broken)
         return xds_err_set(XDS_ERR_PEER, "deploy: the expert workers failed earlier; this deployment cannot run");
+    for (int w = 0; w < a->n_workers; w++)
+        if (a->wdead[w]) { /* take back restarted workers between passes */
+            poll_rejoin(a);
+            break;
+        }
     XDS_TRY(xds_model_batch_check(ctx, b));
     if (b->n_tok > a->max_tok)
         return xds_err_set(XDS_ERR_INVALID, "deploy: batch of %d tokens beyond the deployment's %d", b->n_tok,
@@ -626,12 +955,43 @@ xds_status xds_deploy_forward_cb(void *user, xds_model_ctx *ctx, const xds_batch
 
 typedef struct src_state {
     int rank, stopped;
+    int rejoining;                        /* it failed: waiting for its restart (xccl_peer_reset) */
     uint8_t *in;                          /* (in_cap) the message being received */
     xccl_request rreq;
     size_t out_off[XDS_DEPLOY_MAX_MB];    /* reply buffers in the worker's region */
     xccl_request sreq[XDS_DEPLOY_MAX_MB];
     int sending[XDS_DEPLOY_MAX_MB];
 } src_state;
+
+/* An attention rank failed (died, restarted, hung): drop what is in flight
+ * with it and wait for its restart; the other ranks are served meanwhile. */
+static void source_failed(xccl_comm *comm, src_state *q, int worker, const char *why) {
+    XDS_LOGW("deploy: expert worker %d: attention rank %d failed (%s): serving the others until it rejoins", worker,
+             q->rank, why);
+    xccl_cancel(comm, &q->rreq);
+    for (int b = 0; b < XDS_DEPLOY_MAX_MB; b++)
+        if (q->sending[b]) xccl_cancel(comm, &q->sreq[b]), q->sending[b] = 0;
+    q->rejoining = 1;
+}
+
+/* A failed source restarted: accept its new incarnation, say READY again.
+ * 1 done, 0 not yet, -1 error (recorded). */
+static int source_rejoin(xccl_comm *comm, src_state *q, int worker, int L, uint64_t check, size_t in_cap) {
+    xccl_status xs = xccl_peer_reset(comm, q->rank);
+    if (xs == XCCL_ERR_PEER) return 0;
+    if (xs != XCCL_OK) {
+        xerr(xs, "expert worker: a failed attention rank cannot be taken back");
+        return -1;
+    }
+    msg_hdr ready = {.magic = MSG_MAGIC, .cmd = CMD_READY, .n_slots = L, .check = check};
+    xs = xccl_send(comm, q->rank, &ready, sizeof ready);
+    if (xs == XCCL_OK) xs = xccl_irecv(comm, q->rank, q->in, in_cap, &q->rreq);
+    if (xs != XCCL_OK) return 0; /* it failed again: next time */
+    q->rejoining = 0;
+    XDS_LOGI("deploy: expert worker %d: attention rank %d (incarnation %u) rejoined", worker, q->rank,
+             xccl_peer_incarnation(comm, q->rank));
+    return 1;
+}
 
 xds_status xds_deploy_repack_worker(xds_model *m, const xds_deploy_placement *pl, int worker) {
     if (pl->n_expert != m->cfg.moe.n_expert || worker < 0 || worker >= pl->n_workers)
@@ -690,11 +1050,18 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, const xds_
             for (int b = 0; b < XDS_DEPLOY_MAX_MB; b++) src[i].out_off[b] = ((size_t)i * XDS_DEPLOY_MAX_MB + b) * out_cap;
     }
     xds_pool *pool = xds_model_ctx_pool(ctx);
+    /* the heartbeat means "this loop makes progress": a hung loop shows as
+     * hung to the attention ranks, which then fail over */
+    xccl_comm_set_progress_mode(comm, 1);
+    const uint32_t timeout_ms = xccl_comm_get_timeout(comm);
+    const char *rj = getenv("XDS_EXPERT_REJOIN_S");
+    const double orphan_s = 2.0 * (rj && atof(rj) > 0 ? atof(rj) : 30.0);
     /* the attention ranks may attach after us (the supervisor starts expert
      * workers first): wait for each, bounded, then say READY */
     for (int i = 0; i < n_attn; i++) {
         double end = now_s() + 120.0;
         while (xccl_peer_check(comm, src[i].rank) != XCCL_OK) {
+            xccl_comm_progress(comm);
             if (now_s() > end) {
                 s = xds_err_set(XDS_ERR_TIMEOUT, "deploy: expert worker %d: attention rank %d did not attach within "
                                                  "120 s", worker, src[i].rank);
@@ -711,20 +1078,64 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, const xds_
         }
     }
     int live = n_attn;
+    double orphan_end = 0;
     while (live > 0) {
-        for (int i = 0; i < n_attn; i++) waits[i] = src[i].stopped ? NULL : &src[i].rreq;
+        xccl_status xs = xccl_comm_progress(comm); /* also: were we declared dead? */
+        if (xs != XCCL_OK) {
+            s = xerr(xs, "expert worker");
+            goto out;
+        }
+        int serving = 0, rejoining = 0;
+        for (int i = 0; i < n_attn; i++) {
+            if (!src[i].stopped && src[i].rejoining &&
+                source_rejoin(comm, &src[i], worker, L, placement_check(pl, worker), in_cap) < 0) {
+                s = xds_err_set(XDS_ERR_PEER, "%s", xds_err_msg());
+                goto out;
+            }
+            waits[i] = src[i].stopped || src[i].rejoining ? NULL : &src[i].rreq;
+            serving += waits[i] != NULL;
+            rejoining += !src[i].stopped && src[i].rejoining;
+        }
+        if (!serving) { /* every remaining source failed: wait for a restart, bounded */
+            if (!orphan_end) orphan_end = now_s() + orphan_s;
+            if (now_s() > orphan_end) {
+                s = xds_err_set(XDS_ERR_PEER, "deploy: expert worker %d: no attention rank came back within %.0f s",
+                                worker, orphan_s);
+                goto out;
+            }
+            usleep(2000);
+            continue;
+        }
+        orphan_end = 0;
         int idx = -1;
         double t0 = now_s();
-        xccl_status xs = xccl_waitany(comm, waits, n_attn, &idx);
+        if (rejoining) xccl_comm_set_timeout(comm, 50); /* come back soon to look for the restart */
+        xs = xccl_waitany(comm, waits, n_attn, &idx);
+        if (rejoining) xccl_comm_set_timeout(comm, timeout_ms);
         st.wait_s += now_s() - t0;
-        if (xs == XCCL_ERR_TIMEOUT) { /* idle: only a dead source ends the loop */
-            for (int i = 0; i < n_attn && xs == XCCL_ERR_TIMEOUT; i++)
-                if (!src[i].stopped && xccl_peer_check(comm, src[i].rank) != XCCL_OK) xs = XCCL_ERR_PEER;
-            if (xs == XCCL_ERR_TIMEOUT) continue;
+        if (xs == XCCL_ERR_TIMEOUT) { /* idle: look at the sources */
+            for (int i = 0; i < n_attn; i++)
+                if (waits[i] && xccl_peer_check(comm, src[i].rank) != XCCL_OK) {
+                    if (xccl_peer_state(comm, src[i].rank) == XCCL_RANK_LEFT) {
+                        s = xds_err_set(XDS_ERR_PEER, "deploy: expert worker %d: attention rank %d left without STOP",
+                                        worker, src[i].rank);
+                        goto out;
+                    }
+                    source_failed(comm, &src[i], worker, xccl_err_msg());
+                }
+            continue;
         }
         if (xs != XCCL_OK) {
-            s = xerr(xs, "expert worker waiting for the attention ranks");
-            goto out;
+            int r = xccl_err_rank(), qi = -1;
+            for (int i = 0; i < n_attn; i++)
+                if (src[i].rank == r && waits[i]) qi = i;
+            if (r == xccl_comm_rank(comm) || qi < 0 || xs != XCCL_ERR_PEER ||
+                xccl_peer_state(comm, r) == XCCL_RANK_LEFT) {
+                s = xerr(xs, "expert worker waiting for the attention ranks");
+                goto out;
+            }
+            source_failed(comm, &src[qi], worker, xccl_err_msg());
+            continue;
         }
         src_state *q = &src[idx];
         size_t len = xccl_request_len(&q->rreq);
@@ -760,8 +1171,12 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, const xds_
             xs = xccl_wait(comm, &q->sreq[h.mb]);
             q->sending[h.mb] = 0;
             if (xs != XCCL_OK) {
-                s = xerr(xs, "expert worker reply");
-                goto out;
+                if (xccl_err_rank() == xccl_comm_rank(comm)) {
+                    s = xerr(xs, "expert worker reply");
+                    goto out;
+                }
+                source_failed(comm, q, worker, xccl_err_msg());
+                continue;
             }
         }
         double a1 = now_s();
@@ -780,6 +1195,7 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, const xds_
             xds_silu_mul(gg, gu, nr * F);
             xds_matmul(pool, &f->down, gg, outr + r0 * E, nr);
             r0 += (size_t)nr;
+            xccl_comm_progress(comm);
         }
         st.rows += r0;
         st.msgs++;
@@ -790,8 +1206,12 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, const xds_
         xs = xccl_isend(comm, q->rank, ob, sizeof oh + sizeof(float) * r0 * E, &q->sreq[h.mb]);
         if (xs == XCCL_OK) q->sending[h.mb] = 1, xs = xccl_irecv(comm, q->rank, q->in, in_cap, &q->rreq);
         if (xs != XCCL_OK) {
-            s = xerr(xs, "expert worker reply");
-            goto out;
+            if (xccl_err_rank() == xccl_comm_rank(comm)) {
+                s = xerr(xs, "expert worker reply");
+                goto out;
+            }
+            source_failed(comm, q, worker, xccl_err_msg());
+            continue;
         }
         st.send_s += (a1 - a0) + (now_s() - a2);
         st.compute_s += a2 - a1;
@@ -803,7 +1223,7 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, const xds_
 out:
     if (src)
         for (int i = 0; i < n_attn; i++) {
-            if (!src[i].stopped && src[i].in) xccl_cancel(comm, &src[i].rreq);
+            if (!src[i].stopped && !src[i].rejoining && src[i].in) xccl_cancel(comm, &src[i].rreq);
             for (int b = 0; b < XDS_DEPLOY_MAX_MB; b++)
                 if (src[i].sending[b]) xccl_cancel(comm, &src[i].sreq[b]);
             free(src[i].in);

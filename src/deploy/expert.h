@@ -1,5 +1,5 @@
 /*
- * deploy.h — disaggregated MoE-attention across processes over XCCL
+ * expert.h — disaggregated MoE-attention across processes over XCCL
  * (DESIGN §3.3, issue 6): the attention-side executor a decode DP group uses
  * instead of xds_model_forward, and the loop an expert worker process runs.
  *
@@ -46,10 +46,17 @@
  * exactly as moe_experts does (double, k order, renormalized weights): logits
  * are bit-identical to the colocated engine (tests/unit/test_deploy.c).
  *
+ * Failover: an expert worker that dies, hangs or restarts costs no pass:
+ * the attention side re-sends the rows it owed to another replica (or waits,
+ * bounded, for its restart) and takes the restarted process back between
+ * passes (a new XCCL incarnation that says READY); the logits stay
+ * bit-identical to a fault-free run. An expert worker runs in XCCL progress
+ * mode (its heartbeat means its loop makes progress) and survives an
+ * attention rank's restart the same way. See expert.c.
+ *
  * Errors: every call returns xds_status with a one-line message; a dead or
- * hung peer surfaces as XDS_ERR_PEER/XDS_ERR_TIMEOUT naming the rank (from
- * XCCL's deadline and liveness checks), never as a hang; a malformed message
- * is an error naming its sender.
+ * hung peer that failover cannot replace surfaces as XDS_ERR_PEER naming the
+ * rank, never as a hang; a malformed message is an error naming its sender.
  */
 #ifndef XDS_ENGINE_DEPLOY_H
 #define XDS_ENGINE_DEPLOY_H
@@ -93,8 +100,8 @@ char *xds_deploy_placement_format(const xds_deploy_placement *p);
 void xds_deploy_placement_free(xds_deploy_placement *p);
 
 /* An XCCL config for n_ranks ranks suited to these streams: rings that let
- * a decode step's rows run ahead (256 KiB per pair), long heartbeats (a long
- * prefill chunk must not look like a hang). */
+ * a decode step's rows run ahead (256 KiB per pair); a hang is reported
+ * after 1.5 s without a heartbeat (XDS_HANG_MS overrides). */
 void xds_deploy_xccl_config(int n_ranks, struct xccl_config *cfg);
 
 /* ---- attention side ---------------------------------------------------- */
@@ -107,6 +114,10 @@ typedef struct xds_deploy_stats {
     double dispatch_s; /* grouping rows by worker + posting the sends */
     double combine_s;  /* waiting for the returned rows (expert compute not hidden) + weighted sum */
     uint64_t steps, tokens, moe_calls, split_steps; /* split_steps: passes run as 2 micro-batches */
+    /* failover: workers that failed, rows re-sent to replicas or restarts,
+     * workers taken back after a restart, time layers waited for one */
+    uint64_t failovers, rows_resent, rejoins;
+    double rejoin_wait_s;
 } xds_deploy_stats;
 
 /* comm: this rank's attachment; borrowed, used only from the thread calling
@@ -127,6 +138,16 @@ xds_status xds_deploy_forward_cb(void *user, xds_model_ctx *ctx, const xds_batch
  * worker leaves its loop once every attention rank has said so. */
 void xds_deploy_attn_stop(xds_deploy_attn *a);
 void xds_deploy_attn_stats(const xds_deploy_attn *a, xds_deploy_stats *out);
+/* How long an MoE layer waits for a restarted worker when every holder of
+ * one of its experts failed (default 30 s, or XDS_EXPERT_REJOIN_S); past it
+ * the pass fails (XDS_ERR_PEER) and the executor refuses further passes. */
+void xds_deploy_attn_set_rejoin_timeout(xds_deploy_attn *a, double seconds);
+/* 1 while placement worker w is in use (not failed, or rejoined). */
+int xds_deploy_attn_worker_alive(const xds_deploy_attn *a, int w);
+/* Take back failed workers whose restart has attached and said READY (never
+ * blocks; xds_deploy_forward does it before every pass; an idle loop may
+ * call it). Returns how many workers are still out. */
+int xds_deploy_attn_poll(xds_deploy_attn *a);
 void xds_deploy_attn_free(xds_deploy_attn *a);
 
 /* ---- expert worker ----------------------------------------------------- */

@@ -1,5 +1,5 @@
 /*
- * deploy_pd.c — disaggregated prefill / decode (deploy_pd.h).
+ * pd.c — disaggregated prefill / decode (pd.h).
  *
  * The prefill pool is an xds_kv_cache whose K and V arrays are swapped for
  * one registered XCCL region (K at offset 0, V after it) right after
@@ -11,7 +11,7 @@
  * sides) — one liveness check and one completion notification per pull.
  */
 #define _GNU_SOURCE
-#include "engine/deploy_pd.h"
+#include "deploy/pd.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -520,17 +520,29 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, const int *fronts, int n_fron
         xccl_status xs = xccl_waitany(p->comm, rp, n_fronts, &fi);
         xccl_comm_set_timeout(p->comm, p->timeout_ms);
         if (xs == XCCL_ERR_TIMEOUT || xs == XCCL_ERR_PEER) {
-            /* the supervisor's front-end gone is an error; another one that left stops being heard */
-            for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
-                if (!rp[i]) continue;
-                if (xccl_peer_check(p->comm, fronts[i]) == XCCL_OK) {
-                    seen[i] = 1;
+            /* a sender that left stops being heard until it is back (a
+             * restarted front-end re-attaches at its rank); with none left,
+             * not even the supervisor (fronts[0]), the deployment is gone */
+            int alive = 0;
+            for (int i = 0; i < n_fronts; i++) {
+                int ok = xccl_peer_check(p->comm, fronts[i]) == XCCL_OK;
+                alive += ok;
+                if (!rp[i]) { /* a restarted front-end: accept its new incarnation, listen again */
+                    if (seen[i] && xccl_peer_state(p->comm, fronts[i]) == XCCL_RANK_ACTIVE) {
+                        xccl_status rs = xccl_peer_reset(p->comm, fronts[i]);
+                        if ((rs == XCCL_OK || (rs == XCCL_ERR_INVALID && ok)) &&
+                            xccl_irecv(p->comm, fronts[i], bufs[i], cap, &rq[i]) == XCCL_OK)
+                            rp[i] = &rq[i];
+                    }
                     continue;
                 }
-                if (i == 0) s = xds_err_set(XDS_ERR_PEER, "deploy pd: prefill: front rank %d is gone", fronts[i]);
+                if (ok) seen[i] = 1;
                 else if (seen[i]) xccl_cancel(p->comm, &rq[i]), rp[i] = NULL;
             }
-            if (s != XDS_OK) goto out;
+            if (!alive && seen[0]) {
+                XDS_LOGW("deploy pd: prefill: no front-end and no supervisor left; stopping");
+                break;
+            }
             xds_pd_prefill_expire(p);
             continue;
         }
@@ -556,7 +568,7 @@ xds_status xds_pd_prefill_serve(xds_pd_prefill *p, const int *fronts, int n_fron
             goto out;
         }
         if (hdr[1] == PD_STOP) {
-            if (fi == 0) break; /* only the supervisor's front-end stops the instance */
+            if (fi == 0) break; /* only the supervisor (fronts[0]) stops the instance */
             continue;
         }
         if (hdr[1] == PD_FREE && len == sizeof(pd_free_msg)) {

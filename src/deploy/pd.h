@@ -1,5 +1,5 @@
 /*
- * deploy_pd.h — disaggregated prefill / decode over XCCL (DESIGN §3.3,
+ * pd.h — disaggregated prefill / decode over XCCL (DESIGN §3.3,
  * issue 6 item 2): a prefill instance runs chunked prefill into a KV pool
  * that lives in a registered XCCL region, then registers a transfer task
  * (request id, prompt length, first token, the block ids — metadata only) with
@@ -47,7 +47,7 @@ typedef struct xds_pd_prefill_opts {
     double hold_s;   /* drop a task not pulled within this (0: 60 s) */
     /* Called by xds_pd_prefill_serve after every submit attempt (blocks are
      * cached or evicted only there) with the instance's prefix cache (NULL
-     * when off): how it publishes its cached prefixes (engine/pd_pick.h). */
+     * when off): how it publishes its cached prefixes (deploy/pd_pick.h). */
     void (*after_submit)(void *user, const struct xds_prefix_cache *pc);
     void *after_submit_user;
 } xds_pd_prefill_opts;

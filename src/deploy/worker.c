@@ -1,30 +1,29 @@
 /*
  * worker.c — `xds worker --role ROLE ...`: one process of a disaggregated
- * deployment, started by the `xds serve` supervisor (cli/serve_deploy.c).
+ * deployment, started by the `xds serve` supervisor (deploy/supervisor.c).
  *
  * Roles: `expert` — attach to the deployment's XCCL segment as rank R, load
  * the model (mmap: the weights are shared with the other processes through
- * the page cache), then run the expert loop of engine/deploy.h until the
+ * the page cache), then run the expert loop of deploy/expert.h until the
  * attention rank says STOP (exit 0) or fails (exit 1 with one error line).
- * Exit status 2: bad invocation. The worker never outlives its supervisor:
- * it asks the kernel for SIGTERM when its parent dies, and its XCCL waits
- * fail when rank 0 is gone.
+ * Exit status 2: bad invocation. A worker outlives its supervisor: it keeps
+ * serving the front-ends, and ends when told (STOP from the supervisor,
+ * SIGTERM) or when no front-end and no supervisor is left.
  */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <xccl.h>
 
-#include "cli/cli.h"
-#include "engine/deploy.h"
-#include "engine/deploy_pd.h"
-#include "engine/deploy_dp.h"
-#include "engine/pd_pick.h"
+#include "deploy/worker.h"
+#include "deploy/expert.h"
+#include "deploy/pd.h"
+#include "deploy/dp.h"
+#include "deploy/pd_pick.h"
 #include "format/weights.h"
 #include "tokenizer/tokenizer.h"
 #include <limits.h>
@@ -90,8 +89,7 @@ static int worker_prefill(const char *segment, const char *model_path, long rank
                         "and sane --block-size/--pool-tokens/--max-seqs/--chunk\n", XCCL_MAX_RANKS - 1);
         return 2;
     }
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() == 1) return 1;
+    if (getppid() == 1) return 1; /* started by a supervisor that is already gone */
     xds_model *m = NULL;
     xds_status s = xds_model_load(model_path, NULL, &m);
     if (s != XDS_OK) {
@@ -174,14 +172,13 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
         }
     }
     if (!segment || !model_path || !table || rank < 0 || rank >= XCCL_MAX_RANKS || front < 0 || n_fronts < 1 ||
-        front >= XCCL_MAX_RANKS || front == rank || group < 1 || group >= XDS_DP_MAX_GROUPS || eo->n_threads < 1 ||
+        front >= XCCL_MAX_RANKS || front == rank || group < 0 || group >= XDS_DP_MAX_GROUPS || eo->n_threads < 1 ||
         eo->max_batch < 1 || eo->max_step_tokens < 1 || eo->max_ctx < 16 || eo->kv_block_size < 1) {
-        fprintf(stderr, "xds worker: error: decode needs --segment, -m, --rank, --front, --group 1..%d, "
+        fprintf(stderr, "xds worker: error: decode needs --segment, -m, --rank, --front, --group 0..%d, "
                         "--load-table and sane engine options\n", XDS_DP_MAX_GROUPS - 1);
         return 2;
     }
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() == 1) return 1;
+    if (getppid() == 1) return 1; /* started by a supervisor that is already gone */
     xds_model *m = NULL;
     xds_tokenizer *tok = NULL;
     xds_engine *engine = NULL;
@@ -255,7 +252,7 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
     return rc;
 }
 
-int cli_worker(int argc, char **argv) {
+int xds_deploy_worker_main(int argc, char **argv) {
     const char *role = NULL, *segment = NULL, *model_path = NULL;
     long rank = -1, threads = 1, block = 16, pool = 8192, seqs = 16, chunk = 256;
     long group = -1, max_batch = 16, step_tokens = 256, ctx = 4096, kv_blocks = 0;
@@ -337,7 +334,6 @@ int cli_worker(int argc, char **argv) {
                 XCCL_MAX_RANKS - 1, XDS_DEPLOY_MAX_ATTN);
         return 2;
     }
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() == 1) return 1; /* the supervisor is already gone */
 
     xds_model *m = NULL;

@@ -9,7 +9,7 @@
  * readers use relaxed atomic loads and never write the summary.
  */
 #define _GNU_SOURCE
-#include "engine/pd_pick.h"
+#include "deploy/pd_pick.h"
 
 #include <errno.h>
 #include <fcntl.h>

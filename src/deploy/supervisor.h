@@ -1,12 +1,22 @@
 /*
- * serve_deploy.h — the supervisor part of `xds serve`: with --experts E (and
- * --decode-dp / --prefill / --frontends / --topology) the serve process
- * becomes the supervisor of a disaggregated deployment (engine/deploy.h):
- * it sizes and creates the XCCL segment, starts E `xds worker --role expert`
- * processes, waits until every one is ready, runs the front-end and the
- * decode DP group (attention rank 0) itself, prints the topology and serves
- * it at GET /v1/topology, and stops every worker on shutdown, when a worker
- * fails to start, or (by raising SIGTERM in itself) when a worker dies.
+ * supervisor.h — `xds serve` with --experts E, --prefill P, --decode-dp D,
+ * --frontends F or --topology: a disaggregated deployment. The serve process
+ * becomes its supervisor: a small process that runs no model and holds no
+ * request state. It sizes and creates the XCCL segment and the load tables,
+ * starts every other process as a child (E `xds worker --role expert`, F
+ * front-ends `xds serve --frontend-of ...` sharing the port with
+ * SO_REUSEPORT, P `xds worker --role prefill`, D `xds worker --role
+ * decode`), waits until each serves, writes the topology (GET /v1/topology of
+ * every front-end), and then watches them: a child that exits unexpectedly is
+ * restarted with back-off, one that keeps crashing is left out (the
+ * deployment shrinks), one that stops answering (no heartbeat, or stopped) is
+ * killed and restarted. Children do not die with it: without a supervisor
+ * they keep serving. SIGTERM: the front-ends drain their streams, then the
+ * groups, prefill instances and expert workers are stopped in order.
+ *
+ * The front-end's request router lives here too (serve_deploy_frontend):
+ * it picks a prefill instance and a decode group per request from the tables
+ * in shared memory.
  * Without these flags serve.c never calls in here.
  */
 #ifndef XDS_CLI_SERVE_DEPLOY_H
@@ -18,8 +28,8 @@
 
 #include "base/status.h"
 #include "engine/engine.h"
-#include "engine/deploy.h"
-#include "engine/topology.h"
+#include "deploy/expert.h"
+#include "deploy/topology.h"
 #include "server/http.h"
 
 struct xds_model;
@@ -30,9 +40,12 @@ struct xds_deploy_attn;
 #define SERVE_DEPLOY_MAX_WORKERS 63
 #define SERVE_DEPLOY_MAX_FRONTENDS 8
 #define SERVE_DEPLOY_MAX_PREFILL 8
+#define SERVE_DEPLOY_CRASH_N 8
 
-struct serve_pd_req;
-struct serve_dp_req;
+/* A child's state (GET /v1/topology, the supervisor's log). */
+enum { SERVE_CHILD_STARTING = 0, SERVE_CHILD_LIVE, SERVE_CHILD_SUSPECT, SERVE_CHILD_RESTARTING, SERVE_CHILD_REMOVED };
+
+struct serve_req;
 struct xds_dp_table;
 
 typedef struct serve_deploy {
@@ -54,19 +67,31 @@ typedef struct serve_deploy {
     char *placement_text;           /* its text form, handed to the workers (owned) */
     xds_topology topo;              /* from --topology FILE (have_topo): per-process settings */
     int have_topo;
-    /* children: experts first (rank 1..E), then prefill instances (ranks E+2..) */
+    /* children: experts, front-ends, prefill instances, decode groups (in rank order) */
     pid_t pids[SERVE_DEPLOY_MAX_WORKERS]; /* 0 once reaped */
     int status[SERVE_DEPLOY_MAX_WORKERS]; /* wait status once reaped */
     int rank_of[SERVE_DEPLOY_MAX_WORKERS];
     char kind_of[SERVE_DEPLOY_MAX_WORKERS]; /* 'e' expert, 'p' prefill, 'd' decode group, 'f' front-end */
+    char **args_of[SERVE_DEPLOY_MAX_WORKERS]; /* its command line (owned), for a restart */
+    int state_of[SERVE_DEPLOY_MAX_WORKERS];   /* SERVE_CHILD_* */
+    int restarts[SERVE_DEPLOY_MAX_WORKERS];   /* restarts so far */
+    double crash_t[SERVE_DEPLOY_MAX_WORKERS][SERVE_DEPLOY_CRASH_N]; /* its last crash times (ring) */
+    double restart_at[SERVE_DEPLOY_MAX_WORKERS]; /* restarting: when to start it again */
+    double since[SERVE_DEPLOY_MAX_WORKERS];      /* suspect / restarting since */
     int n_pids;
+    double hang_s;         /* a child whose heartbeat is missing this long is killed and restarted */
+    int crash_n;           /* crash_n exits within crash_window_s: left out (the deployment shrinks) */
+    double crash_window_s;
+    double drain_s;        /* the front-ends' --shutdown-timeout */
+    char port_lock[96];    /* /dev/shm/xds-port-PORT: which deployment serves the port */
     /* prefill/decode router (P > 0): rank E+1 of this process talks to the prefill instances */
     struct xccl_comm *rpc;
     int rpc_rank;
     pthread_mutex_t cmu; /* rpc comm: HTTP threads, the receiver thread, the engine thread (import) */
     pthread_mutex_t rmu; /* the request table */
     int mutexes;
-    struct serve_pd_req *reqs;
+    struct serve_req *reqs;     /* a front-end's requests */
+    int gdown[64], pdown[SERVE_DEPLOY_MAX_PREFILL]; /* a front-end's view: group / instance lost */
     uint64_t next_id;
     int at_prefill[SERVE_DEPLOY_MAX_PREFILL]; /* requests sent and not yet returned, per instance */
     int prank[SERVE_DEPLOY_MAX_PREFILL];      /* rank of each prefill instance */
@@ -84,21 +109,15 @@ typedef struct serve_deploy {
     struct xds_dp_table *table;
     char pick_name[64];         /* prefill instances (P > 0): queue + cached-prefix table in shm */
     struct xds_pd_table *pick;
-    struct serve_dp_req *dreqs;
     pthread_t monitor;
     int monitor_started;
     atomic_int stopping; /* set before workers are told to stop: exits are expected */
     atomic_int failed;   /* a worker died while serving */
     atomic_int signalled; /* SIGTERM/SIGINT arrived: shutdown is under way, a dying worker raises none */
     char *topology_json; /* owned */
-    /* several front-ends (F > 1) on one port (SO_REUSEPORT): front-end k >= 1 is an
-     * `xds serve --frontend-of ...` process at rank fe_rank[k]; group 0 takes their
-     * requests through a service thread at rank g0_rank */
-    int grank[64];          /* rank of decode group g's requests (-1: this process's engine) */
-    int fe_rank[SERVE_DEPLOY_MAX_FRONTENDS], g0_rank;
-    struct xccl_comm *g0comm;
-    pthread_t g0thread;
-    int g0_started;
+    /* front-end k is an `xds serve --frontend-of ...` process at rank fe_rank[k] */
+    int grank[64];          /* rank of decode group g's requests */
+    int fe_rank[SERVE_DEPLOY_MAX_FRONTENDS];
     int port;               /* the port every front-end listens on */
     int argc;               /* serve's arguments, handed to the front-ends */
     char **argv;
@@ -111,14 +130,17 @@ void serve_deploy_init(serve_deploy *d);
 int serve_deploy_opt(serve_deploy *d, const char *a, const char *v);
 /* Usage lines for serve's --help. */
 const char *serve_deploy_usage(void);
-/* Create the segment, start and wait for the workers, attach rank 0 and point
- * eo's executor at the attention side. On error everything started is
- * stopped again (no process left) and one message is set. */
+/* Claim the port, create the segment and tables, start every child and wait
+ * until each serves, start the monitor. m: the model's configuration only
+ * (the supervisor computes nothing). On error everything started is stopped
+ * again (no process left) and one message is set. */
 xds_status serve_deploy_start(serve_deploy *d, struct xds_model *m, const char *model_path, xds_engine_opts *eo);
-/* Build and print the topology (after the engine exists: its KV capacity);
- * with prefill instances also start the request router: *ops is then the
- * router for xds_server_opts.engine_ops (NULL without prefill instances). */
-xds_status serve_deploy_topology(serve_deploy *d, xds_engine *engine, const xds_server_engine_ops **ops);
+/* Wait for SIGTERM/SIGINT (blocked in sigs), or the deployment failing for
+ * good (no front-end or decode group left); returns the signal. */
+int serve_deploy_run(serve_deploy *d, const sigset_t *sigs);
+/* A front-end's GET /v1/topology (xds_server_opts.topology_fn): the
+ * supervisor's current file, malloc'ed (NULL: none). */
+char *serve_deploy_topology_get(void *user);
 /* The supervisor got SIGTERM/SIGINT: from now on a second one quits at
  * once, but still removes the shared-memory names and kills the workers
  * (async-signal-safe handler), so nothing is left behind. */
@@ -130,8 +152,9 @@ xds_status serve_deploy_frontend(serve_deploy *d, const struct xds_model *m, int
                                  const xds_server_engine_ops **ops);
 /* Stop feeding the engine (prefill receiver thread); call before freeing it. */
 void serve_deploy_quiesce(serve_deploy *d);
-/* Tell the workers to stop, reap them (SIGKILL after a deadline), detach,
- * remove the segment. Call after the engine is freed. Idempotent. */
+/* Supervisor: stop the front-ends (they drain), then the other children,
+ * reap them (SIGKILL after a deadline), remove the segment and tables.
+ * Front-end: stop its receiver, free its request state. Idempotent. */
 void serve_deploy_stop(serve_deploy *d);
 
 #endif

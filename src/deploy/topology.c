@@ -8,7 +8,7 @@
  * flag) and the field's position; a returned topology satisfies the
  * invariants listed in topology.h (checked in one place, topo_check_experts).
  */
-#include "engine/topology.h"
+#include "deploy/topology.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -1,5 +1,5 @@
 /*
- * deploy_dp.h — several decode DP groups behind a front-end, with
+ * dp.h — several decode DP groups behind a front-end, with
  * decentralized scheduling (DESIGN §3.3, issue 6 item 4).
  *
  * Each DP group is self-contained (its own engine: scheduler, KV cache,
@@ -25,7 +25,7 @@
 
 #include "base/status.h"
 #include "engine/engine.h"
-#include "engine/deploy_pd.h"
+#include "deploy/pd.h"
 
 struct xccl_comm;
 
@@ -38,6 +38,7 @@ typedef struct xds_dp_load {
     atomic_llong max_batch;
     atomic_llong served;                 /* requests finished */
     atomic_llong alive;                  /* 1 while the group serves */
+    atomic_llong removed;                /* set by the supervisor: left out for good (crash loop) */
 } xds_dp_load;
 
 typedef struct xds_dp_table {
@@ -52,6 +53,8 @@ xds_status xds_dp_table_open(const char *name, xds_dp_table **out);
 void xds_dp_table_close(xds_dp_table *t);
 /* The group for a request of n_prompt + max_tokens tokens (block_size tokens per block). */
 int xds_dp_pick(xds_dp_table *t, int n_tokens, int block_size);
+/* The same, never a group g with bit g of skip set (-1: none is left). */
+int xds_dp_pick_skip(xds_dp_table *t, int n_tokens, int block_size, uint64_t skip);
 /* Account a request of n_tokens on group g (+1) or its end (-1). */
 void xds_dp_account(xds_dp_table *t, int g, int n_tokens, int block_size, int sign);
 

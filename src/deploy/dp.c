@@ -1,5 +1,5 @@
 /*
- * deploy_dp.c — DP groups behind a front-end (deploy_dp.h): the load table,
+ * dp.c — DP groups behind a front-end (dp.h): the load table,
  * the pick policy, the REQ/CANCEL/EVENT/STOP messages and a group's serving
  * loop.
  *
@@ -9,7 +9,7 @@
  * final EVENT to the front-end, also when the engine refuses it.
  */
 #define _GNU_SOURCE
-#include "engine/deploy_dp.h"
+#include "deploy/dp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -88,6 +88,10 @@ void xds_dp_account(xds_dp_table *t, int g, int n_tokens, int block_size, int si
 }
 
 int xds_dp_pick(xds_dp_table *t, int n_tokens, int block_size) {
+    return xds_dp_pick_skip(t, n_tokens, block_size, 0);
+}
+
+int xds_dp_pick_skip(xds_dp_table *t, int n_tokens, int block_size, uint64_t skip) {
     int n = (int)t->n_groups, start = (int)(atomic_fetch_add(&t->rr, 1) % (unsigned)n);
     int best = -1, best_full = 1;
     double best_load = 0;
@@ -95,7 +99,7 @@ int xds_dp_pick(xds_dp_table *t, int n_tokens, int block_size) {
     for (int k = 0; k < n; k++) {
         int g = (start + k) % n;
         xds_dp_load *L = &t->g[g];
-        if (!atomic_load(&L->alive)) continue;
+        if (!atomic_load(&L->alive) || (g < 64 && (skip >> g & 1))) continue;
         long long kv = atomic_load(&L->kv_blocks), mb = atomic_load(&L->max_batch);
         int full = mb > 0 && atomic_load(&L->in_flight) >= mb;
         double load = kv > 0 ? (double)(atomic_load(&L->load_blocks) + need) / (double)kv : 1e9;
@@ -218,7 +222,6 @@ typedef struct ev_item {
 } ev_item;
 
 typedef struct grp_loop {
-    int primary;         /* the supervisor's front-end: only its loss is an error */
     xds_dp_serve_stats st; /* kv_* written by the engine thread under cmu */
     pthread_mutex_t mu;
     pthread_mutex_t cmu; /* the comm: serving loop + engine thread (imports) */
@@ -275,6 +278,10 @@ static int grp_import(void *user, struct xds_kv_cache *kv, int slot, int from, i
     if (s != XDS_OK) {
         XDS_LOGW("deploy dp: request %llu: KV pull failed (%s); computing the prompt here",
                  (unsigned long long)r->front_id, xds_err_msg());
+        /* a prefill instance that died: accept its restart for the next imports */
+        pthread_mutex_lock(&L->cmu);
+        (void)xccl_peer_reset(L->comm, r->task.src_rank);
+        pthread_mutex_unlock(&L->cmu);
         queue_freed(r);
         return 0;
     }
@@ -313,20 +320,16 @@ static xds_status flush_events(grp_loop *L, xccl_comm *comm) {
         if (!it) return XDS_OK;
         size_t len = sizeof it->h + it->h.text_len;
         char small[1024], *msg = len <= sizeof small ? small : malloc(len);
-        xccl_status xs = XCCL_ERR_NOMEM;
-        if (msg) {
+        if (msg) { /* to a front-end that left, it fails: its requests are cancelled, their events dropped */
             memcpy(msg, &it->h, sizeof it->h);
             if (it->h.text_len) memcpy(msg + sizeof it->h, it->text, it->h.text_len);
             pthread_mutex_lock(&L->cmu);
-            xs = xccl_send(comm, it->dest, msg, len);
+            (void)xccl_send(comm, it->dest, msg, len);
             pthread_mutex_unlock(&L->cmu);
             if (msg != small) free(msg);
         }
-        int dest = it->dest;
         free(it->text);
         free(it);
-        if (xs != XCCL_OK && dest == L->primary) return xerr(xs, "send an event");
-        /* another front-end that left: its requests are cancelled, their events dropped */
     }
 }
 
@@ -336,7 +339,7 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
         if (own_engine) xds_engine_free(engine, 0);
         return xds_err_set(XDS_ERR_INVALID, "deploy dp: %d front-ends (1..%d)", n_fronts, XDS_DP_MAX_FRONTS);
     }
-    grp_loop L = {.t = t, .group = group, .block_size = block_size, .comm = comm, .primary = fronts[0]};
+    grp_loop L = {.t = t, .group = group, .block_size = block_size, .comm = comm};
     pthread_mutex_init(&L.mu, NULL);
     pthread_mutex_init(&L.cmu, NULL);
     xds_engine_stats es;
@@ -351,6 +354,7 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
     xccl_request rq[XDS_DP_MAX_FRONTS];
     xccl_request *rp[XDS_DP_MAX_FRONTS] = {0};
     int seen[XDS_DP_MAX_FRONTS] = {0}; /* attached once: a later failed check means it is gone */
+    unsigned retry[XDS_DP_MAX_FRONTS] = {0};
     xds_status s = buf ? XDS_OK : xds_err_set(XDS_ERR_NOMEM, "deploy dp: out of memory");
     for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
         bufs[i] = malloc(cap);
@@ -376,19 +380,33 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
         if (xs == XCCL_OK && xccl_irecv(comm, fronts[fi], bufs[fi], cap, &rq[fi]) != XCCL_OK) xs = XCCL_ERR_INVALID;
         pthread_mutex_unlock(&L.cmu);
         if (xs == XCCL_ERR_TIMEOUT || xs == XCCL_ERR_PEER) {
-            /* the supervisor's front-end gone is an error; another one that
-             * left (shutdown) or died: cancel its requests, stop listening */
-            for (int i = 0; i < n_fronts && s == XDS_OK; i++) {
-                if (!rp[i]) continue;
-                if (xccl_peer_check(comm, fronts[i]) == XCCL_OK) {
+            /* a sender that left or died: cancel its requests, stop listening
+             * until it is back (a restarted front-end re-attaches at its
+             * rank); with none left, not even the supervisor (fronts[0]),
+             * the deployment is gone and the group ends */
+            int alive = 0;
+            for (int i = 0; i < n_fronts; i++) {
+                int ok = xccl_peer_check(comm, fronts[i]) == XCCL_OK;
+                alive += ok;
+                if (!rp[i]) {
+                    /* back (a restarted front-end re-attached at its rank: accept
+                     * the new incarnation), at most every 50 ms: listen again */
+                    if (seen[i] && ++retry[i] % 50 == 0 && xccl_peer_state(comm, fronts[i]) == XCCL_RANK_ACTIVE) {
+                        pthread_mutex_lock(&L.cmu);
+                        xccl_status rs = xccl_peer_reset(comm, fronts[i]);
+                        if ((rs == XCCL_OK || (rs == XCCL_ERR_INVALID && xccl_peer_check(comm, fronts[i]) == XCCL_OK)) &&
+                            xccl_irecv(comm, fronts[i], bufs[i], cap, &rq[i]) == XCCL_OK)
+                            rp[i] = &rq[i];
+                        pthread_mutex_unlock(&L.cmu);
+                        if (rp[i]) XDS_LOGI("deploy dp: group %d: rank %d is back", group, fronts[i]);
+                    }
+                    continue;
+                }
+                if (ok) {
                     seen[i] = 1;
                     continue;
                 }
-                if (!seen[i] && i > 0) continue; /* still starting: it has not attached yet */
-                if (i == 0) {
-                    s = xds_err_set(XDS_ERR_PEER, "deploy dp: front-end rank %d is gone", fronts[i]);
-                    break;
-                }
+                if (!seen[i]) continue; /* still starting: it has not attached yet */
                 pthread_mutex_lock(&L.cmu);
                 xccl_cancel(comm, &rq[i]);
                 pthread_mutex_unlock(&L.cmu);
@@ -397,6 +415,10 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
                 for (grp_req *r = L.reqs; r; r = r->next)
                     if (r->front == fronts[i]) xds_engine_cancel(engine, r->eng_id);
                 pthread_mutex_unlock(&L.mu);
+            }
+            if (!alive && seen[0]) {
+                XDS_LOGW("deploy dp: group %d: no front-end and no supervisor left; stopping", group);
+                break;
             }
             continue;
         }
@@ -416,7 +438,7 @@ xds_status xds_dp_group_serve(xds_engine *engine, xccl_comm *comm, const int *fr
             break;
         }
         if (sm.cmd == DP_STOP) {
-            if (fi == 0) break; /* only the supervisor's front-end stops the group */
+            if (fi == 0) break; /* only the supervisor (fronts[0]) stops the group */
             continue;
         }
         if (sm.cmd == DP_CANCEL) {

@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# deploy_faults.sh — faults of every role of a disaggregated deployment, as
+# real processes under load (SmolLM2, XDS_TEST_MODEL; skipped when unset).
+# Each fault is injected while 8 greedy streaming requests run; every check
+# wants zero failed requests (each stream ends with [DONE], no error) and
+# every output byte-identical to the fault-free run of the same requests:
+#   - a decode group killed (kill -9): its streams continue on the other group
+#     (re-prefill of prompt + tokens so far); the group is restarted and
+#     rejoins (GET /v1/topology: live, restarts 1);
+#   - a decode group stopped (SIGSTOP, SIGCONT later): suspect, then killed
+#     after --hang-timeout and restarted;
+#   - two faults in a row (both groups, 0.7 s apart);
+#   - a crash loop (--restart-max 3): the group is left out ("removed"), the
+#     deployment shrinks and still serves; with no group left a request gets
+#     503 + Retry-After at once;
+#   - a prefill instance killed: its requests are re-routed;
+#   - a front-end killed: the other keeps serving the port, it is restarted;
+#   - SIGTERM while a group is being restarted: the streams finish, exit 0;
+#   - the supervisor killed (kill -9 of its process group): serving goes on; a
+#     new `xds serve` on the port refuses with a clear message; SIGTERM to the
+#     front-end ends the rest; the next `xds serve` on the port removes the
+#     crashed deployment's shared memory and serves.
+# Every run ends with no process and no /dev/shm segment left.
+# Usage: bash tests/cli/deploy_faults.sh path/to/xds
+set -uo pipefail
+XDS="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+cd "$(dirname "$0")/../.."
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $*"; }
+bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+if [ -z "${XDS_TEST_MODEL:-}" ]; then
+  echo "skip: XDS_TEST_MODEL is not set (scripts/test.sh sets it); fault tests not run"
+  echo "0 passed, 0 failed"; exit 0
+fi
+M="$XDS_TEST_MODEL"
+# under sanitizers the model is ~10x slower: shorter streams
+if [ "${XDS_SANITIZED:-0}" = 1 ]; then NTOK=24; else NTOK=96; fi
+TMP="$(mktemp -d /tmp/xds-deploy-faults.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do for c in $(pgrep -f -- "--segment /xds-serve-$p( |$)|--frontend-of /xds-serve-$p( |$)"); do kill -9 "$c" 2>/dev/null; done; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# processes of supervisor $1's deployment still alive (workers and front-ends)
+stray() { pgrep -f -- "--segment /xds-serve-$1( |$)|--frontend-of /xds-serve-$1( |$)" | tr '\n' ' ' || true; }
+leftover() { ls /dev/shm 2>/dev/null | grep -E -- "-$1(\.|$)|xds-port-$2$" | tr '\n' ' '; }
+wait_health() { # port pid
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+wait_exit() { # pid seconds -> RC
+  local end=$((SECONDS + $2))
+  while kill -0 "$1" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
+  if kill -0 "$1" 2>/dev/null; then kill -9 "$1"; wait "$1" 2>/dev/null; RC=124; else wait "$1"; RC=$?; fi
+}
+wait_log() { # file pattern seconds
+  local end=$((SECONDS + $3))
+  while [ $SECONDS -lt $end ]; do grep -Eq -- "$2" "$1" && return 0; sleep 0.1; done
+  return 1
+}
+pid_of() { # supervisor rank -> pid of that rank's process
+  pgrep -f -- "--segment /xds-serve-$1 --rank $2 |--frontend-of /xds-serve-$1 --frontend-rank $2( |$)" | head -1
+}
+# load PORT OUT: 8 concurrent greedy streams; OUT: one JSON list of {text, done, finish, err}
+cat >"$TMP/load.py" <<'EOF'
+import json, sys, threading, urllib.request
+port, out, ntok = sys.argv[1], sys.argv[2], int(sys.argv[3])
+prompts = ["The capital of France is", "Write a haiku about the sea.", "1, 2, 3, 4,", "Once upon a time",
+           "The best way to learn C is", "List three colors:", "def fib(n):", "Water boils at"]
+res = {}
+def one(i):
+    body = {"prompt": prompts[i], "max_tokens": ntok, "temperature": 0, "stream": True, "ignore_eos": True}
+    req = urllib.request.Request("http://127.0.0.1:%s/v1/completions" % port, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    text, done, fin, err = "", False, None, None
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            for line in r:
+                line = line.decode().strip()
+                if not line.startswith("data: "): continue
+                if line == "data: [DONE]": done = True; break
+                j = json.loads(line[6:])
+                if "error" in j: err = j["error"]; continue
+                c = j["choices"][0]; text += c.get("text", "")
+                fin = c.get("finish_reason") or fin
+    except Exception as e:
+        err = repr(e)
+    res[i] = {"text": text, "done": done, "finish": fin, "err": err}
+ts = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+[t.start() for t in ts]; [t.join() for t in ts]
+json.dump([res[i] for i in range(len(prompts))], open(out, "w"))
+EOF
+load() { python3 "$TMP/load.py" "$1" "$2" "$NTOK"; }
+# same REF GOT -> 0 if every stream finished cleanly with the reference's text
+same() {
+  python3 - "$1" "$2" <<'EOF'
+import json, sys
+ref, got = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+bad = [i for i, (r, g) in enumerate(zip(ref, got)) if not g["done"] or g["err"] or g["finish"] != "length" or g["text"] != r["text"]]
+if bad or len(got) != len(ref):
+    print("streams differing or failed: %s; first: %r vs %r" % (bad, got[bad[0]] if bad else None, ref[bad[0]] if bad else None))
+    sys.exit(1)
+EOF
+}
+topo_state() { # port rank -> "state restarts"
+  curl -s "http://127.0.0.1:$1/v1/topology" | python3 -c "
+import json, sys
+t = json.load(sys.stdin)
+r = [x for x in t['ranks'] if x['rank'] == $2][0]
+print(r['state'], r['restarts'])"
+}
+wait_state() { # port rank "state restarts" seconds
+  local end=$((SECONDS + $4))
+  while [ $SECONDS -lt $end ]; do [ "$(topo_state "$1" "$2" 2>/dev/null)" = "$3" ] && return 0; sleep 0.1; done
+  return 1
+}
+finish() { # label supervisor port: SIGTERM -> exit 0, nothing left
+  kill -TERM "$2"; wait_exit "$2" 60
+  sleep 0.3
+  [ "$RC" = 0 ] && [ -z "$(stray "$2")" ] && [ -z "$(leftover "$2" "$3")" ] && ok "$1: SIGTERM -> exit 0, no process or segment left" \
+    || bad "$1: rc=$RC left: $(stray "$2") $(leftover "$2" "$3")"
+}
+
+# ---- A: two decode groups (ranks: 0 supervisor, 1 front-end, 2 group 0, 3 group 1) ----
+P=$(free_port)
+"$XDS" serve -m "$M" --port "$P" -t 1 --decode-dp 2 --restart-max 3 --restart-window 600 >"$TMP/a.log" 2>&1 & S=$!; PIDS+=("$S")
+if wait_health "$P" "$S"; then
+  load "$P" "$TMP/ref.json"
+  python3 -c "import json,sys; r=json.load(open('$TMP/ref.json')); sys.exit(not all(x['done'] and not x['err'] for x in r))" \
+    && ok "A: fault-free reference run" || bad "A: reference run failed: $(cat "$TMP/ref.json")"
+  # kill -9 of group 0 mid-stream
+  load "$P" "$TMP/f1.json" & L=$!
+  sleep 1; G=$(pid_of "$S" 2); kill -9 "$G"; wait "$L"
+  same "$TMP/ref.json" "$TMP/f1.json" && ok "A: decode group killed mid-stream: 8 streams complete, byte-identical" \
+    || bad "A: killed group: $(tail -5 "$TMP/a.log")"
+  grep -q "decode group 0 (rank 2, pid $G) was killed by signal 9 (Killed); restarting it" "$TMP/a.log" \
+    && grep -Eq "decode group 0 \(rank 2\) lost .*; [1-9] requests continue on another group" "$TMP/a.log" \
+    && ok "A: one log line per event (death, failover)" || bad "A: log: $(grep -E 'group 0' "$TMP/a.log" | tail -4)"
+  wait_state "$P" 2 "live 1" 30 && ok "A: group 0 restarted and live again (restarts 1)" || bad "A: topology: $(topo_state "$P" 2)"
+  # SIGSTOP of group 1: suspect, killed after the hang timeout, restarted
+  load "$P" "$TMP/f2.json" & L=$!
+  sleep 1; G=$(pid_of "$S" 3); kill -STOP "$G"
+  wait_log "$TMP/a.log" "decode group 1 \(rank 3, pid $G\) hung" 20; kill -CONT "$G" 2>/dev/null; wait "$L"
+  same "$TMP/ref.json" "$TMP/f2.json" && ok "A: decode group stopped (SIGSTOP): streams complete, byte-identical" \
+    || bad "A: stopped group: $(tail -5 "$TMP/a.log")"
+  grep -q "decode group 1 (rank 3, pid $G) is suspect: stopped" "$TMP/a.log" && ok "A: stopped group marked suspect, then killed" \
+    || bad "A: no suspect line: $(tail -4 "$TMP/a.log")"
+  wait_state "$P" 3 "live 1" 30 || bad "A: group 1 not live again: $(topo_state "$P" 3)"
+  wait_state "$P" 2 "live 1" 30 || bad "A: group 0 not live: $(topo_state "$P" 2)"
+  # two faults in a row
+  load "$P" "$TMP/f3.json" & L=$!
+  sleep 1; kill -9 "$(pid_of "$S" 2)"; sleep 0.7; kill -9 "$(pid_of "$S" 3)"; wait "$L"
+  same "$TMP/ref.json" "$TMP/f3.json" && ok "A: two faults in a row (both groups): streams complete, byte-identical" \
+    || bad "A: two faults: $(tail -6 "$TMP/a.log")"
+  wait_state "$P" 2 "live 2" 30 && wait_state "$P" 3 "live 2" 30 && ok "A: both groups restarted again (restarts 2)" \
+    || bad "A: after two faults: $(topo_state "$P" 2) / $(topo_state "$P" 3)"
+  # crash loop: a third exit within the window leaves group 1 out; the deployment shrinks
+  kill -9 "$(pid_of "$S" 3)"
+  wait_state "$P" 3 "removed 2" 10 && grep -q "decode group 1 (rank 3, pid [0-9]*) .*: 3 exits within 600 s; left out" "$TMP/a.log" \
+    && ok "A: crash loop: group 1 left out (state removed)" || bad "A: crash loop: $(topo_state "$P" 3) $(tail -3 "$TMP/a.log")"
+  load "$P" "$TMP/f4.json"
+  same "$TMP/ref.json" "$TMP/f4.json" && ok "A: shrunk to one group: streams complete, byte-identical" || bad "A: shrunk deployment"
+  kill -9 "$(pid_of "$S" 2)"
+  wait_state "$P" 2 "removed 2" 10 || bad "A: group 0 not removed: $(topo_state "$P" 2)"
+  H=$(curl -s -o /dev/null -D - -w '%{http_code}' --max-time 10 "http://127.0.0.1:$P/v1/completions" -H 'Content-Type: application/json' \
+      -d '{"prompt": "Hi", "max_tokens": 4}')
+  echo "$H" | grep -qi '^retry-after: [0-9]' && [ "${H: -3}" = 503 ] && ok "A: no decode group left: 503 with Retry-After at once" \
+    || bad "A: no capacity: $H"
+  finish "A" "$S" "$P"
+else bad "A: did not come up: $(tail -5 "$TMP/a.log")"; fi
+
+# ---- B: prefill instance + 2 groups + 2 front-ends (ranks: 1,2 front-ends, 3 prefill, 4,5 groups) ----
+P=$(free_port)
+"$XDS" serve -m "$M" --port "$P" -t 1 --prefill 1 --decode-dp 2 --frontends 2 >"$TMP/b.log" 2>&1 & S=$!; PIDS+=("$S")
+if wait_health "$P" "$S"; then
+  load "$P" "$TMP/refb.json"
+  same "$TMP/ref.json" "$TMP/refb.json" && ok "B: prefill + 2 groups + 2 front-ends: same outputs as A" || bad "B: reference differs"
+  load "$P" "$TMP/g1.json" & L=$!
+  sleep 0.3; W=$(pid_of "$S" 3); kill -9 "$W"; wait "$L"
+  same "$TMP/ref.json" "$TMP/g1.json" && ok "B: prefill instance killed: its requests re-routed, byte-identical" \
+    || bad "B: killed prefill: $(tail -5 "$TMP/b.log")"
+  wait_state "$P" 3 "live 1" 30 && ok "B: prefill instance restarted" || bad "B: prefill: $(topo_state "$P" 3)"
+  F=$(pid_of "$S" 2); kill -9 "$F"
+  load "$P" "$TMP/g2.json"
+  same "$TMP/ref.json" "$TMP/g2.json" && ok "B: front-end killed: the other serves the port, byte-identical" \
+    || bad "B: killed front-end: $(tail -5 "$TMP/b.log")"
+  wait_state "$P" 2 "live 1" 30 && ok "B: front-end restarted" || bad "B: front-end: $(topo_state "$P" 2)"
+  # SIGTERM while a group is being restarted: the streams still finish
+  load "$P" "$TMP/g3.json" & L=$!
+  sleep 1; kill -9 "$(pid_of "$S" 4)"; sleep 0.1; kill -TERM "$S"; wait "$L"
+  same "$TMP/ref.json" "$TMP/g3.json" && ok "B: SIGTERM during recovery: streams complete, byte-identical" \
+    || bad "B: SIGTERM in recovery: $(tail -5 "$TMP/b.log")"
+  wait_exit "$S" 60; sleep 0.3
+  [ "$RC" = 0 ] && [ -z "$(stray "$S")" ] && [ -z "$(leftover "$S" "$P")" ] && ok "B: then exit 0, no process or segment left" \
+    || bad "B: rc=$RC left: $(stray "$S") $(leftover "$S" "$P")"
+else bad "B: did not come up: $(tail -5 "$TMP/b.log")"; fi
+
+# ---- C: the supervisor killed (SIGKILL to its process group) ----
+P=$(free_port)
+setsid "$XDS" serve -m "$M" --port "$P" -t 1 --decode-dp 2 >"$TMP/c.log" 2>&1 & S=$!; PIDS+=("$S")
+if wait_health "$P" "$S"; then
+  load "$P" "$TMP/h1.json" & L=$!
+  sleep 1; kill -9 -- "-$S"; wait "$L"
+  same "$TMP/ref.json" "$TMP/h1.json" && ok "C: supervisor killed mid-stream: streams complete, byte-identical" \
+    || bad "C: killed supervisor: $(tail -5 "$TMP/c.log")"
+  load "$P" "$TMP/h2.json"
+  same "$TMP/ref.json" "$TMP/h2.json" && ok "C: without a supervisor the deployment keeps serving" || bad "C: after the supervisor"
+  "$XDS" serve -m "$M" --port "$P" -t 1 --decode-dp 2 >"$TMP/c2.log" 2>&1; RC=$?
+  [ "$RC" = 1 ] && grep -q "port $P is already served by deployment /xds-serve-$S (supervisor pid $S, gone)" "$TMP/c2.log" \
+    && ok "C: a new supervisor on the port refuses with a clear message" || bad "C: second supervisor: rc=$RC $(tail -2 "$TMP/c2.log")"
+  kill -TERM "$(pid_of "$S" 1)"
+  end=$((SECONDS + 30)); while [ -n "$(stray "$S")" ] && [ $SECONDS -lt $end ]; do sleep 0.2; done
+  [ -z "$(stray "$S")" ] && ok "C: SIGTERM to the front-end ends the orphaned deployment: no process left" \
+    || bad "C: left: $(stray "$S")"
+  "$XDS" serve -m "$M" --port "$P" -t 1 --decode-dp 2 >"$TMP/c3.log" 2>&1 & S2=$!; PIDS+=("$S2")
+  if wait_health "$P" "$S2"; then
+    grep -q "removing the shared memory of a crashed deployment on port $P (supervisor pid $S): /xds-serve-$S" "$TMP/c3.log" \
+      && [ -z "$(leftover "$S" x)" ] && ok "C: the next supervisor removes the crashed deployment's segments" \
+      || bad "C: stale segments: $(head -3 "$TMP/c3.log") $(leftover "$S" x)"
+    load "$P" "$TMP/h3.json"
+    same "$TMP/ref.json" "$TMP/h3.json" && ok "C: and serves the same outputs" || bad "C: new deployment"
+    finish "C" "$S2" "$P"
+  else bad "C: new deployment did not come up: $(tail -3 "$TMP/c3.log")"; fi
+else bad "C: did not come up: $(tail -5 "$TMP/c.log")"; fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
