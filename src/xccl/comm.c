@@ -119,22 +119,31 @@ static xccl_status attach_fd_owned(xccl_comm **out, int fd, int rank, uint32_t r
      * hung and not yet killed) keeps it: it could still write into the
      * rings. A zombie (killed, not yet reaped) counts as gone. */
     xccl_rank_entry *e = &c->ranks[rank];
-    uint64_t prev = atomic_load(&e->sinc);
-    uint32_t pst = xccl_sinc_state(prev), pinc = xccl_sinc_inc(prev);
-    if (pst == XCCL_RANK_ACTIVE || pst == XCCL_RANK_DEAD) {
-        int32_t pid = atomic_load(&e->pid);
-        if (pid > 0 && !xccl_pid_gone(pid)) {
-            s = xccl_err(XCCL_ERR_INVALID, "xccl attach %s: rank %d is held by %s pid %d (incarnation %u)%s", what,
-                         rank, pst == XCCL_RANK_ACTIVE ? "live" : "the dead-declared but still running", (int)pid,
-                         pinc, pst == XCCL_RANK_DEAD ? ": kill it first" : "");
+    uint64_t prev;
+    uint32_t pst, pinc;
+    for (int tries = 0;; tries++) {
+        prev = atomic_load(&e->sinc);
+        pst = xccl_sinc_state(prev);
+        pinc = xccl_sinc_inc(prev);
+        if (pst == XCCL_RANK_ACTIVE || pst == XCCL_RANK_DEAD) {
+            int32_t pid = atomic_load(&e->pid);
+            if (pid > 0 && !xccl_pid_gone(pid)) {
+                s = xccl_err(XCCL_ERR_INVALID, "xccl attach %s: rank %d is held by %s pid %d (incarnation %u)%s",
+                             what, rank, pst == XCCL_RANK_ACTIVE ? "live" : "the dead-declared but still running",
+                             (int)pid, pinc, pst == XCCL_RANK_DEAD ? ": kill it first" : "");
+                goto err_free;
+            }
+        }
+        if (pst != XCCL_RANK_CLAIMING &&
+            atomic_compare_exchange_strong(&e->sinc, &prev, xccl_sinc(pinc + 1, XCCL_RANK_CLAIMING)))
+            break;
+        /* the word moved under us: a detector marked the dead holder DEAD
+         * (retry), or another attach is claiming the rank (refuse) */
+        if (pst == XCCL_RANK_CLAIMING || xccl_sinc_state(prev) == XCCL_RANK_CLAIMING ||
+            xccl_sinc_inc(prev) != pinc || tries > 100) {
+            s = xccl_err(XCCL_ERR_INVALID, "xccl attach %s: rank %d is being claimed concurrently", what, rank);
             goto err_free;
         }
-    }
-    if (pst == XCCL_RANK_CLAIMING ||
-        !atomic_compare_exchange_strong(&e->sinc, &prev, xccl_sinc(pinc + 1, XCCL_RANK_CLAIMING))) {
-        s = xccl_err(XCCL_ERR_INVALID, "xccl attach %s: rank %d is being claimed concurrently", what,
-                     rank);
-        goto err_free;
     }
     c->my_inc = pinc + 1;
     c->peer_inc[rank] = c->my_inc;

@@ -274,8 +274,10 @@ static xccl_status shm_send_progress(struct xccl_comm *c, xccl_request *req, int
                     req->aux_ |= S_NOPUSH;
                     c->push_off[p] = 1;
                     xccl_wake(c, p);
-                    if (err == ESRCH)
+                    if (err == ESRCH) {
+                        xccl_mark_dead(c, p);
                         return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d is gone (rendezvous write)", p);
+                    }
                     break;
                 }
                 atomic_fetch_add_explicit(&k->cons, 1, memory_order_release);
@@ -438,6 +440,7 @@ static xccl_status shm_recv_progress(struct xccl_comm *c, xccl_request *req, int
                 break;
             }
             if (r == -ESRCH) {
+                xccl_mark_dead(c, p);
                 rndv_finish(c, p, m, &head, RNDV_NACK);
                 s = xccl_err_peer(XCCL_ERR_PEER, p, "rank %d is gone (rendezvous read)", p);
                 break;

@@ -136,6 +136,14 @@ static xccl_status peer_dead(struct xccl_comm *c, int p, uint64_t w, int32_t pid
     return xccl_err_peer(XCCL_ERR_PEER, p, "rank %d (pid %d) %s", p, (int)pid, why);
 }
 
+void xccl_mark_dead(struct xccl_comm *c, int p) {
+    if (!c->ranks || p == c->rank || !c->peer_inc[p]) return;
+    uint64_t want = xccl_sinc(c->peer_inc[p], XCCL_RANK_ACTIVE);
+    atomic_compare_exchange_strong(&c->ranks[p].sinc, &want, xccl_sinc(c->peer_inc[p], XCCL_RANK_DEAD));
+    for (int r = 0; r < c->size; r++)
+        if (r != c->rank) xccl_wake(c, r);
+}
+
 /* Cheap check: the rank table word only. allow_free: a never-attached
  * peer is "not yet", not an error. */
 static xccl_status state_check(struct xccl_comm *c, int p, int allow_free) {

@@ -327,6 +327,10 @@ void xccl_wake_entry(xccl_rank_entry *e);
 xccl_status xccl_inc_check(struct xccl_comm *c, int p);
 xccl_status xccl_self_check(struct xccl_comm *c);
 int32_t xccl_peer_pid(struct xccl_comm *c, int p);
+/* Mark the incarnation of p this comm talks to DEAD (a kernel copy into
+ * or out of it failed with ESRCH: its memory is gone even if its pid is
+ * still being torn down) and wake everyone. */
+void xccl_mark_dead(struct xccl_comm *c, int p);
 /* 1 if pid no longer runs (gone, or a zombie). */
 int xccl_pid_gone(int32_t pid);
 /* Progress mode: publish "the loop is alive" now (xccl_comm_progress and

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -374,6 +375,7 @@ typedef struct fo_shared {
     _Atomic int no_restart;
     _Atomic int apid, astarts; /* attention rank 1's process (check_attn_restart) */
     _Atomic int arc;           /* its last incarnation's result: 0 identical */
+    _Atomic int apasses;       /* passes its first incarnation completed */
 } fo_shared;
 static fo_shared *fo;
 
@@ -383,8 +385,11 @@ static int slot_supervisor(const xds_model *m, int n_attn, const xds_deploy_plac
     for (int a = 0; a < n_attn; a++) aranks[a] = a;
     for (;;) {
         fflush(NULL);
+        atomic_fetch_add(&fo->starts[w], 1);
         pid_t p = fork();
         if (p == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives its slot supervisor */
+            if (getppid() == 1) _exit(7);
             xccl_comm *c = NULL;
             if (xccl_comm_attach(&c, name, n_attn + w, 2) != XCCL_OK) {
                 fprintf(stderr, "expert worker %d: attach: %s\n", w, xccl_err_msg());
@@ -397,7 +402,6 @@ static int slot_supervisor(const xds_model *m, int n_attn, const xds_deploy_plac
             _exit(s == XDS_OK ? 0 : 4);
         }
         atomic_store(&fo->pid[w], p);
-        atomic_fetch_add(&fo->starts[w], 1);
         int st = 0;
         while (waitpid(p, &st, 0) < 0 && errno == EINTR) {
         }
@@ -432,17 +436,20 @@ static void fo_fault(int step, void *arg) {
     if (fc->hang) { /* worker 1 stops inside the pass; resumes after the hang was seen */
         if (step == 3) {
             pid_t v = atomic_load(&fo->pid[1]);
+            if (v <= 0) return;
             kill(v, SIGSTOP);
             fc->helpers[fc->n_helpers++] = delayed_signal(v, SIGCONT, 4000);
         }
         return;
     }
-    if (fc->replicated && step == 2) kill(atomic_load(&fo->pid[1]), SIGKILL); /* between passes */
+    if (fc->replicated && step == 2 && atomic_load(&fo->pid[1]) > 0)
+        kill(atomic_load(&fo->pid[1]), SIGKILL); /* between passes */
     if (step == (fc->replicated ? 5 : 3)) {
         /* in flight: stopped before the pass, so the pass's rows wait at it;
          * killed 50 ms into the pass */
         int w = fc->replicated ? 0 : 1;
         pid_t v = atomic_load(&fo->pid[w]);
+        if (v <= 0) return;
         kill(v, SIGSTOP);
         fc->helpers[fc->n_helpers++] = delayed_signal(v, SIGKILL, 50);
     }
@@ -533,14 +540,22 @@ static void check_failover(const xds_model *m, fo_case *fc) {
     fflush(stdout);
 }
 
+static void count_pass(int step, void *arg) {
+    (void)step, (void)arg;
+    atomic_fetch_add(&fo->apasses, 1);
+}
+
 /* Attention rank 1 under a restarting supervisor: its first incarnation
  * decodes over and over until it is killed; the restarted one runs once and
  * compares with the reference. */
 static int attn_slot(const run_arg *ra, const char *name) {
     for (;;) {
         fflush(NULL);
+        atomic_fetch_add(&fo->astarts, 1); /* before the fork: the child reads it */
         pid_t p = fork();
         if (p == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() == 1) _exit(7);
             xccl_comm *c = NULL;
             if (xccl_comm_attach(&c, name, 1, 1) != XCCL_OK) _exit(3);
             int rc = 0;
@@ -549,15 +564,15 @@ static int attn_slot(const run_arg *ra, const char *name) {
                 xds_deploy_attn *a = NULL;
                 if (xds_deploy_attn_create(ra->m, c, wr, ra->pl, N_SEQ * ra->n_prompt, 2, &a) != XDS_OK) _exit(5);
                 int32_t got[N_SEQ * 32];
-                for (;;)
-                    if (greedy(ra->m, a, ra->n_prompt, ra->n_gen, got, NULL, NULL, NULL) != 0) _exit(6);
+                for (;;) {
+                    if (greedy(ra->m, a, ra->n_prompt, ra->n_gen, got, NULL, count_pass, NULL) != 0) _exit(6);
+                }
             }
             rc = attn_run(ra, c, "attention rank 1, restarted");
             xccl_comm_detach(c);
             _exit(rc ? 5 : (test_failed_ ? 6 : 0));
         }
         atomic_store(&fo->apid, p);
-        atomic_fetch_add(&fo->astarts, 1);
         int st = 0;
         while (waitpid(p, &st, 0) < 0 && errno == EINTR) {
         }
@@ -568,9 +583,14 @@ static int attn_slot(const run_arg *ra, const char *name) {
     }
 }
 
+/* Rank 0's step 2: kill rank 1 once it is decoding (bounded wait). */
 static void kill_attn1(int step, void *arg) {
     (void)arg;
-    if (step == 2) kill(atomic_load(&fo->apid), SIGKILL);
+    if (step != 2) return;
+    double t0 = now_s();
+    while (atomic_load(&fo->apasses) < 2 && now_s() - t0 < 60) usleep(1000);
+    pid_t p = atomic_load(&fo->apid);
+    if (p > 0 && atomic_load(&fo->apasses) >= 2) kill(p, SIGKILL);
 }
 
 /* An attention rank (a decode DP group) killed mid-decode and restarted: the

@@ -167,6 +167,8 @@ static int survivor_main(int rank) {
         if (inc == 3) break;
         /* the live neighbour cannot be reset, and that breaks nothing */
         int other = rank ^ 1;
+        uint64_t tw = tu_now_ns(); /* it may not have attached yet */
+        while (xccl_peer_state(c, other) != XCCL_RANK_ACTIVE && tu_now_ns() - tw < 30000000000ull) usleep(500);
         xccl_status s = xccl_peer_reset(c, other);
         CHECK_MSG(s == XCCL_ERR_INVALID && strstr(xccl_err_msg(), "alive"), "reset of live rank %d: %s (%s)", other,
                   xccl_status_str(s), xccl_err_msg());
