@@ -606,7 +606,7 @@ static void check_attn_restart(const xds_model *m) {
     topo t = {"attention restart", 2, W, 2, 0};
     xds_deploy_placement pl = {0};
     CHECK(make_placement(m, &t, &pl) == XDS_OK);
-    run_arg ra = {m, &t, &pl, n_prompt, n_gen, ref, lref, 0};
+    run_arg ra = {m, &t, &pl, n_prompt, n_gen, ref, lref, 0, 0};
     char name[96];
     snprintf(name, sizeof name, "/xds-test-deploy-t13x-%d-%d", (int)getpid(), seg_counter++);
     xccl_config cfg;
