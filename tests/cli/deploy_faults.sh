@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # deploy_faults.sh — faults of every role of a disaggregated deployment, as
-# real processes under load (SmolLM2, XDS_TEST_MODEL; skipped when unset).
+# real processes under load (SmolLM2, XDS_TEST_MODEL; skipped when unset, a failure under CI=true).
 # Each fault is injected while 8 greedy streaming requests run; every check
 # wants zero failed requests (each stream ends with [DONE], no error) and
 # every output byte-identical to the fault-free run of the same requests:
@@ -29,9 +29,10 @@ passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "ok   $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+. "$(dirname "$0")/../skip.sh"
 if [ -z "${XDS_TEST_MODEL:-}" ]; then
-  echo "skip: XDS_TEST_MODEL is not set (scripts/test.sh sets it); fault tests not run"
-  echo "0 passed, 0 failed"; exit 0
+  skip_input "fault tests: XDS_TEST_MODEL is not set (scripts/test.sh sets it)" || { echo "0 passed, 1 failed"; exit 1; }
+  echo "0 passed, 0 failed, 1 skipped"; exit 77
 fi
 M="$XDS_TEST_MODEL"
 # under sanitizers the model is ~10x slower: shorter streams
