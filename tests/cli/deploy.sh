@@ -34,11 +34,12 @@ if [ -z "${XDS_TEST_MODEL:-}" ]; then
 fi
 
 # Under sanitizers (XDS_SANITIZED=1, scripts/test.sh) the model runs ~10x slower:
-# shorter completions, and the E=4 / prefill+experts cases are left to the release run.
+# only the two short prompts, shorter completions, and the E=4 / prefill+experts
+# cases are left to the release run.
 if [ "${XDS_SANITIZED:-0}" = 1 ]; then NTOK=4; NPROMPT=2; ESET="2"; FULL=0; else NTOK=12; NPROMPT=6; ESET="2 4"; FULL=1; fi
 # every server of the equivalence cases: 48-token steps, so the long prompts are prefilled in chunks
 STEP=(--max-step-tokens 48)
-export NTOK NPROMPT
+export NTOK NPROMPT FULL
 TMP="$(mktemp -d /tmp/xds-deploy-test.XXXXXX)"
 PIDS=()
 cleanup() { # supervisors, then their children (they outlive a killed supervisor by design)
@@ -69,18 +70,18 @@ wait_exit() { # pid seconds -> sets RC
   while kill -0 "$1" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
   if kill -0 "$1" 2>/dev/null; then kill -9 "$1"; wait "$1" 2>/dev/null; RC=124; else wait "$1"; RC=$?; fi
 }
-# Real prompts of several lengths (the first two, one short and one long, are the sanitizer run's).
+# Real prompts of several lengths (the sanitizer run, ~10x slower, takes the first two, the short ones).
 python3 - "$TMP/prompts.json" <<'EOF'
 import json, sys
 prompts = [
     "The capital of France is",
+    "Write a haiku about the sea.",
     "Once upon a time, in a small village at the edge of a great forest, there lived an old woodcutter and his "
     "wife. Every morning he walked into the forest with his axe, and every evening he came home with a bundle of "
     "wood on his back. One winter the snow fell so deep that the paths disappeared, and the woodcutter could not "
     "find his way home. He wandered among the silent trees until he saw a light shining between the branches. "
     "His feet were cold and his stomach was empty, but he kept walking towards it, step by step, through the "
     "snow. When he came closer, he saw",
-    "Write a haiku about the sea.",
     "Explain in simple words why the sky is blue during the day and red or orange at sunset, as you would to a "
     "curious ten year old child.",
     "def merge_sort(items):\n    \"\"\"Sort a list of numbers and return a new list.\"\"\"\n"
@@ -140,8 +141,8 @@ kill -TERM "$SRV"; wait_exit "$SRV" 30
 echo "$REF" | python3 -c '
 import json, os, sys
 r = json.load(sys.stdin); n = [p for _, p in r]
-assert len(r) == int(os.environ["NPROMPT"]) and max(n) > 100 and min(n) < 16, n
-print("     prompt tokens:", n)' && ok "reference: prompts of several lengths, one beyond 100 tokens" \
+assert len(r) == int(os.environ["NPROMPT"]) and min(n) < 16 and (max(n) > 100 or os.environ["FULL"] == "0"), n
+print("     prompt tokens:", n)' && ok "reference: prompts of several lengths (release run: some beyond 100 tokens)" \
   || bad "reference prompts: $REF"
 
 # --- deployments with 2 and 4 expert workers ---
