@@ -61,7 +61,9 @@ xds_status xds_tok_alloc(int32_t n_vocab, xds_tokenizer **out) {
 
 static int arena_put(xds_tokenizer *t, const char *s, size_t len, uint64_t *off) {
     if (t->arena_len + len + 1 > t->arena_cap) {
-        size_t nc = t->arena_cap ? t->arena_cap * 2 : 1 << 16;
+        /* starts small so that any vocabulary grows it (a few reallocs for
+         * a real one), and a fuzzer's small inputs reach the growth path */
+        size_t nc = t->arena_cap ? t->arena_cap * 2 : 256;
         while (nc < t->arena_len + len + 1) nc *= 2;
         char *na = realloc(t->arena, nc);
         if (!na) return -1;
@@ -257,10 +259,12 @@ xds_status xds_tok_finish(xds_tokenizer *t, const char *src) {
             if (cp >= 0x200 || c2b[cp] < 0) ok = 0;
             else tmp[o++] = (char)c2b[cp];
         }
-        const char *piece = ok ? tmp : s;
+        /* a text that is not byte-level is its own piece; s points into the
+         * arena that arena_put may move, so it is copied out first */
+        if (!ok && len) memcpy(tmp, s, len);
         size_t plen = ok ? o : len;
         uint64_t off;
-        if (arena_put(t, piece, plen, &off)) { free(tmp); return xds_err_set(XDS_ERR_NOMEM, "tokenizer: out of memory"); }
+        if (arena_put(t, tmp, plen, &off)) { free(tmp); return xds_err_set(XDS_ERR_NOMEM, "tokenizer: out of memory"); }
         t->piece_off[id] = off;
         t->piece_len[id] = (uint32_t)plen;
     }

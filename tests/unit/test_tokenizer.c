@@ -371,6 +371,38 @@ static void check_bad_json(void) {
 }
 
 
+/* Token texts that are not byte-level (SentencePiece's U+2581, any char past
+ * the byte alphabet) are kept as they are; in a vocabulary large enough to
+ * grow the text arena while the pieces are stored, the piece pointed into the
+ * arena being reallocated (a use-after-free ASan reports here). */
+static void check_arena_growth(void) {
+    const int n = 40000;
+    size_t cap = (size_t)n * 40 + 1024, o = 0;
+    char *js = malloc(cap);
+    CHECK(js != NULL);
+    if (!js) return;
+    o += (size_t)snprintf(js + o, cap - o,
+                          "{\"added_tokens\": [], \"normalizer\": null, \"pre_tokenizer\": {\"type\": \"ByteLevel\","
+                          " \"add_prefix_space\": false, \"use_regex\": true}, \"decoder\": {\"type\": \"ByteLevel\"},"
+                          " \"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {\"a\": 0");
+    for (int i = 1; i < n; i++) o += (size_t)snprintf(js + o, cap - o, ", \"\\u2581w%05d\": %d", i, i);
+    o += (size_t)snprintf(js + o, cap - o, "}}}");
+    xds_tokenizer *t = NULL;
+    CHECK_MSG(xds_tokenizer_load_json_mem(js, o, NULL, 0, &t) == XDS_OK, "%s", xds_err_msg());
+    if (t) {
+        CHECK(xds_tokenizer_n_vocab(t) == n);
+        /* the piece of a late token is its own text, byte for byte */
+        char *txt = NULL;
+        int32_t id = n - 1;
+        size_t tl = 0;
+        CHECK(xds_tokenizer_decode(t, &id, 1, 0, &txt, &tl) == XDS_OK);
+        CHECK_MSG(txt && !strcmp(txt, "\xe2\x96\x81w39999"), "decode(%d) = \"%s\"", (int)id, txt ? txt : "(null)");
+        free(txt);
+        xds_tokenizer_free(t);
+    }
+    free(js);
+}
+
 /* ---- GGUF path == JSON path --------------------------------------------- */
 
 /* A GGUF image holding only tokenizer metadata, written the way llama.cpp's
@@ -515,6 +547,7 @@ static int file_exists(const char *p) { return access(p, R_OK) == 0; }
 
 int main(void) {
     check_bad_json();
+    check_arena_growth();
     check_variants();
 
     const char *model = test_model_path();
