@@ -9,7 +9,9 @@ INTERVAL seconds a random non-supervisor process of the deployment (pids from
 GET /v1/topology) is killed with SIGKILL or stopped with SIGSTOP (and
 continued after --stop-seconds). It reports:
 
-  served, failed (goal 0), outputs that differ from the fault-free run (goal 0),
+  served, failed (goal 0; the streams on a front-end that is SIGKILLed are
+    cut, since a TCP connection cannot move, and are counted apart),
+  outputs that differ from the fault-free run (goal 0),
   recovery seconds per fault (p50 / p99 / max) — from the fault until the
     token rate, in 0.5 s bins, is back to >= 90% of the steady rate measured
     before the first fault (and /v1/topology, where it reports states, has
@@ -138,6 +140,10 @@ def main():
     ap.add_argument("--stop-share", type=float, default=0.3, help="share of faults that are SIGSTOP")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=120.0, help="per-request socket timeout")
+    ap.add_argument("--only", default="", help="comma-separated roles to fault (expert,decode,prefill,frontend); default all")
+    ap.add_argument("--kind", choices=["mixed", "kill", "stop", "none"], default="mixed",
+                    help="SIGKILL and SIGSTOP mixed by --stop-share, or only one of them; none: no signal, "
+                         "the same schedule (the noise floor of the recovery figures)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("serve_args", nargs="*")
     a = ap.parse_args()
@@ -167,7 +173,7 @@ def main():
                 sys.exit("reference request failed: %s" % err)
             ref[p] = text
 
-        stats = {"served": 0, "failed": 0, "changed": 0, "errors": []}
+        stats = {"served": 0, "failed": 0, "changed": 0, "errors": [], "fail_at": []}
         token_times = []
         lock = threading.Lock()
         stop_at = time.monotonic() + a.minutes * 60.0
@@ -183,6 +189,7 @@ def main():
                     token_times.extend(times)
                     if err:
                         stats["failed"] += 1
+                        stats["fail_at"].append((time.monotonic(), err))
                         if len(stats["errors"]) < 20:
                             stats["errors"].append("%.1fs %s" % (time.monotonic() - t0, err))
                         failed_now = True
@@ -208,11 +215,18 @@ def main():
             now = time.monotonic()
             if now >= next_fault:
                 pids, _ = topology_pids(a.port, srv.pid)
+                if a.only:
+                    pids = [x for x in pids if x[1] in a.only.split(",")]
                 if pids:
                     pid, role, rank = rng.choice(pids)
                     kind = "SIGSTOP" if rng.random() < a.stop_share else "SIGKILL"
+                    if a.kind != "mixed":
+                        kind = "SIGSTOP" if a.kind == "stop" else "SIGKILL"
+                    if a.kind == "none":
+                        kind = "none"
                     try:
-                        os.kill(pid, signal.SIGSTOP if kind == "SIGSTOP" else signal.SIGKILL)
+                        if kind != "none":
+                            os.kill(pid, signal.SIGSTOP if kind == "SIGSTOP" else signal.SIGKILL)
                         faults.append((now, kind, pid, role, rank))
                         if kind == "SIGSTOP":
                             def cont(p=pid):
@@ -226,10 +240,15 @@ def main():
                         pass
                 next_fault = now + a.interval
                 # wait for every process to be live again (bounded by the interval)
+                # (a killed process: its rank shows a new pid; a stopped one: after SIGCONT)
                 t_f = now
-                while time.monotonic() < min(next_fault, stop_at) - 0.2:
-                    _, all_live = topology_pids(a.port, srv.pid)
-                    if all_live:
+                f_pid = faults[-1][2] if faults and faults[-1][0] == now else None
+                f_kind = faults[-1][1] if f_pid else None
+                while f_pid and f_kind != "none" and time.monotonic() < min(next_fault, stop_at) - 0.2:
+                    cur, all_live = topology_pids(a.port, srv.pid)
+                    replaced = f_kind != "SIGKILL" or all(p != f_pid for (p, _, _) in cur)
+                    resumed = f_kind != "SIGSTOP" or time.monotonic() >= t_f + a.stop_seconds
+                    if all_live and replaced and resumed:
                         live_back.append(time.monotonic() - t_f)
                         break
                     time.sleep(0.1)
@@ -253,9 +272,9 @@ def main():
             i0 = int((tf - t0) / BIN)
             horizon = min(nb, i0 + int(a.interval / BIN))
             back = None
-            # back to full capacity: two consecutive bins at >= 90% of steady
+            # back to full capacity: the rate over a 1 s window (two bins) at >= 90% of steady
             for i in range(i0, horizon - 1):
-                if bins[i] / BIN >= 0.9 * steady and bins[i + 1] / BIN >= 0.9 * steady:
+                if (bins[i] + bins[i + 1]) / (2 * BIN) >= 0.9 * steady:
                     back = (i - i0) * BIN
                     break
             if back is None:
@@ -263,8 +282,16 @@ def main():
             rec.append(back)
             win = bins[i0:i0 + max(1, int(back / BIN) + 1)]
             frac.append((sum(win) / (len(win) * BIN)) / steady if steady else 0.0)
+        # A TCP connection cannot move to another process: the streams of a
+        # front-end that is killed are cut. Counted apart (a cut seen within
+        # 2 s of a front-end SIGKILL); every other failure is the deployment's.
+        fe_kills = [tf for (tf, k, _, r, _) in faults if r == "frontend" and k == "SIGKILL"]
+        cut_marks = ("without [DONE]", "RemoteDisconnected", "ConnectionReset", "IncompleteRead", "BrokenPipe")
+        fe_cut = sum(1 for (tf, e) in stats["fail_at"]
+                     if any(m in e for m in cut_marks) and any(0 <= tf - k <= 2.0 for k in fe_kills))
         out = {
             "cpu": cpu_model(),
+            "failed_frontend_cut": fe_cut, "failed_other": stats["failed"] - fe_cut,
             "serve_args": serve_args,
             "minutes": a.minutes, "interval_s": a.interval, "concurrency": a.concurrency,
             "max_tokens": a.max_tokens,
@@ -277,6 +304,8 @@ def main():
                            "n": len(live_back)},
             "throughput_during_recovery": {"min": round(min(frac), 2) if frac else None,
                                            "mean": round(sum(frac) / len(frac), 2) if frac else None},
+            "recovery_per_fault_s": rec,
+            "tok_per_bin": bins, "bin_s": BIN,
             "server_alive_at_end": srv.poll() is None,
             "errors": stats["errors"],
         }
@@ -286,14 +315,15 @@ def main():
             print("chaos: %s, %.1f min, fault every %.0f s, %d streams, CPU %s" %
                   (" ".join(serve_args), a.minutes, a.interval, a.concurrency, out["cpu"]))
             print("  faults injected: %d (%s)" % (len(faults), ", ".join("%s %s" % (k, r) for (_, k, _, r, _) in faults)))
-            print("  requests served %d, failed %d, changed outputs %d" % (out["served"], out["failed"], out["changed"]))
+            print("  requests served %d, failed %d (%d streams cut with a killed front-end's connections, %d other), "
+                  "changed outputs %d" % (out["served"], out["failed"], fe_cut, out["failed_other"], out["changed"]))
             print("  steady %.1f tok/s; recovery p50 %s s, p99 %s s, max %s s; throughput while recovering min %s, mean %s of steady"
                   % (steady, out["recovery_s"]["p50"], out["recovery_s"]["p99"], out["recovery_s"]["max"],
                      out["throughput_during_recovery"]["min"], out["throughput_during_recovery"]["mean"]))
             print("  server alive at end: %s" % out["server_alive_at_end"])
             for e in out["errors"][:10]:
                 print("  - " + e)
-        return 0 if (out["failed"] == 0 and out["changed"] == 0) else 1
+        return 0 if (out["failed_other"] == 0 and out["changed"] == 0) else 1
     finally:
         if srv.poll() is None:
             srv.send_signal(signal.SIGTERM)

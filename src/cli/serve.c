@@ -247,7 +247,7 @@ int cli_serve(int argc, char **argv) {
         fprintf(stderr, "xds serve: warning: --ctx %ld is beyond the model's trained context %d\n", ctx, model_ctx);
     }
     eo.max_ctx = (int)ctx;
-    dep.argc = argc, dep.argv = argv, dep.port = so.port, dep.drain_s = (double)shutdown_timeout;
+    dep.argc = argc, dep.argv = argv, dep.port = so.port, dep.host = so.host, dep.drain_s = (double)shutdown_timeout;
     if (dep.enabled && dep.frontend_mode) {
         fprintf(stderr, "xds serve: error: front-end mode takes no deployment flags\n");
         goto out;
@@ -280,6 +280,7 @@ int cli_serve(int argc, char **argv) {
         so.topology_fn = serve_deploy_topology_get;
         so.topology_user = &dep;
         so.reuse_port = 1;
+        so.listen_fd = dep.listen_fd; /* the supervisor's socket, inherited */
     }
     if (!dep.frontend_mode && (st = xds_engine_create(model, tok, &eo, &engine)) != XDS_OK) {
         fprintf(stderr, "xds serve: error: engine: %s\n", xds_err_msg());

@@ -173,6 +173,33 @@ xds_status xds_deploy_placement_blocks(int n_expert, int n_workers, xds_deploy_p
     return s;
 }
 
+xds_status xds_deploy_placement_replicated(int n_expert, int n_workers, int replicas, xds_deploy_placement *out) {
+    if (replicas <= 1 || n_workers <= 1) return xds_deploy_placement_blocks(n_expert, n_workers, out);
+    if (n_workers > XDS_DEPLOY_MAX_WORKERS)
+        return xds_err_set(XDS_ERR_INVALID, "placement: %d expert workers (1..%d)", n_workers,
+                           XDS_DEPLOY_MAX_WORKERS);
+    if (n_expert < 1) return xds_err_set(XDS_ERR_INVALID, "placement: the model has no routed experts to place");
+    if (replicas > n_workers) replicas = n_workers;
+    int per = (n_expert + n_workers - 1) / n_workers;
+    int *ids = malloc(sizeof(int) * (size_t)n_expert * (size_t)n_workers);
+    if (!ids) return xds_err_set(XDS_ERR_NOMEM, "placement: out of memory");
+    const int *lists[XDS_DEPLOY_MAX_WORKERS];
+    int n_lists[XDS_DEPLOY_MAX_WORKERS];
+    for (int w = 0; w < n_workers; w++) {
+        int *l = ids + (size_t)w * (size_t)n_expert, n = 0;
+        /* blocks w, w+1, ..., w+replicas-1 (mod workers), in expert order */
+        for (int e = 0; e < n_expert; e++) {
+            int b = e / per, d = (b - w + n_workers) % n_workers;
+            if (d < replicas) l[n++] = e;
+        }
+        lists[w] = l;
+        n_lists[w] = n;
+    }
+    xds_status s = xds_deploy_placement_lists(n_expert, n_workers, lists, n_lists, out);
+    free(ids);
+    return s;
+}
+
 xds_status xds_deploy_placement_parse(const char *text, int n_expert, xds_deploy_placement *out) {
     int n_workers = 1;
     for (const char *c = text; *c; c++) n_workers += *c == ';';

@@ -88,6 +88,11 @@ typedef struct xds_deploy_placement {
 /* Contiguous blocks of ceil(n_expert / n_workers) experts per worker (the
  * last workers may hold fewer, or none). */
 xds_status xds_deploy_placement_blocks(int n_expert, int n_workers, xds_deploy_placement *out);
+/* Every block of ceil(n_expert / n_workers) experts on `replicas` workers
+ * (worker w holds blocks w .. w+replicas-1, mod n_workers): the redundancy
+ * that lets an expert worker die without a pause (its tokens go to the other
+ * replica). replicas <= 1: the blocks above. */
+xds_status xds_deploy_placement_replicated(int n_expert, int n_workers, int replicas, xds_deploy_placement *out);
 /* Explicit lists: worker w holds lists[w][0..n_lists[w]). Checks ids, no
  * duplicate within a worker, and that every expert is on some worker. */
 xds_status xds_deploy_placement_lists(int n_expert, int n_workers, const int *const *lists, const int *n_lists,

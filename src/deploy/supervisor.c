@@ -33,6 +33,7 @@
 #include "deploy/supervisor.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -64,7 +65,7 @@ static double now_s(void) {
 void serve_deploy_init(serve_deploy *d) {
     memset(d, 0, sizeof *d);
     d->decode_dp = 1;
-    d->frontends = 1;
+    d->frontends = 2;
     d->expert_threads = 1;
     d->prefill_threads = 1;
     d->micro_batches = 2;
@@ -75,6 +76,7 @@ void serve_deploy_init(serve_deploy *d) {
     d->crash_n = 3;
     d->crash_window_s = 30.0;
     d->drain_s = 60.0;
+    d->listen_fd = -1;
 }
 
 const char *serve_deploy_usage(void) {
@@ -84,9 +86,12 @@ const char *serve_deploy_usage(void) {
            "                       from load figures in shared memory; with --experts they share the workers\n"
            "  --prefill P          P prefill-instance processes (KV pulled by the decode group)\n"
            "  --prefill-threads N  compute threads per prefill instance (default 1)\n"
-           "  --frontends F        F front-end processes share the port (SO_REUSEPORT); each picks prefill\n"
+           "  --frontends F        F front-end processes (default 2) accept from one listening socket that the\n"
+           "                       supervisor holds, so the port stays open while one restarts; each picks prefill\n"
            "                       instances and decode groups from the tables in shared memory\n"
            "  --expert-threads N   compute threads per expert worker (default 1)\n"
+           "  --expert-replicas R  each routed expert is held by R expert workers (default 2, at most E): tokens\n"
+           "                       rotate over the replicas, and a dead worker's go to the other at once\n"
            "  --micro-batches M    1, or 2 (default): two halves of a decode batch ping-pong, one's attention\n"
            "                       overlapping the other's experts\n"
            "  --topology FILE      a JSON topology: per-process settings, explicit expert placement\n"
@@ -106,6 +111,7 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
     else if (!strcmp(a, "--prefill-threads")) dst = &d->prefill_threads, lo = 1, hi = 1024;
     else if (!strcmp(a, "--frontends")) dst = &d->frontends, lo = 1, hi = 64;
     else if (!strcmp(a, "--expert-threads")) dst = &d->expert_threads, lo = 1, hi = 1024;
+    else if (!strcmp(a, "--expert-replicas")) dst = &d->expert_replicas, lo = 1, hi = SERVE_DEPLOY_MAX_WORKERS;
     else if (!strcmp(a, "--micro-batches")) dst = &d->micro_batches, lo = 1, hi = XDS_DEPLOY_MAX_MB;
     else if (!strcmp(a, "--restart-max")) dst = &d->crash_n, lo = 1, hi = SERVE_DEPLOY_CRASH_N;
     else if (!strcmp(a, "--restart-window") || !strcmp(a, "--hang-timeout")) {
@@ -131,6 +137,7 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
         d->frontend_mode = 1;
         return 2;
     } else if (!strcmp(a, "--frontend-rank")) dst = &d->fe_self_rank, lo = 0, hi = XCCL_MAX_RANKS - 1;
+    else if (!strcmp(a, "--listen-fd")) dst = &d->listen_fd, lo = 3, hi = 1 << 20;
     else if (!strcmp(a, "--topology")) {
         if (!v) {
             fprintf(stderr, "xds serve: error: --topology needs a value\n");
@@ -148,7 +155,7 @@ int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
     }
     *dst = (int)x;
     if (dst != &d->expert_threads && dst != &d->prefill_threads && dst != &d->micro_batches && dst != &d->fe_self_rank &&
-        dst != &d->crash_n)
+        dst != &d->crash_n && dst != &d->listen_fd && dst != &d->expert_replicas)
         d->enabled = 1;
     return 2;
 }
@@ -810,6 +817,9 @@ static xds_status spawn_at(serve_deploy *d, int i) {
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL); /* serve blocks SIGTERM/SIGINT for sigwait */
+        /* only the front-ends hold the listening socket: were a worker to keep it,
+         * a port whose front-ends are all gone would queue connections forever */
+        if (d->kind_of[i] == 'f' && d->listen_fd >= 0) fcntl(d->listen_fd, F_SETFD, 0);
         const char *exe = getenv("XDS_WORKER_EXE"); /* tests: a worker that fails to start */
         execv(exe && *exe ? exe : "/proc/self/exe", d->args_of[i]);
         fprintf(stderr, "xds serve: error: exec worker: %s\n", strerror(errno));
@@ -836,8 +846,8 @@ static xds_status spawn(serve_deploy *d, char *const *args, int rank, char kind)
  * the deployment flags, in front-end mode, on the deployment's port. */
 static xds_status spawn_frontend(serve_deploy *d, int k) {
     static const char *const skip[] = {"--experts", "--decode-dp", "--prefill", "--prefill-threads", "--frontends",
-                                       "--expert-threads", "--micro-batches", "--topology", "-t", "--threads",
-                                       "--port", "--restart-max", "--restart-window", "--hang-timeout", NULL};
+                                       "--expert-threads", "--expert-replicas", "--micro-batches", "--topology", "-t", "--threads",
+                                       "--port", "--restart-max", "--restart-window", "--hang-timeout", "--listen-fd", NULL};
     char **args = calloc((size_t)d->argc + 20, sizeof(char *));
     if (!args) return xds_err_set(XDS_ERR_NOMEM, "out of memory");
     int n = 0;
@@ -856,7 +866,10 @@ static xds_status spawn_frontend(serve_deploy *d, int k) {
     snprintf(rk, sizeof rk, "%d", d->fe_rank[k]);
     snprintf(port, sizeof port, "%d", d->port);
     for (int g = 0; g < d->decode_dp; g++) snprintf(gl + strlen(gl), sizeof gl - strlen(gl), g ? ",%d" : "%d", d->grank[g]);
+    char lfd[16];
+    snprintf(lfd, sizeof lfd, "%d", d->listen_fd);
     args[n++] = "--port", args[n++] = port;
+    if (d->listen_fd >= 0) args[n++] = "--listen-fd", args[n++] = lfd;
     args[n++] = "--frontend-of", args[n++] = d->seg_name;
     args[n++] = "--frontend-rank", args[n++] = rk;
     args[n++] = "--load-table", args[n++] = d->table_name;
@@ -969,7 +982,7 @@ static xds_status write_topology(serve_deploy *d, int print) {
             json_object_set_new(o, "role", json_string("frontend"));
             json_object_set_new(o, "frontend", json_integer(k));
             if (print)
-                printf("xds serve: topology: rank %d pid %d: front-end %d (port %d, SO_REUSEPORT)\n", r,
+                printf("xds serve: topology: rank %d pid %d: front-end %d (port %d, shared listening socket)\n", r,
                        (int)d->pids[i], k, d->port);
         } else if (d->kind_of[i] == 'd') {
             json_object_set_new(o, "role", json_string("decode"));
@@ -1333,15 +1346,48 @@ static xds_status claim_port(serve_deploy *d) {
 
 /* ---- supervisor: start ------------------------------------------------------------- */
 
+/* The deployment's listening socket, made here once and inherited by every
+ * front-end (MHD_OPTION_LISTEN_SOCKET): the front-ends share one accept
+ * queue, which stays open while the supervisor or any front-end lives, so a
+ * front-end's death or restart refuses no new connection (with SO_REUSEPORT
+ * each front-end had its own queue, and the connections in a dead one's queue
+ * were reset). Close-on-exec except in the front-ends (spawn_at). */
+static xds_status open_listener(serve_deploy *d) {
+    const char *host = d->host && *d->host ? d->host : "127.0.0.1";
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t sl;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET, a4->sin_port = htons((uint16_t)(d->port > 0 ? d->port : 0)), sl = sizeof *a4;
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6, a6->sin6_port = htons((uint16_t)(d->port > 0 ? d->port : 0)), sl = sizeof *a6;
+    } else {
+        return xds_err_set(XDS_ERR_INVALID, "--host '%s' is not a numeric IPv4 or IPv6 address", host);
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return xds_err_set(XDS_ERR_IO, "socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, SOMAXCONN) != 0) {
+        int e = errno;
+        close(fd);
+        return xds_err_set(XDS_ERR_IO, "cannot listen on %s:%d (%s)", host, d->port, strerror(e));
+    }
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+        d->port = ntohs(ss.ss_family == AF_INET6 ? a6->sin6_port : a4->sin_port);
+    d->listen_fd = fd;
+    return XDS_OK;
+}
+
 xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_path, xds_engine_opts *eo) {
     if (d->topology_file) XDS_TRY(apply_topology(d, m, eo));
     if (d->decode_dp > XDS_DP_MAX_GROUPS)
         return xds_err_set(XDS_ERR_INVALID, "--decode-dp %d: at most %d groups", d->decode_dp, XDS_DP_MAX_GROUPS);
     if (d->frontends > SERVE_DEPLOY_MAX_FRONTENDS)
         return xds_err_set(XDS_ERR_INVALID, "--frontends %d: at most %d", d->frontends, SERVE_DEPLOY_MAX_FRONTENDS);
-    if (d->frontends > 1 && d->port <= 0)
-        return xds_err_set(XDS_ERR_INVALID, "--frontends %d needs a fixed --port (the front-ends share it)",
-                           d->frontends);
     if (d->experts < 1 && d->prefill < 1 && d->decode_dp < 2 && d->frontends < 2)
         return xds_err_set(XDS_ERR_INVALID, "a disaggregated deployment needs --experts E (E >= 1), --prefill P "
                                             "(P >= 1), --decode-dp D (D >= 2) or --frontends F (F >= 2)");
@@ -1359,22 +1405,16 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         if (n_expert <= 0)
             return xds_err_set(XDS_ERR_INVALID, "--experts %d: the model (%s) has no MoE layers to place on expert "
                                                 "workers", d->experts, xds_arch_name(m->cfg.arch));
-        if (!d->placement.n_workers) XDS_TRY(xds_deploy_placement_blocks(n_expert, d->experts, &d->placement));
+        if (!d->placement.n_workers) { /* default: every expert on two workers (--expert-replicas) */
+            int R = d->expert_replicas > 0 ? d->expert_replicas : 2;
+            if (R > d->experts) R = d->experts;
+            XDS_TRY(xds_deploy_placement_replicated(n_expert, d->experts, R, &d->placement));
+        }
         free(d->placement_text);
         if (!(d->placement_text = xds_deploy_placement_format(&d->placement)))
             return xds_err_set(XDS_ERR_NOMEM, "out of memory (placement)");
     }
-    if (d->port <= 0) { /* the front-ends share one port: pick a free one now */
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t al = sizeof a;
-        if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr *)&a, &al) != 0) {
-            if (fd >= 0) close(fd);
-            return xds_err_set(XDS_ERR_IO, "no free port for the front-ends: %s", strerror(errno));
-        }
-        d->port = ntohs(a.sin_port);
-        close(fd);
-    }
+    if (d->port <= 0) XDS_TRY(open_listener(d)); /* port 0: the kernel picks one now */
     /* ranks: 0 supervisor, 1..E expert workers, then the front-ends, the
      * prefill instances, the decode groups, and (with expert workers) each
      * group's attention rank */
@@ -1391,8 +1431,13 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     xds_deploy_xccl_config(n_ranks, &cfg);
     d->seg_bytes = (unsigned long long)xccl_config_segment_bytes(&cfg);
     snprintf(d->seg_name, sizeof d->seg_name, "/xds-serve-%d", (int)getpid());
-    XDS_TRY(claim_port(d));
-    xds_status s = XDS_OK;
+    xds_status s = claim_port(d);
+    if (s == XDS_OK && d->listen_fd < 0) s = open_listener(d);
+    if (s != XDS_OK) {
+        if (d->port_lock[0]) unlink(d->port_lock), d->port_lock[0] = 0;
+        if (d->listen_fd >= 0) close(d->listen_fd), d->listen_fd = -1;
+        return s;
+    }
     if (xccl_segment_create(&d->seg, d->seg_name, &cfg) != XCCL_OK) {
         s = xds_err_set(XDS_ERR_IO, "XCCL segment %s (%llu bytes): %s", d->seg_name, d->seg_bytes, xccl_err_msg());
         goto fail;
@@ -1530,6 +1575,8 @@ int serve_deploy_run(serve_deploy *d, const sigset_t *sigs) {
     if (!atomic_load(&d->failed))
         fprintf(stderr, "xds serve: %s received; the front-ends finish their streams (send it again to quit at once)\n",
                 sig == SIGINT ? "SIGINT" : "SIGTERM");
+    /* no new connection: the front-ends close their copies as they quiesce */
+    if (d->listen_fd >= 0) close(d->listen_fd), d->listen_fd = -1;
     return sig;
 }
 
@@ -1597,5 +1644,6 @@ void serve_deploy_stop(serve_deploy *d) {
         unlink(d->port_lock);
         d->port_lock[0] = 0;
     }
+    if (d->listen_fd >= 0 && !d->frontend_mode) close(d->listen_fd), d->listen_fd = -1;
     free_config(d);
 }

@@ -50,6 +50,7 @@ struct xds_dp_table;
 
 typedef struct serve_deploy {
     int prefill, decode_dp, experts, frontends, expert_threads, prefill_threads;
+    int expert_replicas;    /* --expert-replicas (0: default 2, capped at experts) */
     const char *fe_segment, *fe_table, *fe_granks; /* front-end mode: from the supervisor */
     const char *fe_pranks, *fe_pick;
     int fe_self_rank;
@@ -119,6 +120,10 @@ typedef struct serve_deploy {
     int grank[64];          /* rank of decode group g's requests */
     int fe_rank[SERVE_DEPLOY_MAX_FRONTENDS];
     int port;               /* the port every front-end listens on */
+    const char *host;       /* its address (serve's --host) */
+    int listen_fd;          /* supervisor: the listening socket every front-end inherits and accepts
+                             * from (one accept queue, held while a front-end restarts); front-end:
+                             * the inherited descriptor (--listen-fd), -1 if none */
     int argc;               /* serve's arguments, handed to the front-ends */
     char **argv;
     int frontend_mode;      /* this process is front-end k >= 1 (no engine, no children) */

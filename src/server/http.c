@@ -231,7 +231,8 @@ xds_server_opts xds_server_opts_default(void) {
                          .stall_timeout_s = 30,
                          .retry_after_s = 1,
                          .max_body_bytes = 8u << 20,
-                         .header_limit = 64u << 10};
+                         .header_limit = 64u << 10,
+                         .listen_fd = -1};
     return o;
 }
 
@@ -1280,6 +1281,9 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
 
     /* SO_REUSEPORT only when asked (MHD's 0 would actively refuse address reuse) */
     struct MHD_OptionItem reuse[] = {{MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL}, {MHD_OPTION_END, 0, NULL}};
+    /* an inherited listening socket replaces the address (and SO_REUSEPORT) */
+    struct MHD_OptionItem inherit[] = {{MHD_OPTION_LISTEN_SOCKET, opts->listen_fd, NULL}, {MHD_OPTION_END, 0, NULL}};
+    struct MHD_OptionItem *listen_opt = opts->listen_fd >= 0 ? inherit : opts->reuse_port ? reuse : reuse + 1;
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)opts->port, NULL, NULL, srv_on_request, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -1290,7 +1294,7 @@ xds_status xds_server_start(const xds_server_opts *opts, xds_engine *engine, con
         MHD_OPTION_NOTIFY_CONNECTION, srv_on_connection, s,
         MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1u << 20),
         MHD_OPTION_EXTERNAL_LOGGER, srv_mhd_log, s,
-        MHD_OPTION_ARRAY, opts->reuse_port ? reuse : reuse + 1,
+        MHD_OPTION_ARRAY, listen_opt,
         MHD_OPTION_END);
     if (!s->mhd) {
         int e = errno;

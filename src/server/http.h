@@ -103,6 +103,8 @@ typedef struct xds_server_opts {
     void *topology_user;
     const xds_server_engine_ops *engine_ops; /* borrowed; NULL: the engine is called directly */
     int reuse_port;          /* SO_REUSEPORT: several processes serve one port (a deployment's front-ends) */
+    int listen_fd;           /* >= 0: accept from this bound, listening socket (a deployment's shared one)
+                              * instead of opening one; -1 (default): bind host:port */
 } xds_server_opts;
 
 xds_server_opts xds_server_opts_default(void);
