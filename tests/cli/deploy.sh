@@ -12,7 +12,9 @@
 #     6 real prompts of 5 to ~190 tokens (chunked prefill at 48 tokens per
 #     step, several 16-token KV blocks), 12 tokens each; the reference sends
 #     them one at a time, every deployment all at once (concurrent requests);
-#   - GET /v1/topology lists every rank with a live pid and every expert once;
+#   - GET /v1/topology lists every rank with a live pid (two front-ends by
+#     default) and every expert on two workers (default --expert-replicas 2);
+#     port 0 with two front-ends serves on the port the kernel picked;
 #   - SIGTERM stops everything: exit 0, no worker left, shm segment removed;
 #   - start-up errors (dense model, unsupported flags, a worker that fails to
 #     start) give one clear error, exit 1, and leave no process or segment;
@@ -156,19 +158,23 @@ import json, os, sys, urllib.request
 port, E, sup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 t = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/v1/topology" % port, timeout=5).read())
 ranks = t["ranks"]
-# the supervisor runs no model; every role is a child: E expert workers, a front-end, decode group 0
-assert t["experts"] == E and len(ranks) == E + 3, t
+# the supervisor runs no model; every role is a child: E expert workers, two
+# front-ends (the default), decode group 0
+assert t["experts"] == E and t["frontends"] == 2 and len(ranks) == E + 4, t
 assert ranks[0]["pid"] == sup and ranks[0]["role"] == "supervisor", ranks[0]
-assert sorted(r["role"] for r in ranks[1:]) == sorted(["expert"] * E + ["frontend", "decode"]), ranks
+assert sorted(r["role"] for r in ranks[1:]) == sorted(["expert"] * E + ["frontend"] * 2 + ["decode"]), ranks
 held = []
 for r in ranks[1:]:
     assert r["pid"] != sup and r["state"] == "live" and r["restarts"] == 0, r
     os.kill(r["pid"], 0)  # alive
     if r["role"] == "decode": assert r["kv_blocks"] > 0 and r["dp_group"] == 0, r
-    if r["role"] == "expert": held += r["experts"]
-assert sorted(held) == list(range(4)), held
+    if r["role"] == "expert":
+        assert len(set(r["experts"])) == len(r["experts"]), r
+        held += r["experts"]
+# default --expert-replicas 2: every expert on two different workers
+assert sorted(held) == sorted(list(range(4)) * 2), held
 EOF
-  then ok "E=$E: GET /v1/topology (live pids, every expert placed once)"; else bad "E=$E: /v1/topology"; fi
+  then ok "E=$E: GET /v1/topology (live pids, every expert on two workers)"; else bad "E=$E: /v1/topology"; fi
   GOT=$(complete "$PORT")
   if [ -n "$REF" ] && [ "$GOT" = "$REF" ]; then ok "E=$E: $NPROMPT concurrent greedy completions identical to single process"
   else bad "E=$E: completions differ: ref=$REF got=$GOT"; fi
@@ -285,13 +291,13 @@ dp_moe_case() { # label, serve args...
   "$XDS" serve -m "$MOE" --port "$P" -t 1 "${STEP[@]}" "$@" >"$TMP/dpm.log" 2>&1 & local S=$!; PIDS+=("$S")
   if ! wait_health "$P" "$S"; then bad "$label: did not come up: $(tail -5 "$TMP/dpm.log")"; return; fi
   local GOT; GOT=$(complete "$P")
-  python3 - "$P" <<'EOF2' && ok "$label: /v1/topology: 2 decode groups, each expert placed once" || bad "$label: topology"
+  python3 - "$P" <<'EOF2' && ok "$label: /v1/topology: 2 decode groups, each expert on two workers" || bad "$label: topology"
 import json, os, sys, urllib.request
 t = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/v1/topology" % sys.argv[1], timeout=5).read())
 dec = [r for r in t["ranks"] if r["role"] == "decode"]
 assert len(dec) == 2 and all("attn_rank" in r for r in dec), t
 held = sorted(e for r in t["ranks"] if r["role"] == "expert" for e in r["experts"])
-assert held == list(range(4)), held
+assert held == sorted(list(range(4)) * 2), held  # default: two replicas of each
 for r in t["ranks"][1:]: os.kill(r["pid"], 0)
 EOF2
   kill -TERM "$S"; wait_exit "$S" 30
@@ -426,7 +432,21 @@ startup_err "worker fails to start" "expert worker 1 exited with status 1 before
   XDS_WORKER_EXE=/bin/false -- -m "$MOE" --experts 2
 startup_err "dense model" "has no MoE layers" X=1 -- -m "$XDS_TEST_MODEL" --experts 2
 startup_err "more workers than experts" "only 4 routed experts" X=1 -- -m "$MOE" --experts 5
-startup_err "several front-ends on port 0" "needs a fixed --port" X=1 -- -m "$MOE" --frontends 2
+# port 0: the supervisor binds the listening socket first, the front-ends share it
+"$XDS" serve -m "$XDS_TEST_MODEL" --port 0 -t 1 "${STEP[@]}" --frontends 2 >"$TMP/p0.log" 2>&1 & S=$!; PIDS+=("$S")
+P0=""; for _ in $(seq 1 300); do
+  P0=$(sed -n 's|.*deployment listening on http://127.0.0.1:\([0-9]*\) .*|\1|p' "$TMP/p0.log" | head -1)
+  [ -n "$P0" ] && break; kill -0 "$S" 2>/dev/null || break; sleep 0.1; done
+if [ -n "$P0" ] && wait_health "$P0" "$S" && python3 - "$P0" <<'EOF2'
+import json, sys, urllib.request
+t = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/v1/topology" % sys.argv[1], timeout=5).read())
+fe = [r for r in t["ranks"] if r["role"] == "frontend"]
+assert len(fe) == 2 and all(r["state"] == "live" for r in fe), t
+EOF2
+then ok "port 0 with 2 front-ends: both accept on the port the kernel picked ($P0)"
+else bad "port 0 with 2 front-ends: $(tail -3 "$TMP/p0.log")"; fi
+kill -TERM "$S"; wait_exit "$S" 30
+[ "$RC" = 0 ] && [ -z "$(stray "$S")" ] || bad "port 0 with 2 front-ends: rc=$RC left: $(stray "$S")"
 startup_err "prefill KV pool that does not fit in memory" "prefill instance 0 exited with status 1 before it became ready" \
   X=1 -- -m "$XDS_TEST_MODEL" --prefill 1 --ctx 2000000
 startup_err "decode group KV that does not fit in memory" "decode group [01] exited with status 1 before it became ready" \

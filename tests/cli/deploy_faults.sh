@@ -17,8 +17,8 @@
 #   - a front-end killed: the other keeps serving the port, it is restarted;
 #   - SIGTERM while a group is being restarted: the streams finish, exit 0;
 #   - the supervisor killed (kill -9 of its process group): serving goes on; a
-#     new `xds serve` on the port refuses with a clear message; SIGTERM to the
-#     front-end ends the rest; the next `xds serve` on the port removes the
+#     new `xds serve` on the port refuses with a clear message; SIGTERM to one
+#     front-end leaves the other serving, to both ends the rest; the next `xds serve` on the port removes the
 #     crashed deployment's shared memory and serves.
 # Every run ends with no process and no /dev/shm segment left.
 # Usage: bash tests/cli/deploy_faults.sh path/to/xds
@@ -130,9 +130,9 @@ finish() { # label supervisor port: SIGTERM -> exit 0, nothing left
     || bad "$1: rc=$RC left: $(stray "$2") $(leftover "$2" "$3")"
 }
 
-# ---- A: two decode groups (ranks: 0 supervisor, 1 front-end, 2 group 0, 3 group 1) ----
+# ---- A: two decode groups, one front-end (ranks: 0 supervisor, 1 front-end, 2 group 0, 3 group 1) ----
 P=$(free_port)
-"$XDS" serve -m "$M" --port "$P" -t 1 --decode-dp 2 --restart-max 3 --restart-window 600 >"$TMP/a.log" 2>&1 & S=$!; PIDS+=("$S")
+"$XDS" serve -m "$M" --port "$P" -t 1 --decode-dp 2 --frontends 1 --restart-max 3 --restart-window 600 >"$TMP/a.log" 2>&1 & S=$!; PIDS+=("$S")
 if wait_health "$P" "$S"; then
   load "$P" "$TMP/ref.json"
   python3 -c "import json,sys; r=json.load(open('$TMP/ref.json')); sys.exit(not all(x['done'] and not x['err'] for x in r))" \
@@ -204,7 +204,7 @@ if wait_health "$P" "$S"; then
     || bad "B: rc=$RC left: $(stray "$S") $(leftover "$S" "$P")"
 else bad "B: did not come up: $(tail -5 "$TMP/b.log")"; fi
 
-# ---- C: the supervisor killed (SIGKILL to its process group) ----
+# ---- C: the supervisor killed (SIGKILL to its process group; default two front-ends, ranks 1 and 2) ----
 P=$(free_port)
 setsid "$XDS" serve -m "$M" --port "$P" -t 1 --decode-dp 2 >"$TMP/c.log" 2>&1 & S=$!; PIDS+=("$S")
 if wait_health "$P" "$S"; then
@@ -217,9 +217,13 @@ if wait_health "$P" "$S"; then
   "$XDS" serve -m "$M" --port "$P" -t 1 --decode-dp 2 >"$TMP/c2.log" 2>&1; RC=$?
   [ "$RC" = 1 ] && grep -q "port $P is already served by deployment /xds-serve-$S (supervisor pid $S, gone)" "$TMP/c2.log" \
     && ok "C: a new supervisor on the port refuses with a clear message" || bad "C: second supervisor: rc=$RC $(tail -2 "$TMP/c2.log")"
-  kill -TERM "$(pid_of "$S" 1)"
+  F1=$(pid_of "$S" 1); F2=$(pid_of "$S" 2)
+  kill -TERM "$F1"; sleep 1
+  [ -n "$(stray "$S")" ] && load "$P" "$TMP/h2b.json" && same "$TMP/ref.json" "$TMP/h2b.json" \
+    && ok "C: one front-end stopped: the other still serves the port" || bad "C: after one front-end: $(stray "$S")"
+  kill -TERM "$F2"
   end=$((SECONDS + 30)); while [ -n "$(stray "$S")" ] && [ $SECONDS -lt $end ]; do sleep 0.2; done
-  [ -z "$(stray "$S")" ] && ok "C: SIGTERM to the front-end ends the orphaned deployment: no process left" \
+  [ -z "$(stray "$S")" ] && ok "C: SIGTERM to both front-ends ends the orphaned deployment: no process left" \
     || bad "C: left: $(stray "$S")"
   "$XDS" serve -m "$M" --port "$P" -t 1 --decode-dp 2 >"$TMP/c3.log" 2>&1 & S2=$!; PIDS+=("$S2")
   if wait_health "$P" "$S2"; then
