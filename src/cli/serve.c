@@ -279,6 +279,8 @@ int cli_serve(int argc, char **argv) {
         }
         so.topology_fn = serve_deploy_topology_get;
         so.topology_user = &dep;
+        so.metrics_fn = serve_deploy_metrics_load;
+        so.metrics_user = &dep;
         so.reuse_port = 1;
         so.listen_fd = dep.listen_fd; /* the supervisor's socket, inherited */
     }

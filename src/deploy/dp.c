@@ -25,7 +25,7 @@
 #include "base/log.h"
 
 #define DP_MAGIC 0x58445352u /* "XDSR" */
-#define TABLE_MAGIC 0x58445354u
+#define TABLE_MAGIC 0x58445355u /* "XDSU": the layout with the fault counts */
 enum { DP_REQ = 1, DP_CANCEL = 2, DP_EVENT = 3, DP_STOP = 4, DP_REQ_IMPORT = 5, DP_FREED = 6 };
 
 static xds_status xerr(xccl_status s, const char *what) {

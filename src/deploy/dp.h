@@ -26,6 +26,7 @@
 #include "base/status.h"
 #include "engine/engine.h"
 #include "deploy/pd.h"
+#include "server/metrics.h"
 
 struct xccl_comm;
 
@@ -45,6 +46,9 @@ typedef struct xds_dp_table {
     uint32_t magic, n_groups;
     atomic_uint rr; /* rotating tie-break start */
     xds_dp_load g[XDS_DP_MAX_GROUPS];
+    /* the deployment's fault counts (every process adds; a front-end's
+     * GET /metrics shows them): here because every process maps this table */
+    _Alignas(64) xds_fault_counts faults;
 } xds_dp_table;
 
 /* Create (supervisor) / open (group, front-end) the table at a POSIX shm name. */

@@ -45,6 +45,7 @@
 #include <xccl.h>
 
 #include "base/log.h"
+#include "server/metrics.h"
 #include "kernels/kernels.h"
 #include "model/moe.h"
 
@@ -331,6 +332,7 @@ struct xds_deploy_attn {
     int wready_posted[XDS_DEPLOY_MAX_WORKERS];
     double rejoin_s; /* how long a layer waits for a restart of the only holders of an expert */
     xds_deploy_stats st;
+    xds_fault_counts *faults; /* the deployment's shared counts (borrowed; may be NULL) */
 };
 
 static void mb_cancel(xds_deploy_attn *a, mb_state *s) {
@@ -344,6 +346,10 @@ static void mb_cancel(xds_deploy_attn *a, mb_state *s) {
     }
     s->n_sup = 0;
     s->pending = 0;
+}
+
+void xds_deploy_attn_set_fault_counts(xds_deploy_attn *a, xds_fault_counts *c) {
+    if (a) a->faults = c;
 }
 
 void xds_deploy_attn_free(xds_deploy_attn *a) {
@@ -521,6 +527,7 @@ static void worker_failed(xds_deploy_attn *a, int w, uint32_t inc, const char *w
     a->wdead[w] = 1;
     a->wready_posted[w] = 0;
     a->st.failovers++;
+    xds_fault_count_failover(a->faults, "expert");
     xccl_peer_declare_dead(a->comm, a->wrank[w]);
     XDS_LOGW("deploy: expert worker %d (rank %d) failed: %s; its rows go to other replicas or to its restart", w,
              a->wrank[w], why);

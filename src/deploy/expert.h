@@ -67,6 +67,7 @@
 #include "model/model.h"
 
 struct xccl_comm;
+struct xds_fault_counts;
 struct xccl_config;
 
 #define XDS_DEPLOY_MAX_WORKERS 63
@@ -147,6 +148,9 @@ void xds_deploy_attn_stats(const xds_deploy_attn *a, xds_deploy_stats *out);
  * one of its experts failed (default 30 s, or XDS_EXPERT_REJOIN_S); past it
  * the pass fails (XDS_ERR_PEER) and the executor refuses further passes. */
 void xds_deploy_attn_set_rejoin_timeout(xds_deploy_attn *a, double seconds);
+/* Count each failover (a worker left out, its rows sent elsewhere) in the
+ * deployment's shared fault counts (borrowed; NULL: not counted). */
+void xds_deploy_attn_set_fault_counts(xds_deploy_attn *a, struct xds_fault_counts *c);
 /* 1 while placement worker w is in use (not failed, or rejoined). */
 int xds_deploy_attn_worker_alive(const xds_deploy_attn *a, int w);
 /* Take back failed workers whose restart has attached and said READY (never

@@ -183,6 +183,20 @@ static void describe_exit(char *buf, size_t cap, int st) {
     else snprintf(buf, cap, "ended (wait status %d)", st);
 }
 
+/* The role's label in the fault counts (xds_fault_counts). */
+static const char *child_metric_role(const serve_deploy *d, int i) {
+    switch (d->kind_of[i]) {
+    case 'e': return "expert";
+    case 'p': return "prefill";
+    case 'd': return "decode";
+    default: return "frontend";
+    }
+}
+
+static xds_fault_counts *dep_faults(serve_deploy *d) {
+    return d->table ? &d->table->faults : NULL;
+}
+
 static const char *child_role(const serve_deploy *d, int i) {
     switch (d->kind_of[i]) {
     case 'e': return "expert worker";
@@ -318,6 +332,10 @@ static void group_down(serve_deploy *d, int g, const char *why) { /* under rmu *
         }
     fprintf(stderr, "xds serve: front-end (rank %d, pid %d): decode group %d (rank %d) lost (%s); %d requests "
                     "continue on another group\n", d->fe_self_rank, (int)getpid(), g, d->grank[g], why, n);
+    if (n > 0 && d->table) {
+        xds_fault_count_failover(&d->table->faults, "decode");
+        xds_fault_count_replayed(&d->table->faults, n);
+    }
 }
 
 /* Under rmu: send r to a decode group (prompt + tokens so far); 0 when a
@@ -521,6 +539,10 @@ static void prefill_down(serve_deploy *d, int pi, const char *why) { /* under rm
     }
     fprintf(stderr, "xds serve: front-end (rank %d, pid %d): prefill instance %d (rank %d) lost (%s); %d requests "
                     "re-routed to the decode groups\n", d->fe_self_rank, (int)getpid(), pi, d->prank[pi], why, n);
+    if (n > 0 && d->table) {
+        xds_fault_count_failover(&d->table->faults, "prefill");
+        xds_fault_count_replayed(&d->table->faults, n);
+    }
 }
 
 /* One round over the prefill instances; 1 if a task arrived. */
@@ -758,6 +780,11 @@ xds_status serve_deploy_frontend(serve_deploy *d, const xds_model *m, int max_ct
 
 char *serve_deploy_topology_get(void *user) {
     return frontend_topology(user);
+}
+
+void serve_deploy_metrics_load(void *user, xds_metrics *m) {
+    serve_deploy *d = user;
+    if (d && d->table) xds_metrics_fault_load(m, &d->table->faults);
 }
 
 void serve_deploy_quiesce(serve_deploy *d) {
@@ -1065,6 +1092,9 @@ static void child_crashed(serve_deploy *d, int i, pid_t pid) {
     char how[96];
     describe_exit(how, sizeof how, d->status[i]);
     child_gone(d, i);
+    if (!d->hang_killed[i]) xds_fault_count_detected(dep_faults(d), child_metric_role(d, i), "exit");
+    d->hang_killed[i] = 0;
+    if (d->fault_t[i] <= 0) d->fault_t[i] = now; /* a hang's recovery counts from its suspicion */
     int n = 0;
     for (int j = 0; j < SERVE_DEPLOY_CRASH_N; j++) n += d->crash_t[i][j] > 0 && now - d->crash_t[i][j] < d->crash_window_s;
     memmove(&d->crash_t[i][1], &d->crash_t[i][0], sizeof(double) * (SERVE_DEPLOY_CRASH_N - 1));
@@ -1115,6 +1145,7 @@ static void *monitor_main(void *arg) {
                 if (st == SERVE_CHILD_RESTARTING && now >= d->restart_at[i]) {
                     if (spawn_at(d, i) == XDS_OK) {
                         d->restarts[i]++;
+                        xds_fault_count_restart(dep_faults(d), child_metric_role(d, i));
                         if (quit_n > i) quit_pids[i] = d->pids[i]; /* the quit-at-once handler's copy */
                         fprintf(stderr, "xds serve: %s %d (rank %d): restarted as pid %d\n", child_role(d, i),
                                 child_number(d, i), d->rank_of[i], (int)d->pids[i]);
@@ -1131,19 +1162,25 @@ static void *monitor_main(void *arg) {
             int serving = child_serving(d, i);
             if ((st == SERVE_CHILD_RESTARTING || st == SERVE_CHILD_STARTING) && serving) {
                 d->state_of[i] = SERVE_CHILD_LIVE;
-                if (st == SERVE_CHILD_RESTARTING)
+                if (st == SERVE_CHILD_RESTARTING) {
                     fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) rejoined after %.2f s\n", child_role(d, i),
                             child_number(d, i), d->rank_of[i], (int)pid, now - d->since[i]);
+                    if (d->fault_t[i] > 0)
+                        xds_fault_count_recovered(dep_faults(d), child_metric_role(d, i), now - d->fault_t[i]);
+                    d->fault_t[i] = 0;
+                }
                 changed = 1;
             } else if (st == SERVE_CHILD_LIVE && (!serving || pid_stopped(pid))) {
                 d->state_of[i] = SERVE_CHILD_SUSPECT;
                 d->since[i] = now;
+                d->fault_t[i] = now; /* cleared if it proves live again */
                 fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) is suspect: %s\n", child_role(d, i),
                         child_number(d, i), d->rank_of[i], (int)pid, serving ? "stopped" : "no heartbeat");
                 changed = 1;
             } else if (st == SERVE_CHILD_SUSPECT) {
                 if (serving && !pid_stopped(pid)) {
                     d->state_of[i] = SERVE_CHILD_LIVE;
+                    d->fault_t[i] = 0;
                     fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) is live again\n", child_role(d, i),
                             child_number(d, i), d->rank_of[i], (int)pid);
                     changed = 1;
@@ -1152,6 +1189,8 @@ static void *monitor_main(void *arg) {
                             child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, now - d->since[i]);
                     /* its peers' waits on it fail at once, then the rank can be rejoined */
                     xccl_segment_declare_dead(d->seg, d->rank_of[i], 0);
+                    xds_fault_count_detected(dep_faults(d), child_metric_role(d, i), "hang");
+                    d->hang_killed[i] = 1;
                     kill(pid, SIGKILL); /* reaped (and restarted) on a later round */
                     d->since[i] = now + 3600;
                 }

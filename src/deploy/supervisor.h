@@ -79,6 +79,8 @@ typedef struct serve_deploy {
     double crash_t[SERVE_DEPLOY_MAX_WORKERS][SERVE_DEPLOY_CRASH_N]; /* its last crash times (ring) */
     double restart_at[SERVE_DEPLOY_MAX_WORKERS]; /* restarting: when to start it again */
     double since[SERVE_DEPLOY_MAX_WORKERS];      /* suspect / restarting since */
+    double fault_t[SERVE_DEPLOY_MAX_WORKERS];    /* > 0: a failure detected then, not yet recovered */
+    int hang_killed[SERVE_DEPLOY_MAX_WORKERS];   /* killed by us as hung: its exit is not a new failure */
     int n_pids;
     double hang_s;         /* a child whose heartbeat is missing this long is killed and restarted */
     int crash_n;           /* crash_n exits within crash_window_s: left out (the deployment shrinks) */
@@ -146,6 +148,8 @@ int serve_deploy_run(serve_deploy *d, const sigset_t *sigs);
 /* A front-end's GET /v1/topology (xds_server_opts.topology_fn): the
  * supervisor's current file, malloc'ed (NULL: none). */
 char *serve_deploy_topology_get(void *user);
+/* GET /metrics of a front-end: the deployment's fault counts (from the load table) into m. */
+void serve_deploy_metrics_load(void *user, xds_metrics *m);
 /* The supervisor got SIGTERM/SIGINT: from now on a second one quits at
  * once, but still removes the shared-memory names and kills the workers
  * (async-signal-safe handler), so nothing is left behind. */

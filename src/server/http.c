@@ -803,6 +803,7 @@ static srv_result srv_handle_metrics(srv_req *q, struct MHD_Connection *c) {
     pthread_mutex_lock(&s->mu);
     xds_metric_set(s->m_inflight, NULL, s->n_inflight);
     pthread_mutex_unlock(&s->mu);
+    if (s->o.metrics_fn) s->o.metrics_fn(s->o.metrics_user, s->metrics);
     size_t len = 0;
     char *body = xds_metrics_render(s->metrics, &len);
     return srv_send(q, c, 200, "text/plain; version=0.0.4; charset=utf-8", body, len);

@@ -101,6 +101,9 @@ typedef struct xds_server_opts {
     const char *topology_json; /* GET /v1/topology body (borrowed; NULL: 404, single process) */
     char *(*topology_fn)(void *user); /* or: a fresh body per request (malloc'ed; NULL: 503) */
     void *topology_user;
+    void (*metrics_fn)(void *user, xds_metrics *m); /* called before each GET /metrics renders (NULL:
+                              * none): a deployment's front-end loads its shared fault counts */
+    void *metrics_user;
     const xds_server_engine_ops *engine_ops; /* borrowed; NULL: the engine is called directly */
     int reuse_port;          /* SO_REUSEPORT: several processes serve one port (a deployment's front-ends) */
     int listen_fd;           /* >= 0: accept from this bound, listening socket (a deployment's shared one)

@@ -7,6 +7,7 @@
 #include "server/metrics.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -198,9 +199,12 @@ static const char *fault_label_value(const char *v) {
     return v;
 }
 
+static const double fault_rec_bounds[XDS_FAULT_N_BOUNDS] = {0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0};
+static const char *const fault_roles[XDS_FAULT_N_ROLES] = {"frontend", "prefill", "decode", "expert", "supervisor"};
+
 int xds_metrics_fault_register(xds_metrics *m) {
-    static const double rec[] = {0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0};
-    static const char *roles[] = {"frontend", "prefill", "decode", "expert", "supervisor"};
+    const double *rec = fault_rec_bounds;
+    const char *const *roles = fault_roles;
     if (!m) return -1;
     if (xds_metrics_find(m, FAULT_DETECTED)) return 0;
     xds_metric *d = xds_metrics_add(m, XDS_METRIC_COUNTER, FAULT_DETECTED,
@@ -212,11 +216,11 @@ int xds_metrics_fault_register(xds_metrics *m) {
     xds_metric *s = xds_metrics_add(m, XDS_METRIC_COUNTER, FAULT_RESTARTS, "Processes restarted, by role", NULL, 0);
     xds_metric *h = xds_metrics_add(m, XDS_METRIC_HISTOGRAM, FAULT_RECOVERY,
                                     "Seconds from detecting a failure to full capacity, by role", rec,
-                                    (int)(sizeof rec / sizeof *rec));
+                                    XDS_FAULT_N_BOUNDS);
     if (!d || !f || !r || !s || !h) return -1;
     xds_metric_add(r, NULL, 0);
     char lbl[96];
-    for (size_t i = 0; i < sizeof roles / sizeof *roles; i++) {
+    for (size_t i = 0; i < XDS_FAULT_N_ROLES; i++) {
         snprintf(lbl, sizeof lbl, "role=\"%s\",cause=\"exit\"", roles[i]);
         xds_metric_add(d, lbl, 0);
         snprintf(lbl, sizeof lbl, "role=\"%s\",cause=\"hang\"", roles[i]);
@@ -250,6 +254,66 @@ void xds_metrics_fault_replayed(xds_metrics *m, int n_requests) {
 void xds_metrics_fault_restart(xds_metrics *m, const char *role) { fault_count(m, FAULT_RESTARTS, role, NULL, 1); }
 void xds_metrics_fault_recovered(xds_metrics *m, const char *role, double seconds) {
     if (seconds >= 0) fault_count(m, FAULT_RECOVERY, role, NULL, seconds);
+}
+
+static int fault_role_index(const char *role) {
+    for (int i = 0; role && i < XDS_FAULT_N_ROLES; i++)
+        if (!strcmp(role, fault_roles[i])) return i;
+    return -1;
+}
+
+void xds_fault_count_detected(xds_fault_counts *c, const char *role, const char *cause) {
+    int r = fault_role_index(role), k = cause && !strcmp(cause, "exit") ? 0 : cause && !strcmp(cause, "hang") ? 1 : -1;
+    if (c && r >= 0 && k >= 0) atomic_fetch_add(&c->detected[r][k], 1);
+}
+void xds_fault_count_failover(xds_fault_counts *c, const char *role) {
+    int r = fault_role_index(role);
+    if (c && r >= 0) atomic_fetch_add(&c->failovers[r], 1);
+}
+void xds_fault_count_replayed(xds_fault_counts *c, int n_requests) {
+    if (c && n_requests > 0) atomic_fetch_add(&c->replayed, n_requests);
+}
+void xds_fault_count_restart(xds_fault_counts *c, const char *role) {
+    int r = fault_role_index(role);
+    if (c && r >= 0) atomic_fetch_add(&c->restarts[r], 1);
+}
+void xds_fault_count_recovered(xds_fault_counts *c, const char *role, double seconds) {
+    int r = fault_role_index(role);
+    if (!c || r < 0 || !(seconds >= 0)) return;
+    int b = 0;
+    while (b < XDS_FAULT_N_BOUNDS && seconds > fault_rec_bounds[b]) b++;
+    atomic_fetch_add(&c->rec_bucket[r][b], 1);
+    atomic_fetch_add(&c->rec_sum_us[r], (long long)(seconds * 1e6 + 0.5));
+}
+
+void xds_metrics_fault_load(xds_metrics *m, const xds_fault_counts *c) {
+    if (!m || !c) return;
+    xds_metric *d = xds_metrics_find(m, FAULT_DETECTED), *f = xds_metrics_find(m, FAULT_FAILOVERS),
+               *rp = xds_metrics_find(m, FAULT_REPLAYED), *s = xds_metrics_find(m, FAULT_RESTARTS),
+               *h = xds_metrics_find(m, FAULT_RECOVERY);
+    if (!d || !f || !rp || !s || !h || h->n_bounds != XDS_FAULT_N_BOUNDS) return;
+    char lbl[96];
+    xds_metric_set(rp, NULL, (double)atomic_load(&c->replayed));
+    for (int r = 0; r < XDS_FAULT_N_ROLES; r++) {
+        snprintf(lbl, sizeof lbl, "role=\"%s\",cause=\"exit\"", fault_roles[r]);
+        xds_metric_set(d, lbl, (double)atomic_load(&c->detected[r][0]));
+        snprintf(lbl, sizeof lbl, "role=\"%s\",cause=\"hang\"", fault_roles[r]);
+        xds_metric_set(d, lbl, (double)atomic_load(&c->detected[r][1]));
+        snprintf(lbl, sizeof lbl, "role=\"%s\"", fault_roles[r]);
+        xds_metric_set(f, lbl, (double)atomic_load(&c->failovers[r]));
+        xds_metric_set(s, lbl, (double)atomic_load(&c->restarts[r]));
+        long long n = 0;
+        for (int b = 0; b <= XDS_FAULT_N_BOUNDS; b++) n += atomic_load(&c->rec_bucket[r][b]);
+        if (!n) continue; /* a role that never recovered has no histogram series, as with observe */
+        pthread_mutex_lock(&m->mu);
+        metric_series *hs = metric_series_get(h, lbl);
+        if (hs) {
+            for (int b = 0; b < XDS_FAULT_N_BOUNDS; b++) hs->buckets[b] = (double)atomic_load(&c->rec_bucket[r][b]);
+            hs->count = (double)n;
+            hs->sum = (double)atomic_load(&c->rec_sum_us[r]) / 1e6;
+        }
+        pthread_mutex_unlock(&m->mu);
+    }
 }
 
 /* ------------------------------------------------------------------------ */

@@ -65,4 +65,32 @@ void xds_metrics_fault_replayed(xds_metrics *m, int n_requests);
 void xds_metrics_fault_restart(xds_metrics *m, const char *role);
 void xds_metrics_fault_recovered(xds_metrics *m, const char *role, double seconds);
 
+/* ---- The same counts across processes --------------------------------------
+ * A deployment's processes each see part of a fault: the supervisor detects
+ * deaths and hangs, restarts and sees the process rejoin; a front-end moves
+ * its requests off a lost decode group or prefill instance; a decode group
+ * moves its rows off a lost expert worker. They add to one xds_fault_counts
+ * in shared memory (plain lock-free atomics, no pointers: it lives in the
+ * deployment's load table), and whichever front-end answers GET /metrics
+ * loads the totals into its registry (xds_metrics_fault_load). Roles and
+ * causes outside the five roles / "exit" and "hang" are not counted. */
+#define XDS_FAULT_N_ROLES 5   /* frontend, prefill, decode, expert, supervisor */
+#define XDS_FAULT_N_BOUNDS 11 /* the recovery histogram's bounds (0.1 .. 300 s) */
+typedef struct xds_fault_counts {
+    _Atomic long long detected[XDS_FAULT_N_ROLES][2]; /* [role][0 exit, 1 hang] */
+    _Atomic long long failovers[XDS_FAULT_N_ROLES];
+    _Atomic long long restarts[XDS_FAULT_N_ROLES];
+    _Atomic long long replayed;
+    _Atomic long long rec_bucket[XDS_FAULT_N_ROLES][XDS_FAULT_N_BOUNDS + 1]; /* non-cumulative; last: +Inf */
+    _Atomic long long rec_sum_us[XDS_FAULT_N_ROLES];
+} xds_fault_counts;
+void xds_fault_count_detected(xds_fault_counts *c, const char *role, const char *cause);
+void xds_fault_count_failover(xds_fault_counts *c, const char *role);
+void xds_fault_count_replayed(xds_fault_counts *c, int n_requests);
+void xds_fault_count_restart(xds_fault_counts *c, const char *role);
+void xds_fault_count_recovered(xds_fault_counts *c, const char *role, double seconds);
+/* Set m's xds_fault_* families (registered: xds_metrics_fault_register) to
+ * c's totals: counters and histogram replaced, not added to. */
+void xds_metrics_fault_load(xds_metrics *m, const xds_fault_counts *c);
+
 #endif

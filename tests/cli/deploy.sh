@@ -392,6 +392,13 @@ if wait_health "$PORT" "$SRV"; then
     || bad "killed worker: $(tail -4 "$TMP/kill.log")"
   [ -n "$REF" ] && [ "$GOT" = "$REF" ] && ok "killed expert worker: after the restart, greedy completions identical" \
     || bad "killed expert worker: ref=$REF got=$GOT $(tail -4 "$TMP/kill.log")"
+  M=$(curl -s "http://127.0.0.1:$PORT/metrics")
+  echo "$M" | grep -q '^xds_fault_failures_detected_total{role="expert",cause="exit"} 1$' \
+    && echo "$M" | grep -q '^xds_fault_restarts_total{role="expert"} 1$' \
+    && echo "$M" | grep -q '^xds_fault_recovery_seconds_count{role="expert"} 1$' \
+    && echo "$M" | grep -q '^xds_fault_failures_detected_total{role="decode",cause="exit"} 0$' \
+    && ok "killed expert worker: /metrics counts one expert exit, restart and recovery" \
+    || bad "killed expert worker: /metrics: $(echo "$M" | grep '^xds_fault' | grep -v ' 0$' | tr '\n' ' ')"
   kill -TERM "$SRV"; wait_exit "$SRV" 30
   [ "$RC" = 0 ] && [ -z "$(stray "$SRV")" ] && [ ! -e "/dev/shm/xds-serve-$SRV" ] && ok "killed expert worker: SIGTERM -> exit 0, nothing left" \
     || bad "killed worker: rc=$RC left: $(stray "$SRV")"

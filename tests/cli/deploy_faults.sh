@@ -171,6 +171,26 @@ if wait_health "$P" "$S"; then
   same "$TMP/ref.json" "$TMP/f4.json" && ok "A: shrunk to one group: streams complete, byte-identical" || bad "A: shrunk deployment"
   kill -9 "$(pid_of "$S" 2)"
   wait_state "$P" 2 "removed 2" 10 || bad "A: group 0 not removed: $(topo_state "$P" 2)"
+  # /metrics of the front-end: the deployment's fault counts (supervisor, front-end and groups add to them)
+  # A so far: exits 1 + 2 + 1 + 1 (the last two left out, not restarted), 1 hang; 4 restarts, each rejoined
+  curl -s "http://127.0.0.1:$P/metrics" >"$TMP/a.prom"
+  python3 - "$TMP/a.prom" <<'EOF' && ok "A: /metrics counts the faults (5 exits, 1 hang, 4 restarts and recoveries, failovers, replays)" \
+    || bad "A: /metrics: $(grep '^xds_fault' "$TMP/a.prom" | grep -v ' 0$' | tr '\n' ' ')"
+import sys
+v = {}
+for line in open(sys.argv[1]):
+    if line.startswith("xds_fault"):
+        k, x = line.rsplit(" ", 1); v[k] = float(x)
+want = {'xds_fault_failures_detected_total{role="decode",cause="exit"}': 5,
+        'xds_fault_failures_detected_total{role="decode",cause="hang"}': 1,
+        'xds_fault_failures_detected_total{role="expert",cause="exit"}': 0,
+        'xds_fault_restarts_total{role="decode"}': 4,
+        'xds_fault_recovery_seconds_count{role="decode"}': 4}
+for k, x in want.items(): assert v.get(k) == x, (k, v.get(k))
+assert v['xds_fault_failovers_total{role="decode"}'] >= 2, v  # the crash-loop kills had no request on the group
+assert v["xds_fault_requests_replayed_total"] >= 4, v  # the first kill alone moved 4 streams
+assert 0 < v['xds_fault_recovery_seconds_sum{role="decode"}'] < 4 * 30, v
+EOF
   H=$(curl -s -o /dev/null -D - -w '%{http_code}' --max-time 10 "http://127.0.0.1:$P/v1/completions" -H 'Content-Type: application/json' \
       -d '{"prompt": "Hi", "max_tokens": 4}')
   echo "$H" | grep -qi '^retry-after: [0-9]' && [ "${H: -3}" = 503 ] && ok "A: no decode group left: 503 with Retry-After at once" \

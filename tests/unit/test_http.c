@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -577,6 +578,58 @@ static void test_metrics(xds_server *srv) {
     for (size_t i = 0; i < sizeof broken / sizeof *broken; i++) CHECK_MSG(prom_check(broken[i], err, sizeof err) > 0, "broken[%zu] accepted", i);
 }
 
+/* A deployment's front-end: its /metrics shows the shared fault counts
+ * (xds_fault_counts, added to by every process) through opts.metrics_fn;
+ * loading replaces the registry's values (test_metrics left others there). */
+static xds_fault_counts g_fc;
+static int g_use_fc;
+static void load_fc(void *user, xds_metrics *m) {
+    (void)user;
+    if (g_use_fc) xds_metrics_fault_load(m, &g_fc);
+}
+
+static void test_metrics_shared_counts(void) {
+    xds_fault_count_detected(&g_fc, "decode", "exit");
+    xds_fault_count_detected(&g_fc, "decode", "exit");
+    xds_fault_count_detected(&g_fc, "expert", "hang");
+    xds_fault_count_detected(&g_fc, "nosuchrole", "exit"); /* not counted */
+    xds_fault_count_detected(&g_fc, "decode", "oom");      /* not counted */
+    xds_fault_count_failover(&g_fc, "decode");
+    xds_fault_count_failover(&g_fc, "decode");
+    xds_fault_count_replayed(&g_fc, 5);
+    xds_fault_count_replayed(&g_fc, -2); /* ignored */
+    xds_fault_count_restart(&g_fc, "decode");
+    xds_fault_count_restart(&g_fc, "decode");
+    xds_fault_count_recovered(&g_fc, "decode", 0.3);
+    xds_fault_count_recovered(&g_fc, "decode", 1.5);
+    xds_fault_count_recovered(&g_fc, "expert", 400); /* beyond the last bound: +Inf only */
+    g_use_fc = 1;
+    int st = http_req("GET", "/metrics", NULL, resp, sizeof resp, 5);
+    CHECK(st == 200);
+    const char *b = body_of(resp);
+    char err[256];
+    int bad = prom_check(b, err, sizeof err);
+    CHECK_MSG(bad == 0, "invalid Prometheus text at line %d: %s", bad, err);
+    CHECK(prom_value(b, "xds_fault_failures_detected_total{role=\"decode\",cause=\"exit\"}") == 2);
+    CHECK(prom_value(b, "xds_fault_failures_detected_total{role=\"expert\",cause=\"hang\"}") == 1); /* was 2: replaced */
+    CHECK(prom_value(b, "xds_fault_failures_detected_total{role=\"prefill\",cause=\"exit\"}") == 0);
+    CHECK(prom_value(b, "xds_fault_failovers_total{role=\"decode\"}") == 2);
+    CHECK(prom_value(b, "xds_fault_requests_replayed_total") == 5);
+    CHECK(prom_value(b, "xds_fault_restarts_total{role=\"decode\"}") == 2);
+    CHECK(prom_value(b, "xds_fault_recovery_seconds_count{role=\"decode\"}") == 2);
+    CHECK(prom_value(b, "xds_fault_recovery_seconds_bucket{role=\"decode\",le=\"0.25\"}") == 0);
+    CHECK(prom_value(b, "xds_fault_recovery_seconds_bucket{role=\"decode\",le=\"0.5\"}") == 1);
+    CHECK(prom_value(b, "xds_fault_recovery_seconds_bucket{role=\"decode\",le=\"2\"}") == 2);
+    CHECK(fabs(prom_value(b, "xds_fault_recovery_seconds_sum{role=\"decode\"}") - 1.8) < 1e-6);
+    CHECK(prom_value(b, "xds_fault_recovery_seconds_bucket{role=\"expert\",le=\"300\"}") == 0);
+    CHECK(prom_value(b, "xds_fault_recovery_seconds_bucket{role=\"expert\",le=\"+Inf\"}") == 1);
+    /* a second scrape shows the same totals (set, not added) */
+    st = http_req("GET", "/metrics", NULL, resp, sizeof resp, 5);
+    CHECK(st == 200 && prom_value(body_of(resp), "xds_fault_requests_replayed_total") == 5 &&
+          prom_value(body_of(resp), "xds_fault_recovery_seconds_count{role=\"decode\"}") == 2);
+    g_use_fc = 0;
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     static const char tiny[] =
@@ -603,6 +656,7 @@ int main(void) {
     o.read_timeout_s = 6;
     o.stall_timeout_s = 5;
     o.engine_ops = &ops;
+    o.metrics_fn = load_fc;
     xds_server *srv = NULL;
     xds_status st = xds_server_start(&o, NULL, tok, &srv);
     CHECK_MSG(st == XDS_OK, "server: %s", xds_err_msg());
@@ -613,6 +667,7 @@ int main(void) {
         test_engine_wait_not_cut();
         test_health_and_unavailable(srv);
         test_metrics(srv);
+        test_metrics_shared_counts();
         xds_server_quiesce(srv);
         CHECK(xds_server_wait_idle(srv, 10));
         xds_server_stop(srv);
