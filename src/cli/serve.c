@@ -254,7 +254,18 @@ int cli_serve(int argc, char **argv) {
     }
     if (dep.enabled) { /* the supervisor: every role runs in a child; this process runs no model */
         if ((st = serve_deploy_start(&dep, model, model_path, &eo)) != XDS_OK) {
-            fprintf(stderr, "xds serve: error: deployment: %s\n", xds_err_msg());
+            sigset_t pend;
+            sigpending(&pend);
+            if (sigismember(&pend, SIGINT) || sigismember(&pend, SIGTERM)) {
+                /* asked to stop while starting (the port may answer already:
+                 * the front-ends start before the supervisor is done): an
+                 * orderly stop, not a failure */
+                fprintf(stderr, "xds serve: %s received while starting the workers; stopped them\n",
+                        sigismember(&pend, SIGINT) ? "SIGINT" : "SIGTERM");
+                rc = 0;
+            } else {
+                fprintf(stderr, "xds serve: error: deployment: %s\n", xds_err_msg());
+            }
             goto out;
         }
         xds_tokenizer_free(tok), tok = NULL;

@@ -1563,12 +1563,33 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     int n_back = d->n_pids; /* the children behind the front-ends */
     for (int i = 0; i < d->n_pids; i++) {
         while (!child_serving(d, i)) {
-            if (reap_one(d, i, 0)) {
+            /* a child killed by a signal while starting (not one that failed
+             * on its own: its error is the user's to read at once) is started
+             * again, at most --restart-max times */
+            int k_died = -1;
+            for (int k = 0; k < d->n_pids && k_died < 0; k++)
+                if (d->pids[k] > 0 && reap_one(d, k, 0)) k_died = k; /* starting, or serving already */
+            if (k_died >= 0) {
+                int k = k_died;
                 char how[96];
-                describe_exit(how, sizeof how, d->status[i]);
-                s = xds_err_set(XDS_ERR_PEER, "%s %d %s before it became ready", child_role(d, i),
-                                child_number(d, i), how);
-                goto fail;
+                describe_exit(how, sizeof how, d->status[k]);
+                if (!WIFSIGNALED(d->status[k]) || d->restarts[k] + 1 >= d->crash_n) {
+                    s = xds_err_set(XDS_ERR_PEER, "%s %d %s before it became ready%s", child_role(d, k),
+                                    child_number(d, k), how,
+                                    WIFSIGNALED(d->status[k]) ? " (again: giving up)" : "");
+                    goto fail;
+                }
+                xds_fault_count_detected(dep_faults(d), child_metric_role(d, k), "exit");
+                fprintf(stderr, "xds serve: %s %d (rank %d) %s while starting; starting it again (restart %d)\n",
+                        child_role(d, k), child_number(d, k), d->rank_of[k], how, d->restarts[k] + 1);
+                if (d->seg) xccl_segment_declare_dead(d->seg, d->rank_of[k], 0); /* peers' waits on it fail */
+                child_gone(d, k);
+                usleep(100 * 1000);
+                if ((s = spawn_at(d, k)) != XDS_OK) goto fail;
+                d->state_of[k] = SERVE_CHILD_STARTING; /* the monitor sees it live once it serves */
+                d->restarts[k]++;
+                xds_fault_count_restart(dep_faults(d), child_metric_role(d, k));
+                continue;
             }
             sigset_t pend;
             sigpending(&pend);

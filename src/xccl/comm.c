@@ -23,6 +23,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -121,10 +122,34 @@ static xccl_status attach_fd_owned(xccl_comm **out, int fd, int rank, uint32_t r
     xccl_rank_entry *e = &c->ranks[rank];
     uint64_t prev;
     uint32_t pst, pinc;
+    uint64_t claim_seen = 0;
+    int claim_waits = 0;
     for (int tries = 0;; tries++) {
         prev = atomic_load(&e->sinc);
         pst = xccl_sinc_state(prev);
         pinc = xccl_sinc_inc(prev);
+        if (pst == XCCL_RANK_CLAIMING) {
+            /* another attach claims it -- or one that died mid-claim (killed
+             * while starting) left the word CLAIMING for good. A live
+             * claimer's pid is stored right after its CAS and it turns the
+             * word ACTIVE within microseconds; a claim that stays the same
+             * for 50 ms with no live pid is stale and taken over. */
+            int32_t cpid = atomic_load(&e->pid);
+            if (cpid > 0 && !xccl_pid_gone(cpid) && cpid != (int32_t)getpid()) {
+                s = xccl_err(XCCL_ERR_INVALID, "xccl attach %s: rank %d is being claimed concurrently (pid %d)",
+                             what, rank, (int)cpid);
+                goto err_free;
+            }
+            if (prev != claim_seen) claim_seen = prev, claim_waits = 0;
+            if (claim_waits++ < 50) {
+                struct timespec ms = {0, 1000000};
+                nanosleep(&ms, NULL);
+                tries = 0;
+                continue;
+            }
+            if (atomic_compare_exchange_strong(&e->sinc, &prev, xccl_sinc(pinc + 1, XCCL_RANK_CLAIMING))) break;
+            continue;
+        }
         if (pst == XCCL_RANK_ACTIVE || pst == XCCL_RANK_DEAD) {
             int32_t pid = atomic_load(&e->pid);
             if (pid > 0 && !xccl_pid_gone(pid)) {

@@ -20,6 +20,10 @@
 #     new `xds serve` on the port refuses with a clear message; SIGTERM to one
 #     front-end leaves the other serving, to both ends the rest; the next `xds serve` on the port removes the
 #     crashed deployment's shared memory and serves.
+#   - a prefill instance and a decode group killed while starting: started
+#     again, the deployment comes up and serves the same outputs (a worker
+#     that fails on its own at start-up still ends the start with its error:
+#     deploy.sh);
 # Every run ends with no process and no /dev/shm segment left.
 # Usage: bash tests/cli/deploy_faults.sh path/to/xds
 set -uo pipefail
@@ -255,6 +259,25 @@ if wait_health "$P" "$S"; then
     finish "C" "$S2" "$P"
   else bad "C: new deployment did not come up: $(tail -3 "$TMP/c3.log")"; fi
 else bad "C: did not come up: $(tail -5 "$TMP/c.log")"; fi
+
+# ---- D: faults during start-up: a prefill instance and a decode group killed while they load ----
+P=$(free_port)
+"$XDS" serve -m "$M" --port "$P" -t 1 --prefill 1 --decode-dp 2 --frontends 1 >"$TMP/d.log" 2>&1 & S=$!; PIDS+=("$S")
+# ranks: 1 front-end, 2 prefill, 3 and 4 decode groups; kill 2 and 3 as soon as they exist
+K2=""; K3=""; for _ in $(seq 1 200); do
+  [ -z "$K2" ] && W=$(pid_of "$S" 2) && [ -n "$W" ] && kill -9 "$W" && K2=$W
+  [ -z "$K3" ] && W=$(pid_of "$S" 3) && [ -n "$W" ] && kill -9 "$W" && K3=$W
+  [ -n "$K2" ] && [ -n "$K3" ] && break; sleep 0.02; done
+if [ -n "$K2" ] && [ -n "$K3" ] && wait_health "$P" "$S"; then
+  grep -q "prefill instance 0 (rank 2) was killed by signal 9 (Killed) while starting; starting it again" "$TMP/d.log" \
+    && grep -q "decode group 0 (rank 3) was killed by signal 9 (Killed) while starting; starting it again" "$TMP/d.log" \
+    && ok "D: killed while starting: both started again (one log line each)" || bad "D: log: $(head -8 "$TMP/d.log")"
+  load "$P" "$TMP/d1.json"
+  same "$TMP/ref.json" "$TMP/d1.json" && ok "D: then serves 8 streams, byte-identical" || bad "D: outputs $(tail -3 "$TMP/d.log")"
+  curl -s "http://127.0.0.1:$P/metrics" | grep -q '^xds_fault_restarts_total{role="decode"} 1$' \
+    && ok "D: /metrics counts the start-up restarts" || bad "D: /metrics: $(curl -s "http://127.0.0.1:$P/metrics" | grep '^xds_fault_restarts')"
+  finish "D" "$S" "$P"
+else bad "D: killed during start-up: killed '$K2' '$K3', did not come up: $(tail -5 "$TMP/d.log")"; fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

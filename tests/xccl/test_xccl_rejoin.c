@@ -25,9 +25,14 @@
  *     waiting peer fail at once (heartbeat timeout 30 s, so not by the
  *     heartbeat); a newcomer cannot attach while the stopped process exists;
  *     after SIGKILL it can, and xccl_segment_rank_info reports incarnation 2.
+ * (4) A rank left CLAIMING by a process killed mid-attach is taken over by
+ *     the next attach (after 50 ms); a live claimer's is still refused.
  * No timing assertions beyond generous detection deadlines.
  */
 #include "xccl_testutil.h"
+#include "../../src/xccl/xccl_internal.h"
+
+#include <sys/stat.h>
 
 #include <stdatomic.h>
 
@@ -417,8 +422,53 @@ static void scenario_supervisor(void) {
     xccl_segment_destroy(seg);
 }
 
+/* (4) A process killed in the middle of its attach (a worker killed while
+ * starting) leaves its rank CLAIMING: a restarted one takes it over after a
+ * short wait, while a claim by a live process is refused as concurrent. */
+static void scenario_stale_claim(void) {
+    xccl_config cfg;
+    xccl_config_default(&cfg, 2);
+    xccl_segment *seg = tu_segment(&cfg);
+    int fd = xccl_segment_fd(seg);
+    struct stat stt;
+    CHECK(fstat(fd, &stt) == 0);
+    uint8_t *base = mmap(NULL, (size_t)stt.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    CHECK(base != MAP_FAILED);
+    if (base == MAP_FAILED) return;
+    const xccl_seg_header *h = (const xccl_seg_header *)base;
+    xccl_rank_entry *e = &((xccl_rank_entry *)(base + h->off_ranks))[1];
+    /* a live claimer (this process's parent stands in for it): refused */
+    atomic_store(&e->sinc, xccl_sinc(1, XCCL_RANK_CLAIMING));
+    atomic_store(&e->pid, (int32_t)getppid());
+    xccl_comm *c = NULL;
+    xccl_status s = xccl_comm_attach_fd(&c, fd, 1, 0);
+    CHECK_MSG(s == XCCL_ERR_INVALID && strstr(xccl_err_msg(), "claimed concurrently"), "live claimer: %s (%s)",
+              xccl_status_str(s), xccl_err_msg());
+    if (c) xccl_comm_detach(c), c = NULL;
+    /* the claimer died (a reaped child's pid), or died before storing its pid */
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    waitpid(dead, NULL, 0);
+    int32_t pids[2] = {(int32_t)dead, 0};
+    for (int k = 0; k < 2; k++) {
+        uint32_t inc = 5 + 2 * k;
+        atomic_store(&e->sinc, xccl_sinc(inc, XCCL_RANK_CLAIMING));
+        atomic_store(&e->pid, pids[k]);
+        s = xccl_comm_attach_fd(&c, fd, 1, 0);
+        CHECK_MSG(s == XCCL_OK, "stale claim (pid %d): %s (%s)", (int)pids[k], xccl_status_str(s), xccl_err_msg());
+        if (c) {
+            CHECK_MSG(xccl_comm_incarnation(c) == inc + 1, "incarnation %u after a stale claim at %u",
+                      xccl_comm_incarnation(c), inc);
+            xccl_comm_detach(c), c = NULL;
+        }
+    }
+    munmap(base, (size_t)stt.st_size);
+    xccl_segment_destroy(seg);
+}
+
 int main(void) {
     sh = tu_shared(sizeof *sh);
+    scenario_stale_claim();
     scenario_rejoin();
     memset(sh, 0, sizeof *sh);
     scenario_progress();
