@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -265,6 +266,20 @@ static int grp_import(void *user, struct xds_kv_cache *kv, int slot, int from, i
     if (r->freed) return 0;
     if (to == r->task.n_prompt && !logits) to--;
     if (to <= from) return 0;
+    /* test hook (XDS_TEST_KV_PULL_DELAY_MS=N): say a pull begins, then wait N
+     * ms before reading the rows, so a test can fail the prefill instance in
+     * the middle of a KV transfer */
+    static int pull_delay_ms = -1;
+    if (pull_delay_ms < 0) {
+        const char *e = getenv("XDS_TEST_KV_PULL_DELAY_MS");
+        pull_delay_ms = e ? atoi(e) : 0;
+    }
+    if (pull_delay_ms > 0) {
+        fprintf(stderr, "xds worker (decode group %d): test hook: pulling the KV of request %llu, positions [%d, %d) "
+                        "from rank %d in %d ms\n", L->group, (unsigned long long)r->front_id, from, to,
+                r->task.src_rank, pull_delay_ms);
+        usleep((useconds_t)pull_delay_ms * 1000);
+    }
     pthread_mutex_lock(&L->cmu);
     uint64_t bytes = 0;
     struct timespec t0, t1;

@@ -233,6 +233,7 @@ xds_status xds_pd_prefill_submit(xds_pd_prefill *p, uint64_t req_id, const int32
     memset(&t, 0, sizeof t);
     t.req_id = req_id;
     t.src_rank = xccl_comm_rank(p->comm);
+    t.src_inc = xccl_comm_incarnation(p->comm);
     t.n_prompt = n;
     t.first_token = best;
     t.region = p->region.id;
@@ -321,6 +322,22 @@ xds_status xds_pd_task_recv(xccl_comm *comm, int src_rank, xds_pd_task *t) {
     return XDS_OK;
 }
 
+/* The process that holds t's KV is still the one at t->src_rank: a
+ * restarted prefill instance registers its region under the same id, so
+ * a stale task must fail here instead of reading the newcomer's memory.
+ * (The check adopts the current incarnation; the get's own check then
+ * fails if the rank changes hands again before it reads.) */
+static xds_status task_source_check(xccl_comm *comm, const xds_pd_task *t, const char *what) {
+    xccl_status xs = xccl_peer_check(comm, t->src_rank);
+    if (xs != XCCL_OK) return xerr(xs, what);
+    uint32_t inc = xccl_peer_incarnation(comm, t->src_rank);
+    if (inc != t->src_inc)
+        return xds_err_set(XDS_ERR_PEER, "deploy pd: %s of request %llu: prefill rank %d is incarnation %u now; "
+                                         "incarnation %u that held the KV is gone",
+                           what, (unsigned long long)t->req_id, t->src_rank, inc, t->src_inc);
+    return XDS_OK;
+}
+
 /* Copy rows [from, to) of t (all layers, K then V) into kv slot seq, whose
  * table covers them, with one xccl_getv: one range per (layer, K/V, run of
  * rows contiguous on both sides — within a block, or whole blocks with
@@ -363,6 +380,11 @@ static xds_status pd_get_rows(xccl_comm *comm, const xds_pd_task *t, const xds_k
                 iov[n++] = (xccl_iov){.buf = dst_pool + dst * dim, .offset = base + src * dim * sizeof(float), .len = len};
                 *moved += len;
             }
+    }
+    xds_status ts = task_source_check(comm, t, what);
+    if (ts != XDS_OK) {
+        free(run), free(iov);
+        return ts;
     }
     xccl_status xs = xccl_getv(comm, t->src_rank, t->region, iov, n);
     free(run), free(iov);
@@ -419,6 +441,7 @@ xds_status xds_pd_pull_range(xccl_comm *comm, const xds_pd_task *t, xds_kv_cache
 
 xds_status xds_pd_get_logits(xccl_comm *comm, const xds_pd_task *t, float *logits) {
     if (t->n_vocab <= 0) return xds_err_set(XDS_ERR_INVALID, "deploy pd: task without logits");
+    XDS_TRY(task_source_check(comm, t, "pull the last token's logits"));
     xccl_status xs = xccl_get(logits, comm, t->src_rank, t->region, t->logits_off, sizeof(float) * t->n_vocab);
     return xs == XCCL_OK ? XDS_OK : xerr(xs, "pull the last token's logits");
 }

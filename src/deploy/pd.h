@@ -86,6 +86,8 @@ typedef struct xds_pd_task {
     uint64_t logits_off;  /* region offset of the last prompt token's logits (n_vocab floats) */
     int n_vocab;
     int n_blocks;
+    uint32_t src_inc;     /* XCCL incarnation of the prefill process that holds the KV: a pull
+                           * from a later one (restarted at src_rank) is refused, never read */
     int32_t blocks[1024]; /* prefill block ids of positions [0, n_prompt) */
 } xds_pd_task;
 

@@ -24,6 +24,8 @@
 #     again, the deployment comes up and serves the same outputs (a worker
 #     that fails on its own at start-up still ends the start with its error:
 #     deploy.sh);
+#   - the prefill instance killed during a KV transfer (a test hook holds
+#     the decode group's pull open): the group computes the prompt itself;
 # Every run ends with no process and no /dev/shm segment left.
 # Usage: bash tests/cli/deploy_faults.sh path/to/xds
 set -uo pipefail
@@ -274,10 +276,29 @@ if [ -n "$K2" ] && [ -n "$K3" ] && wait_health "$P" "$S"; then
     && ok "D: killed while starting: both started again (one log line each)" || bad "D: log: $(head -8 "$TMP/d.log")"
   load "$P" "$TMP/d1.json"
   same "$TMP/ref.json" "$TMP/d1.json" && ok "D: then serves 8 streams, byte-identical" || bad "D: outputs $(tail -3 "$TMP/d.log")"
-  curl -s "http://127.0.0.1:$P/metrics" | grep -q '^xds_fault_restarts_total{role="decode"} 1$' \
-    && ok "D: /metrics counts the start-up restarts" || bad "D: /metrics: $(curl -s "http://127.0.0.1:$P/metrics" | grep '^xds_fault_restarts')"
+  curl -s "http://127.0.0.1:$P/metrics" >"$TMP/d.prom"
+  grep -q '^xds_fault_restarts_total{role="decode"} 1$' "$TMP/d.prom" && grep -q '^xds_fault_restarts_total{role="prefill"} 1$' "$TMP/d.prom" \
+    && ok "D: /metrics counts the start-up restarts" \
+    || bad "D: /metrics: $(grep -E '^xds_fault_(restarts|failures)' "$TMP/d.prom" | tr '\n' ' ') $(grep -E 'starting|restart' "$TMP/d.log" | tr '\n' ' ')"
   finish "D" "$S" "$P"
 else bad "D: killed during start-up: killed '$K2' '$K3', did not come up: $(tail -5 "$TMP/d.log")"; fi
+
+# ---- E: the prefill instance killed during a KV transfer (ranks: 1 front-end, 2 prefill, 3 decode group) ----
+# the test hook makes each KV pull of the decode group announce itself and wait 400 ms before reading the rows
+P=$(free_port)
+XDS_TEST_KV_PULL_DELAY_MS=400 "$XDS" serve -m "$M" --port "$P" -t 1 --prefill 1 --decode-dp 1 --frontends 1 \
+  >"$TMP/e.log" 2>&1 & S=$!; PIDS+=("$S")
+if wait_health "$P" "$S"; then
+  load "$P" "$TMP/e1.json" & L=$!
+  if wait_log "$TMP/e.log" "test hook: pulling the KV of request" 30; then W=$(pid_of "$S" 2); kill -9 "$W"; fi
+  wait "$L"
+  same "$TMP/ref.json" "$TMP/e1.json" && ok "E: prefill instance killed during a KV transfer: streams complete, byte-identical" \
+    || bad "E: killed in transfer: $(tail -5 "$TMP/e.log")"
+  wait_log "$TMP/e.log" "KV pull failed" 10 && ok "E: the decode group's pull failed and it computed the prompt itself" \
+    || bad "E: no failed pull: $(grep -E 'test hook|lost' "$TMP/e.log" | head -3)"
+  wait_state "$P" 2 "live 1" 30 && ok "E: prefill instance restarted" || bad "E: prefill: $(topo_state "$P" 2)"
+  finish "E" "$S" "$P"
+else bad "E: did not come up: $(tail -5 "$TMP/e.log")"; fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -243,6 +243,18 @@ static void run_topology(const char *label, const xds_model *m, int W) {
     uint64_t bytes = 0;
     double pull_s = 0;
     int busy_seen = 0;
+    if (ok) {
+        /* a task of another incarnation of the prefill rank (the instance
+         * restarted after handing it out): refused before anything is read */
+        xds_pd_task stale = t[0];
+        stale.src_inc++;
+        xds_status s1 = xds_pd_get_logits(comm, &stale, lgot);
+        CHECK_MSG(s1 == XDS_ERR_PEER && strstr(xds_err_msg(), "incarnation"), "%s: stale task logits: %s", label,
+                  xds_err_msg());
+        xds_status s2 = xds_pd_pull(comm, &stale, kv, 0, NULL);
+        CHECK_MSG(s2 == XDS_ERR_PEER && strstr(xds_err_msg(), "incarnation") && kv->seqs[0].n_blocks == 0,
+                  "%s: stale task pull: %s", label, xds_err_msg());
+    }
     for (int r = 0; r < N_REQ && ok; r++) {
         /* the prefill side's logits of the last prompt token: read while the task holds them */
         xds_status sl = xds_pd_get_logits(comm, &t[r], lgot);
