@@ -333,6 +333,7 @@ struct xds_deploy_attn {
     double rejoin_s; /* how long a layer waits for a restart of the only holders of an expert */
     xds_deploy_stats st;
     xds_fault_counts *faults; /* the deployment's shared counts (borrowed; may be NULL) */
+    int exit_on_break;        /* end the process when a pass fails beyond failover */
 };
 
 static void mb_cancel(xds_deploy_attn *a, mb_state *s) {
@@ -350,6 +351,10 @@ static void mb_cancel(xds_deploy_attn *a, mb_state *s) {
 
 void xds_deploy_attn_set_fault_counts(xds_deploy_attn *a, xds_fault_counts *c) {
     if (a) a->faults = c;
+}
+
+void xds_deploy_attn_set_exit_on_break(xds_deploy_attn *a, int on) {
+    if (a) a->exit_on_break = on != 0;
 }
 
 void xds_deploy_attn_free(xds_deploy_attn *a) {
@@ -413,7 +418,7 @@ xds_status xds_deploy_attn_create(const xds_model *m, xccl_comm *comm, const int
     a->K = c->moe.n_expert_used;
     a->E = c->n_embd;
     const char *rj = getenv("XDS_EXPERT_REJOIN_S");
-    a->rejoin_s = rj && atof(rj) > 0 ? atof(rj) : 30.0;
+    a->rejoin_s = rj && atof(rj) > 0 ? atof(rj) : 10.0;
     size_t E = (size_t)a->E, K = (size_t)a->K, T = (size_t)max_tok, W = (size_t)a->n_workers;
     for (int w = 0; w < a->n_workers; w++) {
         a->wrank[w] = worker_ranks[w];
@@ -969,6 +974,15 @@ xds_status xds_deploy_forward(xds_deploy_attn *a, xds_model_ctx *ctx, const xds_
     if (s != XDS_OK) {
         for (int i = 0; i < M; i++) mb_cancel(a, &a->mb[i]);
         a->broken = 1;
+        if (a->exit_on_break) {
+            /* a decode group of a deployment: failing every request from now
+             * on would be a permanent outage; ending the process instead lets
+             * the front-ends continue its requests on another group and the
+             * supervisor restart it */
+            XDS_LOGE("deploy: %s; this decode group exits (its requests continue on another group)", xds_err_msg());
+            fflush(NULL);
+            _exit(3);
+        }
         return s;
     }
     if (n_rows > 0) xds_model_lm_head(ctx, a->x, logit_rows, n_rows, logits);
@@ -1005,18 +1019,20 @@ static void source_failed(xccl_comm *comm, src_state *q, int worker, const char 
     xccl_cancel(comm, &q->rreq);
     for (int b = 0; b < XDS_DEPLOY_MAX_MB; b++)
         if (q->sending[b]) xccl_cancel(comm, &q->sreq[b]), q->sending[b] = 0;
+    /* as the attention side does with a hung worker: a hung rank must not
+     * come back as itself (it fails its next XCCL call, exits and is
+     * restarted; the new incarnation is taken back by source_rejoin) */
+    xccl_peer_declare_dead(comm, q->rank);
     q->rejoining = 1;
 }
 
 /* A failed source restarted: accept its new incarnation, say READY again.
  * 1 done, 0 not yet, -1 error (recorded). */
 static int source_rejoin(xccl_comm *comm, src_state *q, int worker, int L, uint64_t check, size_t in_cap) {
+    /* not restarted yet, or the old incarnation still runs (declared dead,
+     * about to fail and exit): look again on the next round */
     xccl_status xs = xccl_peer_reset(comm, q->rank);
-    if (xs == XCCL_ERR_PEER) return 0;
-    if (xs != XCCL_OK) {
-        xerr(xs, "expert worker: a failed attention rank cannot be taken back");
-        return -1;
-    }
+    if (xs != XCCL_OK) return 0;
     msg_hdr ready = {.magic = MSG_MAGIC, .cmd = CMD_READY, .n_slots = L, .check = check};
     xs = xccl_send(comm, q->rank, &ready, sizeof ready);
     if (xs == XCCL_OK) xs = xccl_irecv(comm, q->rank, q->in, in_cap, &q->rreq);
@@ -1089,26 +1105,45 @@ xds_status xds_deploy_expert_run(const xds_model *m, xccl_comm *comm, const xds_
     xccl_comm_set_progress_mode(comm, 1);
     const uint32_t timeout_ms = xccl_comm_get_timeout(comm);
     const char *rj = getenv("XDS_EXPERT_REJOIN_S");
-    const double orphan_s = 2.0 * (rj && atof(rj) > 0 ? atof(rj) : 30.0);
+    const double orphan_s = 2.0 * (rj && atof(rj) > 0 ? atof(rj) : 30.0); /* 60 s: decode groups can take longer to restart than workers */
     /* the attention ranks may attach after us (the supervisor starts expert
-     * workers first): wait for each, bounded, then say READY */
-    for (int i = 0; i < n_attn; i++) {
+     * workers first): wait, bounded, until each has attached once, and say
+     * READY to each that serves. One that is hung, dead or restarted (this
+     * worker is a restart, started while a decode group is in trouble) is
+     * taken as a failed source: source_rejoin says READY once it is back,
+     * while the others are served — never wait for them in order. */
+    {
         double end = now_s() + 120.0;
-        while (xccl_peer_check(comm, src[i].rank) != XCCL_OK) {
+        int pending = n_attn;
+        int done[XDS_DEPLOY_MAX_ATTN] = {0};
+        while (pending > 0) {
+            for (int i = 0; i < n_attn; i++) {
+                if (done[i]) continue;
+                uint32_t pst = xccl_peer_state(comm, src[i].rank);
+                if (pst == XCCL_RANK_FREE) continue; /* not attached yet (or attaching right now) */
+                if (xccl_peer_check(comm, src[i].rank) == XCCL_OK) {
+                    msg_hdr ready = {.magic = MSG_MAGIC, .cmd = CMD_READY, .n_slots = L,
+                                     .check = placement_check(pl, worker)};
+                    xccl_status xs = xccl_send(comm, src[i].rank, &ready, sizeof ready);
+                    if (xs == XCCL_OK) xs = xccl_irecv(comm, src[i].rank, src[i].in, in_cap, &src[i].rreq);
+                    if (xs != XCCL_OK) source_failed(comm, &src[i], worker, xccl_err_msg());
+                } else {
+                    source_failed(comm, &src[i], worker, xccl_err_msg());
+                }
+                done[i] = 1;
+                pending--;
+            }
+            if (!pending) break;
             xccl_comm_progress(comm);
             if (now_s() > end) {
-                s = xds_err_set(XDS_ERR_TIMEOUT, "deploy: expert worker %d: attention rank %d did not attach within "
-                                                 "120 s", worker, src[i].rank);
-                goto out;
+                for (int i = 0; i < n_attn; i++)
+                    if (!done[i]) {
+                        s = xds_err_set(XDS_ERR_TIMEOUT, "deploy: expert worker %d: attention rank %d did not attach "
+                                                         "within 120 s", worker, src[i].rank);
+                        goto out;
+                    }
             }
             usleep(2000);
-        }
-        msg_hdr ready = {.magic = MSG_MAGIC, .cmd = CMD_READY, .n_slots = L, .check = placement_check(pl, worker)};
-        xccl_status xs = xccl_send(comm, src[i].rank, &ready, sizeof ready);
-        if (xs == XCCL_OK) xs = xccl_irecv(comm, src[i].rank, src[i].in, in_cap, &src[i].rreq);
-        if (xs != XCCL_OK) {
-            s = xerr(xs, "expert worker ready message");
-            goto out;
         }
     }
     int live = n_attn;

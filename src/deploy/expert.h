@@ -145,12 +145,18 @@ xds_status xds_deploy_forward_cb(void *user, xds_model_ctx *ctx, const xds_batch
 void xds_deploy_attn_stop(xds_deploy_attn *a);
 void xds_deploy_attn_stats(const xds_deploy_attn *a, xds_deploy_stats *out);
 /* How long an MoE layer waits for a restarted worker when every holder of
- * one of its experts failed (default 30 s, or XDS_EXPERT_REJOIN_S); past it
+ * one of its experts failed (default 10 s, or XDS_EXPERT_REJOIN_S); past it
  * the pass fails (XDS_ERR_PEER) and the executor refuses further passes. */
 void xds_deploy_attn_set_rejoin_timeout(xds_deploy_attn *a, double seconds);
 /* Count each failover (a worker left out, its rows sent elsewhere) in the
  * deployment's shared fault counts (borrowed; NULL: not counted). */
 void xds_deploy_attn_set_fault_counts(xds_deploy_attn *a, struct xds_fault_counts *c);
+/* A pass that fails beyond failover (an expert with no live copy past the
+ * rejoin timeout, a malformed reply) ends the process (_exit(3)) instead of
+ * failing this and every later pass: for a deployment's decode group, whose
+ * requests the front-ends then continue elsewhere and whose supervisor
+ * restarts it. Off by default. */
+void xds_deploy_attn_set_exit_on_break(xds_deploy_attn *a, int on);
 /* 1 while placement worker w is in use (not failed, or rejoined). */
 int xds_deploy_attn_worker_alive(const xds_deploy_attn *a, int w);
 /* Take back failed workers whose restart has attached and said READY (never

@@ -216,6 +216,7 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
     if (s == XDS_OK) s = xds_engine_create(m, tok, eo, &engine);
     if (s == XDS_OK) s = xds_dp_table_open(table, &t);
     if (s == XDS_OK) xds_deploy_attn_set_fault_counts(attn, &t->faults); /* NULL attn: no expert workers */
+    xds_deploy_attn_set_exit_on_break(attn, 1);
     if (s == XDS_OK && xccl_comm_attach(&comm, segment, (int)rank, 5) != XCCL_OK)
         s = xds_err_set(XDS_ERR_IO, "attach to %s: %s", segment, xccl_err_msg());
     if (s == XDS_OK) {
