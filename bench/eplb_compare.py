@@ -21,7 +21,8 @@ Load: `xds eplb-plan --synthetic E,L --seed N --save-load` (the paper's skew:
 20% of experts above the mean, the hottest 30x), on DeepSeek-V3 (256 experts,
 58 MoE layers) and Qwen3-30B-A3B (128 experts, 48 layers) shapes, or --load FILE.
 
-Needs torch (DeepSeek's code). Usage:
+Needs torch (DeepSeek's code), e.g. `python3 -m venv .venv && .venv/bin/pip install torch`
+(run the script with .venv/bin/python). Usage:
   python3 bench/eplb_compare.py --eplb PATH [--xds build/xds] [--seeds 1,2,3] [--tokens N] [--markdown]
 PATH: eplb.py, a checkout holding it, or a bare git directory of the repository.
 """
