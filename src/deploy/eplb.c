@@ -138,7 +138,11 @@ xds_status xds_eplb_load_read(const char *path, xds_eplb_load *out) {
 }
 
 char *xds_eplb_load_format(const xds_eplb_load *l) {
+    /* a count is at most 1e12 (13 digits) + a comma; larger ones (not from
+     * a parsed or synthetic load) are refused rather than overflow */
     size_t cap = (size_t)l->n_layer * (size_t)l->n_expert * 15 + (size_t)l->n_layer * 4 + 8, n = 0;
+    for (size_t i = 0; i < (size_t)l->n_layer * (size_t)l->n_expert; i++)
+        if (!(l->count[i] >= 0 && l->count[i] <= XDS_EPLB_MAX_COUNT)) return NULL;
     char *s = malloc(cap);
     if (!s) return NULL;
     s[n++] = '[';
@@ -148,7 +152,7 @@ char *xds_eplb_load_format(const xds_eplb_load *l) {
             n += (size_t)snprintf(s + n, cap - n, "%s%.0f", e ? "," : "", l->count[(size_t)i * l->n_expert + e]);
         s[n++] = ']';
     }
-    n += (size_t)snprintf(s + n, cap - n, "\n]\n");
+    snprintf(s + n, cap - n, "\n]\n");
     return s;
 }
 

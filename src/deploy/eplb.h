@@ -71,7 +71,7 @@ xds_status xds_eplb_load_parse(const char *name, const char *text, size_t len, x
 /* Read and parse the file at path. */
 xds_status xds_eplb_load_read(const char *path, xds_eplb_load *out);
 /* malloc'ed JSON text in the load file's form (one layer per line); NULL when
- * out of memory. */
+ * out of memory or a count is outside 0 .. XDS_EPLB_MAX_COUNT. */
 char *xds_eplb_load_format(const xds_eplb_load *l);
 void xds_eplb_load_free(xds_eplb_load *l);
 

@@ -45,6 +45,9 @@ static void test_parse(void) {
     CHECK(text && parse(text, &l2) == XDS_OK);
     CHECK(text && l2.n_layer == 2 && l2.n_expert == 3 && !memcmp(l.count, l2.count, 6 * sizeof(double)));
     free(text);
+    double big[1] = {2e12};
+    xds_eplb_load lb = {.n_layer = 1, .n_expert = 1, .count = big};
+    CHECK(xds_eplb_load_format(&lb) == NULL); /* not a load file's count */
     xds_eplb_load_free(&l2);
     xds_eplb_load_free(&l);
 
