@@ -14,5 +14,6 @@ int cli_serve(int argc, char **argv);
 int cli_bench_serve(int argc, char **argv);
 int cli_upcycle(int argc, char **argv);
 int cli_bench_model(int argc, char **argv);
+int cli_eplb_plan(int argc, char **argv);
 
 #endif

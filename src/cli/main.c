@@ -21,6 +21,7 @@ static const cli_cmd cmds[] = {
     {"upcycle", cli_upcycle, "turn a dense llama GGUF into an exact mixture of experts"},
     {"worker", xds_deploy_worker_main, "internal: one process of a disaggregated deployment (started by serve)"},
     {"bench-model", cli_bench_model, "write a random-weight MoE benchmark model with real layer shapes"},
+    {"eplb-plan", cli_eplb_plan, "choose redundant experts and their placement for a load matrix (EPLB)"},
 };
 
 static void usage(FILE *f) {

@@ -90,6 +90,8 @@ static xds_status serve_load_tokenizer(xds_model *m, const char *path, xds_token
     return xds_tokenizer_load_json(tj, f ? tc : NULL, tok);
 }
 
+static char *serve_expert_load(void *user) { return xds_engine_expert_load_json((xds_engine *)user); }
+
 static char *serve_default_name(const char *path) {
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/') n--;
@@ -298,6 +300,10 @@ int cli_serve(int argc, char **argv) {
     if (!dep.frontend_mode && (st = xds_engine_create(model, tok, &eo, &engine)) != XDS_OK) {
         fprintf(stderr, "xds serve: error: engine: %s\n", xds_err_msg());
         goto out;
+    }
+    if (engine && model->cfg.moe.n_expert > 0) { /* GET /v1/experts/load: the engine's load counters */
+        so.expert_load_fn = serve_expert_load;
+        so.expert_load_user = engine;
     }
     name = served ? strdup(served) : serve_default_name(model_path);
     if (!name) {

@@ -35,6 +35,7 @@
 #include "engine/output.h"
 #include "engine/scheduler.h"
 #include "model/model.h"
+#include "model/moe.h"
 #include "tokenizer/tokenizer.h"
 
 typedef struct eng_req {
@@ -58,6 +59,7 @@ struct xds_engine {
 
     xds_kv_cache *kv;   /* KV memory; block tables set from the block manager */
     xds_model_ctx *ctx;
+    uint64_t *expert_count; /* (n_layer * n_expert) tokens routed per (layer, expert); NULL: dense model */
     xds_kv_blocks *bm;
     xds_sched *sched;
 
@@ -209,6 +211,14 @@ xds_status xds_engine_create(struct xds_model *model, struct xds_tokenizer *tok,
     /* The model decides the K/V row sizes (e.g. a compressed latent for MLA). */
     if ((s = xds_model_kv_cache_create(model, o.kv_blocks * bs, bs, o.max_batch, &e->kv)) != XDS_OK) goto err;
     if ((s = xds_model_ctx_create(model, e->kv, o.n_threads, o.max_step_tokens, &e->ctx)) != XDS_OK) goto err;
+    if (model->cfg.moe.n_expert > 0) {
+        e->expert_count = calloc((size_t)model->cfg.n_layer * (size_t)model->cfg.moe.n_expert, sizeof(uint64_t));
+        if (!e->expert_count) {
+            s = xds_err_set(XDS_ERR_NOMEM, "engine: out of memory for the expert load counters");
+            goto err;
+        }
+        xds_model_ctx_set_expert_counts(e->ctx, e->expert_count);
+    }
     if ((s = xds_kv_blocks_create(o.kv_blocks, bs, o.enable_prefix_cache, &e->bm)) != XDS_OK) goto err;
     xds_sched_opts so = {o.max_batch, o.max_step_tokens};
     if ((s = xds_sched_create(&so, e->bm, &e->sched)) != XDS_OK) goto err;
@@ -275,6 +285,7 @@ void xds_engine_free(xds_engine *e, int drain) {
     xds_sched_free(e->sched);
     xds_kv_blocks_free(e->bm);
     xds_model_ctx_free(e->ctx);
+    free(e->expert_count);
     xds_kv_cache_free(e->kv);
     free(e->b_tok);
     free(e->b_pos);
@@ -395,6 +406,46 @@ void xds_engine_cancel(xds_engine *e, uint64_t req_id) {
     e->cancels[e->n_cancels++] = req_id;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
+}
+
+int xds_engine_expert_load(xds_engine *e, uint64_t *out) {
+    if (!e->expert_count) return 0;
+    int E = e->model->cfg.moe.n_expert;
+    size_t n = (size_t)e->model->cfg.n_layer * (size_t)E;
+    for (size_t i = 0; i < n; i++) out[i] = __atomic_load_n(&e->expert_count[i], __ATOMIC_RELAXED);
+    return E;
+}
+
+char *xds_engine_expert_load_json(xds_engine *e) {
+    if (!e->expert_count) return NULL;
+    const xds_model_config *c = &e->model->cfg;
+    int E = c->moe.n_expert, L = c->n_layer, n_moe = 0;
+    uint64_t *v = malloc(sizeof(uint64_t) * (size_t)L * (size_t)E);
+    if (!v) return NULL;
+    xds_engine_expert_load(e, v);
+    /* {"experts":E,"top_k":K,"layers":[l...],"load":[[...],...]}: 21 bytes a count at most */
+    size_t cap = (size_t)L * (size_t)E * 21 + (size_t)L * 16 + 128, n = 0;
+    char *s = malloc(cap);
+    if (!s) {
+        free(v);
+        return NULL;
+    }
+    n += (size_t)snprintf(s + n, cap - n, "{\"experts\":%d,\"top_k\":%d,\"layers\":[", E, c->moe.n_expert_used);
+    for (int l = 0; l < L; l++)
+        if (xds_arch_layer_moe(c, l)) n += (size_t)snprintf(s + n, cap - n, "%s%d", n_moe++ ? "," : "", l);
+    n += (size_t)snprintf(s + n, cap - n, "],\"load\":[");
+    int first = 1;
+    for (int l = 0; l < L; l++) {
+        if (!xds_arch_layer_moe(c, l)) continue;
+        n += (size_t)snprintf(s + n, cap - n, "%s[", first ? "" : ",");
+        first = 0;
+        for (int x = 0; x < E; x++)
+            n += (size_t)snprintf(s + n, cap - n, "%s%llu", x ? "," : "", (unsigned long long)v[(size_t)l * E + x]);
+        s[n++] = ']';
+    }
+    snprintf(s + n, cap - n, "]}");
+    free(v);
+    return s;
 }
 
 void xds_engine_stats_get(xds_engine *e, xds_engine_stats *out) {

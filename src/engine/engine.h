@@ -134,6 +134,20 @@ typedef struct xds_engine_stats {
 
 void xds_engine_stats_get(xds_engine *e, xds_engine_stats *out);
 
+/* Expert load counters (EPLB, deploy/eplb.h): tokens the engine's passes
+ * routed to each (layer, logical expert) since it was created — every
+ * forwarded token adds one to each of its top-k experts (prefill, decode,
+ * recomputation after preemption; prefix-cached tokens are not forwarded).
+ * Copies the n_layer * n_expert counters (dense layers stay 0) into out and
+ * returns n_expert; 0 for a model without routed experts (out untouched).
+ * Any thread; counters read while a pass runs may be a step apart. */
+int xds_engine_expert_load(xds_engine *e, uint64_t *out);
+/* The same as malloc'ed JSON for GET /v1/experts/load:
+ * {"experts":E,"top_k":K,"layers":[MoE layer indices],"load":[[count per
+ * expert] per MoE layer]} — "load" is an `xds eplb-plan --load` file. NULL
+ * for a model without routed experts or out of memory. */
+char *xds_engine_expert_load_json(xds_engine *e);
+
 /* Test hook (read once at xds_engine_create): with the environment variable
  * XDS_TEST_STALL_ENGINE_MS=N (N > 0), the step loop sleeps N ms in the first
  * step of every request, before its forward pass, so tests can watch a

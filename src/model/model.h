@@ -328,6 +328,14 @@ void xds_model_moe_shared(xds_model_ctx *ctx, int layer, const float *xn, int n_
 /* Routed-expert weight bytes read (each expert hit counted once per call) and
  * multiply-adds done by moe_experts on this context since the last reset. */
 void xds_model_ctx_expert_stats(xds_model_ctx *ctx, uint64_t *bytes, double *macs, int reset);
+/* Count tokens routed per (layer, logical expert) into counts (n_layer *
+ * cfg.moe.n_expert, borrowed; NULL: stop counting): xds_model_moe_route adds
+ * one per token to each of its top-k experts, a plain increment done with
+ * relaxed atomics so another thread may read the counters with
+ * __atomic_load_n(..., __ATOMIC_RELAXED) while passes run (one writer: the
+ * thread running this context's passes). No-op for a model without routed
+ * experts. */
+void xds_model_ctx_set_expert_counts(xds_model_ctx *ctx, uint64_t *counts);
 
 /* The whole pass: embed, every layer, lm_head for rows logit_rows[0..n_rows)
  * of the batch (e.g. the last token of each sequence), logits (n_rows, n_vocab).

@@ -226,6 +226,18 @@ void xds_model_moe_route(xds_model_ctx *ctx, int layer, const float *xn, int n_t
             for (int j = 0; j < K; j++) wt[j] *= e->routed_scale;
         }
     }
+    if (S->expert_count) { /* load counters (EPLB): one writer, relaxed so readers may look */
+        uint64_t *c = S->expert_count + (size_t)layer * N;
+        for (int i = 0; i < n_tok * K; i++) {
+            uint64_t *p = c + ids[i];
+            __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+        }
+    }
+}
+
+void xds_model_ctx_set_expert_counts(xds_model_ctx *ctx, uint64_t *counts) {
+    xds_moe_scratch *S = xds_model_ctx_moe(ctx);
+    if (S && xds_model_ctx_model(ctx)->cfg.moe.n_expert > 0) S->expert_count = counts;
 }
 
 typedef struct {

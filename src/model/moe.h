@@ -95,6 +95,9 @@ typedef struct xds_moe_scratch {
     float *gy;        /* (max_tok * k, n_embd) expert outputs */
     float *gg, *gu;   /* (max(max_tok * k * n_ff_exp, max_tok * n_shared * n_ff_exp, 2 n_expert)) */
     double *accd;     /* (n_embd) one token's combine accumulator */
+    uint64_t *expert_count; /* (n_layer * n_expert) tokens routed to (layer, expert) since set, borrowed
+                             * (xds_model_ctx_set_expert_counts); NULL: not counted. Written only by the
+                             * thread running the forward pass (relaxed atomics: readable from others) */
     uint64_t stat_bytes; /* routed-expert weight bytes read by moe_experts since reset */
     double stat_macs;    /* routed-expert multiply-adds since reset */
     /* MLA (mla.c) */

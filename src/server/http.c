@@ -80,10 +80,11 @@ typedef enum srv_route {
     ROUTE_CHAT,
     ROUTE_TOPOLOGY, /* GET /v1/topology: opts.topology_json of a disaggregated deployment */
     ROUTE_LIVE,     /* GET /health/live: 503 only while the engine loop is stalled */
+    ROUTE_EXPERT_LOAD, /* GET /v1/experts/load: opts.expert_load_fn (tokens per layer and expert) */
 } srv_route;
 
 static const char *route_name[] = {"other", "/health", "/v1/models", "/metrics", "/v1/completions",
-                                   "/v1/chat/completions", "/v1/topology", "/health/live"};
+                                   "/v1/chat/completions", "/v1/topology", "/health/live", "/v1/experts/load"};
 
 /* What a connection is doing, for the reaper's deadlines. */
 typedef enum srv_conn_state {
@@ -829,6 +830,7 @@ static srv_route srv_route_of(const char *url) {
     if (!strcmp(url, "/v1/completions")) return ROUTE_COMPLETIONS;
     if (!strcmp(url, "/v1/chat/completions")) return ROUTE_CHAT;
     if (!strcmp(url, "/v1/topology")) return ROUTE_TOPOLOGY;
+    if (!strcmp(url, "/v1/experts/load")) return ROUTE_EXPERT_LOAD;
     return ROUTE_NONE;
 }
 
@@ -875,6 +877,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
         case ROUTE_MODELS:
         case ROUTE_METRICS:
         case ROUTE_TOPOLOGY:
+        case ROUTE_EXPERT_LOAD:
             if (!is_get) {
                 snprintf(msg, sizeof msg, "method %.64s not allowed on %s (use GET)", method, url);
                 return srv_fail(q, c, 405, NULL, "method_not_allowed", msg);
@@ -882,6 +885,15 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
             if (q->route == ROUTE_HEALTH || q->route == ROUTE_LIVE) return srv_handle_health(q, c);
             if (q->route == ROUTE_METRICS) return srv_handle_metrics(q, c);
             if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
+            if (q->route == ROUTE_EXPERT_LOAD) {
+                if (!s->o.expert_load_fn)
+                    return srv_fail(q, c, 404, NULL, "not_found",
+                                    "no expert load: the model has no routed experts, or this server has no engine "
+                                    "of its own");
+                char *t = s->o.expert_load_fn(s->o.expert_load_user);
+                if (!t) return srv_fail(q, c, 503, NULL, "unavailable", "the expert load is not available");
+                return srv_send(q, c, 200, "application/json", t, strlen(t));
+            }
             if (q->route == ROUTE_TOPOLOGY) {
                 if (s->o.topology_fn) {
                     char *t = s->o.topology_fn(s->o.topology_user);

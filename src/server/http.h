@@ -101,6 +101,9 @@ typedef struct xds_server_opts {
     const char *topology_json; /* GET /v1/topology body (borrowed; NULL: 404, single process) */
     char *(*topology_fn)(void *user); /* or: a fresh body per request (malloc'ed; NULL: 503) */
     void *topology_user;
+    char *(*expert_load_fn)(void *user); /* GET /v1/experts/load body, malloc'ed (NULL fn: 404;
+                              * NULL result: 503), e.g. xds_engine_expert_load_json */
+    void *expert_load_user;
     void (*metrics_fn)(void *user, xds_metrics *m); /* called before each GET /metrics renders (NULL:
                               * none): a deployment's front-end loads its shared fault counts */
     void *metrics_user;

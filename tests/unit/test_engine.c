@@ -27,7 +27,10 @@
 #include "engine/engine.h"
 #include "engine/output.h"
 #include "kernels/kernels.h"
+#include <jansson.h>
+
 #include "model/model.h"
+#include "model/moe.h"
 #include "test.h"
 #include "tokenizer/tokenizer.h"
 
@@ -644,6 +647,127 @@ static void test_moe_models(void) {
     }
 }
 
+/* Expert load counters: every forwarded token adds one to each of its top-k
+ * experts of every MoE layer (and nothing to dense layers); the JSON of
+ * GET /v1/experts/load carries the same numbers; routing a batch directly
+ * counts exactly the ids it chose; a dense model has none. */
+static void test_expert_load(void) {
+    const char *dirs[] = {"mixtral_top2", "ds_qlora_yarn_groups", "qwen3moe_gqa_sparse"};
+    for (int d = 0; d < 3; d++) {
+        char path[512];
+        snprintf(path, sizeof(path), "%s/tests/data/oracle/moe/%s", XDS_SOURCE_DIR, dirs[d]);
+        xds_model *m;
+        if (xds_model_load(path, NULL, &m) != XDS_OK) {
+            CHECK_MSG(0, "load %s: %s", path, xds_err_msg());
+            continue;
+        }
+        const xds_model_config *c = &m->cfg;
+        int L = c->n_layer, E = c->moe.n_expert, K = c->moe.n_expert_used, n_moe = 0, n_dense = 0;
+        for (int l = 0; l < L; l++) n_moe += xds_arch_layer_moe(c, l), n_dense += !xds_arch_layer_moe(c, l);
+        uint64_t *cnt = calloc((size_t)L * E, sizeof(uint64_t));
+        make_prompts(c->n_vocab);
+        int gen = c->max_ctx >= 90 ? GEN : 4;
+        xds_engine *e;
+        xds_engine_opts o = base_opts();
+        CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+        CHECK(xds_engine_expert_load(e, cnt) == E);
+        int zero = 1;
+        for (int i = 0; i < L * E; i++) zero &= cnt[i] == 0;
+        CHECK(zero);
+        coll *cs = calloc(NP, sizeof(coll));
+        uint64_t fed = 0;
+        for (int i = 0; i < NP; i++) {
+            xds_gen_params p = greedy(gen);
+            uint64_t id;
+            CHECK(xds_engine_submit(e, prompts[i], plen[i], &p, on_event, &cs[i], &id) == XDS_OK);
+            fed += (uint64_t)plen[i] + (uint64_t)gen - 1; /* the last token is never fed back */
+        }
+        wait_final(cs, NP);
+        xds_engine_stats st;
+        xds_engine_stats_get(e, &st);
+        CHECK(st.n_preemptions == 0); /* else recomputed tokens count again */
+        CHECK(xds_engine_expert_load(e, cnt) == E);
+        int ok_moe = 1, ok_dense = 1, used = 0;
+        for (int l = 0; l < L; l++) {
+            uint64_t sum = 0;
+            for (int x = 0; x < E; x++) sum += cnt[(size_t)l * E + x], used += cnt[(size_t)l * E + x] > 0;
+            if (xds_arch_layer_moe(c, l)) ok_moe &= sum == fed * (uint64_t)K;
+            else ok_dense &= sum == 0;
+        }
+        CHECK_MSG(ok_moe, "%s: a MoE layer's counts do not sum to top-k x %llu tokens fed", dirs[d],
+                  (unsigned long long)fed);
+        CHECK_MSG(ok_dense, "%s: a dense layer has counts", dirs[d]);
+        CHECK(used > K); /* spread over more experts than one token's */
+        char *js = xds_engine_expert_load_json(e);
+        json_error_t jerr;
+        json_t *root = js ? json_loads(js, 0, &jerr) : NULL;
+        CHECK_MSG(root != NULL, "%s: expert load JSON: %s", dirs[d], js ? jerr.text : "NULL");
+        if (root) {
+            json_t *layers = json_object_get(root, "layers"), *load = json_object_get(root, "load");
+            CHECK(json_integer_value(json_object_get(root, "experts")) == E);
+            CHECK(json_integer_value(json_object_get(root, "top_k")) == K);
+            CHECK((int)json_array_size(layers) == n_moe && (int)json_array_size(load) == n_moe);
+            int same = 1;
+            for (size_t i = 0; i < json_array_size(layers) && i < json_array_size(load); i++) {
+                int l = (int)json_integer_value(json_array_get(layers, i));
+                json_t *row = json_array_get(load, i);
+                same &= l >= 0 && l < L && xds_arch_layer_moe(c, l) && (int)json_array_size(row) == E;
+                for (int x = 0; same && x < E; x++)
+                    same &= (uint64_t)json_integer_value(json_array_get(row, (size_t)x)) == cnt[(size_t)l * E + x];
+            }
+            CHECK_MSG(same, "%s: the JSON differs from the counters", dirs[d]);
+            json_decref(root);
+        }
+        free(js);
+        xds_engine_free(e, 1);
+        free(cs);
+        printf("%s: expert load counted (%d MoE layers, %d dense, %llu tokens x top-%d)\n", dirs[d], n_moe,
+               n_dense, (unsigned long long)fed, K);
+
+        /* routing directly: the counters are exactly the chosen ids */
+        int n_tok = 37, ml = -1;
+        for (int l = 0; l < L && ml < 0; l++)
+            if (xds_arch_layer_moe(c, l)) ml = l;
+        xds_model_ctx *ctx;
+        if (xds_model_ctx_create(m, NULL, 1, n_tok, &ctx) != XDS_OK) {
+            CHECK_MSG(0, "ctx: %s", xds_err_msg());
+        } else {
+            float *xn = malloc(sizeof(float) * (size_t)n_tok * c->n_embd), *w = malloc(sizeof(float) * n_tok * K);
+            int32_t *ids = malloc(sizeof(int32_t) * n_tok * K);
+            uint64_t r = 99;
+            for (int i = 0; i < n_tok * c->n_embd; i++) {
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                xn[i] = (float)((double)(r >> 11) / 9007199254740992.0 - 0.5);
+            }
+            memset(cnt, 0, sizeof(uint64_t) * L * E);
+            xds_model_ctx_set_expert_counts(ctx, cnt);
+            xds_model_moe_route(ctx, ml, xn, n_tok, ids, w);
+            uint64_t *want = calloc((size_t)L * E, sizeof(uint64_t));
+            for (int i = 0; i < n_tok * K; i++) want[(size_t)ml * E + ids[i]]++;
+            CHECK(!memcmp(cnt, want, sizeof(uint64_t) * L * E));
+            xds_model_ctx_set_expert_counts(ctx, NULL);
+            xds_model_moe_route(ctx, ml, xn, n_tok, ids, w);
+            CHECK(!memcmp(cnt, want, sizeof(uint64_t) * L * E)); /* no longer counted */
+            free(want), free(xn), free(w), free(ids);
+            xds_model_ctx_free(ctx);
+        }
+        free(cnt);
+        xds_model_free(m);
+    }
+    /* a dense model has no counters */
+    xds_model *m;
+    if (xds_model_load(TINY, NULL, &m) == XDS_OK) {
+        xds_engine *e;
+        xds_engine_opts o = base_opts();
+        uint64_t sentinel = 12345;
+        CHECK(xds_engine_create(m, NULL, &o, &e) == XDS_OK);
+        CHECK(xds_engine_expert_load(e, &sentinel) == 0 && sentinel == 12345);
+        CHECK(xds_engine_expert_load_json(e) == NULL);
+        xds_engine_free(e, 1);
+        xds_model_free(m);
+    }
+}
+
 /* ---- output processing ------------------------------------------------------- */
 
 /* Feed pieces; returns the concatenated emitted text and the finish. */
@@ -959,6 +1083,7 @@ int main(void) {
     test_concurrent_clients(m);
     xds_model_free(m);
     test_moe_models();
+    test_expert_load();
     test_real_model();
     TEST_MAIN_END();
 }
