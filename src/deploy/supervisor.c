@@ -99,7 +99,8 @@ const char *serve_deploy_usage(void) {
            "  --restart-max N      a process that exits N times (default 3) within --restart-window S\n"
            "                       (default 30) seconds is left out; before that it is restarted with back-off\n"
            "  --hang-timeout S     a process suspect (no heartbeat, or stopped) for S seconds (default 2) is\n"
-           "                       killed and restarted\n";
+           "                       killed and restarted (a front-end after 5x S: it holds up no other process,\n"
+           "                       and killing it cuts its streams)\n";
 }
 
 int serve_deploy_opt(serve_deploy *d, const char *a, const char *v) {
@@ -1184,7 +1185,10 @@ static void *monitor_main(void *arg) {
                     fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) is live again\n", child_role(d, i),
                             child_number(d, i), d->rank_of[i], (int)pid);
                     changed = 1;
-                } else if (now - d->since[i] >= d->hang_s) {
+                } else if (now - d->since[i] >= (d->kind_of[i] == 'f' ? 5.0 * d->hang_s : d->hang_s)) {
+                    /* a stopped front-end holds nobody up (the others accept on
+                     * the shared socket) and killing it cuts its streams: it
+                     * gets 5x the hang timeout to come back */
                     fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) hung for %.1f s; killing it\n",
                             child_role(d, i), child_number(d, i), d->rank_of[i], (int)pid, now - d->since[i]);
                     /* its peers' waits on it fail at once, then the rank can be rejoined */

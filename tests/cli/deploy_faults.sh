@@ -26,6 +26,9 @@
 #     deploy.sh);
 #   - the prefill instance killed during a KV transfer (a test hook holds
 #     the decode group's pull open): the group computes the prompt itself;
+#   - MoE-attention (SmolLM2 upcycled to 4 experts, 2 expert workers
+#     serving 2 groups): a decode group stopped: the workers keep running,
+#     the group is restarted and taken back;
 # Every run ends with no process and no /dev/shm segment left.
 # Usage: bash tests/cli/deploy_faults.sh path/to/xds
 set -uo pipefail
@@ -299,6 +302,32 @@ if wait_health "$P" "$S"; then
   wait_state "$P" 2 "live 1" 30 && ok "E: prefill instance restarted" || bad "E: prefill: $(topo_state "$P" 2)"
   finish "E" "$S" "$P"
 else bad "E: did not come up: $(tail -5 "$TMP/e.log")"; fi
+
+# ---- F: MoE-attention, a decode group stopped (SIGSTOP) while the expert workers serve both groups ----
+# (ranks: 1, 2 expert workers, 3 front-end, 4 and 5 decode groups; a chaos run found the workers exiting
+# over a hung attention rank and a restarted worker waiting on it, which ended the deployment)
+MOE="$TMP/moe.gguf"
+if "$XDS" upcycle -m "$M" -o "$MOE" -E 4 -k 2 --perturb 0.5 >/dev/null 2>&1; then
+  P=$(free_port)
+  "$XDS" serve -m "$MOE" --port "$P" -t 1 --decode-dp 2 --experts 2 --frontends 1 >"$TMP/f.log" 2>&1 & S=$!; PIDS+=("$S")
+  if wait_health "$P" "$S"; then
+    load "$P" "$TMP/fref.json"
+    python3 -c "import json,sys; r=json.load(open('$TMP/fref.json')); sys.exit(not all(x['done'] and not x['err'] for x in r))" \
+      && ok "F: MoE fault-free reference run" || bad "F: reference run failed"
+    E1=$(pid_of "$S" 1); E2=$(pid_of "$S" 2)
+    load "$P" "$TMP/f5.json" & L=$!
+    sleep 1; G=$(pid_of "$S" 4); kill -STOP "$G"
+    wait_log "$TMP/f.log" "decode group 0 \(rank 4, pid $G\) hung" 20; kill -CONT "$G" 2>/dev/null; wait "$L"
+    same "$TMP/fref.json" "$TMP/f5.json" && ok "F: decode group stopped under MoE-attention: streams complete, byte-identical" \
+      || bad "F: stopped group: $(grep -vE 'topology|continues on' "$TMP/f.log" | tail -6)"
+    wait_state "$P" 4 "live 1" 30 && [ "$(pid_of "$S" 1)" = "$E1" ] && [ "$(pid_of "$S" 2)" = "$E2" ] \
+      && ok "F: group 0 restarted and taken back; the expert workers kept running" \
+      || bad "F: after the stop: $(topo_state "$P" 4); workers $E1 $E2 now $(pid_of "$S" 1) $(pid_of "$S" 2)"
+    load "$P" "$TMP/f6.json"
+    same "$TMP/fref.json" "$TMP/f6.json" && ok "F: then both groups serve, byte-identical" || bad "F: after recovery"
+    finish "F" "$S" "$P"
+  else bad "F: did not come up: $(tail -5 "$TMP/f.log")"; fi
+else bad "F: upcycle SmolLM2 to 4 experts"; fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
