@@ -289,6 +289,9 @@ def main():
         cut_marks = ("without [DONE]", "RemoteDisconnected", "ConnectionReset", "IncompleteRead", "BrokenPipe")
         fe_cut = sum(1 for (tf, e) in stats["fail_at"]
                      if any(m in e for m in cut_marks) and any(0 <= tf - k <= 2.0 for k in fe_kills))
+        by_fault = {}
+        for (tf, k, p, r, rk), rv in zip(faults, rec):
+            by_fault.setdefault("%s %s" % (r, k), []).append(rv)
         out = {
             "cpu": cpu_model(),
             "failed_frontend_cut": fe_cut, "failed_other": stats["failed"] - fe_cut,
@@ -300,8 +303,11 @@ def main():
                        for (tf, k, p, r, rk) in faults],
             "steady_tok_s": round(steady, 1),
             "recovery_s": {"p50": pct(rec, 50), "p99": pct(rec, 99), "max": max(rec) if rec else None},
-            "all_live_s": {"p50": pct(live_back, 50), "max": max(live_back) if live_back else None,
-                           "n": len(live_back)},
+            "all_live_s": {"p50": pct(live_back, 50), "p99": pct(live_back, 99),
+                           "max": max(live_back) if live_back else None, "n": len(live_back)},
+            # token-rate recovery per (role, fault kind): the bound is on expert / decode deaths
+            "recovery_by_fault": {k: {"n": len(v), "p50": pct(v, 50), "p99": pct(v, 99), "max": max(v)}
+                                  for k, v in sorted(by_fault.items())},
             "throughput_during_recovery": {"min": round(min(frac), 2) if frac else None,
                                            "mean": round(sum(frac) / len(frac), 2) if frac else None},
             "recovery_per_fault_s": rec,
