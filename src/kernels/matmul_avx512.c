@@ -1233,3 +1233,115 @@ void xds_q8r_pack_avx512(const void *src, void *dst, int64_t n_rows, int64_t n_i
         }
     }
 }
+
+/* ---- W8A8: int8 weights x per-token int8 activations (see kern_impl.h) -----
+ *
+ * The Q8_0_R16 scheme without blocks: 16 rows in the 16 int32 lanes, per
+ * quad k of the row one weight vector (64 bytes) and, per token, one
+ * VPDPBUSD with the token's 4 activation bytes of quad k as an embedded
+ * {1to16} broadcast. The int32 sums run over the whole row (exact), so the
+ * float work is one convert and two multiplies per (16 rows, token) — the
+ * loop is VPDPBUSD and loads only. Few tokens split the quads over U
+ * independent accumulators per token (the VPDPBUSD latency would otherwise
+ * bound one chain); they are added in int32 at the end, exact, so every
+ * tile shape gives the bits of the generic kernel.
+ */
+#ifndef W8_TT
+#define W8_TT 12 /* tokens per register tile */
+#endif
+#ifndef W8_PF
+#define W8_PF 4096 /* software prefetch distance (bytes) for tiles of >= 2 tokens */
+#endif
+
+void xds_act_quant8_avx512(const float *x, int64_t n_in, uint8_t *dst) {
+    __m512 vm = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n_in; j += 16) vm = _mm512_max_ps(vm, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+    float amax = _mm512_reduce_max_ps(vm); /* max is exact: the same value as the generic loop */
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512i vs = _mm512_setzero_si512();
+    int8_t *q = (int8_t *)dst;
+    for (int64_t j = 0; j < n_in; j += 16) {
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), vid));
+        v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+        vs = _mm512_add_epi32(vs, v);
+        _mm_storeu_si128((__m128i *)(q + j), _mm512_cvtepi32_epi8(v));
+    }
+    memset(q + n_in, 0, xa_q_bytes(n_in) - (size_t)n_in);
+    int32_t sum = _mm512_reduce_add_epi32(vs);
+    memcpy(dst + xa_q_bytes(n_in), &d, 4);
+    memcpy(dst + xa_q_bytes(n_in) + 4, &sum, 4);
+}
+
+static inline __attribute__((always_inline)) void w8_tile(const int T, const int U, const uint8_t *g, int64_t n_in,
+                                                          const uint8_t *xa, size_t xs, float *y, int64_t ldy,
+                                                          int64_t l0, int64_t l1) {
+    __m512i acc[8][W8_TT];
+    const int32_t *xr[W8_TT];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) {
+        xr[t] = (const int32_t *)(xa + t * xs);
+        acc[0][t] = _mm512_set1_epi32(-128 * *xa_sum(xa + t * xs, n_in));
+#pragma GCC unroll 8
+        for (int u = 1; u < U; u++) acc[u][t] = _mm512_setzero_si512();
+    }
+    const int64_t nq = n_in / 4; /* a multiple of 8 */
+    for (int64_t k = 0; k < nq; k += U) {
+        const uint8_t *gk = g + 64 * k;
+        if (T >= 2)
+#pragma GCC unroll 8
+            for (int u = 0; u < U; u++) _mm_prefetch((const char *)gk + W8_PF + 64 * u, _MM_HINT_T0);
+#pragma GCC unroll 8
+        for (int u = 0; u < U; u++) {
+            const __m512i w = _mm512_loadu_si512(gk + 64 * u);
+#pragma GCC unroll 16
+            for (int t = 0; t < T; t++) acc[u][t] = dpb_bcast(acc[u][t], w, xr[t] + k + u);
+        }
+    }
+    const __m512 sw = _mm512_loadu_ps((const float *)(g + 16 * n_in));
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) {
+        __m512i a = acc[0][t];
+#pragma GCC unroll 8
+        for (int u = 1; u < U; u++) a = _mm512_add_epi32(a, acc[u][t]);
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(sw, _mm512_set1_ps(*xa_d(xa + t * xs, n_in))));
+        if (l0 == 0 && l1 == 16) {
+            _mm512_storeu_ps(y + t * ldy, v);
+        } else { /* y points at output row l0 of the group: lane l goes to y[l - l0] */
+            float tmp[16];
+            _mm512_storeu_ps(tmp, v);
+            memcpy(y + t * ldy, tmp + l0, (size_t)(l1 - l0) * sizeof(float));
+        }
+    }
+}
+
+static void w8_tile_call(int T, const uint8_t *g, int64_t n_in, const uint8_t *xa, size_t xs, float *y, int64_t ldy,
+                         int64_t l0, int64_t l1) {
+#define W8_C(n, u) \
+    case n: w8_tile(n, u, g, n_in, xa, xs, y, ldy, l0, l1); break;
+    switch (T) {
+        W8_C(1, 8) W8_C(2, 4) W8_C(3, 4) W8_C(4, 2) W8_C(5, 2) W8_C(6, 2) W8_C(7, 1) W8_C(8, 1) W8_C(9, 1)
+        W8_C(10, 1) W8_C(11, 1)
+    default: w8_tile(W8_TT, 1, g, n_in, xa, xs, y, ldy, l0, l1); break;
+    }
+#undef W8_C
+}
+
+void xds_w8a8_gemm_avx512(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t n_in, const uint8_t *xa,
+                          size_t xa_stride, int n_tok, float *y, int64_t ldy) {
+    const size_t gbytes = XDS_W8A8_GB(n_in);
+    /* tiles of at most W8_TT tokens, balanced (16 -> 8 + 8, not 12 + 4) */
+    const int n_tiles = (n_tok + W8_TT - 1) / W8_TT, per = n_tiles ? (n_tok + n_tiles - 1) / n_tiles : 1;
+    for (int64_t r = row0; r < row0 + n_rows;) {
+        int64_t g = r / 16, l0 = r % 16, l1 = row0 + n_rows - g * 16;
+        if (l1 > 16) l1 = 16;
+        const uint8_t *gp = w + g * gbytes;
+        float *yr = y + (r - row0);
+        for (int t0 = 0; t0 < n_tok; t0 += per) {
+            int T = n_tok - t0 < per ? n_tok - t0 : per;
+            w8_tile_call(T, gp, n_in, xa + t0 * xa_stride, xa_stride, yr + t0 * ldy, ldy, l0, l1);
+        }
+        r = g * 16 + l1;
+    }
+}
