@@ -8,7 +8,8 @@
  *
  * Quantized weights (Q8_0/Q4_0/Q4_1/...) are multiplied by activations that
  * are quantized on the fly to 8-bit blocks (as ggml does); float weights
- * (F32/F16/BF16) by f32 activations.
+ * (F32/F16/BF16) by f32 activations; W8A8 weights (int8, one scale per row,
+ * made at load) by activations quantized to int8 with one scale per token.
  */
 #ifndef XDS_KERNELS_KERNELS_H
 #define XDS_KERNELS_KERNELS_H

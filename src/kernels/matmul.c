@@ -10,6 +10,10 @@
  *   - Q8_0_R16 (16 rows interleaved, made at load): the AVX-512 or the
  *     portable row-group kernel (the AVX2 level uses the portable one); row
  *     chunks are whole groups of 16 rows;
+ *   - W8A8 (per-row int8 weights, made at load by --quantize w8a8): x is
+ *     quantized per token (one scale per token, xa layout of kern_impl.h)
+ *     into a buffer of its own, then the level's W8A8 kernel (generic, AVX2,
+ *     AVX-512 VNNI: the same bits) on whole groups of 16 rows;
  *   - Q4_K/Q6_K: every level uses the portable path (dequantize a row with
  *     the scalar reference, f32 dot products) — correct, not fast;
  *   - row chunks are contiguous (streaming reads) and multiples of 4 rows

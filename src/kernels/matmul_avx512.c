@@ -1316,6 +1316,51 @@ static inline __attribute__((always_inline)) void w8_tile(const int T, const int
     }
 }
 
+/* Two whole groups (32 rows) x T tokens: per quad 2 weight loads and T
+ * broadcasts feed 2 T VPDPBUSD (one group: 1 + T loads for T), and 2 T
+ * independent chains hide the VPDPBUSD latency; 2 x 12 accumulators fit the
+ * 32 zmm registers. Same int32 sums, same float epilogue as w8_tile. */
+static inline __attribute__((always_inline)) void w8_tile_2g(const int T, const uint8_t *g, size_t gbytes, int64_t n_in,
+                                                             const uint8_t *xa, size_t xs, float *y, int64_t ldy) {
+    __m512i acc[2][W8_TT];
+    const int32_t *xr[W8_TT];
+    const uint8_t *g1 = g + gbytes;
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) {
+        xr[t] = (const int32_t *)(xa + t * xs);
+        acc[0][t] = acc[1][t] = _mm512_set1_epi32(-128 * *xa_sum(xa + t * xs, n_in));
+    }
+    const int64_t nq = n_in / 4;
+    for (int64_t k = 0; k < nq; k++) {
+        _mm_prefetch((const char *)g + 64 * k + W8_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)g1 + 64 * k + W8_PF, _MM_HINT_T0);
+        const __m512i w0 = _mm512_loadu_si512(g + 64 * k), w1 = _mm512_loadu_si512(g1 + 64 * k);
+#pragma GCC unroll 16
+        for (int t = 0; t < T; t++) {
+            acc[0][t] = dpb_bcast(acc[0][t], w0, xr[t] + k);
+            acc[1][t] = dpb_bcast(acc[1][t], w1, xr[t] + k);
+        }
+    }
+    const __m512 sw0 = _mm512_loadu_ps((const float *)(g + 16 * n_in)), sw1 = _mm512_loadu_ps((const float *)(g1 + 16 * n_in));
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) {
+        const __m512 dx = _mm512_set1_ps(*xa_d(xa + t * xs, n_in));
+        _mm512_storeu_ps(y + t * ldy, _mm512_mul_ps(_mm512_cvtepi32_ps(acc[0][t]), _mm512_mul_ps(sw0, dx)));
+        _mm512_storeu_ps(y + t * ldy + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(acc[1][t]), _mm512_mul_ps(sw1, dx)));
+    }
+}
+
+static void w8_tile_2g_call(int T, const uint8_t *g, size_t gbytes, int64_t n_in, const uint8_t *xa, size_t xs, float *y,
+                            int64_t ldy) {
+#define W8_C2(n) \
+    case n: w8_tile_2g(n, g, gbytes, n_in, xa, xs, y, ldy); break;
+    switch (T) {
+        W8_C2(4) W8_C2(5) W8_C2(6) W8_C2(7) W8_C2(8) W8_C2(9) W8_C2(10) W8_C2(11)
+    default: w8_tile_2g(W8_TT, g, gbytes, n_in, xa, xs, y, ldy); break;
+    }
+#undef W8_C2
+}
+
 static void w8_tile_call(int T, const uint8_t *g, int64_t n_in, const uint8_t *xa, size_t xs, float *y, int64_t ldy,
                          int64_t l0, int64_t l1) {
 #define W8_C(n, u) \
@@ -1338,6 +1383,18 @@ void xds_w8a8_gemm_avx512(const uint8_t *w, int64_t row0, int64_t n_rows, int64_
         if (l1 > 16) l1 = 16;
         const uint8_t *gp = w + g * gbytes;
         float *yr = y + (r - row0);
+        if (l0 == 0 && l1 == 16 && row0 + n_rows - r >= 32 && per >= 4) { /* two whole groups */
+            for (int t0 = 0; t0 < n_tok; t0 += per) {
+                int T = n_tok - t0 < per ? n_tok - t0 : per;
+                if (T >= 4) w8_tile_2g_call(T, gp, gbytes, n_in, xa + t0 * xa_stride, xa_stride, yr + t0 * ldy, ldy);
+                else
+                    for (int h = 0; h < 2; h++)
+                        w8_tile_call(T, gp + h * gbytes, n_in, xa + t0 * xa_stride, xa_stride, yr + t0 * ldy + 16 * h,
+                                     ldy, 0, 16);
+            }
+            r += 32;
+            continue;
+        }
         for (int t0 = 0; t0 < n_tok; t0 += per) {
             int T = n_tok - t0 < per ? n_tok - t0 : per;
             w8_tile_call(T, gp, n_in, xa + t0 * xa_stride, xa_stride, yr + t0 * ldy, ldy, l0, l1);

@@ -410,7 +410,9 @@ static void test_smollm2_w8a8(const char *path, int deq) {
     printf("smollm2 %s vs q4_1: %d steps, top-1 agreement %.4f (min %.2f), worst max|delta|/max|logit| %.4f "
            "(max %.2f); top-20 vs transformers max |delta| %.4f (max %.2f)\n",
            what, steps, share, top1_min, worst_rel, rel_max, oracle_worst, oracle_tol);
-    CHECK_MSG(steps > 0 && share >= top1_min, "%s top-1 agreement with q4_1 %.4f", what, share);
+    /* a share needs many steps: the sanitized subset (8 steps) checks the logit bounds only */
+    CHECK_MSG(steps > 0 && (sanitized || share >= top1_min), "%s top-1 agreement with q4_1 %.4f", what, share);
+    if (!sanitized) CHECK(steps >= 200);
     CHECK_MSG(worst_rel <= rel_max, "%s logits differ from q4_1 by %.4f of the logit scale", what, worst_rel);
     CHECK_MSG(oracle_worst <= oracle_tol, "%s top-20 logits differ from transformers by %.4f", what, oracle_worst);
     for (int i = 0; i < n_deq; i++) free(deq_data[i]);
