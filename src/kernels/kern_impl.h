@@ -104,12 +104,13 @@ void xds_q8r_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_
  * activations, one f32 scale per token; exact int32 dot products.
  *
  * Weights: 16 rows interleaved per group as Q8_0_R16, but with no blocks: a
- * matrix of n_rows x n_in (n_in a multiple of 32, <= 65536) is
- * ceil(n_rows / 16) groups of XDS_W8A8_GB(n_in) = 16 (n_in + 4) bytes,
- * group g at g * XDS_W8A8_GB(n_in) (= row 16 g * (n_in + 4), as if a row
- * were n_in + 4 bytes):
- *   u8  q[n_in / 4][16][4]   q[k][r][i] = W[16 g + r][4 k + i] + 128
- *                            (W in [-127, 127]; the u8 operand of VPDPBUSD)
+ * matrix of n_rows x n_in (1 <= n_in <= 65536; K = n_in rounded up to a
+ * multiple of 4) is ceil(n_rows / 16) groups of XDS_W8A8_GB(n_in) =
+ * 16 (K + 4) bytes, group g at g * XDS_W8A8_GB(n_in) (= row 16 g * (K + 4),
+ * as if a row were K + 4 bytes):
+ *   u8  q[K / 4][16][4]      q[k][r][i] = W[16 g + r][4 k + i] + 128
+ *                            (W in [-127, 127]; the u8 operand of VPDPBUSD;
+ *                            W = 0 for columns n_in..K-1)
  *   f32 s[16]                the 16 rows' scales (amax / 127)
  * Rows of the last group past n_rows hold W = 0, s = 0. The interleave puts
  * the 16 rows in the 16 int32 lanes of one VPDPBUSD and makes the group one
@@ -118,7 +119,7 @@ void xds_q8r_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_
  * Activations ("xa"): per token row, xa_row_bytes(n_in) apart,
  *   int8  q[n_in]   q = round_nearest_even(x / d) with d = max|x| / 127
  *                   (computed as x * (1 / d); 0 if all x are 0), |q| <= 127,
- *                   padded with zeros to a multiple of 64 bytes
+ *                   padded with zeros to a multiple of 64 bytes (>= K)
  *   f32   d         at xa_d(row, n_in)
  *   int32 S         sum of q (the -128 S correction of the u8 weights)
  * Per output (row r, token t), every level computes
@@ -127,7 +128,8 @@ void xds_q8r_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_
  * so all levels, tile shapes, batch sizes and thread splits give the same bits.
  */
 #define XDS_W8A8_MAX_IN 65536
-static inline size_t XDS_W8A8_GB(int64_t n_in) { return (size_t)16 * ((size_t)n_in + 4); }
+static inline int64_t XDS_W8A8_K(int64_t n_in) { return (n_in + 3) & ~(int64_t)3; }
+static inline size_t XDS_W8A8_GB(int64_t n_in) { return (size_t)16 * ((size_t)XDS_W8A8_K(n_in) + 4); }
 static inline size_t xa_q_bytes(int64_t n_in) { return ((size_t)n_in + 63) & ~(size_t)63; }
 static inline size_t xa_row_bytes(int64_t n_in) { return xa_q_bytes(n_in) + 64; }
 static inline const float *xa_d(const uint8_t *row, int64_t n_in) { return (const float *)(row + xa_q_bytes(n_in)); }

@@ -55,7 +55,7 @@ void xds_matmul_multi(xds_pool *pool, int n, const xds_tensor *const *w, const f
 void xds_q8r_pack(const void *src, void *dst, int64_t n_rows, int64_t n_in);
 
 /* W8A8 (kern_impl.h): bytes of a matrix of n_rows x n_in (whole groups of
- * 16 rows); 0 if n_in is not a multiple of 32 or exceeds 65536. */
+ * 16 rows); 0 unless 1 <= n_in <= 65536. */
 size_t xds_w8a8_bytes(int64_t n_rows, int64_t n_in);
 /* Quantize rows [16 g0, 16 g1) of the f32 matrix src (n_rows x n_in,
  * row-major; rows past n_rows are zero) into groups g0..g1-1 of the W8A8

@@ -210,7 +210,7 @@ void xds_w8a8_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64
         const uint8_t *g = w + (size_t)(r / 16) * gb;
         int l = (int)(r % 16);
         float sw;
-        memcpy(&sw, g + (size_t)16 * n_in + 4 * l, 4);
+        memcpy(&sw, g + (size_t)16 * XDS_W8A8_K(n_in) + 4 * l, 4);
         for (int t = 0; t < n_tok; t++) {
             const uint8_t *xr = xa + t * xa_stride;
             const int8_t *q = (const int8_t *)xr;
@@ -222,13 +222,14 @@ void xds_w8a8_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64
 }
 
 size_t xds_w8a8_bytes(int64_t n_rows, int64_t n_in) {
-    if (n_rows < 0 || n_in <= 0 || n_in % 32 || n_in > XDS_W8A8_MAX_IN) return 0;
+    if (n_rows < 0 || n_in <= 0 || n_in > XDS_W8A8_MAX_IN) return 0;
     return (size_t)((n_rows + 15) / 16) * XDS_W8A8_GB(n_in);
 }
 
 /* One group of 16 f32 rows (rows[r] NULL: a padding row) -> W8A8 group. */
 static void w8a8_quant_group(const float *const rows[16], int64_t n_in, uint8_t *g) {
-    float *sc = (float *)(g + (size_t)16 * n_in); /* 4-aligned when g is */
+    const int64_t K = XDS_W8A8_K(n_in);
+    float *sc = (float *)(g + (size_t)16 * K); /* 4-aligned when g is */
     for (int r = 0; r < 16; r++) {
         float amax = 0.0f;
         const float *x = rows[r];
@@ -237,9 +238,9 @@ static void w8a8_quant_group(const float *const rows[16], int64_t n_in, uint8_t 
         float s = amax / 127.0f;
         float scale = s;
         memcpy(&sc[r], &scale, 4);
-        for (int64_t j = 0; j < n_in; j++) {
+        for (int64_t j = 0; j < K; j++) {
             int v = 0;
-            if (x && s != 0.0f) {
+            if (x && s != 0.0f && j < n_in) {
                 v = (int)nearbyintf(x[j] / s);
                 v = v > 127 ? 127 : v < -127 ? -127 : v;
             }
@@ -261,7 +262,7 @@ static void w8a8_get_row(const uint8_t *w, int64_t n_in, int64_t i, float *dst) 
     const uint8_t *g = w + (size_t)(i / 16) * XDS_W8A8_GB(n_in);
     int l = (int)(i % 16);
     float s;
-    memcpy(&s, g + (size_t)16 * n_in + 4 * l, 4);
+    memcpy(&s, g + (size_t)16 * XDS_W8A8_K(n_in) + 4 * l, 4);
     for (int64_t j = 0; j < n_in; j++) dst[j] = s * (float)((int)g[(j / 4) * 64 + l * 4 + (j % 4)] - 128);
 }
 

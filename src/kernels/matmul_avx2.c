@@ -414,7 +414,7 @@ static inline __attribute__((always_inline)) void w8_tile2(const int T, const ui
         acc[0][t] = acc[1][t] = _mm256_setzero_si256();
     }
     const __m256i k80 = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-    const int64_t nq = n_in / 4;
+    const int64_t nq = XDS_W8A8_K(n_in) / 4;
     for (int64_t k = 0; k < nq; k++) {
         const uint8_t *gk = g + 64 * k;
         __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)gk), k80);
@@ -427,7 +427,7 @@ static inline __attribute__((always_inline)) void w8_tile2(const int T, const ui
             acc[1][t] = _mm256_add_epi32(acc[1][t], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
         }
     }
-    const float *sw = (const float *)(g + 16 * n_in);
+    const float *sw = (const float *)(g + 16 * XDS_W8A8_K(n_in));
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         const __m256 dx = _mm256_set1_ps(*xa_d(xa + t * xs, n_in));

@@ -1261,9 +1261,13 @@ void xds_q8r_pack_avx512(const void *src, void *dst, int64_t n_rows, int64_t n_i
 #define W8_PF 4096
 #endif
 
+static inline __mmask16 tail16(int64_t n, int64_t j) {
+    return n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+}
+
 void xds_act_quant8_avx512(const float *x, int64_t n_in, uint8_t *dst) {
     __m512 vm = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n_in; j += 16) vm = _mm512_max_ps(vm, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+    for (int64_t j = 0; j < n_in; j += 16) vm = _mm512_max_ps(vm, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail16(n_in, j), x + j)));
     float amax = _mm512_reduce_max_ps(vm); /* max is exact: the same value as the generic loop */
     float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     const __m512 vid = _mm512_set1_ps(id);
@@ -1271,10 +1275,11 @@ void xds_act_quant8_avx512(const float *x, int64_t n_in, uint8_t *dst) {
     __m512i vs = _mm512_setzero_si512();
     int8_t *q = (int8_t *)dst;
     for (int64_t j = 0; j < n_in; j += 16) {
-        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), vid));
-        v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+        const __mmask16 m = tail16(n_in, j);
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), vid));
+        v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi); /* masked-off lanes: 0 */
         vs = _mm512_add_epi32(vs, v);
-        _mm_storeu_si128((__m128i *)(q + j), _mm512_cvtepi32_epi8(v));
+        _mm_mask_storeu_epi8(q + j, m, _mm512_cvtepi32_epi8(v));
     }
     memset(q + n_in, 0, xa_q_bytes(n_in) - (size_t)n_in);
     int32_t sum = _mm512_reduce_add_epi32(vs);
@@ -1294,8 +1299,9 @@ static inline __attribute__((always_inline)) void w8_tile(const int T, const int
 #pragma GCC unroll 8
         for (int u = 1; u < U; u++) acc[u][t] = _mm512_setzero_si512();
     }
-    const int64_t nq = n_in / 4; /* a multiple of 8 */
-    for (int64_t k = 0; k < nq; k += U) {
+    const int64_t nq = XDS_W8A8_K(n_in) / 4;
+    int64_t k = 0;
+    for (; k + U <= nq; k += U) {
         const uint8_t *gk = g + 64 * k;
         if (T >= 2 && pf && W8_PF)
 #pragma GCC unroll 8
@@ -1307,7 +1313,12 @@ static inline __attribute__((always_inline)) void w8_tile(const int T, const int
             for (int t = 0; t < T; t++) acc[u][t] = dpb_bcast(acc[u][t], w, xr[t] + k + u);
         }
     }
-    const __m512 sw = _mm512_loadu_ps((const float *)(g + 16 * n_in));
+    for (; k < nq; k++) { /* the last quads when U does not divide nq */
+        const __m512i w = _mm512_loadu_si512(g + 64 * k);
+#pragma GCC unroll 16
+        for (int t = 0; t < T; t++) acc[0][t] = dpb_bcast(acc[0][t], w, xr[t] + k);
+    }
+    const __m512 sw = _mm512_loadu_ps((const float *)(g + 16 * XDS_W8A8_K(n_in)));
 #pragma GCC unroll 16
     for (int t = 0; t < T; t++) {
         __m512i a = acc[0][t];
@@ -1339,7 +1350,7 @@ static inline __attribute__((always_inline)) void w8_tile_2g(const int T, const 
         xr[t] = (const int32_t *)(xa + t * xs);
         acc[0][t] = acc[1][t] = _mm512_set1_epi32(-128 * *xa_sum(xa + t * xs, n_in));
     }
-    const int64_t nq = n_in / 4;
+    const int64_t nq = XDS_W8A8_K(n_in) / 4;
     for (int64_t k = 0; k < nq; k++) {
         if (pf && W8_PF) {
             _mm_prefetch((const char *)g + 64 * k + W8_PF, _MM_HINT_T0);
@@ -1352,7 +1363,8 @@ static inline __attribute__((always_inline)) void w8_tile_2g(const int T, const 
             acc[1][t] = dpb_bcast(acc[1][t], w1, xr[t] + k);
         }
     }
-    const __m512 sw0 = _mm512_loadu_ps((const float *)(g + 16 * n_in)), sw1 = _mm512_loadu_ps((const float *)(g1 + 16 * n_in));
+    const int64_t K = XDS_W8A8_K(n_in);
+    const __m512 sw0 = _mm512_loadu_ps((const float *)(g + 16 * K)), sw1 = _mm512_loadu_ps((const float *)(g1 + 16 * K));
 #pragma GCC unroll 16
     for (int t = 0; t < T; t++) {
         const __m512 dx = _mm512_set1_ps(*xa_d(xa + t * xs, n_in));

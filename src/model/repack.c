@@ -26,8 +26,8 @@
  * the mapping, with unchanged shape and nbytes; nothing else changes.
  *
  * W8A8 (m->quantize == XDS_QUANTIZE_W8A8, `--quantize w8a8`): the same
- * tensors of any type (F32/F16/BF16, Q8_0, Q4_x, Q4_K, Q6_K) with rows of a
- * multiple of 32 values (<= 65536) and any row count are converted instead
+ * tensors of any type (F32/F16/BF16, Q8_0, Q4_x, Q4_K, Q6_K) with rows of at
+ * most 65536 values and any row count are converted instead
  * (xds_w8a8_from_tensor: dequantized to f32 row by row, then int8 with one
  * scale per row), at every CPU level (all have W8A8 kernels); a view then
  * points into the mapping with type W8A8 and nbytes = xds_w8a8_bytes (whole
@@ -91,8 +91,8 @@ static int eligible_w8a8(const xds_tensor *t) {
     }
     size_t rb = xds_dtype_row_bytes(t->type, t->ne[0]);
     if (!rb || xds_w8a8_bytes(t->ne[1], t->ne[0]) == 0) {
-        XDS_LOGW("model: --quantize w8a8: %s (%s, rows of %lld) left as it is (rows must be a multiple of 32 values, "
-                 "at most 65536)", t->name ? t->name : "?", xds_dtype_name(t->type), (long long)t->ne[0]);
+        XDS_LOGW("model: --quantize w8a8: %s (%s, rows of %lld) left as it is (rows of at most 65536 values)",
+                 t->name ? t->name : "?", xds_dtype_name(t->type), (long long)t->ne[0]);
         return 0;
     }
     if (t->type == XDS_DTYPE_Q8_0_R16 && t->ne[1] % 16) return 0;
@@ -174,7 +174,7 @@ static void job_task(void *vctx, int task, int thread) {
     if (c->w8a8) {
         xds_tensor v = {.name = "w", .type = s->type, .n_dims = 2, .ne = {s->n_in, s->n_rows, 1, 1},
                         .data = s->src, .nbytes = s->nbytes};
-        xds_w8a8_from_tensor(&v, j->g0, j->g1, s->dst + (size_t)j->g0 * 16 * (size_t)(s->n_in + 4));
+        xds_w8a8_from_tensor(&v, j->g0, j->g1, s->dst + (size_t)j->g0 * xds_w8a8_bytes(16, s->n_in));
         if (off + len > s->nbytes) len = s->nbytes - off; /* the last group may be partial */
         if (s->owned) return; /* an owned buffer's pages stay */
     } else {

@@ -36,8 +36,8 @@ typedef enum xds_dtype {
      * output row (symmetric), 16 rows interleaved for VPDPBUSD; multiplied
      * by activations quantized per token (int8, one scale per token). Made at
      * load (--quantize w8a8) from any matmul weight, never in a file; legal
-     * only as a matmul weight (xds_matmul*, xds_get_row). A row is n_in + 4
-     * bytes (n_in a multiple of 32, <= 65536); a matrix of n_rows is
+     * only as a matmul weight (xds_matmul*, xds_get_row). A row is K + 4
+     * bytes (K = n_in rounded up to 4, n_in <= 65536); a matrix of n_rows is
      * ceil(n_rows / 16) whole groups (xds_w8a8_bytes). */
     XDS_DTYPE_W8A8,
     XDS_DTYPE_COUNT

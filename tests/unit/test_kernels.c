@@ -646,21 +646,26 @@ static float act_quant8_model(const float *x, int64_t n, float *xdq) {
  *   - xds_matmul_multi mixing W8A8 and Q8_0 == separate products. */
 static void test_w8a8(void) {
     int nl = levels_n();
-    CHECK(xds_w8a8_bytes(16, 48) == 0 && xds_w8a8_bytes(16, 65536 + 32) == 0 && xds_w8a8_bytes(16, 0) == 0);
+    CHECK(xds_w8a8_bytes(16, 65536 + 4) == 0 && xds_w8a8_bytes(16, 0) == 0 && xds_w8a8_bytes(16, 65536) > 0);
     CHECK(xds_w8a8_bytes(17, 64) == 2 * 16 * (64 + 4) && xds_w8a8_bytes(16, 64) == 16 * (64 + 4));
-    CHECK(xds_dtype_row_bytes(XDS_DTYPE_W8A8, 64) == 68 && xds_dtype_row_bytes(XDS_DTYPE_W8A8, 48) == 0);
+    CHECK(xds_w8a8_bytes(16, 6) == 16 * (8 + 4));
+    CHECK(xds_dtype_row_bytes(XDS_DTYPE_W8A8, 64) == 68 && xds_dtype_row_bytes(XDS_DTYPE_W8A8, 6) == 12 &&
+          xds_dtype_row_bytes(XDS_DTYPE_W8A8, 0) == 0);
     xds_pool *pools[2] = {NULL, NULL};
     XDS_ASSERT(xds_pool_create(3, &pools[1]) == XDS_OK);
-    const int64_t ins[] = {32, 96, 576, 2336};
-    const int64_t outs[] = {16, 40, 7, 64};
-    for (int s = 0; s < 4; s++) {
+    /* n_in: whole quads in any count (56: 14 quads, not a multiple of the
+     * one-token kernel's 8-way split), and 6 / 101 (padded to 8 / 104) */
+    const int64_t ins[] = {32, 96, 576, 2336, 56, 6, 101};
+    const int64_t outs[] = {16, 40, 7, 64, 33, 48, 20};
+    for (int s = 0; s < 7; s++) {
         int64_t n_in = ins[s], n_out = outs[s];
+        const xds_dtype other = n_in % 32 ? XDS_DTYPE_F16 : XDS_DTYPE_Q8_0; /* a second weight type for this n_in */
         float *wf = malloc(n_in * n_out * sizeof(float));
         for (int64_t o = 0; o < n_out; o++)
             for (int64_t i = 0; i < n_in; i++) wf[o * n_in + i] = rnd_f() * (0.5f + (o % 5) * 0.3f);
         for (int64_t i = 0; i < n_in; i++) wf[(n_out - 1) * n_in + i] = 0.0f; /* an all-zero row */
         size_t nbytes = xds_w8a8_bytes(n_out, n_in);
-        CHECK(nbytes == (size_t)((n_out + 15) / 16) * 16 * (n_in + 4));
+        CHECK(nbytes == (size_t)((n_out + 15) / 16) * 16 * (((n_in + 3) & ~3) + 4));
         uint8_t *w8 = aligned_alloc(64, (nbytes + 63) & ~(size_t)63), *w8b = aligned_alloc(64, (nbytes + 63) & ~(size_t)63);
         xds_w8a8_quant(wf, n_out, n_in, 0, (n_out + 15) / 16, w8);
         xds_tensor wt = {.name = "w", .type = XDS_DTYPE_W8A8, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
@@ -686,13 +691,13 @@ static void test_w8a8(void) {
         /* from Q8_0: the bytes of its dequantized rows */
         {
             float *qdq = malloc(n_in * n_out * sizeof(float));
-            void *wq8 = make_weights(XDS_DTYPE_Q8_0, n_in, n_out, qdq);
-            xds_tensor tq = {.name = "wq", .type = XDS_DTYPE_Q8_0, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
-                             .data = wq8, .nbytes = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, n_in) * n_out};
+            void *wq8 = make_weights(other, n_in, n_out, qdq);
+            xds_tensor tq = {.name = "wq", .type = other, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
+                             .data = wq8, .nbytes = xds_dtype_row_bytes(other, n_in) * n_out};
             xds_w8a8_from_tensor(&tq, 0, (n_out + 15) / 16, w8b);
             uint8_t *w8c = aligned_alloc(64, (nbytes + 63) & ~(size_t)63);
             xds_w8a8_quant(qdq, n_out, n_in, 0, (n_out + 15) / 16, w8c);
-            CHECK_MSG(memcmp(w8c, w8b, nbytes) == 0, "w8a8 n_in %lld: from Q8_0 != from its f32 rows", (long long)n_in);
+            CHECK_MSG(memcmp(w8c, w8b, nbytes) == 0, "w8a8 n_in %lld: from Q8_0 / F16 != from its f32 rows", (long long)n_in);
             free(w8c), free(wq8), free(qdq);
         }
         const int NT = 70;
@@ -775,9 +780,9 @@ static void test_w8a8(void) {
                       xds_cpu_level_name((xds_cpu_level)l), (long long)n_in, bad, bad_rows);
             /* multi: the same input through a W8A8 and a Q8_0 weight */
             float *qdq = malloc(n_in * n_out * sizeof(float));
-            void *wq8 = make_weights(XDS_DTYPE_Q8_0, n_in, n_out, qdq);
-            xds_tensor wq = {.name = "wq", .type = XDS_DTYPE_Q8_0, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
-                             .data = wq8, .nbytes = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, n_in) * n_out};
+            void *wq8 = make_weights(other, n_in, n_out, qdq);
+            xds_tensor wq = {.name = "wq", .type = other, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
+                             .data = wq8, .nbytes = xds_dtype_row_bytes(other, n_in) * n_out};
             const xds_tensor *ws[2] = {&wt, &wq};
             float *ys[2] = {y, y2};
             xds_matmul_multi(pools[1], 2, ws, x, ys, 9);
