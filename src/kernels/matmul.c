@@ -226,27 +226,40 @@ size_t xds_w8a8_bytes(int64_t n_rows, int64_t n_in) {
     return (size_t)((n_rows + 15) / 16) * XDS_W8A8_GB(n_in);
 }
 
-/* One group of 16 f32 rows (rows[r] NULL: a padding row) -> W8A8 group. */
+/* One group of 16 f32 rows (rows[r] NULL: a padding row) -> W8A8 group.
+ * Portable C at every level (so the bytes never depend on it), written to
+ * vectorize: the max as a compare (a NaN is skipped, like fmaxf), the
+ * division exact, and round-to-nearest-even by the 1.5 * 2^23 trick (exact
+ * for |q| <= 2^22; here |q| <= 127), as nearbyintf in the default mode
+ * but without its libm call. */
 static void w8a8_quant_group(const float *const rows[16], int64_t n_in, uint8_t *g) {
     const int64_t K = XDS_W8A8_K(n_in);
     float *sc = (float *)(g + (size_t)16 * K); /* 4-aligned when g is */
+    XDS_ASSERT(K > 0 && K <= XDS_W8A8_MAX_IN);
+    if (K <= 0 || K > XDS_W8A8_MAX_IN) return; /* (for the compiler's size analysis) */
+    int8_t *q = malloc((size_t)K);
+    XDS_ASSERT(q);
     for (int r = 0; r < 16; r++) {
         float amax = 0.0f;
         const float *x = rows[r];
         if (x)
-            for (int64_t j = 0; j < n_in; j++) amax = fmaxf(amax, fabsf(x[j]));
-        float s = amax / 127.0f;
-        float scale = s;
-        memcpy(&sc[r], &scale, 4);
-        for (int64_t j = 0; j < K; j++) {
-            int v = 0;
-            if (x && s != 0.0f && j < n_in) {
-                v = (int)nearbyintf(x[j] / s);
-                v = v > 127 ? 127 : v < -127 ? -127 : v;
+            for (int64_t j = 0; j < n_in; j++) {
+                float a = fabsf(x[j]);
+                amax = a > amax ? a : amax;
             }
-            g[(j / 4) * 64 + r * 4 + (j % 4)] = (uint8_t)(v + 128);
-        }
+        float s = amax / 127.0f;
+        memcpy(&sc[r], &s, 4);
+        memset(q, 0, (size_t)K);
+        if (x && s != 0.0f)
+            for (int64_t j = 0; j < n_in; j++) {
+                const float m = 12582912.0f; /* 1.5 * 2^23 (no -ffast-math: (a + m) - m is not folded) */
+                float v = (x[j] / s + m) - m;
+                v = v >= -127.0f ? (v <= 127.0f ? v : 127.0f) : -127.0f; /* a NaN weight gives -127 */
+                q[j] = (int8_t)(int)v;
+            }
+        for (int64_t j = 0; j < K; j++) g[(j / 4) * 64 + r * 4 + (j % 4)] = (uint8_t)(q[j] ^ 0x80);
     }
+    free(q);
 }
 
 void xds_w8a8_quant(const float *src, int64_t n_rows, int64_t n_in, int64_t g0, int64_t g1, void *dst) {
