@@ -44,6 +44,7 @@ static void usage(FILE *f) {
             "  --gen N          decode steps per repetition (default 64)\n"
             "  --reps N         timed repetitions after one warm-up (default 5, min 1)\n"
             "  --json           one JSON object per result line\n"
+            "  --quantize MODE  convert the matmul weights at load: w8a8 or none (default)\n"
             "MoE models also get decode steps at several batch sizes against their roofline bound\n"
             "(bytes actually read incl. only the experts hit, bench_moe.c):\n"
             "  --moe-batches L  comma-separated decode batch sizes (default 1,8,32)\n"
@@ -53,7 +54,7 @@ static void usage(FILE *f) {
 
 static int mm_is_quant(xds_dtype t) {
     return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1 ||
-           t == XDS_DTYPE_Q4_K || t == XDS_DTYPE_Q6_K || t == XDS_DTYPE_Q8_0_R16;
+           t == XDS_DTYPE_Q4_K || t == XDS_DTYPE_Q6_K || t == XDS_DTYPE_Q8_0_R16 || t == XDS_DTYPE_W8A8;
 }
 
 /* Multiply-adds per token of the dense matrices (all layers, no LM head) and
@@ -99,7 +100,7 @@ static xds_status run_forward(xds_model_ctx *ctx, xds_kv_cache *kv, const int32_
 int cli_bench(int argc, char **argv) {
     bench_cfg c = {.reps = 5, .gen = 64};
     const char *lens_s = "128,512", *moe_batches_s = "1,8,32";
-    int moe_ctx = 64, moe_only = 0;
+    int moe_ctx = 64, moe_only = 0, quantize = XDS_QUANTIZE_NONE;
     long nproc = sysconf(_SC_NPROCESSORS_ONLN);
     c.threads = nproc > 0 ? (int)nproc : 1;
     for (int i = 1; i < argc; i++) {
@@ -117,7 +118,12 @@ int cli_bench(int argc, char **argv) {
         else if (!strcmp(a, "--moe-batches") && more) moe_batches_s = argv[++i];
         else if (!strcmp(a, "--moe-ctx") && more) moe_ctx = atoi(argv[++i]);
         else if (!strcmp(a, "--moe-only")) moe_only = 1;
-        else {
+        else if (!strcmp(a, "--quantize") && more) {
+            if (xds_quantize_parse(argv[++i], &quantize)) {
+                fprintf(stderr, "xds bench: error: --quantize expects w8a8 or none, got '%s'\n", argv[i]);
+                return 2;
+            }
+        } else {
             fprintf(stderr, "xds bench: error: unknown or incomplete option '%s'\n", a);
             usage(stderr);
             return 2;
@@ -161,7 +167,7 @@ int cli_bench(int argc, char **argv) {
     int max_len = 1;
     for (int i = 0; i < n_lens; i++) max_len = lens[i] > max_len ? lens[i] : max_len;
 
-    xds_model_opts mo = {.prefault = 1};
+    xds_model_opts mo = {.prefault = 1, .quantize = quantize};
     xds_model *m = NULL;
     xds_kv_cache *kv = NULL;
     xds_model_ctx *ctx = NULL;

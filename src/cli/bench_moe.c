@@ -39,7 +39,7 @@
 
 static int is_q(xds_dtype t) {
     return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1 || t == XDS_DTYPE_Q4_K ||
-           t == XDS_DTYPE_Q6_K || t == XDS_DTYPE_Q8_0_R16;
+           t == XDS_DTYPE_Q6_K || t == XDS_DTYPE_Q8_0_R16 || t == XDS_DTYPE_W8A8;
 }
 
 typedef struct {

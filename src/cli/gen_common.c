@@ -44,6 +44,8 @@ static void usage(FILE *f, int chat) {
             "      --seed S              RNG seed (default: random, printed unless --quiet)\n"
             "      --no-bos              do not prepend BOS even if the tokenizer asks for it\n"
             "      --raw                 print special tokens' text instead of hiding them\n"
+            "      --quantize MODE       convert the matmul weights at load: w8a8 (int8, a scale per\n"
+            "                            output channel; activations int8 per token) or none (default)\n"
             "  -q, --quiet               no speed figures / seed on stderr\n",
             chat ? "      --system TEXT         system prompt\n" : "  -p, --prompt TEXT         prompt\n",
             chat ? " per answer (default 512)" : " (default 128)");
@@ -78,7 +80,7 @@ int gen_parse_args(int argc, char **argv, int chat, gen_opts *o) {
     o->n_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (o->n_threads < 1) o->n_threads = 1;
     o->sp = xds_sampler_params_default();
-    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED, O_NOBOS, O_RAW, O_SYS };
+    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED, O_NOBOS, O_RAW, O_SYS, O_QUANT };
     static const struct option lo[] = {
         {"model", required_argument, 0, 'm'},     {"prompt", required_argument, 0, 'p'},
         {"n-predict", required_argument, 0, 'n'}, {"ctx", required_argument, 0, 'c'},
@@ -90,6 +92,7 @@ int gen_parse_args(int argc, char **argv, int chat, gen_opts *o) {
         {"seed", required_argument, 0, O_SEED},   {"no-bos", no_argument, 0, O_NOBOS},
         {"raw", no_argument, 0, O_RAW},           {"system", required_argument, 0, O_SYS},
         {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
+        {"quantize", required_argument, 0, O_QUANT},
         {0, 0, 0, 0}};
     optind = 1;
     opterr = 0;
@@ -128,6 +131,12 @@ int gen_parse_args(int argc, char **argv, int chat, gen_opts *o) {
         }
         case O_NOBOS: o->no_bos = 1; break;
         case O_RAW: o->raw = 1; break;
+        case O_QUANT:
+            if (xds_quantize_parse(optarg, &o->quantize)) {
+                fprintf(stderr, "xds %s: error: --quantize expects w8a8 or none, got '%s'\n", cmd, optarg);
+                bad = 1;
+            }
+            break;
         case 'q': o->quiet = 1; break;
         case 'h': usage(stdout, chat); return 2;
         case ':':
@@ -195,7 +204,7 @@ int gen_session_open(gen_session *s, const char *cmd, const gen_opts *o) {
     memset(s, 0, sizeof *s);
     s->cmd = cmd;
     int last = -1;
-    xds_model_opts mo = {0};
+    xds_model_opts mo = {.quantize = o->quantize};
     if (isatty(2) && !o->quiet) {
         mo.progress = progress_bar;
         mo.progress_user = &last;

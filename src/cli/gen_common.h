@@ -26,6 +26,7 @@ typedef struct gen_opts {
     int n_threads;       /* -t */
     int n_ctx;           /* -c; 0: min(model context, 4096) */
     int no_bos, raw, quiet;
+    int quantize;        /* --quantize: xds_quantize */
     int seed_set;
     xds_sampler_params sp;
 } gen_opts;

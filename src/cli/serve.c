@@ -47,6 +47,8 @@ static void serve_usage(FILE *f) {
             "  --api-key KEY               require 'Authorization: Bearer KEY' on /v1/* (or env XDS_API_KEY)\n"
             "  --served-model-name NAME    model name in the API (default: file name without .gguf)\n"
             "  -t, --threads N             compute threads (default: engine default)\n"
+            "  --quantize MODE             convert the matmul weights at load: w8a8 (int8, a scale per\n"
+            "                              output channel; activations int8 per token) or none (default)\n"
             "  --ctx N                     max prompt + output tokens per request (default min(model, 4096))\n"
             "  --max-batch N               max sequences in the running batch\n"
             "  --max-step-tokens N         token budget per engine step (chunked prefill)\n"
@@ -112,6 +114,7 @@ int cli_serve(int argc, char **argv) {
     xds_server_opts so = xds_server_opts_default();
     xds_engine_opts eo = xds_engine_opts_default();
     long ctx = 0, shutdown_timeout = 60, v;
+    int quantize = XDS_QUANTIZE_NONE;
     serve_deploy dep; /* disaggregated deployment (deploy/supervisor.c); unused without its flags */
     serve_deploy_init(&dep);
     int dep_n;
@@ -130,6 +133,13 @@ int cli_serve(int argc, char **argv) {
         } else if (OPT("-m") || OPT("--model")) {
             if (!val) goto missing;
             model_path = val;
+            i++;
+        } else if (OPT("--quantize")) {
+            if (!val) goto missing;
+            if (xds_quantize_parse(val, &quantize)) {
+                fprintf(stderr, "xds serve: error: --quantize expects w8a8 or none, got '%s'\n", val);
+                return 2;
+            }
             i++;
         } else if (OPT("--host")) {
             if (!val) goto missing;
@@ -230,7 +240,7 @@ int cli_serve(int argc, char **argv) {
     char *name = NULL;
     int rc = 1;
     /* a deployment repacks below, once it knows which units run here */
-    xds_model_opts mo = {.no_repack = dep.enabled || dep.frontend_mode};
+    xds_model_opts mo = {.no_repack = dep.enabled || dep.frontend_mode, .quantize = quantize};
     xds_status st = xds_model_load(model_path, &mo, &model);
     if (st != XDS_OK) {
         fprintf(stderr, "xds serve: error: %s\n", xds_err_msg());

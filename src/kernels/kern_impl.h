@@ -99,6 +99,61 @@ void xds_q8r_pack_generic(const void *src, void *dst, int64_t n_rows, int64_t n_
 void xds_q8r_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t nb, const uint8_t *xq,
                           size_t xq_stride, int n_tok, float *y, int64_t ldy);
 
+/*
+ * W8A8 (XDS_DTYPE_W8A8): int8 weights, one f32 scale per output row; int8
+ * activations, one f32 scale per token; exact int32 dot products.
+ *
+ * Weights: 16 rows interleaved per group as Q8_0_R16, but with no blocks: a
+ * matrix of n_rows x n_in (1 <= n_in <= 65536; K = n_in rounded up to a
+ * multiple of 4) is ceil(n_rows / 16) groups of XDS_W8A8_GB(n_in) =
+ * 16 (K + 4) bytes, group g at g * XDS_W8A8_GB(n_in) (= row 16 g * (K + 4),
+ * as if a row were K + 4 bytes):
+ *   u8  q[K / 4][16][4]      q[k][r][i] = W[16 g + r][4 k + i] + 128
+ *                            (W in [-127, 127]; the u8 operand of VPDPBUSD;
+ *                            W = 0 for columns n_in..K-1)
+ *   f32 s[16]                the 16 rows' scales (amax / 127)
+ * Rows of the last group past n_rows hold W = 0, s = 0. The interleave puts
+ * the 16 rows in the 16 int32 lanes of one VPDPBUSD and makes the group one
+ * contiguous stream (one token reads the matrix front to back).
+ *
+ * Activations ("xa"): per token row, xa_row_bytes(n_in) apart,
+ *   int8  q[n_in]   q = round_nearest_even(x / d) with d = max|x| / 127
+ *                   (computed as x * (1 / d); 0 if all x are 0), |q| <= 127,
+ *                   padded with zeros to a multiple of 64 bytes (>= K)
+ *   f32   d         at xa_d(row, n_in)
+ *   int32 S         sum of q (the -128 S correction of the u8 weights)
+ * Per output (row r, token t), every level computes
+ *   I = sum_j (u_rj - 128) q_tj   (exact int32: |I| <= 255 * 127 * n_in < 2^31)
+ *   y = (float)I * (s_r * d_t)    (two f32 roundings, in this order)
+ * so all levels, tile shapes, batch sizes and thread splits give the same bits.
+ */
+#define XDS_W8A8_MAX_IN 65536
+static inline int64_t XDS_W8A8_K(int64_t n_in) { return (n_in + 3) & ~(int64_t)3; }
+static inline size_t XDS_W8A8_GB(int64_t n_in) { return (size_t)16 * ((size_t)XDS_W8A8_K(n_in) + 4); }
+static inline size_t xa_q_bytes(int64_t n_in) { return ((size_t)n_in + 63) & ~(size_t)63; }
+static inline size_t xa_row_bytes(int64_t n_in) { return xa_q_bytes(n_in) + 64; }
+static inline const float *xa_d(const uint8_t *row, int64_t n_in) { return (const float *)(row + xa_q_bytes(n_in)); }
+static inline const int32_t *xa_sum(const uint8_t *row, int64_t n_in) {
+    return (const int32_t *)(row + xa_q_bytes(n_in) + 4);
+}
+
+/* Quantize one activation row of n_in floats into xa layout at dst. */
+typedef void (*xds_act_quant8_fn)(const float *x, int64_t n_in, uint8_t *dst);
+/* W8A8 GEMM: rows [row0, row0 + n_rows) of the matrix at w (group 0), xa
+ * rows t < n_tok at xa + t * xa_stride: y[t * ldy + (r - row0)]. */
+typedef void (*xds_w8a8_gemm_fn)(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t n_in, const uint8_t *xa,
+                                 size_t xa_stride, int n_tok, float *y, int64_t ldy);
+void xds_act_quant8_generic(const float *x, int64_t n_in, uint8_t *dst);
+void xds_w8a8_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t n_in, const uint8_t *xa,
+                           size_t xa_stride, int n_tok, float *y, int64_t ldy);
+#if defined(__x86_64__)
+void xds_act_quant8_avx512(const float *x, int64_t n_in, uint8_t *dst);
+void xds_w8a8_gemm_avx512(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t n_in, const uint8_t *xa,
+                          size_t xa_stride, int n_tok, float *y, int64_t ldy);
+void xds_w8a8_gemm_avx2(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t n_in, const uint8_t *xa,
+                        size_t xa_stride, int n_tok, float *y, int64_t ldy);
+#endif
+
 #if defined(__x86_64__)
 void xds_q8r_pack_avx512(const void *src, void *dst, int64_t n_rows, int64_t n_in);
 void xds_q8r_gemm_avx512(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t nb, const uint8_t *xq,

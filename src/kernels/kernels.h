@@ -8,7 +8,8 @@
  *
  * Quantized weights (Q8_0/Q4_0/Q4_1/...) are multiplied by activations that
  * are quantized on the fly to 8-bit blocks (as ggml does); float weights
- * (F32/F16/BF16) by f32 activations.
+ * (F32/F16/BF16) by f32 activations; W8A8 weights (int8, one scale per row,
+ * made at load) by activations quantized to int8 with one scale per token.
  */
 #ifndef XDS_KERNELS_KERNELS_H
 #define XDS_KERNELS_KERNELS_H
@@ -52,6 +53,18 @@ void xds_matmul_multi(xds_pool *pool, int n, const xds_tensor *const *w, const f
  * AVX-512 kernel). Row 16 g starts at the same byte offset in both, so a
  * range of whole groups can be packed separately (in parallel). */
 void xds_q8r_pack(const void *src, void *dst, int64_t n_rows, int64_t n_in);
+
+/* W8A8 (kern_impl.h): bytes of a matrix of n_rows x n_in (whole groups of
+ * 16 rows); 0 unless 1 <= n_in <= 65536. */
+size_t xds_w8a8_bytes(int64_t n_rows, int64_t n_in);
+/* Quantize rows [16 g0, 16 g1) of the f32 matrix src (n_rows x n_in,
+ * row-major; rows past n_rows are zero) into groups g0..g1-1 of the W8A8
+ * matrix at dst: per row s = max|w| / 127, q = round_nearest_even(w / s). */
+void xds_w8a8_quant(const float *src, int64_t n_rows, int64_t n_in, int64_t g0, int64_t g1, void *dst);
+/* The same from a matmul weight of any type (F32/F16/BF16, the GGUF
+ * quantized types, Q8_0_R16; dequantized to f32 first, row by row):
+ * groups g0..g1-1 of a matrix of w's rows. XDS_DTYPE_W8A8 input is copied. */
+void xds_w8a8_from_tensor(const xds_tensor *w, int64_t g0, int64_t g1, void *dst);
 
 /* Row i of an embedding-like tensor (any dtype) dequantized to f32 (ne[0] values). */
 void xds_get_row(const xds_tensor *w, int64_t i, float *dst);

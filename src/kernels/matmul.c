@@ -10,6 +10,10 @@
  *   - Q8_0_R16 (16 rows interleaved, made at load): the AVX-512 or the
  *     portable row-group kernel (the AVX2 level uses the portable one); row
  *     chunks are whole groups of 16 rows;
+ *   - W8A8 (per-row int8 weights, made at load by --quantize w8a8): x is
+ *     quantized per token (one scale per token, xa layout of kern_impl.h)
+ *     into a buffer of its own, then the level's W8A8 kernel (generic, AVX2,
+ *     AVX-512 VNNI: the same bits) on whole groups of 16 rows;
  *   - Q4_K/Q6_K: every level uses the portable path (dequantize a row with
  *     the scalar reference, f32 dot products) — correct, not fast;
  *   - row chunks are contiguous (streaming reads) and multiples of 4 rows
@@ -180,6 +184,125 @@ static void q8r_get_row(const uint8_t *w, int64_t nb, int64_t i, float *dst) {
     }
 }
 
+/* ---- W8A8 (layout: kern_impl.h) ------------------------------------------- */
+
+void xds_act_quant8_generic(const float *x, int64_t n_in, uint8_t *dst) {
+    int8_t *q = (int8_t *)dst;
+    float amax = 0.0f;
+    for (int64_t j = 0; j < n_in; j++) amax = fmaxf(amax, fabsf(x[j]));
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    int32_t sum = 0;
+    for (int64_t j = 0; j < n_in; j++) {
+        int v = (int)nearbyintf(x[j] * id);
+        v = v > 127 ? 127 : v < -127 ? -127 : v;
+        q[j] = (int8_t)v;
+        sum += v;
+    }
+    memset(q + n_in, 0, xa_q_bytes(n_in) - (size_t)n_in);
+    memcpy(dst + xa_q_bytes(n_in), &d, 4);
+    memcpy(dst + xa_q_bytes(n_in) + 4, &sum, 4);
+}
+
+void xds_w8a8_gemm_generic(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t n_in, const uint8_t *xa,
+                           size_t xa_stride, int n_tok, float *y, int64_t ldy) {
+    const size_t gb = XDS_W8A8_GB(n_in);
+    for (int64_t r = row0; r < row0 + n_rows; r++) {
+        const uint8_t *g = w + (size_t)(r / 16) * gb;
+        int l = (int)(r % 16);
+        float sw;
+        memcpy(&sw, g + (size_t)16 * XDS_W8A8_K(n_in) + 4 * l, 4);
+        for (int t = 0; t < n_tok; t++) {
+            const uint8_t *xr = xa + t * xa_stride;
+            const int8_t *q = (const int8_t *)xr;
+            int32_t isum = 0;
+            for (int64_t j = 0; j < n_in; j++) isum += ((int)g[(j / 4) * 64 + l * 4 + (j % 4)] - 128) * q[j];
+            y[t * ldy + (r - row0)] = (float)isum * (sw * *xa_d(xr, n_in));
+        }
+    }
+}
+
+size_t xds_w8a8_bytes(int64_t n_rows, int64_t n_in) {
+    if (n_rows < 0 || n_in <= 0 || n_in > XDS_W8A8_MAX_IN) return 0;
+    return (size_t)((n_rows + 15) / 16) * XDS_W8A8_GB(n_in);
+}
+
+/* One group of 16 f32 rows (rows[r] NULL: a padding row) -> W8A8 group.
+ * Portable C at every level (so the bytes never depend on it), written to
+ * vectorize: the max as a compare (a NaN is skipped, like fmaxf), the
+ * division exact, and round-to-nearest-even by the 1.5 * 2^23 trick (exact
+ * for |q| <= 2^22; here |q| <= 127), as nearbyintf in the default mode
+ * but without its libm call. */
+static void w8a8_quant_group(const float *const rows[16], int64_t n_in, uint8_t *g) {
+    const int64_t K = XDS_W8A8_K(n_in);
+    float *sc = (float *)(g + (size_t)16 * K); /* 4-aligned when g is */
+    XDS_ASSERT(K > 0 && K <= XDS_W8A8_MAX_IN);
+    if (K <= 0 || K > XDS_W8A8_MAX_IN) return; /* (for the compiler's size analysis) */
+    int8_t *q = malloc((size_t)K);
+    XDS_ASSERT(q);
+    for (int r = 0; r < 16; r++) {
+        float amax = 0.0f;
+        const float *x = rows[r];
+        if (x)
+            for (int64_t j = 0; j < n_in; j++) {
+                float a = fabsf(x[j]);
+                amax = a > amax ? a : amax;
+            }
+        float s = amax / 127.0f;
+        memcpy(&sc[r], &s, 4);
+        memset(q, 0, (size_t)K);
+        if (x && s != 0.0f)
+            for (int64_t j = 0; j < n_in; j++) {
+                const float m = 12582912.0f; /* 1.5 * 2^23 (no -ffast-math: (a + m) - m is not folded) */
+                float v = (x[j] / s + m) - m;
+                v = v >= -127.0f ? (v <= 127.0f ? v : 127.0f) : -127.0f; /* a NaN weight gives -127 */
+                q[j] = (int8_t)(int)v;
+            }
+        for (int64_t j = 0; j < K; j++) g[(j / 4) * 64 + r * 4 + (j % 4)] = (uint8_t)(q[j] ^ 0x80);
+    }
+    free(q);
+}
+
+void xds_w8a8_quant(const float *src, int64_t n_rows, int64_t n_in, int64_t g0, int64_t g1, void *dst) {
+    XDS_ASSERT(xds_w8a8_bytes(n_rows, n_in) > 0 && 0 <= g0 && g0 <= g1 && g1 * 16 < n_rows + 16);
+    for (int64_t g = g0; g < g1; g++) {
+        const float *rows[16];
+        for (int r = 0; r < 16; r++) rows[r] = 16 * g + r < n_rows ? src + (16 * g + r) * n_in : NULL;
+        w8a8_quant_group(rows, n_in, (uint8_t *)dst + (size_t)(g - g0) * XDS_W8A8_GB(n_in));
+    }
+}
+
+static void w8a8_get_row(const uint8_t *w, int64_t n_in, int64_t i, float *dst) {
+    const uint8_t *g = w + (size_t)(i / 16) * XDS_W8A8_GB(n_in);
+    int l = (int)(i % 16);
+    float s;
+    memcpy(&s, g + (size_t)16 * XDS_W8A8_K(n_in) + 4 * l, 4);
+    for (int64_t j = 0; j < n_in; j++) dst[j] = s * (float)((int)g[(j / 4) * 64 + l * 4 + (j % 4)] - 128);
+}
+
+void xds_w8a8_from_tensor(const xds_tensor *w, int64_t g0, int64_t g1, void *dst) {
+    int64_t n_in = w->ne[0], n_rows = xds_tensor_nelem(w) / n_in;
+    XDS_ASSERT(xds_w8a8_bytes(n_rows, n_in) > 0 && 0 <= g0 && g0 <= g1 && g1 * 16 < n_rows + 16);
+    if (w->type == XDS_DTYPE_W8A8) {
+        memcpy(dst, (const uint8_t *)w->data + (size_t)g0 * XDS_W8A8_GB(n_in), (size_t)(g1 - g0) * XDS_W8A8_GB(n_in));
+        return;
+    }
+    float *buf = malloc(sizeof(float) * 16 * (size_t)n_in);
+    XDS_ASSERT(buf);
+    for (int64_t g = g0; g < g1; g++) {
+        const float *rows[16];
+        for (int r = 0; r < 16; r++) {
+            int64_t i = 16 * g + r;
+            rows[r] = NULL;
+            if (i < n_rows) {
+                xds_get_row(w, i, buf + r * n_in);
+                rows[r] = buf + r * n_in;
+            }
+        }
+        w8a8_quant_group(rows, n_in, (uint8_t *)dst + (size_t)(g - g0) * XDS_W8A8_GB(n_in));
+    }
+    free(buf);
+}
+
 /* ---- driver -------------------------------------------------------------- */
 
 typedef struct {
@@ -199,6 +322,9 @@ typedef struct {
     int n_row_chunks;
     int64_t row0;      /* Q8_0_R16: first row (w is then the matrix's group 0) */
     void (*q8r)(const uint8_t *, int64_t, int64_t, int64_t, const uint8_t *, size_t, int, float *, int64_t);
+    const uint8_t *xa; /* W8A8: (n_tok, xa_row_bytes(n_in)) per-token int8 x */
+    size_t xa_stride;
+    xds_w8a8_gemm_fn w8;
 } mm_ctx;
 
 static void mm_task(void *vctx, int task, int thread) {
@@ -217,6 +343,9 @@ static void mm_task(void *vctx, int task, int thread) {
     case XDS_DTYPE_Q4_1:
         c->kt->qgemm(c->type, w, c->w_row_bytes, r1 - r0, c->nb, c->xq + t0 * c->xq_stride,
                      c->xq_stride, t1 - t0, y, c->ldy);
+        break;
+    case XDS_DTYPE_W8A8:
+        c->w8(c->w, c->row0 + r0, r1 - r0, c->n_in, c->xa + t0 * c->xa_stride, c->xa_stride, t1 - t0, y, c->ldy);
         break;
     case XDS_DTYPE_Q8_0_R16:
         c->q8r(c->w, c->row0 + r0, r1 - r0, c->nb, c->xq + t0 * c->xq_stride, c->xq_stride, t1 - t0, y, c->ldy);
@@ -260,10 +389,27 @@ static int is_q8x(xds_dtype t) {
     return t == XDS_DTYPE_Q8_0 || t == XDS_DTYPE_Q4_0 || t == XDS_DTYPE_Q4_1 || t == XDS_DTYPE_Q8_0_R16;
 }
 
+static xds_w8a8_gemm_fn w8a8_kernel(const xds_kern_table *kt) {
+#if defined(__x86_64__)
+    if (kt == xds_kern_table_get(XDS_CPU_AVX512)) return xds_w8a8_gemm_avx512;
+    if (kt == xds_kern_table_get(XDS_CPU_AVX2)) return xds_w8a8_gemm_avx2;
+#endif
+    return xds_w8a8_gemm_generic;
+}
+
+static xds_act_quant8_fn act_quant8(const xds_kern_table *kt) {
+#if defined(__x86_64__)
+    if (kt == xds_kern_table_get(XDS_CPU_AVX512)) return xds_act_quant8_avx512;
+#endif
+    return xds_act_quant8_generic;
+}
+
 /* Fill c for rows [row0, row1) of w and choose its work split; returns the
- * number of tasks. xq: the quantized x (NULL unless w is Q8_0/Q4_0/Q4_1). */
+ * number of tasks. xq: the quantized x (NULL unless w is Q8_0/Q4_0/Q4_1);
+ * xa: the per-token quantized x (NULL unless w is W8A8). */
 static int mm_plan(mm_ctx *c, const xds_kern_table *kt, int nth, const xds_tensor *w, int64_t row0,
-                   int64_t row1, const float *x, const uint8_t *xq, float *y, int64_t ldy, int n_tok) {
+                   int64_t row1, const float *x, const uint8_t *xq, const uint8_t *xa, float *y, int64_t ldy,
+                   int n_tok) {
     const xds_dtype_traits *tr = xds_dtype_info(w->type);
     XDS_ASSERT(tr && w->data);
     int64_t n_in = w->ne[0], total_rows = xds_tensor_nelem(w) / (n_in ? n_in : 1);
@@ -283,6 +429,14 @@ static int mm_plan(mm_ctx *c, const xds_kern_table *kt, int nth, const xds_tenso
 #if defined(__x86_64__)
         if (kt == xds_kern_table_get(XDS_CPU_AVX512)) c->q8r = xds_q8r_gemm_avx512;
 #endif
+    }
+    if (w->type == XDS_DTYPE_W8A8) {
+        XDS_ASSERT(w->nbytes >= xds_w8a8_bytes(total_rows, n_in) && xds_w8a8_bytes(total_rows, n_in) > 0);
+        c->w = w->data;
+        c->row0 = row0;
+        c->w8 = w8a8_kernel(kt);
+        c->xa = xa;
+        c->xa_stride = xa_row_bytes(n_in);
     }
     c->n_rows = row1 - row0;
     c->n_in = n_in;
@@ -311,7 +465,7 @@ static int mm_plan(mm_ctx *c, const xds_kern_table *kt, int nth, const xds_tenso
     int64_t per = (c->n_rows + want - 1) / want;
     if (n_tok > 1 && per < 16) per = 16;
     per = (per + 3) & ~(int64_t)3;
-    if (w->type == XDS_DTYPE_Q8_0_R16) per = (per + 15) & ~(int64_t)15; /* whole groups */
+    if (w->type == XDS_DTYPE_Q8_0_R16 || w->type == XDS_DTYPE_W8A8) per = (per + 15) & ~(int64_t)15; /* whole groups */
     c->row_chunk = per;
     c->n_row_chunks = (int)((c->n_rows + per - 1) / per);
     return c->n_row_chunks * n_tok_chunks;
@@ -339,16 +493,51 @@ static uint8_t *mm_quant_x(xds_pool *pool, const xds_kern_table *kt, const float
     return xq;
 }
 
+typedef struct {
+    xds_act_quant8_fn quant;
+    const float *x;
+    int64_t n_in;
+    uint8_t *xa;
+    size_t stride;
+    int n_tok, per_task;
+} aq8_ctx;
+
+static void aq8_task(void *vctx, int task, int thread) {
+    const aq8_ctx *c = vctx;
+    int t0 = task * c->per_task, t1 = t0 + c->per_task;
+    if (t1 > c->n_tok) t1 = c->n_tok;
+    for (int t = t0; t < t1; t++) c->quant(c->x + (int64_t)t * c->n_in, c->n_in, c->xa + t * c->stride);
+}
+
+/* Quantize x per token (W8A8 activations) into a buffer of its own (the
+ * pool scratch may hold the block-quantized x of the same call). */
+static uint8_t *mm_quant_x8(xds_pool *pool, const xds_kern_table *kt, const float *x, int64_t n_in, int n_tok) {
+    size_t stride = xa_row_bytes(n_in), need = stride * (size_t)n_tok;
+    uint8_t *xa = aligned_alloc(64, need);
+    XDS_ASSERT(xa);
+    int nth = xds_pool_size(pool);
+    aq8_ctx a = {act_quant8(kt), x, n_in, xa, stride, n_tok, n_tok};
+    if (nth > 1 && (int64_t)n_tok * n_in >= 32768) {
+        a.per_task = (n_tok + nth * 2 - 1) / (nth * 2);
+        xds_pool_run(pool, aq8_task, &a, (n_tok + a.per_task - 1) / a.per_task);
+    } else {
+        aq8_task(&a, 0, 0);
+    }
+    return xa;
+}
+
 void xds_matmul_rows(xds_pool *pool, const xds_tensor *w, int64_t row0, int64_t row1,
                      const float *x, float *y, int64_t ldy, int n_tok) {
     if (row0 == row1 || n_tok == 0) return;
     const xds_kern_table *kt = xds_kern_table_get(xds_cpu_level_get());
     void *owned = NULL;
     const uint8_t *xq = is_q8x(w->type) ? mm_quant_x(pool, kt, x, w->ne[0], n_tok, &owned) : NULL;
+    uint8_t *xa = w->type == XDS_DTYPE_W8A8 ? mm_quant_x8(pool, kt, x, w->ne[0], n_tok) : NULL;
     mm_ctx c;
-    int n_tasks = mm_plan(&c, kt, xds_pool_size(pool), w, row0, row1, x, xq, y, ldy, n_tok);
+    int n_tasks = mm_plan(&c, kt, xds_pool_size(pool), w, row0, row1, x, xq, xa, y, ldy, n_tok);
     xds_pool_run(pool, mm_task, &c, n_tasks);
     free(owned);
+    free(xa);
 }
 
 #define MM_MULTI_MAX 8
@@ -372,23 +561,27 @@ void xds_matmul_multi(xds_pool *pool, int n, const xds_tensor *const *w, const f
     if (n == 0 || n_tok == 0) return;
     const xds_kern_table *kt = xds_kern_table_get(xds_cpu_level_get());
     int64_t n_in = w[0]->ne[0];
-    int any_q = 0;
+    int any_q = 0, any_w8 = 0;
     for (int i = 0; i < n; i++) {
         XDS_ASSERT(w[i]->ne[0] == n_in);
         any_q |= is_q8x(w[i]->type);
+        any_w8 |= w[i]->type == XDS_DTYPE_W8A8;
     }
     void *owned = NULL;
     const uint8_t *xq = any_q ? mm_quant_x(pool, kt, x, n_in, n_tok, &owned) : NULL;
+    uint8_t *xa = any_w8 ? mm_quant_x8(pool, kt, x, n_in, n_tok) : NULL;
     mm_multi_ctx m;
     m.n = n;
     m.first[0] = 0;
     for (int i = 0; i < n; i++) {
         int64_t rows = xds_tensor_nelem(w[i]) / n_in;
         m.first[i + 1] = m.first[i] + mm_plan(&m.c[i], kt, xds_pool_size(pool), w[i], 0, rows, x,
-                                              is_q8x(w[i]->type) ? xq : NULL, y[i], rows, n_tok);
+                                              is_q8x(w[i]->type) ? xq : NULL,
+                                              w[i]->type == XDS_DTYPE_W8A8 ? xa : NULL, y[i], rows, n_tok);
     }
     xds_pool_run(pool, mm_multi_task, &m, m.first[n]);
     free(owned);
+    free(xa);
 }
 
 void xds_matmul(xds_pool *pool, const xds_tensor *w, const float *x, float *y, int n_tok) {
@@ -401,6 +594,10 @@ void xds_get_row(const xds_tensor *w, int64_t i, float *dst) {
     XDS_ASSERT(rb > 0 && i >= 0 && i < xds_tensor_nelem(w) / w->ne[0]);
     if (w->type == XDS_DTYPE_Q8_0_R16) {
         q8r_get_row(w->data, w->ne[0] / 32, i, dst);
+        return;
+    }
+    if (w->type == XDS_DTYPE_W8A8) {
+        w8a8_get_row(w->data, w->ne[0], i, dst);
         return;
     }
     xds_dequant_row(w->type, (const uint8_t *)w->data + i * rb, dst, w->ne[0]);

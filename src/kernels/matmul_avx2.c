@@ -395,3 +395,68 @@ void xds_fgemm_avx2(xds_dtype type, const uint8_t *w, size_t w_row_bytes, int64_
         r0 += R;
     }
 }
+
+/* ---- W8A8 (see kern_impl.h) -------------------------------------------------
+ * No VNNI here: per quad k the group's 64 bytes are two vectors of 8 rows x
+ * 4 bytes; the signed weights w = u xor 0x80 enter maddubs(|w|, sign(x, w))
+ * (|pair sum| <= 2 * 127 * 127 < 32768, exact) and VPMADDWD with ones turns
+ * each row's 4 products into one int32 lane. A tile of up to 4 tokens keeps
+ * 2 x T int32 accumulators (rows 0-7, 8-15); the sums are exact, the float
+ * ops are the generic kernel's, so the bits are the same. */
+static inline __attribute__((always_inline)) void w8_tile2(const int T, const uint8_t *g, int64_t n_in,
+                                                           const uint8_t *xa, size_t xs, float *y, int64_t ldy,
+                                                           int64_t l0, int64_t l1) {
+    __m256i acc[2][4];
+    const int32_t *xr[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        xr[t] = (const int32_t *)(xa + t * xs);
+        acc[0][t] = acc[1][t] = _mm256_setzero_si256();
+    }
+    const __m256i k80 = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    const int64_t nq = XDS_W8A8_K(n_in) / 4;
+    for (int64_t k = 0; k < nq; k++) {
+        const uint8_t *gk = g + 64 * k;
+        __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)gk), k80);
+        __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(gk + 32)), k80);
+        __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            __m256i xb = _mm256_set1_epi32(xr[t][k]);
+            acc[0][t] = _mm256_add_epi32(acc[0][t], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
+            acc[1][t] = _mm256_add_epi32(acc[1][t], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
+        }
+    }
+    const float *sw = (const float *)(g + 16 * XDS_W8A8_K(n_in));
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        const __m256 dx = _mm256_set1_ps(*xa_d(xa + t * xs, n_in));
+        float tmp[16];
+        _mm256_storeu_ps(tmp, _mm256_mul_ps(_mm256_cvtepi32_ps(acc[0][t]), _mm256_mul_ps(_mm256_loadu_ps(sw), dx)));
+        _mm256_storeu_ps(tmp + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(acc[1][t]), _mm256_mul_ps(_mm256_loadu_ps(sw + 8), dx)));
+        memcpy(y + t * ldy, tmp + l0, (size_t)(l1 - l0) * sizeof(float));
+    }
+}
+
+void xds_w8a8_gemm_avx2(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t n_in, const uint8_t *xa,
+                        size_t xa_stride, int n_tok, float *y, int64_t ldy) {
+    const size_t gbytes = XDS_W8A8_GB(n_in);
+    for (int64_t r = row0; r < row0 + n_rows;) {
+        int64_t g = r / 16, l0 = r % 16, l1 = row0 + n_rows - g * 16;
+        if (l1 > 16) l1 = 16;
+        const uint8_t *gp = w + g * gbytes;
+        float *yr = y + (r - row0);
+        for (int t0 = 0; t0 < n_tok; t0 += 4) {
+            int T = n_tok - t0 < 4 ? n_tok - t0 : 4;
+            const uint8_t *x0 = xa + t0 * xa_stride;
+            float *y0 = yr + t0 * ldy;
+            switch (T) {
+            case 1: w8_tile2(1, gp, n_in, x0, xa_stride, y0, ldy, l0, l1); break;
+            case 2: w8_tile2(2, gp, n_in, x0, xa_stride, y0, ldy, l0, l1); break;
+            case 3: w8_tile2(3, gp, n_in, x0, xa_stride, y0, ldy, l0, l1); break;
+            default: w8_tile2(4, gp, n_in, x0, xa_stride, y0, ldy, l0, l1); break;
+            }
+        }
+        r = g * 16 + l1;
+    }
+}

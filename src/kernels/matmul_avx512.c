@@ -1233,3 +1233,212 @@ void xds_q8r_pack_avx512(const void *src, void *dst, int64_t n_rows, int64_t n_i
         }
     }
 }
+
+/* ---- W8A8: int8 weights x per-token int8 activations (see kern_impl.h) -----
+ *
+ * The Q8_0_R16 scheme without blocks: 16 rows in the 16 int32 lanes, per
+ * quad k of the row one weight vector (64 bytes) and, per token, one
+ * VPDPBUSD with the token's 4 activation bytes of quad k as an embedded
+ * {1to16} broadcast. The int32 sums run over the whole row (exact), so the
+ * float work is one convert and two multiplies per (16 rows, token) — the
+ * loop is VPDPBUSD and loads only. Few tokens split the quads over U
+ * independent accumulators per token (the VPDPBUSD latency would otherwise
+ * bound one chain); they are added in int32 at the end, exact, so every
+ * tile shape gives the bits of the generic kernel.
+ */
+/* Tokens per register tile: 8 measured best in cache (one core, 2048- and
+ * 7168-wide rows, 32-128 tokens: 81-83% of the VPDPBUSD peak against 77-80%
+ * with 12 — 12 token pointers do not fit the general registers with the
+ * loop's own and gcc spills two of them). */
+#ifndef W8_TT
+#define W8_TT 8
+#endif
+/* Software prefetch W8_PF bytes ahead into L1, only while the first token
+ * tile of a group (pair) streams it from memory: the later tiles find it in
+ * cache, where the prefetches cost load slots (in cache, 8-128 tokens:
+ * 80-83% of the peak with them on every tile, 83-88% without). */
+#ifndef W8_PF
+#define W8_PF 4096
+#endif
+
+static inline __mmask16 tail16(int64_t n, int64_t j) {
+    return n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+}
+
+void xds_act_quant8_avx512(const float *x, int64_t n_in, uint8_t *dst) {
+    __m512 vm = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n_in; j += 16) vm = _mm512_max_ps(vm, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail16(n_in, j), x + j)));
+    float amax = _mm512_reduce_max_ps(vm); /* max is exact: the same value as the generic loop */
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512i vs = _mm512_setzero_si512();
+    int8_t *q = (int8_t *)dst;
+    for (int64_t j = 0; j < n_in; j += 16) {
+        const __mmask16 m = tail16(n_in, j);
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), vid));
+        v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi); /* masked-off lanes: 0 */
+        vs = _mm512_add_epi32(vs, v);
+        _mm_mask_storeu_epi8(q + j, m, _mm512_cvtepi32_epi8(v));
+    }
+    memset(q + n_in, 0, xa_q_bytes(n_in) - (size_t)n_in);
+    int32_t sum = _mm512_reduce_add_epi32(vs);
+    memcpy(dst + xa_q_bytes(n_in), &d, 4);
+    memcpy(dst + xa_q_bytes(n_in) + 4, &sum, 4);
+}
+
+static inline __attribute__((always_inline)) void w8_tile(const int T, const int U, const uint8_t *g, int64_t n_in,
+                                                          const uint8_t *xa, size_t xs, float *y, int64_t ldy,
+                                                          int64_t l0, int64_t l1, const int pf) {
+    __m512i acc[8][W8_TT];
+    const int32_t *xr[W8_TT];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) {
+        xr[t] = (const int32_t *)(xa + t * xs);
+        acc[0][t] = _mm512_set1_epi32(-128 * *xa_sum(xa + t * xs, n_in));
+#pragma GCC unroll 8
+        for (int u = 1; u < U; u++) acc[u][t] = _mm512_setzero_si512();
+    }
+    const int64_t nq = XDS_W8A8_K(n_in) / 4;
+    int64_t k = 0;
+    for (; k + U <= nq; k += U) {
+        const uint8_t *gk = g + 64 * k;
+        if (T >= 2 && pf && W8_PF)
+#pragma GCC unroll 8
+            for (int u = 0; u < U; u++) _mm_prefetch((const char *)gk + W8_PF + 64 * u, _MM_HINT_T0);
+#pragma GCC unroll 8
+        for (int u = 0; u < U; u++) {
+            const __m512i w = _mm512_loadu_si512(gk + 64 * u);
+#pragma GCC unroll 16
+            for (int t = 0; t < T; t++) acc[u][t] = dpb_bcast(acc[u][t], w, xr[t] + k + u);
+        }
+    }
+    for (; k < nq; k++) { /* the last quads when U does not divide nq */
+        const __m512i w = _mm512_loadu_si512(g + 64 * k);
+#pragma GCC unroll 16
+        for (int t = 0; t < T; t++) acc[0][t] = dpb_bcast(acc[0][t], w, xr[t] + k);
+    }
+    const __m512 sw = _mm512_loadu_ps((const float *)(g + 16 * XDS_W8A8_K(n_in)));
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) {
+        __m512i a = acc[0][t];
+#pragma GCC unroll 8
+        for (int u = 1; u < U; u++) a = _mm512_add_epi32(a, acc[u][t]);
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(sw, _mm512_set1_ps(*xa_d(xa + t * xs, n_in))));
+        if (l0 == 0 && l1 == 16) {
+            _mm512_storeu_ps(y + t * ldy, v);
+        } else { /* y points at output row l0 of the group: lane l goes to y[l - l0] */
+            float tmp[16];
+            _mm512_storeu_ps(tmp, v);
+            memcpy(y + t * ldy, tmp + l0, (size_t)(l1 - l0) * sizeof(float));
+        }
+    }
+}
+
+/* Two whole groups (32 rows) x T tokens: per quad 2 weight loads and T
+ * broadcasts feed 2 T VPDPBUSD (one group: 1 + T loads for T), and 2 T
+ * independent chains hide the VPDPBUSD latency; 2 x W8_TT accumulators fit
+ * the 32 zmm registers. Same int32 sums, same float epilogue as w8_tile. */
+static inline __attribute__((always_inline)) void w8_tile_2g(const int T, const uint8_t *g, size_t gbytes, int64_t n_in,
+                                                             const uint8_t *xa, size_t xs, float *y, int64_t ldy,
+                                                             const int pf) {
+    __m512i acc[2][W8_TT];
+    const int32_t *xr[W8_TT];
+    const uint8_t *g1 = g + gbytes;
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) {
+        xr[t] = (const int32_t *)(xa + t * xs);
+        acc[0][t] = acc[1][t] = _mm512_set1_epi32(-128 * *xa_sum(xa + t * xs, n_in));
+    }
+    const int64_t nq = XDS_W8A8_K(n_in) / 4;
+    for (int64_t k = 0; k < nq; k++) {
+        if (pf && W8_PF) {
+            _mm_prefetch((const char *)g + 64 * k + W8_PF, _MM_HINT_T0);
+            _mm_prefetch((const char *)g1 + 64 * k + W8_PF, _MM_HINT_T0);
+        }
+        const __m512i w0 = _mm512_loadu_si512(g + 64 * k), w1 = _mm512_loadu_si512(g1 + 64 * k);
+#pragma GCC unroll 16
+        for (int t = 0; t < T; t++) {
+            acc[0][t] = dpb_bcast(acc[0][t], w0, xr[t] + k);
+            acc[1][t] = dpb_bcast(acc[1][t], w1, xr[t] + k);
+        }
+    }
+    const int64_t K = XDS_W8A8_K(n_in);
+    const __m512 sw0 = _mm512_loadu_ps((const float *)(g + 16 * K)), sw1 = _mm512_loadu_ps((const float *)(g1 + 16 * K));
+#pragma GCC unroll 16
+    for (int t = 0; t < T; t++) {
+        const __m512 dx = _mm512_set1_ps(*xa_d(xa + t * xs, n_in));
+        _mm512_storeu_ps(y + t * ldy, _mm512_mul_ps(_mm512_cvtepi32_ps(acc[0][t]), _mm512_mul_ps(sw0, dx)));
+        _mm512_storeu_ps(y + t * ldy + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(acc[1][t]), _mm512_mul_ps(sw1, dx)));
+    }
+}
+
+static void w8_tile_2g_call(int T, const uint8_t *g, size_t gbytes, int64_t n_in, const uint8_t *xa, size_t xs, float *y,
+                            int64_t ldy, int pf) {
+#define W8_C2(n)                                                    \
+    case n:                                                         \
+        if (pf) w8_tile_2g(n, g, gbytes, n_in, xa, xs, y, ldy, 1);  \
+        else w8_tile_2g(n, g, gbytes, n_in, xa, xs, y, ldy, 0);     \
+        break;
+    switch (T < W8_TT ? T : W8_TT) {
+        W8_C2(4) W8_C2(5) W8_C2(6) W8_C2(7)
+#if W8_TT > 8
+        W8_C2(8) W8_C2(9) W8_C2(10) W8_C2(11)
+#endif
+    default:
+        if (pf) w8_tile_2g(W8_TT, g, gbytes, n_in, xa, xs, y, ldy, 1);
+        else w8_tile_2g(W8_TT, g, gbytes, n_in, xa, xs, y, ldy, 0);
+        break;
+    }
+#undef W8_C2
+}
+
+static void w8_tile_call(int T, const uint8_t *g, int64_t n_in, const uint8_t *xa, size_t xs, float *y, int64_t ldy,
+                         int64_t l0, int64_t l1, int pf) {
+#define W8_C(n, u)                                                  \
+    case n:                                                         \
+        if (pf) w8_tile(n, u, g, n_in, xa, xs, y, ldy, l0, l1, 1);  \
+        else w8_tile(n, u, g, n_in, xa, xs, y, ldy, l0, l1, 0);     \
+        break;
+    switch (T < W8_TT ? T : W8_TT) {
+        W8_C(1, 8) W8_C(2, 4) W8_C(3, 4) W8_C(4, 2) W8_C(5, 2) W8_C(6, 2) W8_C(7, 1)
+#if W8_TT > 8
+        W8_C(8, 1) W8_C(9, 1) W8_C(10, 1) W8_C(11, 1)
+#endif
+    default:
+        if (pf) w8_tile(W8_TT, 1, g, n_in, xa, xs, y, ldy, l0, l1, 1);
+        else w8_tile(W8_TT, 1, g, n_in, xa, xs, y, ldy, l0, l1, 0);
+        break;
+    }
+#undef W8_C
+}
+
+void xds_w8a8_gemm_avx512(const uint8_t *w, int64_t row0, int64_t n_rows, int64_t n_in, const uint8_t *xa,
+                          size_t xa_stride, int n_tok, float *y, int64_t ldy) {
+    const size_t gbytes = XDS_W8A8_GB(n_in);
+    /* tiles of at most W8_TT tokens, balanced (12 -> 6 + 6, not 8 + 4) */
+    const int n_tiles = (n_tok + W8_TT - 1) / W8_TT, per = n_tiles ? (n_tok + n_tiles - 1) / n_tiles : 1;
+    for (int64_t r = row0; r < row0 + n_rows;) {
+        int64_t g = r / 16, l0 = r % 16, l1 = row0 + n_rows - g * 16;
+        if (l1 > 16) l1 = 16;
+        const uint8_t *gp = w + g * gbytes;
+        float *yr = y + (r - row0);
+        if (l0 == 0 && l1 == 16 && row0 + n_rows - r >= 32 && per >= 4) { /* two whole groups */
+            for (int t0 = 0; t0 < n_tok; t0 += per) {
+                int T = n_tok - t0 < per ? n_tok - t0 : per;
+                if (T >= 4) w8_tile_2g_call(T, gp, gbytes, n_in, xa + t0 * xa_stride, xa_stride, yr + t0 * ldy, ldy, t0 == 0);
+                else
+                    for (int h = 0; h < 2; h++)
+                        w8_tile_call(T, gp + h * gbytes, n_in, xa + t0 * xa_stride, xa_stride, yr + t0 * ldy + 16 * h,
+                                     ldy, 0, 16, t0 == 0);
+            }
+            r += 32;
+            continue;
+        }
+        for (int t0 = 0; t0 < n_tok; t0 += per) {
+            int T = n_tok - t0 < per ? n_tok - t0 : per;
+            w8_tile_call(T, gp, n_in, xa + t0 * xa_stride, xa_stride, yr + t0 * ldy, ldy, l0, l1, t0 == 0);
+        }
+        r = g * 16 + l1;
+    }
+}

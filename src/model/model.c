@@ -453,6 +453,8 @@ static xds_status bind_all(loader *L) {
 }
 
 xds_status xds_model_load(const char *path, const xds_model_opts *opts, xds_model **out) {
+    if (opts && opts->quantize != XDS_QUANTIZE_NONE && opts->quantize != XDS_QUANTIZE_W8A8)
+        return xds_err_set(XDS_ERR_INVALID, "model: unknown quantize mode %d", opts->quantize);
     xds_model *m = calloc(1, sizeof *m);
     if (!m) return xds_err_set(XDS_ERR_NOMEM, "model: out of memory");
     xds_status s = xds_weights_open(path, &m->weights);
@@ -461,6 +463,7 @@ xds_status xds_model_load(const char *path, const xds_model_opts *opts, xds_mode
         return s;
     }
     loader L = {.m = m, .gguf = xds_weights_is_gguf(m->weights), .opts = opts};
+    m->quantize = opts ? opts->quantize : XDS_QUANTIZE_NONE;
     if (L.gguf) s = config_from_gguf(xds_weights_gguf(m->weights), &m->cfg);
     else s = config_from_json(xds_hfdir_config(xds_weights_hfdir(m->weights)), &m->cfg);
     if (s == XDS_OK && L.gguf && m->cfg.n_vocab == 0) {
@@ -470,7 +473,7 @@ xds_status xds_model_load(const char *path, const xds_model_opts *opts, xds_mode
     if (s == XDS_OK) s = config_check(&m->cfg);
     if (s == XDS_OK) s = bind_all(&L);
     if (s == XDS_OK && !(opts && opts->no_repack))
-        s = xds_model_repack(m); /* Q8_0 matmul weights -> Q8_0_R16 (AVX-512) */
+        s = xds_model_repack(m); /* Q8_0 matmul weights -> Q8_0_R16 (AVX-512), or all -> W8A8 */
     if (s != XDS_OK) {
         xds_model_free(m);
         return s;
@@ -504,4 +507,12 @@ size_t xds_model_weight_bytes(const xds_model *m) {
              w->w_up.nbytes + w->w_down.nbytes;
     }
     return n;
+}
+
+int xds_quantize_parse(const char *name, int *out) {
+    if (!name) return -1;
+    if (!strcmp(name, "w8a8")) *out = XDS_QUANTIZE_W8A8;
+    else if (!strcmp(name, "none")) *out = XDS_QUANTIZE_NONE;
+    else return -1;
+    return 0;
 }

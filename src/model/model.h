@@ -168,9 +168,19 @@ typedef struct xds_model {
     float rope_attn_factor;    /* multiplies cos/sin (1 unless yarn) */
     float attn_scale;          /* softmax scale, 1/sqrt(head_dim) */
     struct xds_mtp_layer *mtp; /* (cfg.moe.n_mtp) next-token-prediction layers, loaded only */
-    void *repacked;            /* owned anonymous mapping of the Q8_0_R16 copies (model/repack.c), or NULL */
+    void *repacked;            /* owned anonymous mapping of the Q8_0_R16 / W8A8 copies (model/repack.c), or NULL */
     size_t repacked_bytes;
+    int quantize;              /* xds_quantize: what the repack pass converts to (from xds_model_opts) */
 } xds_model;
+
+/* Load-time conversion of the matmul weights (xds_model_opts.quantize). */
+typedef enum {
+    XDS_QUANTIZE_NONE = 0, /* as in the file (Q8_0 -> Q8_0_R16 on AVX-512) */
+    XDS_QUANTIZE_W8A8 = 1, /* every matmul weight -> W8A8 (int8, per-row scale; per-token int8 activations) */
+} xds_quantize;
+
+/* "w8a8" / "none" -> *out; -1 if the name is not one of them. */
+int xds_quantize_parse(const char *name, int *out);
 
 typedef struct xds_model_opts {
     /* Called during loading with frac in [0, 1] (NULL: none). */
@@ -183,6 +193,9 @@ typedef struct xds_model_opts {
      * xds_model_repack_units once for the units it runs (a deployment's
      * expert worker or attention rank). 0: repack the whole model. */
     int no_repack;
+    /* xds_quantize: XDS_QUANTIZE_W8A8 converts every matmul weight (any
+     * type the file holds) to W8A8 in the repack pass, at every CPU level. */
+    int quantize;
 } xds_model_opts;
 
 /* Load a GGUF file or Hugging Face directory. opts may be NULL.
@@ -193,7 +206,9 @@ xds_status xds_model_load(const char *path, const xds_model_opts *opts, xds_mode
 void xds_model_free(xds_model *m);
 
 /* Repack (model/repack.c: Q8_0 -> Q8_0_R16 in one anonymous huge-page
- * mapping; a no-op unless the CPU level is AVX-512 and XDS_REPACK != "0")
+ * mapping; a no-op unless the CPU level is AVX-512 and XDS_REPACK != "0";
+ * with m->quantize == XDS_QUANTIZE_W8A8 every matmul weight -> W8A8, at any
+ * level)
  * only the weights of the units this process runs, so that the processes of
  * one deployment on one host do not each hold a copy of the whole model.
  * dense: the non-routed weights (attention, dense FFN, router, shared

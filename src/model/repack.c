@@ -24,6 +24,15 @@
  * machine's cores.
  * Invariant: after the pass every repacked view (type Q8_0_R16) points into
  * the mapping, with unchanged shape and nbytes; nothing else changes.
+ *
+ * W8A8 (m->quantize == XDS_QUANTIZE_W8A8, `--quantize w8a8`): the same
+ * tensors of any type (F32/F16/BF16, Q8_0, Q4_x, Q4_K, Q6_K) with rows of at
+ * most 65536 values and any row count are converted instead
+ * (xds_w8a8_from_tensor: dequantized to f32 row by row, then int8 with one
+ * scale per row), at every CPU level (all have W8A8 kernels); a view then
+ * points into the mapping with type W8A8 and nbytes = xds_w8a8_bytes (whole
+ * groups of 16 rows). The owned absorbed K gets a copy in the mapping too (its
+ * size changes). Tensors that do not qualify stay as they are (logged).
  */
 #include "model/repack.h"
 
@@ -56,7 +65,9 @@ typedef struct {
     uint8_t *dst;       /* where the repacked copy goes */
     int64_t n_rows, n_in;
     int owned, keep;
-    size_t nbytes;
+    size_t nbytes;      /* of the source */
+    xds_dtype type;     /* of the source */
+    size_t dst_bytes;   /* of the copy */
 } rp_src;
 
 typedef struct {
@@ -68,9 +79,28 @@ typedef struct {
     rp_src *srcs;
     rp_job *jobs;
     long page;
+    int w8a8;
 } rp_ctx;
 
-static int eligible(const xds_tensor *t) {
+static int eligible_w8a8(const xds_tensor *t) {
+    if (!t->data || t->ne[2] != 1 || t->ne[3] != 1 || t->ne[1] <= 0) return 0;
+    switch (t->type) {
+    case XDS_DTYPE_F32: case XDS_DTYPE_F16: case XDS_DTYPE_BF16: case XDS_DTYPE_Q8_0: case XDS_DTYPE_Q4_0:
+    case XDS_DTYPE_Q4_1: case XDS_DTYPE_Q4_K: case XDS_DTYPE_Q6_K: case XDS_DTYPE_Q8_0_R16: break;
+    default: return 0;
+    }
+    size_t rb = xds_dtype_row_bytes(t->type, t->ne[0]);
+    if (!rb || xds_w8a8_bytes(t->ne[1], t->ne[0]) == 0) {
+        XDS_LOGW("model: --quantize w8a8: %s (%s, rows of %lld) left as it is (rows of at most 65536 values)",
+                 t->name ? t->name : "?", xds_dtype_name(t->type), (long long)t->ne[0]);
+        return 0;
+    }
+    if (t->type == XDS_DTYPE_Q8_0_R16 && t->ne[1] % 16) return 0;
+    return t->nbytes == rb * (size_t)t->ne[1];
+}
+
+static int eligible(int w8a8, const xds_tensor *t) {
+    if (w8a8) return eligible_w8a8(t);
     if (t->type != XDS_DTYPE_Q8_0 || !t->data || t->ne[0] <= 0 || t->ne[0] % 32) return 0;
     if (t->ne[2] != 1 || t->ne[3] != 1) return 0;
     int64_t rows = t->ne[1];
@@ -80,10 +110,11 @@ static int eligible(const xds_tensor *t) {
 typedef struct {
     rp_ref *v;
     int n, cap;
+    int w8a8; /* the pass converts to W8A8 (eligible_w8a8) */
 } rp_list;
 
 static int add(rp_list *L, xds_tensor *t, int flags) {
-    if (!eligible(t)) return 0;
+    if (!eligible(L->w8a8, t)) return 0;
     if (L->n == L->cap) {
         int cap = L->cap ? 2 * L->cap : 256;
         rp_ref *v = realloc(L->v, sizeof *v * (size_t)cap);
@@ -138,17 +169,26 @@ static void job_task(void *vctx, int task, int thread) {
     const rp_ctx *c = vctx;
     const rp_job *j = &c->jobs[task];
     const rp_src *s = &c->srcs[j->src];
-    size_t rb = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, s->n_in), off = (size_t)j->g0 * 16 * rb,
+    size_t rb = xds_dtype_row_bytes(s->type, s->n_in), off = (size_t)j->g0 * 16 * rb,
            len = (size_t)(j->g1 - j->g0) * 16 * rb;
-    if (s->owned) return; /* in place: done serially after the run */
-    xds_q8r_pack(s->src + off, s->dst + off, (j->g1 - j->g0) * 16, s->n_in);
+    if (c->w8a8) {
+        xds_tensor v = {.name = "w", .type = s->type, .n_dims = 2, .ne = {s->n_in, s->n_rows, 1, 1},
+                        .data = s->src, .nbytes = s->nbytes};
+        xds_w8a8_from_tensor(&v, j->g0, j->g1, s->dst + (size_t)j->g0 * xds_w8a8_bytes(16, s->n_in));
+        if (off + len > s->nbytes) len = s->nbytes - off; /* the last group may be partial */
+        if (s->owned) return; /* an owned buffer's pages stay */
+    } else {
+        if (s->owned) return; /* in place: done serially after the run */
+        xds_q8r_pack(s->src + off, s->dst + off, (j->g1 - j->g0) * 16, s->n_in);
+    }
     /* the copied source pages (whole pages inside the range) leave the process */
     uintptr_t a = ((uintptr_t)s->src + off + (uintptr_t)c->page - 1) & ~((uintptr_t)c->page - 1);
     uintptr_t b = ((uintptr_t)s->src + off + len) & ~((uintptr_t)c->page - 1);
     if (b > a && !s->keep) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
-static int repack_enabled(void) {
+static int repack_enabled(const xds_model *m) {
+    if (m->quantize == XDS_QUANTIZE_W8A8) return 1;
     const char *e = getenv("XDS_REPACK");
     if (e && !strcmp(e, "0")) return 0;
     return xds_cpu_level_get() == XDS_CPU_AVX512;
@@ -165,10 +205,11 @@ xds_status xds_model_repack(xds_model *m) {
 }
 
 xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *experts) {
-    if (!repack_enabled()) return XDS_OK;
+    if (!repack_enabled(m)) return XDS_OK;
     if (m->repacked)
         return xds_err_set(XDS_ERR_INVALID, "model: weights already repacked (repack_units is called once)");
-    rp_list L = {0};
+    const int w8 = m->quantize == XDS_QUANTIZE_W8A8;
+    rp_list L = {.w8a8 = w8};
     if (collect(m, &L, dense, experts)) {
         free(L.v);
         return xds_err_set(XDS_ERR_NOMEM, "model: out of memory (repack list)");
@@ -191,13 +232,15 @@ xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *expert
     for (int i = 0; i < L.n; i++) {
         const xds_tensor *t = L.v[i].t;
         int owned = (L.v[i].flags & RP_OWNED) != 0, keep = (L.v[i].flags & RP_KEEP) != 0;
-        if (ns > 0 && srcs[ns - 1].src == t->data && srcs[ns - 1].n_in == t->ne[0] && srcs[ns - 1].n_rows == t->ne[1]) {
+        if (ns > 0 && srcs[ns - 1].src == t->data && srcs[ns - 1].n_in == t->ne[0] && srcs[ns - 1].n_rows == t->ne[1] &&
+            srcs[ns - 1].type == t->type) {
             which[i] = ns - 1;
             srcs[ns - 1].keep |= keep;
             continue;
         }
-        srcs[ns] = (rp_src){t->data, NULL, t->ne[1], t->ne[0], owned, keep, t->nbytes};
-        if (!owned) total += (t->nbytes + 63) & ~(size_t)63;
+        size_t db = w8 ? xds_w8a8_bytes(t->ne[1], t->ne[0]) : t->nbytes;
+        srcs[ns] = (rp_src){t->data, NULL, t->ne[1], t->ne[0], owned, keep, t->nbytes, t->type, db};
+        if (!owned || w8) total += (db + 63) & ~(size_t)63;
         which[i] = ns++;
     }
     const size_t huge = (size_t)2 << 20;
@@ -220,12 +263,12 @@ xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *expert
     size_t off = 0;
     int64_t n_jobs = 0;
     for (int s = 0; s < ns; s++) {
-        if (!srcs[s].owned) {
+        if (!srcs[s].owned || w8) {
             srcs[s].dst = base + off;
-            off += (srcs[s].nbytes + 63) & ~(size_t)63;
+            off += (srcs[s].dst_bytes + 63) & ~(size_t)63;
         }
-        size_t rb = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, srcs[s].n_in);
-        int64_t groups = srcs[s].n_rows / 16, per = (int64_t)((4u << 20) / (16 * rb)) + 1;
+        size_t rb = xds_dtype_row_bytes(srcs[s].type, srcs[s].n_in);
+        int64_t groups = (srcs[s].n_rows + 15) / 16, per = (int64_t)((4u << 20) / (16 * rb)) + 1;
         n_jobs += (groups + per - 1) / per;
     }
     rp_job *jobs = malloc(sizeof *jobs * (size_t)n_jobs);
@@ -236,8 +279,8 @@ xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *expert
     }
     int64_t k = 0;
     for (int s = 0; s < ns; s++) {
-        size_t rb = xds_dtype_row_bytes(XDS_DTYPE_Q8_0, srcs[s].n_in);
-        int64_t groups = srcs[s].n_rows / 16, per = (int64_t)((4u << 20) / (16 * rb)) + 1;
+        size_t rb = xds_dtype_row_bytes(srcs[s].type, srcs[s].n_in);
+        int64_t groups = (srcs[s].n_rows + 15) / 16, per = (int64_t)((4u << 20) / (16 * rb)) + 1;
         for (int64_t g = 0; g < groups; g += per) jobs[k++] = (rp_job){s, g, g + per < groups ? g + per : groups};
     }
     long nproc = sysconf(_SC_NPROCESSORS_ONLN);
@@ -245,7 +288,7 @@ xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *expert
     xds_pool *pool = NULL;
     if (nth > 1 && xds_pool_create(nth, &pool) != XDS_OK) pool = NULL;
     long page = sysconf(_SC_PAGESIZE);
-    rp_ctx c = {srcs, jobs, page > 0 ? page : 4096};
+    rp_ctx c = {srcs, jobs, page > 0 ? page : 4096, w8};
     if (pool) xds_pool_run(pool, job_task, &c, (int)n_jobs);
     else
         for (int64_t j = 0; j < n_jobs; j++) job_task(&c, (int)j, 0);
@@ -258,7 +301,7 @@ xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *expert
      * refusal (old kernel, no memory) leaves them as they are. */
     if (base) madvise(base, map_bytes, MADV_COLLAPSE);
     /* owned (absorbed K) buffers: in place through a temporary copy */
-    for (int s = 0; s < ns; s++) {
+    for (int s = 0; s < ns && !w8; s++) {
         if (!srcs[s].owned) continue;
         uint8_t *tmp = malloc(srcs[s].nbytes);
         if (!tmp) {
@@ -274,11 +317,12 @@ xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *expert
         const rp_src *s = &srcs[which[i]];
         if (!s->dst) continue; /* an owned buffer left unpacked after an error */
         L.v[i].t->data = s->dst;
-        L.v[i].t->type = XDS_DTYPE_Q8_0_R16;
+        L.v[i].t->type = w8 ? XDS_DTYPE_W8A8 : XDS_DTYPE_Q8_0_R16;
+        if (w8) L.v[i].t->nbytes = s->dst_bytes;
     }
     m->repacked = base;
     m->repacked_bytes = map_bytes;
-    XDS_LOGD("model: repacked %d Q8_0 matrices (%.2f GB) into q8_0_r16", ns, (double)total / 1e9);
+    XDS_LOGD("model: repacked %d matrices (%.2f GB) into %s", ns, (double)total / 1e9, w8 ? "w8a8" : "q8_0_r16");
 done:
     free(which);
     free(srcs);

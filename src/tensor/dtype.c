@@ -14,6 +14,7 @@ static const xds_dtype_traits traits[XDS_DTYPE_COUNT] = {
     [XDS_DTYPE_Q4_K] = {"q4_k", XDS_QK_K, sizeof(xds_block_q4_k)},
     [XDS_DTYPE_Q6_K] = {"q6_k", XDS_QK_K, sizeof(xds_block_q6_k)},
     [XDS_DTYPE_Q8_0_R16] = {"q8_0_r16", XDS_QK8_0, sizeof(xds_block_q8_0)},
+    [XDS_DTYPE_W8A8] = {"w8a8", 1, 1}, /* (n rounded up to 4) + 4 bytes of scale per row: xds_dtype_row_bytes */
 };
 
 const xds_dtype_traits *xds_dtype_info(xds_dtype t) {
@@ -29,6 +30,7 @@ const char *xds_dtype_name(xds_dtype t) {
 size_t xds_dtype_row_bytes(xds_dtype t, int64_t n) {
     const xds_dtype_traits *tr = xds_dtype_info(t);
     if (!tr || n < 0 || n % tr->block_size) return 0;
+    if (t == XDS_DTYPE_W8A8) return n <= 0 || n > 65536 ? 0 : (size_t)((n + 3) & ~(int64_t)3) + 4;
     return (size_t)(n / tr->block_size) * (size_t)tr->block_bytes;
 }
 

@@ -32,6 +32,14 @@ typedef enum xds_dtype {
      * legal only as a matmul weight (xds_matmul*, xds_get_row), not for
      * xds_dequant_row / xds_quant_row. Same bytes per row as Q8_0. */
     XDS_DTYPE_Q8_0_R16,
+    /* W8A8 (src/kernels/kern_impl.h): int8 weights with one f32 scale per
+     * output row (symmetric), 16 rows interleaved for VPDPBUSD; multiplied
+     * by activations quantized per token (int8, one scale per token). Made at
+     * load (--quantize w8a8) from any matmul weight, never in a file; legal
+     * only as a matmul weight (xds_matmul*, xds_get_row). A row is K + 4
+     * bytes (K = n_in rounded up to 4, n_in <= 65536); a matrix of n_rows is
+     * ceil(n_rows / 16) whole groups (xds_w8a8_bytes). */
+    XDS_DTYPE_W8A8,
     XDS_DTYPE_COUNT
 } xds_dtype;
 

@@ -31,6 +31,9 @@ expect_error "bad -n" "-n" "$XDS" generate -m "$tmp/x.gguf" -p hi -n abc
 expect_error "unknown option" "unknown option" "$XDS" generate -m "$tmp/x.gguf" -p hi --bogus
 expect_error "no tokenizer" "tokenizer" "$XDS" generate -m "$ROOT/tests/data/oracle/tiny/h72_mha_untied" -p hi
 expect_error "chat missing model" "no-such" "$XDS" chat -m "$tmp/no-such.gguf" </dev/null
+expect_error "bad --quantize" "quantize expects w8a8" "$XDS" generate -m "$tmp/x.gguf" -p hi --quantize int3
+"$XDS" bench -m "$tmp/x.gguf" --quantize int3 >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -q "quantize expects w8a8" "$tmp/err" && ok || bad "bench --quantize int3: rc=$rc $(cat "$tmp/err")"
 
 M=${XDS_TEST_MODEL:-}
 if [ -z "$M" ]; then
@@ -65,6 +68,15 @@ b=$("$XDS" generate -m "$M" -p "$P" -n $NS --temp 1.0 --seed 42 -t 2 -q 2>/dev/n
 c=$("$XDS" generate -m "$M" -p "$P" -n $NS --temp 1.0 --seed 43 -t 2 -q 2>/dev/null)
 [ -n "$a" ] && [ "$a" == "$b" ] && ok || bad "same seed gave different text: '$a' vs '$b'"
 [ "$a" != "$c" ] && ok || bad "seeds 42 and 43 gave the same text '$a'"
+
+# --- --quantize w8a8: the same greedy text at every CPU level (the W8A8 kernels give the same bits)
+P8="The capital of France is"
+w0=$(XDS_CPU=generic "$XDS" generate -m "$M" -p "$P8" -n $NS --temp 0 -t 2 -q --quantize w8a8 2>"$tmp/err"); rc=$?
+[ $rc -eq 0 ] && [ -n "$w0" ] && ok || bad "generate --quantize w8a8: rc=$rc $(cat "$tmp/err")"
+for lvl in avx2 avx512; do
+  w1=$(XDS_CPU=$lvl "$XDS" generate -m "$M" -p "$P8" -n $NS --temp 0 -t 2 -q --quantize w8a8 2>/dev/null)
+  [ "$w1" == "$w0" ] && ok || bad "w8a8 greedy text at $lvl differs from generic: '$w1' vs '$w0'"
+done
 
 # --- speed line on stderr unless --quiet ----------------------------------------
 "$XDS" generate -m "$M" -p "Hello" -n 4 --temp 0 -t 2 >/dev/null 2>"$tmp/err"

@@ -15,6 +15,8 @@
  *     chunk with the others' decode tokens). One sequence is ~40 tokens
  *     long (10 KV blocks of 4), so a decode path that splits the keys of a
  *     long context across threads only for single-token batches would show.
+ *   - the same with --quantize w8a8 (every matmul weight W8A8) for the MoE
+ *     fixtures and SmolLM2.
  */
 #include <dirent.h>
 #include <math.h>
@@ -82,9 +84,10 @@ static int fwd(xds_model_ctx *ctx, xds_kv_cache *kv, int n, const int32_t *tok, 
     return s == XDS_OK;
 }
 
-static void check_model(const char *path, const char *name, int n_prompt_max) {
+static void check_model(const char *path, const char *name, int n_prompt_max, int quantize) {
     xds_model *m = NULL;
-    xds_status s = xds_model_load(path, NULL, &m);
+    xds_model_opts mo = {.quantize = quantize};
+    xds_status s = xds_model_load(path, &mo, &m);
     CHECK_MSG(s == XDS_OK, "%s: load: %s", name, xds_err_msg());
     if (s != XDS_OK) return;
     int V = m->cfg.n_vocab;
@@ -151,7 +154,7 @@ out:
     xds_model_free(m);
 }
 
-static void check_dir(const char *dir, int n_prompt_max) {
+static void check_dir(const char *dir, int n_prompt_max, int quantize) {
     DIR *d = opendir(dir);
     CHECK_MSG(d != NULL, "fixtures %s missing", dir);
     if (!d) return;
@@ -165,17 +168,21 @@ static void check_dir(const char *dir, int n_prompt_max) {
     for (int i = 0; i < n; i++) {
         char path[4352];
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        check_model(path, names[i], n_prompt_max);
+        check_model(path, names[i], n_prompt_max, quantize);
     }
 }
 
 int main(void) {
     test_rng_seed(0x2545f4914f6cdd1dull); /* the data these checks were written with */
     test_attn_paths();
-    check_dir(XDS_SOURCE_DIR "/tests/data/oracle/tiny", 12);
-    check_dir(XDS_SOURCE_DIR "/tests/data/oracle/moe", 12);
+    check_dir(XDS_SOURCE_DIR "/tests/data/oracle/tiny", 12, XDS_QUANTIZE_NONE);
+    check_dir(XDS_SOURCE_DIR "/tests/data/oracle/moe", 12, XDS_QUANTIZE_NONE);
+    check_dir(XDS_SOURCE_DIR "/tests/data/oracle/moe", 12, XDS_QUANTIZE_W8A8);
     const char *mp = getenv("XDS_TEST_MODEL");
-    if (mp && *mp) check_model(mp, "SmolLM2", getenv("XDS_SANITIZED") ? 4 : 10);
+    if (mp && *mp) {
+        check_model(mp, "SmolLM2", getenv("XDS_SANITIZED") ? 4 : 10, XDS_QUANTIZE_NONE);
+        check_model(mp, "SmolLM2 w8a8", getenv("XDS_SANITIZED") ? 4 : 10, XDS_QUANTIZE_W8A8);
+    }
     else TEST_SKIP("SmolLM2: XDS_TEST_MODEL not set");
     TEST_MAIN_END();
 }

@@ -13,7 +13,10 @@
  *   - batch invariance: each token's output row bit-identical whatever
  *     n_tok, tile position, pool size or row range (memcmp);
  *   - Q8_0_R16 (row-interleaved Q8_0): get_row, accuracy, batch invariance
- *     for 1..70 tokens and group-cutting row ranges, same bits at every level.
+ *     for 1..70 tokens and group-cutting row ranges, same bits at every level;
+ *   - W8A8 (per-channel int8 weights x per-token int8 activations): the
+ *     quantizers, get_row, the product against a double reference, batch
+ *     invariance and the same bits at every level, as for Q8_0_R16.
  */
 #include <math.h>
 #include <stdint.h>
@@ -618,6 +621,183 @@ static void test_q8r(void) {
     xds_pool_free(pools[1]);
 }
 
+/* Scalar model of the per-token activation quantizer (kern_impl.h, W8A8). */
+static float act_quant8_model(const float *x, int64_t n, float *xdq) {
+    float amax = 0;
+    for (int64_t j = 0; j < n; j++) amax = fmaxf(amax, fabsf(x[j]));
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int64_t j = 0; j < n; j++) xdq[j] = d * nearbyintf(x[j] * id);
+    return d;
+}
+
+/* W8A8 (per-row int8 weights, made at load): per level,
+ *   - the sizes (whole groups; n_in a multiple of 32 up to 65536, else 0);
+ *   - xds_w8a8_quant from f32 rows: every value within half a step (s / 2)
+ *     of the f32 weight, s = max|row| / 127, xds_get_row gives s * q; from an
+ *     F32 tensor the same bytes; from Q8_0 the bytes of its dequantized rows;
+ *   - each level's activation quantizer writes the generic one's bytes, and
+ *     those match the scalar model (values d * q, d = max|x| / 127);
+ *   - the product equals the double sum over the dequantized weights and
+ *     activations (tight: exact int32 sums, two f32 roundings);
+ *   - batch invariance: n_tok = 1..70 (pools of 1 and 3 threads), row ranges
+ *     cutting groups, n_out not a multiple of 16: each token's outputs
+ *     bit-identical to one token at a time, and to the generic kernel at
+ *     every level;
+ *   - xds_matmul_multi mixing W8A8 and Q8_0 == separate products. */
+static void test_w8a8(void) {
+    int nl = levels_n();
+    CHECK(xds_w8a8_bytes(16, 65536 + 4) == 0 && xds_w8a8_bytes(16, 0) == 0 && xds_w8a8_bytes(16, 65536) > 0);
+    CHECK(xds_w8a8_bytes(17, 64) == 2 * 16 * (64 + 4) && xds_w8a8_bytes(16, 64) == 16 * (64 + 4));
+    CHECK(xds_w8a8_bytes(16, 6) == 16 * (8 + 4));
+    CHECK(xds_dtype_row_bytes(XDS_DTYPE_W8A8, 64) == 68 && xds_dtype_row_bytes(XDS_DTYPE_W8A8, 6) == 12 &&
+          xds_dtype_row_bytes(XDS_DTYPE_W8A8, 0) == 0);
+    xds_pool *pools[2] = {NULL, NULL};
+    XDS_ASSERT(xds_pool_create(3, &pools[1]) == XDS_OK);
+    /* n_in: whole quads in any count (56: 14 quads, not a multiple of the
+     * one-token kernel's 8-way split), and 6 / 101 (padded to 8 / 104) */
+    const int64_t ins[] = {32, 96, 576, 2336, 56, 6, 101};
+    const int64_t outs[] = {16, 40, 7, 64, 33, 48, 20};
+    for (int s = 0; s < 7; s++) {
+        int64_t n_in = ins[s], n_out = outs[s];
+        const xds_dtype other = n_in % 32 ? XDS_DTYPE_F16 : XDS_DTYPE_Q8_0; /* a second weight type for this n_in */
+        float *wf = malloc(n_in * n_out * sizeof(float));
+        for (int64_t o = 0; o < n_out; o++)
+            for (int64_t i = 0; i < n_in; i++) wf[o * n_in + i] = rnd_f() * (0.5f + (o % 5) * 0.3f);
+        for (int64_t i = 0; i < n_in; i++) wf[(n_out - 1) * n_in + i] = 0.0f; /* an all-zero row */
+        size_t nbytes = xds_w8a8_bytes(n_out, n_in);
+        CHECK(nbytes == (size_t)((n_out + 15) / 16) * 16 * (((n_in + 3) & ~3) + 4));
+        uint8_t *w8 = aligned_alloc(64, (nbytes + 63) & ~(size_t)63), *w8b = aligned_alloc(64, (nbytes + 63) & ~(size_t)63);
+        xds_w8a8_quant(wf, n_out, n_in, 0, (n_out + 15) / 16, w8);
+        xds_tensor wt = {.name = "w", .type = XDS_DTYPE_W8A8, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
+                         .data = w8, .nbytes = nbytes};
+        xds_tensor tf = {.name = "wf", .type = XDS_DTYPE_F32, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
+                         .data = wf, .nbytes = n_in * n_out * sizeof(float)};
+        xds_w8a8_from_tensor(&tf, 0, (n_out + 15) / 16, w8b);
+        CHECK_MSG(memcmp(w8, w8b, nbytes) == 0, "w8a8 n_in %lld: from an F32 tensor != from f32 rows", (long long)n_in);
+        /* get_row and the quantization error */
+        float *wdq = malloc(n_in * n_out * sizeof(float));
+        int q_ok = 1;
+        for (int64_t o = 0; o < n_out; o++) {
+            xds_get_row(&wt, o, wdq + o * n_in);
+            float amax = 0;
+            for (int64_t i = 0; i < n_in; i++) amax = fmaxf(amax, fabsf(wf[o * n_in + i]));
+            float st = amax / 127.0f;
+            for (int64_t i = 0; i < n_in; i++) {
+                float v = wdq[o * n_in + i], q = st != 0.0f ? v / st : 0.0f;
+                q_ok &= fabsf(v - wf[o * n_in + i]) <= 0.5f * st * (1 + 1e-5f) && fabsf(q - nearbyintf(q)) < 1e-3f;
+            }
+        }
+        CHECK_MSG(q_ok, "w8a8 n_in %lld: a dequantized weight is off by more than half a step", (long long)n_in);
+        /* from Q8_0: the bytes of its dequantized rows */
+        {
+            float *qdq = malloc(n_in * n_out * sizeof(float));
+            void *wq8 = make_weights(other, n_in, n_out, qdq);
+            xds_tensor tq = {.name = "wq", .type = other, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
+                             .data = wq8, .nbytes = xds_dtype_row_bytes(other, n_in) * n_out};
+            xds_w8a8_from_tensor(&tq, 0, (n_out + 15) / 16, w8b);
+            uint8_t *w8c = aligned_alloc(64, (nbytes + 63) & ~(size_t)63);
+            xds_w8a8_quant(qdq, n_out, n_in, 0, (n_out + 15) / 16, w8c);
+            CHECK_MSG(memcmp(w8c, w8b, nbytes) == 0, "w8a8 n_in %lld: from Q8_0 / F16 != from its f32 rows", (long long)n_in);
+            free(w8c), free(wq8), free(qdq);
+        }
+        const int NT = 70;
+        float *x = malloc(NT * n_in * sizeof(float)), *xdq = malloc(n_in * sizeof(float));
+        for (int64_t i = 0; i < NT * n_in; i++) x[i] = rnd_f() * (1 + (i / n_in) % 3);
+        for (int64_t i = 0; i < n_in; i++) x[3 * n_in + i] = 0.0f; /* an all-zero token */
+        /* activation quantizer: the scalar model, the same bytes at every level */
+        {
+            size_t xs = xa_row_bytes(n_in);
+            uint8_t *a0 = aligned_alloc(64, xs), *a1 = aligned_alloc(64, xs);
+            int aq_ok = 1;
+            for (int tk = 0; tk < 5; tk++) {
+                xds_act_quant8_generic(x + tk * n_in, n_in, a0);
+                float d = act_quant8_model(x + tk * n_in, n_in, xdq);
+                int32_t sum = 0;
+                for (int64_t i = 0; i < n_in; i++) {
+                    aq_ok &= xdq[i] == d * (float)((const int8_t *)a0)[i];
+                    sum += ((const int8_t *)a0)[i];
+                }
+                aq_ok &= *xa_d(a0, n_in) == d && *xa_sum(a0, n_in) == sum;
+#if defined(__x86_64__)
+                if (nl > XDS_CPU_AVX512) {
+                    memset(a1, 0x55, xs);
+                    xds_act_quant8_avx512(x + tk * n_in, n_in, a1);
+                    aq_ok &= memcmp(a0, a1, xa_q_bytes(n_in) + 8) == 0;
+                }
+#endif
+            }
+            CHECK_MSG(aq_ok, "w8a8 n_in %lld: activation quantization differs from the model", (long long)n_in);
+            free(a0), free(a1);
+        }
+        float *solo = malloc(NT * n_out * sizeof(float)), *solo0 = malloc(NT * n_out * sizeof(float));
+        float *y = malloc(NT * n_out * sizeof(float)), *y2 = malloc(NT * n_out * sizeof(float));
+        for (int l = 0; l < nl; l++) {
+            xds_cpu_level_set((xds_cpu_level)l);
+            for (int tk = 0; tk < NT; tk++) xds_matmul(NULL, &wt, x + tk * n_in, solo + tk * n_out, 1);
+            if (l == 0) {
+                memcpy(solo0, solo, NT * n_out * sizeof(float));
+                int fails = 0;
+                for (int tk = 0; tk < NT; tk++) {
+                    act_quant8_model(x + tk * n_in, n_in, xdq);
+                    for (int64_t o = 0; o < n_out; o++) {
+                        double ref = 0, mag = 0;
+                        for (int64_t i = 0; i < n_in; i++) {
+                            ref += (double)wdq[o * n_in + i] * xdq[i];
+                            mag += fabs((double)wdq[o * n_in + i] * xdq[i]);
+                        }
+                        if (!(fabs(solo[tk * n_out + o] - ref) <= 1e-6 * mag + 1e-7)) fails++;
+                    }
+                }
+                CHECK_MSG(fails == 0, "w8a8 n_in %lld: %d outputs off the double reference", (long long)n_in, fails);
+            }
+            CHECK_MSG(memcmp(solo, solo0, NT * n_out * sizeof(float)) == 0, "w8a8 n_in %lld: level %s differs from generic",
+                      (long long)n_in, xds_cpu_level_name((xds_cpu_level)l));
+            int bad = 0, bad_rows = 0;
+            for (int n_tok = 1; n_tok <= NT; n_tok++) {
+                int t0 = (n_tok * 7) % (NT + 1 - n_tok);
+                xds_matmul(pools[n_tok & 1], &wt, x + t0 * n_in, y, n_tok);
+                for (int tk = 0; tk < n_tok; tk++)
+                    if (memcmp(y + tk * n_out, solo + (t0 + tk) * n_out, n_out * sizeof(float))) bad++;
+                if (n_tok % 7 == 1) { /* row ranges cutting groups */
+                    const int64_t rr[][2] = {{1, n_out - 1}, {5, 16}, {16, n_out}, {17, n_out - 3}, {0, 3}};
+                    for (int k = 0; k < 5; k++) {
+                        int64_t r0 = rr[k][0], r1 = rr[k][1], ldy = r1 - r0 + 2;
+                        if (r1 <= r0 || r1 > n_out) continue;
+                        float *yr = malloc(n_tok * ldy * sizeof(float));
+                        for (int64_t i = 0; i < n_tok * ldy; i++) yr[i] = 12345.0f;
+                        xds_matmul_rows(pools[k & 1], &wt, r0, r1, x, yr, ldy, n_tok);
+                        for (int tk = 0; tk < n_tok; tk++) {
+                            if (memcmp(yr + tk * ldy, solo + tk * n_out + r0, (r1 - r0) * sizeof(float))) bad_rows++;
+                            if (yr[tk * ldy + r1 - r0] != 12345.0f || yr[tk * ldy + r1 - r0 + 1] != 12345.0f)
+                                bad_rows++; /* wrote outside [r0, r1) */
+                        }
+                        free(yr);
+                    }
+                }
+            }
+            CHECK_MSG(bad == 0 && bad_rows == 0,
+                      "w8a8 batch invariance level %s n_in %lld: %d matmul rows, %d matmul_rows rows differ",
+                      xds_cpu_level_name((xds_cpu_level)l), (long long)n_in, bad, bad_rows);
+            /* multi: the same input through a W8A8 and a Q8_0 weight */
+            float *qdq = malloc(n_in * n_out * sizeof(float));
+            void *wq8 = make_weights(other, n_in, n_out, qdq);
+            xds_tensor wq = {.name = "wq", .type = other, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
+                             .data = wq8, .nbytes = xds_dtype_row_bytes(other, n_in) * n_out};
+            const xds_tensor *ws[2] = {&wt, &wq};
+            float *ys[2] = {y, y2};
+            xds_matmul_multi(pools[1], 2, ws, x, ys, 9);
+            float *yq = malloc(9 * n_out * sizeof(float));
+            xds_matmul(NULL, &wq, x, yq, 9);
+            CHECK_MSG(memcmp(y, solo, 9 * n_out * sizeof(float)) == 0 && memcmp(y2, yq, 9 * n_out * sizeof(float)) == 0,
+                      "w8a8 matmul_multi level %s n_in %lld differs from separate products",
+                      xds_cpu_level_name((xds_cpu_level)l), (long long)n_in);
+            free(yq), free(wq8), free(qdq);
+        }
+        free(y2), free(y), free(solo0), free(solo), free(xdq), free(x), free(wdq), free(w8b), free(w8), free(wf);
+    }
+    xds_pool_free(pools[1]);
+}
+
 int main(void) {
     /* XDS_CPU is read once, at the first use of the level */
     setenv("XDS_CPU", "generic", 1);
@@ -640,6 +820,7 @@ int main(void) {
     test_matmul_multi();
     test_batch_invariance();
     test_q8r();
+    test_w8a8();
     test_ops();
     test_roofline();
     TEST_MAIN_END();

@@ -13,6 +13,9 @@
  * logits within SMOL_TOL there and, teacher-forced, on ordinary text (prose, a
  * chat question, code: tokens the counting prompts never use). Bad input: unsupported architecture, missing tensor, wrong shape,
  * each with a clear error naming the field / tensor.
+ * SmolLM2 with --quantize w8a8 (every matmul weight re-quantized from Q4_1 to
+ * int8 per row, activations int8 per token): run in lockstep with the Q4_1
+ * model, teacher-forced on the oracle's tokens, see test_smollm2_w8a8.
  */
 #include <dirent.h>
 #include <jansson.h>
@@ -282,6 +285,146 @@ static void test_smollm2(const char *path, int f32) {
     json_decref(j);
 }
 
+/*
+ * W8A8 against Q4_1 (the same file, loaded twice; the W8A8 model's weights are
+ * the Q4_1 weights dequantized and re-quantized to int8 with one scale per
+ * row). Both run in lockstep on every oracle prompt, teacher-forced on the
+ * oracle's tokens (the counting prompts' greedy tokens, the text prompts'
+ * tokens; <= 48 steps each, 240 in all). Per step: whether the two argmaxes
+ * agree (top-1 agreement), max |delta| over all 49152 logits relative to the
+ * Q4_1 step's max |logit|, and the top-20 logits against transformers (as
+ * test_smollm2, whose Q4_1 bound is SMOL_TOL = 2.0).
+ * Two runs separate the two errors W8A8 adds:
+ *   - deq = 1: the W8A8 weights dequantized back to f32 (f32 activations):
+ *     the load-time conversion alone. Measured (AMD EPYC Zen 4): top-1 0.996,
+ *     worst relative 0.080, vs transformers 0.79 — Q4_1's own figure (its Q8
+ *     block activations), i.e. int8 per-row weights lose next to nothing.
+ *     Bounds: 0.98, 0.12, SMOL_TOL.
+ *   - deq = 0: the W8A8 kernels (activations int8 with ONE scale per token):
+ *     top-1 0.967, worst relative 0.27, vs transformers 3.36 (every level the
+ *     same bits). The loss is the per-token activation scale: SmolLM2's
+ *     activations have outlier channels that a scale per 32-block (Q8) hides
+ *     and a scale per token does not — what SmoothQuant-style smoothing (not
+ *     done here) addresses. Bounds at ~1.3x the measured error: 0.94, 0.35, 4.5.
+ */
+#define W8_DEQ_TOP1_MIN 0.98
+#define W8_DEQ_REL_MAX 0.12
+#define W8_TOP1_MIN 0.94
+#define W8_REL_MAX 0.35
+#define W8_ORACLE_TOL 4.5
+static void test_smollm2_w8a8(const char *path, int deq) {
+    json_t *j = json_load_file(XDS_SOURCE_DIR "/tests/data/oracle/smollm2.json", 0, NULL);
+    CHECK_MSG(j != NULL, "tests/data/oracle/smollm2.json missing");
+    if (!j) return;
+    xds_model *m[2] = {NULL, NULL};
+    xds_model_opts mo = {.quantize = XDS_QUANTIZE_W8A8};
+    CHECK(xds_model_load(path, NULL, &m[0]) == XDS_OK);
+    xds_status s = xds_model_load(path, &mo, &m[1]);
+    CHECK_MSG(s == XDS_OK, "load %s with w8a8: %s", path, xds_err_msg());
+    if (!m[0] || !m[1]) {
+        xds_model_free(m[0]), xds_model_free(m[1]);
+        return json_decref(j);
+    }
+    CHECK(m[1]->cfg.n_layer == 30 && m[1]->layers[0].wq.type == XDS_DTYPE_W8A8 && m[1]->layers[29].w_down.type == XDS_DTYPE_W8A8 &&
+          m[1]->output.type == XDS_DTYPE_W8A8 && m[1]->tok_embd.type == m[0]->tok_embd.type &&
+          m[1]->tok_embd.type != XDS_DTYPE_W8A8 && m[1]->output.data != m[1]->tok_embd.data);
+    xds_model_opts bad = {.quantize = 7};
+    xds_model *mb = NULL;
+    CHECK(xds_model_load(path, &bad, &mb) == XDS_ERR_INVALID && mb == NULL);
+    float *deq_data[8 * 30 + 1];
+    int n_deq = 0;
+    for (int l = 0; deq && l < m[1]->cfg.n_layer; l++) { /* the W8A8 weights back to f32 */
+        xds_layer_weights *w = &m[1]->layers[l];
+        xds_tensor *ts[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down, &m[1]->output};
+        for (int i = 0; i < (l == 0 ? 8 : 7) && n_deq < 8 * 30 + 1; i++) {
+            if (ts[i]->type != XDS_DTYPE_W8A8) continue;
+            int64_t n0 = ts[i]->ne[0], n1 = ts[i]->ne[1];
+            float *d = malloc(sizeof(float) * n0 * n1);
+            for (int64_t r = 0; r < n1; r++) xds_get_row(ts[i], r, d + r * n0);
+            ts[i]->type = XDS_DTYPE_F32, ts[i]->data = d, ts[i]->nbytes = sizeof(float) * n0 * n1;
+            deq_data[n_deq++] = d;
+        }
+    }
+    int V = m[0]->cfg.n_vocab;
+    xds_kv_cache *kv[2];
+    xds_model_ctx *ctx[2];
+    float *lg[2];
+    for (int k = 0; k < 2; k++) {
+        CHECK(xds_model_kv_cache_create(m[k], 256, 16, 1, &kv[k]) == XDS_OK);
+        CHECK(xds_model_ctx_create(m[k], kv[k], 2, 64, &ctx[k]) == XDS_OK);
+        lg[k] = malloc(sizeof(float) * V);
+    }
+    const char *san = getenv("XDS_SANITIZED");
+    int sanitized = san && *san && strcmp(san, "0") != 0;
+    int steps = 0, agree = 0;
+    double worst_rel = 0, oracle_worst = 0;
+    const char *sets[2] = {"cases", "text_cases"}, *fedk[2] = {"greedy", "tokens"};
+    for (int set = 0; set < 2; set++) {
+        json_t *cs = json_object_get(j, sets[set]);
+        for (size_t ci = 0; ci < json_array_size(cs); ci++) {
+            if (sanitized && ci >= 1) break;
+            json_t *c = json_array_get(cs, ci);
+            json_t *ids = json_object_get(c, "ids"), *fed = json_object_get(c, fedk[set]), *top = json_object_get(c, "top");
+            int np = (int)json_array_size(ids), ng = (int)json_array_size(fed);
+            if (np <= 0 || np > 200) continue;
+            if (ng > 48) ng = 48;
+            if (sanitized && ng > 4) ng = 4;
+            int32_t toks[256], pos[256], sq[256];
+            for (int i = 0; i < np; i++) toks[i] = (int32_t)json_integer_value(json_array_get(ids, i)), pos[i] = i, sq[i] = 0;
+            for (int k = 0; k < 2; k++) {
+                xds_kv_seq_truncate(kv[k], 0, 0);
+                CHECK(xds_kv_seq_reserve(kv[k], 0, np + ng) == XDS_OK);
+                int32_t last = np - 1;
+                xds_batch b = {np, toks, pos, sq};
+                CHECK(xds_model_forward(ctx[k], &b, &last, 1, lg[k]) == XDS_OK);
+            }
+            for (int st = 0; st < ng; st++) {
+                double mx = 0, d = 0;
+                for (int v = 0; v < V; v++) {
+                    mx = fmax(mx, fabs(lg[0][v]));
+                    d = fmax(d, fabs(lg[1][v] - lg[0][v]));
+                }
+                worst_rel = fmax(worst_rel, d / mx);
+                agree += xds_argmax(lg[0], V) == xds_argmax(lg[1], V);
+                steps++;
+                json_t *row = json_array_get(top, st);
+                json_t *rid = json_object_get(row, "ids"), *rlg = json_object_get(row, "logits");
+                for (size_t k = 0; k < json_array_size(rid); k++) {
+                    int id = (int)json_integer_value(json_array_get(rid, k));
+                    if (id >= 0 && id < V)
+                        oracle_worst = fmax(oracle_worst, fabs(lg[1][id] - json_number_value(json_array_get(rlg, k))));
+                }
+                int32_t want = (int32_t)json_integer_value(json_array_get(fed, st));
+                int32_t p = np + st, sqz = 0, r0 = 0;
+                for (int k = 0; k < 2; k++) {
+                    xds_batch b1 = {1, &want, &p, &sqz};
+                    CHECK(xds_model_forward(ctx[k], &b1, &r0, 1, lg[k]) == XDS_OK);
+                }
+            }
+        }
+    }
+    double share = steps ? (double)agree / steps : 0;
+    double top1_min = deq ? W8_DEQ_TOP1_MIN : W8_TOP1_MIN, rel_max = deq ? W8_DEQ_REL_MAX : W8_REL_MAX,
+           oracle_tol = deq ? SMOL_TOL : W8_ORACLE_TOL;
+    const char *what = deq ? "w8a8 weights in f32" : "w8a8";
+    printf("smollm2 %s vs q4_1: %d steps, top-1 agreement %.4f (min %.2f), worst max|delta|/max|logit| %.4f "
+           "(max %.2f); top-20 vs transformers max |delta| %.4f (max %.2f)\n",
+           what, steps, share, top1_min, worst_rel, rel_max, oracle_worst, oracle_tol);
+    /* a share needs many steps: the sanitized subset (8 steps) checks the logit bounds only */
+    CHECK_MSG(steps > 0 && (sanitized || share >= top1_min), "%s top-1 agreement with q4_1 %.4f", what, share);
+    if (!sanitized) CHECK(steps >= 200);
+    CHECK_MSG(worst_rel <= rel_max, "%s logits differ from q4_1 by %.4f of the logit scale", what, worst_rel);
+    CHECK_MSG(oracle_worst <= oracle_tol, "%s top-20 logits differ from transformers by %.4f", what, oracle_worst);
+    for (int i = 0; i < n_deq; i++) free(deq_data[i]);
+    for (int k = 0; k < 2; k++) {
+        free(lg[k]);
+        xds_model_ctx_free(ctx[k]);
+        xds_kv_cache_free(kv[k]);
+        xds_model_free(m[k]);
+    }
+    json_decref(j);
+}
+
 int main(void) {
     rmsnorm_ref_check();
     test_kv_cache();
@@ -291,6 +434,8 @@ int main(void) {
     if (mp) {
         test_smollm2(mp, 0);
         test_smollm2(mp, 1);
+        test_smollm2_w8a8(mp, 1);
+        test_smollm2_w8a8(mp, 0);
     }
     else TEST_SKIP("smollm2 oracle: XDS_TEST_MODEL not set");
     TEST_MAIN_END();
