@@ -260,6 +260,7 @@ int cli_serve(int argc, char **argv) {
     }
     eo.max_ctx = (int)ctx;
     dep.argc = argc, dep.argv = argv, dep.port = so.port, dep.host = so.host, dep.drain_s = (double)shutdown_timeout;
+    dep.quantize = quantize;
     if (dep.enabled && dep.frontend_mode) {
         fprintf(stderr, "xds serve: error: front-end mode takes no deployment flags\n");
         goto out;

@@ -1507,6 +1507,8 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
     for (int g = 0; g < D; g++)
         snprintf(aranks + strlen(aranks), sizeof aranks - strlen(aranks), g ? ",%d" : "%d", grp_attn_rank(d, g));
     for (int w = 0; w < E; w++) snprintf(wranks + strlen(wranks), sizeof wranks - strlen(wranks), w ? ",%d" : "%d", 1 + w);
+    /* --quantize: every role converts its weights at load (NULL: the list ends there) */
+    char *qa = d->quantize == XDS_QUANTIZE_W8A8 ? "--quantize" : NULL, *qv = qa ? "w8a8" : NULL;
     for (int r = 1; r <= E && s == XDS_OK; r++) {
         snprintf(rstr, sizeof rstr, "%d", r);
         snprintf(wstr, sizeof wstr, "%d", r - 1);
@@ -1514,7 +1516,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                  or_default(d->have_topo ? d->topo.expert[r - 1].threads : 0, d->expert_threads));
         char *args[] = {"xds", "worker", "--role", "expert", "--segment", d->seg_name, "--rank", rstr,
                         "--worker", wstr, "--placement", d->placement_text, "--attn-ranks", aranks,
-                        "--max-tok", mtok, "-t", tstr, "-m", (char *)model_path, NULL};
+                        "--max-tok", mtok, "-t", tstr, "-m", (char *)model_path, qa, qv, NULL};
         s = spawn(d, args, r, 'e');
     }
     /* a group's / instance's senders: rank 0 (STOP only), then the front-ends */
@@ -1532,7 +1534,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
         char *args[] = {"xds", "worker", "--role", "prefill", "--segment", d->seg_name, "--rank", rstr,
                         "--front", frl, "-t", pts, "--block-size", bstr, "--pool-tokens", pps,
                         "--max-seqs", sqs, "--chunk", pcs, "--pick-table", d->pick_name, "--instance", inst,
-                        "-m", (char *)model_path, NULL};
+                        "-m", (char *)model_path, qa, qv, NULL};
         s = spawn(d, args, d->prank[i], 'p');
     }
     char mbs[16], mst[16], ctxs[16], kvb[16], thr[16], gs[16], arstr[16];
@@ -1557,6 +1559,7 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
             args[na++] = nmb;
         }
         if (!eo->enable_prefix_cache) args[na++] = "--no-prefix-cache";
+        if (qa) args[na++] = qa, args[na++] = qv;
         args[na] = NULL;
         s = spawn(d, args, d->grank[g], 'd');
     }

@@ -81,6 +81,7 @@ typedef struct serve_deploy {
     double since[SERVE_DEPLOY_MAX_WORKERS];      /* suspect / restarting since */
     double fault_t[SERVE_DEPLOY_MAX_WORKERS];    /* > 0: a failure detected then, not yet recovered */
     int hang_killed[SERVE_DEPLOY_MAX_WORKERS];   /* killed by us as hung: its exit is not a new failure */
+    int quantize;                                /* xds_quantize of every role's weights (serve --quantize) */
     int n_pids;
     double hang_s;         /* a child whose heartbeat is missing this long is killed and restarted */
     int crash_n;           /* crash_n exits within crash_window_s: left out (the deployment shrinks) */

@@ -29,6 +29,10 @@
 #include <limits.h>
 #include "model/model.h"
 
+/* --quantize: the load-time weight conversion of every role (the deployment's
+ * `xds serve --quantize`, passed on by the supervisor) */
+static int g_quantize = XDS_QUANTIZE_NONE;
+
 static void worker_usage(FILE *f) {
     fprintf(f,
             "usage: xds worker --role expert --segment NAME --rank R --worker W --placement P --attn-ranks A,B,..\n"
@@ -91,7 +95,8 @@ static int worker_prefill(const char *segment, const char *model_path, long rank
     }
     if (getppid() == 1) return 1; /* started by a supervisor that is already gone */
     xds_model *m = NULL;
-    xds_status s = xds_model_load(model_path, NULL, &m);
+    xds_model_opts mo = {.quantize = g_quantize};
+    xds_status s = xds_model_load(model_path, &mo, &m);
     if (s != XDS_OK) {
         fprintf(stderr, "xds worker (prefill %ld): error: %s\n", rank, xds_err_msg());
         return 1;
@@ -189,7 +194,7 @@ static int worker_decode(const char *segment, const char *model_path, long rank,
     int rc = 1;
     /* with remote experts this group runs every unit but the routed experts:
      * it repacks only those (the expert workers repack theirs) */
-    xds_model_opts mo = {.no_repack = n_w > 0};
+    xds_model_opts mo = {.no_repack = n_w > 0, .quantize = g_quantize};
     xds_status s = xds_model_load(model_path, &mo, &m);
     if (s == XDS_OK && n_w > 0) s = xds_model_repack_units(m, 1, NULL);
     if (s == XDS_OK) {
@@ -302,7 +307,12 @@ int xds_deploy_worker_main(int argc, char **argv) {
         else if (!strcmp(a, "--attn-rank")) attn_rank = strtol(v, &end, 10);
         else if (!strcmp(a, "--max-tok")) max_tok = strtol(v, &end, 10);
         else if (!strcmp(a, "--micro-batches")) micro_batches = strtol(v, &end, 10);
-        else {
+        else if (!strcmp(a, "--quantize")) {
+            if (xds_quantize_parse(v, &g_quantize)) {
+                fprintf(stderr, "xds worker: error: --quantize expects w8a8 or none, got '%s'\n", v);
+                return 2;
+            }
+        } else {
             fprintf(stderr, "xds worker: error: unknown option '%s'\n", a);
             worker_usage(stderr);
             return 2;
@@ -339,7 +349,7 @@ int xds_deploy_worker_main(int argc, char **argv) {
     if (getppid() == 1) return 1; /* the supervisor is already gone */
 
     xds_model *m = NULL;
-    xds_model_opts mo = {.no_repack = 1}; /* only this worker's experts, below */
+    xds_model_opts mo = {.no_repack = 1, .quantize = g_quantize}; /* only this worker's experts, below */
     xds_status s = xds_model_load(model_path, &mo, &m);
     if (s != XDS_OK) {
         fprintf(stderr, "xds worker (expert %ld): error: %s\n", worker, xds_err_msg());

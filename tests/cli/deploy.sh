@@ -405,6 +405,24 @@ if wait_health "$PORT" "$SRV"; then
 else
   bad "kill test: deployment did not come up"
 fi
+# --- --quantize w8a8 reaches every role: the README topology against one W8A8 process ---
+if [ "$FULL" = 1 ]; then
+  P=$(free_port)
+  "$XDS" serve -m "$MOE" --port "$P" -t 1 "${STEP[@]}" --quantize w8a8 >"$TMP/q1.log" 2>&1 & S=$!; PIDS+=("$S")
+  REFQ=""; if wait_health "$P" "$S"; then REFQ=$(complete "$P" seq); fi
+  kill -TERM "$S"; wait_exit "$S" 30
+  P=$(free_port)
+  "$XDS" serve -m "$MOE" --port "$P" -t 1 "${STEP[@]}" --quantize w8a8 --prefill 1 --decode-dp 2 --experts 2 \
+    >"$TMP/q2.log" 2>&1 & S=$!; PIDS+=("$S")
+  GOTQ=""; if wait_health "$P" "$S"; then GOTQ=$(complete "$P"); fi
+  W=$(pgrep -f -- "--segment /xds-serve-$S --rank 1 " | head -1)
+  QARGS=$(tr '\0' ' ' <"/proc/$W/cmdline" 2>/dev/null)
+  kill -TERM "$S"; wait_exit "$S" 30
+  [ -n "$REFQ" ] && [ "$REFQ" != "$REF" ] && [ "$GOTQ" = "$REFQ" ] && [[ "$QARGS" == *"--quantize w8a8"* ]] \
+    && ok "--quantize w8a8: prefill + 2 decode groups + 2 expert workers give the single W8A8 process's completions" \
+    || bad "--quantize w8a8 deployment: ref=$REFQ got=$GOTQ (Q4_1 $REF) worker: $QARGS $(tail -3 "$TMP/q2.log")"
+  [ "$RC" = 0 ] && [ -z "$(stray "$S")" ] || bad "--quantize w8a8 deployment: rc=$RC left: $(stray "$S")"
+fi
 # --- Ctrl-C in a terminal (SIGINT to the whole process group), and a second signal ---
 P=$(free_port)
 setsid "$XDS" serve -m "$MOE" --port "$P" -t 1 --decode-dp 2 --experts 2 >"$TMP/sig.log" 2>&1 & S=$!; PIDS+=("$S")
