@@ -63,8 +63,11 @@ size_t xds_w8a8_bytes(int64_t n_rows, int64_t n_in);
 void xds_w8a8_quant(const float *src, int64_t n_rows, int64_t n_in, int64_t g0, int64_t g1, void *dst);
 /* The same from a matmul weight of any type (F32/F16/BF16, the GGUF
  * quantized types, Q8_0_R16; dequantized to f32 first, row by row):
- * groups g0..g1-1 of a matrix of w's rows. XDS_DTYPE_W8A8 input is copied. */
-void xds_w8a8_from_tensor(const xds_tensor *w, int64_t g0, int64_t g1, void *dst);
+ * groups g0..g1-1 of a matrix of w's rows. XDS_DTYPE_W8A8 input is copied.
+ * Returns -1, or the first row (of the whole matrix) holding a NaN or an
+ * infinity: such a weight has no int8 value (the caller reports the file
+ * as corrupt; what was written for that group is not to be used). */
+int64_t xds_w8a8_from_tensor(const xds_tensor *w, int64_t g0, int64_t g1, void *dst);
 
 /* Row i of an embedding-like tensor (any dtype) dequantized to f32 (ne[0] values). */
 void xds_get_row(const xds_tensor *w, int64_t i, float *dst);

@@ -279,12 +279,12 @@ static void w8a8_get_row(const uint8_t *w, int64_t n_in, int64_t i, float *dst) 
     for (int64_t j = 0; j < n_in; j++) dst[j] = s * (float)((int)g[(j / 4) * 64 + l * 4 + (j % 4)] - 128);
 }
 
-void xds_w8a8_from_tensor(const xds_tensor *w, int64_t g0, int64_t g1, void *dst) {
-    int64_t n_in = w->ne[0], n_rows = xds_tensor_nelem(w) / n_in;
+int64_t xds_w8a8_from_tensor(const xds_tensor *w, int64_t g0, int64_t g1, void *dst) {
+    int64_t n_in = w->ne[0], n_rows = xds_tensor_nelem(w) / n_in, bad = -1;
     XDS_ASSERT(xds_w8a8_bytes(n_rows, n_in) > 0 && 0 <= g0 && g0 <= g1 && g1 * 16 < n_rows + 16);
     if (w->type == XDS_DTYPE_W8A8) {
         memcpy(dst, (const uint8_t *)w->data + (size_t)g0 * XDS_W8A8_GB(n_in), (size_t)(g1 - g0) * XDS_W8A8_GB(n_in));
-        return;
+        return -1;
     }
     float *buf = malloc(sizeof(float) * 16 * (size_t)n_in);
     XDS_ASSERT(buf);
@@ -296,11 +296,16 @@ void xds_w8a8_from_tensor(const xds_tensor *w, int64_t g0, int64_t g1, void *dst
             if (i < n_rows) {
                 xds_get_row(w, i, buf + r * n_in);
                 rows[r] = buf + r * n_in;
+                /* x - x is 0 for a finite x, NaN for NaN and +-Inf */
+                float acc = 0.0f;
+                for (int64_t k = 0; k < n_in; k++) acc += rows[r][k] - rows[r][k];
+                if (acc != 0.0f && bad < 0) bad = i;
             }
         }
         w8a8_quant_group(rows, n_in, (uint8_t *)dst + (size_t)(g - g0) * XDS_W8A8_GB(n_in));
     }
     free(buf);
+    return bad;
 }
 
 /* ---- driver -------------------------------------------------------------- */

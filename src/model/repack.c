@@ -73,6 +73,7 @@ typedef struct {
 typedef struct {
     int src;           /* index into rp_src */
     int64_t g0, g1;    /* groups of 16 rows */
+    int64_t bad_row;   /* W8A8: first row with a NaN / Inf weight (-1: none), written by its task */
 } rp_job;
 
 typedef struct {
@@ -167,14 +168,14 @@ static int cmp_ref(const void *a, const void *b) {
 static void job_task(void *vctx, int task, int thread) {
     (void)thread;
     const rp_ctx *c = vctx;
-    const rp_job *j = &c->jobs[task];
+    rp_job *j = &c->jobs[task];
     const rp_src *s = &c->srcs[j->src];
     size_t rb = xds_dtype_row_bytes(s->type, s->n_in), off = (size_t)j->g0 * 16 * rb,
            len = (size_t)(j->g1 - j->g0) * 16 * rb;
     if (c->w8a8) {
         xds_tensor v = {.name = "w", .type = s->type, .n_dims = 2, .ne = {s->n_in, s->n_rows, 1, 1},
                         .data = s->src, .nbytes = s->nbytes};
-        xds_w8a8_from_tensor(&v, j->g0, j->g1, s->dst + (size_t)j->g0 * xds_w8a8_bytes(16, s->n_in));
+        j->bad_row = xds_w8a8_from_tensor(&v, j->g0, j->g1, s->dst + (size_t)j->g0 * xds_w8a8_bytes(16, s->n_in));
         if (off + len > s->nbytes) len = s->nbytes - off; /* the last group may be partial */
         if (s->owned) return; /* an owned buffer's pages stay */
     } else {
@@ -281,7 +282,7 @@ xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *expert
     for (int s = 0; s < ns; s++) {
         size_t rb = xds_dtype_row_bytes(srcs[s].type, srcs[s].n_in);
         int64_t groups = (srcs[s].n_rows + 15) / 16, per = (int64_t)((4u << 20) / (16 * rb)) + 1;
-        for (int64_t g = 0; g < groups; g += per) jobs[k++] = (rp_job){s, g, g + per < groups ? g + per : groups};
+        for (int64_t g = 0; g < groups; g += per) jobs[k++] = (rp_job){s, g, g + per < groups ? g + per : groups, -1};
     }
     long nproc = sysconf(_SC_NPROCESSORS_ONLN);
     int nth = nproc < 1 ? 1 : nproc > 64 ? 64 : (int)nproc;
@@ -293,6 +294,17 @@ xds_status xds_model_repack_units(xds_model *m, int dense, const uint8_t *expert
     else
         for (int64_t j = 0; j < n_jobs; j++) job_task(&c, (int)j, 0);
     xds_pool_free(pool);
+    for (int64_t j = 0; j < n_jobs && w8; j++) {
+        if (jobs[j].bad_row < 0) continue;
+        const char *name = "?";
+        for (int i = 0; i < L.n; i++)
+            if (which[i] == jobs[j].src && L.v[i].t->name) name = L.v[i].t->name;
+        st = xds_err_set(XDS_ERR_FORMAT, "model: --quantize w8a8: tensor %s holds a NaN or infinite weight (row %lld): "
+                                         "the file is corrupt", name, (long long)jobs[j].bad_row);
+        free(jobs);
+        if (base) munmap(base, map_bytes);
+        goto done;
+    }
     free(jobs);
     /* MADV_HUGEPAGE is only advice: with memory short at fault time (page
      * cache full of model files) ranges fall back to 4 KiB pages, seen at a

@@ -69,6 +69,21 @@ c=$("$XDS" generate -m "$M" -p "$P" -n $NS --temp 1.0 --seed 43 -t 2 -q 2>/dev/n
 [ -n "$a" ] && [ "$a" == "$b" ] && ok || bad "same seed gave different text: '$a' vs '$b'"
 [ "$a" != "$c" ] && ok || bad "seeds 42 and 43 gave the same text '$a'"
 
+# --- --quantize w8a8 of a checkpoint with a NaN weight: one error naming the tensor and the row ---
+cp -r "$ROOT/tests/data/oracle/tiny/h72_mha_untied" "$tmp/nan"
+python3 - "$tmp/nan/model.safetensors" <<'EOF'
+import json, struct, sys
+b = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+t = json.loads(b[8:8 + n])["model.layers.1.mlp.up_proj.weight"]
+assert t["dtype"] == "F32", t
+off = 8 + n + t["data_offsets"][0] + 4 * (3 * t["shape"][1] + 5)  # row 3, column 5
+b[off:off + 4] = struct.pack("<f", float("nan"))
+open(sys.argv[1], "wb").write(b)
+EOF
+expect_error "--quantize w8a8 of a NaN weight" "tensor model.layers.1.mlp.up_proj.weight holds a NaN or infinite weight (row 3)" \
+  "$XDS" generate -m "$tmp/nan" -p hi -n 2 --quantize w8a8
+
 # --- --quantize w8a8: the same greedy text at every CPU level (the W8A8 kernels give the same bits)
 P8="The capital of France is"
 w0=$(XDS_CPU=generic "$XDS" generate -m "$M" -p "$P8" -n $NS --temp 0 -t 2 -q --quantize w8a8 2>"$tmp/err"); rc=$?

@@ -672,8 +672,18 @@ static void test_w8a8(void) {
                          .data = w8, .nbytes = nbytes};
         xds_tensor tf = {.name = "wf", .type = XDS_DTYPE_F32, .n_dims = 2, .ne = {n_in, n_out, 1, 1},
                          .data = wf, .nbytes = n_in * n_out * sizeof(float)};
-        xds_w8a8_from_tensor(&tf, 0, (n_out + 15) / 16, w8b);
+        CHECK(xds_w8a8_from_tensor(&tf, 0, (n_out + 15) / 16, w8b) == -1); /* every weight finite */
         CHECK_MSG(memcmp(w8, w8b, nbytes) == 0, "w8a8 n_in %lld: from an F32 tensor != from f32 rows", (long long)n_in);
+        /* a NaN or an infinity has no int8 value: the first such row is named */
+        if (n_out > 20) {
+            float keep = wf[17 * n_in + n_in - 1], keep2 = wf[19 * n_in];
+            wf[19 * n_in] = INFINITY;
+            CHECK(xds_w8a8_from_tensor(&tf, 0, (n_out + 15) / 16, w8b) == 19);
+            wf[17 * n_in + n_in - 1] = NAN;
+            CHECK(xds_w8a8_from_tensor(&tf, 0, (n_out + 15) / 16, w8b) == 17);
+            CHECK(xds_w8a8_from_tensor(&tf, 0, 1, w8b) == -1); /* groups outside the bad rows */
+            wf[17 * n_in + n_in - 1] = keep, wf[19 * n_in] = keep2;
+        }
         /* get_row and the quantization error */
         float *wdq = malloc(n_in * n_out * sizeof(float));
         int q_ok = 1;
