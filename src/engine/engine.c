@@ -25,6 +25,7 @@
 #include "engine/engine.h"
 
 #include <pthread.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -337,6 +338,15 @@ xds_status xds_engine_submit_import(xds_engine *e, const int32_t *prompt, int n_
         if (prompt[i] < 0 || prompt[i] >= e->n_vocab)
             return xds_err_set(XDS_ERR_INVALID, "request: prompt token %d: id %d outside the vocabulary [0, %d)",
                                i, prompt[i], e->n_vocab);
+    if (p->sampling.n_logit_bias < 0 || p->sampling.n_logit_bias > XDS_MAX_LOGIT_BIAS)
+        return xds_err_set(XDS_ERR_INVALID, "request: %d logit_bias entries (0..%d)", p->sampling.n_logit_bias,
+                           XDS_MAX_LOGIT_BIAS);
+    for (int i = 0; i < p->sampling.n_logit_bias; i++)
+        if (p->sampling.logit_bias_tok[i] < 0 || p->sampling.logit_bias_tok[i] >= e->n_vocab ||
+            !isfinite(p->sampling.logit_bias[i]))
+            return xds_err_set(XDS_ERR_INVALID, "request: logit_bias entry %d: token id %d outside the vocabulary "
+                                                "[0, %d) or a non-finite bias", i, p->sampling.logit_bias_tok[i],
+                               e->n_vocab);
 
     eng_req *r = calloc(1, sizeof(*r));
     if (!r) return xds_err_set(XDS_ERR_NOMEM, "request: out of memory");

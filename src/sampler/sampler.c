@@ -136,6 +136,8 @@ int32_t xds_sampler_sample(xds_sampler *s, float *logits) {
     const xds_sampler_params *p = &s->p;
     int nv = s->n_vocab;
     apply_penalties(s, logits);
+    for (int i = 0; i < p->n_logit_bias && i < XDS_MAX_LOGIT_BIAS; i++)
+        if (p->logit_bias_tok[i] >= 0 && p->logit_bias_tok[i] < nv) logits[p->logit_bias_tok[i]] += p->logit_bias[i];
     if (!(p->temp > 0.0f)) return xds_argmax(logits, nv);
 
     /* Temperature; keep candidates within ln(1e9) of the best (see header). */

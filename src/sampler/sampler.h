@@ -17,6 +17,8 @@
 
 #include <stdint.h>
 
+#define XDS_MAX_LOGIT_BIAS 300 /* entries of logit_bias (OpenAI's limit) */
+
 typedef struct xds_sampler_params {
     float temp;              /* <= 0: greedy */
     int top_k;               /* <= 0: off */
@@ -27,6 +29,13 @@ typedef struct xds_sampler_params {
     float presence_penalty;  /* 0: off */
     float frequency_penalty; /* 0: off */
     uint64_t seed;
+    /* OpenAI logit_bias: added to the logits of these token ids (after the
+     * penalties, before temperature, so greedy decoding sees it too); ids
+     * outside the vocabulary are refused at submit. Fixed arrays, so the
+     * parameters stay a plain value (copied into requests and messages). */
+    int n_logit_bias;
+    int32_t logit_bias_tok[XDS_MAX_LOGIT_BIAS];
+    float logit_bias[XDS_MAX_LOGIT_BIAS];
 } xds_sampler_params;
 
 typedef struct xds_sampler xds_sampler;

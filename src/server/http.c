@@ -603,6 +603,12 @@ static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
                           max_ctx, (long long)n_ids + r.max_tokens, n_ids, r.max_tokens);
     } else {
         e.http_status = 0;
+        for (int i = 0; i < r.sampling.n_logit_bias; i++)
+            if (r.sampling.logit_bias_tok[i] >= s->n_vocab) {
+                xds_oai_error_set(&e, 400, "logit_bias", NULL, "logit_bias token id %d is outside the vocabulary (%d)",
+                                  r.sampling.logit_bias_tok[i], s->n_vocab);
+                break;
+            }
     }
     if (e.http_status) {
         free(ids);

@@ -11,6 +11,8 @@
 #include "server/openai.h"
 
 #include <jansson.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -376,6 +378,28 @@ static int parse_root(json_t *root, xds_oai_kind kind, xds_oai_request *r, xds_o
         if (!json_is_integer(seed)) return BAD("seed", "'seed' must be an integer, got %s", oai_type_name(seed));
         sp->seed = (uint64_t)json_integer_value(seed);
         r->seed_given = 1;
+    }
+    json_t *lb = json_object_get(root, "logit_bias");
+    if (lb && !json_is_null(lb)) {
+        if (!json_is_object(lb))
+            return BAD("logit_bias", "'logit_bias' must be an object of token id -> bias, got %s", oai_type_name(lb));
+        if (json_object_size(lb) > XDS_MAX_LOGIT_BIAS)
+            return BAD("logit_bias", "'logit_bias' has %zu entries (at most %d)", json_object_size(lb),
+                       XDS_MAX_LOGIT_BIAS);
+        const char *key;
+        json_t *val;
+        sp->n_logit_bias = 0;
+        json_object_foreach(lb, key, val) {
+            char *end = NULL;
+            long id = (*key >= '0' && *key <= '9') ? strtol(key, &end, 10) : -1;
+            if (id < 0 || !end || *end || id > INT32_MAX)
+                return BAD("logit_bias", "logit_bias key '%.40s' is not a token id (a non-negative integer)", key);
+            if (!json_is_number(val) || !isfinite(json_number_value(val)) || json_number_value(val) < -100 ||
+                json_number_value(val) > 100)
+                return BAD("logit_bias", "logit_bias[%ld] must be a number in [-100, 100]", id);
+            sp->logit_bias_tok[sp->n_logit_bias] = (int32_t)id;
+            sp->logit_bias[sp->n_logit_bias++] = (float)json_number_value(val);
+        }
     }
     if (parse_stop(root, r, err)) return -1;
     if (get_bool(root, "stream", &r->stream, err)) return -1;

@@ -163,6 +163,36 @@ def test_completion():
     assert json.loads(data)["usage"]["prompt_tokens"] == 4
 
 
+def test_logit_bias():
+    """logit_bias is applied (not ignored): +100 on a token makes greedy output
+    that token every step, a -100 removes it again; a token id outside the
+    vocabulary and malformed maps are 400s naming logit_bias."""
+    k = 3 if SANITIZED else 6
+    base = completion(max_tokens=k, extra_body={"ignore_eos": True})
+    a, b = 1000, 1001  # two ordinary tokens of the 49152-token vocabulary
+
+    def text_of(tok):  # a token's text: the completion of a token-id prompt, forced to it
+        st, _, d = raw("POST", "/v1/completions", json.dumps(
+            {"model": MODEL, "prompt": [tok], "max_tokens": 1, "temperature": 0, "logit_bias": {str(tok): 100}}))
+        assert st == 200, d
+        return json.loads(d)["choices"][0]["text"]
+    ta, tb = text_of(a), text_of(b)
+    assert ta and tb and ta != tb, (ta, tb)
+    r = completion(max_tokens=k, logit_bias={str(a): 100}, extra_body={"ignore_eos": True})
+    assert r.choices[0].text == ta * k and r.choices[0].text != base.choices[0].text, (r.choices[0].text, ta)
+    r = completion(max_tokens=k, logit_bias={str(a): 100, str(b): 60}, extra_body={"ignore_eos": True})
+    assert r.choices[0].text == ta * k, r.choices[0].text
+    r = completion(max_tokens=k, logit_bias={str(a): -100, str(b): 60}, extra_body={"ignore_eos": True})
+    assert r.choices[0].text == tb * k, r.choices[0].text
+    for bad in ({"logit_bias": "x"}, {"logit_bias": {"abc": 1}}, {"logit_bias": {"5": 1000}},
+                {"logit_bias": {"99999999": 1}}):
+        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2}
+        body.update(bad)
+        st, _, d = raw("POST", "/v1/completions", json.dumps(body))
+        e = check_error_body(d, st, 400)
+        assert e["param"] == "logit_bias", (bad, e)
+
+
 def _collect_chat_stream(**kw):
     chunks = list(chat(stream=True, stream_options={"include_usage": True}, **kw))
     return chunks
@@ -672,7 +702,7 @@ IN_CI = os.environ.get("CI") in ("true", "1")
 
 TESTS = [test_health_and_models, test_chat, test_completion, test_stream_equals_nonstream_chat,
          test_stream_equals_nonstream_completion, test_raw_sse_framing, test_stop_sequences,
-         test_usage_and_length, test_seed_reproducible, test_concurrent_greedy_matches_alone, test_bad_inputs,
+         test_usage_and_length, test_seed_reproducible, test_logit_bias, test_concurrent_greedy_matches_alone, test_bad_inputs,
          test_slow_client, test_client_disconnect_cancels, test_metrics, test_still_healthy,
          test_api_key_and_busy, test_sigterm_finishes_inflight, test_overload_and_stall]
 

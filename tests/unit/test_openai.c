@@ -31,6 +31,41 @@ static void expect_bad(xds_oai_kind kind, const char *body, int status, const ch
     CHECK(!strcmp(e.type, "invalid_request_error"));
 }
 
+static void test_logit_bias(void) {
+    xds_oai_request r;
+    xds_oai_error e;
+    int rc = parse(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"logit_bias\": {\"50256\": -100, \"7\": 2.5, \"0\": 0}}", &r, &e);
+    CHECK_MSG(rc == 0, "logit_bias: %s", e.message);
+    if (rc == 0) {
+        CHECK(r.sampling.n_logit_bias == 3);
+        float got[3] = {0};
+        for (int i = 0; i < r.sampling.n_logit_bias && i < 3; i++) {
+            int32_t t = r.sampling.logit_bias_tok[i];
+            got[t == 50256 ? 0 : t == 7 ? 1 : 2] = r.sampling.logit_bias[i] + (t == 0 ? 1000.0f : 0.0f);
+        }
+        CHECK(got[0] == -100.0f && got[1] == 2.5f && got[2] == 1000.0f);
+        xds_oai_request_free(&r);
+    }
+    rc = parse(XDS_OAI_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"logit_bias\": null}", &r, &e);
+    CHECK(rc == 0 && r.sampling.n_logit_bias == 0);
+    if (rc == 0) xds_oai_request_free(&r);
+    expect_bad(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"logit_bias\": \"x\"}", 400, "logit_bias");
+    expect_bad(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"logit_bias\": [1, 2]}", 400, "logit_bias");
+    expect_bad(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"logit_bias\": {\"abc\": 1}}", 400, "logit_bias");
+    expect_bad(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"logit_bias\": {\"-1\": 1}}", 400, "logit_bias");
+    expect_bad(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"logit_bias\": {\"1.5\": 1}}", 400, "logit_bias");
+    expect_bad(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"logit_bias\": {\"99999999999\": 1}}", 400, "logit_bias");
+    expect_bad(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"logit_bias\": {\"5\": 101}}", 400, "logit_bias");
+    expect_bad(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"logit_bias\": {\"5\": \"1\"}}", 400, "logit_bias");
+    /* more than 300 entries */
+    char *big = malloc(16 * 400);
+    int n = sprintf(big, "{\"prompt\": \"hi\", \"logit_bias\": {");
+    for (int i = 0; i < 301; i++) n += sprintf(big + n, "%s\"%d\": 1", i ? ", " : "", i);
+    sprintf(big + n, "}}");
+    expect_bad(XDS_OAI_COMPLETION, big, 400, "logit_bias");
+    free(big);
+}
+
 static void test_chat_ok(void) {
     xds_oai_request r;
     xds_oai_error e;
@@ -360,6 +395,7 @@ static void test_metrics(void) {
 }
 
 int main(void) {
+    test_logit_bias();
     test_chat_ok();
     test_completion_ok();
     test_bad_requests();

@@ -154,7 +154,39 @@ static void test_distribution(void) {
     xds_sampler_free(s);
 }
 
+/* logit_bias: added before the choice, greedy included; -100 bans a token;
+ * ids outside the vocabulary are skipped (the engine refuses them first). */
+static void test_logit_bias(void) {
+    xds_sampler_params p = greedy();
+    p.n_logit_bias = 3;
+    p.logit_bias_tok[0] = 1, p.logit_bias[0] = -100.0f; /* the argmax, banned */
+    p.logit_bias_tok[1] = 4, p.logit_bias[1] = 0.6f;    /* 1.5 + 0.6 beats 2.0 (token 3) */
+    p.logit_bias_tok[2] = 7, p.logit_bias[2] = 100.0f;  /* outside 5 tokens: ignored */
+    xds_sampler *s = xds_sampler_create(&p, 5);
+    float l[5] = {0.1f, 2.0f, -1.0f, 2.0f, 1.5f};
+    CHECK(s && xds_sampler_sample(s, l) == 4);
+    float l2[5] = {0.1f, 2.0f, -1.0f, 2.0f, 1.5f};
+    p.logit_bias[1] = 0.2f; /* 1.7 < 2.0: token 3 */
+    xds_sampler_free(s);
+    s = xds_sampler_create(&p, 5);
+    CHECK(s && xds_sampler_sample(s, l2) == 3);
+    /* sampling at a temperature: a +100 bias makes a token certain */
+    xds_sampler_params q = xds_sampler_params_default();
+    q.temp = 1.0f, q.top_k = 0, q.top_p = 1.0f, q.min_p = 0.0f;
+    q.n_logit_bias = 1, q.logit_bias_tok[0] = 2, q.logit_bias[0] = 100.0f;
+    xds_sampler_free(s);
+    s = xds_sampler_create(&q, 5);
+    int all2 = 1;
+    for (int i = 0; i < 200 && s; i++) {
+        float l3[5] = {0.1f, 2.0f, -1.0f, 2.0f, 1.5f};
+        all2 &= xds_sampler_sample(s, l3) == 2;
+    }
+    CHECK(s && all2);
+    xds_sampler_free(s);
+}
+
 int main(void) {
+    test_logit_bias();
     test_greedy();
     test_penalties();
     test_seed();
