@@ -1163,13 +1163,12 @@ static void *monitor_main(void *arg) {
             int serving = child_serving(d, i);
             if ((st == SERVE_CHILD_RESTARTING || st == SERVE_CHILD_STARTING) && serving) {
                 d->state_of[i] = SERVE_CHILD_LIVE;
-                if (st == SERVE_CHILD_RESTARTING) {
+                if (st == SERVE_CHILD_RESTARTING)
                     fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) rejoined after %.2f s\n", child_role(d, i),
                             child_number(d, i), d->rank_of[i], (int)pid, now - d->since[i]);
-                    if (d->fault_t[i] > 0)
-                        xds_fault_count_recovered(dep_faults(d), child_metric_role(d, i), now - d->fault_t[i]);
-                    d->fault_t[i] = 0;
-                }
+                if (d->fault_t[i] > 0) /* a restart, or a start again after a kill while starting */
+                    xds_fault_count_recovered(dep_faults(d), child_metric_role(d, i), now - d->fault_t[i]);
+                d->fault_t[i] = 0;
                 changed = 1;
             } else if (st == SERVE_CHILD_LIVE && (!serving || pid_stopped(pid))) {
                 d->state_of[i] = SERVE_CHILD_SUSPECT;
@@ -1574,8 +1573,11 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
              * on its own: its error is the user's to read at once) is started
              * again, at most --restart-max times */
             int k_died = -1;
-            for (int k = 0; k < d->n_pids && k_died < 0; k++)
-                if (d->pids[k] > 0 && reap_one(d, k, 0)) k_died = k; /* starting, or serving already */
+            pid_t died_pid = 0;
+            for (int k = 0; k < d->n_pids && k_died < 0; k++) {
+                pid_t kp = d->pids[k];
+                if (kp > 0 && reap_one(d, k, 0)) k_died = k, died_pid = kp; /* starting, or serving already */
+            }
             if (k_died >= 0) {
                 int k = k_died;
                 char how[96];
@@ -1587,8 +1589,9 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
                     goto fail;
                 }
                 xds_fault_count_detected(dep_faults(d), child_metric_role(d, k), "exit");
-                fprintf(stderr, "xds serve: %s %d (rank %d) %s while starting; starting it again (restart %d)\n",
-                        child_role(d, k), child_number(d, k), d->rank_of[k], how, d->restarts[k] + 1);
+                if (d->fault_t[k] <= 0) d->fault_t[k] = now_s();
+                fprintf(stderr, "xds serve: %s %d (rank %d, pid %d) %s while starting; starting it again (restart %d)\n",
+                        child_role(d, k), child_number(d, k), d->rank_of[k], (int)died_pid, how, d->restarts[k] + 1);
                 if (d->seg) xccl_segment_declare_dead(d->seg, d->rank_of[k], 0); /* peers' waits on it fail */
                 child_gone(d, k);
                 usleep(100 * 1000);
@@ -1612,6 +1615,10 @@ xds_status serve_deploy_start(serve_deploy *d, xds_model *m, const char *model_p
             usleep(5000);
         }
         d->state_of[i] = SERVE_CHILD_LIVE;
+        if (d->fault_t[i] > 0) { /* started again after a kill while starting */
+            xds_fault_count_recovered(dep_faults(d), child_metric_role(d, i), now_s() - d->fault_t[i]);
+            d->fault_t[i] = 0;
+        }
         if (i == n_back - 1) { /* every other child serves: now the front-ends */
             for (int k = 0; k < F && s == XDS_OK; k++) s = spawn_frontend(d, k);
             if (s != XDS_OK) goto fail;

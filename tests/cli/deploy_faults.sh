@@ -58,9 +58,27 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # processes of supervisor $1's deployment still alive (workers and front-ends)
 stray() { pgrep -f -- "--segment /xds-serve-$1( |$)|--frontend-of /xds-serve-$1( |$)" | tr '\n' ' ' || true; }
 leftover() { ls /dev/shm 2>/dev/null | grep -E -- "-$1(\.|$)|xds-port-$2$" | tr '\n' ' '; }
-wait_health() { # port pid
+# every process of a deployment live in /v1/topology (its supervisor done
+# starting: the port answers as soon as the first front-end serves, while
+# the others may still start); a single process (404) counts as started
+wait_started() { # port pid
+  for _ in $(seq 1 600); do
+    python3 - "$1" <<'EOF' 2>/dev/null && return 0
+import json, sys, urllib.error, urllib.request
+try:
+    t = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/v1/topology" % sys.argv[1], timeout=2).read())
+except urllib.error.HTTPError as e:
+    sys.exit(0 if e.code == 404 else 1)
+sys.exit(0 if all(r.get("state", "live") == "live" for r in t["ranks"]) else 1)
+EOF
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+wait_health() { # port pid: the port answers and the deployment has started
   for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$1/health" >/dev/null 2>&1 && return 0
+    curl -sf "http://127.0.0.1:$1/health" >/dev/null 2>&1 && { wait_started "$1" "$2"; return; }
     kill -0 "$2" 2>/dev/null || return 1
     sleep 0.1
   done
@@ -274,13 +292,14 @@ K2=""; K3=""; for _ in $(seq 1 200); do
   [ -z "$K3" ] && W=$(pid_of "$S" 3) && [ -n "$W" ] && kill -9 "$W" && K3=$W
   [ -n "$K2" ] && [ -n "$K3" ] && break; sleep 0.02; done
 if [ -n "$K2" ] && [ -n "$K3" ] && wait_health "$P" "$S"; then
-  grep -q "prefill instance 0 (rank 2) was killed by signal 9 (Killed) while starting; starting it again" "$TMP/d.log" \
-    && grep -q "decode group 0 (rank 3) was killed by signal 9 (Killed) while starting; starting it again" "$TMP/d.log" \
+  grep -q "prefill instance 0 (rank 2, pid $K2) was killed by signal 9 (Killed) while starting; starting it again" "$TMP/d.log" \
+    && grep -q "decode group 0 (rank 3, pid $K3) was killed by signal 9 (Killed) while starting; starting it again" "$TMP/d.log" \
     && ok "D: killed while starting: both started again (one log line each)" || bad "D: log: $(head -8 "$TMP/d.log")"
   load "$P" "$TMP/d1.json"
   same "$TMP/ref.json" "$TMP/d1.json" && ok "D: then serves 8 streams, byte-identical" || bad "D: outputs $(tail -3 "$TMP/d.log")"
   curl -s "http://127.0.0.1:$P/metrics" >"$TMP/d.prom"
   grep -q '^xds_fault_restarts_total{role="decode"} 1$' "$TMP/d.prom" && grep -q '^xds_fault_restarts_total{role="prefill"} 1$' "$TMP/d.prom" \
+    && grep -q '^xds_fault_recovery_seconds_count{role="decode"} 1$' "$TMP/d.prom" \
     && ok "D: /metrics counts the start-up restarts" \
     || bad "D: /metrics: $(grep -E '^xds_fault_(restarts|failures)' "$TMP/d.prom" | tr '\n' ' ') $(grep -E 'starting|restart' "$TMP/d.log" | tr '\n' ' ')"
   finish "D" "$S" "$P"
