@@ -81,6 +81,9 @@ typedef enum srv_route {
     ROUTE_TOPOLOGY, /* GET /v1/topology: opts.topology_json of a disaggregated deployment */
     ROUTE_LIVE,     /* GET /health/live: 503 only while the engine loop is stalled */
     ROUTE_EXPERT_LOAD, /* GET /v1/experts/load: opts.expert_load_fn (tokens per layer and expert) */
+    ROUTE_MODEL_ID,    /* GET /v1/models/{id} */
+    ROUTE_TOKENIZE,    /* POST /tokenize (vLLM's shapes) */
+    ROUTE_DETOKENIZE,  /* POST /detokenize */
 } srv_route;
 
 static const char *route_name[] = {"other", "/health", "/v1/models", "/metrics", "/v1/completions",
@@ -280,7 +283,10 @@ static srv_result srv_send(srv_req *q, struct MHD_Connection *c, int status, con
     }
     if (status == 405)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-                                q->route == ROUTE_COMPLETIONS || q->route == ROUTE_CHAT ? "POST" : "GET, HEAD");
+                                q->route == ROUTE_COMPLETIONS || q->route == ROUTE_CHAT || q->route == ROUTE_TOKENIZE ||
+                                        q->route == ROUTE_DETOKENIZE
+                                    ? "POST"
+                                    : "GET, HEAD");
     q->status = status;
     srv_result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
@@ -557,6 +563,82 @@ static int srv_tokenize(xds_server *s, const xds_oai_request *r, int32_t **ids, 
     *ids = t;
     *n = nt;
     return 0;
+}
+
+/* POST /tokenize {"prompt": "..."} or {"messages": [...]} -> {"count",
+ * "max_model_len", "tokens"}: the ids /v1/completions or
+ * /v1/chat/completions would feed the model (vLLM's shapes); POST
+ * /detokenize {"tokens": [...]} -> {"prompt": "..."} (special tokens kept,
+ * invalid UTF-8 as U+FFFD). */
+static srv_result srv_handle_tokenize(srv_req *q, struct MHD_Connection *c) {
+    xds_server *s = q->srv;
+    xds_oai_error e;
+    memset(&e, 0, sizeof e);
+    json_error_t je;
+    json_t *root = q->body_len ? json_loadb(q->body, q->body_len, 0, &je) : NULL;
+    if (!json_is_object(root)) {
+        json_decref(root);
+        xds_oai_error_set(&e, 400, NULL, NULL, "the request body must be a JSON object");
+        return srv_send_error(q, c, &e);
+    }
+    json_t *out = NULL;
+    if (q->route == ROUTE_DETOKENIZE) {
+        json_t *toks = json_object_get(root, "tokens");
+        size_t n = json_array_size(toks);
+        int32_t *ids = json_is_array(toks) ? malloc(sizeof *ids * (n ? n : 1)) : NULL;
+        if (!json_is_array(toks)) xds_oai_error_set(&e, 400, "tokens", NULL, "'tokens' must be an array of token ids");
+        else if (!ids) xds_oai_error_set(&e, 500, NULL, NULL, "out of memory");
+        for (size_t i = 0; ids && !e.http_status && i < n; i++) {
+            json_t *v = json_array_get(toks, i);
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= s->n_vocab)
+                xds_oai_error_set(&e, 400, "tokens", NULL, "tokens[%zu] is not a token id of the vocabulary (0..%d)",
+                                  i, s->n_vocab - 1);
+            else ids[i] = (int32_t)json_integer_value(v);
+        }
+        char *text = NULL;
+        size_t tl = 0;
+        if (!e.http_status && xds_tokenizer_decode(s->tok, ids, n, 0, &text, &tl) != XDS_OK)
+            xds_oai_error_set(&e, 500, NULL, NULL, "cannot decode: %s", xds_err_msg());
+        if (!e.http_status) {
+            out = json_object();
+            json_object_set_new(out, "prompt", xds_oai_json_text(text, tl));
+        }
+        free(text);
+        free(ids);
+    } else {
+        int has_msgs = json_object_get(root, "messages") != NULL;
+        json_t *pr = json_object_get(root, "prompt");
+        xds_oai_request r;
+        int32_t *ids = NULL;
+        size_t n = 0;
+        if (!has_msgs && !json_is_string(pr)) {
+            xds_oai_error_set(&e, 400, "prompt", NULL, "'prompt' (a string) or 'messages' is required");
+        } else if (xds_oai_request_parse(has_msgs ? XDS_OAI_CHAT : XDS_OAI_COMPLETION, q->body, q->body_len, &r, &e) ==
+                   XDS_OK) {
+            if (srv_tokenize(s, &r, &ids, &n, &e) == 0) {
+                out = json_object();
+                json_t *a = json_array();
+                for (size_t i = 0; i < n; i++) json_array_append_new(a, json_integer(ids[i]));
+                json_object_set_new(out, "count", json_integer((json_int_t)n));
+                json_object_set_new(out, "max_model_len", json_integer(s->o.max_ctx));
+                json_object_set_new(out, "tokens", a);
+            }
+            free(ids);
+            xds_oai_request_free(&r);
+        }
+    }
+    json_decref(root);
+    if (!out) {
+        if (!e.http_status) xds_oai_error_set(&e, 500, NULL, NULL, "out of memory");
+        return srv_send_error(q, c, &e);
+    }
+    char *body = json_dumps(out, JSON_COMPACT);
+    json_decref(out);
+    if (!body) {
+        xds_oai_error_set(&e, 500, NULL, NULL, "out of memory");
+        return srv_send_error(q, c, &e);
+    }
+    return srv_send(q, c, 200, "application/json", body, strlen(body));
 }
 
 static srv_result srv_handle_generate(srv_req *q, struct MHD_Connection *c) {
@@ -837,6 +919,9 @@ static srv_route srv_route_of(const char *url) {
     if (!strcmp(url, "/v1/chat/completions")) return ROUTE_CHAT;
     if (!strcmp(url, "/v1/topology")) return ROUTE_TOPOLOGY;
     if (!strcmp(url, "/v1/experts/load")) return ROUTE_EXPERT_LOAD;
+    if (!strncmp(url, "/v1/models/", 11) && url[11]) return ROUTE_MODEL_ID;
+    if (!strcmp(url, "/tokenize")) return ROUTE_TOKENIZE;
+    if (!strcmp(url, "/detokenize")) return ROUTE_DETOKENIZE;
     return ROUTE_NONE;
 }
 
@@ -884,6 +969,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
         case ROUTE_METRICS:
         case ROUTE_TOPOLOGY:
         case ROUTE_EXPERT_LOAD:
+        case ROUTE_MODEL_ID:
             if (!is_get) {
                 snprintf(msg, sizeof msg, "method %.64s not allowed on %s (use GET)", method, url);
                 return srv_fail(q, c, 405, NULL, "method_not_allowed", msg);
@@ -899,6 +985,16 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
                 char *t = s->o.expert_load_fn(s->o.expert_load_user);
                 if (!t) return srv_fail(q, c, 503, NULL, "unavailable", "the expert load is not available");
                 return srv_send(q, c, 200, "application/json", t, strlen(t));
+            }
+            if (q->route == ROUTE_MODEL_ID) {
+                const char *id = url + 11;
+                if (strcmp(id, s->model_name) != 0) {
+                    snprintf(msg, sizeof msg, "The model '%.128s' does not exist", id);
+                    return srv_fail(q, c, 404, "model", "model_not_found", msg);
+                }
+                size_t len = 0;
+                char *body = xds_oai_model_json(s->model_name, s->created, &len);
+                return srv_send(q, c, 200, "application/json", body, len);
             }
             if (q->route == ROUTE_TOPOLOGY) {
                 if (s->o.topology_fn) {
@@ -918,6 +1014,8 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
             }
         case ROUTE_COMPLETIONS:
         case ROUTE_CHAT:
+        case ROUTE_TOKENIZE:
+        case ROUTE_DETOKENIZE:
             if (!is_post) {
                 snprintf(msg, sizeof msg, "method %.64s not allowed on %s (use POST)", method, url);
                 return srv_fail(q, c, 405, NULL, "method_not_allowed", msg);
@@ -971,6 +1069,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
         snprintf(msg, sizeof msg, "request body exceeds the limit of %zu bytes", s->o.max_body_bytes);
         return srv_fail(q, c, 413, NULL, "request_too_large", msg);
     }
+    if (q->route == ROUTE_TOKENIZE || q->route == ROUTE_DETOKENIZE) return srv_handle_tokenize(q, c);
     return srv_handle_generate(q, c);
 }
 

@@ -559,6 +559,19 @@ char *xds_oai_sse_usage(const xds_oai_resp *r, int n_prompt, int n_gen, size_t *
 
 char *xds_oai_sse_error(const xds_oai_error *err, size_t *len) { return oai_sse(oai_error_obj(err), len); }
 
+json_t *xds_oai_json_text(const char *s, size_t n) {
+    return oai_json_text(s, n);
+}
+
+char *xds_oai_model_json(const char *model, int64_t created, size_t *len) {
+    json_t *m = json_object();
+    json_object_set_new(m, "id", oai_json_text(model, strlen(model)));
+    json_object_set_new(m, "object", json_string("model"));
+    json_object_set_new(m, "created", json_integer(created));
+    json_object_set_new(m, "owned_by", json_string("xdeepserve"));
+    return oai_dump(m, len);
+}
+
 char *xds_oai_models_json(const char *model, int64_t created, size_t *len) {
     json_t *m = json_object();
     json_object_set_new(m, "id", oai_json_text(model, strlen(model)));

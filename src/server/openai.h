@@ -107,6 +107,10 @@ char *xds_oai_sse_error(const xds_oai_error *err, size_t *len);
 
 /* GET /v1/models body. malloc'd. */
 char *xds_oai_models_json(const char *model, int64_t created, size_t *len);
+/* GET /v1/models/{id}: the one model object (the same fields as in the list). */
+char *xds_oai_model_json(const char *model, int64_t created, size_t *len);
+/* A JSON string of s[0..n), invalid UTF-8 bytes replaced by U+FFFD (NULL on OOM). */
+struct json_t *xds_oai_json_text(const char *s, size_t n);
 
 /* Length of the longest prefix of s[0..n) that is valid UTF-8 (no overlongs,
  * no surrogates, <= U+10FFFF). */

@@ -193,6 +193,39 @@ def test_logit_bias():
         assert e["param"] == "logit_bias", (bad, e)
 
 
+def test_tokenize_and_models_id():
+    """POST /tokenize gives the ids a completion / chat request feeds the model
+    (counts equal the usage's prompt_tokens), /detokenize turns them back into
+    the text, GET /v1/models/{id} answers the served model and 404s others."""
+    st, _, d = raw("POST", "/tokenize", json.dumps({"model": MODEL, "prompt": PROMPT}))
+    assert st == 200, d
+    t = json.loads(d)
+    assert t["count"] == len(t["tokens"]) > 0 and all(isinstance(x, int) for x in t["tokens"]), t
+    assert t["max_model_len"] > t["count"], t
+    assert completion(max_tokens=1).usage.prompt_tokens == t["count"]
+    st, _, d = raw("POST", "/detokenize", json.dumps({"model": MODEL, "tokens": t["tokens"]}))
+    assert st == 200 and json.loads(d)["prompt"] == PROMPT, d
+    st, _, d = raw("POST", "/tokenize", json.dumps({"model": MODEL, "messages": CHAT_Q}))
+    assert st == 200, d
+    assert chat(max_tokens=1).usage.prompt_tokens == json.loads(d)["count"] > t["count"], d
+    for path, body, param in (("/tokenize", {}, "prompt"), ("/tokenize", {"prompt": 5}, "prompt"),
+                              ("/detokenize", {"tokens": "x"}, "tokens"), ("/detokenize", {"tokens": [-1]}, "tokens"),
+                              ("/detokenize", {"tokens": [10 ** 7]}, "tokens")):
+        st, _, d = raw("POST", path, json.dumps(body))
+        e = check_error_body(d, st, 400)
+        assert e["param"] == param, (path, body, e)
+    st, _, d = raw("POST", "/tokenize", "[1")
+    check_error_body(d, st, 400)
+    st, hd, d = raw("GET", "/tokenize")
+    check_error_body(d, st, 405)
+    assert hd.get("allow") == "POST", hd
+    m = client.models.retrieve(MODEL)
+    assert m.id == MODEL and m.object == "model", m
+    st, _, d = raw("GET", "/v1/models/no-such-model")
+    e = check_error_body(d, st, 404)
+    assert e["code"] == "model_not_found", e
+
+
 def _collect_chat_stream(**kw):
     chunks = list(chat(stream=True, stream_options={"include_usage": True}, **kw))
     return chunks
@@ -702,7 +735,7 @@ IN_CI = os.environ.get("CI") in ("true", "1")
 
 TESTS = [test_health_and_models, test_chat, test_completion, test_stream_equals_nonstream_chat,
          test_stream_equals_nonstream_completion, test_raw_sse_framing, test_stop_sequences,
-         test_usage_and_length, test_seed_reproducible, test_logit_bias, test_concurrent_greedy_matches_alone, test_bad_inputs,
+         test_usage_and_length, test_seed_reproducible, test_logit_bias, test_tokenize_and_models_id, test_concurrent_greedy_matches_alone, test_bad_inputs,
          test_slow_client, test_client_disconnect_cancels, test_metrics, test_still_healthy,
          test_api_key_and_busy, test_sigterm_finishes_inflight, test_overload_and_stall]
 
