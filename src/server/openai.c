@@ -4,7 +4,7 @@
  *
  * Validation is strict on types (a string where a number belongs is a 400
  * naming the parameter) and on ranges (temperature 0..2, top_p (0,1],
- * penalties -2..2, n == 1, at most 4 stop strings), lenient on unknown fields
+ * penalties -2..2, n == 1, at most 64 stop strings), lenient on unknown fields
  * (ignored, as vLLM does). Features we cannot honor (n > 1, logprobs, echo,
  * tools, non-text content parts) are 400s rather than silently dropped.
  */
@@ -412,6 +412,8 @@ static int parse_root(json_t *root, xds_oai_kind kind, xds_oai_request *r, xds_o
         if (iu && !json_is_null(iu) && !json_is_boolean(iu))
             return BAD("stream_options.include_usage", "'stream_options.include_usage' must be a boolean");
         r->include_usage = iu && json_is_true(iu);
+        if (!r->stream)
+            return BAD("stream_options", "'stream_options' is only allowed when 'stream' is true (as OpenAI answers)");
     }
     return 0;
 }

@@ -20,7 +20,7 @@
 #include "engine/engine.h"
 #include "sampler/sampler.h"
 
-#define XDS_OAI_MAX_STOP 4
+#define XDS_OAI_MAX_STOP 64 /* stop strings per request (OpenAI: 4; vLLM: any) */
 #define XDS_OAI_MAX_STOP_LEN 1024 /* bytes per stop string */
 
 typedef enum xds_oai_kind {

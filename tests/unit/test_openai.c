@@ -31,6 +31,18 @@ static void expect_bad(xds_oai_kind kind, const char *body, int status, const ch
     CHECK(!strcmp(e.type, "invalid_request_error"));
 }
 
+/* More than OpenAI's 4 stop strings, as vLLM allows (up to 64). */
+static void test_many_stops(void) {
+    xds_oai_request r;
+    xds_oai_error e;
+    int rc = parse(XDS_OAI_COMPLETION, "{\"prompt\": \"hi\", \"stop\": [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\", \"g\"]}", &r, &e);
+    CHECK_MSG(rc == 0, "7 stops: %s", e.message);
+    if (rc == 0) {
+        CHECK(r.n_stop == 7 && !strcmp(r.stop[6], "g"));
+        xds_oai_request_free(&r);
+    }
+}
+
 static void test_logit_bias(void) {
     xds_oai_request r;
     xds_oai_error e;
@@ -173,11 +185,12 @@ static void test_bad_requests(void) {
         {"\"seed\":\"1\"", "seed"},
         {"\"seed\":1.5", "seed"},
         {"\"stop\":5", "stop"},
-        {"\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop"},
+        {"\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\",\"o\",\"p\",\"q\",\"r\",\"s\",\"t\",\"u\",\"v\",\"w\",\"x\",\"y\",\"z\",\"A\",\"B\",\"C\",\"D\",\"E\",\"F\",\"G\",\"H\",\"I\",\"J\",\"K\",\"L\",\"M\",\"N\",\"O\",\"P\",\"Q\",\"R\",\"S\",\"T\",\"U\",\"V\",\"W\",\"X\",\"Y\",\"Z\",\"0\",\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\",\"+\",\"-\",\"*\"]", "stop"}, /* 65 */
         {"\"stop\":[\"a\",3]", "stop"},
         {"\"stream\":\"yes\"", "stream"},
         {"\"stream\":1", "stream"},
         {"\"stream_options\":true", "stream_options"},
+        {"\"stream_options\":{\"include_usage\":true}", "stream_options"}, /* without stream: true */
         {"\"stream_options\":{\"include_usage\":\"y\"}", "stream_options.include_usage"},
         {"\"n\":2", "n"},
         {"\"n\":\"1\"", "n"},
@@ -396,6 +409,7 @@ static void test_metrics(void) {
 
 int main(void) {
     test_logit_bias();
+    test_many_stops();
     test_chat_ok();
     test_completion_ok();
     test_bad_requests();
