@@ -174,6 +174,7 @@ struct srv_req {
     int too_large;
     int status;                  /* HTTP status queued, 0 before */
     int refuse;                  /* overflow POST: answer 503 once the body is drained */
+    int close_after;             /* answer with Connection: close (ambiguous framing) */
     srv_conn *conn;
 
     /* request */
@@ -273,6 +274,7 @@ static srv_result srv_send(srv_req *q, struct MHD_Connection *c, int status, con
         return MHD_NO;
     }
     srv_add_common_headers(q->srv, q->conn, r, ctype);
+    if (q->close_after) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     srv_conn_set(q->srv, q->conn, CONN_WRITING);
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (status == 429) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
@@ -910,6 +912,18 @@ static int srv_auth_ok(xds_server *s, struct MHD_Connection *c) {
     return diff == 0;
 }
 
+/* Request-smuggling defence (RFC 9112 6.3): the body's framing must be
+ * unambiguous — one Content-Length, and never Content-Length together with
+ * Transfer-Encoding (a proxy in front may read the body otherwise). */
+typedef struct { int n_cl, n_te; } srv_framing;
+static enum MHD_Result srv_count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    srv_framing *f = cls;
+    (void)kind, (void)value;
+    if (key && !strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) f->n_cl++;
+    if (key && !strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) f->n_te++;
+    return MHD_YES;
+}
+
 static srv_route srv_route_of(const char *url) {
     if (!strcmp(url, "/health")) return ROUTE_HEALTH;
     if (!strcmp(url, "/health/live")) return ROUTE_LIVE;
@@ -955,6 +969,14 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
             /* beyond the slots: answer 503 once whatever body comes is drained */
             q->refuse = 1;
             return MHD_YES;
+        }
+        srv_framing fr = {0, 0};
+        MHD_get_connection_values(c, MHD_HEADER_KIND, srv_count_framing, &fr);
+        if (fr.n_cl > 1 || (fr.n_cl && fr.n_te)) {
+            q->close_after = 1;
+            return srv_fail(q, c, 400, NULL, "invalid_request",
+                            fr.n_cl > 1 ? "the request has more than one Content-Length header"
+                                        : "the request has both Content-Length and Transfer-Encoding");
         }
         int is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
         int is_post = !strcmp(method, "POST");

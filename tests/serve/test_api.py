@@ -226,6 +226,44 @@ def test_tokenize_and_models_id():
     assert e["code"] == "model_not_found", e
 
 
+def _raw_socket(data, port=None):
+    """Send raw bytes on a new connection; return everything read until close or 5 s."""
+    s = socket.create_connection((HOST, port or PORT), timeout=5)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except socket.timeout:
+        pass
+    s.close()
+    return out
+
+
+def test_request_smuggling():
+    """Ambiguous body framing (RFC 9112 6.3) is refused: two Content-Length
+    headers, or Content-Length with Transfer-Encoding — a 400 with the OpenAI
+    error body, and the connection closed (the body's end is unknown)."""
+    body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 1}).encode()
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    cases = [head + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(body), len(body)) + body,
+             head + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(body)
+             + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"]
+    for raw_req in cases:
+        out = _raw_socket(raw_req)
+        head_b, _, data = out.partition(b"\r\n\r\n")
+        status = int(head_b.split(b" ")[1])
+        e = check_error_body(data[:data.rfind(b"}") + 1].decode(), status, 400)
+        assert "Content-Length" in e["message"], e
+        assert b"connection: close" in head_b.lower(), head_b
+    # the same body with one Content-Length is served
+    out = _raw_socket(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    assert out.startswith(b"HTTP/1.1 200"), out[:200]
+
+
 def _collect_chat_stream(**kw):
     chunks = list(chat(stream=True, stream_options={"include_usage": True}, **kw))
     return chunks
@@ -735,7 +773,7 @@ IN_CI = os.environ.get("CI") in ("true", "1")
 
 TESTS = [test_health_and_models, test_chat, test_completion, test_stream_equals_nonstream_chat,
          test_stream_equals_nonstream_completion, test_raw_sse_framing, test_stop_sequences,
-         test_usage_and_length, test_seed_reproducible, test_logit_bias, test_tokenize_and_models_id, test_concurrent_greedy_matches_alone, test_bad_inputs,
+         test_usage_and_length, test_seed_reproducible, test_logit_bias, test_tokenize_and_models_id, test_request_smuggling, test_concurrent_greedy_matches_alone, test_bad_inputs,
          test_slow_client, test_client_disconnect_cancels, test_metrics, test_still_healthy,
          test_api_key_and_busy, test_sigterm_finishes_inflight, test_overload_and_stall]
 
