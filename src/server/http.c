@@ -175,6 +175,8 @@ struct srv_req {
     int status;                  /* HTTP status queued, 0 before */
     int refuse;                  /* overflow POST: answer 503 once the body is drained */
     int close_after;             /* answer with Connection: close (ambiguous framing) */
+    int deferred_get;            /* a GET route, answered on the final call (srv_handle_get) */
+    char get_url[256];
     srv_conn *conn;
 
     /* request */
@@ -939,6 +941,49 @@ static srv_route srv_route_of(const char *url) {
     return ROUTE_NONE;
 }
 
+/* A GET route (headers in, no body), on the request's final call. */
+static srv_result srv_handle_get(srv_req *q, struct MHD_Connection *c) {
+    xds_server *s = q->srv;
+    const char *url = q->get_url;
+    char msg[256];
+    if (q->route == ROUTE_HEALTH || q->route == ROUTE_LIVE) return srv_handle_health(q, c);
+    if (q->route == ROUTE_METRICS) return srv_handle_metrics(q, c);
+    if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
+    if (q->route == ROUTE_EXPERT_LOAD) {
+        if (!s->o.expert_load_fn)
+            return srv_fail(q, c, 404, NULL, "not_found",
+                            "no expert load: the model has no routed experts, or this server has no engine "
+                            "of its own");
+        char *t = s->o.expert_load_fn(s->o.expert_load_user);
+        if (!t) return srv_fail(q, c, 503, NULL, "unavailable", "the expert load is not available");
+        return srv_send(q, c, 200, "application/json", t, strlen(t));
+    }
+    if (q->route == ROUTE_MODEL_ID) {
+        const char *id = url + 11;
+        if (strcmp(id, s->model_name) != 0) {
+            snprintf(msg, sizeof msg, "The model '%.128s' does not exist", id);
+            return srv_fail(q, c, 404, "model", "model_not_found", msg);
+        }
+        size_t len = 0;
+        char *body = xds_oai_model_json(s->model_name, s->created, &len);
+        return srv_send(q, c, 200, "application/json", body, len);
+    }
+    if (q->route == ROUTE_TOPOLOGY) {
+        if (s->o.topology_fn) {
+            char *t = s->o.topology_fn(s->o.topology_user);
+            if (!t) return srv_fail(q, c, 503, NULL, "unavailable", "the deployment's topology is not available");
+            return srv_send(q, c, 200, "application/json", t, strlen(t));
+        }
+        if (!s->o.topology_json)
+            return srv_fail(q, c, 404, NULL, "not_found", "no topology: this server is a single-process engine");
+        return srv_send(q, c, 200, "application/json", strdup(s->o.topology_json),
+                        strlen(s->o.topology_json));
+    }
+    size_t len = 0;
+    char *body = xds_oai_models_json(s->model_name, s->created, &len);
+    return srv_send(q, c, 200, "application/json", body, len);
+}
+
 /* ------------------------------------------------------------------------ */
 /* MHD callbacks                                                             */
 
@@ -996,44 +1041,11 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
                 snprintf(msg, sizeof msg, "method %.64s not allowed on %s (use GET)", method, url);
                 return srv_fail(q, c, 405, NULL, "method_not_allowed", msg);
             }
-            if (q->route == ROUTE_HEALTH || q->route == ROUTE_LIVE) return srv_handle_health(q, c);
-            if (q->route == ROUTE_METRICS) return srv_handle_metrics(q, c);
-            if (!srv_auth_ok(s, c)) return srv_fail(q, c, 401, NULL, "invalid_api_key", "invalid or missing API key");
-            if (q->route == ROUTE_EXPERT_LOAD) {
-                if (!s->o.expert_load_fn)
-                    return srv_fail(q, c, 404, NULL, "not_found",
-                                    "no expert load: the model has no routed experts, or this server has no engine "
-                                    "of its own");
-                char *t = s->o.expert_load_fn(s->o.expert_load_user);
-                if (!t) return srv_fail(q, c, 503, NULL, "unavailable", "the expert load is not available");
-                return srv_send(q, c, 200, "application/json", t, strlen(t));
-            }
-            if (q->route == ROUTE_MODEL_ID) {
-                const char *id = url + 11;
-                if (strcmp(id, s->model_name) != 0) {
-                    snprintf(msg, sizeof msg, "The model '%.128s' does not exist", id);
-                    return srv_fail(q, c, 404, "model", "model_not_found", msg);
-                }
-                size_t len = 0;
-                char *body = xds_oai_model_json(s->model_name, s->created, &len);
-                return srv_send(q, c, 200, "application/json", body, len);
-            }
-            if (q->route == ROUTE_TOPOLOGY) {
-                if (s->o.topology_fn) {
-                    char *t = s->o.topology_fn(s->o.topology_user);
-                    if (!t) return srv_fail(q, c, 503, NULL, "unavailable", "the deployment's topology is not available");
-                    return srv_send(q, c, 200, "application/json", t, strlen(t));
-                }
-                if (!s->o.topology_json)
-                    return srv_fail(q, c, 404, NULL, "not_found", "no topology: this server is a single-process engine");
-                return srv_send(q, c, 200, "application/json", strdup(s->o.topology_json),
-                                strlen(s->o.topology_json));
-            }
-            {
-                size_t len = 0;
-                char *body = xds_oai_models_json(s->model_name, s->created, &len);
-                return srv_send(q, c, 200, "application/json", body, len);
-            }
+            /* answered on the final call: a response queued before the request is
+             * complete makes libmicrohttpd close the connection (no keep-alive) */
+            snprintf(q->get_url, sizeof q->get_url, "%s", url);
+            q->deferred_get = 1;
+            return MHD_YES;
         case ROUTE_COMPLETIONS:
         case ROUTE_CHAT:
         case ROUTE_TOKENIZE:
@@ -1084,6 +1096,7 @@ static srv_result srv_on_request(void *cls, struct MHD_Connection *c, const char
         snprintf(msg, sizeof msg, "the server is at its limit of %d connections; retry later", s->o.max_connections);
         return srv_fail(q, c, 503, NULL, "server_overloaded", msg);
     }
+    if (q->deferred_get) return srv_handle_get(q, c);
     /* the whole request is in */
     srv_conn_set(s, q->conn, CONN_BUSY);
     if (q->too_large) {

@@ -226,6 +226,26 @@ def test_tokenize_and_models_id():
     assert e["code"] == "model_not_found", e
 
 
+def test_get_keep_alive():
+    """GET responses keep the connection open (HTTP/1.1): three GETs and a POST
+    on one connection, no Connection: close (it used to close after each GET)."""
+    c = http.client.HTTPConnection(HOST, PORT, timeout=30)
+    socks = []
+    for path in ("/v1/models", "/health", "/v1/models/" + MODEL):
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200 and (r.getheader("Connection") or "").lower() != "close", (path, r.getheaders())
+        socks.append(c.sock)
+    c.request("POST", "/v1/completions", body=json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 1}),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    socks.append(c.sock)
+    c.close()
+    assert r.status == 200 and all(x is socks[0] and x is not None for x in socks), socks
+
+
 def _raw_socket(data, port=None):
     """Send raw bytes on a new connection; return everything read until close or 5 s."""
     s = socket.create_connection((HOST, port or PORT), timeout=5)
@@ -773,7 +793,7 @@ IN_CI = os.environ.get("CI") in ("true", "1")
 
 TESTS = [test_health_and_models, test_chat, test_completion, test_stream_equals_nonstream_chat,
          test_stream_equals_nonstream_completion, test_raw_sse_framing, test_stop_sequences,
-         test_usage_and_length, test_seed_reproducible, test_logit_bias, test_tokenize_and_models_id, test_request_smuggling, test_concurrent_greedy_matches_alone, test_bad_inputs,
+         test_usage_and_length, test_seed_reproducible, test_logit_bias, test_tokenize_and_models_id, test_request_smuggling, test_get_keep_alive, test_concurrent_greedy_matches_alone, test_bad_inputs,
          test_slow_client, test_client_disconnect_cancels, test_metrics, test_still_healthy,
          test_api_key_and_busy, test_sigterm_finishes_inflight, test_overload_and_stall]
 
