@@ -85,9 +85,12 @@ typedef enum srv_route {
     ROUTE_TOKENIZE,    /* POST /tokenize (vLLM's shapes) */
     ROUTE_DETOKENIZE,  /* POST /detokenize */
 } srv_route;
+#define ROUTE_COUNT (ROUTE_DETOKENIZE + 1)
 
 static const char *route_name[] = {"other", "/health", "/v1/models", "/metrics", "/v1/completions",
-                                   "/v1/chat/completions", "/v1/topology", "/health/live", "/v1/experts/load"};
+                                   "/v1/chat/completions", "/v1/topology", "/health/live", "/v1/experts/load",
+                                   "/v1/models/{id}", "/tokenize", "/detokenize"};
+_Static_assert(sizeof route_name / sizeof *route_name == ROUTE_COUNT, "a metrics label for every route");
 
 /* What a connection is doing, for the reaper's deadlines. */
 typedef enum srv_conn_state {

@@ -104,7 +104,7 @@ fi
 # bad invocations: a clear one-line error and a non-zero exit, no crash
 check_err() { # expected-rc pattern args...
   local want="$1" pat="$2"; shift 2
-  out=$("$XDS" serve "$@" 2>&1); rc=$?
+  out=$(timeout 60 "$XDS" serve "$@" 2>&1); rc=$? # bounded: one that serves after all must not hang the run
   if [ "$rc" = "$want" ] && echo "$out" | grep -q "^xds serve: error: .*$pat"; then
     passed=$((passed + 1)); echo "ok   serve $* -> $rc"
   else
