@@ -565,21 +565,22 @@ json_t *xds_oai_json_text(const char *s, size_t n) {
     return oai_json_text(s, n);
 }
 
-char *xds_oai_model_json(const char *model, int64_t created, size_t *len) {
+/* The model object of GET /v1/models and /v1/models/{id}. */
+static json_t *oai_model_obj(const char *model, int64_t created) {
     json_t *m = json_object();
     json_object_set_new(m, "id", oai_json_text(model, strlen(model)));
     json_object_set_new(m, "object", json_string("model"));
     json_object_set_new(m, "created", json_integer(created));
     json_object_set_new(m, "owned_by", json_string("xdeepserve"));
-    return oai_dump(m, len);
+    return m;
+}
+
+char *xds_oai_model_json(const char *model, int64_t created, size_t *len) {
+    return oai_dump(oai_model_obj(model, created), len);
 }
 
 char *xds_oai_models_json(const char *model, int64_t created, size_t *len) {
-    json_t *m = json_object();
-    json_object_set_new(m, "id", oai_json_text(model, strlen(model)));
-    json_object_set_new(m, "object", json_string("model"));
-    json_object_set_new(m, "created", json_integer(created));
-    json_object_set_new(m, "owned_by", json_string("xdeepserve"));
+    json_t *m = oai_model_obj(model, created);
     json_t *data = json_array();
     json_array_append_new(data, m);
     json_t *o = json_object();

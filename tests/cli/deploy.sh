@@ -23,6 +23,7 @@
 # Every wait has a deadline. Usage: bash tests/cli/deploy.sh path/to/xds
 set -uo pipefail
 . "$(dirname "$0")/../skip.sh"
+. "$(dirname "$0")/../deploy_wait.sh" # wait_started
 XDS="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 cd "$(dirname "$0")/../.."
 passed=0
@@ -56,24 +57,6 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # workers of supervisor $1 still alive (by their segment name)
 stray() { pgrep -f -- "--segment /xds-serve-$1( |$)|--frontend-of /xds-serve-$1( |$)" || true; }
-# every process of a deployment live in /v1/topology (its supervisor done
-# starting: the port answers as soon as the first front-end serves, while
-# the others may still start); a single process (404) counts as started
-wait_started() { # port pid
-  for _ in $(seq 1 600); do
-    python3 - "$1" <<'EOF' 2>/dev/null && return 0
-import json, sys, urllib.error, urllib.request
-try:
-    t = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/v1/topology" % sys.argv[1], timeout=2).read())
-except urllib.error.HTTPError as e:
-    sys.exit(0 if e.code == 404 else 1)
-sys.exit(0 if all(r.get("state", "live") == "live" for r in t["ranks"]) else 1)
-EOF
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 wait_health() { # port pid: the port answers and the deployment has started
   for _ in $(seq 1 300); do
     python3 - "$1" <<'EOF' 2>/dev/null && { wait_started "$1" "$2"; return; }

@@ -39,6 +39,7 @@ failed=0
 ok() { passed=$((passed + 1)); echo "ok   $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 . "$(dirname "$0")/../skip.sh"
+. "$(dirname "$0")/../deploy_wait.sh" # wait_started
 if [ -z "${XDS_TEST_MODEL:-}" ]; then
   skip_input "fault tests: XDS_TEST_MODEL is not set (scripts/test.sh sets it)" || { echo "0 passed, 1 failed"; exit 1; }
   echo "0 passed, 0 failed, 1 skipped"; exit 77
@@ -58,24 +59,6 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # processes of supervisor $1's deployment still alive (workers and front-ends)
 stray() { pgrep -f -- "--segment /xds-serve-$1( |$)|--frontend-of /xds-serve-$1( |$)" | tr '\n' ' ' || true; }
 leftover() { ls /dev/shm 2>/dev/null | grep -E -- "-$1(\.|$)|xds-port-$2$" | tr '\n' ' '; }
-# every process of a deployment live in /v1/topology (its supervisor done
-# starting: the port answers as soon as the first front-end serves, while
-# the others may still start); a single process (404) counts as started
-wait_started() { # port pid
-  for _ in $(seq 1 600); do
-    python3 - "$1" <<'EOF' 2>/dev/null && return 0
-import json, sys, urllib.error, urllib.request
-try:
-    t = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/v1/topology" % sys.argv[1], timeout=2).read())
-except urllib.error.HTTPError as e:
-    sys.exit(0 if e.code == 404 else 1)
-sys.exit(0 if all(r.get("state", "live") == "live" for r in t["ranks"]) else 1)
-EOF
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 wait_health() { # port pid: the port answers and the deployment has started
   for _ in $(seq 1 300); do
     curl -sf "http://127.0.0.1:$1/health" >/dev/null 2>&1 && { wait_started "$1" "$2"; return; }
